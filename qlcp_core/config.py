@@ -1,0 +1,399 @@
+"""Configuration: one typed, validated model of every setting and run parameter.
+
+Sources and precedence are those of QLCP v2024.6: call arguments > config
+files (later files override earlier ones) > defaults.  Files are YAML (the
+primary format) or the original's INI form (``key = value`` lines, no
+section, Python literals such as ``logging.DEBUG`` allowed).
+
+Any unknown key, wrong type or impossible value raises :class:`ConfigError`
+naming the key and the file it came from, before any work starts::
+
+    >>> load_config(["site.yaml"], {"aper": [4, 6, 8]})      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+from .workmode import workmode
+
+#: default file-name patterns (applied with ``re.search``), from the manual
+DEFAULT_PATTERNS = [
+    r"(?P<date>[0-9]{0,8})(?P<obj>[^-_]*)-(?P<sn>[0-9]{3,6})(?P<band>[a-zA-Z]{0,1})\.f(it|its|ts)(\.fz)?$",
+    r"(?P<date>[0-9]{0,8})(?P<obj>[^-_]*)_(?P<band>[a-zA-Z]{0,1})(_{0,1})(?P<sn>[0-9]{3,6})\.f(it|its|ts)(\.fz)?$",
+    r"(?P<date>[0-9]{0,8})(?P<obj>flat)_(?P<band>[a-zA-Z])_(?P<sn>[0-9]{1,2})_[a-zA-Z]_([0-9]{3,6})\.f(it|its|ts)(\.fz)?$",
+]
+
+ALL_STEPS = "lbfiopkcdg"
+MAX_APERTURES = 19
+
+_LOG_LEVELS = {"CRITICAL": 50, "ERROR": 40, "WARNING": 30, "WARN": 30, "INFO": 20, "DEBUG": 10, "NOTSET": 0}
+
+
+def _level(v: Any) -> int:
+    if isinstance(v, bool):
+        raise ValueError("a logging level name or number")
+    if isinstance(v, int):
+        return v
+    name = str(v).strip().upper()
+    if name.startswith("LOGGING."):
+        name = name[8:]
+    if name in _LOG_LEVELS:
+        return _LOG_LEVELS[name]
+    raise ValueError(f"unknown logging level {v!r}")
+
+
+def _as_list(v: Any) -> Any:
+    if v is None or isinstance(v, (list, tuple)):
+        return v
+    return [v]
+
+
+class Config(BaseModel):
+    """Every setting of a reduction.  Field docs are the configuration reference."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+    # ----------------------------------------------------------- run parameters
+    steps: str = Field(ALL_STEPS, description="steps to run, in order (l b f i o p k c d g; K reuses the last pick)")
+    obj: list[str] | None = Field(None, description="objects to process (default: all)")
+    band: list[str] | None = Field(None, description="bands to process (default: all); 'BVR' means B, V, R")
+    use_bias: str | None = Field(None, description="master bias to use instead of tonight's")
+    use_flat: dict[str, str] | None = Field(None, description="master flat per band to use instead of tonight's")
+    use_dark: str | None = Field(None, description="master dark (per second of exposure) to use")
+    alt_bias: str | None = Field(None, description="master bias used when tonight has none")
+    alt_flat: dict[str, str] | None = Field(None, description="master flat per band used when tonight has none")
+    alt_coord: dict[str, tuple[str, str]] | tuple[str, str] | None = Field(
+        None, description="target RA, Dec (hh:mm:ss, +dd:mm:ss or degrees); one pair for all or per object")
+    base_img: int | str | None = Field(0, description="alignment base: index from 0 or a file name")
+    aper: list[float] = Field([5.0], description="aperture radii in px (negative: multiple of FWHM), up to 19")
+    starxy: dict[str, list[tuple[float, float]]] | list[tuple[float, float]] | None = Field(
+        None, description="star positions (x, y, 0-based) in the base image; list for all or per object")
+    ind_tgt: dict[str, list[int]] | list[int] | None = Field(None, description="indexes of targets in starxy (default 0)")
+    ind_ref: dict[str, list[int]] | list[int] | None = Field(None, description="indexes of comparison stars")
+    ind_chk: dict[str, list[int]] | list[int] | None = Field(None, description="indexes of check stars")
+    mode: Any = Field(default_factory=workmode, description="work mode, e.g. [EXIST_APPEND, MISS_SKIP]")
+
+    # ----------------------------------------------------------------- logging
+    file_log: int = Field(logging.DEBUG, description="level of {red}/log/{step}.log")
+    scr_log: int = Field(logging.INFO, description="level of screen logging")
+
+    # -------------------------------------------------------------------- site
+    site_lon: float = Field(117.57722, ge=-180, le=360, description="site longitude, degrees east")
+    site_lat: float = Field(40.395833, ge=-90, le=90, description="site latitude, degrees")
+    site_ele: float = Field(960.0, ge=-500, le=6000, description="site height above sea level, m")
+    site_tz: float = Field(8, ge=-12, le=14, description="site time zone, hours from UTC")
+    tel_diameter: float = Field(0.85, gt=0, le=50, description="telescope aperture diameter, m (scintillation)")
+    scint_cy: float = Field(1.5, gt=0, description="Young's scintillation coefficient C_Y (Osborn et al. 2015)")
+
+    # ------------------------------------------------------ file names, headers
+    patterns: list[str] = Field(default_factory=lambda: list(DEFAULT_PATTERNS),
+                                description="file-name regexes with groups obj, band, sn (re.search)")
+    date_key: str = Field("DATE-OBS", description="header keyword of the observation date(-time)")
+    time_key: str | None = Field("TIME-OBS", description="keyword with the time when date_key holds only a date")
+    time_ref: Literal["start", "mid"] = Field("start", description="what the date keyword marks: exposure start or mid")
+    exptime_key: str = Field("EXPTIME", description="exposure time keyword (s)")
+    filter_key: str = Field("FILTER", description="filter keyword")
+    object_key: str = Field("OBJECT", description="object name keyword")
+    imagetyp_key: str = Field("IMAGETYP", description="frame type keyword (OBSTYPE is also tried)")
+    ra_key: str = Field("RA", description="target RA keyword (OBJCTRA is also tried)")
+    dec_key: str = Field("DEC", description="target Dec keyword (OBJCTDEC is also tried)")
+
+    # ------------------------------------------------------------- detector
+    gain: float | None = Field(None, gt=0, description="e-/ADU; None: header GAIN, else 1.0")
+    rdnoise: float | None = Field(None, ge=0, description="read noise, e-; None: header RDNOISE, else 0")
+    saturation: float | None = Field(None, gt=0, description="saturation level, ADU; None: header SATURATE, else 60000")
+
+    # ----------------------------------------------------------- calibration
+    combine_sigma: float = Field(3.0, gt=0, description="sigma of the clipped median combine")
+    combine_mem_mb: float = Field(256.0, gt=0, description="memory for one block of the combine, MiB")
+    flat_limit_low: float = Field(5000, description="flats with a median below this are rejected (ADU)")
+    flat_limit_high: float = Field(50000, description="flats with a median above this are rejected (ADU)")
+    border_cut: int = Field(0, ge=0, description="pixels cut from each edge of corrected frames")
+
+    # ------------------------------------------------------------ photometry
+    draw_phot: bool = Field(False, description="draw a PNG of each frame with its stars marked")
+    draw_phot_err: float = Field(0.05, gt=0, description="stars with errors below this are drawn")
+    detect_thresh: float = Field(3.0, gt=0, description="source detection threshold, sigma above sky")
+    detect_minarea: int = Field(5, ge=1, description="minimum pixels of a source")
+    sky_annulus: tuple[float, float] | None = Field(
+        None, description="local sky annulus inner, outer radius (px); None: largest aperture + 4 .. + 12 px")
+
+    # -------------------------------------------------------------- alignment
+    offset_max_dis: float = Field(250, gt=0, description="largest offset searched, px")
+    match_max_dis: float = Field(10.0, gt=0, description="largest star match distance, px")
+
+    # ---------------------------------------------------------------- picking
+    pick_err_max: float = Field(0.02, gt=0, description="AUTO mag error limit of good stars")
+    pick_bad_max: float = Field(0.2, ge=0, le=1, description="largest fraction of frames a star may miss")
+    pick_var_std: float = Field(0.05, gt=0, description="smallest std of a variable candidate, mag")
+    pick_var_rad: float = Field(0.5, gt=0, le=1, description="variables must lie within this fraction of the half-size from centre")
+    pick_ref_n: int = Field(20, ge=1, description="most comparison stars")
+    pick_ref_std: float = Field(0.05, gt=0, description="largest night std of a comparison star, mag")
+    pick_ref_dif: float = Field(0.10, gt=0, description="largest max-min range of a comparison star, mag")
+
+    # ------------------------------------------------------------ validators
+    @field_validator("file_log", "scr_log", mode="before")
+    @classmethod
+    def _v_level(cls, v):
+        return _level(v)
+
+    @field_validator("obj", mode="before")
+    @classmethod
+    def _v_obj(cls, v):
+        return _as_list(v)
+
+    @field_validator("band", mode="before")
+    @classmethod
+    def _v_band(cls, v):
+        if isinstance(v, str):
+            # the original iterates a string: "BVR" -> B, V, R; commas allow longer names
+            return [b.strip() for b in v.split(",")] if "," in v else list(v)
+        return v
+
+    @field_validator("aper", mode="before")
+    @classmethod
+    def _v_aper(cls, v):
+        v = _as_list(v)
+        if v is None:
+            return [5.0]
+        return v
+
+    @field_validator("aper")
+    @classmethod
+    def _v_aper_n(cls, v):
+        if not 1 <= len(v) <= MAX_APERTURES:
+            raise ValueError(f"1 to {MAX_APERTURES} apertures, got {len(v)}")
+        if any(a == 0 for a in v):
+            raise ValueError("an aperture radius of 0")
+        return v
+
+    @field_validator("ind_tgt", "ind_ref", "ind_chk", mode="before")
+    @classmethod
+    def _v_ind(cls, v):
+        if isinstance(v, dict):
+            return {k: _as_list(x) for k, x in v.items()}
+        return _as_list(v)
+
+    @field_validator("use_flat", "alt_flat", mode="before")
+    @classmethod
+    def _v_flat(cls, v):
+        if isinstance(v, str):
+            return {"*": v}     # one file for every band
+        return v
+
+    @field_validator("steps")
+    @classmethod
+    def _v_steps(cls, v):
+        bad = sorted(set(v) - set(ALL_STEPS + "Kw"))
+        if bad:
+            raise ValueError(f"unknown step(s) {''.join(bad)!r}; steps are {ALL_STEPS} (K: reuse pick)")
+        return v
+
+    @field_validator("patterns")
+    @classmethod
+    def _v_patterns(cls, v):
+        for p in v:
+            try:
+                re.compile(p)
+            except re.error as e:
+                raise ValueError(f"bad regular expression {p!r}: {e}") from None
+        return v
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _v_mode(cls, v):
+        return workmode(v)
+
+    @model_validator(mode="after")
+    def _v_limits(self):
+        if self.flat_limit_low >= self.flat_limit_high:
+            raise ValueError(f"flat_limit_low ({self.flat_limit_low}) must be below flat_limit_high ({self.flat_limit_high})")
+        if self.sky_annulus is not None and not 0 < self.sky_annulus[0] < self.sky_annulus[1]:
+            raise ValueError(f"sky_annulus {self.sky_annulus}: need 0 < inner < outer")
+        return self
+
+    # --------------------------------------------------------------- helpers
+    def for_object(self, name: str, obj: str) -> Any:
+        """Value of a per-object parameter (``starxy``, ``ind_*``, ``alt_coord``) for ``obj``.
+
+        A dict is looked up by object name (None when absent); anything else
+        applies to every object.
+        """
+        v = getattr(self, name)
+        if isinstance(v, dict):
+            return v.get(obj)
+        return v
+
+    def flat_for(self, which: str, band: str) -> str | None:
+        d = getattr(self, which)
+        if not d:
+            return None
+        return d.get(band, d.get("*"))
+
+    def plain(self) -> dict:
+        """JSON/YAML-ready dict of every value (work mode by names, levels by name)."""
+        d = self.model_dump(mode="json", exclude={"mode"})
+        d["mode"] = self.mode.names
+        d["file_log"] = logging.getLevelName(self.file_log)
+        d["scr_log"] = logging.getLevelName(self.scr_log)
+        return d
+
+    def subset(self, keys) -> dict:
+        d = self.plain()
+        return {k: d[k] for k in sorted(keys)}
+
+    def hash(self, keys=None) -> str:
+        """sha256 (hex, 16 chars) of the canonical JSON of ``keys`` (all settings when None)."""
+        d = self.plain() if keys is None else self.subset(keys)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.plain(), sort_keys=False, default_flow_style=None)
+
+
+#: which settings each step's output depends on (beyond its input files);
+#: the Prefect layer keys its cache on these subsets.
+STEP_KEYS: dict[str, tuple[str, ...]] = {
+    "l": ("patterns", "date_key", "time_key", "exptime_key", "filter_key", "object_key", "imagetyp_key"),
+    "b": ("combine_sigma", "use_bias", "alt_bias", "imagetyp_key"),
+    "f": ("combine_sigma", "flat_limit_low", "flat_limit_high", "use_flat", "alt_flat", "use_dark", "exptime_key"),
+    "i": ("site_lon", "site_lat", "site_ele", "border_cut", "date_key", "time_key", "time_ref", "exptime_key",
+          "ra_key", "dec_key", "alt_coord", "use_dark"),
+    "o": ("offset_max_dis", "base_img", "detect_thresh", "detect_minarea"),
+    "p": ("aper", "gain", "rdnoise", "saturation", "detect_thresh", "detect_minarea", "sky_annulus",
+          "draw_phot", "draw_phot_err"),
+    "k": ("pick_err_max", "pick_bad_max", "pick_var_std", "pick_var_rad", "pick_ref_n", "pick_ref_std",
+          "pick_ref_dif", "match_max_dis", "base_img"),
+    "c": ("match_max_dis", "starxy", "base_img"),
+    "d": ("ind_tgt", "ind_ref", "ind_chk", "tel_diameter", "scint_cy", "site_ele", "gain", "rdnoise", "aper"),
+    "g": (),
+}
+
+#: run() parameters (not settings): they may appear in a config file too
+RUN_KEYS = ("steps", "obj", "band", "use_bias", "use_flat", "use_dark", "alt_bias", "alt_flat", "alt_coord",
+            "base_img", "aper", "starxy", "ind_tgt", "ind_ref", "ind_chk", "mode")
+
+
+# ------------------------------------------------------------------- loading
+def _read_ini(path: Path) -> dict:
+    out = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        s = line.split("#", 1)[0].strip()
+        if not s or s.startswith(";") or (s.startswith("[") and s.endswith("]")):
+            continue
+        if "=" not in s:
+            raise ConfigError(f"{path}:{n}: expected 'key = value', got {line.strip()!r}")
+        k, v = (x.strip() for x in s.split("=", 1))
+        if v.lower().startswith("logging."):
+            out[k] = v[8:]
+            continue
+        try:
+            out[k] = ast.literal_eval(v)
+        except (ValueError, SyntaxError):
+            low = v.lower()
+            out[k] = {"true": True, "false": False, "none": None}.get(low, v)
+    return out
+
+
+def read_config_file(path: str | Path) -> dict:
+    """Parse one YAML or INI file into a dict (no validation beyond syntax)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        if path.suffix.lower() in (".ini", ".cfg", ".conf"):
+            data = _read_ini(path)
+        else:
+            data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file must be a mapping of key: value, got {type(data).__name__}")
+    return data
+
+
+def parse_set(items: list[str] | None) -> dict:
+    """``["aper=[4,6]", "site_lat=32.7"]`` -> dict, values parsed as YAML scalars."""
+    out = {}
+    for it in items or []:
+        if "=" not in it:
+            raise ConfigError(f"--set {it!r}: expected key=value")
+        k, v = it.split("=", 1)
+        try:
+            out[k.strip()] = yaml.safe_load(v)
+        except yaml.YAMLError:
+            out[k.strip()] = v
+    return out
+
+
+def load_config(files=None, overrides: dict | None = None) -> Config:
+    """Build the effective :class:`Config`.
+
+    Parameters
+    ----------
+    files : str, Path or list of them, optional
+        YAML or INI files; later ones override earlier ones.
+    overrides : dict, optional
+        Call arguments; they override every file.  ``None`` values are ignored
+        (an argument not given), as in the original.
+    """
+    if files is None:
+        files = []
+    elif isinstance(files, (str, Path)):
+        files = [files]
+    merged: dict = {}
+    source: dict[str, str] = {}
+    fields = set(Config.model_fields)
+    for f in files:
+        data = read_config_file(f)
+        for k, v in data.items():
+            if k not in fields:
+                raise ConfigError(f"{f}: unknown key {k!r}{_suggest(k, fields)}")
+            merged[k] = v
+            source[k] = str(f)
+    for k, v in (overrides or {}).items():
+        if v is None:
+            continue
+        if k not in fields:
+            raise ConfigError(f"argument: unknown key {k!r}{_suggest(k, fields)}")
+        merged[k] = v
+        source[k] = "argument"
+    try:
+        return Config(**merged)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = str(err["loc"][0]) if err["loc"] else None
+        msg = err["msg"].removeprefix("Value error, ")
+        if key:
+            return _raise(f"{source.get(key, 'default')}: key {key!r}: {msg} (got {err.get('input')!r})")
+        # a cross-field check: name the file of the first key the message mentions
+        named = [k for k in re.findall(r"[a-z_]+", msg) if k in fields]
+        where = source.get(named[0], "default") if named else (", ".join(sorted(set(source.values()))) or "config")
+        return _raise(f"{where}: {msg}")
+
+
+def _raise(msg: str):
+    raise ConfigError(msg)
+
+
+def _suggest(key: str, fields: set) -> str:
+    import difflib
+    close = difflib.get_close_matches(key, sorted(fields), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -1,0 +1,132 @@
+"""File helpers shared by every stage: atomic writes, FITS reading, fingerprints.
+
+Every product is written to a temporary file in the destination directory
+and renamed into place, so a killed run never leaves a half-written file that
+a later run would trust.  Nothing here ever writes into a raw directory: the
+pipeline only passes paths under ``red_dir``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+from .errors import InputError, TransientIOError
+
+FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.fz", ".fit.fz", ".fz")
+
+
+def raw_stem(path: str | Path) -> str:
+    """File name without its FITS suffix(es): ``UYUMa-0003I.fit`` -> ``UYUMa-0003I``."""
+    name = Path(path).name
+    low = name.lower()
+    for suf in sorted(FITS_SUFFIXES, key=len, reverse=True):
+        if low.endswith(suf):
+            return name[: -len(suf)]
+    return Path(name).stem
+
+
+@contextlib.contextmanager
+def atomic_path(dest: str | Path):
+    """Yield a temporary path beside ``dest``; rename it onto ``dest`` on success.
+
+    The temporary name keeps ``dest``'s suffix so writers that choose a format
+    from the suffix (astropy, matplotlib) still work.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(dest.suffixes[-2:]) if dest.name.endswith(".fits.fz") else dest.suffix
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=f".tmp{suffix}", dir=dest.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def write_text(dest: str | Path, text: str) -> Path:
+    with atomic_path(dest) as tmp:
+        tmp.write_text(text)
+    return Path(dest)
+
+
+def write_json(dest: str | Path, obj) -> Path:
+    return write_text(dest, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_fits(dest: str | Path, data, header: fits.Header | None = None) -> Path:
+    """Write a primary-HDU FITS image atomically."""
+    with atomic_path(dest) as tmp:
+        fits.PrimaryHDU(data=data, header=header).writeto(tmp, overwrite=True, output_verify="silentfix")
+    return Path(dest)
+
+
+def write_table(dest: str | Path, table, **kw) -> Path:
+    """Write an astropy Table atomically; format from the suffix (.ecsv, .fits, .txt)."""
+    dest = Path(dest)
+    fmt = {".ecsv": "ascii.ecsv", ".fits": "fits", ".txt": "ascii.fixed_width_two_line"}.get(dest.suffix)
+    with atomic_path(dest) as tmp:
+        table.write(tmp, format=fmt, overwrite=True, **kw)
+    return dest
+
+
+def _image_hdu(hdul):
+    for hdu in hdul:
+        if hdu.is_image and hdu.header.get("NAXIS", 0) == 2:
+            return hdu
+    return None
+
+
+def read_header(path: str | Path) -> fits.Header:
+    """Header of the first 2-D image HDU (the primary one, or a compressed extension)."""
+    try:
+        with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
+            hdu = _image_hdu(hdul)
+            if hdu is None:
+                raise InputError(f"{path}: no 2-D image in this FITS file")
+            return hdu.header.copy()
+    except InputError:
+        raise
+    except OSError as e:
+        if isinstance(e, (TimeoutError, BlockingIOError, InterruptedError)):
+            raise TransientIOError(f"{path}: {e}") from None
+        raise InputError(f"{path}: unreadable FITS ({e})") from None
+    except Exception as e:  # astropy raises many kinds on corrupt files
+        raise InputError(f"{path}: unreadable FITS ({type(e).__name__}: {e})") from None
+
+
+def read_image(path: str | Path, dtype=np.float32) -> tuple[np.ndarray, fits.Header]:
+    """Data (scaled by BZERO/BSCALE, as ``dtype``) and header of the first 2-D image."""
+    try:
+        with fits.open(path, memmap=False) as hdul:
+            hdu = _image_hdu(hdul)
+            if hdu is None:
+                raise InputError(f"{path}: no 2-D image in this FITS file")
+            data = np.asarray(hdu.data, dtype=dtype)
+            if data.ndim != 2:
+                raise InputError(f"{path}: image has {data.ndim} dimensions, expected 2")
+            return data, hdu.header.copy()
+    except InputError:
+        raise
+    except Exception as e:
+        raise InputError(f"{path}: unreadable FITS ({type(e).__name__}: {e})") from None
+
+
+def file_fingerprint(path: str | Path) -> str:
+    """sha256 of a file's content (hex)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
