@@ -1,0 +1,162 @@
+"""The ``qlcp`` command line.
+
+    qlcp run RAW RED [--steps lbfiopkcdg] [--obj NAME]... [--band B]... [--config FILE]... [--set key=value]...
+    qlcp simulate OUT [--frames N] [--size PX] [--seed S]
+    qlcp demo [--workdir DIR]
+    qlcp --version
+
+Bad input (a path, a config key, an empty night) is one line on stderr and
+exit status 2, never a traceback (``--debug`` shows it for bug reports).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from qlcp_core._version import __version__
+
+EXIT_BAD_INPUT = 2
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", default=None, help="steps to run (default: all, lbfiopkcdg)")
+    p.add_argument("--obj", action="append", metavar="NAME", help="object to process (repeatable)")
+    p.add_argument("--band", action="append", metavar="B", help="band to process (repeatable)")
+    p.add_argument("--config", action="append", metavar="FILE", help="YAML or INI config (repeatable; later wins)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", dest="sets",
+                   help="one setting, e.g. --set aper=[4,6,8] (repeatable; wins over files)")
+    p.add_argument("--no-prefect", action="store_true", help="run the plain core, without Prefect")
+    p.add_argument("--refresh", action="store_true", help="recompute every step (ignore caches, overwrite)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="qlcp", description="Quick Light Curve Pipeline: raw CCD night -> light curves")
+    ap.add_argument("--version", action="version", version=f"qlcp {__version__}")
+    ap.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
+    sub = ap.add_subparsers(dest="cmd", metavar="COMMAND")
+
+    p = sub.add_parser("run", help="reduce one night")
+    p.add_argument("raw", help="raw night directory (only read)")
+    p.add_argument("red", help="output directory")
+    _add_run_args(p)
+
+    p = sub.add_parser("simulate", help="write a simulated night (raw frames + truth)")
+    p.add_argument("out", help="output directory: OUT/raw, OUT/truth, OUT/night.yaml")
+    p.add_argument("--frames", type=int, default=60, help="science frames (default 60)")
+    p.add_argument("--size", type=int, default=1024, help="frame size in px (default 1024)")
+    p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+
+    p = sub.add_parser("demo", help="simulate a night and reduce it")
+    p.add_argument("--workdir", default="qlcp-demo", help="where to put the night and its reduction")
+    p.add_argument("--frames", type=int, default=60)
+    p.add_argument("--size", type=int, default=1024)
+    p.add_argument("--no-prefect", action="store_true", help="run the plain core, without Prefect")
+    return ap
+
+
+def _fail(msg: str) -> int:
+    print(f"qlcp: error: {msg}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def cmd_run(a) -> int:
+    from qlcp_core.config import parse_set
+    from qlcp_core.pipeline import make_config
+
+    overrides = parse_set(a.sets)
+    overrides.update({k: v for k, v in (("steps", a.steps), ("obj", a.obj), ("band", a.band)) if v})
+    if a.band and "band" in overrides:
+        overrides["band"] = [b for item in a.band for b in (item.split(",") if "," in item else [item])]
+    if a.refresh:
+        overrides["mode"] = ["EXIST_OVER", "MISS_SKIP"]
+    cfg = make_config(a.config, **overrides)
+    return _reduce(a.raw, a.red, cfg, no_prefect=a.no_prefect, refresh=a.refresh)
+
+
+def _reduce(raw, red, cfg, no_prefect: bool, refresh: bool = False) -> int:
+    from qlcp_core.pipeline import run
+
+    t0 = time.perf_counter()
+    summary = run(raw, red, config=cfg)
+    dt = time.perf_counter() - t0
+    _print_summary(summary, dt)
+    return 1 if summary.failed else 0
+
+
+def _print_summary(summary, seconds: float) -> None:
+    print(f"night {summary.raw_dir}: {summary.listing}")
+    for f, why in summary.rejected:
+        print(f"  rejected {f}: {why}")
+    for g in summary.groups:
+        state = f"FAILED: {g.error}" if g.error else "ok"
+        print(f"  {g.obj} {g.band}: {g.frames} frames, {g.corrected} corrected, "
+              f"{len(g.rejected)} rejected - {state}")
+        for k, v in sorted(g.products.items()):
+            print(f"    {k}: {v}")
+    print(f"outputs in {summary.red_dir} ({seconds:.1f} s)")
+
+
+def cmd_simulate(a) -> int:
+    from qlcp_core.simulate import simulate_night
+
+    t0 = time.perf_counter()
+    sim = simulate_night(a.out, n_frames=a.frames, size=a.size, seed=a.seed)
+    print(f"raw night: {sim.raw_dir}\ntruth: {sim.truth_dir}\nconfig: {sim.config_path}"
+          f"\n({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+def cmd_demo(a) -> int:
+    from qlcp_core.pipeline import make_config
+    from qlcp_core.simulate import simulate_night
+
+    work = Path(a.workdir)
+    print(f"simulating a {a.frames}-frame night in {work / 'raw'} ...", flush=True)
+    sim = simulate_night(work, n_frames=a.frames, size=a.size, seed=1)
+    cfg = make_config([sim.config_path], mode=["EXIST_OVER", "MISS_SKIP"])
+    rc = _reduce(sim.raw_dir, work / "red", cfg, no_prefect=a.no_prefect)
+    red = work / "red"
+    lcs = sorted(red.glob("lc_*.png"))
+    charts = sorted(red.glob("chart_*.png"))
+    for p in lcs:
+        print(f"light curve: {p}")
+    for p in charts:
+        print(f"finding chart: {p}")
+    print(f"truth for comparison: {sim.truth_dir}")
+    return rc
+
+
+def main(argv=None) -> int:
+    from qlcp_core.errors import QLCPError
+
+    ap = build_parser()
+    a = ap.parse_args(argv)
+    if not a.cmd:
+        ap.print_help()
+        return EXIT_BAD_INPUT
+    if a.debug:
+        logging.getLogger("qlcp").setLevel(logging.DEBUG)
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    try:
+        return {"run": cmd_run, "simulate": cmd_simulate, "demo": cmd_demo}[a.cmd](a)
+    except QLCPError as e:
+        if a.debug:
+            raise
+        return _fail(str(e))
+    except KeyboardInterrupt:
+        print("qlcp: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug: one line, and where to look
+        if a.debug:
+            raise
+        _fail(f"internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)")
+        return 70
+
+
+if __name__ == "__main__":
+    sys.exit(main())

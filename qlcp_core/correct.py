@@ -1,0 +1,211 @@
+"""Step i: correct science frames and compute their times and airmass.
+
+``(raw - bias - dark x t) / flat``, border cut, float32 ->
+``{red}/{obj}_{band}/{rawstem}.bf.fits``.  The raw header is kept and gets
+JD, MJD (UTC, mid-exposure), HJD, BJD (TDB, mid-exposure, barycentric for the
+target), AZ, ALT, AIRMASS (site from the config), the detector parameters
+(GAIN, RDNOISE, SATURATE in corrected ADU) and provenance (RAWFILE, BIASFILE,
+FLATFILE, DARKFILE).
+
+Headers of the whole (object, band) group are read first (cheap) so the times
+are computed in one vectorised astropy call; the pixel data then stream one
+frame at a time, so memory does not grow with the number of frames.  A frame
+that cannot be read or timed is rejected with a one-line reason and the rest
+of the group goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from astropy.time import Time
+
+from . import timing
+from .config import Config
+from .errors import InputError, QLCPError
+from .flat import load_flat
+from .io import raw_stem, read_header, read_image, write_fits
+
+log = logging.getLogger("qlcp.correct")
+
+
+@dataclass
+class CorrectResult:
+    """Outputs of one (object, band) group: corrected files and rejected (file, reason)."""
+
+    outputs: list[str] = field(default_factory=list)
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+
+
+def group_dir(red_dir: str | Path, obj: str, band: str) -> Path:
+    return Path(red_dir) / f"{obj}_{band}"
+
+
+def bf_path(red_dir: str | Path, obj: str, band: str, raw: str | Path) -> Path:
+    return group_dir(red_dir, obj, band) / f"{raw_stem(raw)}.bf.fits"
+
+
+def detector(header, cfg: Config) -> tuple[float, float, float]:
+    """(gain e-/ADU, read noise e-, raw saturation ADU): config, else header, else defaults."""
+
+    def hnum(*keys):
+        for k in keys:
+            try:
+                v = float(header[k])
+                if np.isfinite(v) and v > 0:
+                    return v
+            except (KeyError, TypeError, ValueError):
+                continue
+        return None
+
+    gain = cfg.gain or hnum("GAIN", "EGAIN", "CCDGAIN") or 1.0
+    rdn = cfg.rdnoise if cfg.rdnoise is not None else (hnum("RDNOISE", "READNOIS", "RON") or 0.0)
+    sat = cfg.saturation or hnum("SATURATE", "DATAMAX", "SATLEVEL")
+    if sat is None:
+        sat = 65535.0 if header.get("BITPIX") in (16, 8) else 1e30
+    return float(gain), float(rdn), float(sat)
+
+
+def _times(files: list[Path], headers: list, obj: str, cfg: Config, result: CorrectResult):
+    """Vectorised times for the frames whose date can be read; the others are rejected."""
+    starts, exps, keep = [], [], []
+    for f, h in zip(files, headers):
+        try:
+            s = timing.obs_start(h, cfg)
+            e = float(h.get(cfg.exptime_key, h.get("EXPTIME", 0.0)) or 0.0)
+        except QLCPError as err:
+            _reject(result, f, str(err))
+            continue
+        except (TypeError, ValueError) as err:
+            _reject(result, f, f"bad {cfg.exptime_key} ({err})")
+            continue
+        starts.append(s)
+        exps.append(e)
+        keep.append(f)
+    if not keep:
+        return [], {}
+    coord = timing.target_coord(headers[files.index(keep[0])], cfg, cfg.for_object("alt_coord", obj))
+    if coord is None:
+        log.warning("%s: no target coordinate (alt_coord or header %s/%s): HJD, BJD, airmass not computed",
+                    obj, cfg.ra_key, cfg.dec_key)
+    t = dict(timing.frame_times(Time(starts), np.array(exps), coord, cfg))
+    t["EXPTIME"] = np.array(exps)
+    return keep, t
+
+
+def _reject(result: CorrectResult, f: Path, why: str) -> None:
+    msg = why if str(f) in why or f.name in why else f"{f.name}: {why}"
+    log.error("%s", msg)
+    result.rejected.append((f.name, msg))
+
+
+def correct_frames(files: list[Path], obj: str, band: str, red_dir: str | Path, cfg: Config,
+                   bias: Path | None = None, flat: Path | None = None, dark: Path | None = None,
+                   progress=None) -> CorrectResult:
+    """Correct the science frames ``files`` of one (object, band) group.
+
+    Parameters
+    ----------
+    files : list of Path
+        Raw frames (only read).
+    obj, band : str
+        The group; outputs go to ``{red}/{obj}_{band}/``.
+    red_dir : path
+    cfg : Config
+    bias, flat, dark : Path or None
+        Masters from :func:`select_bias`, :func:`select_flat`, :func:`select_dark`.
+    progress : callable, optional
+        Wraps an iterable to show progress.
+    """
+    result = CorrectResult()
+    files = [Path(f) for f in files]
+    outs = {f: bf_path(red_dir, obj, band, f) for f in files}
+    todo = [f for f in files if cfg.mode.should_write(outs[f])]
+    result.outputs = [str(outs[f]) for f in files if f not in todo]
+    if not todo:
+        return result
+    headers, readable = [], []
+    for f in todo:
+        try:
+            headers.append(read_header(f))
+            readable.append(f)
+        except QLCPError as err:
+            _reject(result, f, str(err))
+    keep, times = _times(readable, headers, obj, cfg, result)
+    hdr_of = dict(zip(readable, headers))
+
+    bias_data = read_image(bias)[0] if bias else None
+    dark_data = read_image(dark)[0] if dark else None
+    flat_data = load_flat(flat)
+    bias_level = float(np.median(bias_data[::4, ::4])) if bias_data is not None else 0.0
+    flat_hi = float(np.percentile(flat_data[::2, ::2], 99.9)) if flat_data is not None else 1.0
+    cut = cfg.border_cut
+
+    n_done = 0
+    it = list(enumerate(keep))
+    for i, f in (progress(it, desc=f"correct {obj} {band}") if progress else it):
+        try:
+            data, _ = read_image(f)
+        except QLCPError as err:
+            _reject(result, f, str(err))
+            continue
+        hdr = hdr_of[f]
+        exptime = float(times["EXPTIME"][i])
+        for name, cal in (("bias", bias), ("dark", dark), ("flat", flat)):
+            cal_data = {"bias": bias_data, "dark": dark_data, "flat": flat_data}[name]
+            if cal_data is not None and cal_data.shape != data.shape:
+                _reject(result, f, f"{f.name}: shape {data.shape} differs from {name} {cal} {cal_data.shape}")
+                break
+        else:
+            if bias_data is not None:
+                data -= bias_data
+            if dark_data is not None:
+                data -= dark_data * exptime
+            if flat_data is not None:
+                data /= flat_data
+            if cut:
+                if 2 * cut >= min(data.shape):
+                    raise InputError(f"border_cut: {cut} px leaves nothing of {f.name} {data.shape}")
+                data = data[cut:-cut, cut:-cut]
+            gain, rdn, sat = detector(hdr, cfg)
+            dark_level = float(np.median(dark_data[::4, ::4])) * exptime if dark_data is not None else 0.0
+            out_hdr = hdr.copy()
+            for k in ("BZERO", "BSCALE", "BLANK"):
+                out_hdr.remove(k, ignore_missing=True, remove_all=True)
+            for k in ("JD", "MJD", "HJD", "BJD", "AZ", "ALT", "AIRMASS"):
+                v = float(times[k][i])
+                out_hdr[k] = (v if np.isfinite(v) else "NaN", _COMMENTS[k])
+            out_hdr["GAIN"] = (gain, "e-/ADU")
+            out_hdr["RDNOISE"] = (rdn, "read noise, e-")
+            out_hdr["SATURATE"] = ((sat - bias_level - dark_level) / flat_hi, "saturation in corrected ADU")
+            out_hdr["RAWFILE"] = (f.name, "raw frame")
+            out_hdr["BIASFILE"] = (Path(bias).name if bias else "none", "master bias")
+            out_hdr["FLATFILE"] = (Path(flat).name if flat else "none", "master flat")
+            out_hdr["DARKFILE"] = (Path(dark).name if dark else "none", "master dark (ADU/s)")
+            if cut:
+                out_hdr["BORDCUT"] = (cut, "pixels cut from each edge")
+                for k in ("CRPIX1", "CRPIX2"):
+                    if k in out_hdr:
+                        out_hdr[k] = out_hdr[k] - cut
+            out_hdr.add_history("QLCP step i: (raw - bias - dark*t) / flat")
+            write_fits(outs[f], data.astype(np.float32, copy=False), out_hdr)
+            result.outputs.append(str(outs[f]))
+            n_done += 1
+    result.outputs.sort()
+    log.info("%s %s: %d frames corrected, %d kept from before, %d rejected", obj, band, n_done,
+             len(files) - len(todo), len(result.rejected))
+    return result
+
+
+_COMMENTS = {
+    "JD": "UTC Julian date, mid-exposure",
+    "MJD": "UTC modified Julian date, mid-exposure",
+    "HJD": "heliocentric JD (UTC), mid-exposure",
+    "BJD": "barycentric JD (TDB), mid-exposure",
+    "AZ": "azimuth, deg (N=0, E=90)",
+    "ALT": "altitude, deg",
+    "AIRMASS": "sec z at mid-exposure",
+}

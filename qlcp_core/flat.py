@@ -1,0 +1,123 @@
+"""Step f: master flat per band.
+
+Each flat is bias (and dark) subtracted; frames whose raw median lies outside
+``[flat_limit_low, flat_limit_high]`` are rejected (each rejection logged);
+the rest are normalised by their own median, clipped-median combined and the
+result normalised to median 1 -> ``{red}/flat_{band}.fits``.  Which flat the
+correction uses: ``use_flat[band]`` -> tonight's -> ``alt_flat[band]``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from .combine import combine_files, frame_median, master_header
+from .config import Config
+from .dark import exptime_of
+from .errors import InputError
+from .io import read_image, write_fits
+
+log = logging.getLogger("qlcp.flat")
+
+
+def flat_path(red_dir: str | Path, band: str) -> Path:
+    return Path(red_dir) / f"flat_{band}.fits"
+
+
+def make_master_flat(files: list[Path], band: str, red_dir: str | Path, cfg: Config,
+                     bias: Path | None = None, dark: Path | None = None, progress=None) -> Path | None:
+    """Build ``{red}/flat_{band}.fits`` from ``files``; None when no usable flat remains.
+
+    Returns
+    -------
+    Path or None
+    """
+    out = flat_path(red_dir, band)
+    if not files:
+        cfg.mode.missing(f"flat frames of band {band}")
+        return None
+    if not cfg.mode.should_write(out):
+        return out
+    bias_data = read_image(bias)[0] if bias else None
+    dark_data = read_image(dark)[0] if dark else None
+    good, levels, times, rejected = [], [], [], []
+    for f in files:
+        raw_med = frame_median(f)
+        if not cfg.flat_limit_low <= raw_med <= cfg.flat_limit_high:
+            why = "below flat_limit_low" if raw_med < cfg.flat_limit_low else "above flat_limit_high"
+            log.warning("%s: flat rejected: median %.0f ADU %s [%g, %g]", f.name, raw_med, why,
+                        cfg.flat_limit_low, cfg.flat_limit_high)
+            rejected.append(f)
+            continue
+        t = exptime_of(f, cfg) if dark_data is not None else 0.0
+        sub = None
+        if bias_data is not None:
+            sub = bias_data
+        if dark_data is not None:
+            sub = (sub if sub is not None else 0) + dark_data * t
+        level = frame_median(f, sub)
+        if level <= 0:
+            log.warning("%s: flat rejected: non-positive level %.1f after bias", f.name, level)
+            rejected.append(f)
+            continue
+        good.append(f)
+        levels.append(level)
+        times.append(t)
+    if not good:
+        log.warning("band %s: no flat within the limits (%d rejected)", band, len(rejected))
+        cfg.mode.missing(f"usable flat frames of band {band}")
+        return None
+
+    def prep(i, rows, block):
+        if bias_data is not None:
+            block = block - bias_data[rows]
+        if dark_data is not None:
+            block = block - dark_data[rows] * times[i]
+        return block / levels[i]
+
+    log.info("band %s: master flat from %d frames (%d rejected)", band, len(good), len(rejected))
+    data = combine_files(good, cfg.combine_sigma, cfg.combine_mem_mb, prepare=prep, progress=progress)
+    norm = float(np.median(data[::4, ::4]))
+    data /= norm
+    hdr = master_header("flat", good, FILTER=band, NREJECT=(len(rejected), "flats outside the limits"),
+                        BIASFILE=Path(bias).name if bias else "none",
+                        DARKFILE=Path(dark).name if dark else "none")
+    write_fits(out, data.astype(np.float32), hdr)
+    log.info("wrote %s", out)
+    return out
+
+
+def select_flat(red_dir: str | Path, cfg: Config, band: str) -> Path | None:
+    """``use_flat[band]`` -> tonight's -> ``alt_flat[band]`` -> None (no flat fielding)."""
+    u = cfg.flat_for("use_flat", band)
+    if u:
+        if not Path(u).is_file():
+            raise InputError(f"use_flat[{band}]: {u}: file not found")
+        return Path(u)
+    p = flat_path(red_dir, band)
+    if p.is_file():
+        return p
+    a = cfg.flat_for("alt_flat", band)
+    if a:
+        if not Path(a).is_file():
+            raise InputError(f"alt_flat[{band}]: {a}: file not found")
+        log.warning("band %s: no flat of tonight, using alt_flat %s", band, a)
+        return Path(a)
+    cfg.mode.missing(f"master flat of band {band}")
+    log.warning("band %s: no flat: frames are not flat-fielded", band)
+    return None
+
+
+def load_flat(path: Path | None) -> np.ndarray | None:
+    """Flat data with dead (<= 0.05) or non-finite pixels set to 1 (left uncorrected)."""
+    if path is None:
+        return None
+    data = read_image(path)[0]
+    bad = ~np.isfinite(data) | (data <= 0.05)
+    if bad.any():
+        log.debug("%s: %d dead flat pixels left uncorrected", path, int(bad.sum()))
+        data[bad] = 1.0
+    return data

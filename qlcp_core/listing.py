@@ -1,0 +1,309 @@
+"""Step l: list and classify the files of a night.
+
+Every file under ``raw_dir`` becomes one row of the night table: bias, dark,
+flat (per band), science (per object and band) or rejected (with the reason).
+The file name is matched against ``cfg.patterns`` (``re.search``, as the
+original QLCP does); where no pattern matches or a group is empty, the FITS
+header fills in, and a frame type stated in the header (IMAGETYP/OBSTYPE)
+always wins over a guess from the name.  Junk, unreadable and truncated files
+are rejected, never fatal.
+
+Outputs (when ``write``): ``{red}/lst/bias.lst``, ``dark.lst``,
+``flat_{band}.lst``, ``{obj}_{band}.lst`` (file names relative to ``raw_dir``,
+one per line, time order) and ``{red}/lst/night.ecsv``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+from astropy.table import Table
+
+from .config import Config
+from .errors import InputError
+from .io import FITS_SUFFIXES, write_table, write_text
+
+log = logging.getLogger("qlcp.listing")
+
+KINDS = ("bias", "dark", "flat", "science", "rejected")
+UNKNOWN_BAND = "X"
+
+#: header frame-type values -> kind
+_TYPE_WORDS = {
+    "bias": "bias", "zero": "bias", "bias frame": "bias", "zero frame": "bias",
+    "dark": "dark", "dark frame": "dark",
+    "flat": "flat", "domeflat": "flat", "dome flat": "flat", "skyflat": "flat", "sky flat": "flat",
+    "twflat": "flat", "twilight flat": "flat", "flat field": "flat", "flatfield": "flat", "lamp flat": "flat",
+    "light": "science", "object": "science", "science": "science", "light frame": "science",
+    "sci": "science", "target": "science",
+}
+
+
+def _kind_from_type(value: str | None) -> str | None:
+    if value is None:
+        return None
+    v = str(value).strip().lower()
+    if v in _TYPE_WORDS:
+        return _TYPE_WORDS[v]
+    for word, kind in (("bias", "bias"), ("zero", "bias"), ("dark", "dark"), ("flat", "flat")):
+        if word in v:
+            return kind
+    return None
+
+
+def _kind_from_name(obj: str) -> str:
+    low = obj.lower()
+    if "bias" in low or low == "zero":
+        return "bias"
+    if "flat" in low:
+        return "flat"
+    if "dark" in low:
+        return "dark"
+    return "science"
+
+
+def safe_name(s: str) -> str:
+    """Object/band name usable in file names: spaces and separators become '_'."""
+    s = re.sub(r"[\s/\\:*?\"<>|]+", "_", str(s).strip())
+    return s.strip("._") or "unknown"
+
+
+def match_name(name: str, patterns: list[str]) -> dict:
+    """Groups (obj, band, sn, date) of the best pattern match of a file name.
+
+    The first pattern whose match gives a non-empty ``obj`` wins; otherwise the
+    first match at all; ``{}`` when nothing matches.
+    """
+    first = None
+    for p in patterns:
+        m = re.search(p, name, flags=re.IGNORECASE)
+        if not m:
+            continue
+        g = {k: (v or "") for k, v in m.groupdict().items()}
+        if g.get("obj"):
+            return g
+        first = first or g
+    return first or {}
+
+
+def _is_fits_name(name: str) -> bool:
+    low = name.lower()
+    return any(low.endswith(s) for s in FITS_SUFFIXES)
+
+
+def _probe(path: Path) -> tuple[fits.Header | None, str]:
+    """Header of the first 2-D image HDU and '' or None and the reason it is unusable."""
+    try:
+        size = path.stat().st_size
+        if size < 2880:
+            return None, f"too small for FITS ({size} bytes)"
+        with open(path, "rb") as f:
+            if not f.read(30).startswith(b"SIMPLE  ="):
+                return None, "not a FITS file (no SIMPLE card)"
+        with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
+            for hdu in hdul:
+                hdr = hdu.header
+                if hdu.is_image and hdr.get("NAXIS", 0) == 2 or hdr.get("ZIMAGE"):
+                    if not hdr.get("ZIMAGE"):
+                        need = hdu._data_offset + hdu._data_size
+                        if size < need:
+                            return None, f"truncated ({size} of {need} bytes)"
+                    return hdr.copy(), ""
+            return None, "no 2-D image in the file"
+    except Exception as e:  # astropy raises many kinds on corrupt files
+        return None, f"unreadable FITS ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+
+
+def _hval(hdr, *keys):
+    for k in keys:
+        if k and k in hdr:
+            v = hdr[k]
+            if isinstance(v, str):
+                v = v.strip()
+            if v not in ("", None):
+                return v
+    return None
+
+
+def classify(path: Path, rel: str, cfg: Config) -> dict:
+    """One row of the night table for ``path``."""
+    row = dict(file=rel, kind="rejected", obj="", band="", exptime=np.nan, date="", reason="")
+    name = path.name
+    if not _is_fits_name(name):
+        row["reason"] = "not a FITS file name"
+        return row
+    hdr, why = _probe(path)
+    if hdr is None:
+        row["reason"] = why
+        return row
+    groups = match_name(name, cfg.patterns)
+    name_obj = groups.get("obj", "")
+    htype = _hval(hdr, cfg.imagetyp_key, "IMAGETYP", "OBSTYPE", "FRAMETYP")
+    kind = _kind_from_type(htype)
+    if kind is None:
+        if name_obj:
+            kind = _kind_from_name(name_obj)
+        else:
+            hobj = _hval(hdr, cfg.object_key)
+            kind = _kind_from_name(str(hobj)) if hobj else "science"
+    band = groups.get("band", "") or _hval(hdr, cfg.filter_key, "FILTER", "FILTNAME", "FILT") or ""
+    band = safe_name(band) if band else ""
+    exptime = _hval(hdr, cfg.exptime_key, "EXPTIME", "EXPOSURE")
+    try:
+        row["exptime"] = float(exptime) if exptime is not None else np.nan
+    except (TypeError, ValueError):
+        row["exptime"] = np.nan
+    row["date"] = str(_hval(hdr, cfg.date_key, "DATE-OBS") or "")
+    if kind == "science":
+        obj = name_obj if (name_obj and groups.get("obj")) else _hval(hdr, cfg.object_key)
+        if not obj:
+            row["reason"] = "science frame without an object name (file name or header OBJECT)"
+            return row
+        row["obj"] = safe_name(obj)
+        row["band"] = band or UNKNOWN_BAND
+    elif kind == "flat":
+        row["obj"] = "flat"
+        row["band"] = band or UNKNOWN_BAND
+    else:
+        row["obj"] = kind
+    row["kind"] = kind
+    return row
+
+
+@dataclass
+class Night:
+    """The classified files of one night (paths relative to ``raw_dir``)."""
+
+    raw_dir: Path
+    table: Table
+    groups: dict = field(default_factory=dict)
+
+    def _files(self, mask) -> list[Path]:
+        rows = self.table[mask]
+        order = np.lexsort((np.asarray(rows["file"]), np.asarray(rows["date"])))
+        return [self.raw_dir / rows["file"][i] for i in order]
+
+    def files(self, kind: str, obj: str | None = None, band: str | None = None) -> list[Path]:
+        t = self.table
+        m = np.asarray(t["kind"]) == kind
+        if obj is not None:
+            m &= np.asarray(t["obj"]) == obj
+        if band is not None:
+            m &= np.asarray(t["band"]) == band
+        return self._files(m)
+
+    @property
+    def bias(self) -> list[Path]:
+        return self.files("bias")
+
+    @property
+    def dark(self) -> list[Path]:
+        return self.files("dark")
+
+    def flat(self, band: str) -> list[Path]:
+        return self.files("flat", band=band)
+
+    @property
+    def flat_bands(self) -> list[str]:
+        t = self.table
+        return sorted(set(t["band"][t["kind"] == "flat"]))
+
+    def science_groups(self, obj=None, band=None) -> list[tuple[str, str]]:
+        """(object, band) pairs of science frames, filtered by the run's obj/band lists."""
+        t = self.table[self.table["kind"] == "science"]
+        pairs = sorted(set(zip(t["obj"], t["band"])))
+        if obj:
+            wanted = {o.lower() for o in obj} | {safe_name(o).lower() for o in obj}
+            pairs = [p for p in pairs if p[0].lower() in wanted]
+        if band:
+            pairs = [p for p in pairs if p[1] in set(band)]
+        return pairs
+
+    def science(self, obj: str, band: str) -> list[Path]:
+        return self.files("science", obj, band)
+
+    @property
+    def rejected(self) -> Table:
+        return self.table[self.table["kind"] == "rejected"]
+
+    def summary(self) -> str:
+        t = self.table
+        parts = [f"{int(np.sum(t['kind'] == k))} {k}" for k in KINDS]
+        return ", ".join(parts)
+
+
+def scan_files(raw_dir: Path) -> list[Path]:
+    """All regular, non-hidden files under ``raw_dir`` (recursive), sorted."""
+    out = []
+    for p in sorted(raw_dir.rglob("*")):
+        rel = p.relative_to(raw_dir)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        if p.is_file():
+            out.append(p)
+    return out
+
+
+def list_night(raw_dir: str | Path, red_dir: str | Path | None, cfg: Config, write: bool = True,
+               progress=None) -> Night:
+    """Classify every file of ``raw_dir``; write the lists under ``red_dir/lst`` when ``write``.
+
+    Parameters
+    ----------
+    raw_dir : path
+        The night's raw directory (only read).
+    red_dir : path or None
+        The output root; lists go to ``{red_dir}/lst``.
+    cfg : Config
+    write : bool
+        Write the ``.lst`` files and ``night.ecsv`` (the manual: without step l the
+        night is still classified, but the lists are not rewritten).
+    progress : callable, optional
+        Wraps an iterable to show progress (e.g. tqdm).
+    """
+    raw_dir = Path(raw_dir)
+    if not raw_dir.is_dir():
+        raise InputError(f"{raw_dir}: raw directory not found")
+    files = scan_files(raw_dir)
+    it = progress(files, desc="list") if progress else files
+    rows = [classify(p, str(p.relative_to(raw_dir)), cfg) for p in it]
+    names = ("file", "kind", "obj", "band", "exptime", "date", "reason")
+    table = Table(rows=[[r[n] for n in names] for r in rows], names=names,
+                  dtype=(str, str, str, str, float, str, str)) if rows else \
+        Table(names=names, dtype=(str, str, str, str, float, str, str))
+    table.meta["raw_dir"] = str(raw_dir.resolve())
+    night = Night(raw_dir, table)
+    for r in night.rejected:
+        log.warning("%s: rejected: %s", r["file"], r["reason"])
+    log.info("%s: %s", raw_dir, night.summary())
+    if write and red_dir is not None:
+        write_lists(night, Path(red_dir))
+    return night
+
+
+def write_lists(night: Night, red_dir: Path) -> None:
+    lst = red_dir / "lst"
+
+    def put(name, paths):
+        write_text(lst / name, "".join(f"{p.relative_to(night.raw_dir)}\n" for p in paths))
+
+    if night.bias:
+        put("bias.lst", night.bias)
+    if night.dark:
+        put("dark.lst", night.dark)
+    for b in night.flat_bands:
+        put(f"flat_{b}.lst", night.flat(b))
+    for o, b in night.science_groups():
+        put(f"{o}_{b}.lst", night.science(o, b))
+    write_table(lst / "night.ecsv", night.table)
+
+
+def read_night(red_dir: str | Path, raw_dir: str | Path | None = None) -> Night:
+    """Night table written by :func:`list_night` (for steps run without ``l``)."""
+    t = Table.read(Path(red_dir) / "lst" / "night.ecsv", format="ascii.ecsv")
+    return Night(Path(raw_dir or t.meta["raw_dir"]), t)

@@ -1,0 +1,61 @@
+"""Logging as the manual describes: ``{red}/log/{step}.log`` at ``file_log``,
+the screen at ``scr_log``.  All pipeline loggers live under ``qlcp``."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from pathlib import Path
+
+ROOT = "qlcp"
+FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+def setup_screen(level: int = logging.INFO) -> None:
+    """Send ``qlcp`` log records of ``level`` and above to stderr (once)."""
+    root = logging.getLogger(ROOT)
+    root.setLevel(min(level, root.level or logging.DEBUG) if root.handlers else logging.DEBUG)
+    for h in root.handlers:
+        if getattr(h, "_qlcp_screen", False):
+            h.setLevel(level)
+            return
+    h = logging.StreamHandler(sys.stderr)
+    h.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    h.setLevel(level)
+    h._qlcp_screen = True
+    root.addHandler(h)
+
+
+@contextlib.contextmanager
+def step_log(red_dir: str | Path, step: str, level: int = logging.DEBUG):
+    """Also write ``qlcp`` records to ``{red}/log/{step}.log`` while the block runs."""
+    path = Path(red_dir) / "log" / f"{step}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger(ROOT)
+    if root.level == logging.NOTSET or root.level > level:
+        root.setLevel(level)
+    h = logging.FileHandler(path, encoding="utf-8")
+    h.setFormatter(logging.Formatter(FORMAT))
+    h.setLevel(level)
+    root.addHandler(h)
+    try:
+        yield path
+    finally:
+        root.removeHandler(h)
+        h.close()
+
+
+def progress_factory(enabled: bool | None = None):
+    """A tqdm wrapper on an interactive terminal, None (no bars) in CI or when piped."""
+    if enabled is None:
+        enabled = sys.stderr.isatty() and not os.environ.get("CI")
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    def bar(iterable, desc=None):
+        return tqdm(iterable, desc=desc, leave=False, file=sys.stderr)
+
+    return bar

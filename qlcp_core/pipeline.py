@@ -1,0 +1,187 @@
+"""The plain (no orchestration) driver: ``run()`` with the manual's signature.
+
+It runs the steps in order, one (object, band) group after another, logging
+each step to ``{red}/log/{step}.log``.  The Prefect night flow (``flows``)
+composes the very same stage functions as tasks; this driver is what
+``qlcp run --no-prefect`` and ``from qlcp_core import run`` use.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import bias as bias_mod
+from . import dark as dark_mod
+from . import flat as flat_mod
+from .config import Config, load_config
+from .correct import correct_frames
+from .errors import InputError, QLCPError
+from .io import write_text
+from .listing import Night, list_night, read_night
+from .logs import progress_factory, setup_screen, step_log
+from .workmode import workmode
+
+log = logging.getLogger("qlcp.pipeline")
+
+
+@dataclass
+class GroupResult:
+    """What happened to one (object, band) group."""
+
+    obj: str
+    band: str
+    frames: int = 0
+    corrected: int = 0
+    rejected: list = field(default_factory=list)
+    products: dict = field(default_factory=dict)
+    error: str = ""
+
+
+@dataclass
+class RunSummary:
+    """Summary of a night's reduction (JSON-ready with :meth:`to_dict`)."""
+
+    raw_dir: str
+    red_dir: str
+    steps: str
+    config_hash: str
+    listing: str = ""
+    rejected: list = field(default_factory=list)
+    masters: dict = field(default_factory=dict)
+    groups: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def failed(self) -> list:
+        return [g for g in self.groups if g.error]
+
+
+def check_dirs(raw_dir: str | Path, red_dir: str | Path) -> tuple[Path, Path]:
+    """Validate the directories: raw exists; red is neither raw nor inside it."""
+    raw = Path(raw_dir).expanduser()
+    red = Path(red_dir).expanduser()
+    if not raw.is_dir():
+        raise InputError(f"{raw}: raw directory not found")
+    r_raw, r_red = raw.resolve(), red.resolve()
+    if r_red == r_raw or r_raw in r_red.parents:
+        raise InputError(f"{red}: the output directory must not be the raw directory or inside it")
+    try:
+        red.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"{red}: cannot create output directory ({e.strerror})") from None
+    return raw, red
+
+
+def make_config(ini_file=None, **params) -> Config:
+    """Config from files (``ini_file``) and call arguments; ``None`` arguments are 'not given'."""
+    return load_config(ini_file, {k: v for k, v in params.items() if v is not None})
+
+
+def write_effective_config(red: Path, cfg: Config) -> Path:
+    return write_text(red / "config.yaml", "# effective configuration of the last run (QLCP)\n" + cfg.to_yaml())
+
+
+def get_night(raw: Path, red: Path, cfg: Config, progress=None) -> Night:
+    """Step l when asked (writes the lists); otherwise classify without rewriting them."""
+    if "l" in cfg.steps or not (red / "lst" / "night.ecsv").is_file():
+        with step_log(red, "l", cfg.file_log):
+            return list_night(raw, red, cfg, write="l" in cfg.steps, progress=progress)
+    return read_night(red, raw)
+
+
+def run(raw_dir, red_dir, steps: str | None = None, obj=None, band=None, use_bias=None, use_flat=None,
+        alt_bias=None, alt_flat=None, alt_coord=None, base_img=None, aper=None, starxy=None, ind_tgt=None,
+        ind_ref=None, ind_chk=None, mode: workmode | None = None, ini_file=None, progress=None,
+        config: Config | None = None, **kwargs) -> RunSummary:
+    """Reduce one night: the manual's ``qlcp.run``.
+
+    Parameters are those of QLCP v2024.6 (see the configuration reference in
+    the README); any other keyword is a configuration setting.  ``config``
+    passes a ready :class:`Config` instead (then the other settings are ignored).
+
+    Returns
+    -------
+    RunSummary
+    """
+    cfg = config or make_config(
+        ini_file, steps=steps, obj=obj, band=band, use_bias=use_bias, use_flat=use_flat, alt_bias=alt_bias,
+        alt_flat=alt_flat, alt_coord=alt_coord, base_img=base_img, aper=aper, starxy=starxy, ind_tgt=ind_tgt,
+        ind_ref=ind_ref, ind_chk=ind_chk, mode=mode, **kwargs)
+    setup_screen(cfg.scr_log)
+    raw, red = check_dirs(raw_dir, red_dir)
+    if progress is None:
+        progress = progress_factory()
+    write_effective_config(red, cfg)
+    summary = RunSummary(str(raw), str(red), cfg.steps, cfg.hash())
+
+    night = get_night(raw, red, cfg, progress)
+    summary.listing = night.summary()
+    summary.rejected = [(r["file"], r["reason"]) for r in night.rejected]
+    groups = night.science_groups(cfg.obj, cfg.band)
+    if not groups and not night.bias and not night.flat_bands:
+        raise InputError(f"{raw}: no usable FITS frames in this night ({night.summary()})")
+    if not groups:
+        log.warning("%s: no science frames%s", raw, " for the requested obj/band" if cfg.obj or cfg.band else "")
+
+    masters = calibrate(night, red, cfg, groups, progress)
+    summary.masters = {k: (str(v) if v else None) for k, v in masters.items()}
+
+    for o, b in groups:
+        g = GroupResult(o, b, frames=len(night.science(o, b)))
+        try:
+            reduce_group(night, red, cfg, o, b, masters, g, progress)
+        except QLCPError as e:
+            g.error = str(e)
+            log.error("%s %s: %s", o, b, e)
+        summary.groups.append(g)
+    if groups and len(summary.failed) == len(groups):
+        raise QLCPError(f"{raw}: every group failed; first: {summary.failed[0].error}")
+    return summary
+
+
+def calibrate(night: Night, red: Path, cfg: Config, groups, progress=None) -> dict:
+    """Steps b (bias, and darks when present) and f (flats of the bands in use)."""
+    masters: dict = {}
+    if "b" in cfg.steps:
+        with step_log(red, "b", cfg.file_log):
+            bias_mod.make_master_bias(night.bias, red, cfg, progress)
+            if night.dark and not cfg.use_dark:
+                dark_mod.make_master_dark(night.dark, red, cfg, bias_mod.select_bias(red, cfg), progress)
+    needs_cal = any(s in cfg.steps for s in "fi")
+    masters["bias"] = bias_mod.select_bias(red, cfg) if needs_cal else None
+    masters["dark"] = dark_mod.select_dark(red, cfg) if needs_cal else None
+    bands = sorted({b for _, b in groups})
+    if "f" in cfg.steps:
+        with step_log(red, "f", cfg.file_log):
+            for b in bands:
+                if cfg.flat_for("use_flat", b):
+                    continue
+                flat_mod.make_master_flat(night.flat(b), b, red, cfg, masters["bias"], masters["dark"], progress)
+    if "i" in cfg.steps:
+        for b in bands:
+            masters[f"flat_{b}"] = flat_mod.select_flat(red, cfg, b)
+    return masters
+
+
+def reduce_group(night: Night, red: Path, cfg: Config, obj: str, band: str, masters: dict, g: GroupResult,
+                 progress=None) -> None:
+    """Steps i o p k c d g for one (object, band) group."""
+    files = night.science(obj, band)
+    if "i" in cfg.steps:
+        with step_log(red, "i", cfg.file_log):
+            res = correct_frames(files, obj, band, red, cfg, masters.get("bias"), masters.get(f"flat_{band}"),
+                                 masters.get("dark"), progress)
+        g.corrected = len(res.outputs)
+        g.rejected.extend(res.rejected)
+    lightcurve_steps(red, cfg, obj, band, g, progress)
+
+
+def lightcurve_steps(red: Path, cfg: Config, obj: str, band: str, g: GroupResult, progress=None) -> None:
+    """Steps o p k c d g of one group (alignment to light curve)."""
+    wanted = [s for s in cfg.steps if s in "opkKcdg"]
+    if wanted:
+        log.warning("%s %s: steps %s are not available in this version", obj, band, "".join(wanted))
