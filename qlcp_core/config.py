@@ -213,7 +213,10 @@ class Config(BaseModel):
     @field_validator("mode", mode="before")
     @classmethod
     def _v_mode(cls, v):
-        return workmode(v)
+        try:
+            return workmode(v)
+        except ConfigError as e:   # re-raised by load_config with the key and file
+            raise ValueError(str(e).removeprefix("mode: ")) from None
 
     @model_validator(mode="after")
     def _v_limits(self):

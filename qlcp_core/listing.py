@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,7 +106,8 @@ def _probe(path: Path) -> tuple[fits.Header | None, str]:
         with open(path, "rb") as f:
             if not f.read(30).startswith(b"SIMPLE  ="):
                 return None, "not a FITS file (no SIMPLE card)"
-        with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
+        with warnings.catch_warnings(), fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
+            warnings.simplefilter("ignore")     # astropy's truncation warning: we report it ourselves
             for hdu in hdul:
                 hdr = hdu.header
                 if hdu.is_image and hdr.get("NAXIS", 0) == 2 or hdr.get("ZIMAGE"):

@@ -1,0 +1,36 @@
+"""Shared fixtures: paths to the optional real data, small FITS writers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("QLCP_SHARED_DATA", REPO.parent / "shared" / "data"))
+XO1 = SHARED_DATA / "xo1_arcsat_20250601"
+
+
+@pytest.fixture
+def xo1_dir() -> Path:
+    """The real ARCSAT XO-1 night (skips when ../shared/data is absent)."""
+    if not (XO1 / "README.md").is_file():
+        pytest.skip("real data ../shared/data/xo1_arcsat_20250601 not present")
+    return XO1
+
+
+def write_frame(path: Path, data=None, shape=(32, 32), bzero=True, **cards) -> Path:
+    """A small FITS frame with header ``cards`` (unsigned 16-bit like cameras when ``bzero``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if data is None:
+        data = np.full(shape, 1000.0)
+    hdu = fits.PrimaryHDU(np.asarray(data, dtype=np.float32))
+    if bzero:
+        hdu = fits.PrimaryHDU(np.clip(np.round(data), 0, 65535).astype(np.uint16))
+    for k, v in cards.items():
+        hdu.header[k.replace("_", "-")] = v
+    hdu.writeto(path, overwrite=True)
+    return path
