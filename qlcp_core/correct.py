@@ -28,6 +28,7 @@ from .config import Config
 from .errors import InputError, QLCPError
 from .flat import load_flat
 from .io import raw_stem, read_header, read_image, write_fits
+from .provenance import fits_key, step_key
 
 log = logging.getLogger("qlcp.correct")
 
@@ -123,7 +124,9 @@ def correct_frames(files: list[Path], obj: str, band: str, red_dir: str | Path, 
     result = CorrectResult()
     files = [Path(f) for f in files]
     outs = {f: bf_path(red_dir, obj, band, f) for f in files}
-    todo = [f for f in files if cfg.mode.should_write(outs[f])]
+    keys = {f: step_key(cfg, "i", f, bias, flat, dark) for f in files}
+    todo = [f for f in files
+            if cfg.mode.should_write(outs[f], current=(not outs[f].exists() or fits_key(outs[f]) == keys[f]))]
     result.outputs = [str(outs[f]) for f in files if f not in todo]
     if not todo:
         return result
@@ -190,6 +193,7 @@ def correct_frames(files: list[Path], obj: str, band: str, red_dir: str | Path, 
                 for k in ("CRPIX1", "CRPIX2"):
                     if k in out_hdr:
                         out_hdr[k] = out_hdr[k] - cut
+            out_hdr["QLCPKEY"] = (keys[f], "settings+inputs key of this product")
             out_hdr.add_history("QLCP step i: (raw - bias - dark*t) / flat")
             write_fits(outs[f], data.astype(np.float32, copy=False), out_hdr)
             result.outputs.append(str(outs[f]))

@@ -80,7 +80,7 @@ def make_master_flat(files: list[Path], band: str, red_dir: str | Path, cfg: Con
 
     log.info("band %s: master flat from %d frames (%d rejected)", band, len(good), len(rejected))
     data = combine_files(good, cfg.combine_sigma, cfg.combine_mem_mb, prepare=prep, progress=progress)
-    norm = float(np.median(data[::4, ::4]))
+    norm = float(np.median(data))
     data /= norm
     hdr = master_header("flat", good, FILTER=band, NREJECT=(len(rejected), "flats outside the limits"),
                         BIASFILE=Path(bias).name if bias else "none",

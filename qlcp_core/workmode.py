@@ -94,16 +94,21 @@ class workmode:  # noqa: N801  (lower-case name kept from the original API)
         return f"workmode({' + '.join('workmode.' + n for n in self.names)})"
 
     # ------------------------------------------------------------ decisions
-    def should_write(self, path: str | Path, aggregate: bool = False) -> bool:
+    def should_write(self, path: str | Path, aggregate: bool = False, current: bool = True) -> bool:
         """Decide whether a step (re)writes ``path``.
 
-        Returns True to (re)compute, False to keep the existing file.
-        Raises :class:`OutputExistsError` for EXIST_ERROR.
+        ``current`` says whether an existing product was made from the same
+        settings and inputs (see :mod:`qlcp_core.provenance`); under
+        EXIST_APPEND a stale product is redone.  Returns True to (re)compute,
+        False to keep the existing file.  Raises :class:`OutputExistsError`
+        for EXIST_ERROR.
         """
         path = Path(path)
         if not path.exists():
             return True
-        if self.exist == "EXIST_OVER" or (self.exist == "EXIST_APPEND" and aggregate):
+        if self.exist == "EXIST_OVER" or (self.exist == "EXIST_APPEND" and (aggregate or not current)):
+            if self.exist == "EXIST_APPEND" and not aggregate:
+                log.debug("%s is stale (other settings or inputs): redone", path)
             return True
         if self.exist == "EXIST_ERROR":
             raise OutputExistsError(f"{path}: output exists and mode is EXIST_ERROR")

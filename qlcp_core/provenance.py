@@ -1,0 +1,55 @@
+"""Provenance keys: which settings and inputs made a product.
+
+Each per-frame product (corrected frame, catalogue) carries ``QLCPKEY`` in its
+header: a hash of the step's settings (:data:`qlcp_core.config.STEP_KEYS`),
+the code version and the identity (name, size, mtime) of its inputs.  Under
+the default EXIST_APPEND mode an existing product is kept only when its key
+matches: changing ``aper`` or a master flat redoes what depends on it, where
+the original would silently keep stale files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from ._version import __version__
+from .config import STEP_KEYS, Config
+
+
+def file_identity(path: str | Path | None) -> list:
+    """(name, size, mtime_ns) of a file, or None: cheap, changes when the file is rewritten."""
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return [str(path), None, None]
+    return [Path(path).name, st.st_size, st.st_mtime_ns]
+
+
+def step_key(cfg: Config, step: str, *inputs) -> str:
+    """Hash of the step's settings, the code version and the identity of ``inputs``."""
+    payload = {
+        "v": __version__,
+        "step": step,
+        "cfg": cfg.subset(STEP_KEYS[step]),
+        "in": [file_identity(p) for p in inputs],
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def fits_key(path: str | Path) -> str | None:
+    """``QLCPKEY`` of an existing FITS product (image or table), None when absent or unreadable."""
+    from astropy.io import fits
+
+    try:
+        with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
+            for hdu in hdul:
+                if "QLCPKEY" in hdu.header:
+                    return str(hdu.header["QLCPKEY"])
+    except Exception:
+        return None
+    return None
