@@ -14,6 +14,7 @@ from .combine import combine_files, master_header
 from .config import Config
 from .errors import InputError
 from .io import write_fits
+from .provenance import fits_key, step_key
 
 log = logging.getLogger("qlcp.bias")
 
@@ -32,11 +33,12 @@ def make_master_bias(files: list[Path], red_dir: str | Path, cfg: Config, progre
     if not files:
         cfg.mode.missing("bias frames of tonight")
         return None
-    if not cfg.mode.should_write(out):
+    key = step_key(cfg, "b", *files)
+    if not cfg.mode.should_write(out, current=fits_key(out) == key):
         return out
     log.info("master bias from %d frames", len(files))
     data = combine_files(files, cfg.combine_sigma, cfg.combine_mem_mb, progress=progress)
-    hdr = master_header("bias", files, COMBSIG=(cfg.combine_sigma, "clipping sigma"))
+    hdr = master_header("bias", files, COMBSIG=(cfg.combine_sigma, "clipping sigma"), QLCPKEY=key)
     write_fits(out, data, hdr)
     log.info("wrote %s (median %.1f ADU)", out, float(_median(data)))
     return out

@@ -17,6 +17,7 @@ from .combine import combine_files, master_header
 from .config import Config
 from .errors import InputError
 from .io import read_header, read_image, write_fits
+from .provenance import fits_key, step_key
 
 log = logging.getLogger("qlcp.dark")
 
@@ -42,7 +43,8 @@ def make_master_dark(files: list[Path], red_dir: str | Path, cfg: Config, bias: 
     out = dark_path(red_dir)
     if not files:
         return None
-    if not cfg.mode.should_write(out):
+    key = step_key(cfg, "b", bias, *files)
+    if not cfg.mode.should_write(out, current=fits_key(out) == key):
         return out
     times = [exptime_of(f, cfg) for f in files]
     keep = [(f, t) for f, t in zip(files, times) if t > 0]
@@ -59,7 +61,8 @@ def make_master_dark(files: list[Path], red_dir: str | Path, cfg: Config, bias: 
 
     log.info("master dark from %d frames (%s s)", len(files), ", ".join(f"{t:g}" for t in sorted(set(times))))
     data = combine_files(files, cfg.combine_sigma, cfg.combine_mem_mb, prepare=prep, progress=progress)
-    hdr = master_header("dark", files, BUNIT="ADU/s", BIASFILE=Path(bias).name if bias else "none")
+    hdr = master_header("dark", files, BUNIT="ADU/s", BIASFILE=Path(bias).name if bias else "none",
+                        QLCPKEY=key)
     write_fits(out, data, hdr)
     log.info("wrote %s (median %.3g ADU/s)", out, float(np.median(data[::4, ::4])))
     return out

@@ -19,6 +19,7 @@ from .config import Config
 from .dark import exptime_of
 from .errors import InputError
 from .io import read_image, write_fits
+from .provenance import fits_key, step_key
 
 log = logging.getLogger("qlcp.flat")
 
@@ -39,7 +40,8 @@ def make_master_flat(files: list[Path], band: str, red_dir: str | Path, cfg: Con
     if not files:
         cfg.mode.missing(f"flat frames of band {band}")
         return None
-    if not cfg.mode.should_write(out):
+    key = step_key(cfg, "f", bias, dark, *files)
+    if not cfg.mode.should_write(out, current=fits_key(out) == key):
         return out
     bias_data = read_image(bias)[0] if bias else None
     dark_data = read_image(dark)[0] if dark else None
@@ -84,7 +86,7 @@ def make_master_flat(files: list[Path], band: str, red_dir: str | Path, cfg: Con
     data /= norm
     hdr = master_header("flat", good, FILTER=band, NREJECT=(len(rejected), "flats outside the limits"),
                         BIASFILE=Path(bias).name if bias else "none",
-                        DARKFILE=Path(dark).name if dark else "none")
+                        DARKFILE=Path(dark).name if dark else "none", QLCPKEY=key)
     write_fits(out, data.astype(np.float32), hdr)
     log.info("wrote %s", out)
     return out

@@ -25,7 +25,6 @@ time machinery (which ``timing`` uses):
 from __future__ import annotations
 
 import logging
-import time
 import warnings
 from pathlib import Path
 
