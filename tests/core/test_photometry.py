@@ -1,0 +1,358 @@
+"""Tests of step p (qlcp_core.photometry) on small simulated frames with known truth.
+
+Stars are pixel-integrated Gaussians (so the flux in the image is exactly the
+true flux) on a flat sky, with Poisson noise in electrons and Gaussian read
+noise, converted to ADU with a known gain.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import sep
+from astropy.io import fits
+from astropy.table import Table
+from scipy.spatial import cKDTree
+from scipy.special import ndtr
+
+from qlcp_core import photometry as P
+from qlcp_core.config import Config
+from qlcp_core.errors import InputError
+
+GAIN, RDN, SKY = 2.0, 8.0, 300.0
+SIG2FWHM = 2.0 * math.sqrt(2.0 * math.log(2.0))
+
+
+# ---------------------------------------------------------------- simulator
+def model(shape, xs, ys, fluxes, fwhm, sky=SKY):
+    """Noise-free image: pixel-integrated Gaussian stars (0-based centres) on a flat sky, ADU."""
+    ny, nx = shape
+    img = np.full(shape, float(sky))
+    s = fwhm / SIG2FWHM
+    h = int(math.ceil(7 * s)) + 2
+    for x, y, f in zip(np.atleast_1d(xs), np.atleast_1d(ys), np.atleast_1d(fluxes)):
+        ix, iy = int(round(x)), int(round(y))
+        cx = np.arange(max(ix - h, 0), min(ix + h + 1, nx))
+        cy = np.arange(max(iy - h, 0), min(iy + h + 1, ny))
+        if cx.size == 0 or cy.size == 0:
+            continue
+        ex = ndtr((cx + 0.5 - x) / s) - ndtr((cx - 0.5 - x) / s)
+        ey = ndtr((cy + 0.5 - y) / s) - ndtr((cy - 0.5 - y) / s)
+        img[cy[0]:cy[-1] + 1, cx[0]:cx[-1] + 1] += f * np.outer(ey, ex)
+    return img
+
+
+def noisy(m, rng, gain=GAIN, rdn=RDN):
+    return ((rng.poisson(m * gain) + rng.normal(0.0, rdn, m.shape)) / gain).astype(np.float32)
+
+
+def grid_stars(n_side, size, margin, rng, fmin, fmax):
+    """Well separated stars on a jittered grid, log-uniform fluxes."""
+    g = np.linspace(margin, size - 1 - margin, n_side)
+    xs, ys = np.meshgrid(g, g)
+    xs = xs.ravel() + rng.uniform(-0.5, 0.5, xs.size)
+    ys = ys.ravel() + rng.uniform(-0.5, 0.5, ys.size)
+    fl = 10 ** rng.uniform(math.log10(fmin), math.log10(fmax), xs.size)
+    return xs, ys, fl
+
+
+def match(tab, xs, ys, tol=1.0):
+    """Index into the table of the source nearest each true star (-1 when none within tol)."""
+    d, i = cKDTree(np.column_stack([tab["X"], tab["Y"]])).query(np.column_stack([xs, ys]))
+    return np.where(d < tol, i, -1)
+
+
+def enclosed(r, fwhm):
+    """Fraction of a pixelated Gaussian within radius r (pixel blur as variance 1/12)."""
+    s2 = (fwhm / SIG2FWHM) ** 2 + 1.0 / 12.0
+    return 1.0 - np.exp(-np.asarray(r) ** 2 / (2 * s2))
+
+
+# -------------------------------------------------------------------- tests
+@pytest.fixture(scope="module")
+def field():
+    rng = np.random.default_rng(11)
+    xs, ys, fl = grid_stars(4, 256, 32, rng, 3e3, 3e5)
+    fwhm = 4.0
+    img = noisy(model((256, 256), xs, ys, fl, fwhm), rng)
+    cfg = Config(aper=[3.0, 15.0])
+    tab, stats = P.measure(img, cfg, GAIN, RDN, 60000.0)
+    return dict(xs=xs, ys=ys, fl=fl, fwhm=fwhm, img=img, tab=tab, stats=stats)
+
+
+def test_detects_every_star_with_precise_positions(field):
+    tab, xs, ys, fl = field["tab"], field["xs"], field["ys"], field["fl"]
+    idx = match(tab, xs, ys)
+    assert (idx >= 0).all(), "every simulated star is found"
+    assert len(tab) == len(xs), "and nothing else (a clean sky has no spurious sources at 3 sigma x 5 px)"
+    bright = fl > 3e4
+    assert bright.sum() >= 4
+    dx = tab["X"][idx] - xs
+    dy = tab["Y"][idx] - ys
+    assert np.abs(dx[bright]).max() < 0.05 and np.abs(dy[bright]).max() < 0.05
+    assert (tab["Flags"][idx] == 0).all()
+
+
+def test_aperture_fluxes_match_truth_within_errors(field):
+    tab, fl, fwhm = field["tab"], field["fl"], field["fwhm"]
+    idx = match(tab, field["xs"], field["ys"])
+    flux, ferr = tab["Flux"][idx], tab["FErr"][idx]
+    # 15 px = 8.8 sigma: the whole star; pulls must look like N(0, 1)
+    pull = (flux[:, 1] - fl * enclosed(15.0, fwhm)) / ferr[:, 1]
+    assert np.abs(pull).max() < 4
+    assert 0.4 < np.sqrt(np.mean(pull ** 2)) < 1.6
+    # 3 px holds a known fraction of a Gaussian star
+    bright = fl > 3e4
+    ratio = flux[bright, 0] / (fl[bright] * enclosed(3.0, fwhm))
+    assert np.abs(ratio - 1).max() < 0.02
+    # magnitudes follow the convention
+    np.testing.assert_allclose(tab["Mag"][idx], 25 - 2.5 * np.log10(flux), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(tab["Err"][idx], 1.0857 * ferr / flux, rtol=1e-3)
+    # AUTO (Kron, min 3.5 a) holds nearly all the flux of a Gaussian
+    auto = tab["FluxAUTO"][idx]
+    assert np.abs(auto[bright] / fl[bright] - 1).max() < 0.02
+    assert np.abs((auto - fl) / tab["FErrAUTO"][idx]).max() < 5
+
+
+def test_frame_stats(field):
+    st, tab = field["stats"], field["tab"]
+    assert abs(st["FWHM"] / field["fwhm"] - 1) < 0.05
+    assert abs(np.median(tab["FWHM"]) / field["fwhm"] - 1) < 0.05
+    assert abs(st["SKY"] / SKY - 1) < 0.01
+    rms = math.sqrt(SKY / GAIN + (RDN / GAIN) ** 2)
+    assert abs(st["SKYRMS"] / rms - 1) < 0.05
+    assert st["NSTARS"] == len(tab) and st["APER"] == [3.0, 15.0]
+    assert st["SKYANN"] == (19.0, 27.0)      # largest aperture + 4 .. + 12
+    np.testing.assert_allclose(tab["Sky"], SKY, atol=2.0)
+    for k in ("APER", "FWHM", "SKY", "NSTARS"):
+        assert k in tab.meta
+    assert tab["Flux"].shape == (len(tab), 2) and tab["Flags"].dtype.kind == "i"
+
+
+def test_predicted_errors_match_scatter_of_repeated_frames():
+    """FErr vs the real scatter over 50 noise realisations, sky- and photon-limited stars.
+
+    A narrow annulus (10..14 px, ~300 pixels) makes the noise of the sky
+    estimate as large as the sky noise in the 8 px aperture: a model without
+    that term would be ~40 % low, one with the mean's 1/n instead of the
+    median's (pi/2)/n ~11 % low, and fail here (precision ~2.5 %).
+    """
+    rng = np.random.default_rng(5)
+    xs, ys, _ = grid_stars(5, 256, 24, rng, 1, 2)
+    fl = np.geomspace(500, 4e5, xs.size)
+    m = model((256, 256), xs, ys, fl, 3.5)
+    radii = np.array([3.0, 8.0])
+    cfg = Config(aper=list(radii), sky_annulus=(10.0, 14.0))
+    pos = np.column_stack([xs, ys])
+    nrep = 50
+    flux = np.empty((nrep, xs.size, 2))
+    ferr = np.empty_like(flux)
+    for k in range(nrep):
+        tab, _ = P.measure(noisy(m, rng), cfg, GAIN, RDN, 1e9, positions=pos)
+        flux[k], ferr[k] = tab["Flux"], tab["FErr"]
+    z = (flux - flux.mean(axis=0)) / ferr * math.sqrt(nrep / (nrep - 1))
+    # sky and photon variance in each aperture, to split sky- from photon-limited stars
+    skyvar = (SKY / GAIN + (RDN / GAIN) ** 2) * np.pi * radii ** 2
+    photon = fl / GAIN
+    for ap, sel in ((0, photon < skyvar[0]), (1, photon < skyvar[1]), (0, photon > 3 * skyvar[0])):
+        assert sel.sum() >= 8
+        ratio = z[:, sel, ap].std()
+        assert abs(ratio - 1) < 0.07, f"aperture {radii[ap]}: empirical / predicted scatter = {ratio:.3f}"
+    # and the fluxes are unbiased: truth = the noise-free star light in the same apertures
+    truth = np.column_stack([sep.sum_circle(m - SKY, xs, ys, r, subpix=0)[0] for r in radii])
+    bias = (flux.mean(axis=0) - truth) / (ferr.mean(axis=0) / math.sqrt(nrep))
+    assert np.abs(bias).max() < 4
+
+
+def test_clipped_median_sky_estimator():
+    """The annulus estimator: robust to contamination, unbiased sigma, variance (pi/2) sigma^2 / n."""
+    rng = np.random.default_rng(6)
+    rows, npx, sig = 4000, 300, 10.0
+    v = rng.normal(0.0, sig, (rows, npx))
+    med, s, n = P._clipped_median(v)
+    assert abs(np.mean(s) / sig - 1) < 0.01                  # truncation-corrected clipped std
+    assert abs(np.var(med) / (np.pi / 2 * sig ** 2 / np.mean(n)) - 1) < 0.1
+    assert np.mean(n) > 0.995 * npx and n.min() > 0.95 * npx
+    # 10 % of the pixels hit by faint stars / cosmic rays, some pixels excluded (NaN)
+    w = v.copy()
+    hit = rng.random(w.shape) < 0.1
+    w[hit] += rng.uniform(50, 5000, hit.sum())
+    w[:, :40] = np.nan
+    med2, s2, n2 = P._clipped_median(w)
+    assert abs(np.mean(med2)) < 0.05 * sig and abs(np.mean(s2) / sig - 1) < 0.02
+    assert (n2 <= npx - 40).all()
+    # fewer than the minimum usable pixels: no estimate
+    med3, s3, _ = P._clipped_median(np.full((2, 50), np.nan))
+    assert np.isnan(med3).all() and np.isnan(s3).all()
+
+
+def test_sky_gradient_and_given_annulus():
+    """A sky ramp of 0.6 ADU/px: the local annulus keeps fluxes and Sky right."""
+    rng = np.random.default_rng(9)
+    xs, ys, fl = grid_stars(4, 256, 32, rng, 5e3, 2e5)
+    ramp = 0.6 * np.arange(256)[None, :] + np.zeros((256, 1))
+    img = noisy(model((256, 256), xs, ys, fl, 4.0) + ramp, rng)
+    tab, st = P.measure(img, Config(aper=[6.0], sky_annulus=(10.0, 20.0)), GAIN, RDN, 60000.0)
+    assert st["SKYANN"] == (10.0, 20.0) and tab.meta["SKYIN"] == 10.0
+    idx = match(tab, xs, ys)
+    assert (idx >= 0).all()
+    np.testing.assert_allclose(tab["Sky"][idx], SKY + 0.6 * xs, atol=1.5)
+    pull = (tab["Flux"][idx, 0] - fl * enclosed(6.0, 4.0)) / tab["FErr"][idx, 0]
+    assert np.abs(pull).max() < 4
+
+
+def test_saturation_and_border_flags():
+    rng = np.random.default_rng(3)
+    xs = np.array([60.3, 180.6, 1.2, 120.4])
+    ys = np.array([60.1, 190.2, 128.7, 120.0])
+    fl = np.array([1e6, 5e4, 5e4, 5e4])
+    img = noisy(model((256, 256), xs, ys, fl, 4.0), rng)
+    sat = 30000.0
+    img = np.minimum(img, sat)                   # a real CCD clips at its full well
+    tab, _ = P.measure(img, Config(aper=[5.0]), GAIN, RDN, sat)
+    idx = match(tab, xs, ys, tol=1.5)
+    assert (idx >= 0).all()
+    f = tab["Flags"][idx]
+    assert f[0] & P.FLAG_SATURATED and not f[0] & P.FLAG_BORDER
+    assert f[2] & P.FLAG_BORDER and not f[2] & P.FLAG_SATURATED
+    assert f[1] == 0 and f[3] == 0
+    assert tab["Peak"][idx[0]] == sat
+
+
+def test_negative_apertures_scale_with_fwhm():
+    out = {}
+    for fwhm in (3.0, 6.0):
+        rng = np.random.default_rng(8)
+        xs, ys, fl = grid_stars(4, 256, 40, rng, 5e4, 2e5)
+        img = noisy(model((256, 256), xs, ys, fl, fwhm), rng)
+        tab, st = P.measure(img, Config(aper=[-1.5, 5.0]), GAIN, RDN, 60000.0)
+        assert st["APER"][0] == pytest.approx(1.5 * st["FWHM"]) and st["APER"][1] == 5.0
+        assert tab.meta["APER"] == st["APER"]
+        idx = match(tab, xs, ys)
+        out[fwhm] = (st, tab["Flux"][idx, 0] / fl)
+    assert out[6.0][0]["APER"][0] / out[3.0][0]["APER"][0] == pytest.approx(2.0, rel=0.05)
+    # the same multiple of the FWHM holds the same fraction of the light
+    assert np.median(out[6.0][1]) == pytest.approx(np.median(out[3.0][1]), abs=0.01)
+
+
+def test_nineteen_apertures_and_limits(field):
+    aper = [float(r) for r in range(1, 17)] + [-1.0, -2.0, -3.0]
+    tab, st = P.measure(field["img"], Config(aper=[5.0]), GAIN, RDN, 60000.0, aper=aper)
+    assert tab["Flux"].shape == (len(tab), 19) and tab["Err"].shape == (len(tab), 19)
+    assert len(st["APER"]) == 19 and st["APER"][-1] == pytest.approx(3 * st["FWHM"])
+    idx = match(tab, field["xs"], field["ys"])
+    b = idx[np.argmax(field["fl"])]
+    grow = tab["Flux"][b, :16]
+    assert (np.diff(grow[:6]) > 0).all()         # the growth curve of the brightest star
+    assert abs(grow[-1] / field["fl"].max() - 1) < 0.01
+    with pytest.raises(InputError):
+        P.measure(field["img"], Config(), GAIN, RDN, 60000.0, aper=[5.0] * 20)
+
+
+def test_forced_photometry_keeps_given_order(field):
+    xs, ys, fl = field["xs"], field["ys"], field["fl"]
+    order = np.random.default_rng(1).permutation(xs.size)
+    pos = np.column_stack([xs[order], ys[order]])
+    pos = np.vstack([pos, [[128.0, 5.0]]])       # blank sky near the edge
+    cfg = Config(aper=[3.0, 15.0])
+    tab, st = P.measure(field["img"], cfg, GAIN, RDN, 60000.0, positions=pos)
+    assert len(tab) == len(pos)
+    np.testing.assert_array_equal(tab["X"], pos[:, 0])
+    np.testing.assert_array_equal(tab["Y"], pos[:, 1])
+    true = fl[order] * enclosed(15.0, field["fwhm"])
+    pull = (tab["Flux"][:-1, 1] - true) / tab["FErr"][:-1, 1]
+    assert np.abs(pull).max() < 4
+    assert abs(tab["Flux"][-1, 0]) < 4 * tab["FErr"][-1, 0]
+    assert tab["Flags"][-1] & P.FLAG_BORDER
+    assert abs(st["FWHM"] / field["fwhm"] - 1) < 0.05
+    # Kron ellipse from windowed moments: round stars come out round
+    assert np.median(tab["Elong"][:-1]) < 1.15
+    det = field["tab"][match(field["tab"], xs[order], ys[order])]
+    # same fluxes as the detection run (which masks other sources in the sky annulus)
+    assert np.abs((tab["Flux"][:-1] - det["Flux"]) / det["FErr"]).max() < 0.3
+
+
+def test_byte_order_bad_pixels_and_cosmic_rays(field):
+    img = field["img"].copy()
+    xs, ys = field["xs"], field["ys"]
+    k = int(np.argmax(field["fl"]))
+    # a NaN pixel near one star, a cosmic-ray hit near another
+    img[int(round(ys[k])) + 2, int(round(xs[k])) - 2] = np.nan
+    j = (k + 5) % xs.size
+    img[int(round(ys[j])) + 6, int(round(xs[j])) + 5] += 3000.0    # inside the 9 px aperture
+    img[64, 64] += 2000.0                                               # far from any star
+    big = img.astype(">f4")
+    keep = big.copy()
+    cfg = Config(aper=[3.0, 9.0])
+    tab, st = P.measure(big, cfg, GAIN, RDN, 60000.0)
+    np.testing.assert_array_equal(big, keep)     # the input is not modified
+    tab2, _ = P.measure(img.astype("<f4"), cfg, GAIN, RDN, 60000.0)
+    np.testing.assert_array_equal(tab["Flux"], tab2["Flux"])
+    idx = match(tab, xs, ys)
+    assert tab["Flags"][idx[k]] & P.FLAG_COSMIC
+    assert np.isfinite(tab["Flux"][idx[k]]).all()
+    assert tab["Flags"][idx[j]] & P.FLAG_COSMIC
+    others = np.setdiff1d(np.arange(xs.size), [k, j])
+    assert (tab["Flags"][idx[others]] & P.FLAG_COSMIC == 0).all()
+    # an isolated hit is detected as a source, flagged as what it is
+    hit = match(tab, [64.0], [64.0])[0]
+    assert hit >= 0 and tab["Flags"][hit] & P.FLAG_COSMIC
+    assert st["FWHM"] == pytest.approx(field["stats"]["FWHM"], rel=0.01)
+
+
+def test_empty_and_flat_frames():
+    rng = np.random.default_rng(2)
+    cfg = Config(aper=[-2.0, 4.0])
+    flat = np.full((128, 128), 100.0, dtype=np.float32)
+    tab, st = P.measure(flat, cfg, GAIN, RDN, 60000.0)
+    assert len(tab) == 0 and tab["Flux"].shape == (0, 2) and math.isnan(st["FWHM"])
+    noise = noisy(np.full((128, 128), SKY), rng)
+    tab, st = P.measure(noise, cfg, GAIN, RDN, 60000.0)
+    assert len(tab) < 5                           # a few noise peaks at most
+    assert tab["Flux"].shape[1] == 2
+
+
+def test_photometry_file_writes_catalogue_and_png(tmp_path, field):
+    hdr = fits.Header()
+    for key, val in dict(GAIN=GAIN, RDNOISE=RDN, SATURATE=50000.0, JD=2460000.5, MJD=60000.0,
+                         HJD=2460000.501, BJD=2460000.502, AIRMASS=1.2, EXPTIME=30.0,
+                         RAWFILE="UYUMa-0003I.fit", FILTER="I").items():
+        hdr[key] = val
+    bf = tmp_path / "UYUMa-0003I.bf.fits"
+    fits.PrimaryHDU(field["img"], hdr).writeto(bf)      # big-endian on disk
+    cfg = Config(aper=[3.0, -2.0], draw_phot=True, draw_phot_err=0.05)
+    res = P.photometry_file(bf, tmp_path, cfg)
+    cat = tmp_path / "UYUMa-0003I.cat.fits"
+    assert res["file"] == str(cat) and cat.is_file()
+    assert res["NSTARS"] == len(field["xs"]) and abs(res["FWHM"] / field["fwhm"] - 1) < 0.05
+    t = Table.read(cat)
+    assert list(t.colnames) == list(P.COLUMNS)
+    assert t["Flux"].shape == (len(t), 2)
+    for key in ("JD", "MJD", "HJD", "BJD", "AIRMASS", "EXPTIME", "RAWFILE", "FILTER"):
+        assert t.meta[key] == hdr[key]
+    assert t.meta["FWHM"] == pytest.approx(res["FWHM"]) and t.meta["APER1"] == pytest.approx(2 * res["FWHM"])
+    assert t.meta["NAPER"] == 2 and t.meta["APER0"] == 3.0
+    assert t.meta["GAIN"] == GAIN and t.meta["SATURATE"] == 50000.0 and t.meta["NSTARS"] == len(t)
+    png = tmp_path / "UYUMa-0003I.cat.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(tmp_path.glob(".*tmp*"))           # no temporary file left behind
+    # cfg detector values win over the header
+    res2 = P.photometry_file(bf, tmp_path / "other.cat.fits", Config(gain=4.0, rdnoise=1.0, saturation=1e5))
+    t2 = Table.read(res2["file"])
+    assert t2.meta["GAIN"] == 4.0 and t2.meta["SATURATE"] == 1e5
+    assert not (tmp_path / "other.cat.png").exists()
+
+
+def test_full_frame_200_stars_found():
+    """A 1024x1024 frame with 200 stars: most found with 1 and 5 apertures (speed is in bench/)."""
+    rng = np.random.default_rng(4)
+    n = 200
+    xs, ys = rng.uniform(10, 1014, n), rng.uniform(10, 1014, n)
+    fl = 10 ** rng.uniform(3.0, 5.5, n)
+    img = noisy(model((1024, 1024), xs, ys, fl, 3.5, 500.0), rng)
+    for aper in ([5.0], [3.0, 5.0, -1.5, -2.5, 10.0]):
+        tab, _ = P.measure(img, Config(aper=aper), GAIN, RDN, 60000.0)
+        assert len(tab) > 150
+        assert np.asarray(tab["Flux"]).shape[1] == len(aper)
