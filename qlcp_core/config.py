@@ -141,6 +141,11 @@ class Config(BaseModel):
     pick_ref_n: int = Field(20, ge=1, description="most comparison stars")
     pick_ref_std: float = Field(0.05, gt=0, description="largest night std of a comparison star, mag")
     pick_ref_dif: float = Field(0.10, gt=0, description="largest max-min range of a comparison star, mag")
+    pick_star_n: int = Field(500, ge=1, description="most stars examined by the automatic pick")
+    pick_var_n: int = Field(10, ge=1, description="most targets picked")
+    pick_chk_n: int = Field(2, ge=0, description="most check stars picked")
+    ref_var_k: float = Field(3.0, gt=1, description="a comparison whose scatter against the others exceeds this "
+                                                     "multiple of its predicted noise is rejected as variable")
 
     # ------------------------------------------------------------ validators
     @field_validator("file_log", "scr_log", mode="before")
@@ -277,9 +282,11 @@ STEP_KEYS: dict[str, tuple[str, ...]] = {
     "p": ("aper", "gain", "rdnoise", "saturation", "detect_thresh", "detect_minarea", "sky_annulus",
           "draw_phot", "draw_phot_err"),
     "k": ("pick_err_max", "pick_bad_max", "pick_var_std", "pick_var_rad", "pick_ref_n", "pick_ref_std",
-          "pick_ref_dif", "match_max_dis", "base_img"),
+          "pick_ref_dif", "match_max_dis", "base_img", "saturation", "pick_star_n", "pick_var_n", "pick_chk_n",
+          "steps", "starxy"),
     "c": ("match_max_dis", "starxy", "base_img"),
-    "d": ("ind_tgt", "ind_ref", "ind_chk", "tel_diameter", "scint_cy", "site_ele", "gain", "rdnoise", "aper"),
+    "d": ("ind_tgt", "ind_ref", "ind_chk", "tel_diameter", "scint_cy", "site_ele", "gain", "rdnoise", "aper",
+          "pick_bad_max", "sky_annulus", "ref_var_k"),
     "g": (),
 }
 

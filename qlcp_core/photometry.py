@@ -76,7 +76,7 @@ import sep
 from astropy.table import Table
 
 from .errors import InputError
-from .io import atomic_path, raw_stem, read_image, write_table
+from .io import raw_stem, read_image, write_table
 
 log = logging.getLogger("qlcp.photometry")
 
@@ -611,44 +611,6 @@ def _meta(stats, gain, rdnoise, saturation) -> dict:
             "SATURATE": float(saturation)}
 
 
-# ------------------------------------------------------------------ drawing
-def draw_catalogue(png_path, data: np.ndarray, table: Table, err_max: float, title: str | None = None) -> Path:
-    """PNG of the frame with stars whose first-aperture ``Err`` < ``err_max`` circled (atomic)."""
-    from astropy.visualization import ZScaleInterval
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.collections import EllipseCollection
-    from matplotlib.figure import Figure
-
-    img = np.asarray(data, dtype=np.float32)
-    try:
-        vmin, vmax = ZScaleInterval().get_limits(img[np.isfinite(img)])
-    except (ValueError, IndexError, ZeroDivisionError):   # empty or constant image
-        vmin, vmax = 0.0, 1.0
-    fig = Figure(figsize=(8, 8 * img.shape[0] / max(img.shape[1], 1) + 0.4), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_axes((0.06, 0.05, 0.92, 0.9))
-    ax.imshow(img, origin="lower", cmap="gray", vmin=vmin, vmax=vmax, interpolation="nearest")
-    n_good = 0
-    if len(table):
-        e = np.asarray(table["Err"])[:, 0]
-        with np.errstate(invalid="ignore"):
-            sel = np.isfinite(e) & (e < err_max)
-        n_good = int(sel.sum())
-        rad = table.meta.get("APER", [5.0])[0]
-        rad = rad if np.isfinite(rad) else 5.0
-        d = np.full(n_good, 2 * rad + 4)
-        xy = np.column_stack([np.asarray(table["X"])[sel], np.asarray(table["Y"])[sel]])
-        ax.add_collection(EllipseCollection(d, d, np.zeros(n_good), units="xy", offsets=xy,
-                                            offset_transform=ax.transData, facecolors="none",
-                                            edgecolors="lime", linewidths=0.7))
-    ax.set_xlim(-0.5, img.shape[1] - 0.5)
-    ax.set_ylim(-0.5, img.shape[0] - 0.5)
-    ax.set_title(f"{title + ': ' if title else ''}{n_good} stars with err < {err_max:g} mag", fontsize=9)
-    with atomic_path(png_path) as tmp:
-        fig.savefig(tmp, format="png")
-    return Path(png_path)
-
-
 # --------------------------------------------------------------------- file
 def _hdr_float(hdr, key, default):
     try:
@@ -667,7 +629,7 @@ def catalogue_path(bf_path, out_path) -> Path:
     return out / f"{stem.removesuffix('.bf')}.cat.fits"
 
 
-def photometry_file(bf_path, out_path, cfg, aper=None) -> dict:
+def photometry_file(bf_path, out_path, cfg, aper=None, key: str | None = None) -> dict:
     """Photometry of one corrected frame into ``{rawstem}.cat.fits`` (and ``.cat.png``).
 
     Parameters
@@ -707,24 +669,28 @@ def photometry_file(bf_path, out_path, cfg, aper=None) -> dict:
     tab, stats = measure(data, cfg, gain, rdnoise, saturation, aper=aper)
 
     meta = {}
-    for key in COPY_KEYS + (cfg.filter_key, cfg.object_key):
-        if key in hdr and key not in meta:
-            meta[key] = hdr[key]
+    for card in COPY_KEYS + (cfg.filter_key, cfg.object_key):
+        if card in hdr and card not in meta:
+            meta[card] = hdr[card]
     meta["BFFILE"] = Path(bf_path).name
-    for key, val in tab.meta.items():
-        if key == "APER":
+    if key:
+        meta["QLCPKEY"] = key          # settings+inputs key (qlcp_core.provenance)
+    for mkey, val in tab.meta.items():
+        if mkey == "APER":
             meta["NAPER"] = len(val)
             for i, r in enumerate(val):     # APER0 .. APER{n-1}: index of the Flux vector
                 if np.isfinite(r):
                     meta[f"APER{i}"] = r
         elif not isinstance(val, float) or np.isfinite(val):   # FITS headers hold no NaN
-            meta[key] = val
+            meta[mkey] = val
     tab.meta = meta
     cat = catalogue_path(bf_path, out_path)
     write_table(cat, tab)
     if cfg.draw_phot:
         tab.meta["APER"] = stats["APER"]
-        draw_catalogue(cat.with_name(cat.name[: -len(".fits")] + ".png"), data, tab, cfg.draw_phot_err,
-                       title=cat.name[: -len(".cat.fits")])
+        from .plotting import plot_frame_sources
+
+        plot_frame_sources(data, tab, cat.with_name(cat.name[: -len(".fits")] + ".png"), cfg.draw_phot_err,
+                           title=cat.name[: -len(".cat.fits")])
     log.info("%s: %d sources, FWHM %.2f px, sky %.1f", cat.name, stats["NSTARS"], stats["FWHM"], stats["SKY"])
     return {**stats, "file": str(cat)}

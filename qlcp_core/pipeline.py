@@ -16,7 +16,8 @@ from . import bias as bias_mod
 from . import dark as dark_mod
 from . import flat as flat_mod
 from .config import Config, load_config
-from .correct import correct_frames
+from . import offset as off_mod
+from . import steps as _steps
 from .errors import InputError, QLCPError
 from .io import write_text
 from .listing import Night, list_night, read_night
@@ -36,6 +37,7 @@ class GroupResult:
     corrected: int = 0
     rejected: list = field(default_factory=list)
     products: dict = field(default_factory=dict)
+    noise: list = field(default_factory=list)
     error: str = ""
 
 
@@ -148,40 +150,65 @@ def calibrate(night: Night, red: Path, cfg: Config, groups, progress=None) -> di
     masters: dict = {}
     if "b" in cfg.steps:
         with step_log(red, "b", cfg.file_log):
-            bias_mod.make_master_bias(night.bias, red, cfg, progress)
-            if night.dark and not cfg.use_dark:
-                dark_mod.make_master_dark(night.dark, red, cfg, bias_mod.select_bias(red, cfg), progress)
+            _steps.bias_step(red, cfg, night.bias, progress)
+            _steps.dark_step(red, cfg, night.dark, bias_mod.select_bias(red, cfg), progress)
     needs_cal = any(s in cfg.steps for s in "fi")
-    masters["bias"] = bias_mod.select_bias(red, cfg) if needs_cal else None
-    masters["dark"] = dark_mod.select_dark(red, cfg) if needs_cal else None
+    masters["bias"] = _s(bias_mod.select_bias(red, cfg)) if needs_cal else None
+    masters["dark"] = _s(dark_mod.select_dark(red, cfg)) if needs_cal else None
     bands = sorted({b for _, b in groups})
     if "f" in cfg.steps:
         with step_log(red, "f", cfg.file_log):
             for b in bands:
-                if cfg.flat_for("use_flat", b):
-                    continue
-                flat_mod.make_master_flat(night.flat(b), b, red, cfg, masters["bias"], masters["dark"], progress)
-    if "i" in cfg.steps:
+                masters[f"flat_{b}"] = _steps.flat_step(red, cfg, b, night.flat(b), masters["bias"],
+                                                       masters["dark"], progress)
+    elif "i" in cfg.steps:
         for b in bands:
-            masters[f"flat_{b}"] = flat_mod.select_flat(red, cfg, b)
+            masters[f"flat_{b}"] = _s(flat_mod.select_flat(red, cfg, b))
     return masters
+
+
+def _s(p):
+    return None if p is None else str(p)
 
 
 def reduce_group(night: Night, red: Path, cfg: Config, obj: str, band: str, masters: dict, g: GroupResult,
                  progress=None) -> None:
-    """Steps i o p k c d g for one (object, band) group."""
+    """Steps i o p k c d g for one (object, band) group, in order."""
     files = night.science(obj, band)
     if "i" in cfg.steps:
         with step_log(red, "i", cfg.file_log):
-            res = correct_frames(files, obj, band, red, cfg, masters.get("bias"), masters.get(f"flat_{band}"),
-                                 masters.get("dark"), progress)
-        g.corrected = len(res.outputs)
-        g.rejected.extend(res.rejected)
-    lightcurve_steps(red, cfg, obj, band, g, progress)
+            res = _steps.correct_step(red, cfg, obj, band, files, masters.get("bias"),
+                                     masters.get(f"flat_{band}"), masters.get("dark"), progress)
+        g.rejected.extend(res["rejected"])
+    bf = _steps.corrected_files(red, obj, band, files)
+    g.corrected = len(bf)
+    if "o" in cfg.steps:
+        with step_log(red, "o", cfg.file_log):
+            g.products["offsets"] = _steps.offset_step(red, cfg, obj, band, bf)
+    if "p" in cfg.steps:
+        with step_log(red, "p", cfg.file_log):
+            stats = _steps.photometry_step(red, cfg, bf, progress)
+        g.rejected.extend([Path(s["bf"]).name, s["error"]] for s in stats if s.get("error"))
+    if not any(s in cfg.steps for s in "kKcdg"):
+        return
+    cats = _steps.catalogue_files(bf)
+    offsets = str(off_mod.offset_paths(red, obj, band)[0])
+    if any(s in cfg.steps for s in "kKc"):
+        with step_log(red, "k", cfg.file_log):
+            sel = _steps.selection_for(red, cfg, obj, band, cats, offsets)
+        if "c" in cfg.steps:
+            with step_log(red, "c", cfg.file_log):
+                g.products["catalogue"] = _steps.catalogue_step(red, cfg, obj, band, cats, offsets, sel)
+    if "d" in cfg.steps:
+        with step_log(red, "d", cfg.file_log):
+            res = _steps.differential_step(red, cfg, obj, band, str(_steps.catalogue_path(red, obj, band)),
+                                          night=night_name(night))
+        g.products.update(lightcurve=res["lc"], plot=res["png"])
+        g.noise = res["noise"]
+    if "g" in cfg.steps:
+        with step_log(red, "g", cfg.file_log):
+            g.products["chart"] = _steps.graph_step(red, cfg, obj, band)
 
 
-def lightcurve_steps(red: Path, cfg: Config, obj: str, band: str, g: GroupResult, progress=None) -> None:
-    """Steps o p k c d g of one group (alignment to light curve)."""
-    wanted = [s for s in cfg.steps if s in "opkKcdg"]
-    if wanted:
-        log.warning("%s %s: steps %s are not available in this version", obj, band, "".join(wanted))
+def night_name(night: Night) -> str:
+    return Path(night.raw_dir).resolve().name

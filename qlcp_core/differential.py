@@ -1,0 +1,536 @@
+"""Step d: differential photometry against a weighted ensemble of comparison stars.
+
+Ensemble (per aperture)
+-----------------------
+Each comparison star ``i`` is first normalised to its own zero point ``c_i``
+(its median magnitude, refined so that ``m_i(f) - c_i`` agrees with the
+ensemble over the night), giving ``z_i(f) = m_i(f) - c_i``.  The ensemble of
+frame ``f`` is the weighted mean over the comparisons present in that frame::
+
+    E(f) = sum_i w_i z_i(f) / sum_i w_i  +  M0,        M0 = sum_i w_i c_i / sum_i w_i
+
+and a target's differential magnitude is ``m_t(f) - E(f)``.  We average
+magnitudes, not fluxes: with ``w_i = 1/sigma_i**2`` this is the minimum-variance
+estimate of the frame's zero point from independent stars, and because every
+``z_i`` is normalised first, a comparison missing in one frame only drops out
+of that frame's mean, without a jump.  ``M0`` is a constant, so the
+differential magnitudes stay near ``m_t - <m_ref>`` as in the original.
+
+Weights come from the comparison stars alone (never from a target or check
+star), leave-one-out, iterated (cf. Broeg, Fernández & Neuhäuser 2005, AN
+326, 134): star ``i`` is compared with the ensemble of the *other*
+comparisons, and ``w_i = 1 / s_i**2`` with ``s_i`` the 5-sigma-clipped
+standard deviation of that differential light curve.
+
+A comparison star is rejected, with the reason recorded, when it
+
+* saturates (``Flags & 2``) in any usable frame;
+* is missing in more than ``pick_bad_max`` of the usable frames;
+* varies: its leave-one-out scatter is more than ``ref_var_k`` (default 3)
+  times its predicted noise (CCD equation + scintillation of the star and of
+  the other comparisons), after dividing by the median of that ratio over all
+  comparisons when that median exceeds 1 (so clouds or flat-field errors
+  common to all stars do not reject everyone).  Stars are rejected one at a
+  time, worst first, and the ensemble refitted (at least 3 comparisons are
+  needed to tell which one varies).
+
+Errors: per frame, ``err = sqrt(e_t**2 + sigma_E**2)`` with ``e`` the
+catalogue error and scintillation in quadrature, and
+``sigma_E**2 = sum w_i**2 e_i**2 / (sum w_i)**2``.
+
+Noise budget (``lc.meta['noise']``, per target/check and aperture): the
+predicted scatter, median over frames of :func:`qlcp_core.noise.predicted_sigma`
+(CCD equation + scintillation of the star and of the weighted ensemble),
+against the achieved one, :func:`robust_scatter` (robust, from second
+differences, so an eclipse does not inflate it); ``noisy`` when achieved >
+2 x predicted (clouds, systematics), with a warning.
+
+Products: ``{red}/lc_{obj}_{band}.ecsv``, ``{red}/stars_{obj}_{band}.ecsv`` and
+the original's text files ``{red}/cali_{obj}_AP{aper}/...txt``
+(:func:`write_lightcurve`).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+from astropy.table import Table
+
+from . import noise
+from .catalogue import FLAG_BORDER, FLAG_INVALID, FLAG_MISSING, FLAG_SATURATED
+from .errors import ConfigError
+from .io import write_table, write_text
+
+log = logging.getLogger("qlcp.differential")
+
+#: default of the variability threshold of comparison stars (setting ``ref_var_k``)
+REF_VAR_K = 3.0
+#: bits that make a star's photometry unusable in a frame
+_BAD = FLAG_MISSING | FLAG_BORDER | FLAG_INVALID
+
+
+# ----------------------------------------------------------------- helpers
+def _clipped_std(d: np.ndarray, sigma: float = 5.0, iters: int = 3) -> np.ndarray:
+    """Column-wise standard deviation after iterative sigma clipping (NaN ignored)."""
+    d = np.array(d, dtype=float, copy=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for _ in range(iters):
+            med = np.nanmedian(d, axis=0)
+            s = np.nanstd(d, axis=0)
+            out = np.abs(d - med) > sigma * s
+            if not out.any():
+                break
+            d[out] = np.nan
+        n = np.sum(np.isfinite(d), axis=0)
+        s = np.nanstd(d, axis=0)
+    return np.where(n >= 3, s, np.nan)
+
+
+def robust_scatter(y: np.ndarray) -> float:
+    """Frame-to-frame scatter, insensitive to real variations and outliers.
+
+    ``1.4826 MAD(d) / sqrt(1.5)`` of the second differences
+    ``d_i = y_i - (y_{i-1} + y_{i+1}) / 2`` (as DER_SNR, Stoehr et al. 2008):
+    for white noise of std sigma, ``var(d) = 1.5 sigma**2``.  Unlike the first
+    differences, a local slope (the ingress of an eclipse) cancels, so a real
+    eclipse does not inflate it.  NaN values are dropped first; NaN with fewer
+    than 5 points.
+    """
+    y = np.asarray(y, dtype=float)
+    y = y[np.isfinite(y)]
+    if len(y) < 5:
+        return float("nan")
+    d = y[1:-1] - 0.5 * (y[:-2] + y[2:])
+    return float(1.4826 * np.median(np.abs(d - np.median(d))) / np.sqrt(1.5))
+
+
+def _as_list(v) -> list[int] | None:
+    if v is None:
+        return None
+    if isinstance(v, (int, np.integer)):
+        return [int(v)]
+    return [int(i) for i in v]
+
+
+def resolve_indexes(n_star: int, ind_tgt=None, ind_ref=None, ind_chk=None) -> tuple[list, list, list]:
+    """Default and validate target/comparison/check indexes (manual: target 0, others comparisons).
+
+    A star listed as target or check is removed from the comparisons (with a
+    warning): a comparison must be independent of what it measures.
+    """
+    tgt = _as_list(ind_tgt)
+    chk = _as_list(ind_chk)
+    ref = _as_list(ind_ref)
+    tgt = [0] if tgt is None else tgt
+    chk = [] if chk is None else chk
+    if ref is None:
+        ref = [i for i in range(n_star) if i not in tgt and i not in chk]
+    for name, lst in (("ind_tgt", tgt), ("ind_ref", ref), ("ind_chk", chk)):
+        bad = [i for i in lst if not 0 <= i < n_star]
+        if bad:
+            raise ConfigError(f"{name}: index {bad[0]} out of range, the catalogue has {n_star} stars")
+    both = [i for i in ref if i in tgt or i in chk]
+    if both:
+        log.warning(f"stars {both} are targets or checks, removed from the comparison stars")
+        ref = [i for i in ref if i not in both]
+    ref = list(dict.fromkeys(ref))
+    return tgt, ref, chk
+
+
+def _npix_nsky(cata: Table, cfg, n_aper: int) -> tuple[np.ndarray, np.ndarray]:
+    """Aperture and sky-annulus pixel counts per frame and aperture, (nf, na) and (nf,)."""
+    nf = len(cata)
+    if "aper_r" in cata.colnames:
+        r = np.asarray(cata["aper_r"], dtype=float).reshape(nf, -1)[:, :n_aper]
+    else:
+        r = np.full((nf, n_aper), np.nan)
+    conf = list(cata.meta.get("apertures", cfg.aper))
+    fwhm = np.asarray(cata["fwhm"], dtype=float) if "fwhm" in cata.colnames else np.full(nf, np.nan)
+    for j in range(min(n_aper, len(conf))):
+        a = float(conf[j])
+        fill = a if a > 0 else abs(a) * fwhm
+        r[:, j] = np.where(np.isfinite(r[:, j]), r[:, j], fill)
+    npix = np.pi * r**2
+    ann = getattr(cfg, "sky_annulus", None)
+    if ann is not None:
+        nsky = np.full(nf, np.pi * (ann[1] ** 2 - ann[0] ** 2))
+    else:
+        rmax = np.nanmax(r, axis=1) if n_aper else np.full(nf, np.nan)
+        nsky = np.pi * ((rmax + 12.0) ** 2 - (rmax + 4.0) ** 2)
+    return npix, nsky
+
+
+class _Noise:
+    """Per-frame, per-star, per-aperture noise: predicted (CCD + scintillation) and catalogue errors."""
+
+    def __init__(self, cata: Table, cfg, flux, err, sky_local, n_aper):
+        nf = len(cata)
+        self.npix, self.nsky = _npix_nsky(cata, cfg, n_aper)
+        g = cfg.gain if cfg.gain is not None else cata.meta.get("gain", 1.0)
+        rn = cfg.rdnoise if cfg.rdnoise is not None else cata.meta.get("rdnoise", 0.0)
+        self.gain, self.rdnoise = float(g), float(rn)
+        col = (lambda n: np.asarray(cata[n], dtype=float) if n in cata.colnames else np.full(nf, np.nan))
+        self.exptime, self.airmass = col("exptime"), col("airmass")
+        fsky = col("sky")
+        self.sky = np.where(np.isfinite(sky_local), sky_local, fsky[:, None])  # (nf, ns)
+        self.scint_kw = dict(diameter_m=float(cfg.tel_diameter), height_m=float(cfg.site_ele), cy=float(cfg.scint_cy))
+        sc = noise.MAG_PER_REL * noise.scintillation_sigma(
+            cfg.tel_diameter, self.exptime, self.airmass, cfg.site_ele, cfg.scint_cy)
+        self.scint_mag = np.where(np.isfinite(sc), sc, 0.0)  # (nf,)
+        # predicted error of every star (nf, ns, na)
+        self.pred = noise.star_sigma_mag(
+            flux, self.npix[:, None, :], self.sky[:, :, None], self.gain, self.rdnoise, self.nsky[:, None, None],
+            diameter_m=self.scint_kw["diameter_m"], exptime_s=self.exptime[:, None, None],
+            airmass=self.airmass[:, None, None], height_m=self.scint_kw["height_m"], cy=self.scint_kw["cy"])
+        # error used for propagation: catalogue error + scintillation, else the prediction
+        e = np.sqrt(err**2 + self.scint_mag[:, None, None] ** 2)
+        self.err = np.where(np.isfinite(e), e, self.pred)
+
+
+def _fit_ensemble(m: np.ndarray, e: np.ndarray, p: np.ndarray, n_iter: int = 4):
+    """Zero points, leave-one-out weights and scatter of comparison stars in one aperture.
+
+    Parameters
+    ----------
+    m, e, p : arrays (nf, nc)
+        Magnitudes (NaN: not usable), propagation errors, predicted errors.
+
+    Returns
+    -------
+    dict with ``c`` (nc zero points), ``w`` (nc weights), ``s`` (nc
+    leave-one-out clipped scatter), ``pred`` (nc median predicted
+    leave-one-out noise).
+    """
+    nc = m.shape[1]
+    avail = np.isfinite(m)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        c = np.nanmedian(m, axis=0)
+        e_med = np.nanmedian(np.where(avail, e, np.nan), axis=0)
+        w0 = np.where(np.isfinite(e_med) & (e_med > 0), 1.0 / e_med**2, 1.0)
+        w = w0.copy()
+        s = np.full(nc, np.nan)
+        for _ in range(n_iter):
+            z = m - c
+            wa = np.where(avail, w, 0.0)
+            wz = np.where(avail, w * z, 0.0)
+            big_w = wa.sum(axis=1)
+            ens = wz.sum(axis=1) / np.where(big_w > 0, big_w, np.nan)
+            c = c + np.nanmedian(z - ens[:, None], axis=0)
+            z = m - c
+            wz = np.where(avail, w * z, 0.0)
+            loo_w = big_w[:, None] - wa
+            loo = (wz.sum(axis=1)[:, None] - wz) / np.where(loo_w > 0, loo_w, np.nan)
+            s = _clipped_std(z - loo)
+            s = np.where(np.isfinite(s), np.maximum(s, 1e-4), np.nan)
+            w = np.where(np.isfinite(s), 1.0 / s**2, w0)
+        # predicted noise of each leave-one-out curve (median over frames)
+        wa = np.where(avail, w, 0.0)
+        wp2 = np.where(avail & np.isfinite(p), (w * p) ** 2, 0.0)
+        loo_w = wa.sum(axis=1)[:, None] - wa
+        var_e = (wp2.sum(axis=1)[:, None] - wp2) / np.where(loo_w > 0, loo_w, np.nan) ** 2
+        pred = np.nanmedian(np.where(avail, np.sqrt(p**2 + var_e), np.nan), axis=0)
+    return dict(c=c, w=w, s=s, pred=pred)
+
+
+def _ensemble(m, e, c, w):
+    """Ensemble magnitude and its error per frame, (nf,) each; NaN without comparison."""
+    avail = np.isfinite(m)
+    wa = np.where(avail, w, 0.0)
+    big_w = wa.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = np.where(avail, w * (m - c), 0.0).sum(axis=1) / big_w
+        m0 = np.sum(w * c) / np.sum(w) if np.sum(w) > 0 else np.nan
+        sig = np.sqrt(np.where(avail, (w * e) ** 2, 0.0).sum(axis=1)) / big_w
+    ok = big_w > 0
+    return np.where(ok, z + m0, np.nan), np.where(ok, sig, np.nan)
+
+
+# ------------------------------------------------------------------ main
+def differential(cata: Table, ind_tgt=None, ind_ref=None, ind_chk=None, cfg=None, *,
+                 source: str | None = None) -> tuple[Table, Table]:
+    """Differential light curves of targets and check stars against a weighted ensemble.
+
+    Parameters
+    ----------
+    cata : Table
+        Night catalogue of step c (:func:`qlcp_core.catalogue.build_catalogue`).
+    ind_tgt, ind_ref, ind_chk : int or list of int, optional
+        Indexes into the catalogue's stars; defaults: ``[0]``, every star not a
+        target or check, ``[]``.
+    cfg : Config
+        ``pick_bad_max``, ``tel_diameter``, ``scint_cy``, ``site_ele``,
+        ``gain``, ``rdnoise``, ``aper``, ``sky_annulus``; optional
+        ``ref_var_k`` (variability threshold, default 3).
+    source : {'given', 'picked'}, optional
+        Where the star list came from (default ``cata.meta['source']`` or
+        'given'), recorded in the stars table.
+
+    Returns
+    -------
+    lc : Table
+        One row per frame: ``file, jd, bjd_tdb, hjd, airmass, fwhm, sky, ok``
+        and ``mag_t{k}_a{j}, err_t{k}_a{j}`` (target k, aperture j),
+        ``mag_c{k}_a{j}, err_c{k}_a{j}`` (check k).  Meta: ``apertures``,
+        ``aper_radius`` (median px), ``stars`` (index, role, x, y),
+        ``ind_tgt/ind_ref/ind_chk`` (comparisons actually used),
+        ``ind_ref_given``, ``noise`` (predicted vs achieved scatter, ``noisy``).
+    stars : Table
+        ``index, x, y, role, source, weight (n_aper), scatter (n_aper), reason``.
+    """
+    if cfg is None:
+        from .config import Config
+        cfg = Config()
+    mag = np.asarray(cata["mag"], dtype=float)
+    nf = len(cata)
+    mag = mag.reshape(nf, mag.shape[1] if mag.ndim > 1 else 1, -1)
+    ns, na = mag.shape[1], mag.shape[2]
+    tgt, ref, chk = resolve_indexes(ns, ind_tgt, ind_ref, ind_chk)
+    ref_given = list(ref)
+    shape3 = (nf, ns, na)
+    err = np.asarray(cata["err"], dtype=float).reshape(shape3)
+    flux = np.asarray(cata["flux"], dtype=float).reshape(shape3)
+    flags = np.asarray(cata["flags"], dtype=np.int64).reshape(nf, ns)
+    sky_local = (np.asarray(cata["sky_local"], dtype=float).reshape(nf, ns) if "sky_local" in cata.colnames
+                 else np.full((nf, ns), np.nan))
+    frame_ok = np.asarray(cata["ok"], dtype=bool)
+    usable = frame_ok[:, None, None] & ((flags & _BAD) == 0)[:, :, None] & np.isfinite(mag)
+    m = np.where(usable, mag, np.nan)
+    nz = _Noise(cata, cfg, flux, err, sky_local, na)
+    n_ok = int(frame_ok.sum())
+
+    # -------- comparison stars: saturation and drop-outs
+    reason: dict[int, str] = {}
+    sat_n = np.sum(frame_ok[:, None] & ((flags & FLAG_SATURATED) != 0), axis=0)
+    for i in tgt + chk:
+        if sat_n[i]:
+            log.warning(f"{'target' if i in tgt else 'check'} star {i} is saturated in {sat_n[i]} frame(s): "
+                        "its light curve is not reliable there")
+    miss = 1.0 - np.sum(np.all(np.isfinite(m), axis=2), axis=0) / max(n_ok, 1)
+    comps = []
+    for i in ref:
+        if sat_n[i] > 0:
+            reason[i] = f"saturated in {sat_n[i]} frame(s)"
+        elif miss[i] > cfg.pick_bad_max:
+            reason[i] = f"missing in {100 * miss[i]:.0f}% of frames > {100 * cfg.pick_bad_max:.0f}%"
+        else:
+            comps.append(i)
+            continue
+        log.warning(f"comparison star {i} rejected: {reason[i]}")
+
+    # -------- comparison stars: variability, worst first
+    k_var = float(getattr(cfg, "ref_var_k", REF_VAR_K))
+    fits = None
+    while comps:
+        fits = [_fit_ensemble(m[:, comps, j], nz.err[:, comps, j], nz.pred[:, comps, j]) for j in range(na)]
+        if len(comps) < 3:
+            break
+        ratio = np.array([ft["s"] / ft["pred"] for ft in fits])           # (na, nc)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            norm = np.maximum(1.0, np.nanmedian(ratio, axis=1, keepdims=True))
+            stat = np.nanmedian(ratio / norm, axis=0)
+        if not np.isfinite(stat).any():
+            break
+        worst = int(np.nanargmax(stat))
+        if stat[worst] <= k_var:
+            break
+        i = comps.pop(worst)
+        j0 = int(np.nanargmax(ratio[:, worst]))
+        reason[i] = (f"variable: scatter {fits[j0]['s'][worst]:.4f} mag against the other comparisons is "
+                     f"{stat[worst]:.1f} x its predicted noise {fits[j0]['pred'][worst]:.4f} (limit {k_var:g})")
+        log.warning(f"comparison star {i} rejected: {reason[i]}")
+    if not comps:
+        log.warning("no usable comparison star: every frame is marked not ok")
+
+    # -------- ensemble and light curves
+    weights = np.zeros((ns, na))
+    scatter = np.full((ns, na), np.nan)
+    lc_ok = frame_ok.copy()
+    ens = np.full((nf, na), np.nan)
+    ens_sig = np.full((nf, na), np.nan)
+    for j in range(na):
+        if comps:
+            ft = fits[j]
+            w = ft["w"] / np.sum(ft["w"])
+            weights[comps, j] = w
+            scatter[comps, j] = ft["s"]
+            ens[:, j], ens_sig[:, j] = _ensemble(m[:, comps, j], nz.err[:, comps, j], ft["c"], w)
+        lc_ok &= np.isfinite(ens[:, j])
+    n_bad = int(np.sum(frame_ok & ~lc_ok))
+    if n_bad:
+        log.warning(f"{n_bad} frame(s) without a usable comparison star marked not ok")
+
+    lc = Table()
+    col = (lambda n, fill=np.nan: np.asarray(cata[n]) if n in cata.colnames else np.full(nf, fill))
+    lc["file"] = np.asarray(cata["file"]).astype(str)
+    for name in ("jd", "bjd_tdb", "hjd", "airmass", "fwhm", "sky"):
+        lc[name] = np.asarray(col(name), dtype=float)
+    lc["ok"] = lc_ok
+    noise_rows = []
+    dm = m - ens[:, None, :]                      # (nf, ns, na)
+    de = np.sqrt(nz.err**2 + ens_sig[:, None, :] ** 2)
+    dm[~lc_ok] = np.nan
+    de[~lc_ok] = np.nan
+    for role, letter, lst in (("target", "t", tgt), ("check", "c", chk)):
+        for k, i in enumerate(lst):
+            for j in range(na):
+                lc[f"mag_{letter}{k}_a{j}"] = dm[:, i, j]
+                lc[f"err_{letter}{k}_a{j}"] = np.where(np.isfinite(dm[:, i, j]), de[:, i, j], np.nan)
+                row = _budget(nz, m, flux, i, comps, weights[comps, j] if comps else None, j, dm[:, i, j], lc_ok)
+                row.update(star=int(i), role=role, k=k, aperture=j)
+                noise_rows.append(row)
+                scatter[i, j] = _clipped_std(dm[:, i, j][:, None])[0]
+                if row["noisy"]:
+                    log.warning(f"{role} {k} (star {i}) aperture {j}: scatter {row['achieved']:.4f} > 2 x "
+                                f"predicted {row['predicted']:.4f} (clouds or systematics?)")
+    for i in reason:
+        for j in range(na):
+            if np.isfinite(ens[:, j]).any():
+                scatter[i, j] = _clipped_std((m[:, i, j] - ens[:, j])[:, None])[0]
+
+    # -------- stars table
+    sxy = np.asarray(cata.meta.get("starxy", np.full((ns, 2), np.nan)), dtype=float).reshape(-1, 2)
+    if len(sxy) != ns:
+        sxy = np.full((ns, 2), np.nan)
+    roles = []
+    for i in range(ns):
+        roles.append("target" if i in tgt else "check" if i in chk else "comparison" if i in comps
+                     else "rejected" if i in reason else "unused")
+    src = source or str(cata.meta.get("source", "given"))
+    stars = Table()
+    stars["index"] = np.arange(ns)
+    stars["x"] = sxy[:, 0]
+    stars["y"] = sxy[:, 1]
+    stars["role"] = np.array(roles, dtype=str)
+    stars["source"] = np.array([src] * ns, dtype=str)
+    stars["weight"] = weights
+    stars["scatter"] = scatter
+    stars["reason"] = np.array([reason.get(i, "") for i in range(ns)], dtype=str)
+    stars.meta.update(ind_tgt=[int(i) for i in tgt], ind_ref=[int(i) for i in comps], ind_chk=[int(i) for i in chk])
+
+    aper_r = (np.asarray(cata["aper_r"], dtype=float).reshape(nf, -1) if "aper_r" in cata.colnames
+              else np.full((nf, na), np.nan))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        r_med = np.nanmedian(aper_r[frame_ok], axis=0) if n_ok else np.full(na, np.nan)
+    lc.meta.update(
+        apertures=[float(a) for a in cata.meta.get("apertures", cfg.aper)],
+        aper_radius=[float(r) for r in r_med],
+        stars=[dict(index=i, role=roles[i], x=float(sxy[i, 0]), y=float(sxy[i, 1])) for i in range(ns)],
+        ind_tgt=tgt, ind_ref=list(comps), ind_chk=chk, ind_ref_given=ref_given,
+        ensemble="weighted mean of median-normalised comparison magnitudes, leave-one-out 1/variance weights",
+        noise=noise_rows,
+        gain=nz.gain, rdnoise=nz.rdnoise,
+    )
+    log.info(f"differential: {len(tgt)} target(s), {len(chk)} check(s), {len(comps)} of {len(ref_given)} "
+             f"comparison(s) used, {int(lc_ok.sum())} of {nf} frames ok")
+    return lc, stars
+
+
+def _budget(nz: _Noise, m, flux, i, comps, w, j, dmag, ok) -> dict:
+    """Predicted vs achieved scatter of one differential light curve."""
+    good = ok & np.isfinite(dmag)
+    achieved = robust_scatter(dmag[good])
+    if comps and good.any():
+        fr = np.where(np.isfinite(m[:, comps, j]), flux[:, comps, j], np.nan)
+        pf = noise.predicted_sigma(
+            flux[:, i, j], nz.sky[:, i], fr, nz.sky[:, comps], w, nz.npix[:, j], nz.gain, nz.rdnoise, nz.nsky,
+            diameter_m=nz.scint_kw["diameter_m"], exptime_s=nz.exptime,
+            airmass=nz.airmass, height_m=nz.scint_kw["height_m"], cy=nz.scint_kw["cy"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            predicted = float(np.nanmedian(pf[good]))
+    else:
+        predicted = float("nan")
+    noisy = bool(np.isfinite(achieved) and np.isfinite(predicted) and achieved > 2.0 * predicted)
+    return dict(predicted=predicted, achieved=achieved, noisy=noisy)
+
+
+# ------------------------------------------------------------------ writing
+def _aper_label(a: float) -> str:
+    return f"{a:g}"
+
+
+def _refs_label(refs: list[int]) -> str:
+    """Comparison indexes joined by '-'; long lists shortened to first-last and count."""
+    s = "-".join(str(i) for i in refs)
+    if len(s) > 40:
+        s = f"{refs[0]}-{refs[-1]}n{len(refs)}"
+    return s or "none"
+
+
+def _plain(v):
+    """numpy scalars/arrays inside meta -> plain Python (for YAML/ECSV)."""
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, np.ndarray):
+        return _plain(v.tolist())
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def write_lightcurve(lc: Table, stars: Table, red_dir: str | Path, obj: str, band: str,
+                     provenance: dict | None = None) -> list[Path]:
+    """Write the light curve, the star table and the original's text files, atomically.
+
+    Files: ``{red}/lc_{obj}_{band}.ecsv`` (``provenance`` in its meta),
+    ``{red}/stars_{obj}_{band}.ecsv``, and per aperture ``j`` with configured
+    radius ``a``: ``{red}/cali_{obj}_AP{a}/{obj}_{band}_vc{k}_{refs}.txt``
+    (target k) and ``..._chk{k}_{refs}.txt`` (check k), columns ``bjd mag
+    err`` (BJD_TDB; JD UTC when no BJD is known, said in the header), rows
+    of usable frames with a finite magnitude only.  ``refs`` is the used
+    comparison indexes joined by '-'.
+
+    Returns
+    -------
+    list of Path
+        Every file written.
+    """
+    red = Path(red_dir)
+    out = []
+    lc = Table(lc, copy=True)
+    lc.meta = _plain(dict(lc.meta))
+    lc.meta["provenance"] = _plain(dict(provenance or {}))
+    lc.meta.update(obj=obj, band=band)
+    p = red / f"lc_{obj}_{band}.ecsv"
+    write_table(p, lc)
+    out.append(p)
+    st = Table(stars, copy=True)
+    st.meta = _plain(dict(st.meta))
+    st.meta.update(obj=obj, band=band)
+    p = red / f"stars_{obj}_{band}.ecsv"
+    write_table(p, st)
+    out.append(p)
+
+    refs = _refs_label(list(lc.meta.get("ind_ref", [])))
+    t = np.asarray(lc["bjd_tdb"], dtype=float)
+    tname = "bjd_tdb"
+    if not np.isfinite(t).any():
+        t, tname = np.asarray(lc["jd"], dtype=float), "jd_utc"
+    ok = np.asarray(lc["ok"], dtype=bool)
+    apertures = lc.meta.get("apertures", [])
+    for j in range(len(apertures)):
+        d = red / f"cali_{obj}_AP{_aper_label(apertures[j])}"
+        for letter, stem in (("t", "vc"), ("c", "chk")):
+            k = 0
+            while f"mag_{letter}{k}_a{j}" in lc.colnames:
+                mg = np.asarray(lc[f"mag_{letter}{k}_a{j}"], dtype=float)
+                er = np.asarray(lc[f"err_{letter}{k}_a{j}"], dtype=float)
+                use = ok & np.isfinite(mg) & np.isfinite(t)
+                who = "target" if letter == "t" else "check"
+                lines = [f"# {tname} mag err   ({obj} {band} {who} {k}, aperture {apertures[j]:g}, comparisons {refs})"]
+                lines += [f"{t[f]:.7f} {mg[f]:8.5f} {er[f]:7.5f}" for f in np.flatnonzero(use)]
+                p = d / f"{obj}_{band}_{stem}{k}_{refs}.txt"
+                write_text(p, "\n".join(lines) + "\n")
+                out.append(p)
+                k += 1
+    log.info(f"wrote light curves of {obj} {band}: {len(out)} files")
+    return out

@@ -1,0 +1,332 @@
+"""Step k: choose target, comparison and check stars automatically.
+
+The algorithm of QLCP v2024.6 (manual, step k):
+
+1. good stars of the reference frame (the base image when usable): AUTO
+   magnitude error below ``pick_err_max``, not on the border, valid flux;
+2. each is looked for in every usable frame at its base position plus the
+   frame's offset (the conservative matching of :func:`qlcp_core.catalogue.match_stars`);
+3. fluxes are roughly aligned: each frame's zero point is the median of its
+   stars' magnitude differences to their night medians (iterated);
+4. per star: night standard deviation, max - min range, fraction of usable
+   frames where it is missing;
+5. variable candidates: std above ``pick_var_std``, missing in at most
+   ``pick_bad_max`` of the frames, inside the central box of half-size
+   ``pick_var_rad`` x (image half-size), not saturated; most variable first;
+6. stable candidates: std below ``pick_ref_std``, range below
+   ``pick_ref_dif``, missing at most ``pick_bad_max``, never saturated
+   (``Flags & 2`` in any frame, or peak + sky within 10 % of saturation);
+   the ``pick_ref_n`` lowest-std ones are comparisons; one or two further
+   stable stars (the next most stable; taken from the end of the comparison
+   list when there are no more) are check stars.
+
+As the manual warns, a variable that is not in eclipse tonight cannot be
+found this way: with no variable candidate the target list is empty and the
+caller decides (a warning is logged).
+
+Products: ``{red}/pick_{obj}_{band}.ecsv`` (:func:`write_pick`,
+:func:`read_pick` for step K).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from astropy.table import Table
+
+from .catalogue import (FLAG_BORDER, FLAG_INVALID, FLAG_SATURATED, _col1d, _meta_float, _offset_lookup,
+                        cat_stem, match_stars, read_frame_catalogue)
+from .errors import InputError, MissingInputError
+from .io import raw_stem, write_table
+
+log = logging.getLogger("qlcp.pick")
+
+#: a star whose peak + sky reaches this fraction of saturation is "near saturation"
+SAT_FRACTION = 0.9
+DEFAULT_SATURATION = 60000.0
+
+
+@dataclass
+class Selection:
+    """Result of step k.
+
+    Attributes
+    ----------
+    starxy : list of (x, y)
+        Chosen stars, base-image coordinates (mean over the night): targets
+        first, then comparisons, then checks.
+    ind_tgt, ind_ref, ind_chk : list of int
+        Indexes into ``starxy``.
+    report : Table
+        Every candidate: ``cand, x, y, mag, std, range, missing, saturated,
+        n_frames, role, star, reason`` (``star``: index in ``starxy`` or -1).
+    """
+
+    starxy: list[tuple[float, float]]
+    ind_tgt: list[int]
+    ind_ref: list[int]
+    ind_chk: list[int]
+    report: Table = field(default_factory=Table)
+
+
+def pick_path(red_dir: str | Path, obj: str, band: str) -> Path:
+    return Path(red_dir) / f"pick_{obj}_{band}.ecsv"
+
+
+def _frames(cat_files, offsets_table):
+    offs = _offset_lookup(offsets_table)
+    cat_by_stem = {cat_stem(p): Path(p) for p in cat_files}
+    stems = list(offs) + [s for s in cat_by_stem if s not in offs]
+    usable = [s for s in stems if s in offs and offs[s]["ok"] and s in cat_by_stem and cat_by_stem[s].is_file()]
+    return offs, cat_by_stem, stems, usable
+
+
+def _good_sources(t: Table, err_max: float) -> np.ndarray:
+    err = _col1d(t, "ErrAUTO")
+    mag = _col1d(t, "MagAUTO")
+    fl = _col1d(t, "Flags", dtype=np.int64, fill=0)
+    good = (err < err_max) & np.isfinite(mag) & ((fl & (FLAG_BORDER | FLAG_INVALID)) == 0)
+    ix = np.flatnonzero(good)
+    return ix[np.argsort(err[ix], kind="stable")]
+
+
+def pick_stars(cat_files: Sequence[str | Path], offsets_table: Table, cfg,
+               image_shape: tuple[int, int]) -> Selection:
+    """Choose targets, comparisons and checks from the night's frame catalogues.
+
+    Parameters
+    ----------
+    cat_files : list of paths
+        Per-frame catalogues of step p.
+    offsets_table : Table
+        Offsets of step o (``file, jd, dx, dy, ok``).
+    cfg : Config
+        ``pick_*`` settings, ``match_max_dis``, ``base_img``, ``saturation``;
+        optional ``pick_star_n`` (most stars examined, 500), ``pick_var_n``
+        (most targets, 10), ``pick_chk_n`` (most check stars, 2).
+    image_shape : (ny, nx)
+        Shape of the base image, for the central region of variables.
+
+    Returns
+    -------
+    Selection
+    """
+    offs, cat_by_stem, stems, usable = _frames(cat_files, offsets_table)
+    if not usable:
+        raise InputError("pick: no frame with both a catalogue and a good offset")
+    err_max = cfg.pick_err_max
+    star_n = int(getattr(cfg, "pick_star_n", 500))
+
+    # reference frame: the configured base image if usable, else the frame with most good stars
+    ref = None
+    b = cfg.base_img
+    if isinstance(b, int) and 0 <= b < len(stems) and stems[b] in usable:
+        ref = stems[b]
+    elif isinstance(b, str) and raw_stem(b) in usable:
+        ref = raw_stem(b)
+    tref = read_frame_catalogue(cat_by_stem[ref]) if ref is not None else None
+    if tref is None or len(_good_sources(tref, err_max)) == 0:
+        best = -1
+        for s in usable:
+            t = read_frame_catalogue(cat_by_stem[s])
+            n = len(_good_sources(t, err_max))
+            if n > best:
+                best, ref, tref = n, s, t
+    good = _good_sources(tref, err_max)[:star_n]
+    ng = len(good)
+    if ng == 0:
+        log.warning(f"pick: no star with AUTO error < {err_max} in any frame")
+        return Selection([], [], [], [], _report_table(0))
+    o = offs[ref]
+    base = np.column_stack([_col1d(tref, "X")[good] - o["dx"], _col1d(tref, "Y")[good] - o["dy"]])
+    log.info(f"pick: {ng} good stars in reference frame {ref}, {len(usable)} usable frames")
+
+    nu = len(usable)
+    mags = np.full((nu, ng), np.nan)
+    xb = np.full((nu, ng), np.nan)
+    yb = np.full((nu, ng), np.nan)
+    sat = np.zeros(ng, dtype=bool)
+    sat_level = cfg.saturation
+    for f, s in enumerate(usable):
+        t = tref if s == ref else read_frame_catalogue(cat_by_stem[s])
+        o = offs[s]
+        lev = sat_level if sat_level is not None else _meta_float(t.meta, "SATURATE")
+        lev = lev if np.isfinite(lev) else DEFAULT_SATURATION
+        src = np.column_stack([_col1d(t, "X"), _col1d(t, "Y")])
+        idx, _ = match_stars(base + (o["dx"], o["dy"]), src, cfg.match_max_dis, _meta_float(t.meta, "FWHM"))
+        hit = np.flatnonzero(idx >= 0)
+        j = idx[hit]
+        fl = _col1d(t, "Flags", dtype=np.int64, fill=0)[j]
+        m = _col1d(t, "MagAUTO")[j]
+        bad = (fl & (FLAG_BORDER | FLAG_INVALID)) != 0
+        mags[f, hit] = np.where(bad, np.nan, m)
+        # positions in base coordinates through the offsets of step o (their errors average out
+        # over the night; the refined shift would tie them to the reference frame's offset instead)
+        xb[f, hit] = src[j, 0] - o["dx"]
+        yb[f, hit] = src[j, 1] - o["dy"]
+        pk = _col1d(t, "Peak")[j] + np.nan_to_num(_col1d(t, "Sky")[j])
+        sat[hit] |= ((fl & FLAG_SATURATED) != 0) | (pk >= SAT_FRACTION * lev)
+
+    # rough alignment of the frames: zero point = median difference to the stars' night medians
+    n_match = np.sum(np.isfinite(mags), axis=1)
+    frame_ok = n_match >= max(3, int(np.ceil(0.3 * ng))) if ng >= 3 else n_match >= 1
+    if not frame_ok.any():
+        frame_ok[:] = n_match > 0
+    zp = np.zeros(nu)
+    with np.errstate(all="ignore"), _quiet():
+        for _ in range(3):
+            med = np.nanmedian(mags[frame_ok] - zp[frame_ok, None], axis=0)
+            zp = np.nanmedian(mags - med, axis=1)
+            zp = np.where(np.isfinite(zp), zp, 0.0)
+        magc = mags[frame_ok] - zp[frame_ok, None]
+        nfr = int(frame_ok.sum())
+        missing = 1.0 - np.sum(np.isfinite(magc), axis=0) / max(nfr, 1)
+        std = np.nanstd(magc, axis=0)
+        rng = np.nanmax(magc, axis=0) - np.nanmin(magc, axis=0)
+        magmed = np.nanmedian(magc, axis=0)
+        x_mean = np.nanmean(xb, axis=0)
+        y_mean = np.nanmean(yb, axis=0)
+    log.info(f"pick: {nfr} of {nu} frames aligned ({nu - nfr} with too few stars left out)")
+
+    ny, nx = image_shape
+    cx, cy = (nx - 1) / 2.0, (ny - 1) / 2.0
+    central = (np.abs(x_mean - cx) <= cfg.pick_var_rad * nx / 2.0) & \
+              (np.abs(y_mean - cy) <= cfg.pick_var_rad * ny / 2.0)
+    present = missing <= cfg.pick_bad_max
+    std_f = np.where(np.isfinite(std), std, np.inf)
+    rng_f = np.where(np.isfinite(rng), rng, np.inf)
+
+    is_var = present & (std_f > cfg.pick_var_std) & np.isfinite(std) & central & ~sat
+    var_ix = np.flatnonzero(is_var)
+    var_ix = var_ix[np.argsort(-std[var_ix], kind="stable")][: int(getattr(cfg, "pick_var_n", 10))]
+    stable = present & ~sat & ~is_var & (std_f < cfg.pick_ref_std) & (rng_f < cfg.pick_ref_dif)
+    st_ix = np.flatnonzero(stable)
+    st_ix = st_ix[np.argsort(std[st_ix], kind="stable")]
+    n_ref = int(cfg.pick_ref_n)
+    chk_max = int(getattr(cfg, "pick_chk_n", 2))
+    n_chk = min(chk_max, 2 if len(st_ix) >= 8 else 1 if len(st_ix) >= 3 else 0)
+    if len(st_ix) > n_ref:
+        ref_ix, chk_ix = st_ix[:n_ref], st_ix[n_ref:n_ref + n_chk]
+    else:
+        ref_ix, chk_ix = st_ix[:len(st_ix) - n_chk], st_ix[len(st_ix) - n_chk:]
+
+    # reasons
+    role = np.full(ng, "", dtype=object)
+    reason = np.full(ng, "", dtype=object)
+    for i in range(ng):
+        why = []
+        if not present[i]:
+            why.append(f"missing in {100 * missing[i]:.0f}% of frames > {100 * cfg.pick_bad_max:.0f}%")
+        if sat[i]:
+            why.append("saturated")
+        if std_f[i] > cfg.pick_var_std and not central[i]:
+            why.append("variable but outside the central region")
+        if not why and std_f[i] >= cfg.pick_ref_std and std_f[i] <= cfg.pick_var_std:
+            why.append(f"std {std[i]:.3f} neither stable nor variable")
+        if not why and rng_f[i] >= cfg.pick_ref_dif and std_f[i] < cfg.pick_ref_std:
+            why.append(f"range {rng[i]:.3f} >= {cfg.pick_ref_dif}")
+        if not why and std_f[i] > cfg.pick_var_std:
+            why.append("variable beyond pick_var_n")
+        if not why:
+            why.append("stable, beyond pick_ref_n and the check stars")
+        role[i], reason[i] = "rejected", "; ".join(why)
+    for i in var_ix:
+        role[i], reason[i] = "target", f"variable: std {std[i]:.3f} > {cfg.pick_var_std}"
+    for i in ref_ix:
+        role[i], reason[i] = "comparison", f"stable: std {std[i]:.4f}, range {rng[i]:.3f}"
+    for i in chk_ix:
+        role[i], reason[i] = "check", f"stable, not a comparison: std {std[i]:.4f}"
+
+    chosen = list(var_ix) + list(ref_ix) + list(chk_ix)
+    star = np.full(ng, -1, dtype=int)
+    star[chosen] = np.arange(len(chosen))
+    nt, nr = len(var_ix), len(ref_ix)
+    sel = Selection(
+        starxy=[(float(x_mean[i]), float(y_mean[i])) for i in chosen],
+        ind_tgt=list(range(nt)),
+        ind_ref=list(range(nt, nt + nr)),
+        ind_chk=list(range(nt + nr, len(chosen))),
+        report=_report_table(ng, x_mean, y_mean, magmed, std, rng, missing, sat,
+                             np.sum(np.isfinite(magc), axis=0), role, star, reason),
+    )
+    sel.report.meta.update(ref_frame=ref, n_frames=nfr)
+    if nt == 0:
+        log.warning(f"pick: no variable star found (std > {cfg.pick_var_std} in the central region); "
+                    "target list empty, give starxy/ind_tgt by hand")
+    for k, i in enumerate(var_ix):
+        log.info(f"  target {k}: ({x_mean[i]:7.1f} {y_mean[i]:7.1f}) mag {magmed[i]:6.3f} std {std[i]:.3f}")
+    log.info(f"pick: {nt} target(s), {nr} comparison(s), {len(chk_ix)} check(s)")
+    if nr == 0:
+        log.warning("pick: no stable comparison star found")
+    return sel
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence numpy's all-NaN slice warnings inside a block."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
+
+
+def _report_table(n, x=None, y=None, mag=None, std=None, rng=None, missing=None, sat=None, nfr=None,
+                  role=None, star=None, reason=None) -> Table:
+    def col(v, dtype=float):
+        return np.zeros(0, dtype=dtype) if v is None else np.asarray(v, dtype=dtype)
+    return Table({
+        "cand": np.arange(n),
+        "x": col(x), "y": col(y), "mag": col(mag), "std": col(std), "range": col(rng),
+        "missing": col(missing), "saturated": col(sat, bool), "n_frames": col(nfr, int),
+        "role": np.array([str(r) for r in (role if role is not None else [])], dtype=str),
+        "star": col(star, int),
+        "reason": np.array([str(r) for r in (reason if reason is not None else [])], dtype=str),
+    })
+
+
+def write_pick(selection: Selection, red_dir: str | Path, obj: str, band: str) -> Path:
+    """Write ``{red}/pick_{obj}_{band}.ecsv`` atomically: the report table, the choice in the meta."""
+    t = Table(selection.report, copy=True)
+    t.meta = dict(t.meta)
+    t.meta.update(
+        obj=obj, band=band,
+        starxy=[[float(a), float(b)] for a, b in selection.starxy],
+        ind_tgt=[int(i) for i in selection.ind_tgt],
+        ind_ref=[int(i) for i in selection.ind_ref],
+        ind_chk=[int(i) for i in selection.ind_chk],
+    )
+    for k, v in list(t.meta.items()):
+        if isinstance(v, np.generic):
+            t.meta[k] = v.item()
+    path = pick_path(red_dir, obj, band)
+    write_table(path, t)
+    log.info(f"wrote {path}")
+    return path
+
+
+def read_pick(red_dir: str | Path, obj: str, band: str) -> Selection:
+    """Read the last pick of ``obj``/``band`` (step K).  Raises MissingInputError when absent."""
+    path = pick_path(red_dir, obj, band)
+    if not path.is_file():
+        raise MissingInputError(f"{path}: no saved pick for {obj} {band} (run step k)")
+    try:
+        t = Table.read(path, format="ascii.ecsv")
+    except Exception as e:
+        raise InputError(f"{path}: unreadable pick file ({type(e).__name__}: {e})") from None
+    m = t.meta
+    try:
+        sel = Selection(
+            starxy=[(float(a), float(b)) for a, b in m["starxy"]],
+            ind_tgt=[int(i) for i in m["ind_tgt"]],
+            ind_ref=[int(i) for i in m["ind_ref"]],
+            ind_chk=[int(i) for i in m["ind_chk"]],
+            report=t,
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise InputError(f"{path}: pick file lacks {e}") from None
+    return sel

@@ -1,0 +1,246 @@
+"""One function per pipeline step, on files: the entry points both drivers use.
+
+The plain driver (:mod:`qlcp_core.pipeline`, ``qlcp run --no-prefect``) calls
+them in sequence; the Prefect tasks (``tasks/``) wrap each of them, so the two
+produce identical files.  Every function takes the output root ``red``, the
+:class:`~qlcp_core.config.Config` and plain paths, writes its products under
+``red`` only, and returns small JSON-ready values (paths as strings, counts).
+The science is in the stage modules named after each step.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+from astropy.table import Table
+
+from . import bias as bias_mod
+from . import catalogue as cat_mod
+from . import dark as dark_mod
+from . import differential as diff_mod
+from . import flat as flat_mod
+from . import offset as off_mod
+from . import photometry as phot_mod
+from . import pick as pick_mod
+from . import plotting
+from ._version import __version__
+from .config import STEP_KEYS, Config
+from .correct import bf_path, correct_frames, group_dir
+from .errors import InputError, MissingInputError
+from .io import file_fingerprint, raw_stem, read_image
+from .provenance import fits_key, step_key
+
+log = logging.getLogger("qlcp.steps")
+
+CAT_SUFFIX = ".cat.fits"
+
+
+def _s(p) -> str | None:
+    return None if p is None else str(p)
+
+
+# ------------------------------------------------------------------ b, f
+def bias_step(red, cfg: Config, files, progress=None) -> str | None:
+    """Step b: master bias from ``files``; returns the bias the correction will use."""
+    bias_mod.make_master_bias([Path(f) for f in files], red, cfg, progress)
+    return _s(bias_mod.select_bias(red, cfg))
+
+
+def dark_step(red, cfg: Config, files, bias, progress=None) -> str | None:
+    """Darks (beyond the original): master dark per second when tonight has darks."""
+    if files and not cfg.use_dark:
+        dark_mod.make_master_dark([Path(f) for f in files], red, cfg, Path(bias) if bias else None, progress)
+    return _s(dark_mod.select_dark(red, cfg))
+
+
+def flat_step(red, cfg: Config, band: str, files, bias=None, dark=None, progress=None) -> str | None:
+    """Step f for one band; returns the flat the correction will use (use/tonight/alt)."""
+    if not cfg.flat_for("use_flat", band):
+        flat_mod.make_master_flat([Path(f) for f in files], band, red, cfg, Path(bias) if bias else None,
+                                  Path(dark) if dark else None, progress)
+    return _s(flat_mod.select_flat(red, cfg, band))
+
+
+# ---------------------------------------------------------------------- i
+def correct_step(red, cfg: Config, obj: str, band: str, files, bias=None, flat=None, dark=None,
+                 progress=None) -> dict:
+    """Step i for (a chunk of) one group: ``{"outputs": [...], "rejected": [[file, reason], ...]}``."""
+    res = correct_frames([Path(f) for f in files], obj, band, red, cfg, Path(bias) if bias else None,
+                         Path(flat) if flat else None, Path(dark) if dark else None, progress)
+    return {"outputs": list(res.outputs), "rejected": [list(r) for r in res.rejected]}
+
+
+def corrected_files(red, obj: str, band: str, raw_files=None) -> list[str]:
+    """The group's corrected frames: those of ``raw_files`` that exist, else all on disk, sorted."""
+    if raw_files is not None:
+        return [str(p) for p in (bf_path(red, obj, band, f) for f in raw_files) if p.is_file()]
+    return sorted(str(p) for p in group_dir(red, obj, band).glob("*.bf.fits"))
+
+
+# ---------------------------------------------------------------------- o
+def offset_step(red, cfg: Config, obj: str, band: str, bf_files) -> str:
+    """Step o: offsets of the group's frames against the base image -> offset ecsv path."""
+    if not bf_files:
+        raise MissingInputError(f"{obj} {band}: no corrected frames for step o (run step i first)")
+    ecsv, _ = off_mod.offset_paths(red, obj, band)
+    key = step_key(cfg, "o", *bf_files)
+    if ecsv.is_file() and not cfg.mode.should_write(ecsv, aggregate=True, current=_ecsv_key(ecsv) == key):
+        return str(ecsv)
+    table = off_mod.compute_offsets([Path(f) for f in bf_files], cfg, cfg.base_img)
+    table.meta["qlcpkey"] = key
+    ecsv, _ = off_mod.write_offsets(table, red, obj, band)
+    n_ok = int(np.sum(table["ok"]))
+    log.info("%s %s: offsets of %d frames, %d aligned", obj, band, len(table), n_ok)
+    return str(ecsv)
+
+
+def _ecsv_key(path: Path) -> str | None:
+    try:
+        return Table.read(path, format="ascii.ecsv").meta.get("qlcpkey")
+    except Exception:
+        return None
+
+
+# ---------------------------------------------------------------------- p
+def cat_path(bf: str | Path) -> Path:
+    stem = raw_stem(bf)
+    stem = stem[:-3] if stem.endswith(".bf") else stem
+    return Path(bf).parent / f"{stem}{CAT_SUFFIX}"
+
+
+def photometry_step(red, cfg: Config, bf_files, progress=None) -> list[dict]:
+    """Step p on (a chunk of) frames: one ``.cat.fits`` each; returns per-frame stats.
+
+    A frame whose catalogue exists and was made with the same settings from
+    the same corrected frame is kept (EXIST_APPEND); an unreadable frame is
+    reported with its reason and the others go on.
+    """
+    out = []
+    items = list(bf_files)
+    for bf in (progress(items, desc="photometry") if progress else items):
+        cp = cat_path(bf)
+        key = step_key(cfg, "p", bf)
+        if not cfg.mode.should_write(cp, current=(not cp.exists() or fits_key(cp) == key)):
+            out.append({"file": str(cp), "bf": str(bf), "kept": True})
+            continue
+        try:
+            stats = phot_mod.photometry_file(bf, cp, cfg, key=key)
+        except InputError as e:
+            log.error("%s", e)
+            out.append({"file": None, "bf": str(bf), "error": str(e)})
+            continue
+        out.append({k: (float(v) if isinstance(v, (np.floating, float)) else v)
+                    for k, v in stats.items() if isinstance(v, (str, int, float, np.floating))} | {"bf": str(bf)})
+    return out
+
+
+def catalogue_files(bf_files) -> list[str]:
+    return [str(cat_path(b)) for b in bf_files if cat_path(b).is_file()]
+
+
+# ---------------------------------------------------------------- k, c
+def selection_for(red, cfg: Config, obj: str, band: str, cat_files, offsets: str) -> dict:
+    """Steps k/K or the given star list: ``{"starxy", "ind_tgt", "ind_ref", "ind_chk", "source"}``.
+
+    As the manual says: ``k`` (or ``c`` without ``starxy`` for this object)
+    picks automatically and overrides ``starxy``/``ind_*``; ``K`` reuses the
+    last pick; otherwise ``starxy`` and ``ind_*`` from the config.
+    """
+    starxy = cfg.for_object("starxy", obj)
+    if "K" in cfg.steps:
+        sel = pick_mod.read_pick(red, obj, band)
+        source = "picked"
+    elif "k" in cfg.steps or not starxy:
+        off = off_mod.read_offsets(red, obj, band)
+        shape = _base_shape(off)
+        sel = pick_mod.pick_stars(cat_files, off, cfg, shape)
+        pick_mod.write_pick(sel, red, obj, band)
+        source = "picked"
+        if not sel.ind_tgt:
+            log.warning("%s %s: automatic pick found no variable star; give starxy/ind_tgt", obj, band)
+    else:
+        return {"starxy": [list(map(float, p)) for p in starxy], "ind_tgt": cfg.for_object("ind_tgt", obj),
+                "ind_ref": cfg.for_object("ind_ref", obj), "ind_chk": cfg.for_object("ind_chk", obj),
+                "source": "given"}
+    return {"starxy": [list(map(float, p)) for p in sel.starxy], "ind_tgt": list(sel.ind_tgt),
+            "ind_ref": list(sel.ind_ref), "ind_chk": list(sel.ind_chk), "source": source}
+
+
+def _base_shape(off: Table) -> tuple[int, int]:
+    base = off.meta.get("base_bf")
+    if base and Path(base).is_file():
+        from .io import read_header
+
+        h = read_header(base)
+        return int(h["NAXIS2"]), int(h["NAXIS1"])
+    raise InputError(f"offset table: base image {base!r} not found")
+
+
+catalogue_path = cat_mod.catalogue_path
+
+
+def catalogue_step(red, cfg: Config, obj: str, band: str, cat_files, offsets: str, selection: dict) -> str:
+    """Step c: the night catalogue of the selected stars -> ``cata_{obj}_{band}.fits``."""
+    if not selection["starxy"]:
+        raise InputError(f"{obj} {band}: no stars to catalogue (no starxy given and none picked)")
+    off = off_mod.read_offsets(red, obj, band)
+    table = cat_mod.build_catalogue(cat_files, off, selection["starxy"], cfg, base_file=off.meta.get("base"))
+    for k in ("ind_tgt", "ind_ref", "ind_chk", "source"):
+        table.meta[k] = selection.get(k)
+    out = catalogue_path(red, obj, band)
+    cat_mod.write_catalogue(table, out)
+    return str(out)
+
+
+# ---------------------------------------------------------------------- d
+def provenance(red, cfg: Config, bf_example: str | None) -> dict:
+    """Code version, config hashes, masters used (with their sha256), photometry settings."""
+    prov = {"qlcp_version": __version__, "config_hash": cfg.hash(),
+            "config_hash_photometry": cfg.hash(STEP_KEYS["p"]), "apertures": list(cfg.aper),
+            "sky_annulus": list(cfg.sky_annulus) if cfg.sky_annulus else "auto"}
+    if bf_example and Path(bf_example).is_file():
+        from .io import read_header
+
+        h = read_header(bf_example)
+        prov["gain"], prov["rdnoise"] = float(h.get("GAIN", np.nan)), float(h.get("RDNOISE", np.nan))
+        for k, name in (("BIASFILE", "bias"), ("FLATFILE", "flat"), ("DARKFILE", "dark")):
+            f = str(h.get(k, "none"))
+            p = Path(red) / f
+            prov[name] = f
+            if f != "none" and p.is_file():
+                prov[f"{name}_sha256"] = file_fingerprint(p)
+    return prov
+
+
+def differential_step(red, cfg: Config, obj: str, band: str, cata: str, night: str = "") -> dict:
+    """Step d: light curves, star report, original-style text files and the light-curve plots."""
+    table = cat_mod.read_catalogue(cata)
+    m = table.meta
+    given = m.get("source") == "given"
+    lc, stars = diff_mod.differential(table, m.get("ind_tgt"), m.get("ind_ref"), m.get("ind_chk"), cfg,
+                                      source=m.get("source"))
+    bf0 = next(iter(sorted(group_dir(red, obj, band).glob("*.bf.fits"))), None)
+    lc.meta.update(object=obj, band=band, night=night)
+    files = diff_mod.write_lightcurve(lc, stars, red, obj, band, provenance(red, cfg, _s(bf0)))
+    png, pdf = Path(red) / f"lc_{obj}_{band}.png", Path(red) / f"lc_{obj}_{band}.pdf"
+    plotting.plot_lightcurve(lc, stars, png, pdf, title=f"{obj} {band} {night}".strip())
+    log.info("%s %s: light curve of %d target(s), %d check(s) (%s stars)", obj, band,
+             len(lc.meta.get("ind_tgt", [])), len(lc.meta.get("ind_chk", [])), "given" if given else "picked")
+    return {"lc": str(files[0]), "stars": str(Path(red) / f"stars_{obj}_{band}.ecsv"), "png": str(png),
+            "pdf": str(pdf), "noise": lc.meta.get("noise", [])}
+
+
+# ---------------------------------------------------------------------- g
+def graph_step(red, cfg: Config, obj: str, band: str) -> str:
+    """Step g: finding chart of the base image with the chosen stars marked."""
+    stars_path = Path(red) / f"stars_{obj}_{band}.ecsv"
+    if not stars_path.is_file():
+        raise MissingInputError(f"{stars_path}: no star list for the chart (run step d first)")
+    stars = Table.read(stars_path, format="ascii.ecsv")
+    off = off_mod.read_offsets(red, obj, band)
+    image, _ = read_image(off.meta["base_bf"])
+    out = Path(red) / f"chart_{obj}_{band}.png"
+    plotting.plot_chart(image, stars, out, title=f"{obj} {band}: base {off.meta.get('base', '')}")
+    return str(out)
