@@ -249,13 +249,25 @@ class Config(BaseModel):
             return None
         return d.get(band, d.get("*"))
 
-    def plain(self) -> dict:
-        """JSON/YAML-ready dict of every value (work mode by names, levels by name)."""
+    def plain(self, only_set: bool = False) -> dict:
+        """JSON/YAML-ready dict (work mode by names, levels by name).
+
+        ``only_set`` keeps only the values given explicitly (files, arguments):
+        rebuilding a Config from it gives the same values *and* the same notion
+        of what was given (``steps`` given with ``k`` forces the pick).
+        """
         d = self.model_dump(mode="json", exclude={"mode"})
         d["mode"] = self.mode.names
         d["file_log"] = logging.getLevelName(self.file_log)
         d["scr_log"] = logging.getLevelName(self.scr_log)
+        if only_set:
+            d = {k: v for k, v in d.items() if k in self.model_fields_set}
         return d
+
+    @property
+    def pick_forced(self) -> bool:
+        """Step k was asked for explicitly (``steps`` given and containing ``k``)."""
+        return "k" in self.steps and "steps" in self.model_fields_set
 
     def subset(self, keys) -> dict:
         d = self.plain()

@@ -144,15 +144,17 @@ def catalogue_files(bf_files) -> list[str]:
 def selection_for(red, cfg: Config, obj: str, band: str, cat_files, offsets: str) -> dict:
     """Steps k/K or the given star list: ``{"starxy", "ind_tgt", "ind_ref", "ind_chk", "source"}``.
 
-    As the manual says: ``k`` (or ``c`` without ``starxy`` for this object)
-    picks automatically and overrides ``starxy``/``ind_*``; ``K`` reuses the
-    last pick; otherwise ``starxy`` and ``ind_*`` from the config.
+    As the manual says: a ``k`` asked for explicitly (or ``c`` without
+    ``starxy`` for this object) picks automatically and overrides
+    ``starxy``/``ind_*``; ``K`` reuses the last pick; otherwise ``starxy`` and
+    ``ind_*`` from the config.  The default chain (steps not given) picks
+    only when no ``starxy`` is given.
     """
     starxy = cfg.for_object("starxy", obj)
     if "K" in cfg.steps:
         sel = pick_mod.read_pick(red, obj, band)
         source = "picked"
-    elif "k" in cfg.steps or not starxy:
+    elif cfg.pick_forced or not starxy:
         off = off_mod.read_offsets(red, obj, band)
         shape = _base_shape(off)
         sel = pick_mod.pick_stars(cat_files, off, cfg, shape)

@@ -1,0 +1,191 @@
+"""What every QLCP task shares: result storage, cache keys, retry policy, logging.
+
+No science here: the tasks call ``qlcp_core`` stage functions.
+
+Caching
+-------
+A task's cache key is the sha256 of: the task name, the ``qlcp_core`` code
+version, the output root, the subset of the configuration that affects that
+step (:data:`qlcp_core.config.STEP_KEYS`) and the *content* fingerprint of
+every file it reads.  Fingerprints are sha256 of the file, memoised on
+(path, size, mtime_ns) in a small SQLite database beside the results, so a big
+night is hashed once, not at every run.  Upstream results (master paths with
+their fingerprints) are parameters of the downstream tasks, so a changed flat
+invalidates exactly the flat and what depends on it.
+
+Results are persisted as Prefect result records under :func:`results_dir`
+(``$QLCP_RESULTS``, default ``$PREFECT_HOME/qlcp-results``, i.e.
+``~/.prefect/qlcp-results``): they survive new processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sqlite3
+import threading
+from datetime import timedelta
+from pathlib import Path
+
+from prefect.context import TaskRunContext
+
+from qlcp_core._version import __version__
+from qlcp_core.config import STEP_KEYS, Config, load_config
+from qlcp_core.errors import QLCPError
+
+log = logging.getLogger("qlcp.tasks")
+
+#: how long a cached result stays valid
+CACHE_EXPIRATION = timedelta(days=60)
+#: retries of I/O-bound tasks, and their delays (s): a busy disk or NFS hiccup
+IO_RETRIES = 2
+IO_RETRY_DELAYS = [2, 10]
+
+
+def prefect_home() -> Path:
+    return Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect")).expanduser()
+
+
+def results_dir() -> Path:
+    """Where task results and the fingerprint memo live (``$QLCP_RESULTS``)."""
+    p = Path(os.environ.get("QLCP_RESULTS", prefect_home() / "qlcp-results")).expanduser()
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+# ---------------------------------------------------------------- fingerprints
+class _FingerprintMemo:
+    """sha256 of files memoised on (path, size, mtime_ns) in SQLite (thread-safe)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._db = None
+        self._path = None
+
+    def _conn(self):
+        path = results_dir() / "fingerprints.sqlite"
+        if self._db is None or self._path != path:
+            self._db = sqlite3.connect(path, check_same_thread=False, timeout=30)
+            self._db.execute("CREATE TABLE IF NOT EXISTS fp (path TEXT PRIMARY KEY, size INT, mtime INT, sha TEXT)")
+            self._path = path
+        return self._db
+
+    def sha(self, path: str | Path) -> str:
+        p = Path(path).resolve()
+        try:
+            st = p.stat()
+        except OSError:
+            return "missing"
+        with self._lock:
+            db = self._conn()
+            row = db.execute("SELECT size, mtime, sha FROM fp WHERE path=?", (str(p),)).fetchone()
+        if row and row[0] == st.st_size and row[1] == st.st_mtime_ns:
+            return row[2]
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        sha = h.hexdigest()
+        with self._lock:
+            db = self._conn()
+            db.execute("INSERT OR REPLACE INTO fp VALUES (?, ?, ?, ?)", (str(p), st.st_size, st.st_mtime_ns, sha))
+            db.commit()
+        return sha
+
+
+_memo = _FingerprintMemo()
+
+
+def fingerprint(path: str | Path | None) -> str | None:
+    """Content fingerprint (sha256 hex) of a file; memoised, so cheap on reruns."""
+    return None if path is None else _memo.sha(path)
+
+
+# ------------------------------------------------------------------ cache keys
+def _flatten_paths(v) -> list[str]:
+    if v is None:
+        return []
+    if isinstance(v, (str, Path)):
+        return [str(v)]
+    if isinstance(v, dict):
+        return [p for x in v.values() for p in _flatten_paths(x)]
+    if isinstance(v, (list, tuple)):
+        return [p for x in v for p in _flatten_paths(x)]
+    return []
+
+
+def cache_key_for(step: str, file_params: tuple[str, ...] = (), value_params: tuple[str, ...] = ()):
+    """Build a ``cache_key_fn``: step settings + content of ``file_params`` + ``value_params``.
+
+    ``file_params`` name parameters holding a path or a list/dict of paths whose
+    content is hashed; ``value_params`` are hashed as JSON (e.g. upstream results
+    that already carry fingerprints, the object and band).  The parameter
+    ``cfg`` (a plain dict of settings) contributes only its ``STEP_KEYS[step]``
+    subset, and ``red_dir`` always counts.
+    """
+
+    def key(context: TaskRunContext, parameters: dict) -> str:
+        cfg = Config(**parameters["cfg"])
+        payload = {
+            "task": context.task.name,
+            "version": __version__,
+            "red_dir": str(Path(parameters.get("red_dir", "")).resolve()),
+            "cfg": cfg.subset(STEP_KEYS[step]),
+            "files": {n: [[Path(p).name, fingerprint(p)] for p in _flatten_paths(parameters.get(n))]
+                      for n in file_params},
+            "values": {n: parameters.get(n) for n in value_params},
+        }
+        digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+        return f"qlcp-{step}-{digest[:40]}"
+
+    return key
+
+
+# ---------------------------------------------------------------------- retries
+def retry_transient(task, task_run, state) -> bool:
+    """Retry only what may pass: OS-level I/O errors and QLCP errors marked retriable.
+
+    Bad input (a corrupt frame, a bad config) fails at once with its message.
+    """
+    try:
+        exc = state.result(raise_on_failure=False)
+    except Exception as e:  # the result itself may be the failure
+        exc = e
+    if isinstance(exc, QLCPError):
+        return exc.retriable
+    return isinstance(exc, (OSError, TimeoutError))
+
+
+def task_options(step: str, file_params=(), value_params=(), retries: int = IO_RETRIES) -> dict:
+    """Keyword arguments of ``@task`` for a cached, retried QLCP step."""
+    return dict(
+        retries=retries,
+        retry_delay_seconds=IO_RETRY_DELAYS,
+        retry_condition_fn=retry_transient,
+        cache_key_fn=cache_key_for(step, file_params, value_params),
+        cache_expiration=CACHE_EXPIRATION,
+        persist_result=True,
+        result_storage=results_dir(),
+        result_serializer="json",
+    )
+
+
+def config_of(cfg: dict) -> Config:
+    """The task parameter ``cfg`` (plain dict, JSON-friendly for Prefect) -> Config."""
+    return load_config(overrides=cfg)
+
+
+def bridge_logging() -> None:
+    """Show ``qlcp`` library log records in Prefect's run logs (UI) at INFO.
+
+    Prefect copies its handlers onto PREFECT_LOGGING_EXTRA_LOGGERS only; the
+    level must be set in code too (see the Prefect notes).
+    """
+    extra = os.environ.get("PREFECT_LOGGING_EXTRA_LOGGERS", "")
+    if "qlcp" not in extra.split(","):
+        os.environ["PREFECT_LOGGING_EXTRA_LOGGERS"] = ",".join(x for x in (extra, "qlcp") if x)
+    lg = logging.getLogger("qlcp")
+    if lg.level == logging.NOTSET or lg.level > logging.INFO:
+        lg.setLevel(logging.INFO)

@@ -1,0 +1,109 @@
+"""Prefect tasks: one per QLCP step, each a thin wrapper of :mod:`qlcp_core.steps`.
+
+No science here.  Every task is cached on the content of the files it reads,
+the step's settings and the code version (:mod:`tasks.common`), retried on
+transient I/O errors only, and logs through Prefect (the core's ``qlcp``
+loggers are bridged to the run logs).  Parameters and results are plain
+JSON values (paths as strings), serialised as JSON, never pickled.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+
+from qlcp_core import steps as core
+from qlcp_core.listing import list_night
+
+from .common import bridge_logging, config_of, task_options
+
+bridge_logging()
+
+
+@task(name="list-night", **task_options("l", file_params=("raw_files",), value_params=("raw_dir",)))
+def list_task(raw_dir: str, red_dir: str, cfg: dict, raw_files: list[str]) -> dict:
+    """Step l: classify the night (``raw_files`` only keys the cache: the directory is rescanned)."""
+    c = config_of(cfg)
+    night = list_night(raw_dir, red_dir, c, write="l" in c.steps)
+    groups = night.science_groups(c.obj, c.band)
+    return {
+        "summary": night.summary(),
+        "bias": [str(p) for p in night.bias],
+        "dark": [str(p) for p in night.dark],
+        "flats": {b: [str(p) for p in night.flat(b)] for b in sorted({b for _, b in groups})},
+        "groups": [[o, b, [str(p) for p in night.science(o, b)]] for o, b in groups],
+        "rejected": [[str(r["file"]), str(r["reason"])] for r in night.rejected],
+        "outputs": [str(Path(red_dir) / "lst" / "night.ecsv")] if "l" in c.steps else [],
+    }
+
+
+@task(name="bias", **task_options("b", file_params=("files",)))
+def bias_task(red_dir: str, cfg: dict, files: list[str]) -> dict:
+    path = core.bias_step(red_dir, config_of(cfg), files)
+    return {"path": path, "outputs": [path] if path else []}
+
+
+@task(name="dark", **task_options("b", file_params=("files", "bias")))
+def dark_task(red_dir: str, cfg: dict, files: list[str], bias: str | None) -> dict:
+    path = core.dark_step(red_dir, config_of(cfg), files, bias)
+    return {"path": path, "outputs": [path] if path else []}
+
+
+@task(name="flat", **task_options("f", file_params=("files", "bias", "dark"), value_params=("band",)))
+def flat_task(red_dir: str, cfg: dict, band: str, files: list[str], bias: str | None, dark: str | None) -> dict:
+    path = core.flat_step(red_dir, config_of(cfg), band, files, bias, dark)
+    return {"path": path, "outputs": [path] if path else []}
+
+
+@task(name="correct", **task_options("i", file_params=("files", "bias", "flat", "dark"),
+                                     value_params=("obj", "band")))
+def correct_task(red_dir: str, cfg: dict, obj: str, band: str, files: list[str], bias: str | None,
+                 flat: str | None, dark: str | None) -> dict:
+    """Step i on a chunk of frames of one group."""
+    res = core.correct_step(red_dir, config_of(cfg), obj, band, files, bias, flat, dark)
+    return {**res, "outputs": res["outputs"]}
+
+
+@task(name="offsets", **task_options("o", file_params=("bf_files",), value_params=("obj", "band")))
+def offset_task(red_dir: str, cfg: dict, obj: str, band: str, bf_files: list[str]) -> dict:
+    path = core.offset_step(red_dir, config_of(cfg), obj, band, bf_files)
+    return {"path": path, "outputs": [path]}
+
+
+@task(name="photometry", **task_options("p", file_params=("bf_files",)))
+def photometry_task(red_dir: str, cfg: dict, bf_files: list[str]) -> dict:
+    """Step p on a chunk of corrected frames."""
+    stats = core.photometry_step(red_dir, config_of(cfg), bf_files)
+    return {"frames": stats, "outputs": [s["file"] for s in stats if s.get("file")]}
+
+
+@task(name="select-stars", **task_options("k", file_params=("cat_files", "offsets"),
+                                          value_params=("obj", "band", "steps", "starxy")))
+def select_task(red_dir: str, cfg: dict, obj: str, band: str, cat_files: list[str], offsets: str,
+                steps: str = "", starxy=None) -> dict:
+    """Step k (pick), K (reuse the last pick) or the given star list."""
+    sel = core.selection_for(red_dir, config_of(cfg), obj, band, cat_files, offsets)
+    picked = str(Path(red_dir) / f"pick_{obj}_{band}.ecsv")
+    return {**sel, "outputs": [picked] if sel["source"] == "picked" else []}
+
+
+@task(name="catalogue", **task_options("c", file_params=("cat_files", "offsets"),
+                                       value_params=("obj", "band", "selection")))
+def catalogue_task(red_dir: str, cfg: dict, obj: str, band: str, cat_files: list[str], offsets: str,
+                   selection: dict) -> dict:
+    sel = {k: v for k, v in selection.items() if k != "outputs"}
+    path = core.catalogue_step(red_dir, config_of(cfg), obj, band, cat_files, offsets, sel)
+    return {"path": path, "outputs": [path]}
+
+
+@task(name="differential", **task_options("d", file_params=("cata",), value_params=("obj", "band", "night")))
+def differential_task(red_dir: str, cfg: dict, obj: str, band: str, cata: str, night: str = "") -> dict:
+    res = core.differential_step(red_dir, config_of(cfg), obj, band, cata, night)
+    return {**res, "outputs": [res["lc"], res["stars"], res["png"]]}
+
+
+@task(name="chart", **task_options("g", file_params=("stars", "offsets"), value_params=("obj", "band")))
+def graph_task(red_dir: str, cfg: dict, obj: str, band: str, stars: str, offsets: str) -> dict:
+    path = core.graph_step(red_dir, config_of(cfg), obj, band)
+    return {"path": path, "outputs": [path]}
