@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
 
 ROOT = "qlcp"
@@ -28,9 +29,22 @@ def setup_screen(level: int = logging.INFO) -> None:
     root.addHandler(h)
 
 
+class _ThreadFilter(logging.Filter):
+    def __init__(self):
+        super().__init__()
+        self.thread = threading.get_ident()
+
+    def filter(self, record):
+        return record.thread == self.thread
+
+
 @contextlib.contextmanager
-def step_log(red_dir: str | Path, step: str, level: int = logging.DEBUG):
-    """Also write ``qlcp`` records to ``{red}/log/{step}.log`` while the block runs."""
+def step_log(red_dir: str | Path, step: str, level: int = logging.DEBUG, thread_only: bool = False):
+    """Also write ``qlcp`` records to ``{red}/log/{step}.log`` while the block runs.
+
+    ``thread_only`` keeps only the records of the calling thread: steps that
+    run concurrently (Prefect's thread pool) each log to their own file.
+    """
     path = Path(red_dir) / "log" / f"{step}.log"
     path.parent.mkdir(parents=True, exist_ok=True)
     root = logging.getLogger(ROOT)
@@ -39,6 +53,8 @@ def step_log(red_dir: str | Path, step: str, level: int = logging.DEBUG):
     h = logging.FileHandler(path, encoding="utf-8")
     h.setFormatter(logging.Formatter(FORMAT))
     h.setLevel(level)
+    if thread_only:
+        h.addFilter(_ThreadFilter())
     root.addHandler(h)
     try:
         yield path

@@ -8,7 +8,9 @@ composes the very same stage functions as tasks; this driver is what
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -53,6 +55,7 @@ class RunSummary:
     rejected: list = field(default_factory=list)
     masters: dict = field(default_factory=dict)
     groups: list = field(default_factory=list)
+    timings: dict = field(default_factory=dict)     #: wall seconds per step
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -87,10 +90,22 @@ def write_effective_config(red: Path, cfg: Config) -> Path:
     return write_text(red / "config.yaml", "# effective configuration of the last run (QLCP)\n" + cfg.to_yaml())
 
 
-def get_night(raw: Path, red: Path, cfg: Config, progress=None) -> Night:
+@contextlib.contextmanager
+def _step(red: Path, cfg: Config, step: str, timings: dict | None):
+    """Log the block to ``{red}/log/{step}.log`` and add its wall time to ``timings[step]``."""
+    t0 = time.perf_counter()
+    with step_log(red, step, cfg.file_log):
+        try:
+            yield
+        finally:
+            if timings is not None:
+                timings[step] = timings.get(step, 0.0) + time.perf_counter() - t0
+
+
+def get_night(raw: Path, red: Path, cfg: Config, progress=None, timings: dict | None = None) -> Night:
     """Step l when asked (writes the lists); otherwise classify without rewriting them."""
     if "l" in cfg.steps or not (red / "lst" / "night.ecsv").is_file():
-        with step_log(red, "l", cfg.file_log):
+        with _step(red, cfg, "l", timings):
             return list_night(raw, red, cfg, write="l" in cfg.steps, progress=progress)
     return read_night(red, raw)
 
@@ -120,7 +135,7 @@ def run(raw_dir, red_dir, steps: str | None = None, obj=None, band=None, use_bia
     write_effective_config(red, cfg)
     summary = RunSummary(str(raw), str(red), cfg.steps, cfg.hash())
 
-    night = get_night(raw, red, cfg, progress)
+    night = get_night(raw, red, cfg, progress, summary.timings)
     summary.listing = night.summary()
     summary.rejected = [(r["file"], r["reason"]) for r in night.rejected]
     groups = night.science_groups(cfg.obj, cfg.band)
@@ -129,13 +144,13 @@ def run(raw_dir, red_dir, steps: str | None = None, obj=None, band=None, use_bia
     if not groups:
         log.warning("%s: no science frames%s", raw, " for the requested obj/band" if cfg.obj or cfg.band else "")
 
-    masters = calibrate(night, red, cfg, groups, progress)
+    masters = calibrate(night, red, cfg, groups, progress, summary.timings)
     summary.masters = {k: (str(v) if v else None) for k, v in masters.items()}
 
     for o, b in groups:
         g = GroupResult(o, b, frames=len(night.science(o, b)))
         try:
-            reduce_group(night, red, cfg, o, b, masters, g, progress)
+            reduce_group(night, red, cfg, o, b, masters, g, progress, summary.timings)
         except QLCPError as e:
             g.error = str(e)
             log.error("%s %s: %s", o, b, e)
@@ -145,11 +160,11 @@ def run(raw_dir, red_dir, steps: str | None = None, obj=None, band=None, use_bia
     return summary
 
 
-def calibrate(night: Night, red: Path, cfg: Config, groups, progress=None) -> dict:
+def calibrate(night: Night, red: Path, cfg: Config, groups, progress=None, timings: dict | None = None) -> dict:
     """Steps b (bias, and darks when present) and f (flats of the bands in use)."""
     masters: dict = {}
     if "b" in cfg.steps:
-        with step_log(red, "b", cfg.file_log):
+        with _step(red, cfg, "b", timings):
             _steps.bias_step(red, cfg, night.bias, progress)
             _steps.dark_step(red, cfg, night.dark, bias_mod.select_bias(red, cfg), progress)
     needs_cal = any(s in cfg.steps for s in "fi")
@@ -157,7 +172,7 @@ def calibrate(night: Night, red: Path, cfg: Config, groups, progress=None) -> di
     masters["dark"] = _s(dark_mod.select_dark(red, cfg)) if needs_cal else None
     bands = sorted({b for _, b in groups})
     if "f" in cfg.steps:
-        with step_log(red, "f", cfg.file_log):
+        with _step(red, cfg, "f", timings):
             for b in bands:
                 masters[f"flat_{b}"] = _steps.flat_step(red, cfg, b, night.flat(b), masters["bias"],
                                                        masters["dark"], progress)
@@ -172,21 +187,21 @@ def _s(p):
 
 
 def reduce_group(night: Night, red: Path, cfg: Config, obj: str, band: str, masters: dict, g: GroupResult,
-                 progress=None) -> None:
+                 progress=None, timings: dict | None = None) -> None:
     """Steps i o p k c d g for one (object, band) group, in order."""
     files = night.science(obj, band)
     if "i" in cfg.steps:
-        with step_log(red, "i", cfg.file_log):
+        with _step(red, cfg, "i", timings):
             res = _steps.correct_step(red, cfg, obj, band, files, masters.get("bias"),
                                      masters.get(f"flat_{band}"), masters.get("dark"), progress)
         g.rejected.extend(res["rejected"])
     bf = _steps.corrected_files(red, obj, band, files)
     g.corrected = len(bf)
     if "o" in cfg.steps:
-        with step_log(red, "o", cfg.file_log):
+        with _step(red, cfg, "o", timings):
             g.products["offsets"] = _steps.offset_step(red, cfg, obj, band, bf)
     if "p" in cfg.steps:
-        with step_log(red, "p", cfg.file_log):
+        with _step(red, cfg, "p", timings):
             stats = _steps.photometry_step(red, cfg, bf, progress)
         g.rejected.extend([Path(s["bf"]).name, s["error"]] for s in stats if s.get("error"))
     if not any(s in cfg.steps for s in "kKcdg"):
@@ -194,19 +209,19 @@ def reduce_group(night: Night, red: Path, cfg: Config, obj: str, band: str, mast
     cats = _steps.catalogue_files(bf)
     offsets = str(off_mod.offset_paths(red, obj, band)[0])
     if any(s in cfg.steps for s in "kKc"):
-        with step_log(red, "k", cfg.file_log):
+        with _step(red, cfg, "k", timings):
             sel = _steps.selection_for(red, cfg, obj, band, cats, offsets)
         if "c" in cfg.steps:
-            with step_log(red, "c", cfg.file_log):
+            with _step(red, cfg, "c", timings):
                 g.products["catalogue"] = _steps.catalogue_step(red, cfg, obj, band, cats, offsets, sel)
     if "d" in cfg.steps:
-        with step_log(red, "d", cfg.file_log):
+        with _step(red, cfg, "d", timings):
             res = _steps.differential_step(red, cfg, obj, band, str(_steps.catalogue_path(red, obj, band)),
                                           night=night_name(night))
         g.products.update(lightcurve=res["lc"], plot=res["png"])
         g.noise = res["noise"]
     if "g" in cfg.steps:
-        with step_log(red, "g", cfg.file_log):
+        with _step(red, cfg, "g", timings):
             g.products["chart"] = _steps.graph_step(red, cfg, obj, band)
 
 

@@ -177,15 +177,37 @@ def config_of(cfg: dict) -> Config:
     return load_config(overrides=cfg)
 
 
-def bridge_logging() -> None:
-    """Show ``qlcp`` library log records in Prefect's run logs (UI) at INFO.
+class _Forward(logging.Handler):
+    """Forward ``qlcp`` records at INFO and above to Prefect's handlers (UI and console).
 
-    Prefect copies its handlers onto PREFECT_LOGGING_EXTRA_LOGGERS only; the
-    level must be set in code too (see the Prefect notes).
+    The ``qlcp`` logger itself stays at the file level (DEBUG by default) for
+    ``{red}/log/{step}.log``; without this gate every DEBUG line would reach
+    the console and the UI.
     """
-    extra = os.environ.get("PREFECT_LOGGING_EXTRA_LOGGERS", "")
-    if "qlcp" not in extra.split(","):
-        os.environ["PREFECT_LOGGING_EXTRA_LOGGERS"] = ",".join(x for x in (extra, "qlcp") if x)
+
+    def __init__(self, targets, level=logging.INFO):
+        super().__init__(level)
+        self.targets = list(targets)
+
+    def emit(self, record):
+        for h in self.targets:
+            if record.levelno >= h.level:
+                h.handle(record)
+
+
+def bridge_logging() -> None:
+    """Show ``qlcp`` library log records (INFO and above) in Prefect's run logs and console.
+
+    Call inside a flow run (Prefect configures its logging lazily, and
+    PREFECT_LOGGING_EXTRA_LOGGERS is read once at import): idempotent.
+    """
+    from prefect.logging.handlers import APILogHandler
+
     lg = logging.getLogger("qlcp")
+    if any(isinstance(h, _Forward) for h in lg.handlers):
+        return
+    targets = [APILogHandler()] + [h for h in logging.getLogger().handlers if not isinstance(h, APILogHandler)]
+    lg.addHandler(_Forward(targets))
+    lg.propagate = False
     if lg.level == logging.NOTSET or lg.level > logging.INFO:
         lg.setLevel(logging.INFO)

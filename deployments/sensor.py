@@ -1,0 +1,1017 @@
+"""The night sensor: watch RAW_ROOT and trigger the night deployment once per night.
+
+    qlcp watch RAW_ROOT RED_ROOT [--config FILE] [--marker NAME] [--quiet SECONDS]
+               [--sun-altitude DEG] [--polling] [--pattern REGEX] [--deployment NAME] [--state FILE]
+
+Layout
+    A *night* is a directory directly under RAW_ROOT (``raw/20240606_85/``)
+    whose name matches ``--pattern`` (``re.search``, so anchor it: ``'^\\d{8}'``;
+    default any name) and does not start with a dot.  The sensor follows the
+    night's FITS files (``.fits .fit .fts .fz``; in sub-directories too; hidden
+    files and directories are ignored, so ``rsync``'s ``.name.XXXXXX`` temporary
+    files never count).  Other files are ignored, except the marker.
+
+Readiness
+    A night is READY when it holds at least one FITS file (an empty night is
+    never ready), every FITS file is *stable* (same size and mtime at two checks
+    made at different polls at least ``settle`` seconds apart; a file still
+    being written is not counted) and one of these holds (reason in the log):
+
+    ``dawn``
+        The Sun has risen through ``--sun-altitude`` (default -12 deg, astropy
+        ``get_sun``/``AltAz`` at ``site_lon``, ``site_lat``, ``site_ele`` of the
+        config, no refraction) after the night received files in the dark: the
+        decision time is the first upward crossing after the earliest file
+        arrival with the Sun below the altitude (or, when no file arrived in the
+        dark, after the newest arrival: a night copied by day waits for the
+        next dawn).  Morning frames taken after that crossing do not delay the
+        night, so choose the altitude above your morning calibrations.
+    ``catch-up``
+        The same decision, when that dawn passed before the sensor started: a
+        night found at start-up whose files are older than the last dawn is
+        ready at once.
+    ``marker``
+        The completion marker (``--marker DONE``) exists in the night directory.
+    ``quiet``
+        ``--quiet SECONDS`` passed without any change to the night's files
+        (off by default).
+
+    The *arrival* time of a file is when the sensor first saw it; for files
+    already present when the sensor starts it is their mtime (never later than
+    the clock).  So a night moved into RAW_ROOT while the sensor runs counts as
+    received now: give it a marker if it must not wait for the next dawn.
+    Where the Sun never crosses the altitude (polar summer or night) only the
+    marker and quiet rules apply.
+
+Trigger
+    Then ``prefect.deployments.run_deployment(--deployment, parameters=
+    {"raw_dir", "red_dir": RED_ROOT/<night>, "config_files"}, timeout=0,
+    tags=["sensor", night], idempotency_key=...)`` is called once.  The call is
+    an injectable callable (``trigger=``), tests need no server.  If it raises
+    (API down, deployment missing) one WARNING line is logged and the night
+    stays pending, retried after 5 s, 10 s, 20 s ... at most 5 min apart: a
+    night is never dropped.
+
+State and idempotency
+    Per night (first seen, newest file time, status pending/triggered/gone,
+    flow run id, attempts, last error, ...) in a small SQLite database,
+    default ``RED_ROOT/.qlcp-sensor.sqlite``, updated in transactions; a lock
+    file next to it keeps a second sensor off the same state.  Duplicate and
+    burst events, restarts and catch-up scans therefore lead to exactly one
+    run per night; the idempotency key (deployment, night path, first-seen
+    time) also makes Prefect return the same flow run if the sensor dies
+    between the API call and recording its answer.  A triggered night is never
+    looked at again (late files are not processed: run ``qlcp run`` by hand).
+    A *renamed* night directory counts as a new night under its new name (a
+    rename before the trigger gives one run, under the new name; the old name
+    is marked 'gone'; a rename after the trigger gives a second run, under the
+    new name, whose cached steps make it cheap).  Nothing is ever written in
+    RAW_ROOT.
+
+Events
+    A watchdog observer (inotify; ``--polling`` uses the ``PollingObserver``
+    for network file systems where inotify sees nothing) watches RAW_ROOT
+    (not recursive) and each pending night (recursive).  Its thread only
+    queues paths; :meth:`Sensor.poll_once` does the scanning, stability
+    checks, decisions and triggers, and :meth:`Sensor.run_forever` calls it
+    every ``interval`` seconds and soon after events.  Events only make the
+    sensor faster: every pending night is rescanned every ``rescan`` seconds
+    (60), so lost events delay, never lose, a night.
+
+Example, as the lead's integration test uses it::
+
+    sensor = Sensor("raw", "red", "site.yaml", clock=clock, trigger=fake, state_path="s.sqlite")
+    sensor.start()
+    sensor.poll_once(now)        # -> names of the nights triggered by this poll
+    sensor.stop()
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import queue
+import re
+import signal
+import sqlite3
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+
+from qlcp_core.config import load_config
+from qlcp_core.errors import ConfigError, InputError
+from qlcp_core.io import FITS_SUFFIXES
+
+log = logging.getLogger("qlcp.sensor")
+
+DEFAULT_DEPLOYMENT = "process-night/process-night"
+DEFAULT_STATE_NAME = ".qlcp-sensor.sqlite"
+DEFAULT_SUN_ALTITUDE = -12.0
+STATUSES = ("pending", "triggered", "gone")
+READY_REASONS = ("catch-up", "dawn", "marker", "quiet")
+
+TimeLike = Any      # astropy Time, datetime (naive = UTC) or float Unix seconds
+
+
+# ------------------------------------------------------------------ times
+def to_unix(t: TimeLike) -> float:
+    """Unix seconds (UTC) of an astropy ``Time``, a ``datetime`` (naive means UTC) or a number."""
+    if isinstance(t, datetime):
+        if t.tzinfo is None:
+            t = t.replace(tzinfo=timezone.utc)
+        return t.timestamp()
+    if isinstance(t, (int, float, np.floating, np.integer)):
+        return float(t)
+    unix = getattr(t, "unix", None)         # astropy Time (any scale): seconds since 1970 UTC
+    if unix is None:
+        raise TypeError(f"clock value {t!r}: expected an astropy Time, a datetime or Unix seconds")
+    return float(unix)
+
+
+def _iso(t: float | None) -> str | None:
+    if t is None:
+        return None
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _unix(s: str | None) -> float | None:
+    if not s:
+        return None
+    return datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
+
+
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# -------------------------------------------------------------------- Sun
+class Dawn:
+    """Sun altitude and dawn times at one site.
+
+    Parameters
+    ----------
+    lon, lat, ele : float
+        Site longitude (deg east), geodetic latitude (deg), height (m).
+    altitude : float
+        Sun altitude (deg) whose upward crossing is "dawn".
+    horizon_days : float
+        How far ahead a crossing is searched; none within it (polar day or
+        night) means no dawn.
+    """
+
+    def __init__(self, lon: float, lat: float, ele: float, altitude: float = DEFAULT_SUN_ALTITUDE,
+                 horizon_days: float = 2.0):
+        from astropy import units as u
+        from astropy.coordinates import EarthLocation
+
+        self.location = EarthLocation.from_geodetic(lon=lon * u.deg, lat=lat * u.deg, height=ele * u.m)
+        self.altitude = float(altitude)
+        self.horizon = float(horizon_days) * 86400.0
+        self._cache: dict[int, float | None] = {}
+
+    def sun_altitude(self, t_unix) -> np.ndarray:
+        """Apparent Sun altitude (deg, no refraction) at Unix times ``t_unix``."""
+        from astropy.coordinates import AltAz, get_sun
+        from astropy.time import Time
+        from astropy.utils.exceptions import AstropyWarning
+        from erfa import ErfaWarning
+
+        t = Time(np.atleast_1d(np.asarray(t_unix, dtype=float)), format="unix", scale="utc")
+        with warnings.catch_warnings():
+            # times beyond the bundled IERS table: polar motion held at its edge (~arcsec), harmless here
+            warnings.simplefilter("ignore", AstropyWarning)
+            warnings.simplefilter("ignore", ErfaWarning)
+            alt = get_sun(t).transform_to(AltAz(obstime=t, location=self.location)).alt.deg
+        return np.atleast_1d(np.asarray(alt, dtype=float))
+
+    def is_dark(self, t_unix) -> np.ndarray:
+        """Whether the Sun is below the altitude at each time (many times: 5-min grid, interpolated)."""
+        t = np.atleast_1d(np.asarray(t_unix, dtype=float))
+        if t.size == 0:
+            return np.zeros(0, bool)
+        uniq, inv = np.unique(np.round(t), return_inverse=True)
+        span = uniq[-1] - uniq[0]
+        if uniq.size <= 64 or span / 300.0 > 4 * uniq.size:
+            alt = self.sun_altitude(uniq)
+        else:
+            grid = uniq[0] + np.arange(int(np.ceil(span / 300.0)) + 1) * 300.0
+            alt = np.interp(uniq, grid, self.sun_altitude(grid))
+        return (alt < self.altitude)[inv.reshape(-1)]
+
+    def next_dawn(self, t0: float) -> float | None:
+        """First time after ``t0`` (Unix s, rounded up to 1 s) at which the Sun rises through the altitude."""
+        key = int(np.floor(t0))
+        if key in self._cache:
+            return self._cache[key]
+        step = 600.0
+        grid = key + np.arange(0.0, self.horizon + step, step)
+        below = self.sun_altitude(grid) < self.altitude
+        up = np.nonzero(below[:-1] & ~below[1:])[0]
+        result = None
+        if up.size:
+            i = int(up[0])
+            fine = grid[i] + np.arange(0.0, step + 1.0, 10.0)
+            a = self.sun_altitude(fine)
+            above = np.nonzero(a >= self.altitude)[0]
+            if not above.size:
+                result = float(grid[i + 1])
+            else:
+                j = int(above[0])
+                if j == 0:
+                    result = float(fine[0])
+                else:
+                    frac = (self.altitude - a[j - 1]) / (a[j] - a[j - 1])
+                    result = float(np.ceil(fine[j - 1] + frac * (fine[j] - fine[j - 1])))
+        if len(self._cache) > 4096:
+            self._cache.clear()
+        self._cache[key] = result
+        return result
+
+
+# ------------------------------------------------------------------ state
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS nights (
+        name TEXT PRIMARY KEY,            -- night directory name under RAW_ROOT
+        raw_dir TEXT NOT NULL,
+        red_dir TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('pending', 'triggered', 'gone')),
+        first_seen TEXT NOT NULL,         -- ISO UTC, sensor clock
+        last_file TEXT,                   -- newest change to the night's FITS files
+        first_dark TEXT,                  -- earliest file arrival with the Sun below the altitude
+        n_files INTEGER NOT NULL DEFAULT 0,
+        reason TEXT,                      -- catch-up / dawn / marker / quiet
+        ready_at TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt TEXT,
+        last_error TEXT,
+        flow_run_id TEXT,
+        triggered_at TEXT,
+        idempotency_key TEXT NOT NULL
+    )""",
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+)
+_UPDATABLE = {"raw_dir", "red_dir", "status", "last_file", "first_dark", "n_files", "reason", "ready_at",
+              "attempts", "next_attempt", "last_error", "flow_run_id", "triggered_at"}
+
+
+class StateDB:
+    """The sensor's per-night state: one SQLite file, every change in a transaction.
+
+    One connection, usable from any thread (a sensor may be started in one
+    thread and run in another); a lock serialises its use.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._lock = threading.RLock()
+        self.conn = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False)
+        self.conn.row_factory = sqlite3.Row
+        with self.tx() as c:
+            for stmt in _SCHEMA:
+                c.execute(stmt)
+            c.execute("INSERT OR IGNORE INTO meta VALUES ('schema', '1')")
+
+    @contextlib.contextmanager
+    def tx(self):
+        """An atomic transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled back on error)."""
+        with self._lock:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
+
+    def _query(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self.conn.execute(sql, args).fetchall()
+
+    def close(self) -> None:
+        with self._lock:
+            self.conn.close()
+
+    def meta(self, key: str) -> str | None:
+        r = self._query("SELECT value FROM meta WHERE key = ?", (key,))
+        return r[0][0] if r else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.tx() as c:
+            c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def get(self, name: str) -> dict | None:
+        r = self._query("SELECT * FROM nights WHERE name = ?", (name,))
+        return dict(r[0]) if r else None
+
+    def rows(self, status: str | None = None) -> list[dict]:
+        if status is None:
+            return [dict(r) for r in self._query("SELECT * FROM nights ORDER BY name")]
+        return [dict(r) for r in self._query("SELECT * FROM nights WHERE status = ? ORDER BY name", (status,))]
+
+    def insert(self, name: str, raw_dir: str, red_dir: str, first_seen: float, key: str) -> None:
+        with self.tx() as c:
+            c.execute("INSERT INTO nights (name, raw_dir, red_dir, status, first_seen, idempotency_key) "
+                      "VALUES (?, ?, ?, 'pending', ?, ?)", (name, raw_dir, red_dir, _iso(first_seen), key))
+
+    def update(self, name: str, **cols) -> None:
+        bad = set(cols) - _UPDATABLE
+        if bad:
+            raise ValueError(f"not updatable: {sorted(bad)}")
+        sets = ", ".join(f"{k} = ?" for k in cols)
+        with self.tx() as c:
+            c.execute(f"UPDATE nights SET {sets} WHERE name = ?", (*cols.values(), name))
+
+    def begin_attempt(self, name: str, reason: str, now: float) -> int:
+        """Count one trigger attempt (committed before the call); returns the attempt number."""
+        with self.tx() as c:
+            c.execute("UPDATE nights SET attempts = attempts + 1, reason = COALESCE(reason, ?), "
+                      "ready_at = COALESCE(ready_at, ?) WHERE name = ? AND status = 'pending'",
+                      (reason, _iso(now), name))
+            r = c.execute("SELECT attempts, status FROM nights WHERE name = ?", (name,)).fetchone()
+        if r is None or r["status"] != "pending":
+            raise RuntimeError(f"night {name} is not pending in {self.path}")
+        return int(r["attempts"])
+
+
+def read_state(path: str | Path) -> list[dict]:
+    """Every night recorded in a sensor state database (for reports and tests)."""
+    db = StateDB(path)
+    try:
+        return db.rows()
+    finally:
+        db.close()
+
+
+# ---------------------------------------------------------------- trigger
+def prefect_trigger(name: str, *, parameters: dict, timeout: float = 0, tags: Iterable[str] | None = None,
+                    idempotency_key: str | None = None) -> Any:
+    """The default trigger: ``prefect.deployments.run_deployment`` (returns the Scheduled FlowRun at once).
+
+    A trigger is any callable with this signature; it returns a flow run
+    (anything with an ``id``) or the id itself, and raises when the run could
+    not be created.
+    """
+    from prefect.deployments import run_deployment
+
+    return run_deployment(name, parameters=parameters, timeout=timeout, tags=list(tags or []),
+                          idempotency_key=idempotency_key)
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    msg = f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+    return msg[:300]
+
+
+# ------------------------------------------------------------ night state
+@dataclass
+class _File:
+    sig: tuple[int, int]    # size, mtime_ns
+    since: float            # clock time this signature was first seen
+    checks: int             # polls that saw this signature
+    arrival: float          # when the night received the file
+
+
+@dataclass
+class _Night:
+    name: str
+    path: Path
+    key: str
+    at_startup: bool                        # present when the sensor started (mtime = arrival)
+    files: dict[str, _File] = field(default_factory=dict)
+    last_change: float | None = None
+    first_dark: float | None = None
+    marker: bool = False
+    scanned_poll: int = -1                  # poll number of the last scan (-1: never)
+    attempts: int = 0
+    next_attempt: float | None = None
+    reason: str | None = None               # ready reason logged in this session
+    saved: tuple = ()                       # (n_files, last_file, first_dark) last written
+
+
+def _is_fits(name: str) -> bool:
+    low = name.lower()
+    return any(low.endswith(s) for s in FITS_SUFFIXES)
+
+
+def _list_fits(top: Path) -> dict[str, tuple[int, int]]:
+    """FITS files under ``top`` (recursive, hidden entries skipped): relative path -> (size, mtime_ns)."""
+    out: dict[str, tuple[int, int]] = {}
+    stack = [(str(top), "")]
+    first = True
+    while stack:
+        d, prefix = stack.pop()
+        try:
+            it = os.scandir(d)
+        except (FileNotFoundError, NotADirectoryError):
+            if first:
+                raise FileNotFoundError(top) from None
+            continue                        # a sub-directory vanished meanwhile
+        first = False
+        with it:
+            for e in it:
+                if e.name.startswith("."):
+                    continue
+                try:
+                    if e.is_dir(follow_symlinks=False):
+                        stack.append((e.path, f"{prefix}{e.name}/"))
+                    elif _is_fits(e.name) and e.is_file():
+                        st = e.stat()
+                        out[prefix + e.name] = (st.st_size, st.st_mtime_ns)
+                except FileNotFoundError:
+                    continue
+    return out
+
+
+class _Handler(FileSystemEventHandler):
+    """Observer-thread side: only queue the paths of events."""
+
+    def __init__(self, sensor: "Sensor"):
+        super().__init__()
+        self.sensor = sensor
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in ("opened", "closed_no_write"):
+            return
+        self.sensor.notify(event.src_path)
+        dest = getattr(event, "dest_path", "")
+        if dest:
+            self.sensor.notify(dest)
+
+
+# ------------------------------------------------------------------ sensor
+class Sensor:
+    """Watch RAW_ROOT, decide when each night is ready, trigger its deployment once.
+
+    Parameters
+    ----------
+    raw_root, red_root : path
+        Directory of night directories (only read), and of their reductions.
+    config_path : path or list of paths, optional
+        QLCP config file(s): the site (``site_lon``, ``site_lat``, ``site_ele``)
+        and what the flow receives as ``config_files``.
+    clock : callable, optional
+        Returns the current time as an astropy ``Time`` or ``datetime`` (naive
+        = UTC); default the system clock.  Tests inject one to jump to dawn.
+    trigger : callable, optional
+        ``trigger(deployment, parameters=..., timeout=0, tags=[...],
+        idempotency_key=...)``; default :func:`prefect_trigger`.
+    state_path : path, optional
+        SQLite state; default ``red_root/.qlcp-sensor.sqlite``.
+    marker : str, optional
+        Name of the completion marker file in a night directory.
+    quiet : float, optional
+        Seconds without change after which a night is ready (None: off).
+    sun_altitude : float
+        Dawn is the Sun rising through this altitude (deg).
+    pattern : str, optional
+        Regex (``re.search``) night directory names must match.
+    deployment : str
+        ``flow-name/deployment-name`` to run.
+    watch : bool
+        Start a watchdog observer in :meth:`start` (False: polls only, for tests).
+    polling : bool
+        Use watchdog's ``PollingObserver`` (network file systems).
+    polling_timeout : float
+        Seconds between the polling observer's snapshots.
+    settle : float
+        A file is stable when unchanged at two polls at least this many seconds apart.
+    rescan : float
+        Seconds between full rescans of every pending night (events may be lost).
+    backoff : (float, float)
+        First retry delay and the largest one (s) after a failed trigger.
+    """
+
+    def __init__(self, raw_root: str | Path, red_root: str | Path, config_path=None, *,
+                 clock: Callable[[], TimeLike] | None = None, trigger: Callable[..., Any] | None = None,
+                 state_path: str | Path | None = None, marker: str | None = None, quiet: float | None = None,
+                 sun_altitude: float = DEFAULT_SUN_ALTITUDE, pattern: str | None = None,
+                 deployment: str = DEFAULT_DEPLOYMENT, watch: bool = True, polling: bool = False,
+                 polling_timeout: float = 1.0, settle: float = 2.0, rescan: float = 60.0,
+                 backoff: tuple[float, float] = (5.0, 300.0)):
+        self.raw_root = Path(raw_root).absolute()
+        self.red_root = Path(red_root).absolute()
+        if not self.raw_root.is_dir():
+            raise InputError(f"{raw_root}: RAW_ROOT is not a directory")
+        if config_path is None:
+            files = []
+        elif isinstance(config_path, (str, Path)):
+            files = [config_path]
+        else:
+            files = list(config_path)
+        self.config_files = [str(Path(f).absolute()) for f in files]
+        cfg = load_config(self.config_files)
+        self.state_path = Path(state_path).absolute() if state_path else self.red_root / DEFAULT_STATE_NAME
+        real_raw = self.raw_root.resolve()
+        for what, p in (("RED_ROOT", self.red_root), ("the state database", self.state_path)):
+            if p.resolve() == real_raw or p.resolve().is_relative_to(real_raw):
+                raise InputError(f"{p}: {what} must not be inside RAW_ROOT {self.raw_root} (never written)")
+        if marker is not None and (not marker or "/" in marker or marker.startswith(".")):
+            raise ConfigError(f"--marker {marker!r}: a plain, non-hidden file name is needed")
+        if quiet is not None and quiet <= 0:
+            quiet = None
+        try:
+            self.pattern = re.compile(pattern) if pattern else None
+        except re.error as e:
+            raise ConfigError(f"--pattern {pattern!r}: bad regular expression: {e}") from None
+        if not -90 <= sun_altitude <= 90:
+            raise ConfigError(f"--sun-altitude {sun_altitude}: must lie in -90..90 deg")
+        self.marker = marker
+        self.quiet = quiet
+        self.deployment = deployment
+        self.clock = clock or _utc_now
+        self.trigger = trigger or prefect_trigger
+        self.watch = watch
+        self.polling = polling
+        self.polling_timeout = float(polling_timeout)
+        self.settle = float(settle)
+        self.rescan = float(rescan)
+        self.backoff = (float(backoff[0]), float(backoff[1]))
+        self.site = (cfg.site_lon, cfg.site_lat, cfg.site_ele)
+        self.dawn = Dawn(cfg.site_lon, cfg.site_lat, cfg.site_ele, altitude=sun_altitude)
+
+        self._events: queue.Queue[str] = queue.Queue()
+        self._wake = threading.Event()
+        self._nights: dict[str, _Night] = {}
+        self._done: set[str] = set()            # triggered nights: never looked at again
+        self._db: StateDB | None = None
+        self._lock_fd: int | None = None
+        self._observer = None
+        self._watches: dict[str, Any] = {}
+        self._started = False
+        self._started_at = 0.0
+        self._in_startup = False
+        self._poll = 0
+        self._last_full = -np.inf
+        self._awaiting = False                  # some file awaits its second check
+        self._root_error: str | None = None
+
+    # ---------------------------------------------------------- lifecycle
+    def start(self) -> "Sensor":
+        """Open the state, start the observer and scan RAW_ROOT (catch-up).  Idempotent."""
+        if self._started:
+            return self
+        now = self._now()
+        self.red_root.mkdir(parents=True, exist_ok=True)
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock()
+        try:
+            self._db = StateDB(self.state_path)
+            old_root = self._db.meta("raw_root")
+            if old_root and old_root != str(self.raw_root):
+                log.warning("state %s was kept for RAW_ROOT %s, now %s: nights are matched by name",
+                            self.state_path, old_root, self.raw_root)
+            self._db.set_meta("raw_root", str(self.raw_root))
+            self._done = {r["name"] for r in self._db.rows("triggered")}
+            self._started_at = now
+            self._started = True
+            if self.watch:
+                self._start_observer()
+            self._in_startup = True
+            try:
+                self._discover(now)
+                for night in list(self._nights.values()):
+                    self._scan(night, now)
+            finally:
+                self._in_startup = False
+        except BaseException:
+            self.stop()
+            raise
+        obs = "no observer" if self._observer is None else ("polling observer" if self.polling else "inotify observer")
+        log.info("watching %s (%s): %d pending and %d triggered nights known; dawn = Sun above %.1f deg at "
+                 "lon %.4f lat %.4f; marker %s; quiet %s; state %s", self.raw_root, obs, len(self._nights),
+                 len(self._done), self.dawn.altitude, self.site[0], self.site[1], self.marker or "off",
+                 f"{self.quiet:g} s" if self.quiet else "off", self.state_path)
+        return self
+
+    def stop(self) -> None:
+        """Stop the observer, close the state database and release its lock.  Idempotent."""
+        obs, self._observer = self._observer, None
+        if obs is not None:
+            try:
+                obs.stop()
+                obs.join(timeout=5.0)
+            except Exception as e:   # noqa: BLE001 - stopping must not fail
+                log.debug("observer stop: %s", e)
+        self._watches.clear()
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)        # releases the flock
+            self._lock_fd = None
+        self._nights.clear()
+        self._started = False
+
+    def __enter__(self) -> "Sensor":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def notify(self, path: str | bytes) -> None:
+        """Note a file-system event at ``path``; thread-safe (the observer thread calls it)."""
+        self._events.put(os.fsdecode(path))
+        self._wake.set()
+
+    def wake(self) -> None:
+        """Make :meth:`run_forever` poll now (e.g. from a signal handler)."""
+        self._wake.set()
+
+    def state(self) -> list[dict]:
+        """Every night in the state database, as dicts."""
+        if self._db is None:
+            return read_state(self.state_path)
+        return self._db.rows()
+
+    # ---------------------------------------------------------- main loop
+    def run_forever(self, stop_event: threading.Event | None = None, interval: float = 5.0) -> None:
+        """Poll every ``interval`` s, soon after events, until ``stop_event`` is set.
+
+        While files await their second (stability) check the next poll comes
+        after ``settle`` s.  An error in one poll is logged and the loop goes on.
+        """
+        stop_event = stop_event or threading.Event()
+        self.start()
+        min_gap = min(0.5, interval)
+        while not stop_event.is_set():
+            t0 = time.monotonic()
+            self._wake.clear()
+            try:
+                self.poll_once()
+            except Exception as e:   # noqa: BLE001 - a bad poll (NFS, locked db) must not end the service
+                log.error("poll failed: %s", _one_line(e))
+                log.debug("poll failure", exc_info=True)
+            wait = min(interval, max(self.settle, 0.1)) if self._awaiting else interval
+            deadline = t0 + wait
+            while not stop_event.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                if self._wake.wait(min(left, 0.2)):
+                    # an event: poll soon, but at most every min_gap (bursts of events)
+                    stop_event.wait(max(0.0, t0 + min_gap - time.monotonic()))
+                    break
+
+    def poll_once(self, now: TimeLike | None = None) -> list[str]:
+        """One deterministic step: scan, check stability, decide, trigger.
+
+        Parameters
+        ----------
+        now : astropy Time, datetime or Unix seconds, optional
+            The current time (default: the clock).
+
+        Returns
+        -------
+        list of str
+            Names of the nights triggered in this poll.
+        """
+        if not self._started:
+            self.start()
+        now = self._now() if now is None else to_unix(now)
+        self._poll += 1
+        dirty = self._drain_events()
+        full = self._observer is None or now - self._last_full >= self.rescan
+        if full:
+            self._last_full = now
+        self._discover(now)
+        for night in list(self._nights.values()):
+            if full or night.name in dirty or night.scanned_poll < 0 or not self._all_stable(night, now):
+                self._scan(night, now)
+        triggered = [n.name for n in list(self._nights.values()) if self._consider(n, now)]
+        self._awaiting = any(not self._all_stable(n, now) for n in self._nights.values())
+        return triggered
+
+    # ------------------------------------------------------------ helpers
+    def _now(self) -> float:
+        return to_unix(self.clock())
+
+    def _lock(self) -> None:
+        import fcntl
+
+        path = f"{self.state_path}.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise InputError(f"{self.state_path}: another qlcp watch uses this state database") from None
+        self._lock_fd = fd
+
+    def _start_observer(self) -> None:
+        from watchdog.observers import Observer
+        from watchdog.observers.polling import PollingObserver
+
+        obs = PollingObserver(timeout=self.polling_timeout) if self.polling else Observer()
+        try:
+            obs.schedule(_Handler(self), str(self.raw_root), recursive=False)
+            obs.start()
+        except OSError as e:
+            if self.polling:
+                raise
+            log.warning("inotify observer failed (%s): using the polling observer", _one_line(e))
+            self.polling = True
+            obs = PollingObserver(timeout=self.polling_timeout)
+            obs.schedule(_Handler(self), str(self.raw_root), recursive=False)
+            obs.start()
+        self._observer = obs
+
+    def _watch_night(self, night: _Night) -> None:
+        if self._observer is None or night.name in self._watches:
+            return
+        try:
+            self._watches[night.name] = self._observer.schedule(_Handler(self), str(night.path), recursive=True)
+        except Exception as e:   # noqa: BLE001 - e.g. inotify watch limit: rescans still find the files
+            log.warning("night %s: cannot watch (%s); relying on rescans every %g s", night.name,
+                        _one_line(e), self.rescan)
+
+    def _unwatch_night(self, name: str) -> None:
+        w = self._watches.pop(name, None)
+        if w is not None and self._observer is not None:
+            try:
+                self._observer.unschedule(w)
+            except Exception as e:   # noqa: BLE001
+                log.debug("unschedule %s: %s", name, e)
+
+    def _drain_events(self) -> set[str]:
+        names = set()
+        root = str(self.raw_root)
+        while True:
+            try:
+                p = self._events.get_nowait()
+            except queue.Empty:
+                return names
+            rel = os.path.relpath(p, root)
+            if rel == os.curdir or rel.startswith(os.pardir):
+                continue                        # RAW_ROOT itself: listed every poll anyway
+            names.add(rel.split(os.sep, 1)[0])
+
+    def _night_names(self) -> set[str] | None:
+        try:
+            with os.scandir(self.raw_root) as it:
+                names = {e.name for e in it if not e.name.startswith(".") and e.is_dir()
+                         and (self.pattern is None or self.pattern.search(e.name))}
+        except OSError as e:
+            msg = _one_line(e)
+            if msg != self._root_error:
+                log.warning("cannot list RAW_ROOT %s: %s", self.raw_root, msg)
+                self._root_error = msg
+            return None
+        self._root_error = None
+        return names
+
+    def _discover(self, now: float) -> None:
+        """Register new night directories; mark vanished pending ones 'gone'."""
+        names = self._night_names()
+        if names is None:
+            return
+        for name in sorted(names - self._nights.keys() - self._done):
+            path = self.raw_root / name
+            row = self._db.get(name)
+            if row is None:
+                key = f"qlcp-sensor:{self.deployment}:{path}:{_iso(now)}"
+                self._db.insert(name, str(path), str(self.red_root / name), now, key)
+                row = self._db.get(name)
+                log.info("new night %s: %s", name, path)
+            elif row["status"] == "triggered":
+                self._done.add(name)
+                continue
+            elif row["status"] == "gone":
+                self._db.update(name, status="pending", raw_dir=str(path))
+                log.info("night %s is back: %s", name, path)
+            night = _Night(name=name, path=path, key=row["idempotency_key"], at_startup=self._in_startup,
+                           last_change=_unix(row["last_file"]), first_dark=_unix(row["first_dark"]),
+                           attempts=int(row["attempts"]), next_attempt=_unix(row["next_attempt"]))
+            night.saved = (row["n_files"], row["last_file"], row["first_dark"])
+            self._nights[name] = night
+            self._watch_night(night)
+        for name in sorted(set(self._nights) - names):
+            self._gone(name)
+        if self._in_startup:    # pending in the state, absent now (moved while the sensor was down)
+            for row in self._db.rows("pending"):
+                if row["name"] not in names:
+                    self._gone(row["name"])
+
+    def _gone(self, name: str) -> None:
+        self._nights.pop(name, None)
+        self._unwatch_night(name)
+        self._db.update(name, status="gone")
+        log.info("night %s vanished from %s (renamed or removed): not triggered", name, self.raw_root)
+
+    def _scan(self, night: _Night, now: float) -> None:
+        """Look at the night's files: new, changed, removed, marker."""
+        if night.scanned_poll == self._poll:
+            return                              # at most one check per poll
+        first = night.scanned_poll < 0
+        use_mtime = first and night.at_startup
+        try:
+            found = _list_fits(night.path)
+        except FileNotFoundError:
+            self._gone(night.name)
+            return
+        except OSError as e:
+            log.warning("night %s: cannot scan (%s)", night.name, _one_line(e))
+            return
+        changed = False
+        new_arrivals = []
+        for rel, sig in found.items():
+            f = night.files.get(rel)
+            if f is None:
+                arrival = min(sig[1] / 1e9, now) if use_mtime else now
+                night.files[rel] = _File(sig=sig, since=now, checks=1, arrival=arrival)
+                new_arrivals.append(arrival)
+                changed = True
+            elif f.sig != sig:
+                f.sig, f.since, f.checks = sig, now, 1
+                changed = True
+            else:
+                f.checks += 1
+        for rel in set(night.files) - found.keys():
+            del night.files[rel]
+            changed = True
+        night.marker = bool(self.marker) and (night.path / self.marker).is_file()
+        night.scanned_poll = self._poll
+        if changed:
+            if use_mtime:   # found at start-up: the newest arrival, or the last change recorded before
+                newest = max((f.arrival for f in night.files.values()), default=now)
+                night.last_change = max(night.last_change or -np.inf, newest)
+            else:
+                night.last_change = now
+        early = [a for a in new_arrivals if night.first_dark is None or a < night.first_dark]
+        if early:
+            dark = np.asarray(early)[self.dawn.is_dark(early)]
+            if dark.size:
+                night.first_dark = float(dark.min())
+        saved = (len(night.files), _iso(night.last_change), _iso(night.first_dark))
+        if saved != night.saved:
+            self._db.update(night.name, n_files=saved[0], last_file=saved[1], first_dark=saved[2])
+            night.saved = saved
+
+    def _stable(self, f: _File, now: float) -> bool:
+        return f.checks >= 2 and now - f.since >= self.settle
+
+    def _all_stable(self, night: _Night, now: float) -> bool:
+        return all(self._stable(f, now) for f in night.files.values())
+
+    def dawn_due(self, name: str) -> float | None:
+        """Unix time at which the night ``name`` becomes ready by dawn (None: unknown or never)."""
+        night = self._nights.get(name)
+        return None if night is None else self._dawn_due(night)
+
+    def _dawn_due(self, night: _Night) -> float | None:
+        if night.first_dark is not None:
+            ref = night.first_dark
+        elif night.files:
+            ref = max(f.arrival for f in night.files.values())
+        else:
+            return None
+        return self.dawn.next_dawn(ref)
+
+    def _ready_reason(self, night: _Night, now: float) -> str | None:
+        if not night.files or not self._all_stable(night, now):
+            return None
+        due = self._dawn_due(night)
+        if due is not None and now >= due:
+            return "catch-up" if due <= self._started_at else "dawn"
+        if night.marker:
+            return "marker"
+        if self.quiet and night.last_change is not None and now - night.last_change >= self.quiet:
+            return "quiet"
+        return None
+
+    def _consider(self, night: _Night, now: float) -> bool:
+        """Trigger the night if it is ready (and not backing off); True when triggered."""
+        if night.next_attempt is not None and now < night.next_attempt:
+            return False
+        reason = self._ready_reason(night, now)
+        if reason is None:
+            return False
+        if night.scanned_poll != self._poll:   # a fresh look before the one-time decision
+            self._scan(night, now)
+            if night.name not in self._nights:
+                return False
+            reason = self._ready_reason(night, now)
+            if reason is None:
+                return False
+        if night.reason is None:
+            night.reason = reason
+            newest = max(f.arrival for f in night.files.values())
+            log.info("night %s ready (%s): %d FITS files, newest arrived %s", night.name, reason,
+                     len(night.files), _iso(newest))
+        return self._trigger(night, reason, now)
+
+    def _trigger(self, night: _Night, reason: str, now: float) -> bool:
+        params = {"raw_dir": str(night.path), "red_dir": str(self.red_root / night.name),
+                  "config_files": list(self.config_files)}
+        attempt = self._db.begin_attempt(night.name, reason, now)
+        night.attempts = attempt
+        try:
+            result = self.trigger(self.deployment, parameters=params, timeout=0, tags=["sensor", night.name],
+                                  idempotency_key=night.key)
+        except Exception as e:   # noqa: BLE001 - API down or refused: keep the night, retry later
+            delay = min(self.backoff[1], self.backoff[0] * 2.0 ** (attempt - 1))
+            night.next_attempt = now + delay
+            err = _one_line(e)
+            self._db.update(night.name, last_error=err, next_attempt=_iso(night.next_attempt))
+            log.warning("night %s: trigger of %s failed (attempt %d: %s); retry in %.0f s", night.name,
+                        self.deployment, attempt, err, delay)
+            return False
+        run_id = getattr(result, "id", result)
+        run_id = None if run_id is None else str(run_id)
+        self._db.update(night.name, status="triggered", flow_run_id=run_id, triggered_at=_iso(now),
+                        next_attempt=None)
+        self._nights.pop(night.name, None)
+        self._done.add(night.name)
+        self._unwatch_night(night.name)
+        log.info("night %s: triggered %s, flow run %s (%s, attempt %d)", night.name, self.deployment, run_id,
+                 reason, attempt)
+        return True
+
+
+# --------------------------------------------------------------------- CLI
+def add_watch_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the arguments of ``qlcp watch`` to ``parser`` (a sub-command parser)."""
+    parser.add_argument("raw_root", metavar="RAW_ROOT", help="directory of night directories (only read)")
+    parser.add_argument("red_root", metavar="RED_ROOT", help="reductions go to RED_ROOT/<night>")
+    parser.add_argument("--config", metavar="FILE", action="append",
+                        help="QLCP config (site_lon/lat/ele; passed to the flow); repeatable, later wins")
+    parser.add_argument("--marker", metavar="NAME", default=None,
+                        help="completion marker file (e.g. DONE): its appearance makes a night ready")
+    parser.add_argument("--quiet", metavar="SECONDS", type=float, default=None,
+                        help="a night is ready after this long without new files (default: off)")
+    parser.add_argument("--sun-altitude", metavar="DEG", type=float, default=DEFAULT_SUN_ALTITUDE,
+                        dest="sun_altitude", help="dawn = the Sun rising above this altitude (default -12)")
+    parser.add_argument("--polling", action="store_true",
+                        help="poll the file system (NFS/SMB mounts, where inotify sees nothing)")
+    parser.add_argument("--pattern", metavar="REGEX", default=None,
+                        help="night directory names must match this (re.search; default: any directory)")
+    parser.add_argument("--deployment", metavar="NAME", default=DEFAULT_DEPLOYMENT,
+                        help=f"deployment to run per night (default {DEFAULT_DEPLOYMENT})")
+    parser.add_argument("--state", metavar="FILE", default=None,
+                        help=f"sensor state database (default RED_ROOT/{DEFAULT_STATE_NAME})")
+    return parser
+
+
+def sensor_from_args(args: argparse.Namespace, **kwargs) -> Sensor:
+    """A :class:`Sensor` configured from parsed ``qlcp watch`` arguments (``kwargs`` override)."""
+    opts = dict(config_path=args.config or None, state_path=args.state, marker=args.marker, quiet=args.quiet,
+                sun_altitude=args.sun_altitude, pattern=args.pattern, deployment=args.deployment,
+                polling=args.polling)
+    opts.update(kwargs)
+    return Sensor(args.raw_root, args.red_root, **opts)
+
+
+def _setup_logging() -> None:
+    if not logging.getLogger().handlers and not logging.getLogger("qlcp").handlers:
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if log.getEffectiveLevel() > logging.INFO:
+        log.setLevel(logging.INFO)
+
+
+def run_watch(args: argparse.Namespace, *, trigger: Callable[..., Any] | None = None,
+              stop_event: threading.Event | None = None, interval: float = 5.0, **sensor_kwargs) -> int:
+    """Run ``qlcp watch`` until SIGTERM or SIGINT; returns the exit status (0).
+
+    Bad arguments raise :class:`~qlcp_core.errors.QLCPError` (one line).
+    ``trigger``, ``stop_event`` and ``sensor_kwargs`` (extra :class:`Sensor`
+    options) are for tests and embedding.
+    """
+    _setup_logging()
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    # a temporary ephemeral server cannot know the deployment: fail (and retry) instead of starting one
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_ENABLED", "false")
+    if trigger is None and not os.environ.get("PREFECT_API_URL"):
+        log.warning("PREFECT_API_URL is not set: triggers use the active Prefect profile's API, if any")
+    sensor = sensor_from_args(args, trigger=trigger, **sensor_kwargs)
+    stop_event = stop_event or threading.Event()
+
+    def _on_signal(signum, _frame):
+        log.info("%s: stopping", signal.Signals(signum).name)
+        stop_event.set()
+        sensor.wake()
+
+    old = {}
+    if threading.current_thread() is threading.main_thread():
+        for s in (signal.SIGTERM, signal.SIGINT):
+            old[s] = signal.signal(s, _on_signal)
+    try:
+        sensor.start()
+        sensor.run_forever(stop_event, interval=interval)
+    finally:
+        sensor.stop()
+        for s, h in old.items():
+            signal.signal(s, h)
+    log.info("sensor stopped")
+    return 0
+
+
+main_watch = run_watch

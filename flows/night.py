@@ -1,0 +1,392 @@
+"""The night flow and the reprocessing flow.
+
+``process_night`` runs every requested step of one night as Prefect tasks
+(:mod:`tasks.steps`): calibration per band, then the frame-level work in
+chunks of frames, stage by stage with every (object, band) group of the night
+in parallel.  A failing group is recorded and the others go on.  At the end it
+publishes artifacts (per-frame quality table, markdown summary, light-curve
+image, and a progress bar that advanced during the night) under keys stable per
+night/object/band, so reruns add versions rather than clutter.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import logging
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+from prefect import flow, get_run_logger
+from prefect.artifacts import (
+    create_image_artifact,
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.futures import wait
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from qlcp_core import steps as core
+from qlcp_core.bias import select_bias
+from qlcp_core.dark import select_dark
+from qlcp_core.errors import QLCPError
+from qlcp_core.flat import select_flat
+from qlcp_core.listing import scan_files
+from qlcp_core.offset import offset_paths
+from qlcp_core.pipeline import check_dirs, make_config, write_effective_config
+from tasks import steps as T
+from tasks.common import bridge_logging
+
+log = logging.getLogger("qlcp.flows")
+
+#: frames per correction / photometry task: large enough that Prefect's
+#: per-task cost (~10-30 ms) is small against the science (~0.1 s per frame)
+DEFAULT_CHUNK = 25
+
+
+def artifact_key(*parts: str) -> str:
+    """Prefect artifact keys: lowercase letters, digits and dashes only."""
+    s = "-".join(str(p) for p in parts if p)
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", s.lower())).strip("-")[:120]
+
+
+class _Runner:
+    """Submits tasks, keeps their states, reruns a Cached task whose outputs are gone."""
+
+    def __init__(self, refresh: bool):
+        self.refresh = refresh
+        self.states: dict[str, dict[str, int]] = {}
+        self.by_label: dict[str, str] = {}
+
+    def submit(self, task, label: str, **kw):
+        t = task.with_options(refresh_cache=True) if self.refresh else task
+        fut = t.submit(**kw)
+        return (task, label, kw, fut)
+
+    def result(self, item):
+        task, label, kw, fut = item
+        fut.wait()
+        state = fut.state
+        if state.is_failed():
+            self._count(task.name, label, "Failed")
+            return None, state
+        res = fut.result()
+        if state.name == "Cached" and not all(Path(p).exists() for p in res.get("outputs", []) if p):
+            log.info("%s: cached result but outputs are missing: recomputing", label)
+            state = task.with_options(refresh_cache=True)(**kw, return_state=True)
+            if state.is_failed():
+                self._count(task.name, label, "Failed")
+                return None, state
+            res = state.result()
+        self._count(task.name, label, state.name)
+        return res, state
+
+    def _count(self, name, label, state_name):
+        self.states.setdefault(name, {}).setdefault(state_name, 0)
+        self.states[name][state_name] += 1
+        self.by_label[label] = state_name
+
+
+def _chunks(seq, n):
+    return [seq[i:i + n] for i in range(0, len(seq), n)] if seq else []
+
+
+def _error(state) -> str:
+    try:
+        state.result()
+    except Exception as e:  # the task's exception
+        return f"{type(e).__name__}: {e}" if not isinstance(e, QLCPError) else str(e)
+    return state.message or "failed"
+
+
+@flow(name="process-night", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=True)
+def process_night(raw_dir: str, red_dir: str, config: dict | None = None, config_files: list[str] | None = None,
+                  steps: str | None = None, obj: list[str] | None = None, band: list[str] | None = None,
+                  refresh: bool = False, chunk: int = DEFAULT_CHUNK) -> dict:
+    """Reduce one night with every step as a cached, retried Prefect task.
+
+    Parameters
+    ----------
+    raw_dir, red_dir : str
+        The night's raw directory (only read) and its output directory.
+    config : dict, optional
+        Settings and run parameters (as in a YAML config); they win over ``config_files``.
+    config_files : list of str, optional
+        YAML/INI config files, later ones winning.
+    steps, obj, band : optional
+        As ``qlcp run``.
+    refresh : bool
+        Recompute every task (ignore the cache).
+    chunk : int
+        Frames per correction/photometry task.
+
+    Returns
+    -------
+    dict
+        Night summary: groups with light curves, scatter, rejected frames, task states.
+    """
+    t_start = time.perf_counter()
+    plog = get_run_logger()
+    bridge_logging()
+    cfg = make_config(config_files, **(config or {}), steps=steps, obj=obj, band=band)
+    raw, red = check_dirs(raw_dir, red_dir)
+    write_effective_config(red, cfg)
+    cfgd = cfg.plain(only_set=True)
+    night_name = raw.resolve().name
+    R = _Runner(refresh)
+    rs, rd = str(raw), str(red)
+
+    # ---- l: classify the night
+    files = [str(p) for p in scan_files(raw)]
+    night, st = R.result(R.submit(T.list_task, "l", raw_dir=rs, red_dir=rd, cfg=cfgd, raw_files=files))
+    if night is None:
+        raise QLCPError(f"{raw}: listing failed: {_error(st)}")
+    groups = [(o, b, fl) for o, b, fl in night["groups"]]
+    if not groups:
+        plog.warning("%s: no science frames to reduce (%s)", raw, night["summary"])
+    plog.info("night %s: %s", night_name, night["summary"])
+    n_frames = sum(len(fl) for _, _, fl in groups)
+    units = max(1, n_frames * sum(s in cfg.steps for s in "ip"))
+    progress_id = create_progress_artifact(progress=0.0, key=artifact_key("night", night_name, "progress"),
+                                           description=f"frames of {night_name} processed (steps i and p)")
+    done = 0
+
+    def advance(n):
+        nonlocal done
+        done += n
+        update_progress_artifact(artifact_id=progress_id, progress=min(100.0, 100.0 * done / units))
+
+    # ---- b, f: masters
+    if "b" in cfg.steps:
+        res, st = R.result(R.submit(T.bias_task, "b", red_dir=rd, cfg=cfgd, files=night["bias"]))
+        bias = res["path"] if res else None
+        res, st = R.result(R.submit(T.dark_task, "dark", red_dir=rd, cfg=cfgd, files=night["dark"], bias=bias))
+        dark = res["path"] if res else None
+    else:
+        bias, dark = (str(p) if p else None for p in (select_bias(red, cfg), select_dark(red, cfg)))
+    flats: dict[str, str | None] = {}
+    bands = sorted({b for _, b, _ in groups})
+    if "f" in cfg.steps:
+        items = {b: R.submit(T.flat_task, f"f-{b}", red_dir=rd, cfg=cfgd, band=b, files=night["flats"].get(b, []),
+                             bias=bias, dark=dark) for b in bands}
+        for b, it in items.items():
+            res, st = R.result(it)
+            flats[b] = res["path"] if res else None
+    else:
+        flats = {b: (str(p) if (p := select_flat(red, cfg, b)) else None) for b in bands}
+
+    # ---- per group, stage by stage, groups in parallel
+    G = {(o, b): {"obj": o, "band": b, "frames": len(fl), "raw": fl, "rejected": [], "error": ""}
+         for o, b, fl in groups}
+
+    def fail(g, step, state):
+        g["error"] = f"step {step}: {_error(state)}"
+        plog.error("%s %s: %s", g["obj"], g["band"], g["error"])
+
+    alive = lambda: [g for g in G.values() if not g["error"]]  # noqa: E731
+
+    if "i" in cfg.steps:
+        pending = {(g["obj"], g["band"]): [R.submit(T.correct_task, f"i-{g['obj']}-{g['band']}-{k}", red_dir=rd,
+                                                    cfg=cfgd, obj=g["obj"], band=g["band"], files=c, bias=bias,
+                                                    flat=flats.get(g["band"]), dark=dark)
+                                           for k, c in enumerate(_chunks(g["raw"], chunk))]
+                   for g in alive()}
+        wait([it[3] for its in pending.values() for it in its])
+        for key, its in pending.items():
+            for it in its:
+                res, st = R.result(it)
+                if res is None:
+                    fail(G[key], "i", st)
+                    break
+                G[key]["rejected"] += res["rejected"]
+                advance(len(it[2]["files"]))
+    for g in G.values():
+        g["bf"] = core.corrected_files(red, g["obj"], g["band"], g["raw"])
+        g["corrected"] = len(g["bf"])
+
+    if "o" in cfg.steps:
+        its = {(g["obj"], g["band"]): R.submit(T.offset_task, f"o-{g['obj']}-{g['band']}", red_dir=rd, cfg=cfgd,
+                                               obj=g["obj"], band=g["band"], bf_files=g["bf"]) for g in alive()}
+        for key, it in its.items():
+            res, st = R.result(it)
+            if res is None:
+                fail(G[key], "o", st)
+
+    if "p" in cfg.steps:
+        pending = {(g["obj"], g["band"]): [R.submit(T.photometry_task, f"p-{g['obj']}-{g['band']}-{k}", red_dir=rd,
+                                                    cfg=cfgd, bf_files=c)
+                                           for k, c in enumerate(_chunks(g["bf"], chunk))]
+                   for g in alive()}
+        wait([it[3] for its in pending.values() for it in its])
+        for key, its in pending.items():
+            for it in its:
+                res, st = R.result(it)
+                if res is None:
+                    fail(G[key], "p", st)
+                    break
+                G[key]["rejected"] += [[Path(s["bf"]).name, s["error"]] for s in res["frames"] if s.get("error")]
+                advance(len(it[2]["bf_files"]))
+    update_progress_artifact(artifact_id=progress_id, progress=100.0)
+
+    for g in alive():
+        g["cats"] = core.catalogue_files(g["bf"])
+        g["offsets"] = str(offset_paths(red, g["obj"], g["band"])[0])
+
+    def stage(step, task, label, kwargs_of, store):
+        its = {(g["obj"], g["band"]): R.submit(task, f"{label}-{g['obj']}-{g['band']}", **kwargs_of(g))
+               for g in alive()}
+        for key, it in its.items():
+            res, st = R.result(it)
+            if res is None:
+                fail(G[key], step, st)
+            else:
+                store(G[key], res)
+
+    base = dict(red_dir=rd, cfg=cfgd)
+    if any(s in cfg.steps for s in "kKc"):
+        stage("k", T.select_task, "k", lambda g: {**base, "obj": g["obj"], "band": g["band"], "cat_files": g["cats"],
+                                                  "offsets": g["offsets"], "steps": cfg.steps,
+                                                  "starxy": cfg.for_object("starxy", g["obj"])},
+              lambda g, r: g.update(selection=r))
+    if "c" in cfg.steps:
+        stage("c", T.catalogue_task, "c", lambda g: {**base, "obj": g["obj"], "band": g["band"],
+                                                     "cat_files": g["cats"], "offsets": g["offsets"],
+                                                     "selection": g["selection"]},
+              lambda g, r: g.update(cata=r["path"]))
+    if "d" in cfg.steps:
+        stage("d", T.differential_task, "d",
+              lambda g: {**base, "obj": g["obj"], "band": g["band"],
+                         "cata": g.get("cata") or str(core.catalogue_path(red, g["obj"], g["band"])),
+                         "night": night_name},
+              lambda g, r: g.update(lc=r["lc"], stars=r["stars"], png=r["png"], noise=r["noise"]))
+    if "g" in cfg.steps:
+        stage("g", T.graph_task, "g", lambda g: {**base, "obj": g["obj"], "band": g["band"],
+                                                 "stars": str(red / f"stars_{g['obj']}_{g['band']}.ecsv"),
+                                                 "offsets": g["offsets"]},
+              lambda g, r: g.update(chart=r["path"]))
+
+    summary = {
+        "night": night_name, "raw_dir": rs, "red_dir": rd, "listing": night["summary"],
+        "rejected": night["rejected"] + [r for g in G.values() for r in g["rejected"]],
+        "config_hash": cfg.hash(), "task_states": R.states, "task_state_by_label": R.by_label,
+        "groups": [{k: v for k, v in g.items() if k not in ("raw", "bf", "cats")} for g in G.values()],
+        "seconds": round(time.perf_counter() - t_start, 2),
+    }
+    publish_artifacts(summary, red, cfg)
+    failed = [g for g in G.values() if g["error"]]
+    if groups and len(failed) == len(groups):
+        raise QLCPError(f"{raw}: every group failed; first: {failed[0]['error']}")
+    return summary
+
+
+# ------------------------------------------------------------------ artifacts
+def _frame_table(red: Path, g: dict) -> list[dict]:
+    """Per-frame quality rows of one group: time, airmass, FWHM, sky, stars, offset, ok."""
+    from astropy.table import Table
+
+    rows = []
+    lc_path = g.get("lc")
+    off_path = Path(g.get("offsets", ""))
+    off = Table.read(off_path, format="ascii.ecsv") if off_path.is_file() else None
+    lc = Table.read(lc_path, format="ascii.ecsv") if lc_path and Path(lc_path).is_file() else None
+    offs = {r["file"]: r for r in off} if off is not None else {}
+    if lc is not None:
+        for r in lc:
+            o = offs.get(r["file"])
+            rows.append({"file": str(r["file"]), "bjd_tdb": round(float(r["bjd_tdb"]), 6),
+                         "airmass": round(float(r["airmass"]), 4), "fwhm": round(float(r["fwhm"]), 2),
+                         "sky": round(float(r["sky"]), 1),
+                         "stars": int(o["n_matched"]) if o is not None else None,
+                         "dx": round(float(o["dx"]), 2) if o is not None and np.isfinite(o["dx"]) else None,
+                         "dy": round(float(o["dy"]), 2) if o is not None and np.isfinite(o["dy"]) else None,
+                         "ok": bool(r["ok"])})
+    elif off is not None:
+        for o in off:
+            rows.append({"file": str(o["file"]), "jd": float(o["jd"]), "stars": int(o["n_matched"]),
+                         "dx": float(o["dx"]) if np.isfinite(o["dx"]) else None,
+                         "dy": float(o["dy"]) if np.isfinite(o["dy"]) else None, "ok": bool(o["ok"])})
+    return rows
+
+
+def summary_markdown(summary: dict, cfg) -> str:
+    """The night report shown in the Prefect UI."""
+    out = [f"# Night {summary['night']}", "",
+           f"* raw: `{summary['raw_dir']}`  \n* outputs: `{summary['red_dir']}`",
+           f"* files: {summary['listing']}",
+           f"* config hash `{summary['config_hash']}`, steps `{cfg.steps}`, apertures {cfg.aper} px",
+           f"* finished {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC in {summary['seconds']} s", ""]
+    states = ", ".join(f"{name}: " + "/".join(f"{n} {s}" for s, n in sorted(c.items()))
+                       for name, c in sorted(summary["task_states"].items()))
+    out += [f"**Tasks** — {states}", ""]
+    out += ["## Targets", "", "| object | band | frames | corrected | light curve | star | aperture | "
+            "achieved (mmag) | predicted (mmag) | note |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for g in summary["groups"]:
+        note = g["error"] or ""
+        noise = g.get("noise") or [{}]
+        for n in noise:
+            star = f"{n.get('role', '')} {n.get('k', '')}".strip()
+            ach = f"{1e3 * n['achieved']:.2f}" if n.get("achieved") is not None else ""
+            pre = f"{1e3 * n['predicted']:.2f}" if n.get("predicted") is not None else ""
+            flag = "NOISY (clouds or systematics?)" if n.get("noisy") else ""
+            out.append(f"| {g['obj']} | {g['band']} | {g['frames']} | {g.get('corrected', '')} | "
+                       f"`{Path(g['lc']).name if g.get('lc') else '-'}` | {star} | {n.get('aperture', '')} | "
+                       f"{ach} | {pre} | {note or flag} |")
+    out += ["", "## Rejected files", ""]
+    if summary["rejected"]:
+        out += ["| file | reason |", "|---|---|"] + [f"| {f} | {why} |" for f, why in summary["rejected"]]
+    else:
+        out.append("none")
+    return "\n".join(out) + "\n"
+
+
+def publish_artifacts(summary: dict, red: Path, cfg) -> None:
+    night = summary["night"]
+    create_markdown_artifact(markdown=summary_markdown(summary, cfg), key=artifact_key("night", night, "summary"),
+                             description=f"QLCP summary of night {night}")
+    for g in summary["groups"]:
+        rows = _frame_table(red, g)
+        if rows:
+            create_table_artifact(table=rows, key=artifact_key("night", night, g["obj"], g["band"], "frames"),
+                                  description=f"per-frame quality, {g['obj']} {g['band']}")
+        png = g.get("png")
+        if png and Path(png).is_file():
+            # an offline observatory has no image host: embed the PNG itself as a data URI
+            uri = "data:image/png;base64," + base64.b64encode(Path(png).read_bytes()).decode()
+            create_image_artifact(image_url=uri, key=artifact_key("night", night, g["obj"], g["band"], "lc"),
+                                  description=f"light curve {g['obj']} {g['band']} ({png})")
+
+
+@flow(name="reprocess", log_prints=True)
+def reprocess(nights: list[str] | None = None, raw_root: str | None = None, red_root: str | None = None,
+              start: str | None = None, end: str | None = None, config: dict | None = None,
+              config_files: list[str] | None = None, pattern: str = r".*") -> dict:
+    """Run the night flow for many nights: a list of raw directories, or every night under
+    ``raw_root`` whose name matches ``pattern`` and whose date (YYYYMMDD in the name) lies in
+    [``start``, ``end``].  Unchanged nights hit the cache everywhere and cost little.
+    """
+    plog = get_run_logger()
+    todo = list(nights or [])
+    if raw_root:
+        for d in sorted(Path(raw_root).iterdir()):
+            if d.is_dir() and re.search(pattern, d.name) and _in_range(d.name, start, end):
+                todo.append(str(d))
+    results = {}
+    for n in todo:
+        red = Path(red_root) / Path(n).name if red_root else Path(n).parent.parent / "red" / Path(n).name
+        state = process_night(raw_dir=n, red_dir=str(red), config=config, config_files=config_files,
+                              return_state=True)
+        results[n] = state.name
+        plog.info("night %s: %s", n, state.name)
+    return results
+
+
+def _in_range(name: str, start: str | None, end: str | None) -> bool:
+    m = re.search(r"(\d{8})", name)
+    if not m:
+        return start is None and end is None
+    d = m.group(1)
+    return (start is None or d >= start.replace("-", "")) and (end is None or d <= end.replace("-", ""))
