@@ -78,7 +78,7 @@ Events
     sensor faster: every pending night is rescanned every ``rescan`` seconds
     (60), so lost events delay, never lose, a night.
 
-Example, as the lead's integration test uses it::
+Embedding (tests, an integration test with a real server)::
 
     sensor = Sensor("raw", "red", "site.yaml", clock=clock, trigger=fake, state_path="s.sqlite")
     sensor.start()
@@ -99,10 +99,11 @@ import sqlite3
 import threading
 import time
 import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Self
 
 import numpy as np
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
@@ -127,7 +128,7 @@ def to_unix(t: TimeLike) -> float:
     """Unix seconds (UTC) of an astropy ``Time``, a ``datetime`` (naive means UTC) or a number."""
     if isinstance(t, datetime):
         if t.tzinfo is None:
-            t = t.replace(tzinfo=timezone.utc)
+            t = t.replace(tzinfo=UTC)
         return t.timestamp()
     if isinstance(t, (int, float, np.floating, np.integer)):
         return float(t)
@@ -140,17 +141,17 @@ def to_unix(t: TimeLike) -> float:
 def _iso(t: float | None) -> str | None:
     if t is None:
         return None
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _unix(s: str | None) -> float | None:
     if not s:
         return None
-    return datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
+    return datetime.fromisoformat(s).timestamp()
 
 
 def _utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 # -------------------------------------------------------------------- Sun
@@ -435,7 +436,7 @@ def _list_fits(top: Path) -> dict[str, tuple[int, int]]:
 class _Handler(FileSystemEventHandler):
     """Observer-thread side: only queue the paths of events."""
 
-    def __init__(self, sensor: "Sensor"):
+    def __init__(self, sensor: Sensor):
         super().__init__()
         self.sensor = sensor
 
@@ -556,7 +557,7 @@ class Sensor:
         self._root_error: str | None = None
 
     # ---------------------------------------------------------- lifecycle
-    def start(self) -> "Sensor":
+    def start(self) -> Sensor:
         """Open the state, start the observer and scan RAW_ROOT (catch-up).  Idempotent."""
         if self._started:
             return self
@@ -612,7 +613,7 @@ class Sensor:
         self._nights.clear()
         self._started = False
 
-    def __enter__(self) -> "Sensor":
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -648,7 +649,7 @@ class Sensor:
             self._wake.clear()
             try:
                 self.poll_once()
-            except Exception as e:   # noqa: BLE001 - a bad poll (NFS, locked db) must not end the service
+            except Exception as e:
                 log.error("poll failed: %s", _one_line(e))
                 log.debug("poll failure", exc_info=True)
             wait = min(interval, max(self.settle, 0.1)) if self._awaiting else interval
@@ -963,9 +964,9 @@ def add_watch_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
 
 def sensor_from_args(args: argparse.Namespace, **kwargs) -> Sensor:
     """A :class:`Sensor` configured from parsed ``qlcp watch`` arguments (``kwargs`` override)."""
-    opts = dict(config_path=args.config or None, state_path=args.state, marker=args.marker, quiet=args.quiet,
-                sun_altitude=args.sun_altitude, pattern=args.pattern, deployment=args.deployment,
-                polling=args.polling)
+    opts = {"config_path": args.config or None, "state_path": args.state, "marker": args.marker,
+            "quiet": args.quiet, "sun_altitude": args.sun_altitude, "pattern": args.pattern,
+            "deployment": args.deployment, "polling": args.polling}
     opts.update(kwargs)
     return Sensor(args.raw_root, args.red_root, **opts)
 

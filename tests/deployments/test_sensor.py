@@ -15,7 +15,7 @@ import signal
 import threading
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,7 @@ LA_PALMA = (-17.8792, 28.7606, 2326.0)
 
 
 def utc(*a) -> datetime:
-    return datetime(*a, tzinfo=timezone.utc)
+    return datetime(*a, tzinfo=UTC)
 
 
 AFTERNOON = utc(2024, 6, 6, 6, 0)        # 14:00 local: Sun high
@@ -72,8 +72,8 @@ class FakeTrigger:
             self.failures += 1
             raise ConnectionError("[Errno 111] Connection refused\nsecond line of the message")
         rid = uuid.uuid4()
-        self.calls.append(dict(name=name, parameters=parameters, timeout=timeout, tags=tags,
-                               key=idempotency_key, when=when, id=str(rid)))
+        self.calls.append({"name": name, "parameters": parameters, "timeout": timeout, "tags": tags,
+                           "key": idempotency_key, "when": when, "id": str(rid)})
         return type("FlowRun", (), {"id": rid})()
 
     @property
@@ -101,7 +101,7 @@ def put(path: Path, data: bytes | None = None, mtime: datetime | None = None) ->
 @pytest.fixture
 def site_cfg(tmp_path) -> Path:
     p = tmp_path / "site.yaml"
-    p.write_text("site_lon: %r\nsite_lat: %r\nsite_ele: %r\n" % XINGLONG)
+    p.write_text("site_lon: {!r}\nsite_lat: {!r}\nsite_ele: {!r}\n".format(*XINGLONG))
     return p
 
 
@@ -130,7 +130,7 @@ def sun_alt(t: datetime, site=XINGLONG) -> float:
 @pytest.mark.parametrize("site", [XINGLONG, LA_PALMA], ids=["xinglong", "la-palma"])
 def test_dawn_decision_matches_astropy(tmp_path, roots, site):
     cfg = tmp_path / "site.yaml"
-    cfg.write_text("site_lon: %r\nsite_lat: %r\nsite_ele: %r\n" % site)
+    cfg.write_text("site_lon: {!r}\nsite_lat: {!r}\nsite_ele: {!r}\n".format(*site))
     clock = Clock(utc(2024, 6, 6, 4, 0) if site == XINGLONG else utc(2024, 6, 6, 22, 0))
     trig = FakeTrigger()
     s = make(roots, cfg, clock, trig)
@@ -152,7 +152,7 @@ def test_dawn_decision_matches_astropy(tmp_path, roots, site):
     assert sun_alt(decided, site) > -12.0
     assert sun_alt(decided - timedelta(minutes=10), site) < -12.0
     assert 0 <= decided.timestamp() - due < 120
-    t_due = datetime.fromtimestamp(due, timezone.utc)
+    t_due = datetime.fromtimestamp(due, UTC)
     assert sun_alt(t_due - timedelta(seconds=2), site) < -12.0 <= sun_alt(t_due + timedelta(seconds=1), site)
     s.stop()
 
@@ -315,7 +315,7 @@ def test_catch_up_nights_found_at_start(roots, site_cfg, caplog):
     rows = {r["name"]: r for r in s.state()}
     assert rows["20240605"]["reason"] == rows["20240606"]["reason"] == "catch-up"
     assert rows["20240607"]["status"] == "pending"
-    assert datetime.fromtimestamp(s.dawn_due("20240607"), timezone.utc).date() == utc(2024, 6, 7).date()
+    assert datetime.fromtimestamp(s.dawn_due("20240607"), UTC).date() == utc(2024, 6, 7).date()
     assert s.dawn_due("20240607") > NEXT_MORNING.timestamp()
     assert sum("ready (catch-up)" in r.getMessage() for r in caplog.records) == 2
     s.stop()
@@ -333,7 +333,7 @@ def test_trigger_failure_backoff_then_one_run(roots, site_cfg, caplog):
     s.poll_once()                                  # first check of the file
     t0 = clock.advance(seconds=1)
     attempts_at = []
-    for sec in range(0, 1400):                     # poll every second for ~23 min
+    for sec in range(1400):                     # poll every second for ~23 min
         clock.t = t0 + timedelta(seconds=sec)
         before = trig.failures + len(trig.calls)
         s.poll_once()
@@ -516,6 +516,7 @@ def test_guards(tmp_path, roots, site_cfg):
 def test_sigterm_stops_run_watch(roots, site_cfg):
     raw, red = roots
     a = add_watch_arguments(argparse.ArgumentParser()).parse_args([str(raw), str(red), "--config", str(site_cfg)])
+    before = signal.getsignal(signal.SIGTERM)
     timer = threading.Timer(0.4, os.kill, (os.getpid(), signal.SIGTERM))
     timer.start()
     t0 = time.monotonic()
@@ -524,7 +525,7 @@ def test_sigterm_stops_run_watch(roots, site_cfg):
     finally:
         timer.cancel()
     assert time.monotonic() - t0 < 3
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL       # handler restored
+    assert signal.getsignal(signal.SIGTERM) == before           # handler restored
     assert (red / ".qlcp-sensor.sqlite").is_file() and not any(p.name.startswith(".") for p in raw.iterdir())
 
 
