@@ -78,27 +78,63 @@ def cmd_run(a) -> int:
     return _reduce(a.raw, a.red, cfg, no_prefect=a.no_prefect, refresh=a.refresh)
 
 
+def prefect_env() -> None:
+    """Defaults for running Prefect from the command line (each overridable by the environment).
+
+    * ``PREFECT_HOME``: ``~/.qlcp/prefect`` (the embedded server's SQLite database, logs, profiles)
+    * ``QLCP_RESULTS``: ``~/.qlcp/results`` (cached task results: JSON records, never pickles)
+    * no telemetry; a patient start-up timeout for the embedded server on small machines
+    """
+    home = Path(os.environ.get("QLCP_HOME", Path.home() / ".qlcp")).expanduser()
+    os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
+    os.environ.setdefault("QLCP_RESULTS", str(home / "results"))
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
 def _reduce(raw, red, cfg, no_prefect: bool, refresh: bool = False) -> int:
-    from qlcp_core.pipeline import run
-
     t0 = time.perf_counter()
-    summary = run(raw, red, config=cfg)
-    dt = time.perf_counter() - t0
-    _print_summary(summary, dt)
-    return 1 if summary.failed else 0
+    if no_prefect:
+        from qlcp_core.pipeline import run
+
+        summary = run(raw, red, config=cfg).to_dict()
+    else:
+        prefect_env()
+        if not os.environ.get("PREFECT_API_URL"):
+            print("starting Prefect's embedded server (set PREFECT_API_URL to use a running one) ...",
+                  file=sys.stderr, flush=True)
+        from flows.night import process_night
+
+        summary = process_night(raw_dir=str(raw), red_dir=str(red), config=cfg.plain(only_set=True),
+                                refresh=refresh)
+    _print_summary(summary, time.perf_counter() - t0)
+    return 1 if any(g.get("error") for g in summary["groups"]) else 0
 
 
-def _print_summary(summary, seconds: float) -> None:
-    print(f"night {summary.raw_dir}: {summary.listing}")
-    for f, why in summary.rejected:
+def _print_summary(summary: dict, seconds: float) -> None:
+    print(f"night {summary['raw_dir']}: {summary['listing']}")
+    for f, why in summary["rejected"]:
         print(f"  rejected {f}: {why}")
-    for g in summary.groups:
-        state = f"FAILED: {g.error}" if g.error else "ok"
-        print(f"  {g.obj} {g.band}: {g.frames} frames, {g.corrected} corrected, "
-              f"{len(g.rejected)} rejected - {state}")
-        for k, v in sorted(g.products.items()):
-            print(f"    {k}: {v}")
-    print(f"outputs in {summary.red_dir} ({seconds:.1f} s)")
+    for g in summary["groups"]:
+        state = f"FAILED: {g['error']}" if g.get("error") else "ok"
+        print(f"  {g['obj']} {g['band']}: {g['frames']} frames, {g.get('corrected', 0)} corrected - {state}")
+        for n in g.get("noise") or []:
+            if n.get("aperture") == 0:
+                print(f"    {n['role']} {n['k']}: scatter {1e3 * n['achieved']:.2f} mmag "
+                      f"(predicted {1e3 * n['predicted']:.2f}){'  NOISY' if n.get('noisy') else ''}")
+        for k in ("lc", "png", "chart", "lightcurve", "plot"):
+            v = g.get(k) or (g.get("products") or {}).get(k)
+            if v:
+                print(f"    {k}: {v}")
+    if "task_states" in summary:
+        states = {}
+        for c in summary["task_states"].values():
+            for s, n in c.items():
+                states[s] = states.get(s, 0) + n
+        print("  tasks: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items())))
+    print(f"outputs in {summary['red_dir']} ({seconds:.1f} s)")
 
 
 def cmd_simulate(a) -> int:

@@ -35,11 +35,12 @@ from qlcp_core.bias import select_bias
 from qlcp_core.dark import select_dark
 from qlcp_core.errors import QLCPError
 from qlcp_core.flat import select_flat
+from qlcp_core.io import write_json
 from qlcp_core.listing import scan_files
 from qlcp_core.offset import offset_paths
 from qlcp_core.pipeline import check_dirs, make_config, write_effective_config
 from tasks import steps as T
-from tasks.common import bridge_logging
+from tasks.common import bridge_logging, results_dir
 
 log = logging.getLogger("qlcp.flows")
 
@@ -63,7 +64,8 @@ class _Runner:
         self.by_label: dict[str, str] = {}
 
     def submit(self, task, label: str, **kw):
-        t = task.with_options(refresh_cache=True) if self.refresh else task
+        # result storage resolved per run (QLCP_RESULTS may be set after import)
+        t = task.with_options(refresh_cache=self.refresh, result_storage=results_dir())
         fut = t.submit(**kw)
         return (task, label, kw, fut)
 
@@ -77,7 +79,7 @@ class _Runner:
         res = fut.result()
         if state.name == "Cached" and not all(Path(p).exists() for p in res.get("outputs", []) if p):
             log.info("%s: cached result but outputs are missing: recomputing", label)
-            state = task.with_options(refresh_cache=True)(**kw, return_state=True)
+            state = task.with_options(refresh_cache=True, result_storage=results_dir())(**kw, return_state=True)
             if state.is_failed():
                 self._count(task.name, label, "Failed")
                 return None, state
@@ -276,6 +278,7 @@ def process_night(raw_dir: str, red_dir: str, config: dict | None = None, config
         "groups": [{k: v for k, v in g.items() if k not in ("raw", "bf", "cats")} for g in G.values()],
         "seconds": round(time.perf_counter() - t_start, 2),
     }
+    write_json(red / "summary.json", summary)
     publish_artifacts(summary, red, cfg)
     failed = [g for g in G.values() if g["error"]]
     if groups and len(failed) == len(groups):

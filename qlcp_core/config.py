@@ -84,6 +84,8 @@ class Config(BaseModel):
     ind_chk: dict[str, list[int]] | list[int] | None = Field(None, description="indexes of check stars")
     mode: Any = Field(default_factory=workmode, description="work mode, e.g. [EXIST_APPEND, MISS_SKIP]")
 
+    workers: int | None = Field(None, ge=1, description="processes for frame-level work (default: all CPUs)")
+
     # ----------------------------------------------------------------- logging
     file_log: int = Field(logging.DEBUG, description="level of {red}/log/{step}.log")
     scr_log: int = Field(logging.INFO, description="level of screen logging")

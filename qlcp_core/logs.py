@@ -35,7 +35,8 @@ class _ThreadFilter(logging.Filter):
         self.thread = threading.get_ident()
 
     def filter(self, record):
-        return record.thread == self.thread
+        # records from worker processes carry the thread that submitted their job
+        return getattr(record, "qlcp_thread", record.thread) == self.thread
 
 
 @contextlib.contextmanager

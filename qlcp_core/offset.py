@@ -561,7 +561,7 @@ def _check_same_camera(base_path, base_data_shape, base_hdr, first: Path) -> Non
             raise InputError(f"base_img {base_path}: {key} {a!r} differs from tonight's {b!r}")
 
 
-def compute_offsets(bf_files, cfg, base_img=None) -> Table:
+def compute_offsets(bf_files, cfg, base_img=None, star_lists=None) -> Table:
     """Offsets of corrected frames against the base image.
 
     Parameters
@@ -574,6 +574,9 @@ def compute_offsets(bf_files, cfg, base_img=None) -> Table:
         Overrides ``cfg.base_img``: an index from 0 into ``bf_files``, or a file
         name (matched by raw stem against the list) or path (a frame from
         another night of the same telescope).
+    star_lists : callable(path) -> (xy, flux, header) or None, optional
+        Star lists already measured (the photometry catalogues): used instead
+        of reading and searching the image when it returns a list.
 
     Returns
     -------
@@ -597,11 +600,22 @@ def compute_offsets(bf_files, cfg, base_img=None) -> Table:
     spec = getattr(cfg, "base_img", 0) if base_img is None else base_img
     bidx, bpath = _resolve_base(spec, files)
 
-    bdata, bhdr = read_image(bpath)
+    def load(path: Path):
+        """(xy, flux, header) from the given star lists, else from the image."""
+        got = star_lists(path) if star_lists else None
+        if got is not None:
+            return got
+        data, hdr = read_image(path)
+        xy, fl = _stars(data, hdr, cfg)
+        return xy, fl, hdr
+
     if bidx is None:
+        bdata, bhdr = read_image(bpath)
         _check_same_camera(bpath, bdata.shape, bhdr, files[0])
-    bxy, bfl = _stars(bdata, bhdr, cfg)
-    del bdata
+        bxy, bfl = _stars(bdata, bhdr, cfg)
+        del bdata
+    else:
+        bxy, bfl, bhdr = load(bpath)
     if len(bxy) < MIN_MATCH:
         raise InputError(f"{bpath}: base image has {len(bxy)} usable star(s), need {MIN_MATCH}; "
                          "choose another with base_img")
@@ -624,13 +638,11 @@ def compute_offsets(bf_files, cfg, base_img=None) -> Table:
             res = OffsetResult(0.0, 0.0, len(bxy), True, "ok (base image)", 0.0)
         else:
             try:
-                data, hdr = read_image(f)
+                fxy, ffl, hdr = load(f)
             except InputError as e:
                 hdr = None
                 res = _fail(f"unreadable: {e}")
             else:
-                fxy, ffl = _stars(data, hdr, cfg)
-                del data
                 res = find_offset(bxy, bfl, fxy, ffl, max_dis, prior)
                 if not res.ok and prior != (0.0, 0.0) and len(fxy) >= MIN_MATCH:
                     again = find_offset(bxy, bfl, fxy, ffl, max_dis, (0.0, 0.0))

@@ -197,13 +197,15 @@ def reduce_group(night: Night, red: Path, cfg: Config, obj: str, band: str, mast
         g.rejected.extend(res["rejected"])
     bf = _steps.corrected_files(red, obj, band, files)
     g.corrected = len(bf)
-    if "o" in cfg.steps:
-        with _step(red, cfg, "o", timings):
-            g.products["offsets"] = _steps.offset_step(red, cfg, obj, band, bf)
+    # p before o: photometry needs no offsets, and alignment then reads the
+    # catalogues' star lists instead of searching every image again
     if "p" in cfg.steps:
         with _step(red, cfg, "p", timings):
             stats = _steps.photometry_step(red, cfg, bf, progress)
         g.rejected.extend([Path(s["bf"]).name, s["error"]] for s in stats if s.get("error"))
+    if "o" in cfg.steps:
+        with _step(red, cfg, "o", timings):
+            g.products["offsets"] = _steps.offset_step(red, cfg, obj, band, bf)
     if not any(s in cfg.steps for s in "kKcdg"):
         return
     cats = _steps.catalogue_files(bf)

@@ -30,6 +30,7 @@ from .config import STEP_KEYS, Config
 from .correct import bf_path, correct_frames, group_dir
 from .errors import InputError, MissingInputError
 from .io import file_fingerprint, raw_stem, read_image
+from .parallel import default_workers, pmap
 from .provenance import fits_key, step_key
 
 log = logging.getLogger("qlcp.steps")
@@ -64,12 +65,29 @@ def flat_step(red, cfg: Config, band: str, files, bias=None, dark=None, progress
 
 
 # ---------------------------------------------------------------------- i
+def _correct_chunk(args) -> dict:
+    files, obj, band, red, cfg, bias, flat, dark = args
+    res = correct_frames([Path(f) for f in files], obj, band, red, cfg, Path(bias) if bias else None,
+                         Path(flat) if flat else None, Path(dark) if dark else None)
+    return {"outputs": list(res.outputs), "rejected": [list(r) for r in res.rejected]}
+
+
 def correct_step(red, cfg: Config, obj: str, band: str, files, bias=None, flat=None, dark=None,
                  progress=None) -> dict:
-    """Step i for (a chunk of) one group: ``{"outputs": [...], "rejected": [[file, reason], ...]}``."""
-    res = correct_frames([Path(f) for f in files], obj, band, red, cfg, Path(bias) if bias else None,
-                         Path(flat) if flat else None, Path(dark) if dark else None, progress)
-    return {"outputs": list(res.outputs), "rejected": [list(r) for r in res.rejected]}
+    """Step i for (a chunk of) one group: ``{"outputs": [...], "rejected": [[file, reason], ...]}``.
+
+    Frames are split in chunks over ``cfg.workers`` processes (times are
+    vectorised per chunk; results do not depend on the split).
+    """
+    files = [str(f) for f in files]
+    workers = cfg.workers or default_workers()
+    n = max(1, min(len(files), workers * 2))
+    size = -(-len(files) // n) if files else 1
+    chunks = [files[i:i + size] for i in range(0, len(files), size)]
+    parts = pmap(_correct_chunk, [(c, obj, band, str(red), cfg, bias, flat, dark) for c in chunks], workers,
+                 progress, f"correct {obj} {band}")
+    return {"outputs": sorted(o for p in parts for o in p["outputs"]),
+            "rejected": [r for p in parts for r in p["rejected"]]}
 
 
 def corrected_files(red, obj: str, band: str, raw_files=None) -> list[str]:
@@ -88,12 +106,47 @@ def offset_step(red, cfg: Config, obj: str, band: str, bf_files) -> str:
     key = step_key(cfg, "o", *bf_files)
     if ecsv.is_file() and not cfg.mode.should_write(ecsv, aggregate=True, current=_ecsv_key(ecsv) == key):
         return str(ecsv)
-    table = off_mod.compute_offsets([Path(f) for f in bf_files], cfg, cfg.base_img)
+    table = off_mod.compute_offsets([Path(f) for f in bf_files], cfg, cfg.base_img, star_lists=catalogue_stars)
     table.meta["qlcpkey"] = key
     ecsv, _ = off_mod.write_offsets(table, red, obj, band)
     n_ok = int(np.sum(table["ok"]))
     log.info("%s %s: offsets of %d frames, %d aligned", obj, band, len(table), n_ok)
     return str(ecsv)
+
+
+#: flags that disqualify a source as an alignment star (border, saturated, blended, bad flux, cosmic)
+_ALIGN_BAD_FLAGS = 1 | 2 | 4 | 8 | 16
+
+
+def catalogue_stars(bf: str | Path, n_max: int = 60):
+    """Alignment stars of a frame from its photometry catalogue: (xy, flux, header) or None.
+
+    Used by step o when step p has run (the driver runs p first when both are
+    asked for): aligning then costs a table read, not an image search.  Only
+    a catalogue made from this very corrected frame (same provenance key) counts.
+    """
+    from astropy.io import fits
+
+    cp = cat_path(bf)
+    if not cp.is_file():
+        return None
+    try:
+        with fits.open(cp, memmap=False) as hdul:
+            hdr = hdul[1].header
+            if hdr.get("BFFILE") != Path(bf).name:
+                return None
+            d = hdul[1].data
+            good = (d["Flags"] & _ALIGN_BAD_FLAGS) == 0
+            flux = np.asarray(d["FluxAUTO"], dtype=float)
+            good &= np.isfinite(flux) & (flux > 0)
+            ix = np.flatnonzero(good)
+            ix = ix[np.argsort(-flux[ix], kind="stable")][:n_max]
+            xy = np.column_stack([np.asarray(d["X"], float)[ix], np.asarray(d["Y"], float)[ix]])
+            header = fits.Header({k: hdr[k] for k in ("JD", "RAWFILE") if k in hdr})
+            return xy, flux[ix], header
+    except Exception as e:  # unreadable catalogue: fall back to the image
+        log.debug("%s: %s", cp, e)
+        return None
 
 
 def _ecsv_key(path: Path) -> str | None:
@@ -110,29 +163,31 @@ def cat_path(bf: str | Path) -> Path:
     return Path(bf).parent / f"{stem}{CAT_SUFFIX}"
 
 
+def _photometry_one(args) -> dict:
+    bf, cfg = args
+    cp = cat_path(bf)
+    key = step_key(cfg, "p", bf)
+    if not cfg.mode.should_write(cp, current=(not cp.exists() or fits_key(cp) == key)):
+        return {"file": str(cp), "bf": str(bf), "kept": True}
+    try:
+        stats = phot_mod.photometry_file(bf, cp, cfg, key=key)
+    except InputError as e:
+        return {"file": None, "bf": str(bf), "error": str(e)}
+    return {k: (float(v) if isinstance(v, (np.floating, float)) else v)
+            for k, v in stats.items() if isinstance(v, (str, int, float, np.floating))} | {"bf": str(bf)}
+
+
 def photometry_step(red, cfg: Config, bf_files, progress=None) -> list[dict]:
-    """Step p on (a chunk of) frames: one ``.cat.fits`` each; returns per-frame stats.
+    """Step p on (a chunk of) frames, over ``cfg.workers`` processes: one ``.cat.fits`` each.
 
     A frame whose catalogue exists and was made with the same settings from
     the same corrected frame is kept (EXIST_APPEND); an unreadable frame is
-    reported with its reason and the others go on.
+    reported with its reason and the others go on.  Returns per-frame stats.
     """
-    out = []
-    items = list(bf_files)
-    for bf in (progress(items, desc="photometry") if progress else items):
-        cp = cat_path(bf)
-        key = step_key(cfg, "p", bf)
-        if not cfg.mode.should_write(cp, current=(not cp.exists() or fits_key(cp) == key)):
-            out.append({"file": str(cp), "bf": str(bf), "kept": True})
-            continue
-        try:
-            stats = phot_mod.photometry_file(bf, cp, cfg, key=key)
-        except InputError as e:
-            log.error("%s", e)
-            out.append({"file": None, "bf": str(bf), "error": str(e)})
-            continue
-        out.append({k: (float(v) if isinstance(v, (np.floating, float)) else v)
-                    for k, v in stats.items() if isinstance(v, (str, int, float, np.floating))} | {"bf": str(bf)})
+    out = pmap(_photometry_one, [(str(b), cfg) for b in bf_files], cfg.workers, progress, "photometry")
+    for s in out:
+        if s.get("error"):
+            log.error("%s", s["error"])
     return out
 
 

@@ -13,13 +13,15 @@ night is hashed once, not at every run.  Upstream results (master paths with
 their fingerprints) are parameters of the downstream tasks, so a changed flat
 invalidates exactly the flat and what depends on it.
 
-Results are persisted as Prefect result records under :func:`results_dir`
-(``$QLCP_RESULTS``, default ``$PREFECT_HOME/qlcp-results``, i.e.
-``~/.prefect/qlcp-results``): they survive new processes.
+Results are persisted as JSON result records under :func:`results_dir`
+(``$QLCP_RESULTS``; ``qlcp`` sets ``~/.qlcp/results``; otherwise
+``$PREFECT_HOME/qlcp-results``), resolved at each flow run (the flows pass
+``result_storage``): they survive new processes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -34,6 +36,7 @@ from prefect.context import TaskRunContext
 from qlcp_core._version import __version__
 from qlcp_core.config import STEP_KEYS, Config, load_config
 from qlcp_core.errors import QLCPError
+from qlcp_core.logs import step_log
 
 log = logging.getLogger("qlcp.tasks")
 
@@ -167,7 +170,6 @@ def task_options(step: str, file_params=(), value_params=(), retries: int = IO_R
         cache_key_fn=cache_key_for(step, file_params, value_params),
         cache_expiration=CACHE_EXPIRATION,
         persist_result=True,
-        result_storage=results_dir(),
         result_serializer="json",
     )
 
@@ -177,12 +179,35 @@ def config_of(cfg: dict) -> Config:
     return load_config(overrides=cfg)
 
 
+#: thread id -> (flow run id, task run id) of the task running in it; records that
+#: worker processes send back (``qlcp_core.parallel``) carry their caller's thread
+_RUN_OF_THREAD: dict[int, tuple] = {}
+
+
+@contextlib.contextmanager
+def task_log(red_dir: str, step: str, cfg: Config):
+    """Inside a task: the step's log file (this thread's records only) and the run ids
+    that let records from worker processes reach this task's logs in the UI."""
+    from prefect.context import TaskRunContext
+
+    ctx = TaskRunContext.get()
+    tid = threading.get_ident()
+    if ctx is not None:
+        _RUN_OF_THREAD[tid] = (ctx.task_run.flow_run_id, ctx.task_run.id)
+    try:
+        with step_log(red_dir, step, cfg.file_log, thread_only=True):
+            yield
+    finally:
+        _RUN_OF_THREAD.pop(tid, None)
+
+
 class _Forward(logging.Handler):
     """Forward ``qlcp`` records at INFO and above to Prefect's handlers (UI and console).
 
     The ``qlcp`` logger itself stays at the file level (DEBUG by default) for
     ``{red}/log/{step}.log``; without this gate every DEBUG line would reach
-    the console and the UI.
+    the console and the UI.  Records outside any run (the plain driver in the
+    same process) go to the console only.
     """
 
     def __init__(self, targets, level=logging.INFO):
@@ -190,8 +215,15 @@ class _Forward(logging.Handler):
         self.targets = list(targets)
 
     def emit(self, record):
+        from prefect.context import FlowRunContext, TaskRunContext
+        from prefect.logging.handlers import APILogHandler
+
+        ids = _RUN_OF_THREAD.get(getattr(record, "qlcp_thread", None))
+        if ids and not getattr(record, "flow_run_id", None):
+            record.flow_run_id, record.task_run_id = ids
+        in_run = bool(getattr(record, "flow_run_id", None)) or FlowRunContext.get() or TaskRunContext.get()
         for h in self.targets:
-            if record.levelno >= h.level:
+            if record.levelno >= h.level and (in_run or not isinstance(h, APILogHandler)):
                 h.handle(record)
 
 

@@ -15,16 +15,15 @@ from prefect import task
 
 from qlcp_core import steps as core
 from qlcp_core.listing import list_night
-from qlcp_core.logs import step_log
 
-from .common import config_of, task_options
+from .common import config_of, task_log, task_options
 
 
 @task(name="list-night", **task_options("l", file_params=("raw_files",), value_params=("raw_dir",)))
 def list_task(raw_dir: str, red_dir: str, cfg: dict, raw_files: list[str]) -> dict:
     """Step l: classify the night (``raw_files`` only keys the cache: the directory is rescanned)."""
     c = config_of(cfg)
-    with step_log(red_dir, "l", c.file_log, thread_only=True):
+    with task_log(red_dir, "l", c):
         night = list_night(raw_dir, red_dir, c, write="l" in c.steps)
     groups = night.science_groups(c.obj, c.band)
     return {
@@ -40,21 +39,21 @@ def list_task(raw_dir: str, red_dir: str, cfg: dict, raw_files: list[str]) -> di
 
 @task(name="bias", **task_options("b", file_params=("files",)))
 def bias_task(red_dir: str, cfg: dict, files: list[str]) -> dict:
-    with step_log(red_dir, "b", config_of(cfg).file_log, thread_only=True):
+    with task_log(red_dir, "b", config_of(cfg)):
         path = core.bias_step(red_dir, config_of(cfg), files)
     return {"path": path, "outputs": [path] if path else []}
 
 
 @task(name="dark", **task_options("b", file_params=("files", "bias")))
 def dark_task(red_dir: str, cfg: dict, files: list[str], bias: str | None) -> dict:
-    with step_log(red_dir, "b", config_of(cfg).file_log, thread_only=True):
+    with task_log(red_dir, "b", config_of(cfg)):
         path = core.dark_step(red_dir, config_of(cfg), files, bias)
     return {"path": path, "outputs": [path] if path else []}
 
 
 @task(name="flat", **task_options("f", file_params=("files", "bias", "dark"), value_params=("band",)))
 def flat_task(red_dir: str, cfg: dict, band: str, files: list[str], bias: str | None, dark: str | None) -> dict:
-    with step_log(red_dir, "f", config_of(cfg).file_log, thread_only=True):
+    with task_log(red_dir, "f", config_of(cfg)):
         path = core.flat_step(red_dir, config_of(cfg), band, files, bias, dark)
     return {"path": path, "outputs": [path] if path else []}
 
@@ -64,14 +63,14 @@ def flat_task(red_dir: str, cfg: dict, band: str, files: list[str], bias: str | 
 def correct_task(red_dir: str, cfg: dict, obj: str, band: str, files: list[str], bias: str | None,
                  flat: str | None, dark: str | None) -> dict:
     """Step i on a chunk of frames of one group."""
-    with step_log(red_dir, "i", config_of(cfg).file_log, thread_only=True):
+    with task_log(red_dir, "i", config_of(cfg)):
         res = core.correct_step(red_dir, config_of(cfg), obj, band, files, bias, flat, dark)
     return {**res, "outputs": res["outputs"]}
 
 
 @task(name="offsets", **task_options("o", file_params=("bf_files",), value_params=("obj", "band")))
 def offset_task(red_dir: str, cfg: dict, obj: str, band: str, bf_files: list[str]) -> dict:
-    with step_log(red_dir, "o", config_of(cfg).file_log, thread_only=True):
+    with task_log(red_dir, "o", config_of(cfg)):
         path = core.offset_step(red_dir, config_of(cfg), obj, band, bf_files)
     return {"path": path, "outputs": [path]}
 
@@ -79,7 +78,7 @@ def offset_task(red_dir: str, cfg: dict, obj: str, band: str, bf_files: list[str
 @task(name="photometry", **task_options("p", file_params=("bf_files",)))
 def photometry_task(red_dir: str, cfg: dict, bf_files: list[str]) -> dict:
     """Step p on a chunk of corrected frames."""
-    with step_log(red_dir, "p", config_of(cfg).file_log, thread_only=True):
+    with task_log(red_dir, "p", config_of(cfg)):
         stats = core.photometry_step(red_dir, config_of(cfg), bf_files)
     return {"frames": stats, "outputs": [s["file"] for s in stats if s.get("file")]}
 
@@ -89,7 +88,7 @@ def photometry_task(red_dir: str, cfg: dict, bf_files: list[str]) -> dict:
 def select_task(red_dir: str, cfg: dict, obj: str, band: str, cat_files: list[str], offsets: str,
                 steps: str = "", starxy=None) -> dict:
     """Step k (pick), K (reuse the last pick) or the given star list."""
-    with step_log(red_dir, "k", config_of(cfg).file_log, thread_only=True):
+    with task_log(red_dir, "k", config_of(cfg)):
         sel = core.selection_for(red_dir, config_of(cfg), obj, band, cat_files, offsets)
     picked = str(Path(red_dir) / f"pick_{obj}_{band}.ecsv")
     return {**sel, "outputs": [picked] if sel["source"] == "picked" else []}
@@ -100,20 +99,20 @@ def select_task(red_dir: str, cfg: dict, obj: str, band: str, cat_files: list[st
 def catalogue_task(red_dir: str, cfg: dict, obj: str, band: str, cat_files: list[str], offsets: str,
                    selection: dict) -> dict:
     sel = {k: v for k, v in selection.items() if k != "outputs"}
-    with step_log(red_dir, "c", config_of(cfg).file_log, thread_only=True):
+    with task_log(red_dir, "c", config_of(cfg)):
         path = core.catalogue_step(red_dir, config_of(cfg), obj, band, cat_files, offsets, sel)
     return {"path": path, "outputs": [path]}
 
 
 @task(name="differential", **task_options("d", file_params=("cata",), value_params=("obj", "band", "night")))
 def differential_task(red_dir: str, cfg: dict, obj: str, band: str, cata: str, night: str = "") -> dict:
-    with step_log(red_dir, "d", config_of(cfg).file_log, thread_only=True):
+    with task_log(red_dir, "d", config_of(cfg)):
         res = core.differential_step(red_dir, config_of(cfg), obj, band, cata, night)
     return {**res, "outputs": [res["lc"], res["stars"], res["png"]]}
 
 
 @task(name="chart", **task_options("g", file_params=("stars", "offsets"), value_params=("obj", "band")))
 def graph_task(red_dir: str, cfg: dict, obj: str, band: str, stars: str, offsets: str) -> dict:
-    with step_log(red_dir, "g", config_of(cfg).file_log, thread_only=True):
+    with task_log(red_dir, "g", config_of(cfg)):
         path = core.graph_step(red_dir, config_of(cfg), obj, band)
     return {"path": path, "outputs": [path]}

@@ -1,0 +1,20 @@
+"""Imported by the worker pool's fork server: load the heavy modules and astropy's
+time/ephemeris tables once, so forked workers start warm (``qlcp_core.parallel``)."""
+
+import warnings
+
+import numpy as np
+from astropy.coordinates import SkyCoord
+from astropy.time import Time
+
+from . import correct, photometry, steps  # noqa: F401
+from . import timing
+from .config import Config
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    try:
+        timing.frame_times(Time(["2024-06-06T14:00:00"], scale="utc"), np.array([60.0]),
+                           SkyCoord(250.0, 30.0, unit="deg"), Config())
+    except Exception:  # a warm-up only
+        pass

@@ -1,0 +1,126 @@
+"""Frame-level parallelism of the plain driver: one shared pool of worker processes.
+
+Corrections and photometry are per-frame and CPU-bound (sep and much of the
+numpy work hold the GIL), so threads give little; processes give the cores.
+The pool uses the ``forkserver`` start method: workers fork from a small clean
+server process (never from a process that runs threads, such as a Prefect
+flow), and the server preloads the science modules once, so a new worker is
+ready in milliseconds.  The pool is created on first use and reused.
+
+``workers=1`` (or running inside a daemonic process such as a Dask worker,
+which may not have children) runs everything in the calling process.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import logging.handlers
+import multiprocessing as mp
+import os
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+
+log = logging.getLogger("qlcp.parallel")
+
+_lock = threading.Lock()
+_pool: ProcessPoolExecutor | None = None
+_pool_size = 0
+_listener: logging.handlers.QueueListener | None = None
+PRELOAD = ["qlcp_core._preload"]
+
+
+def default_workers() -> int:
+    """The CPUs this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class _Dispatch(logging.Handler):
+    """In the parent: hand a worker's record to the parent's logger of the same name."""
+
+    def emit(self, record):
+        logging.getLogger(record.name).handle(record)
+
+
+_caller_thread = 0
+
+
+class _TagCaller(logging.Filter):
+    """In a worker: mark records with the thread that submitted the job, so the
+    parent's per-thread step logs (``logs.step_log(thread_only=True)``) keep them."""
+
+    def filter(self, record):
+        record.qlcp_thread = _caller_thread
+        return True
+
+
+def _init_worker(level: int, queue) -> None:
+    lg = logging.getLogger("qlcp")
+    h = logging.handlers.QueueHandler(queue)
+    h.addFilter(_TagCaller())
+    lg.handlers[:] = [h]
+    lg.setLevel(level)
+    lg.propagate = False
+
+
+def _call(fn, x, caller: int):
+    global _caller_thread
+    _caller_thread = caller
+    return fn(x)
+
+
+def _get_pool(workers: int) -> ProcessPoolExecutor | None:
+    global _pool, _pool_size
+    if mp.current_process().daemon:
+        return None
+    with _lock:
+        if _pool is None or _pool_size != workers:
+            if _pool is not None:
+                _pool.shutdown(wait=False, cancel_futures=True)
+            ctx = mp.get_context("forkserver")
+            ctx.set_forkserver_preload(PRELOAD)
+            global _listener
+            if _listener is None:
+                queue = ctx.Queue()
+                _listener = logging.handlers.QueueListener(queue, _Dispatch())
+                _listener.start()
+            _pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                                        initargs=(logging.DEBUG, _listener.queue))
+            _pool_size = workers
+        return _pool
+
+
+@atexit.register
+def _shutdown() -> None:
+    if _pool is not None:
+        _pool.shutdown(wait=True, cancel_futures=True)
+    if _listener is not None:
+        _listener.stop()
+
+
+def pmap(fn: Callable, items: Sequence, workers: int | None = None, progress=None, desc: str = "") -> list:
+    """``[fn(x) for x in items]`` over the worker processes, results in order.
+
+    ``fn`` must be a module-level function and ``items`` picklable (paths,
+    Config).  Log records of the workers go to their own stderr at the
+    ``qlcp`` level; results carry what the caller needs to log.
+    """
+    items = list(items)
+    workers = min(workers or default_workers(), len(items))
+    pool = _get_pool(workers) if workers > 1 else None
+    if pool is None:
+        it = progress(items, desc=desc) if progress else items
+        return [fn(x) for x in it]
+    caller = threading.get_ident()
+    futs = {pool.submit(_call, fn, x, caller): i for i, x in enumerate(items)}
+    out = [None] * len(items)
+    done = as_completed(futs)
+    if progress:
+        done = progress(done, desc=desc)
+    for f in done:
+        out[futs[f]] = f.result()
+    return out
