@@ -51,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=1024, help="frame size in px (default 1024)")
     p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
 
+    from deployments.sensor import add_watch_arguments
+
+    p = sub.add_parser("watch", help="night sensor: trigger the night deployment once per night, at dawn")
+    add_watch_arguments(p)
+
     p = sub.add_parser("demo", help="simulate a night and reduce it")
     p.add_argument("--workdir", default="qlcp-demo", help="where to put the night and its reduction")
     p.add_argument("--frames", type=int, default=60)
@@ -167,6 +172,13 @@ def cmd_demo(a) -> int:
     return rc
 
 
+def cmd_watch(a) -> int:
+    prefect_env()
+    from deployments.sensor import run_watch
+
+    return run_watch(a)
+
+
 def main(argv=None) -> int:
     from qlcp_core.errors import QLCPError
 
@@ -179,7 +191,7 @@ def main(argv=None) -> int:
         logging.getLogger("qlcp").setLevel(logging.DEBUG)
     os.environ.setdefault("DO_NOT_TRACK", "1")
     try:
-        return {"run": cmd_run, "simulate": cmd_simulate, "demo": cmd_demo}[a.cmd](a)
+        return {"run": cmd_run, "simulate": cmd_simulate, "demo": cmd_demo, "watch": cmd_watch}[a.cmd](a)
     except QLCPError as e:
         if a.debug:
             raise
