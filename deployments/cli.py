@@ -56,6 +56,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("watch", help="night sensor: trigger the night deployment once per night, at dawn")
     add_watch_arguments(p)
 
+    from deployments.serve import add_serve_arguments
+
+    p = sub.add_parser("serve", help="serve the deployments process-night, reprocess, dawn-sweep")
+    add_serve_arguments(p)
+
+    p = sub.add_parser("up", help="local service: Prefect server (SQLite) + deployments + night sensor")
+    add_watch_arguments(p)
+    p.add_argument("--host", default="127.0.0.1", help="address of the Prefect server (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=4200, help="port of the Prefect server (default 4200)")
+
     p = sub.add_parser("demo", help="simulate a night and reduce it")
     p.add_argument("--workdir", default="qlcp-demo", help="where to put the night and its reduction")
     p.add_argument("--frames", type=int, default=60)
@@ -179,6 +189,20 @@ def cmd_watch(a) -> int:
     return run_watch(a)
 
 
+def cmd_serve(a) -> int:
+    prefect_env()
+    from deployments.serve import run_serve
+
+    return run_serve(a)
+
+
+def cmd_up(a) -> int:
+    prefect_env()
+    from deployments.serve import run_up
+
+    return run_up(a)
+
+
 def main(argv=None) -> int:
     from qlcp_core.errors import QLCPError
 
@@ -191,7 +215,8 @@ def main(argv=None) -> int:
         logging.getLogger("qlcp").setLevel(logging.DEBUG)
     os.environ.setdefault("DO_NOT_TRACK", "1")
     try:
-        return {"run": cmd_run, "simulate": cmd_simulate, "demo": cmd_demo, "watch": cmd_watch}[a.cmd](a)
+        return {"run": cmd_run, "simulate": cmd_simulate, "demo": cmd_demo, "watch": cmd_watch,
+                "serve": cmd_serve, "up": cmd_up}[a.cmd](a)
     except QLCPError as e:
         if a.debug:
             raise

@@ -363,27 +363,112 @@ def publish_artifacts(summary: dict, red: Path, cfg) -> None:
                                   description=f"light curve {g['obj']} {g['band']} ({png})")
 
 
+def find_nights(raw_root: str, pattern: str = r".*", start: str | None = None, end: str | None = None) -> list[str]:
+    """Night directories directly under ``raw_root`` whose name matches ``pattern`` and whose
+    date (YYYYMMDD in the name, when there is one) lies in [``start``, ``end``]."""
+    out = []
+    for d in sorted(Path(raw_root).iterdir()):
+        if d.is_dir() and not d.name.startswith(".") and re.search(pattern, d.name) and _in_range(d.name, start, end):
+            out.append(str(d.resolve()))
+    return out
+
+
+def _red_for(night: str, red_root: str | None) -> str:
+    return str(Path(red_root) / Path(night).name) if red_root else str(Path(night).parent.parent / "red" /
+                                                                       Path(night).name)
+
+
 @flow(name="reprocess", log_prints=True)
 def reprocess(nights: list[str] | None = None, raw_root: str | None = None, red_root: str | None = None,
               start: str | None = None, end: str | None = None, config: dict | None = None,
-              config_files: list[str] | None = None, pattern: str = r".*") -> dict:
-    """Run the night flow for many nights: a list of raw directories, or every night under
-    ``raw_root`` whose name matches ``pattern`` and whose date (YYYYMMDD in the name) lies in
-    [``start``, ``end``].  Unchanged nights hit the cache everywhere and cost little.
+              config_files: list[str] | None = None, pattern: str = r".*",
+              deployment: str | None = "process-night/process-night", timeout_s: float = 6 * 3600) -> dict:
+    """Run the night flow for many nights.
+
+    The nights are ``nights`` plus every night under ``raw_root`` that matches
+    ``pattern`` and the date range.  With ``deployment`` (the default), each night
+    becomes its own flow run of that deployment, so the workers of its work pool
+    share the campaign; when the deployment does not exist (a plain Python call)
+    the nights run here, one after another.  Since every task is keyed on the
+    content of its inputs, its settings and the code version, an unchanged night
+    costs one cache lookup per task.
     """
     plog = get_run_logger()
-    todo = list(nights or [])
-    if raw_root:
-        for d in sorted(Path(raw_root).iterdir()):
-            if d.is_dir() and re.search(pattern, d.name) and _in_range(d.name, start, end):
-                todo.append(str(d))
+    todo = list(nights or []) + (find_nights(raw_root, pattern, start, end) if raw_root else [])
+    params = {"config": config, "config_files": config_files}
+    results: dict[str, str] = {}
+    runs = {}
+    if deployment and todo:
+        from prefect.deployments import run_deployment
+        from prefect.exceptions import ObjectNotFound
+
+        try:
+            for n in todo:
+                runs[n] = run_deployment(deployment, parameters={"raw_dir": n, "red_dir": _red_for(n, red_root),
+                                                                 **params},
+                                         timeout=0, tags=["reprocess", Path(n).name])
+                plog.info("night %s: flow run %s submitted", n, runs[n].name)
+        except ObjectNotFound:
+            plog.warning("deployment %s not found: reprocessing here, one night after another", deployment)
+            runs = {}
+    if runs:
+        results = _wait_runs(runs, timeout_s)
+    else:
+        for n in todo:
+            state = process_night(raw_dir=n, red_dir=_red_for(n, red_root), **params, return_state=True)
+            results[n] = state.name
+    for n, s in results.items():
+        plog.info("night %s: %s", n, s)
+    return results
+
+
+def _wait_runs(runs: dict, timeout_s: float) -> dict:
+    """Poll the flow runs until each is final (or the timeout); their state names."""
+    from prefect import get_client
+
+    t_end = time.monotonic() + timeout_s
+    out = {}
+    with get_client(sync_client=True) as c:
+        while runs and time.monotonic() < t_end:
+            for n, fr in list(runs.items()):
+                st = c.read_flow_run(fr.id).state
+                if st is not None and st.is_final():
+                    out[n] = st.name
+                    del runs[n]
+            if runs:
+                time.sleep(5)
+    out.update({n: "Timeout" for n in runs})
+    return out
+
+
+@flow(name="dawn-sweep", log_prints=True)
+def dawn_sweep(raw_root: str, red_root: str, config: dict | None = None, config_files: list[str] | None = None,
+               pattern: str = r".*", max_age_days: float = 30.0) -> dict:
+    """The safety net: process every recent night that has FITS files and no up-to-date summary.
+
+    A night is pending when ``{red}/summary.json`` is missing or older than its
+    newest raw file (e.g. the sensor was down at dawn).  Nights older than
+    ``max_age_days`` (by their newest file) are left to ``reprocess``.
+    """
+    plog = get_run_logger()
     results = {}
-    for n in todo:
-        red = Path(red_root) / Path(n).name if red_root else Path(n).parent.parent / "red" / Path(n).name
-        state = process_night(raw_dir=n, red_dir=str(red), config=config, config_files=config_files,
+    now = time.time()
+    for n in find_nights(raw_root, pattern):
+        files = [p for p in Path(n).rglob("*") if p.is_file() and not p.name.startswith(".")]
+        if not files:
+            continue
+        newest = max(p.stat().st_mtime for p in files)
+        if now - newest > max_age_days * 86400:
+            continue
+        done = Path(_red_for(n, red_root)) / "summary.json"
+        if done.is_file() and done.stat().st_mtime >= newest:
+            continue
+        plog.info("night %s is pending: processing it", n)
+        state = process_night(raw_dir=n, red_dir=_red_for(n, red_root), config=config, config_files=config_files,
                               return_state=True)
         results[n] = state.name
-        plog.info("night %s: %s", n, state.name)
+    if not results:
+        plog.info("no pending night under %s", raw_root)
     return results
 
 

@@ -1,0 +1,145 @@
+"""Serving the QLCP deployments, and the one-command local service (``qlcp up``).
+
+Deployments (served by one process with ``prefect.serve``):
+
+* ``process-night/process-night``: on demand; the sensor and the UI call it with
+  ``raw_dir``, ``red_dir``, ``config_files``.
+* ``reprocess/reprocess``: on a cron schedule (default daily at local noon) over every
+  night of the raw root; the content-addressed cache makes unchanged nights cheap.
+* ``dawn-sweep/dawn-sweep``: on a cron schedule (default daily 07:00 local): any recent
+  night left pending (the sensor was down) is processed.
+
+Cron times are local to the site: ``--timezone`` (an IANA name) or, by default, the
+config's ``site_tz`` hours as ``Etc/GMT±N``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from qlcp_core.config import load_config
+from qlcp_core.errors import ConfigError, InputError
+
+log = logging.getLogger("qlcp.serve")
+
+
+def site_timezone(config_files: list[str] | None, override: str | None = None) -> str:
+    """IANA time zone of the site: ``override``, else ``Etc/GMT-N`` from ``site_tz`` (UTC when fractional)."""
+    if override:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(override)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(f"--timezone {override!r}: not a known IANA time zone") from None
+        return override
+    tz = load_config(config_files or []).site_tz
+    if float(tz).is_integer():
+        n = int(tz)
+        return "UTC" if n == 0 else f"Etc/GMT{'-' if n > 0 else '+'}{abs(n)}"
+    log.warning("site_tz %s is not whole hours: schedules use UTC (give --timezone)", tz)
+    return "UTC"
+
+
+def build_deployments(raw_root: str, red_root: str, config_files: list[str] | None = None, timezone: str = "UTC",
+                      reprocess_cron: str = "0 12 * * *", sweep_cron: str = "0 7 * * *"):
+    """The three deployments, ready for ``prefect.serve``."""
+    from prefect.schedules import Cron
+
+    from flows.night import dawn_sweep, process_night, reprocess
+
+    files = [str(Path(f).resolve()) for f in (config_files or [])]
+    common = {"raw_root": str(Path(raw_root).resolve()), "red_root": str(Path(red_root).resolve()),
+              "config_files": files}
+    return [
+        process_night.to_deployment(name="process-night", tags=["qlcp"], parameters={"config_files": files}),
+        reprocess.to_deployment(name="reprocess", tags=["qlcp"], parameters=common,
+                                schedule=Cron(reprocess_cron, timezone=timezone)),
+        dawn_sweep.to_deployment(name="dawn-sweep", tags=["qlcp"], parameters=common,
+                                 schedule=Cron(sweep_cron, timezone=timezone)),
+    ]
+
+
+def add_serve_arguments(p) -> None:
+    p.add_argument("raw_root", metavar="RAW_ROOT", help="directory holding one directory per night (read only)")
+    p.add_argument("red_root", metavar="RED_ROOT", help="output root: RED_ROOT/<night>")
+    p.add_argument("--config", action="append", metavar="FILE", help="QLCP config file(s) for every night")
+    p.add_argument("--timezone", help="IANA time zone of the schedules (default: from site_tz)")
+    p.add_argument("--reprocess-cron", default="0 12 * * *", help="reprocess schedule, local time (default noon)")
+    p.add_argument("--sweep-cron", default="0 7 * * *", help="dawn-sweep schedule, local time (default 07:00)")
+    p.add_argument("--limit", type=int, default=1, help="most flow runs at once (default 1: one night at a time)")
+
+
+def _check_roots(a) -> None:
+    for d in (a.raw_root,):
+        if not Path(d).is_dir():
+            raise InputError(f"{d}: raw root not found")
+    for f in a.config or []:
+        load_config([f])           # fail now, not at the first night
+
+
+def run_serve(a) -> int:
+    """``qlcp serve``: serve the deployments until SIGTERM (needs PREFECT_API_URL)."""
+    _check_roots(a)
+    if not os.environ.get("PREFECT_API_URL"):
+        raise ConfigError("PREFECT_API_URL is not set: start a server (prefect server start, or qlcp up) "
+                          "and point PREFECT_API_URL at it")
+    from prefect import serve
+
+    tz = site_timezone(a.config, a.timezone)
+    deps = build_deployments(a.raw_root, a.red_root, a.config, tz, a.reprocess_cron, a.sweep_cron)
+    print(f"serving process-night, reprocess ({a.reprocess_cron} {tz}), dawn-sweep ({a.sweep_cron} {tz}) "
+          f"on {os.environ['PREFECT_API_URL']}", flush=True)
+    serve(*deps, limit=a.limit)
+    return 0
+
+
+# ------------------------------------------------------------------- qlcp up
+def wait_healthy(api_url: str, timeout: float = 120.0) -> None:
+    t_end = time.monotonic() + timeout
+    while time.monotonic() < t_end:
+        try:
+            with urllib.request.urlopen(api_url.rstrip("/") + "/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise InputError(f"Prefect server at {api_url} not healthy after {timeout:.0f} s")
+
+
+def run_up(a) -> int:
+    """``qlcp up``: a local Prefect server (SQLite), the served deployments and the sensor, until SIGTERM."""
+    _check_roots(a)
+    api = f"http://{a.host}:{a.port}/api"
+    env = dict(os.environ, PREFECT_API_URL=api, PREFECT_SERVER_API_HOST=a.host, PREFECT_SERVER_API_PORT=str(a.port),
+               PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS="2", PREFECT_RUNNER_POLL_FREQUENCY="5")
+    procs = []
+    try:
+        procs.append(subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", a.host,
+                                       "--port", str(a.port)], env=env, start_new_session=True))
+        wait_healthy(api)
+        print(f"Prefect UI: http://{a.host}:{a.port}  (PREFECT_API_URL={api})", flush=True)
+        serve_cmd = [sys.executable, "-m", "deployments.cli", "serve", a.raw_root, a.red_root]
+        for f in a.config or []:
+            serve_cmd += ["--config", f]
+        procs.append(subprocess.Popen(serve_cmd, env=env, start_new_session=True))
+        os.environ["PREFECT_API_URL"] = api
+        from deployments.sensor import run_watch
+
+        return run_watch(a)
+    finally:
+        for p in reversed(procs):          # workers before the server
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    p.kill()

@@ -1,0 +1,42 @@
+"""Deployment definitions: schedules in the site's local time, parameters, time zones."""
+
+import pytest
+import yaml
+
+from deployments.serve import build_deployments, site_timezone
+from flows.night import _in_range, find_nights
+from qlcp_core.errors import ConfigError
+
+
+def test_site_timezone(tmp_path):
+    f = tmp_path / "site.yaml"
+    f.write_text(yaml.safe_dump({"site_tz": 8}))
+    assert site_timezone([str(f)]) == "Etc/GMT-8"          # IANA sign is inverted: UTC+8
+    f.write_text(yaml.safe_dump({"site_tz": -7}))
+    assert site_timezone([str(f)]) == "Etc/GMT+7"
+    f.write_text(yaml.safe_dump({"site_tz": 5.5}))
+    assert site_timezone([str(f)]) == "UTC"
+    assert site_timezone([str(f)], "America/Phoenix") == "America/Phoenix"
+    with pytest.raises(ConfigError, match="Mars/Olympus"):
+        site_timezone([], "Mars/Olympus")
+
+
+def test_three_deployments_with_local_schedules(tmp_path):
+    (tmp_path / "raw").mkdir()
+    deps = build_deployments(str(tmp_path / "raw"), str(tmp_path / "red"), [], "Etc/GMT-8")
+    by = {d.name: d for d in deps}
+    assert set(by) == {"process-night", "reprocess", "dawn-sweep"}
+    assert not by["process-night"].schedules
+    cron = by["reprocess"].schedules[0].schedule
+    assert cron.cron == "0 12 * * *" and cron.timezone == "Etc/GMT-8"
+    assert by["dawn-sweep"].parameters["raw_root"] == str((tmp_path / "raw").resolve())
+
+
+def test_find_nights_by_pattern_and_date(tmp_path):
+    for n in ("20240605_85", "20240606_85", "20240701_85", "notes", ".hidden"):
+        (tmp_path / n).mkdir()
+    (tmp_path / "file.txt").write_text("x")
+    names = [p.split("/")[-1] for p in find_nights(str(tmp_path), r"_85$", "2024-06-06", "20240630")]
+    assert names == ["20240606_85"]
+    assert len(find_nights(str(tmp_path))) == 4
+    assert _in_range("notes", None, None) and not _in_range("notes", "20240101", None)
