@@ -32,6 +32,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    help="one setting, e.g. --set aper=[4,6,8] (repeatable; wins over files)")
     p.add_argument("--no-prefect", action="store_true", help="run the plain core, without Prefect")
     p.add_argument("--refresh", action="store_true", help="recompute every step (ignore caches, overwrite)")
+    p.add_argument("--runner", choices=("thread", "dask"), default="thread",
+                   help="Prefect task runner for frame-level work (dask: pip install 'qlcp[dask]')")
+    p.add_argument("--dask-address", metavar="TCP", help="an existing Dask scheduler (default: a local cluster)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,7 +93,8 @@ def cmd_run(a) -> int:
     if a.refresh:
         overrides["mode"] = ["EXIST_OVER", "MISS_SKIP"]
     cfg = make_config(a.config, **overrides)
-    return _reduce(a.raw, a.red, cfg, no_prefect=a.no_prefect, refresh=a.refresh)
+    return _reduce(a.raw, a.red, cfg, no_prefect=a.no_prefect, refresh=a.refresh, runner=a.runner,
+                   dask_address=a.dask_address)
 
 
 def prefect_env() -> None:
@@ -109,7 +113,8 @@ def prefect_env() -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 
-def _reduce(raw, red, cfg, no_prefect: bool, refresh: bool = False) -> int:
+def _reduce(raw, red, cfg, no_prefect: bool, refresh: bool = False, runner: str = "thread",
+            dask_address: str | None = None) -> int:
     t0 = time.perf_counter()
     if no_prefect:
         from qlcp_core.pipeline import run
@@ -120,10 +125,10 @@ def _reduce(raw, red, cfg, no_prefect: bool, refresh: bool = False) -> int:
         if not os.environ.get("PREFECT_API_URL"):
             print("starting Prefect's embedded server (set PREFECT_API_URL to use a running one) ...",
                   file=sys.stderr, flush=True)
-        from flows.night import process_night
+        from flows.night import night_flow
 
-        summary = process_night(raw_dir=str(raw), red_dir=str(red), config=cfg.plain(only_set=True),
-                                refresh=refresh)
+        summary = night_flow(runner, dask_address)(raw_dir=str(raw), red_dir=str(red),
+                                                   config=cfg.plain(only_set=True), refresh=refresh)
     _print_summary(summary, time.perf_counter() - t0)
     return 1 if any(g.get("error") for g in summary["groups"]) else 0
 

@@ -286,6 +286,32 @@ def process_night(raw_dir: str, red_dir: str, config: dict | None = None, config
     return summary
 
 
+def night_flow(runner: str = "thread", dask_address: str | None = None, workers: int = 2):
+    """``process_night`` with a chosen task runner.
+
+    * ``thread`` (default): Prefect's thread pool on this machine; frame-level work
+      inside each task uses the process pool of ``qlcp_core.parallel``.
+    * ``dask``: ``prefect-dask``'s DaskTaskRunner, each chunk of frames a Dask task:
+      a local cluster of ``workers`` single-threaded worker processes, or an existing
+      cluster at ``dask_address`` (``tcp://host:8786``) spanning several machines that
+      see the same raw and red directories.  Results are identical either way.
+    """
+    if runner == "thread":
+        return process_night
+    if runner != "dask":
+        raise QLCPError(f"runner {runner!r}: use 'thread' or 'dask'")
+    try:
+        from prefect_dask import DaskTaskRunner
+    except ImportError:
+        raise QLCPError("runner 'dask' needs prefect-dask: pip install 'qlcp[dask]'") from None
+    if dask_address:
+        tr = DaskTaskRunner(address=dask_address)
+    else:
+        tr = DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
+                                            "dashboard_address": None})
+    return process_night.with_options(task_runner=tr)
+
+
 # ------------------------------------------------------------------ artifacts
 def _frame_table(red: Path, g: dict) -> list[dict]:
     """Per-frame quality rows of one group: time, airmass, FWHM, sky, stars, offset, ok."""
