@@ -100,6 +100,10 @@ _KRON_FACT, _KRON_MIN = 2.5, 3.5
 _GAUSS_FWHM = 2.0 * math.sqrt(2.0 * math.log(2.0))
 #: fewest clipped annulus pixels for a local sky
 _MIN_SKY_PIX = 10
+#: background mesh (px) of sep.Background
+_BACK_MESH = 64
+#: deblending levels of sep.extract
+_DEBLEND_NTHRESH = 32
 #: largest number of stamp pixels held at once (bounds memory in crowded frames)
 _STAMP_BUDGET = 1_000_000
 #: keywords copied from the corrected frame's header into the catalogue
@@ -180,43 +184,70 @@ def _stamps(img: np.ndarray, x, y, h: int):
     return vals, dx, dy
 
 
-def _sorted_take(s, idx):
-    return np.take_along_axis(s, idx[:, None], axis=1)[:, 0]
+def _count_below(s, rows, t, nn):
+    """Per row ``k``: how many of ``s[rows[k], :nn[k]]`` (sorted) are ``< t[k]``; a vectorised bisection."""
+    lo = np.zeros(len(rows), dtype=np.int64)
+    hi = nn.astype(np.int64)
+    last = s.shape[1] - 1
+    for _ in range(int(hi.max(initial=0)).bit_length()):
+        mid = (lo + hi) >> 1
+        act = lo < hi
+        with np.errstate(invalid="ignore"):
+            go = act & (s[rows, np.minimum(mid, last)] < t)
+        lo = np.where(go, mid + 1, lo)
+        hi = np.where(act & ~go, mid, hi)
+    return lo
 
 
 def _clipped_median(v: np.ndarray):
     """Per-row 3-sigma clipped median, std and count of ``v`` (NaN = excluded).
 
-    Sorts every row once; clipping keeps a contiguous run of the sorted row,
-    so each iteration is a count plus cumulative sums (no loop over rows).
+    Sorts every row once (float32 rows in float32: same order as their
+    float64 values, and faster); clipping keeps a contiguous run of the sorted
+    row, so each iteration is two bisections (how many values lie below the
+    lower and up to the upper limit) plus cumulative sums: no loop over rows.
+    Only the columns up to the longest run of non-NaN values (NaN sort last)
+    enter the sums.
     """
+    v = np.asarray(v)
+    if v.dtype not in (np.float32, np.float64):
+        v = v.astype(np.float64)
     n, p = v.shape
     s = np.sort(v, axis=1)                              # NaN last
-    nv = np.isfinite(v).sum(axis=1)
-    s0 = np.where(np.isfinite(s), s, 0.0)
-    cs = np.zeros((n, p + 1))
-    cs2 = np.zeros((n, p + 1))
+    nn = p - np.count_nonzero(np.isnan(s), axis=1)      # non-NaN values per row
+    pm = max(int(nn.max(initial=0)), 1)
+    s = s[:, :pm].astype(np.float64)
+    fin = np.isfinite(s)
+    nv = fin.sum(axis=1)
+    s0 = np.where(fin, s, 0.0)
+    cs = np.zeros((n, pm + 1))
+    cs2 = np.zeros((n, pm + 1))
     np.cumsum(s0, axis=1, out=cs[:, 1:])
     np.cumsum(s0 * s0, axis=1, out=cs2[:, 1:])
     rows = np.arange(n)
+    rows2 = np.concatenate([rows, rows])
+    nn2 = np.concatenate([nn, nn])
+    last = pm - 1
+
+    def take(idx):
+        return s0[rows, np.clip(idx, 0, last)]
 
     def median(lo, hi):
         m = np.maximum(hi - lo, 1)
-        i1 = np.clip(lo + (m - 1) // 2, 0, p - 1)
-        i2 = np.clip(lo + m // 2, 0, p - 1)
-        return 0.5 * (_sorted_take(s0, i1) + _sorted_take(s0, i2))
+        return 0.5 * (take(lo + (m - 1) // 2) + take(lo + m // 2))
 
     lo = np.zeros(n, dtype=np.int64)
     hi = nv.astype(np.int64)
     med = median(lo, hi)
     m = np.maximum(hi, 1)
-    q1 = _sorted_take(s0, np.clip((m - 1) // 4, 0, p - 1))
-    q3 = _sorted_take(s0, np.clip((3 * (m - 1)) // 4, 0, p - 1))
+    q1 = take((m - 1) // 4)
+    q3 = take((3 * (m - 1)) // 4)
     sig = (q3 - q1) / 1.349
     for _ in range(8):
-        with np.errstate(invalid="ignore"):
-            nlo = (s < (med - _CLIP * sig)[:, None]).sum(axis=1)
-            nhi = (s <= (med + _CLIP * sig)[:, None]).sum(axis=1)
+        # values < med - 3 sig, and <= med + 3 sig (that is < the next double up)
+        lim = np.concatenate([med - _CLIP * sig, np.nextafter(med + _CLIP * sig, np.inf)])
+        cnt2 = _count_below(s, rows2, lim, nn2)
+        nlo, nhi = cnt2[:n], cnt2[n:]
         keep = nhi - nlo >= 3
         nlo = np.where(keep, nlo, lo)
         nhi = np.where(keep, nhi, hi)
@@ -236,25 +267,81 @@ def _clipped_median(v: np.ndarray):
     return med, sig, cnt
 
 
+#: a pixel centre is at most this far from the rounded position's pixel centre offset (sqrt(2)/2, rounded up)
+_HALF_DIAG = 0.7072
+
+
+def _ring_offsets(rin: float, rout: float):
+    """Integer offsets (row-major) that can fall in ``rin <= d < rout`` of a position rounded to a pixel.
+
+    Also returns ``sure``: the offsets inside the ring whatever the position's
+    fraction of a pixel, and ``h``, the largest offset.
+    """
+    h = int(math.ceil(rout))
+    o = np.arange(-h, h + 1)
+    oy, ox = np.meshgrid(o, o, indexing="ij")
+    r = np.hypot(ox, oy)
+    keep = (r + _HALF_DIAG >= rin) & (r - _HALF_DIAG < rout)
+    sure = (r - _HALF_DIAG >= rin) & (r + _HALF_DIAG < rout)
+    return ox[keep], oy[keep], sure[keep], h
+
+
 def _local_sky(sub, exclude, x, y, rin, rout):
-    """Clipped median, std and pixel count of ``sub`` in an annulus around each star."""
+    """Clipped median, std and pixel count of ``sub`` in an annulus around each star.
+
+    Gathers, for all stars at once, only the pixels that can lie in the
+    annulus (a ring of offsets around the rounded position), then keeps those
+    with ``rin**2 <= d**2 < rout**2`` from the exact position (computed only
+    for the offsets near the ring's edges), inside the image and outside
+    ``exclude`` (segmentation map; 0 = sky).
+    """
     n = len(x)
     med = np.full(n, np.nan)
     sig = np.full(n, np.nan)
     cnt = np.zeros(n, dtype=np.int64)
-    if n == 0:
+    if n == 0 or not rout > 0:
         return med, sig, cnt
-    h = int(math.ceil(rout))
-    chunk = max(1, _STAMP_BUDGET // (2 * h + 1) ** 2)
+    ny, nx = sub.shape
+    ox, oy, sure, h = _ring_offsets(rin, rout)
+    if ox.size == 0:
+        return med, sig, cnt
+    order = np.argsort(~sure, kind="stable")             # the sure offsets first
+    ox, oy = ox[order], oy[order]
+    ns = int(sure.sum())
+    oxe, oye = ox[ns:].astype(float), oy[ns:].astype(float)
+    off = oy * nx + ox
+    flat_sub = sub.ravel()
+    flat_ex = None if exclude is None else exclude.ravel()
+    ix_all = np.rint(x).astype(np.int64)
+    iy_all = np.rint(y).astype(np.int64)
+    # x - rint(x) is exact, so ox - fx rounds the same real number as (ix + ox) - x
+    fx_all, fy_all = x - ix_all, y - iy_all
+    edge_all = (ix_all < h) | (iy_all < h) | (ix_all >= nx - h) | (iy_all >= ny - h)
+    r2in, r2out = rin * rin, rout * rout
+    nan = np.float32(np.nan) if sub.dtype == np.float32 else np.nan
+    chunk = max(1, _STAMP_BUDGET // ox.size)
     for i in range(0, n, chunk):
         sl = slice(i, i + chunk)
-        vals, dx, dy = _stamps(sub, x[sl], y[sl], h)
-        d2 = dx * dx + dy * dy
-        sel = (d2 >= rin * rin) & (d2 < rout * rout)
-        if exclude is not None:
-            ex, _, _ = _stamps(exclude, x[sl], y[sl], h)
-            sel = sel & (ex == 0)
-        v = np.where(sel, vals, np.nan).reshape(vals.shape[0], -1)
+        ix, iy, edge = ix_all[sl], iy_all[sl], edge_all[sl]
+        idx = (iy * nx + ix)[:, None] + off
+        valid = None
+        if edge.any():
+            cx = ix[edge, None] + ox
+            cy = iy[edge, None] + oy
+            valid = np.ones(idx.shape, dtype=bool)
+            valid[edge] = (cx >= 0) & (cx < nx) & (cy >= 0) & (cy < ny)
+            idx[edge] = np.clip(cy, 0, ny - 1) * nx + np.clip(cx, 0, nx - 1)
+        v = flat_sub[idx]
+        if oxe.size:
+            dx = oxe - fx_all[sl, None]
+            dy = oye - fy_all[sl, None]
+            d2 = dx * dx + dy * dy
+            ve = v[:, ns:]
+            ve[(d2 < r2in) | (d2 >= r2out)] = nan
+        if valid is not None:
+            v[~valid] = nan
+        if flat_ex is not None:
+            v[flat_ex[idx] != 0] = nan
         med[sl], sig[sl], cnt[sl] = _clipped_median(v)
     return med, sig, cnt
 
@@ -298,7 +385,7 @@ def _extract(sub, thresh, mask, minarea):
     for _ in range(4):
         try:
             return sep.extract(sub, thresh, mask=mask, minarea=minarea, filter_kernel=_KERNEL,
-                               deblend_nthresh=32, deblend_cont=0.005, clean=True,
+                               deblend_nthresh=_DEBLEND_NTHRESH, deblend_cont=0.005, clean=True,
                                segmentation_map=True)
         except Exception as e:  # sep raises a bare Exception for its buffer limits
             msg = str(e)
@@ -310,7 +397,8 @@ def _extract(sub, thresh, mask, minarea):
                 raise
             log.debug("sep.extract: %s; retrying with larger buffers", msg.split(":")[0])
     return sep.extract(sub, thresh, mask=mask, minarea=minarea, filter_kernel=_KERNEL,
-                       deblend_nthresh=32, deblend_cont=0.005, clean=True, segmentation_map=True)
+                       deblend_nthresh=_DEBLEND_NTHRESH, deblend_cont=0.005, clean=True,
+                       segmentation_map=True)
 
 
 def _nn_dist(x, y):
@@ -324,22 +412,90 @@ def _nn_dist(x, y):
     return d[:, 1]
 
 
-def _sharp_pixels(sub, fwhm, rms):
-    """Pixels too sharp for a star: cosmic-ray hits, hot pixels (x, y arrays).
+def _sharp_pixels(sub, fwhm, rms, x, y, r):
+    """Pixels too sharp for a star (cosmic-ray hits, hot pixels) near the sources (x, y arrays).
 
     The sharpness ``(P - <4 neighbours>) / P`` of a background-subtracted
     pixel is at most ``1 - exp(-1 / 2 sigma^2)`` at the peak of a Gaussian
     star; a pixel is sharp when it beats a Gaussian of half the frame FWHM and
-    stands more than 10 rms above its neighbours.  Vectorised over the image.
+    stands more than 10 rms above its neighbours.  Only pixels that can lie
+    within ``r`` px of a source (``x``, ``y``) are tested (all of the image's
+    sharp pixels within ``r`` of a source are returned, maybe a few more);
+    border pixels (no 4 neighbours) never count.
     """
-    if not (np.isfinite(fwhm) and fwhm > 0 and rms > 0) or min(sub.shape) < 3:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    c = sub[1:-1, 1:-1]
-    d = c - 0.25 * (sub[:-2, 1:-1] + sub[2:, 1:-1] + sub[1:-1, :-2] + sub[1:-1, 2:])
+    none = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    ny, nx = sub.shape
+    if not (np.isfinite(fwhm) and fwhm > 0 and rms > 0) or min(sub.shape) < 3 or len(x) == 0:
+        return none
     s_half = fwhm / 2.0 / _GAUSS_FWHM
     thr = 1.0 - math.exp(-1.0 / (2.0 * s_half * s_half))
-    yp, xp = np.nonzero((d > 10 * rms) & (d > thr * c))
-    return xp + 1, yp + 1
+    ox, oy, _sure, _h = _ring_offsets(0.0, r + 1e-6)
+    cx = np.rint(x).astype(np.int64)[:, None] + ox
+    cy = np.rint(y).astype(np.int64)[:, None] + oy
+    ok = (cx >= 1) & (cx <= nx - 2) & (cy >= 1) & (cy <= ny - 2)
+    idx = (np.clip(cy, 1, ny - 2) * nx + np.clip(cx, 1, nx - 2))[ok]
+    f = sub.ravel()
+    c = f[idx]
+    # the same float32 operations, in the same order, as on the whole image
+    d = c - 0.25 * (f[idx - nx] + f[idx + nx] + f[idx - 1] + f[idx + 1])
+    hit = np.unique(idx[(d > 10 * rms) & (d > thr * c)])
+    return hit % nx, hit // nx
+
+
+#: annuli of the emulated sep.flux_radius (its FLUX_RADIUS_BUFSIZE) and its sub-pixel grid
+_FR_BINS, _FR_SUBPIX = 64, 5
+
+
+def _half_light_radius(sub, x, y, rmax, flux, mask):
+    """``sep.flux_radius(sub, x, y, rmax, 0.5, normflux=flux, subpix=5)`` for ``flux > 0``, faster.
+
+    sep sums 64 annuli out to ``rmax`` (every pixel on a 5x5 sub-pixel grid)
+    and interpolates the cumulative sum at half the flux.  The cumulative sum
+    at bin ``i`` is the flux within ``(i + 1) rmax / 64`` on the same
+    sub-pixel grid, which is what ``sep.sum_circle(subpix=5)`` measures; so
+    grow the circle bin by bin and stop each star at the first bin reaching
+    half its flux (sep's rule), instead of summing all pixels out to ``rmax``.
+    Same radii to ~1e-15 (summation order).  Stars with a masked pixel
+    (``mask`` given), ``rmax >= 90`` (sep skips the sub-pixels there) or not
+    done after a few bins go to sep itself.
+    """
+    n = len(x)
+    r = np.full(n, np.nan)
+    if n == 0:
+        return r
+    step = rmax / _FR_BINS
+    targ = 0.5 * flux
+    prev = np.zeros(n)
+    if mask is not None:
+        act = np.zeros(0, dtype=np.int64)
+        rest = np.arange(n)
+    else:
+        fast = rmax < 90.0
+        act = np.flatnonzero(fast)
+        rest = np.flatnonzero(~fast)
+    for i in range(_FR_BINS):
+        if act.size == 0:
+            break
+        if i >= 16 and act.size <= 8:            # a few slow growers: cheaper in one sep call
+            rest = np.concatenate([rest, act])
+            act = act[:0]
+            break
+        yi = sep.sum_circle(sub, x[act], y[act], (i + 1) * step[act], subpix=_FR_SUBPIX)[0]
+        hit = yi >= targ[act]
+        if hit.any():
+            h, yh = act[hit], yi[hit]
+            if i == 0:
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    r[h] = np.where((targ[h] <= 0) | (yh == 0), 0.0, step[h] * targ[h] / yh)
+            else:
+                r[h] = step[h] * (i + (targ[h] - prev[h]) / (yh - prev[h]))
+        prev[act] = yi
+        act = act[~hit]
+    r[act] = rmax[act]                           # never reached: sep returns rmax
+    if rest.size:
+        r[rest] = sep.flux_radius(sub, x[rest], y[rest], rmax[rest], 0.5, normflux=flux[rest],
+                                  mask=mask, subpix=_FR_SUBPIX)[0]
+    return r
 
 
 def _clipped_median_1d(v):
@@ -424,7 +580,7 @@ def measure(data: np.ndarray, cfg, gain: float, rdnoise: float, saturation: floa
         img = img.copy()
         img[bad] = np.median(img[~bad]) if (~bad).any() else 0.0
 
-    bkg = sep.Background(img, mask=mask, bw=64, bh=64, fw=3, fh=3)
+    bkg = sep.Background(img, mask=mask, bw=_BACK_MESH, bh=_BACK_MESH, fw=3, fh=3)
     back = bkg.back()
     sub = img - back
     if mask is not None:
@@ -488,14 +644,17 @@ def measure(data: np.ndarray, cfg, gain: float, rdnoise: float, saturation: floa
     area_auto = np.pi * a * b * r_auto ** 2
 
     # ---- half-light radius -> per-star FWHM; windowed centroids
+    pos_auto = np.flatnonzero(f_auto > 0)
+    rh = np.full(n, np.nan)
+    rh[pos_auto] = _half_light_radius(sub, x0[pos_auto], y0[pos_auto], 6.0 * a[pos_auto],
+                                      f_auto[pos_auto].astype(float), mask)
     with np.errstate(invalid="ignore"):
-        normflux = np.where(f_auto > 0, f_auto, np.nan)
-    rh, _rf = sep.flux_radius(sub, x0, y0, 6.0 * a, 0.5, normflux=np.nan_to_num(normflux, nan=1.0),
-                              mask=mask, subpix=5)
-    fwhm_star = np.where(np.isfinite(normflux) & (rh > 0), 2.0 * rh, np.nan)
+        fwhm_star = np.where(rh > 0, 2.0 * rh, np.nan)
     if positions is None:
         sig = np.where(np.isfinite(fwhm_star), fwhm_star / _GAUSS_FWHM, 2.0 / _GAUSS_FWHM)
-        xw, yw, wf = sep.winpos(sub, x0, y0, sig, mask=mask)
+        # exact pixel overlap of the 4-sigma window (sep's default: 11x11 sub-pixels, ~20x slower;
+        # the positions agree to ~1e-5 px, as the Gaussian weight at the window edge is e^-8)
+        xw, yw, wf = sep.winpos(sub, x0, y0, sig, mask=mask, subpix=0)
         good_w = (wf == 0) & np.isfinite(xw) & np.isfinite(yw) & (np.hypot(xw - x0, yw - y0) < 1.0)
         x = np.where(good_w, xw, x0)
         y = np.where(good_w, yw, y0)
@@ -519,13 +678,13 @@ def measure(data: np.ndarray, cfg, gain: float, rdnoise: float, saturation: floa
     cand = np.isfinite(fwhm_star) & ~saturated & ~merged & (snr_auto > 20) & inside
     fw_pre = float(np.median(fwhm_star[cand])) if cand.any() else np.nan
     # sharp pixels (cosmic rays, hot pixels) and the sources they are
-    sxp, syp = _sharp_pixels(sub, fw_pre, rms_glob)
+    from scipy.spatial import cKDTree
+
+    sxp, syp = _sharp_pixels(sub, fw_pre, rms_glob, x, y, 1.5)
     sharp = np.zeros(n, dtype=bool)
     if sxp.size:
-        from scipy.spatial import cKDTree
-
-        sharp_tree = cKDTree(np.column_stack([sxp, syp]))
-        sharp = sharp_tree.query_ball_point(np.column_stack([x, y]), r=1.5, return_length=True) > 0
+        sharp = cKDTree(np.column_stack([sxp, syp])).query_ball_point(
+            np.column_stack([x, y]), r=1.5, return_length=True) > 0
     if np.isfinite(fw_pre):
         good = cand & ~sharp & (nn > 4 * fw_pre) & (elong < 2.0)
         if good.sum() < 3:
@@ -586,9 +745,11 @@ def measure(data: np.ndarray, cfg, gain: float, rdnoise: float, saturation: floa
         badflux = ~(np.isfinite(flux) & (flux > 0)).all(axis=1) | ~(f_auto > 0)
     flags[badflux] |= FLAG_BADFLUX
     cosmic = ((aflag | fl_auto) & sep.APER_HASMASKED) != 0
+    rcos = max(rmax, 1.5)
+    sxp, syp = _sharp_pixels(sub, fw_pre, rms_glob, x, y, rcos)
     if sxp.size:
-        cosmic |= sharp_tree.query_ball_point(np.column_stack([x, y]), r=max(rmax, 1.5),
-                                              return_length=True) > 0
+        cosmic |= cKDTree(np.column_stack([sxp, syp])).query_ball_point(
+            np.column_stack([x, y]), r=rcos, return_length=True) > 0
     flags[cosmic] |= FLAG_COSMIC
 
     tab = Table()

@@ -17,7 +17,7 @@ def test_dask_runner_two_workers_identical_light_curves(tmp_path):
 
     sim = simulate_small(tmp_path / "n", n_frames=8, size=192, seed=31, n_bias=3, n_flats=3, thick_cloud=False)
     kw = dict(raw_dir=str(sim.raw_dir), config_files=[str(sim.config_path)], chunk=3)
-    a = night_flow("thread")(red_dir=str(tmp_path / "thread"), **kw)
+    night_flow("thread")(red_dir=str(tmp_path / "thread"), **kw)
     b = night_flow("dask", workers=2)(red_dir=str(tmp_path / "dask"), **kw)
     assert b["task_states"]["correct"] == {"Completed": 3}          # 8 frames in chunks of 3, on Dask
     ta = Table.read(tmp_path / "thread" / "lc_SIMV_V.ecsv")
