@@ -111,6 +111,8 @@ def prefect_env() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    for var in ("PREFECT_HOME", "QLCP_RESULTS"):        # Prefect does not create its SQLite's directory
+        Path(os.environ[var]).expanduser().mkdir(parents=True, exist_ok=True)
 
 
 def _reduce(raw, red, cfg, no_prefect: bool, refresh: bool = False, runner: str = "thread",
@@ -173,7 +175,7 @@ def cmd_demo(a) -> int:
 
     work = Path(a.workdir)
     print(f"simulating a {a.frames}-frame night in {work / 'raw'} ...", flush=True)
-    sim = simulate_night(work, n_frames=a.frames, size=a.size, seed=1)
+    sim = simulate_night(work, n_frames=a.frames, size=a.size, seed=1, overwrite=True)
     cfg = make_config([sim.config_path], mode=["EXIST_OVER", "MISS_SKIP"])
     rc = _reduce(sim.raw_dir, work / "red", cfg, no_prefect=a.no_prefect)
     red = work / "red"
