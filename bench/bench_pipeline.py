@@ -125,6 +125,8 @@ def main(argv=None) -> int:
     ap.add_argument("--scaling", default="", help="comma list of frame counts: peak memory per count")
     ap.add_argument("--prefect", action="store_true", help="also run the Prefect flow (needs PREFECT_API_URL)")
     ap.add_argument("--original", action="store_true", help="also run the original QLCP on the same night")
+    ap.add_argument("--steps", default="lbfiopcd",
+                    help="steps of the plain run (default lbfiopcd, the original's chain for the comparison)")
     ap.add_argument("--child", nargs=5, metavar=("KIND", "RAW", "RED", "CONFIG", "EXTRA"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.child:
@@ -136,7 +138,7 @@ def main(argv=None) -> int:
     work = Path(a.workdir)
     work.mkdir(parents=True, exist_ok=True)
     night = night_dir(work, a.frames, a.size, a.seed)
-    stars = truth_starxy(night)
+    stars = {**truth_starxy(night), "steps": a.steps}
     cfg = night / "night.yaml"
     print(f"night: {night} ({a.frames} frames, {a.size}x{a.size}); machine: {os.cpu_count()} cores")
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from astropy.table import Table
 from scipy.spatial import cKDTree
 
 from .errors import InputError
-from .io import atomic_path, raw_stem
+from .io import atomic_path, raw_stem, read_table_fast
 
 log = logging.getLogger("qlcp.catalogue")
 
@@ -132,10 +133,18 @@ def cat_stem(path: str | Path) -> str:
     return name[: -len(CAT_SUFFIX)] if name.endswith(CAT_SUFFIX) else raw_stem(name)
 
 
+_STRUCTURAL = re.compile(r"^(XTENSION|BITPIX|NAXIS\d*|PCOUNT|GCOUNT|TFIELDS|T(TYPE|FORM|DIM|UNIT|NULL)\d+|"
+                         r"COMMENT|HISTORY|)$")
+
+
 def read_frame_catalogue(path: str | Path) -> Table:
     """Read one per-frame catalogue of step p, with a one-line error if unusable."""
     try:
-        t = Table.read(path)
+        try:
+            arr, hdr = read_table_fast(path)          # ~10x faster for our own catalogues
+            t = Table(arr, meta={k: hdr[k] for k in hdr if not _STRUCTURAL.match(k)})
+        except ValueError:
+            t = Table.read(path)
     except FileNotFoundError:
         raise InputError(f"{path}: catalogue not found") from None
     except Exception as e:

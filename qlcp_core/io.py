@@ -130,3 +130,74 @@ def file_fingerprint(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+_TFORM = {"L": "i1", "B": "u1", "I": ">i2", "J": ">i4", "K": ">i8", "E": ">f4", "D": ">f8", "A": "S"}
+
+
+def _header_end(buf: bytes, start: int) -> int:
+    """Offset just past the header that starts at ``start`` (2880-byte blocks, END card)."""
+    pos = start
+    while pos < len(buf):
+        block = buf[pos:pos + 2880]
+        for i in range(0, 2880, 80):
+            if block[i:i + 8] == b"END     ":
+                return pos + 2880
+        pos += 2880
+    raise ValueError("no END card")
+
+
+def read_table_fast(path: str | Path, hdu: int = 1) -> tuple[np.ndarray, fits.Header]:
+    """A FITS binary table as a numpy structured array (native byte order) and its header.
+
+    Parses the header blocks and builds the dtype from the TFORMn/TDIMn cards,
+    then reads the rows directly: several times faster than ``Table.read`` for
+    the small per-frame catalogues that steps o, k and c read by the hundred.
+    Scaled columns (TSCAL/TZERO) and variable-length arrays are not supported:
+    such files raise :class:`ValueError` and the caller falls back to astropy.
+    Only for extension ``hdu`` 1 after a data-less primary HDU (as astropy
+    writes tables).
+    """
+    buf = Path(path).read_bytes()
+    if hdu != 1 or not buf.startswith(b"SIMPLE  ="):
+        raise ValueError("not a FITS file with a table in extension 1")
+    p0 = _header_end(buf, 0)
+    prim = fits.Header.fromstring(buf[:p0].decode("ascii"))
+    if prim.get("NAXIS", 0) != 0:
+        raise ValueError("primary HDU has data")
+    p1 = _header_end(buf, p0)
+    hdr = fits.Header.fromstring(buf[p0:p1].decode("ascii"))
+    if hdr.get("XTENSION") != "BINTABLE" or hdr.get("PCOUNT", 0):
+        raise ValueError("not a plain binary table")
+    fields = []
+    for i in range(1, hdr["TFIELDS"] + 1):
+        if f"TSCAL{i}" in hdr or f"TZERO{i}" in hdr:
+            raise ValueError("scaled column")
+        form = hdr[f"TFORM{i}"].strip()
+        rep = int(form[:-1]) if len(form) > 1 else 1
+        code = form[-1]
+        if code not in _TFORM:
+            raise ValueError(f"column format {form}")
+        shape = (rep,) if rep != 1 else ()
+        if f"TDIM{i}" in hdr:          # FITS order is the reverse of numpy's
+            shape = tuple(int(x) for x in hdr[f"TDIM{i}"].strip("() ").split(","))[::-1]
+            if int(np.prod(shape)) != rep:
+                raise ValueError("TDIM does not match TFORM")
+        if code == "A":
+            fields.append((hdr[f"TTYPE{i}"], f"S{rep}"))
+        else:
+            fields.append((hdr[f"TTYPE{i}"], _TFORM[code], shape))
+    dtype = np.dtype(fields)
+    if dtype.itemsize != hdr["NAXIS1"]:
+        raise ValueError("row size mismatch")
+    n = hdr["NAXIS2"]
+    if len(buf) < p1 + n * dtype.itemsize:
+        raise ValueError("truncated table")
+    arr = np.frombuffer(buf, dtype=dtype, count=n, offset=p1)
+    logical = [hdr[f"TTYPE{i}"] for i in range(1, hdr["TFIELDS"] + 1) if hdr[f"TFORM{i}"].strip()[-1] == "L"]
+    native = np.dtype([(name, "?" if name in logical else dt.newbyteorder("="), *((sh,) if sh else ()))
+                       for name, (dt, sh) in ((nm, (dtype[nm].base, dtype[nm].shape)) for nm in dtype.names)])
+    out = np.empty(n, dtype=native)
+    for name in dtype.names:
+        out[name] = arr[name] == ord("T") if name in logical else arr[name]
+    return out, hdr

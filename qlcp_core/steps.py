@@ -29,7 +29,7 @@ from ._version import __version__
 from .config import STEP_KEYS, Config
 from .correct import bf_path, correct_frames, group_dir
 from .errors import InputError, MissingInputError
-from .io import file_fingerprint, raw_stem, read_image
+from .io import file_fingerprint, raw_stem, read_image, read_table_fast
 from .parallel import default_workers, pmap
 from .provenance import fits_key, step_key
 
@@ -131,19 +131,17 @@ def catalogue_stars(bf: str | Path, n_max: int = 60):
     if not cp.is_file():
         return None
     try:
-        with fits.open(cp, memmap=False) as hdul:
-            hdr = hdul[1].header
-            if hdr.get("BFFILE") != Path(bf).name:
-                return None
-            d = hdul[1].data
-            good = (d["Flags"] & _ALIGN_BAD_FLAGS) == 0
-            flux = np.asarray(d["FluxAUTO"], dtype=float)
-            good &= np.isfinite(flux) & (flux > 0)
-            ix = np.flatnonzero(good)
-            ix = ix[np.argsort(-flux[ix], kind="stable")][:n_max]
-            xy = np.column_stack([np.asarray(d["X"], float)[ix], np.asarray(d["Y"], float)[ix]])
-            header = fits.Header({k: hdr[k] for k in ("JD", "RAWFILE") if k in hdr})
-            return xy, flux[ix], header
+        d, hdr = read_table_fast(cp)
+        if hdr.get("BFFILE") != Path(bf).name:
+            return None
+        good = (d["Flags"] & _ALIGN_BAD_FLAGS) == 0
+        flux = np.asarray(d["FluxAUTO"], dtype=float)
+        good &= np.isfinite(flux) & (flux > 0)
+        ix = np.flatnonzero(good)
+        ix = ix[np.argsort(-flux[ix], kind="stable")][:n_max]
+        xy = np.column_stack([np.asarray(d["X"], float)[ix], np.asarray(d["Y"], float)[ix]])
+        header = fits.Header({k: hdr[k] for k in ("JD", "RAWFILE") if k in hdr})
+        return xy, flux[ix], header
     except Exception as e:  # unreadable catalogue: fall back to the image
         log.debug("%s: %s", cp, e)
         return None
