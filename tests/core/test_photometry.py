@@ -356,3 +356,123 @@ def test_full_frame_200_stars_found():
         tab, _ = P.measure(img, Config(aper=aper), GAIN, RDN, 60000.0)
         assert len(tab) > 150
         assert np.asarray(tab["Flux"]).shape[1] == len(aper)
+
+
+# ------------------------------------------------- fast paths against plain references
+def _clipped_median_reference(row):
+    """Plain per-row 3-sigma clipped median (np.median, np.std) as documented in the module."""
+    v = np.sort(row[np.isfinite(row)])
+    if v.size == 0:
+        return np.nan, np.nan, 0
+    keep = np.ones(v.size, dtype=bool)
+    med = np.median(v)
+    sig = (v[3 * (v.size - 1) // 4] - v[(v.size - 1) // 4]) / 1.349
+    for _ in range(8):
+        k = (v >= med - 3 * sig) & (v <= med + 3 * sig)
+        if k.sum() < 3:
+            k = keep
+        done = np.array_equal(k, keep)
+        keep = k
+        sig = np.std(v[keep], ddof=1) / 0.98658
+        med = np.median(v[keep])
+        if done:
+            break
+    if keep.sum() < 10:
+        return np.nan, np.nan, int(keep.sum())
+    return med, sig, int(keep.sum())
+
+
+def test_clipped_median_matches_plain_reference():
+    rng = np.random.default_rng(21)
+    v = rng.normal(5.0, 10.0, (300, 120))
+    hit = rng.random(v.shape) < 0.08
+    v[hit] += rng.uniform(30, 3000, hit.sum())          # contamination, clipped in several rounds
+    v[rng.random(v.shape) < 0.2] = np.nan                 # excluded pixels, a different number per row
+    v[0, 5:] = np.nan                                     # too few pixels
+    v[1] = np.nan                                         # none
+    for arr in (v, v.astype(np.float32)):
+        med, sig, cnt = P._clipped_median(arr)
+        ref = np.array([_clipped_median_reference(r.astype(float)) for r in arr])
+        np.testing.assert_array_equal(cnt, ref[:, 2])
+        np.testing.assert_allclose(med, ref[:, 0], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(sig, ref[:, 1], rtol=1e-9)
+        assert np.isnan(med[:2]).all() and np.isfinite(med[2:]).all()
+
+
+def test_count_below_is_a_strict_count_with_ties_and_nan():
+    s = np.array([[1.0, 2.0, 2.0, 2.0, 3.0, np.nan], [0.0, 0.0, 5.0, np.nan, np.nan, np.nan]])
+    nn = np.array([5, 3])
+    for t0, t1 in ((2.0, 0.0), (2.5, 5.0), (0.5, np.nan), (-1.0, 9.0), (3.0, np.nextafter(0.0, 1.0))):
+        t = np.array([t0, t1])
+        want = [(row < tk).sum() for row, tk in zip(s, t)]
+        np.testing.assert_array_equal(P._count_below(s, np.arange(2), t, nn), want)
+
+
+def test_local_sky_selects_the_annulus_pixels():
+    """The gathered annulus equals a brute-force selection over the whole image (edges, masks)."""
+    rng = np.random.default_rng(22)
+    sub = rng.normal(0.0, 5.0, (120, 150)).astype(np.float32)
+    seg = np.zeros(sub.shape, dtype=np.int32)
+    seg[40:52, 60:75] = 3                                 # a neighbour's footprint
+    x = np.array([70.3, 0.2, 149.5, 75.0, 10.61, 140.2, -3.0])
+    y = np.array([50.7, 60.1, 119.5, 44.5, 3.49, 115.8, 60.0])
+    yy, xx = np.mgrid[: sub.shape[0], : sub.shape[1]]
+    for rin, rout in ((6.0, 14.0), (2.5, 5.2), (10.0, 10.9)):
+        for exclude in (seg, None):
+            rows = []
+            for xi, yi in zip(x, y):
+                d2 = (xx - xi) ** 2 + (yy - yi) ** 2
+                sel = (d2 >= rin * rin) & (d2 < rout * rout)
+                if exclude is not None:
+                    sel &= exclude == 0
+                rows.append(sub[sel].astype(float))
+            width = max(len(r) for r in rows)
+            ref = np.full((len(rows), width), np.nan)
+            for k, r in enumerate(rows):
+                ref[k, : len(r)] = r
+            want = P._clipped_median(ref)
+            got = P._local_sky(sub, exclude, x, y, rin, rout)
+            for g, w in zip(got, want):
+                np.testing.assert_array_equal(g, w)
+
+
+def test_half_light_radius_matches_sep_flux_radius():
+    rng = np.random.default_rng(23)
+    xs, ys, fl = grid_stars(5, 256, 30, rng, 2e3, 3e5)
+    img = noisy(model((256, 256), xs, ys, fl, 3.5), rng) - np.float32(SKY)
+    xs = np.append(xs, [2.3, 250.0])                      # near the edges
+    ys = np.append(ys, [128.0, 253.6])
+    rmax = rng.uniform(3.0, 14.0, xs.size)
+    rmax[0] = 95.0                                        # beyond sep's always-oversampled range
+    rmax[1] = 0.4
+    flux = sep.sum_circle(img, xs, ys, 8.0, subpix=0)[0]
+    flux = np.where(flux > 0, flux, 1e3)
+    want = sep.flux_radius(img, xs, ys, rmax, 0.5, normflux=flux, subpix=5)[0]
+    got = P._half_light_radius(img, xs, ys, rmax, flux, None)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    mask = np.zeros(img.shape, dtype=bool)
+    mask[60:64, 60:64] = True
+    want_m = sep.flux_radius(img, xs, ys, rmax, 0.5, normflux=flux, mask=mask, subpix=5)[0]
+    np.testing.assert_array_equal(P._half_light_radius(img, xs, ys, rmax, flux, mask), want_m)
+
+
+def test_sharp_pixels_near_sources_are_those_of_the_whole_image():
+    rng = np.random.default_rng(24)
+    xs, ys, fl = grid_stars(4, 200, 30, rng, 1e4, 2e5)
+    sub = noisy(model((200, 200), xs, ys, fl, 3.5), rng) - np.float32(SKY)
+    hits = rng.integers(1, 199, (1500, 2))                # hot pixels everywhere, also at r from a source
+    sub[hits[:, 1], hits[:, 0]] += rng.uniform(100, 3000, len(hits)).astype(np.float32)
+    rms = math.sqrt(SKY / GAIN + (RDN / GAIN) ** 2)
+    c = sub[1:-1, 1:-1]
+    d = c - 0.25 * (sub[:-2, 1:-1] + sub[2:, 1:-1] + sub[1:-1, :-2] + sub[1:-1, 2:])
+    thr = 1.0 - math.exp(-1.0 / (2.0 * (3.5 / 2.0 / SIG2FWHM) ** 2))
+    yp, xp = np.nonzero((d > 10 * rms) & (d > thr * c))
+    every = set(zip((xp + 1).tolist(), (yp + 1).tolist()))
+    assert len(every) > 1000
+    src = np.column_stack([np.append(xs, 0.4), np.append(ys, 100.0)])
+    for r in (1.5, 6.0, 11.5):
+        gx, gy = P._sharp_pixels(sub, 3.5, rms, src[:, 0], src[:, 1], r)
+        got = set(zip(gx.tolist(), gy.tolist()))
+        assert got <= every
+        near = {p for p in every if np.hypot(src[:, 0] - p[0], src[:, 1] - p[1]).min() <= r}
+        assert near <= got
