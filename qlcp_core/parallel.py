@@ -102,6 +102,24 @@ def _shutdown() -> None:
         _listener.stop()
 
 
+def _noop(_=None) -> None:
+    return None
+
+
+def warm(workers: int | None = None) -> None:
+    """Start the pool's server and workers in the background (returns at once).
+
+    The fork server imports the science modules and loads astropy's tables
+    (~1-2 s); started at the beginning of a run, that overlaps the listing and
+    the calibration instead of delaying the first frame-level step.
+    """
+    workers = workers or default_workers()
+    pool = _get_pool(workers) if workers > 1 else None
+    if pool is not None:
+        for _ in range(workers):
+            pool.submit(_noop)
+
+
 def pmap(fn: Callable, items: Sequence, workers: int | None = None, progress=None, desc: str = "") -> list:
     """``[fn(x) for x in items]`` over the worker processes, results in order.
 

@@ -19,6 +19,7 @@ from . import dark as dark_mod
 from . import flat as flat_mod
 from .config import Config, load_config
 from . import offset as off_mod
+from . import parallel
 from . import steps as _steps
 from .errors import InputError, QLCPError
 from .io import write_text
@@ -134,6 +135,8 @@ def run(raw_dir, red_dir, steps: str | None = None, obj=None, band=None, use_bia
         progress = progress_factory()
     write_effective_config(red, cfg)
     summary = RunSummary(str(raw), str(red), cfg.steps, cfg.hash())
+    if any(s in cfg.steps for s in "ip"):
+        parallel.warm(cfg.workers)          # worker processes start while l, b, f run
 
     night = get_night(raw, red, cfg, progress, summary.timings)
     summary.listing = night.summary()

@@ -42,14 +42,21 @@ def step_key(cfg: Config, step: str, *inputs) -> str:
 
 
 def fits_key(path: str | Path) -> str | None:
-    """``QLCPKEY`` of an existing FITS product (image or table), None when absent or unreadable."""
-    from astropy.io import fits
+    """``QLCPKEY`` of an existing FITS product (in the primary header, or in the first
+    extension's for tables); None when absent or unreadable.  Reads headers only."""
+    from .io import _header_end, parse_header_fast
 
     try:
-        with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
-            for hdu in hdul:
-                if "QLCPKEY" in hdu.header:
-                    return str(hdu.header["QLCPKEY"])
-    except Exception:
+        with open(path, "rb") as f:
+            buf = f.read(64 * 2880)
+        end = _header_end(buf, 0)
+        prim = parse_header_fast(buf[:end])
+        if "QLCPKEY" in prim:
+            return str(prim["QLCPKEY"])
+        if prim.get("NAXIS", 0) == 0 and prim.get("EXTEND"):
+            ext = parse_header_fast(buf[end:_header_end(buf, end)])
+            if "QLCPKEY" in ext:
+                return str(ext["QLCPKEY"])
+    except (OSError, ValueError, UnicodeDecodeError):
         return None
     return None

@@ -24,7 +24,6 @@ from . import flat as flat_mod
 from . import offset as off_mod
 from . import photometry as phot_mod
 from . import pick as pick_mod
-from . import plotting
 from ._version import __version__
 from .config import STEP_KEYS, Config
 from .correct import bf_path, correct_frames, group_dir
@@ -279,6 +278,8 @@ def differential_step(red, cfg: Config, obj: str, band: str, cata: str, night: s
     bf0 = next(iter(sorted(group_dir(red, obj, band).glob("*.bf.fits"))), None)
     lc.meta.update(object=obj, band=band, night=night)
     files = diff_mod.write_lightcurve(lc, stars, red, obj, band, provenance(red, cfg, _s(bf0)))
+    from . import plotting          # matplotlib: imported only when plotting
+
     png, pdf = Path(red) / f"lc_{obj}_{band}.png", Path(red) / f"lc_{obj}_{band}.pdf"
     plotting.plot_lightcurve(lc, stars, png, pdf, title=f"{obj} {band} {night}".strip())
     log.info("%s %s: light curve of %d target(s), %d check(s) (%s stars)", obj, band,
@@ -296,6 +297,8 @@ def graph_step(red, cfg: Config, obj: str, band: str) -> str:
     stars = Table.read(stars_path, format="ascii.ecsv")
     off = off_mod.read_offsets(red, obj, band)
     image, _ = read_image(off.meta["base_bf"])
+    from . import plotting
+
     out = Path(red) / f"chart_{obj}_{band}.png"
     plotting.plot_chart(image, stars, out, title=f"{obj} {band}: base {off.meta.get('base', '')}")
     return str(out)

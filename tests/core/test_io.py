@@ -49,3 +49,15 @@ def test_atomic_path_leaves_no_partial_file(tmp_path):
                                         ("b.FTS", "b"), ("c.bf.fits", "c.bf")])
 def test_raw_stem(name, stem):
     assert raw_stem(name) == stem
+
+
+def test_fast_header_parse_matches_astropy(tmp_path):
+    from qlcp_core.io import parse_header_fast
+
+    h = fits.Header()
+    h["S"] = ("it's a 'str'  ", "comment / with slash")
+    h["I"], h["F"], h["E"], h["B"], h["N"] = -42, 2460000.123456789, 1.5e-12, True, False
+    h["LONGNAME"] = "x"
+    d = parse_header_fast(h.tostring().encode())
+    for k in h:
+        assert d[k] == h[k], k
