@@ -237,3 +237,72 @@ def read_table_fast(path: str | Path, hdu: int = 1) -> tuple[np.ndarray, dict]:
     for name in dtype.names:
         out[name] = arr[name] == ord("T") if name in logical else arr[name]
     return out, hdr
+
+
+_TCODE = {"b": "L", "u1": "B", "i2": "I", "i4": "J", "i8": "K", "f4": "E", "f8": "D"}
+
+
+def _card(key: str, value) -> str:
+    return fits.Card(key, value).image
+
+
+def write_table_fast(dest: str | Path, table) -> Path:
+    """Write a simple astropy Table (numeric, boolean and string columns, fixed shapes) as a
+    FITS binary table, atomically: the inverse of :func:`read_table_fast`, several times faster
+    than ``Table.write`` for the per-frame catalogues.  Meta values become header cards
+    (strings, numbers, booleans; NaN and other values are left out).  Falls back to
+    :func:`write_table` for anything else.
+    """
+    cols, fields = [], []
+    for name in table.colnames:
+        a = np.asarray(table[name])
+        kind = a.dtype.kind
+        if kind == "U":
+            a = np.char.encode(a, "ascii")
+            kind = "S"
+        if kind == "b":
+            code, fdt = "L", "S1"
+        elif kind == "S":
+            code, fdt = "A", a.dtype.str.replace("|", "")
+        else:
+            code = _TCODE.get(a.dtype.str[1:]) if kind in "iuf" else None
+            if code is None or (kind == "u" and a.dtype.itemsize > 1):
+                return write_table(dest, table)
+            fdt = ">" + a.dtype.str[1:]
+        shape = a.shape[1:]
+        cols.append((name, a, code, shape, fdt))
+        fields.append((name, fdt, shape) if shape else (name, fdt))
+    dtype = np.dtype(fields)
+    rows = np.empty(len(table), dtype=dtype)
+    for name, a, code, shape, fdt in cols:
+        rows[name] = np.where(a, b"T", b"F") if code == "L" else a
+    head = [_card("SIMPLE", True), _card("BITPIX", 8), _card("NAXIS", 0), _card("EXTEND", True)]
+    ext = [_card("XTENSION", "BINTABLE"), _card("BITPIX", 8), _card("NAXIS", 2), _card("NAXIS1", dtype.itemsize),
+           _card("NAXIS2", len(table)), _card("PCOUNT", 0), _card("GCOUNT", 1), _card("TFIELDS", len(cols))]
+    for i, (name, a, code, shape, fdt) in enumerate(cols, 1):
+        rep = int(np.prod(shape)) if shape else 1
+        if code == "A":
+            rep = np.dtype(fdt).itemsize
+        ext.append(_card(f"TTYPE{i}", name))
+        ext.append(_card(f"TFORM{i}", f"{rep}{code}" if rep != 1 else code))
+        if len(shape) >= 1 and code != "A":
+            ext.append(_card(f"TDIM{i}", "(" + ",".join(str(n) for n in shape[::-1]) + ")"))
+    for k, v in table.meta.items():
+        if isinstance(v, (bool, np.bool_, int, np.integer, str)) or (
+                isinstance(v, (float, np.floating)) and np.isfinite(v)):
+            if len(k) <= 8 and k.upper() == k:
+                ext.append(_card(k, v.item() if hasattr(v, "item") else v))
+
+    def block(cards):
+        s = "".join(cards) + "END".ljust(80)
+        s += " " * ((-len(s)) % 2880)
+        return s.encode("ascii")
+
+    data = rows.tobytes()
+    with atomic_path(dest) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(block(head))
+            f.write(block(ext))
+            f.write(data)
+            f.write(b"\0" * ((-len(data)) % 2880))
+    return Path(dest)

@@ -90,7 +90,7 @@ import sep
 from astropy.table import Table
 
 from .errors import InputError
-from .io import raw_stem, read_image, write_table
+from .io import raw_stem, read_image, write_table_fast
 
 log = logging.getLogger("qlcp.photometry")
 
@@ -871,7 +871,7 @@ def photometry_file(bf_path, out_path, cfg, aper=None, key: str | None = None) -
             meta[mkey] = val
     tab.meta = meta
     cat = catalogue_path(bf_path, out_path)
-    write_table(cat, tab)
+    write_table_fast(cat, tab)
     if cfg.draw_phot:
         tab.meta["APER"] = stats["APER"]
         from .plotting import plot_frame_sources

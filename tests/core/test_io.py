@@ -61,3 +61,24 @@ def test_fast_header_parse_matches_astropy(tmp_path):
     d = parse_header_fast(h.tostring().encode())
     for k in h:
         assert d[k] == h[k], k
+
+
+def test_write_table_fast_round_trips_through_astropy(tmp_path):
+    from qlcp_core.io import write_table_fast
+
+    rng = np.random.default_rng(1)
+    t = Table({"X": rng.normal(size=5), "Flux": rng.normal(size=(5, 4)), "Flags": np.arange(5, dtype=np.int32),
+               "ok": np.array([True, False, True, True, False]), "name": ["a", "bb", "c", "d", "e"],
+               "f4": rng.normal(size=5).astype(np.float32)})
+    t.meta.update(JD=2460468.0836805557, APER0=5.0, RAWFILE="SIMV-0001V.fit", NAPER=1, GOOD=True, BAD=float("nan"))
+    p = write_table_fast(tmp_path / "c.fits", t)
+    ref = Table.read(p)
+    for c in t.colnames:
+        got = np.asarray(ref[c])
+        got = np.char.decode(got, "ascii") if got.dtype.kind == "S" else got
+        assert np.array_equal(got, np.asarray(t[c])), c
+    assert ref.meta["JD"] == t.meta["JD"] and ref.meta["RAWFILE"] == "SIMV-0001V.fit" and ref.meta["GOOD"] is True
+    assert "BAD" not in ref.meta
+    arr, hdr = read_table_fast(p)
+    assert np.array_equal(arr["Flux"], t["Flux"]) and hdr["APER0"] == 5.0
+    fits.open(p).verify("exception")           # a valid FITS file
