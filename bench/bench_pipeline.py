@@ -58,7 +58,8 @@ def child_plain(raw: str, red: str, config: str, extra: str) -> dict:
     from qlcp_core import run
     from qlcp_core.pipeline import make_config
 
-    cfg = make_config([config], mode=["EXIST_OVER", "MISS_SKIP"], scr_log="WARNING", **json.loads(extra))
+    cfg = make_config([config], mode=["EXIST_OVER", "MISS_SKIP"], scr_log="WARNING", file_log="INFO",
+                      **json.loads(extra))
     t0 = time.perf_counter()
     summary = run(raw, red, config=cfg)
     return {"wall": time.perf_counter() - t0, "timings": summary.timings}
@@ -69,15 +70,17 @@ def child_prefect(raw: str, red: str, config: str, extra: str) -> dict:
 
     t0 = time.perf_counter()
     res = process_night(raw_dir=raw, red_dir=red, config_files=[config],
-                        config={"mode": ["EXIST_OVER", "MISS_SKIP"], "scr_log": "WARNING", **json.loads(extra)})
+                        config={"mode": ["EXIST_OVER", "MISS_SKIP"], "scr_log": "WARNING", "file_log": "INFO",
+                                **json.loads(extra)})
     return {"wall": time.perf_counter() - t0, "states": res.get("task_states", {})}
 
 
-def run_child(kind: str, raw: Path, red: Path, config: Path, extra: dict, env=None) -> dict:
+def run_child(kind: str, raw: Path, red: Path, config: Path, extra: dict, env=None, keep: bool = False) -> dict:
     """Run one reduction in a child process; add its peak RSS (MiB) from wait4."""
-    shutil.rmtree(red, ignore_errors=True)
+    if not keep:
+        shutil.rmtree(red, ignore_errors=True)
     cmd = [sys.executable, __file__, "--child", kind, str(raw), str(red), str(config), json.dumps(extra)]
-    out_path = red.parent / f".{red.name}.json"
+    out_path = red.parent / f".{red.name}.{kind}.json"
     with open(out_path, "w") as out:
         p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE, text=True, env=env or os.environ.copy())
         _, status, usage = os.wait4(p.pid, 0)
@@ -106,6 +109,22 @@ def lc_scatter(red: Path) -> dict:
     return out
 
 
+def our_scatter(red: Path, night: Path) -> dict:
+    """The same scatter estimators as for the original, on our light curve (aperture 0)."""
+    import numpy as np
+    from astropy.table import Table
+
+    sys.path.insert(0, str(HERE))
+    import original_qlcp as orig
+
+    lc = Table.read(next(red.glob("lc_*.ecsv")))
+    fr = Table.read(night / "truth" / "frames.ecsv")
+    ok = np.asarray(lc["ok"], bool) & np.isfinite(np.asarray(lc["mag_t0_a0"], float))
+    truth = -2.5 * np.log10(np.asarray(fr["target_rel_flux"], float))
+    return {"check_p2p_mag": orig.p2p_scatter(np.asarray(lc["mag_c0_a0"], float)[ok]),
+            "target_resid_robust_std_mag": orig.robust_std((np.asarray(lc["mag_t0_a0"], float) - truth)[ok])}
+
+
 def print_steps(name: str, res: dict, frames: int) -> None:
     print(f"\n{name}: {res['wall']:.1f} s wall, {res['wall'] / frames:.3f} s/frame, peak {res['peak_mib']:.0f} MiB")
     tim = res.get("timings") or {}
@@ -124,6 +143,7 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", default=os.environ.get("QLCP_BENCH_DIR", "/tmp/qlcp-bench"))
     ap.add_argument("--scaling", default="", help="comma list of frame counts: peak memory per count")
     ap.add_argument("--prefect", action="store_true", help="also run the Prefect flow (needs PREFECT_API_URL)")
+    ap.add_argument("--no-embedded", action="store_true", help="with --prefect: skip the embedded start-up timing")
     ap.add_argument("--original", action="store_true", help="also run the original QLCP on the same night")
     ap.add_argument("--steps", default="lbfiopcd",
                     help="steps of the plain run (default lbfiopcd, the original's chain for the comparison)")
@@ -158,26 +178,55 @@ def main(argv=None) -> int:
         if not os.environ.get("PREFECT_API_URL"):
             print("\n--prefect: set PREFECT_API_URL to a running server (prefect server start); skipped")
         else:
-            cold = run_child("prefect", night / "raw", work / "red_prefect", cfg, stars)
-            warm = run_child("prefect", night / "raw", work / "red_prefect2", cfg, stars)
-            print(f"\nPrefect flow (server {os.environ['PREFECT_API_URL']}): first {cold['wall']:.1f} s, "
-                  f"again in a new red dir {warm['wall']:.1f} s; overhead vs plain "
-                  f"{100 * (warm['wall'] / plain['wall'] - 1):+.0f} %")
+            env = dict(os.environ, QLCP_RESULTS=str(work / "prefect-results"))
+            shutil.rmtree(work / "prefect-results", ignore_errors=True)
+            red = work / "red_prefect"
+            cold = run_child("prefect", night / "raw", red, cfg, stars, env=env)
+            warm = run_child("prefect", night / "raw", red, cfg, stars, env=env, keep=True)
+            print(f"\nPrefect flow against {os.environ['PREFECT_API_URL']}:")
+            print(f"  first run {cold['wall']:.1f} s ({cold['wall'] / a.frames:.3f} s/frame), "
+                  f"overhead vs plain {100 * (cold['wall'] / plain['wall'] - 1):+.0f} %, peak {cold['peak_mib']:.0f} MiB")
+            print(f"  rerun, nothing changed: {warm['wall']:.1f} s, states {warm['states']}; "
+                  f"{cold['wall'] / warm['wall']:.0f}x faster than the first run")
+        if not a.no_embedded:
+            t0 = time.perf_counter()
+            env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+            env["PREFECT_HOME"] = str(work / "prefect-home-embedded")
+            shutil.rmtree(env["PREFECT_HOME"], ignore_errors=True)
+            os.makedirs(env["PREFECT_HOME"])
+            code = "from prefect import flow\n@flow\ndef f(): return 1\nf()\nf()"
+            subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True)
+            first = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True)
+            print(f"  embedded mode start-up (no PREFECT_API_URL; process with two trivial flow runs): "
+                  f"{first:.1f} s with a fresh database, {time.perf_counter() - t0:.1f} s with an existing one")
 
     if a.original:
         sys.path.insert(0, str(HERE))
         import original_qlcp as orig
 
         try:
-            res = orig.bench_original(night, work / "red_original", stars)
-        except Exception as e:  # the original is optional: say why and go on
+            python = orig.setup_original()
+            st = orig.truth_stars(night, n_check=1)
+            red_o = work / "red_original"
+            res = orig.run_original(night / "raw", red_o, python, st["starxy"], st["ind_tgt"], st["ind_ref"],
+                                    st["ind_chk"], aper=5.0, steps="lbfiopcd", site=orig.site_from_night(night))
+            sc = orig.original_scatter(red_o, 5.0, truth_dir=night / "truth", source="fits",
+                                       ind_ref=st["ind_ref"], ind_tgt=st["ind_tgt"], ind_chk=st["ind_chk"])
+        except orig.OriginalError as e:  # the original is optional: say why and go on
             print(f"\noriginal QLCP not available: {e}")
         else:
-            ratio = res["seconds"] / plain["wall"]
-            print(f"\noriginal QLCP v2024.6 ({res.get('steps', 'lbfiopcd')}): {res['seconds']:.1f} s, "
-                  f"{res['seconds'] / a.frames:.3f} s/frame")
-            print(f"  light curve: {res.get('scatter')}")
-            print(f"speed-up of QLCP over the original, end to end: {ratio:.1f}x")
+            ours = our_scatter(work / "red_plain", night)
+            print(f"\noriginal QLCP {res['version']} (lbfiopcd, SExtractor, single-threaded): "
+                  f"{res['seconds']:.1f} s, {res['seconds_per_frame']:.3f} s/frame "
+                  f"(steps: {', '.join(f'{k} {v:.3f}' for k, v in res['step_seconds_per_frame'].items())})")
+            print(f"  check star p2p scatter: original {1e3 * sc['check_p2p_mag']:.2f} mmag, "
+                  f"ours {1e3 * ours['check_p2p_mag']:.2f} mmag")
+            print(f"  target minus truth (robust std): original {1e3 * sc['target_resid_robust_std_mag']:.2f} mmag, "
+                  f"ours {1e3 * ours['target_resid_robust_std_mag']:.2f} mmag")
+            print(f"speed-up of QLCP over the original, end to end, same night and stars: "
+                  f"{res['seconds'] / plain['wall']:.1f}x")
     return 0
 
 

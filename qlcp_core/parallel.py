@@ -14,10 +14,12 @@ which may not have children) runs everything in the calling process.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import logging.handlers
 import multiprocessing as mp
 import os
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -102,6 +104,29 @@ def _shutdown() -> None:
         _listener.stop()
 
 
+@contextlib.contextmanager
+def _main_hidden():
+    """Start workers without making them re-import the caller's ``__main__``.
+
+    With forkserver (as with spawn) a new worker imports the main script again,
+    so a script that calls ``qlcp_core.run`` at top level without an
+    ``if __name__ == "__main__":`` guard would run again in every worker.  The
+    jobs only need ``qlcp_core``, so the main module's location is hidden while
+    workers start.
+    """
+    main = sys.modules.get("__main__")
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if main is not None and k in main.__dict__}
+    try:
+        if main is not None:
+            main.__dict__.pop("__file__", None)
+            if "__spec__" in saved:
+                main.__spec__ = None
+        yield
+    finally:
+        if main is not None:
+            main.__dict__.update(saved)
+
+
 def _noop(_=None) -> None:
     return None
 
@@ -116,8 +141,9 @@ def warm(workers: int | None = None) -> None:
     workers = workers or default_workers()
     pool = _get_pool(workers) if workers > 1 else None
     if pool is not None:
-        for _ in range(workers):
-            pool.submit(_noop)
+        with _lock, _main_hidden():
+            for _ in range(workers):
+                pool.submit(_noop)
 
 
 def pmap(fn: Callable, items: Sequence, workers: int | None = None, progress=None, desc: str = "") -> list:
@@ -134,7 +160,8 @@ def pmap(fn: Callable, items: Sequence, workers: int | None = None, progress=Non
         it = progress(items, desc=desc) if progress else items
         return [fn(x) for x in it]
     caller = threading.get_ident()
-    futs = {pool.submit(_call, fn, x, caller): i for i, x in enumerate(items)}
+    with _lock, _main_hidden():
+        futs = {pool.submit(_call, fn, x, caller): i for i, x in enumerate(items)}
     out = [None] * len(items)
     done = as_completed(futs)
     if progress:
