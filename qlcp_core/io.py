@@ -22,6 +22,10 @@ from .errors import InputError, TransientIOError
 
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.fz", ".fit.fz", ".fz")
 
+# mkstemp makes files 0600; products should get the usual permissions (umask applied)
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 def raw_stem(path: str | Path) -> str:
     """File name without its FITS suffix(es): ``UYUMa-0003I.fit`` -> ``UYUMa-0003I``."""
@@ -44,6 +48,7 @@ def atomic_path(dest: str | Path):
     dest.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(dest.suffixes[-2:]) if dest.name.endswith(".fits.fz") else dest.suffix
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=f".tmp{suffix}", dir=dest.parent)
+    os.fchmod(fd, 0o666 & ~_UMASK)
     os.close(fd)
     tmp = Path(tmp)
     try:

@@ -43,6 +43,10 @@ def test_atomic_path_leaves_no_partial_file(tmp_path):
     with atomic_path(dest) as tmp:
         tmp.write_bytes(b"whole")
     assert dest.read_bytes() == b"whole" and list(tmp_path.iterdir()) == [dest]
+    import os
+    mask = os.umask(0)
+    os.umask(mask)
+    assert dest.stat().st_mode & 0o777 == 0o666 & ~mask         # not mkstemp's 0600
 
 
 @pytest.mark.parametrize("name, stem", [("UYUMa-0003I.fit", "UYUMa-0003I"), ("a_V_001.fits.fz", "a_V_001"),
