@@ -134,7 +134,8 @@ def process_night(raw_dir: str, red_dir: str, config: dict | None = None, config
     t_start = time.perf_counter()
     plog = get_run_logger()
     bridge_logging()
-    cfg = make_config(config_files, **(config or {}), steps=steps, obj=obj, band=band)
+    given = {k: v for k, v in (("steps", steps), ("obj", obj), ("band", band)) if v is not None}
+    cfg = make_config(config_files, **{**(config or {}), **given})
     raw, red = check_dirs(raw_dir, red_dir)
     write_effective_config(red, cfg)
     cfgd = cfg.plain(only_set=True)

@@ -154,3 +154,13 @@ def test_bad_config_fails_before_any_task(two_band_night, tmp_path):
     with pytest.raises(ConfigError, match="gain"):
         process_night(raw_dir=str(raw), red_dir=str(tmp_path / "red"), config={"gain": -2})
     assert not (tmp_path / "red").exists()
+
+
+def test_steps_in_config_and_as_parameter(two_band_night, tmp_path):
+    raw, v = two_band_night
+    from flows.night import process_night
+
+    out = process_night(raw_dir=str(raw), red_dir=str(tmp_path / "red"), config_files=[str(v.config_path)],
+                        config={"steps": "lbfi", "band": ["V"]}, steps="lb")
+    assert (tmp_path / "red" / "bias.fits").is_file() and not (tmp_path / "red" / "flat_V.fits").exists()
+    assert out["groups"][0]["band"] == "V"
