@@ -94,23 +94,68 @@ def run_serve(a) -> int:
     from prefect import serve
 
     tz = site_timezone(a.config, a.timezone)
-    deps = build_deployments(a.raw_root, a.red_root, a.config, tz, a.reprocess_cron, a.sweep_cron)
-    print(f"serving process-night, reprocess ({a.reprocess_cron} {tz}), dawn-sweep ({a.sweep_cron} {tz}) "
-          f"on {os.environ['PREFECT_API_URL']}", flush=True)
-    serve(*deps, limit=a.limit)
-    return 0
+    api = os.environ["PREFECT_API_URL"]
+    while True:
+        deps = build_deployments(a.raw_root, a.red_root, a.config, tz, a.reprocess_cron, a.sweep_cron)
+        print(f"serving process-night, reprocess ({a.reprocess_cron} {tz}), dawn-sweep ({a.sweep_cron} {tz}) "
+              f"on {api}", flush=True)
+        try:
+            serve(*deps, limit=a.limit, pause_on_shutdown=False)   # a restart must not leave them paused
+            return 0                    # SIGTERM / SIGINT: Prefect's graceful shutdown
+        except Exception as e:
+            # Prefect's runner gives up after 3 failed polls in a row (15 s to minutes without the API,
+            # depending on its client's retries): wait for the API and serve again instead of exiting
+            if not _api_outage(e, api):
+                raise
+            log.warning("Prefect API %s unreachable (%s: %s): serving again once it answers", api,
+                        type(e).__name__, str(e).strip().splitlines()[0] if str(e).strip() else "")
+        _wait_for_api(api)
+
+
+def _healthy(api_url: str) -> bool:
+    try:
+        with urllib.request.urlopen(api_url.rstrip("/") + "/health", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def _api_outage(e: BaseException, api_url: str) -> bool:
+    """Whether ``e``, which ended ``prefect.serve``, comes from an unreachable or failing API."""
+    import httpx
+
+    todo, seen = [e], set()
+    while todo:
+        x = todo.pop()
+        if x is None or id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, httpx.TransportError) or (isinstance(x, RuntimeError) and "error threshold" in str(x)):
+            return True
+        if isinstance(x, BaseExceptionGroup):
+            todo.extend(x.exceptions)
+        todo.extend((x.__cause__, x.__context__))
+    return not _healthy(api_url)
+
+
+def _wait_for_api(api_url: str, every: float = 2.0, report: float = 300.0) -> None:
+    """Wait (without limit: this is a service) until the API answers; SIGTERM exits cleanly meanwhile."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))   # Prefect's runner handler assumes a live runner
+    t0 = last = time.monotonic()
+    while not _healthy(api_url):
+        if time.monotonic() - last >= report:
+            last = time.monotonic()
+            log.warning("Prefect API %s still unreachable after %.0f s", api_url, last - t0)
+        time.sleep(every)
+    print(f"Prefect API {api_url} is back after {time.monotonic() - t0:.0f} s", flush=True)
 
 
 # ------------------------------------------------------------------- qlcp up
 def wait_healthy(api_url: str, timeout: float = 120.0) -> None:
     t_end = time.monotonic() + timeout
     while time.monotonic() < t_end:
-        try:
-            with urllib.request.urlopen(api_url.rstrip("/") + "/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
+        if _healthy(api_url):
+            return
         time.sleep(0.5)
     raise InputError(f"Prefect server at {api_url} not healthy after {timeout:.0f} s")
 

@@ -211,14 +211,7 @@ def process_night(raw_dir: str, red_dir: str, config: dict | None = None, config
         g["bf"] = core.corrected_files(red, g["obj"], g["band"], g["raw"])
         g["corrected"] = len(g["bf"])
 
-    if "o" in cfg.steps:
-        its = {(g["obj"], g["band"]): R.submit(T.offset_task, f"o-{g['obj']}-{g['band']}", red_dir=rd, cfg=cfgd,
-                                               obj=g["obj"], band=g["band"], bf_files=g["bf"]) for g in alive()}
-        for key, it in its.items():
-            res, st = R.result(it)
-            if res is None:
-                fail(G[key], "o", st)
-
+    # p before o, as in the plain driver: alignment then reads the catalogues' star lists
     if "p" in cfg.steps:
         pending = {(g["obj"], g["band"]): [R.submit(T.photometry_task, f"p-{g['obj']}-{g['band']}-{k}", red_dir=rd,
                                                     cfg=cfgd, bf_files=c)
@@ -233,6 +226,15 @@ def process_night(raw_dir: str, red_dir: str, config: dict | None = None, config
                     break
                 G[key]["rejected"] += [[Path(s["bf"]).name, s["error"]] for s in res["frames"] if s.get("error")]
                 advance(len(it[2]["bf_files"]))
+    if "o" in cfg.steps:
+        its = {(g["obj"], g["band"]): R.submit(T.offset_task, f"o-{g['obj']}-{g['band']}", red_dir=rd, cfg=cfgd,
+                                               obj=g["obj"], band=g["band"], bf_files=g["bf"],
+                                               cat_files=core.catalogue_files(g["bf"])) for g in alive()}
+        for key, it in its.items():
+            res, st = R.result(it)
+            if res is None:
+                fail(G[key], "o", st)
+
     update_progress_artifact(artifact_id=progress_id, progress=100.0)
 
     for g in alive():

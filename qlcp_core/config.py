@@ -296,7 +296,7 @@ STEP_KEYS: dict[str, tuple[str, ...]] = {
     "f": ("combine_sigma", "flat_limit_low", "flat_limit_high", "use_flat", "alt_flat", "use_dark", "exptime_key"),
     "i": ("site_lon", "site_lat", "site_ele", "border_cut", "date_key", "time_key", "time_ref", "exptime_key",
           "ra_key", "dec_key", "alt_coord", "use_dark"),
-    "o": ("offset_max_dis", "base_img", "saturation", "detect_minarea"),
+    "o": ("offset_max_dis", "base_img", "saturation", "detect_minarea"),     # + the catalogues' content
     "p": ("aper", "gain", "rdnoise", "saturation", "detect_thresh", "detect_minarea", "sky_annulus",
           "draw_phot", "draw_phot_err", "phot_back_mesh", "phot_deblend_nthresh"),
     "k": ("pick_err_max", "pick_bad_max", "pick_var_std", "pick_var_rad", "pick_ref_n", "pick_ref_std",

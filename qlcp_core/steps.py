@@ -102,7 +102,7 @@ def offset_step(red, cfg: Config, obj: str, band: str, bf_files) -> str:
     if not bf_files:
         raise MissingInputError(f"{obj} {band}: no corrected frames for step o (run step i first)")
     ecsv, _ = off_mod.offset_paths(red, obj, band)
-    key = step_key(cfg, "o", *bf_files)
+    key = step_key(cfg, "o", *bf_files, *catalogue_files(bf_files))   # star lists come from the catalogues
     if ecsv.is_file() and not cfg.mode.should_write(ecsv, aggregate=True, current=_ecsv_key(ecsv) == key):
         return str(ecsv)
     table = off_mod.compute_offsets([Path(f) for f in bf_files], cfg, cfg.base_img, star_lists=catalogue_stars)

@@ -68,8 +68,10 @@ def correct_task(red_dir: str, cfg: dict, obj: str, band: str, files: list[str],
     return {**res, "outputs": res["outputs"]}
 
 
-@task(name="offsets", **task_options("o", file_params=("bf_files",), value_params=("obj", "band")))
-def offset_task(red_dir: str, cfg: dict, obj: str, band: str, bf_files: list[str]) -> dict:
+@task(name="offsets", **task_options("o", file_params=("bf_files", "cat_files"), value_params=("obj", "band")))
+def offset_task(red_dir: str, cfg: dict, obj: str, band: str, bf_files: list[str],
+                cat_files: list[str] | None = None) -> dict:
+    """Step o; ``cat_files`` (the catalogues step o reads its star lists from) only key the cache."""
     with task_log(red_dir, "o", config_of(cfg)):
         path = core.offset_step(red_dir, config_of(cfg), obj, band, bf_files)
     return {"path": path, "outputs": [path]}
