@@ -66,12 +66,13 @@ def child_plain(raw: str, red: str, config: str, extra: str) -> dict:
 
 
 def child_prefect(raw: str, red: str, config: str, extra: str) -> dict:
-    from flows.night import process_night
+    from flows.night import interactive_settings, process_night
 
     t0 = time.perf_counter()
-    res = process_night(raw_dir=raw, red_dir=red, config_files=[config],
-                        config={"mode": ["EXIST_OVER", "MISS_SKIP"], "scr_log": "WARNING", "file_log": "INFO",
-                                **json.loads(extra)})
+    with interactive_settings():          # as qlcp run does
+        res = process_night(raw_dir=raw, red_dir=red, config_files=[config],
+                            config={"mode": ["EXIST_OVER", "MISS_SKIP"], "scr_log": "WARNING", "file_log": "INFO",
+                                    **json.loads(extra)})
     return {"wall": time.perf_counter() - t0, "states": res.get("task_states", {})}
 
 

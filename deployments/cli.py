@@ -127,10 +127,11 @@ def _reduce(raw, red, cfg, no_prefect: bool, refresh: bool = False, runner: str 
         if not os.environ.get("PREFECT_API_URL"):
             print("starting Prefect's embedded server (set PREFECT_API_URL to use a running one) ...",
                   file=sys.stderr, flush=True)
-        from flows.night import night_flow
+        from flows.night import interactive_settings, night_flow
 
-        summary = night_flow(runner, dask_address)(raw_dir=str(raw), red_dir=str(red),
-                                                   config=cfg.plain(only_set=True), refresh=refresh)
+        with interactive_settings():
+            summary = night_flow(runner, dask_address)(raw_dir=str(raw), red_dir=str(red),
+                                                       config=cfg.plain(only_set=True), refresh=refresh)
     _print_summary(summary, time.perf_counter() - t0)
     return 1 if any(g.get("error") for g in summary["groups"]) else 0
 

@@ -30,6 +30,7 @@ from prefect.artifacts import (
 from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from qlcp_core import parallel
 from qlcp_core import steps as core
 from qlcp_core.bias import select_bias
 from qlcp_core.dark import select_dark
@@ -38,6 +39,7 @@ from qlcp_core.flat import select_flat
 from qlcp_core.io import write_json
 from qlcp_core.listing import scan_files
 from qlcp_core.offset import offset_paths
+from qlcp_core.provenance import file_identity
 from qlcp_core.pipeline import check_dirs, make_config, write_effective_config
 from tasks import steps as T
 from tasks.common import bridge_logging, results_dir
@@ -46,7 +48,7 @@ log = logging.getLogger("qlcp.flows")
 
 #: frames per correction / photometry task: large enough that Prefect's
 #: per-task cost (~10-30 ms) is small against the science (~0.1 s per frame)
-DEFAULT_CHUNK = 25
+DEFAULT_CHUNK = 50
 
 
 def artifact_key(*parts: str) -> str:
@@ -144,10 +146,12 @@ def process_night(raw_dir: str, red_dir: str, config: dict | None = None, config
     rs, rd = str(raw), str(red)
 
     # ---- l: classify the night
-    files = [str(p) for p in scan_files(raw)]
+    files = [[str(p), *file_identity(p)[1:]] for p in scan_files(raw)]
     night, st = R.result(R.submit(T.list_task, "l", raw_dir=rs, red_dir=rd, cfg=cfgd, raw_files=files))
     if night is None:
         raise QLCPError(f"{raw}: listing failed: {_error(st)}")
+    if st.name != "Cached" and any(s in cfg.steps for s in "ip"):
+        parallel.warm(cfg.workers)      # a new night: frame workers start while it is calibrated
     groups = [(o, b, fl) for o, b, fl in night["groups"]]
     if not groups:
         plog.warning("%s: no science frames to reduce (%s)", raw, night["summary"])
@@ -287,6 +291,19 @@ def process_night(raw_dir: str, red_dir: str, config: dict | None = None, config
     if groups and len(failed) == len(groups):
         raise QLCPError(f"{raw}: every group failed; first: {failed[0]['error']}")
     return summary
+
+
+def interactive_settings():
+    """Prefect settings for a flow run from the command line: no flow heartbeat.
+
+    The heartbeat (every 180 s by default) lets a server notice a crashed run;
+    for ``qlcp run`` in a terminal it only adds a ~1 s join at the end of every
+    run (see the Prefect notes).  Served deployments keep it.
+    """
+    import prefect.settings as ps
+    from prefect.settings import temporary_settings
+
+    return temporary_settings(updates={ps.PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
 
 
 def night_flow(runner: str = "thread", dask_address: str | None = None, workers: int = 2):

@@ -71,6 +71,9 @@ class _FingerprintMemo:
         path = results_dir() / "fingerprints.sqlite"
         if self._db is None or self._path != path:
             self._db = sqlite3.connect(path, check_same_thread=False, timeout=30)
+            # a memo, not a record: losing the last entries in a power cut only costs a re-hash
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=OFF")
             self._db.execute("CREATE TABLE IF NOT EXISTS fp (path TEXT PRIMARY KEY, size INT, mtime INT, sha TEXT)")
             self._path = path
         return self._db
@@ -106,6 +109,17 @@ def fingerprint(path: str | Path | None) -> str | None:
     return None if path is None else _memo.sha(path)
 
 
+def _fingerprints(paths: list[str]) -> list[list]:
+    """[name, sha256] of each path; new files are hashed by a few threads (hashlib releases the GIL)."""
+    if len(paths) < 4:
+        return [[Path(p).name, fingerprint(p)] for p in paths]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as ex:
+        shas = list(ex.map(fingerprint, paths))
+    return [[Path(p).name, s] for p, s in zip(paths, shas)]
+
+
 # ------------------------------------------------------------------ cache keys
 def _flatten_paths(v) -> list[str]:
     if v is None:
@@ -136,8 +150,7 @@ def cache_key_for(step: str, file_params: tuple[str, ...] = (), value_params: tu
             "version": __version__,
             "red_dir": str(Path(parameters.get("red_dir", "")).resolve()),
             "cfg": cfg.subset(STEP_KEYS[step]),
-            "files": {n: [[Path(p).name, fingerprint(p)] for p in _flatten_paths(parameters.get(n))]
-                      for n in file_params},
+            "files": {n: _fingerprints(_flatten_paths(parameters.get(n))) for n in file_params},
             "values": {n: parameters.get(n) for n in value_params},
         }
         digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()

@@ -19,9 +19,14 @@ from qlcp_core.listing import list_night
 from .common import config_of, task_log, task_options
 
 
-@task(name="list-night", **task_options("l", file_params=("raw_files",), value_params=("raw_dir",)))
-def list_task(raw_dir: str, red_dir: str, cfg: dict, raw_files: list[str]) -> dict:
-    """Step l: classify the night (``raw_files`` only keys the cache: the directory is rescanned)."""
+@task(name="list-night", **task_options("l", value_params=("raw_dir", "raw_files")))
+def list_task(raw_dir: str, red_dir: str, cfg: dict, raw_files: list) -> dict:
+    """Step l: classify the night.
+
+    ``raw_files`` — [path, size, mtime_ns] of every file — only keys the cache (the
+    directory is rescanned): the listing reads names and headers, so their identity
+    suffices here; every later step keys on the content of the frames it reads.
+    """
     c = config_of(cfg)
     with task_log(red_dir, "l", c):
         night = list_night(raw_dir, red_dir, c, write="l" in c.steps)
