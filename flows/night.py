@@ -196,40 +196,34 @@ def process_night(raw_dir: str, red_dir: str, config: dict | None = None, config
 
     alive = lambda: [g for g in G.values() if not g["error"]]  # noqa: E731
 
-    if "i" in cfg.steps:
-        pending = {(g["obj"], g["band"]): [R.submit(T.correct_task, f"i-{g['obj']}-{g['band']}-{k}", red_dir=rd,
-                                                    cfg=cfgd, obj=g["obj"], band=g["band"], files=c, bias=bias,
-                                                    flat=flats.get(g["band"]), dark=dark)
-                                           for k, c in enumerate(_chunks(g["raw"], chunk))]
+    def chunked(step, task, files_key, param, extra, rejected_of):
+        """One task per chunk of frames, every group at once; a failed chunk fails its group."""
+        pending = {(g["obj"], g["band"]): [R.submit(task, f"{step}-{g['obj']}-{g['band']}-{k}", red_dir=rd,
+                                                    cfg=cfgd, **extra(g), **{param: c})
+                                           for k, c in enumerate(_chunks(g[files_key], chunk))]
                    for g in alive()}
         wait([it[3] for its in pending.values() for it in its])
         for key, its in pending.items():
             for it in its:
                 res, st = R.result(it)
                 if res is None:
-                    fail(G[key], "i", st)
+                    fail(G[key], step, st)
                     break
-                G[key]["rejected"] += res["rejected"]
-                advance(len(it[2]["files"]))
+                G[key]["rejected"] += rejected_of(res)
+                advance(len(it[2][param]))
+
+    if "i" in cfg.steps:
+        chunked("i", T.correct_task, "raw", "files",
+                lambda g: dict(obj=g["obj"], band=g["band"], bias=bias, flat=flats.get(g["band"]), dark=dark),
+                lambda r: r["rejected"])
     for g in G.values():
         g["bf"] = core.corrected_files(red, g["obj"], g["band"], g["raw"])
         g["corrected"] = len(g["bf"])
 
     # p before o, as in the plain driver: alignment then reads the catalogues' star lists
     if "p" in cfg.steps:
-        pending = {(g["obj"], g["band"]): [R.submit(T.photometry_task, f"p-{g['obj']}-{g['band']}-{k}", red_dir=rd,
-                                                    cfg=cfgd, bf_files=c)
-                                           for k, c in enumerate(_chunks(g["bf"], chunk))]
-                   for g in alive()}
-        wait([it[3] for its in pending.values() for it in its])
-        for key, its in pending.items():
-            for it in its:
-                res, st = R.result(it)
-                if res is None:
-                    fail(G[key], "p", st)
-                    break
-                G[key]["rejected"] += [[Path(s["bf"]).name, s["error"]] for s in res["frames"] if s.get("error")]
-                advance(len(it[2]["bf_files"]))
+        chunked("p", T.photometry_task, "bf", "bf_files", lambda g: {},
+                lambda r: [[Path(s["bf"]).name, s["error"]] for s in r["frames"] if s.get("error")])
     if "o" in cfg.steps:
         its = {(g["obj"], g["band"]): R.submit(T.offset_task, f"o-{g['obj']}-{g['band']}", red_dir=rd, cfg=cfgd,
                                                obj=g["obj"], band=g["band"], bf_files=g["bf"],
