@@ -481,9 +481,10 @@ class _FakeServe:
         self.errors = list(errors)
         self.calls = 0
 
-    def __call__(self, *deployments, limit=None):
+    def __call__(self, *deployments, limit=None, pause_on_shutdown=True):
         self.calls += 1
         assert sorted(d.name for d in deployments) == ["dawn-sweep", "process-night", "reprocess"]
+        assert pause_on_shutdown is False           # a restarted serve must not leave them paused
         if self.errors:
             raise self.errors.pop(0)
 
