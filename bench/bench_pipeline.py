@@ -65,12 +65,12 @@ def child_plain(raw: str, red: str, config: str, extra: str) -> dict:
     return {"wall": time.perf_counter() - t0, "timings": summary.timings}
 
 
-def child_prefect(raw: str, red: str, config: str, extra: str) -> dict:
+def child_prefect(raw: str, red: str, config: str, extra: str, refresh: bool = False) -> dict:
     from flows.night import interactive_settings, process_night
 
     t0 = time.perf_counter()
     with interactive_settings():          # as qlcp run does
-        res = process_night(raw_dir=raw, red_dir=red, config_files=[config],
+        res = process_night(raw_dir=raw, red_dir=red, config_files=[config], refresh=refresh,
                             config={"mode": ["EXIST_OVER", "MISS_SKIP"], "scr_log": "WARNING", "file_log": "INFO",
                                     **json.loads(extra)})
     return {"wall": time.perf_counter() - t0, "states": res.get("task_states", {})}
@@ -152,7 +152,11 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.child:
         kind, raw, red, config, extra = a.child
-        res = {"plain": child_plain, "prefect": child_prefect}[kind](raw, red, config, extra)
+        if extra.startswith("@"):            # @file: the JSON in a file (for paired timing tools)
+            extra = Path(extra[1:]).read_text()
+        # prefect-refresh: a first run's work (every task recomputed) for paired timing
+        res = {"plain": child_plain, "prefect": child_prefect,
+               "prefect-refresh": lambda *x: child_prefect(*x, refresh=True)}[kind](raw, red, config, extra)
         print(json.dumps(res, default=str))
         return 0
 

@@ -27,7 +27,7 @@ from . import timing
 from .config import Config
 from .errors import InputError, QLCPError
 from .flat import load_flat
-from .io import raw_stem, read_header, read_image, write_fits
+from .io import fingerprint_record, raw_stem, read_header, read_image, write_fits
 from .provenance import fits_key, step_key
 
 log = logging.getLogger("qlcp.correct")
@@ -39,6 +39,9 @@ class CorrectResult:
 
     outputs: list[str] = field(default_factory=list)
     rejected: list[tuple[str, str]] = field(default_factory=list)
+    #: path -> [size, mtime_ns, sha256] of each frame written, hashed while it is fresh in the
+    #: page cache (by the worker that wrote it), so an orchestrator keying caches on content need not re-read it
+    fingerprints: dict = field(default_factory=dict)
 
 
 def group_dir(red_dir: str | Path, obj: str, band: str) -> Path:
@@ -105,7 +108,7 @@ def _reject(result: CorrectResult, f: Path, why: str) -> None:
 
 def correct_frames(files: list[Path], obj: str, band: str, red_dir: str | Path, cfg: Config,
                    bias: Path | None = None, flat: Path | None = None, dark: Path | None = None,
-                   progress=None) -> CorrectResult:
+                   progress=None, fingerprint: bool = False) -> CorrectResult:
     """Correct the science frames ``files`` of one (object, band) group.
 
     Parameters
@@ -120,6 +123,8 @@ def correct_frames(files: list[Path], obj: str, band: str, red_dir: str | Path, 
         Masters from :func:`select_bias`, :func:`select_flat`, :func:`select_dark`.
     progress : callable, optional
         Wraps an iterable to show progress.
+    fingerprint : bool
+        Also return [size, mtime_ns, sha256] of every frame written (``fingerprints``).
     """
     result = CorrectResult()
     files = [Path(f) for f in files]
@@ -197,6 +202,8 @@ def correct_frames(files: list[Path], obj: str, band: str, red_dir: str | Path, 
             out_hdr.add_history("QLCP step i: (raw - bias - dark*t) / flat")
             write_fits(outs[f], data.astype(np.float32, copy=False), out_hdr)
             result.outputs.append(str(outs[f]))
+            if fingerprint:
+                result.fingerprints[str(outs[f])] = fingerprint_record(outs[f])
             n_done += 1
     result.outputs.sort()
     log.info("%s %s: %d frames corrected, %d kept from before, %d rejected", obj, band, n_done,

@@ -128,6 +128,12 @@ def read_image(path: str | Path, dtype=np.float32) -> tuple[np.ndarray, fits.Hea
         raise InputError(f"{path}: unreadable FITS ({type(e).__name__}: {e})") from None
 
 
+def fingerprint_record(path: str | Path) -> list:
+    """[size, mtime_ns, sha256] of a file (what a content-keyed cache needs to trust it later)."""
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns, file_fingerprint(path)]
+
+
 def file_fingerprint(path: str | Path) -> str:
     """sha256 of a file's content (hex)."""
     h = hashlib.sha256()

@@ -878,5 +878,5 @@ def photometry_file(bf_path, out_path, cfg, aper=None, key: str | None = None) -
 
         plot_frame_sources(data, tab, cat.with_name(cat.name[: -len(".fits")] + ".png"), cfg.draw_phot_err,
                            title=cat.name[: -len(".cat.fits")])
-    log.info("%s: %d sources, FWHM %.2f px, sky %.1f", cat.name, stats["NSTARS"], stats["FWHM"], stats["SKY"])
+    log.debug("%s: %d sources, FWHM %.2f px, sky %.1f", cat.name, stats["NSTARS"], stats["FWHM"], stats["SKY"])
     return {**stats, "file": str(cat)}

@@ -28,7 +28,7 @@ from ._version import __version__
 from .config import STEP_KEYS, Config
 from .correct import bf_path, correct_frames, group_dir
 from .errors import InputError, MissingInputError
-from .io import file_fingerprint, raw_stem, read_image, read_table_fast
+from .io import file_fingerprint, fingerprint_record, raw_stem, read_image, read_table_fast
 from .parallel import default_workers, pmap
 from .provenance import fits_key, step_key
 
@@ -65,28 +65,33 @@ def flat_step(red, cfg: Config, band: str, files, bias=None, dark=None, progress
 
 # ---------------------------------------------------------------------- i
 def _correct_chunk(args) -> dict:
-    files, obj, band, red, cfg, bias, flat, dark = args
+    files, obj, band, red, cfg, bias, flat, dark, fingerprints = args
     res = correct_frames([Path(f) for f in files], obj, band, red, cfg, Path(bias) if bias else None,
-                         Path(flat) if flat else None, Path(dark) if dark else None)
-    return {"outputs": list(res.outputs), "rejected": [list(r) for r in res.rejected]}
+                         Path(flat) if flat else None, Path(dark) if dark else None, fingerprint=fingerprints)
+    return {"outputs": list(res.outputs), "rejected": [list(r) for r in res.rejected],
+            "fingerprints": res.fingerprints}
 
 
 def correct_step(red, cfg: Config, obj: str, band: str, files, bias=None, flat=None, dark=None,
-                 progress=None) -> dict:
+                 progress=None, fingerprints: bool = False) -> dict:
     """Step i for (a chunk of) one group: ``{"outputs": [...], "rejected": [[file, reason], ...]}``.
 
     Frames are split in chunks over ``cfg.workers`` processes (times are
-    vectorised per chunk; results do not depend on the split).
+    vectorised per chunk; results do not depend on the split).  ``fingerprints``
+    adds ``{path: [size, mtime_ns, sha256]}`` of the frames written, hashed by
+    the workers (for content-keyed caches).
     """
     files = [str(f) for f in files]
     workers = cfg.workers or default_workers()
     n = max(1, min(len(files), workers * 2))
     size = -(-len(files) // n) if files else 1
     chunks = [files[i:i + size] for i in range(0, len(files), size)]
-    parts = pmap(_correct_chunk, [(c, obj, band, str(red), cfg, bias, flat, dark) for c in chunks], workers,
+    parts = pmap(_correct_chunk, [(c, obj, band, str(red), cfg, bias, flat, dark, fingerprints) for c in chunks],
+                 workers,
                  progress, f"correct {obj} {band}")
     return {"outputs": sorted(o for p in parts for o in p["outputs"]),
-            "rejected": [r for p in parts for r in p["rejected"]]}
+            "rejected": [r for p in parts for r in p["rejected"]],
+            "fingerprints": {k: v for p in parts for k, v in p["fingerprints"].items()}}
 
 
 def corrected_files(red, obj: str, band: str, raw_files=None) -> list[str]:
@@ -161,7 +166,7 @@ def cat_path(bf: str | Path) -> Path:
 
 
 def _photometry_one(args) -> dict:
-    bf, cfg = args
+    bf, cfg, fingerprints = args
     cp = cat_path(bf)
     key = step_key(cfg, "p", bf)
     if not cfg.mode.should_write(cp, current=(not cp.exists() or fits_key(cp) == key)):
@@ -171,20 +176,28 @@ def _photometry_one(args) -> dict:
     except InputError as e:
         return {"file": None, "bf": str(bf), "error": str(e)}
     return {k: (float(v) if isinstance(v, (np.floating, float)) else v)
-            for k, v in stats.items() if isinstance(v, (str, int, float, np.floating))} | {"bf": str(bf)}
+            for k, v in stats.items() if isinstance(v, (str, int, float, np.floating))} | {
+        "bf": str(bf)} | ({"fingerprint": fingerprint_record(cp)} if fingerprints else {})
 
 
-def photometry_step(red, cfg: Config, bf_files, progress=None) -> list[dict]:
+def photometry_step(red, cfg: Config, bf_files, progress=None, fingerprints: bool = False) -> list[dict]:
     """Step p on (a chunk of) frames, over ``cfg.workers`` processes: one ``.cat.fits`` each.
 
     A frame whose catalogue exists and was made with the same settings from
     the same corrected frame is kept (EXIST_APPEND); an unreadable frame is
     reported with its reason and the others go on.  Returns per-frame stats.
     """
-    out = pmap(_photometry_one, [(str(b), cfg) for b in bf_files], cfg.workers, progress, "photometry")
+    out = pmap(_photometry_one, [(str(b), cfg, fingerprints) for b in bf_files], cfg.workers, progress, "photometry")
     for s in out:
         if s.get("error"):
             log.error("%s", s["error"])
+    made = [s for s in out if s.get("NSTARS") is not None]
+    if made:
+        fw = [s["FWHM"] for s in made if np.isfinite(s.get("FWHM", np.nan))]
+        log.info("photometry of %d frames: %d-%d sources, median FWHM %.2f px%s", len(made),
+                 min(s["NSTARS"] for s in made), max(s["NSTARS"] for s in made),
+                 float(np.median(fw)) if fw else float("nan"),
+                 f"; {len(out) - len(made)} kept or failed" if len(out) != len(made) else "")
     return out
 
 

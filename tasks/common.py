@@ -101,7 +101,21 @@ class _FingerprintMemo:
         return sha
 
 
+    def register(self, path: str | Path, size: int, mtime_ns: int, sha: str) -> None:
+        """Record a fingerprint computed elsewhere (the worker that wrote the file)."""
+        with self._lock:
+            db = self._conn()
+            db.execute("INSERT OR REPLACE INTO fp VALUES (?, ?, ?, ?)", (str(Path(path).resolve()), size, mtime_ns, sha))
+            db.commit()
+
+
 _memo = _FingerprintMemo()
+
+
+def register_fingerprints(records: dict) -> None:
+    """``{path: [size, mtime_ns, sha256]}`` from the core, so later cache keys need not re-read the files."""
+    for p, (size, mtime, sha) in records.items():
+        _memo.register(p, size, mtime, sha)
 
 
 def fingerprint(path: str | Path | None) -> str | None:

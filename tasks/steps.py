@@ -16,7 +16,7 @@ from prefect import task
 from qlcp_core import steps as core
 from qlcp_core.listing import list_night
 
-from .common import config_of, task_log, task_options
+from .common import config_of, register_fingerprints, task_log, task_options
 
 
 @task(name="list-night", **task_options("l", value_params=("raw_dir", "raw_files")))
@@ -69,8 +69,9 @@ def correct_task(red_dir: str, cfg: dict, obj: str, band: str, files: list[str],
                  flat: str | None, dark: str | None) -> dict:
     """Step i on a chunk of frames of one group."""
     with task_log(red_dir, "i", config_of(cfg)):
-        res = core.correct_step(red_dir, config_of(cfg), obj, band, files, bias, flat, dark)
-    return {**res, "outputs": res["outputs"]}
+        res = core.correct_step(red_dir, config_of(cfg), obj, band, files, bias, flat, dark, fingerprints=True)
+    register_fingerprints(res.pop("fingerprints", {}))
+    return res
 
 
 @task(name="offsets", **task_options("o", file_params=("bf_files", "cat_files"), value_params=("obj", "band")))
@@ -86,7 +87,8 @@ def offset_task(red_dir: str, cfg: dict, obj: str, band: str, bf_files: list[str
 def photometry_task(red_dir: str, cfg: dict, bf_files: list[str]) -> dict:
     """Step p on a chunk of corrected frames."""
     with task_log(red_dir, "p", config_of(cfg)):
-        stats = core.photometry_step(red_dir, config_of(cfg), bf_files)
+        stats = core.photometry_step(red_dir, config_of(cfg), bf_files, fingerprints=True)
+    register_fingerprints({s["file"]: s.pop("fingerprint") for s in stats if s.get("fingerprint")})
     return {"frames": stats, "outputs": [s["file"] for s in stats if s.get("file")]}
 
 
