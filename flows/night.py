@@ -249,28 +249,19 @@ def process_night(raw_dir: str, red_dir: str, config: dict | None = None, config
             else:
                 store(G[key], res)
 
-    base = dict(red_dir=rd, cfg=cfgd)
-    if any(s in cfg.steps for s in "kKc"):
-        stage("k", T.select_task, "k", lambda g: {**base, "obj": g["obj"], "band": g["band"], "cat_files": g["cats"],
-                                                  "offsets": g["offsets"], "steps": cfg.steps,
-                                                  "starxy": cfg.for_object("starxy", g["obj"])},
-              lambda g, r: g.update(selection=r))
-    if "c" in cfg.steps:
-        stage("c", T.catalogue_task, "c", lambda g: {**base, "obj": g["obj"], "band": g["band"],
-                                                     "cat_files": g["cats"], "offsets": g["offsets"],
-                                                     "selection": g["selection"]},
-              lambda g, r: g.update(cata=r["path"]))
-    if "d" in cfg.steps:
-        stage("d", T.differential_task, "d",
-              lambda g: {**base, "obj": g["obj"], "band": g["band"],
-                         "cata": g.get("cata") or str(core.catalogue_path(red, g["obj"], g["band"])),
-                         "night": night_name},
-              lambda g, r: g.update(lc=r["lc"], stars=r["stars"], png=r["png"], noise=r["noise"]))
-    if "g" in cfg.steps:
-        stage("g", T.graph_task, "g", lambda g: {**base, "obj": g["obj"], "band": g["band"],
-                                                 "stars": str(red / f"stars_{g['obj']}_{g['band']}.ecsv"),
-                                                 "offsets": g["offsets"]},
-              lambda g, r: g.update(chart=r["path"]))
+    if any(s in cfg.steps for s in "kKcdg"):
+        def lc_inputs(g):
+            paths = []
+            if "d" in cfg.steps and "c" not in cfg.steps:
+                paths.append(str(core.catalogue_path(red, g["obj"], g["band"])))
+            if "g" in cfg.steps and "d" not in cfg.steps:
+                paths.append(str(red / f"stars_{g['obj']}_{g['band']}.ecsv"))
+            return paths
+
+        stage("d", T.lightcurve_task, "lc",
+              lambda g: dict(red_dir=rd, cfg=cfgd, obj=g["obj"], band=g["band"], cat_files=g["cats"],
+                             offsets=g["offsets"], night=night_name, inputs=lc_inputs(g)),
+              lambda g, r: g.update({k: v for k, v in r.items() if k != "outputs"}))
 
     summary = {
         "night": night_name, "raw_dir": rs, "red_dir": rd, "listing": night["summary"],

@@ -307,6 +307,8 @@ STEP_KEYS: dict[str, tuple[str, ...]] = {
           "pick_bad_max", "sky_annulus", "ref_var_k"),
     "g": (),
 }
+#: steps k, c, d and g together (the Prefect layer runs them as one task per group)
+STEP_KEYS["kcdg"] = tuple(sorted(set(STEP_KEYS["k"]) | set(STEP_KEYS["c"]) | set(STEP_KEYS["d"]) | {"steps"}))
 
 #: run() parameters (not settings): they may appear in a config file too
 RUN_KEYS = ("steps", "obj", "band", "use_bias", "use_flat", "use_dark", "alt_bias", "alt_flat", "alt_coord",

@@ -92,36 +92,36 @@ def photometry_task(red_dir: str, cfg: dict, bf_files: list[str]) -> dict:
     return {"frames": stats, "outputs": [s["file"] for s in stats if s.get("file")]}
 
 
-@task(name="select-stars", **task_options("k", file_params=("cat_files", "offsets"),
-                                          value_params=("obj", "band", "steps", "starxy")))
-def select_task(red_dir: str, cfg: dict, obj: str, band: str, cat_files: list[str], offsets: str,
-                steps: str = "", starxy=None) -> dict:
-    """Step k (pick), K (reuse the last pick) or the given star list."""
-    with task_log(red_dir, "k", config_of(cfg)):
-        sel = core.selection_for(red_dir, config_of(cfg), obj, band, cat_files, offsets)
-    picked = str(Path(red_dir) / f"pick_{obj}_{band}.ecsv")
-    return {**sel, "outputs": [picked] if sel["source"] == "picked" else []}
+@task(name="lightcurve", **task_options("kcdg", file_params=("cat_files", "offsets", "inputs"),
+                                        value_params=("obj", "band", "night")))
+def lightcurve_task(red_dir: str, cfg: dict, obj: str, band: str, cat_files: list[str], offsets: str,
+                    night: str = "", inputs: list[str] | None = None) -> dict:
+    """Steps k/K, c, d and g of one group, in order, as one task.
 
-
-@task(name="catalogue", **task_options("c", file_params=("cat_files", "offsets"),
-                                       value_params=("obj", "band", "selection")))
-def catalogue_task(red_dir: str, cfg: dict, obj: str, band: str, cat_files: list[str], offsets: str,
-                   selection: dict) -> dict:
-    sel = {k: v for k, v in selection.items() if k != "outputs"}
-    with task_log(red_dir, "c", config_of(cfg)):
-        path = core.catalogue_step(red_dir, config_of(cfg), obj, band, cat_files, offsets, sel)
-    return {"path": path, "outputs": [path]}
-
-
-@task(name="differential", **task_options("d", file_params=("cata",), value_params=("obj", "band", "night")))
-def differential_task(red_dir: str, cfg: dict, obj: str, band: str, cata: str, night: str = "") -> dict:
-    with task_log(red_dir, "d", config_of(cfg)):
-        res = core.differential_step(red_dir, config_of(cfg), obj, band, cata, night)
-    return {**res, "outputs": [res["lc"], res["stars"], res["png"]]}
-
-
-@task(name="chart", **task_options("g", file_params=("stars", "offsets"), value_params=("obj", "band")))
-def graph_task(red_dir: str, cfg: dict, obj: str, band: str, stars: str, offsets: str) -> dict:
-    with task_log(red_dir, "g", config_of(cfg)):
-        path = core.graph_step(red_dir, config_of(cfg), obj, band)
-    return {"path": path, "outputs": [path]}
+    They are quick and strictly serial, so one task saves three rounds of
+    orchestration per group; each step still logs to its own file.  ``inputs``
+    names products of earlier runs that a step reads when its producer is not
+    requested (the catalogue for ``d`` without ``c``, the star list for ``g``
+    without ``d``): they key the cache by content like the other inputs.
+    """
+    c = config_of(cfg)
+    out: dict = {"outputs": []}
+    sel = None
+    if any(s in c.steps for s in "kKc"):
+        with task_log(red_dir, "k", c):
+            sel = core.selection_for(red_dir, c, obj, band, cat_files, offsets)
+        out["selection"] = sel
+    if "c" in c.steps:
+        with task_log(red_dir, "c", c):
+            out["cata"] = core.catalogue_step(red_dir, c, obj, band, cat_files, offsets, sel)
+        out["outputs"].append(out["cata"])
+    if "d" in c.steps:
+        with task_log(red_dir, "d", c):
+            res = core.differential_step(red_dir, c, obj, band, str(core.catalogue_path(red_dir, obj, band)), night)
+        out.update(lc=res["lc"], stars=res["stars"], png=res["png"], noise=res["noise"])
+        out["outputs"] += [res["lc"], res["stars"], res["png"]]
+    if "g" in c.steps:
+        with task_log(red_dir, "g", c):
+            out["chart"] = core.graph_step(red_dir, c, obj, band)
+        out["outputs"].append(out["chart"])
+    return out
