@@ -17,15 +17,16 @@ import numpy as np
 from astropy.io import fits
 
 from .errors import InputError
+from .io import first_image_hdu
 
 log = logging.getLogger("qlcp.combine")
 
 
 def _image_hdu(hdul):
-    for hdu in hdul:
-        if hdu.is_image and hdu.header.get("NAXIS", 0) == 2:
-            return hdu
-    raise InputError(f"{hdul.filename()}: no 2-D image")
+    hdu = first_image_hdu(hdul)
+    if hdu is None:
+        raise InputError(f"{hdul.filename()}: no 2-D image")
+    return hdu
 
 
 def _take(s: np.ndarray, idx: np.ndarray) -> np.ndarray:

@@ -149,6 +149,7 @@ def correct_frames(files: list[Path], obj: str, band: str, red_dir: str | Path, 
     dark_data = read_image(dark)[0] if dark else None
     flat_data = load_flat(flat)
     bias_level = float(np.median(bias_data[::4, ::4])) if bias_data is not None else 0.0
+    dark_rate = float(np.median(dark_data[::4, ::4])) if dark_data is not None else 0.0
     flat_hi = float(np.percentile(flat_data[::2, ::2], 99.9)) if flat_data is not None else 1.0
     cut = cfg.border_cut
 
@@ -162,8 +163,7 @@ def correct_frames(files: list[Path], obj: str, band: str, red_dir: str | Path, 
             continue
         hdr = hdr_of[f]
         exptime = float(times["EXPTIME"][i])
-        for name, cal in (("bias", bias), ("dark", dark), ("flat", flat)):
-            cal_data = {"bias": bias_data, "dark": dark_data, "flat": flat_data}[name]
+        for name, cal, cal_data in (("bias", bias, bias_data), ("dark", dark, dark_data), ("flat", flat, flat_data)):
             if cal_data is not None and cal_data.shape != data.shape:
                 _reject(result, f, f"{f.name}: shape {data.shape} differs from {name} {cal} {cal_data.shape}")
                 break
@@ -179,7 +179,7 @@ def correct_frames(files: list[Path], obj: str, band: str, red_dir: str | Path, 
                     raise InputError(f"border_cut: {cut} px leaves nothing of {f.name} {data.shape}")
                 data = data[cut:-cut, cut:-cut]
             gain, rdn, sat = detector(hdr, cfg)
-            dark_level = float(np.median(dark_data[::4, ::4])) * exptime if dark_data is not None else 0.0
+            dark_level = dark_rate * exptime
             out_hdr = hdr.copy()
             for k in ("BZERO", "BSCALE", "BLANK"):
                 out_hdr.remove(k, ignore_missing=True, remove_all=True)

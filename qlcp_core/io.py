@@ -86,7 +86,8 @@ def write_table(dest: str | Path, table, **kw) -> Path:
     return dest
 
 
-def _image_hdu(hdul):
+def first_image_hdu(hdul):
+    """The first 2-D image HDU of an open FITS file (primary or a compressed extension), or None."""
     for hdu in hdul:
         if hdu.is_image and hdu.header.get("NAXIS", 0) == 2:
             return hdu
@@ -97,7 +98,7 @@ def read_header(path: str | Path) -> fits.Header:
     """Header of the first 2-D image HDU (the primary one, or a compressed extension)."""
     try:
         with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
-            hdu = _image_hdu(hdul)
+            hdu = first_image_hdu(hdul)
             if hdu is None:
                 raise InputError(f"{path}: no 2-D image in this FITS file")
             return hdu.header.copy()
@@ -115,7 +116,7 @@ def read_image(path: str | Path, dtype=np.float32) -> tuple[np.ndarray, fits.Hea
     """Data (scaled by BZERO/BSCALE, as ``dtype``) and header of the first 2-D image."""
     try:
         with fits.open(path, memmap=False) as hdul:
-            hdu = _image_hdu(hdul)
+            hdu = first_image_hdu(hdul)
             if hdu is None:
                 raise InputError(f"{path}: no 2-D image in this FITS file")
             data = np.asarray(hdu.data, dtype=dtype)
