@@ -133,7 +133,7 @@ class Config(BaseModel):
     phot_deblend_nthresh: int = Field(32, ge=1, le=64, description="sep deblending levels (16 is faster; may "
                                                                      "differ only for close blends)")
     sky_annulus: tuple[float, float] | None = Field(
-        None, description="local sky annulus inner, outer radius (px); None: largest aperture + 4 .. + 12 px")
+        None, description="local sky annulus inner, outer radius (px); None: largest aperture + 4 .. + 28 px")
 
     # -------------------------------------------------------------- alignment
     offset_max_dis: float = Field(250, gt=0, description="largest offset searched, px")

@@ -63,6 +63,7 @@ from . import noise
 from .catalogue import FLAG_BORDER, FLAG_INVALID, FLAG_MISSING, FLAG_SATURATED
 from .errors import ConfigError
 from .io import write_table, write_text
+from .photometry import SKY_GAP, SKY_THICK
 
 log = logging.getLogger("qlcp.differential")
 
@@ -160,7 +161,8 @@ def _npix_nsky(cata: Table, cfg, n_aper: int) -> tuple[np.ndarray, np.ndarray]:
         nsky = np.full(nf, np.pi * (ann[1] ** 2 - ann[0] ** 2))
     else:
         rmax = np.nanmax(r, axis=1) if n_aper else np.full(nf, np.nan)
-        nsky = np.pi * ((rmax + 12.0) ** 2 - (rmax + 4.0) ** 2)
+        rin = rmax + SKY_GAP
+        nsky = np.pi * ((rin + SKY_THICK) ** 2 - rin ** 2)
     return npix, nsky
 
 
