@@ -152,6 +152,7 @@ def process_night(raw_dir: str, red_dir: str, config: dict | None = None, config
         raise QLCPError(f"{raw}: listing failed: {_error(st)}")
     if st.name != "Cached" and any(s in cfg.steps for s in "ip"):
         parallel.warm(cfg.workers)      # a new night: frame workers start while it is calibrated
+        core.preload_plotting(cfg)
     groups = [(o, b, fl) for o, b, fl in night["groups"]]
     if not groups:
         plog.warning("%s: no science frames to reduce (%s)", raw, night["summary"])

@@ -182,6 +182,13 @@ def _pair(frame_xy, base_tree, off, tol):
     return i[keep], j[keep]
 
 
+def _median0(a: np.ndarray) -> np.ndarray:
+    """``np.median(a, axis=0)`` of a small (N, 2) array (N >= 1), without its per-call overhead."""
+    s = np.sort(a, axis=0)
+    n = len(s)
+    return 0.5 * (s[(n - 1) // 2] + s[n // 2])
+
+
 def _clipped_mean(d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """3-sigma (median/MAD) clipped mean of (N, 2) differences; returns mean, kept mask.
 
@@ -190,11 +197,11 @@ def _clipped_mean(d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     keep = np.ones(len(d), bool)
     for _ in range(5):
-        med = np.median(d[keep], axis=0)
+        med = _median0(d[keep])
         if keep.sum() < CLIP_MIN_N:
             lim = np.full(2, CLIP_FIXED)
         else:
-            lim = CLIP_SIGMA * np.maximum(1.4826 * np.median(np.abs(d[keep] - med), axis=0), CLIP_FLOOR)
+            lim = CLIP_SIGMA * np.maximum(1.4826 * _median0(np.abs(d[keep] - med)), CLIP_FLOOR)
         new = (np.abs(d - med) <= lim).all(axis=1)
         if new.sum() < 2 or np.array_equal(new, keep):
             keep = new if new.sum() >= 2 else keep
@@ -329,8 +336,8 @@ def find_offset(base_xy, base_flux, frame_xy, frame_flux, max_dis: float = 250.0
     bb = bxy[_brightest(bfl, n_vote)]
     cands = _vote(fb, bb, prior, max_dis, tol, N_CAND)
     qc = _qmatch_candidate(fb, bb, prior, max_dis, tol)
-    if qc is not None:
-        cands.append(qc)
+    if qc is not None and not any(np.hypot(*(qc - c)) <= tol for c in cands):
+        cands.append(qc)          # (one within tol of a vote's candidate would refine to the same)
     if not cands:
         return _fail(f"no consistent star pairs within {max_dis:g} px of ({prior[0]:.1f}, {prior[1]:.1f})")
 

@@ -75,11 +75,11 @@ def _call(fn, x, caller: int):
     return fn(x)
 
 
-def _get_pool(workers: int) -> ProcessPoolExecutor | None:
+def _get_pool(workers: int, locked: bool = False) -> ProcessPoolExecutor | None:
     global _pool, _pool_size
     if mp.current_process().daemon:
         return None
-    with _lock:
+    with contextlib.nullcontext() if locked else _lock:
         if _pool is None or _pool_size != workers:
             if _pool is not None:
                 _pool.shutdown(wait=False, cancel_futures=True)
@@ -135,15 +135,25 @@ def warm(workers: int | None = None) -> None:
     """Start the pool's server and workers in the background (returns at once).
 
     The fork server imports the science modules and loads astropy's tables
-    (~1-2 s); started at the beginning of a run, that overlaps the listing and
-    the calibration instead of delaying the first frame-level step.
+    (~1-2 s, and starting the first worker waits for that); done in a thread
+    at the beginning of a run, it overlaps the listing and the calibration
+    instead of delaying them.  A :func:`pmap` meanwhile waits for the pool.
     """
     workers = workers or default_workers()
-    pool = _get_pool(workers) if workers > 1 else None
-    if pool is not None:
-        with _lock, _main_hidden():
-            for _ in range(workers):
-                pool.submit(_noop)
+    if workers > 1 and not mp.current_process().daemon:
+        threading.Thread(target=_warm_now, args=(workers,), name="qlcp-pool-warm", daemon=True).start()
+
+
+def _warm_now(workers: int) -> None:
+    try:
+        with _lock:
+            pool = _get_pool(workers, locked=True)
+            if pool is not None:
+                with _main_hidden():
+                    for _ in range(workers):
+                        pool.submit(_noop)
+    except Exception as e:  # a warm-up only: pmap starts the pool itself (and reports)
+        logging.getLogger("qlcp").debug("worker pool warm-up failed: %s", e)
 
 
 def pmap(fn: Callable, items: Sequence, workers: int | None = None, progress=None, desc: str = "") -> list:

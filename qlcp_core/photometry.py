@@ -93,6 +93,7 @@ from pathlib import Path
 import numpy as np
 import sep
 from astropy.table import Table
+from scipy.spatial import cKDTree
 
 from .errors import InputError
 from .io import raw_stem, read_image, write_table_fast
@@ -399,8 +400,6 @@ def _nn_dist(x, y):
     n = len(x)
     if n < 2:
         return np.full(n, np.inf)
-    from scipy.spatial import cKDTree
-
     d, _ = cKDTree(np.column_stack([x, y])).query(np.column_stack([x, y]), k=2)
     return d[:, 1]
 
@@ -577,8 +576,8 @@ def measure(data: np.ndarray, cfg, gain: float, rdnoise: float, saturation: floa
 
     mesh = int(getattr(cfg, "phot_back_mesh", None) or _BACK_MESH)
     bkg = sep.Background(img, mask=mask, bw=mesh, bh=mesh, fw=3, fh=3)
-    back = bkg.back()
-    sub = img - back
+    sub = np.array(img, dtype=np.float32 if img.dtype == np.float32 else np.float64, order="C")
+    bkg.subfrom(sub)                 # in place: no background map array
     if mask is not None:
         sub[bad] = 0.0
     sky_glob, rms_glob = float(bkg.globalback), float(bkg.globalrms)
@@ -675,7 +674,6 @@ def measure(data: np.ndarray, cfg, gain: float, rdnoise: float, saturation: floa
     cand = np.isfinite(fwhm_star) & ~saturated & ~merged & (snr_auto > 20) & inside
     fw_pre = float(np.median(fwhm_star[cand])) if cand.any() else np.nan
     # sharp pixels (cosmic rays, hot pixels) and the sources they are
-    from scipy.spatial import cKDTree
 
     sxp, syp = _sharp_pixels(sub, fw_pre, rms_glob, x, y, 1.5)
     sharp = np.zeros(n, dtype=bool)
@@ -706,7 +704,8 @@ def measure(data: np.ndarray, cfg, gain: float, rdnoise: float, saturation: floa
     sky_res, sky_sig, nsky = _local_sky(sub, seg, x, y, rin, rout)
     ix = np.clip(np.rint(x).astype(int), 0, nx - 1)
     iy = np.clip(np.rint(y).astype(int), 0, ny - 1)
-    back_xy = back[iy, ix].astype(float)
+    # the map at the star's pixel (image minus subtracted image; a masked pixel: the global level)
+    back_xy = np.where(bad[iy, ix], sky_glob, img[iy, ix].astype(float) - sub[iy, ix])
     no_ann = ~np.isfinite(sky_res)
     fallback_var = np.maximum(back_xy, 0) / gain + (rdnoise / gain) ** 2
     if no_ann.any():

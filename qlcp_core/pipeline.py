@@ -137,6 +137,7 @@ def run(raw_dir, red_dir, steps: str | None = None, obj=None, band=None, use_bia
     summary = RunSummary(str(raw), str(red), cfg.steps, cfg.hash())
     if any(s in cfg.steps for s in "ip"):
         parallel.warm(cfg.workers)          # worker processes start while l, b, f run
+    _steps.preload_plotting(cfg)
 
     night = get_night(raw, red, cfg, progress, summary.timings)
     summary.listing = night.summary()

@@ -86,3 +86,22 @@ def test_write_table_fast_round_trips_through_astropy(tmp_path):
     arr, hdr = read_table_fast(p)
     assert np.array_equal(arr["Flux"], t["Flux"]) and hdr["APER0"] == 5.0
     fits.open(p).verify("exception")           # a valid FITS file
+
+
+def test_fast_card_images_equal_astropys():
+    """The catalogue writer's card formatter writes what astropy writes, byte for byte."""
+    import random
+
+    from astropy.io import fits
+
+    from qlcp_core.io import _card
+
+    rng = random.Random(3)
+    vals = [True, False, np.bool_(True), 0, -5, 2**40, np.int64(7), 1.0, -0.5, 1e-10, 1.2345678901234567e300,
+            2460468.181367926, np.float32(1.3), np.float64(0.1), 1e16, 5e-324, 12345678901234567890.0,
+            "", "a", "it's", "2024-06-06T14:00:00.000", "SIMV-0001V.bf.fits", "x" * 68, "x" * 80]
+    vals += [rng.uniform(-1e6, 1e6) for _ in range(300)] + [10 ** rng.uniform(-300, 300) for _ in range(300)]
+    vals += [np.float32(10 ** rng.uniform(-30, 30)) for _ in range(300)]
+    for key in ("JD", "RAWFILE", "LONGKEYWORD"):
+        for v in vals:
+            assert _card(key, v) == fits.Card(key, v).image, (key, v)
