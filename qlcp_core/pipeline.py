@@ -137,7 +137,6 @@ def run(raw_dir, red_dir, steps: str | None = None, obj=None, band=None, use_bia
     summary = RunSummary(str(raw), str(red), cfg.steps, cfg.hash())
     if any(s in cfg.steps for s in "ip"):
         parallel.warm(cfg.workers)          # worker processes start while l, b, f run
-    _steps.preload_plotting(cfg)
 
     night = get_night(raw, red, cfg, progress, summary.timings)
     summary.listing = night.summary()
@@ -149,6 +148,7 @@ def run(raw_dir, red_dir, steps: str | None = None, obj=None, band=None, use_bia
         log.warning("%s: no science frames%s", raw, " for the requested obj/band" if cfg.obj or cfg.band else "")
 
     masters = calibrate(night, red, cfg, groups, progress, summary.timings)
+    _steps.preload_plotting(cfg)            # overlaps i and p, where this process mostly waits
     summary.masters = {k: (str(v) if v else None) for k, v in masters.items()}
 
     for o, b in groups:
