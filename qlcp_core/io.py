@@ -78,6 +78,10 @@ def write_fits(dest: str | Path, data, header: fits.Header | None = None) -> Pat
     return Path(dest)
 
 
+#: numpy dtype of each BITPIX (big-endian, as stored), for the direct reader
+_BITPIX_DTYPE = {8: "u1", 16: ">i2", 32: ">i4", -32: ">f4", -64: ">f8"}
+
+
 def write_table(dest: str | Path, table, **kw) -> Path:
     """Write an astropy Table atomically; format from the suffix (.ecsv, .fits, .txt)."""
     dest = Path(dest)
@@ -97,6 +101,18 @@ def first_image_hdu(hdul):
 
 def read_header(path: str | Path) -> fits.Header:
     """Header of the first 2-D image HDU (the primary one, or a compressed extension)."""
+    try:                               # a plain primary image: its header blocks only
+        with open(path, "rb") as f:
+            head = _primary_header_bytes(f)
+            size = os.fstat(f.fileno()).st_size
+        if head is not None:
+            h = parse_header_fast(head)
+            if h.get("SIMPLE") is True and h.get("NAXIS") == 2 and h.get("BITPIX") in _BITPIX_DTYPE:
+                need = len(head) + int(h["NAXIS1"]) * int(h["NAXIS2"]) * abs(int(h["BITPIX"])) // 8
+                if size >= need:       # not truncated (astropy below words that error)
+                    return fits.Header.fromstring(head.decode("ascii", errors="replace"))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
     try:
         with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
             hdu = first_image_hdu(hdul)
@@ -113,8 +129,58 @@ def read_header(path: str | Path) -> fits.Header:
         raise InputError(f"{path}: unreadable FITS ({type(e).__name__}: {e})") from None
 
 
+def _primary_header_bytes(f) -> bytes | None:
+    """The primary header's blocks from an open file (positioned at 0), or None if not FITS."""
+    head = f.read(2880)
+    if not head.startswith(b"SIMPLE  =") or len(head) < 2880:
+        return None
+    while not any(head[i:i + 8] == b"END     " for i in range(len(head) - 2880, len(head), 80)):
+        block = f.read(2880)
+        if len(block) < 2880:
+            return None
+        head += block
+    return head
+
+
+def _simple_image(h: dict) -> bool:
+    """A primary HDU holding a plain 2-D image that the direct reader handles exactly."""
+    bp = h.get("BITPIX")
+    return (h.get("SIMPLE") is True and h.get("NAXIS") == 2 and bp in _BITPIX_DTYPE and "BLANK" not in h
+            and h.get("BSCALE", 1) == 1 and h.get("BZERO", 0) in ((0, 32768) if bp == 16 else (0,)))
+
+
+def _read_image_fast(path, dtype):
+    """A plain 2-D primary image read directly: (data, header), or None for astropy's reader.
+
+    Handles unscaled data and the unsigned-16-bit convention (BITPIX 16, BZERO 32768,
+    BSCALE 1), where the result is exact; anything else (other scalings, BLANK,
+    extensions, compression, a truncated file) is left to astropy.
+    """
+    with open(path, "rb") as f:
+        head = _primary_header_bytes(f)
+        if head is None:
+            return None
+        h = parse_header_fast(head)
+        if not _simple_image(h):
+            return None
+        nx, ny = int(h["NAXIS1"]), int(h["NAXIS2"])
+        raw = np.fromfile(f, dtype=_BITPIX_DTYPE[h["BITPIX"]], count=nx * ny)
+    if raw.size != nx * ny:
+        return None
+    data = raw.reshape(ny, nx).astype(dtype)
+    if h.get("BZERO", 0):
+        data += h["BZERO"]
+    return data, fits.Header.fromstring(head.decode("ascii", errors="replace"))
+
+
 def read_image(path: str | Path, dtype=np.float32) -> tuple[np.ndarray, fits.Header]:
     """Data (scaled by BZERO/BSCALE, as ``dtype``) and header of the first 2-D image."""
+    try:
+        fast = _read_image_fast(path, dtype)
+    except (OSError, ValueError, KeyError):
+        fast = None                    # astropy's reader below gives the error its words
+    if fast is not None:
+        return fast
     try:
         with fits.open(path, memmap=False) as hdul:
             hdu = first_image_hdu(hdul)

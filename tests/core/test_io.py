@@ -105,3 +105,52 @@ def test_fast_card_images_equal_astropys():
     for key in ("JD", "RAWFILE", "LONGKEYWORD"):
         for v in vals:
             assert _card(key, v) == fits.Card(key, v).image, (key, v)
+
+
+def test_direct_image_reader_equals_astropy(tmp_path):
+    """read_image/read_header read plain images directly; data and header equal astropy's, and
+    scaled, blank-valued or truncated files still go through astropy (same values, same errors)."""
+    from astropy.io import fits
+
+    from qlcp_core.errors import InputError
+    from qlcp_core.io import read_header, read_image
+
+    rng = np.random.default_rng(1)
+    u16 = rng.integers(0, 65535, (37, 53)).astype(np.uint16)
+    cases = {
+        "u16.fits": u16,                                          # BITPIX 16, BZERO 32768
+        "f32.fits": rng.normal(size=(37, 53)).astype(np.float32),
+        "f64.fits": rng.normal(size=(37, 53)),
+        "i16.fits": rng.integers(-3000, 3000, (37, 53)).astype(np.int16),
+        "i32.fits": rng.integers(-10**6, 10**6, (37, 53)).astype(np.int32),
+    }
+    for name, data in cases.items():
+        h = fits.Header()
+        h["OBJECT"] = ("X 'quoted'", "a comment")
+        h["JD"] = 2460468.123456789
+        h.add_history("a long history line " * 5)
+        fits.PrimaryHDU(data, h).writeto(tmp_path / name)
+    scaled = fits.PrimaryHDU(rng.integers(0, 1000, (10, 12)).astype(np.int16))
+    scaled.header["BSCALE"], scaled.header["BZERO"] = 2.5, 10.0
+    scaled.writeto(tmp_path / "scaled.fits")
+    blank = fits.PrimaryHDU(rng.integers(0, 1000, (10, 12)).astype(np.int16))
+    blank.header["BLANK"] = 7
+    blank.writeto(tmp_path / "blank.fits")
+    for p in sorted(tmp_path.glob("*.fits")):
+        with fits.open(p) as hl:
+            want = np.asarray(hl[0].data, dtype=np.float32)
+            want_h = hl[0].header
+        for dt in (np.float32, np.float64):
+            got, got_h = read_image(p, dt)
+            assert got.dtype == dt
+            np.testing.assert_array_equal(got, want.astype(dt) if p.name != "f64.fits" else
+                                          fits.getdata(p).astype(dt), err_msg=p.name)
+        assert list(got_h.items()) == list(want_h.items()), p.name
+        assert list(read_header(p).items()) == list(fits.getheader(p).items()), p.name   # as stored
+    # truncated: reading the image is one clear error naming the file (the header alone
+    # is still readable, as with astropy; the listing checks sizes itself)
+    cut = tmp_path / "cut.fits"
+    cut.write_bytes((tmp_path / "f32.fits").read_bytes()[:4000])
+    with pytest.raises(InputError, match="cut.fits"):
+        read_image(cut)
+    assert read_header(cut)["NAXIS1"] == 53
