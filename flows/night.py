@@ -48,7 +48,7 @@ log = logging.getLogger("qlcp.flows")
 
 #: frames per correction / photometry task: large enough that Prefect's
 #: per-task cost (~10-30 ms) is small against the science (~0.1 s per frame)
-DEFAULT_CHUNK = 50
+DEFAULT_CHUNK = 100
 
 
 def artifact_key(*parts: str) -> str:
@@ -146,12 +146,17 @@ def process_night(raw_dir: str, red_dir: str, config: dict | None = None, config
     rs, rd = str(raw), str(red)
 
     # ---- l: classify the night
+    frame_work = any(s in cfg.steps for s in "ip")
+    warmed = frame_work and not (red / "lst" / "night.ecsv").is_file()
+    if warmed:                          # never listed here: a new night, frame workers start now
+        parallel.warm(cfg.workers)
+        core.preload_plotting(cfg)
     files = [[str(p), *file_identity(p)[1:]] for p in scan_files(raw)]
     night, st = R.result(R.submit(T.list_task, "l", raw_dir=rs, red_dir=rd, cfg=cfgd, raw_files=files))
     if night is None:
         raise QLCPError(f"{raw}: listing failed: {_error(st)}")
-    if st.name != "Cached" and any(s in cfg.steps for s in "ip"):
-        parallel.warm(cfg.workers)      # a new night: frame workers start while it is calibrated
+    if st.name != "Cached" and frame_work and not warmed:
+        parallel.warm(cfg.workers)      # the night changed: frame workers start while it is calibrated
         core.preload_plotting(cfg)
     groups = [(o, b, fl) for o, b, fl in night["groups"]]
     if not groups:
@@ -172,8 +177,11 @@ def process_night(raw_dir: str, red_dir: str, config: dict | None = None, config
     if "b" in cfg.steps:
         res, st = R.result(R.submit(T.bias_task, "b", red_dir=rd, cfg=cfgd, files=night["bias"]))
         bias = res["path"] if res else None
-        res, st = R.result(R.submit(T.dark_task, "dark", red_dir=rd, cfg=cfgd, files=night["dark"], bias=bias))
-        dark = res["path"] if res else None
+        if night["dark"]:
+            res, st = R.result(R.submit(T.dark_task, "dark", red_dir=rd, cfg=cfgd, files=night["dark"], bias=bias))
+            dark = res["path"] if res else None
+        else:                           # no darks tonight: a given or earlier master, if any (no task)
+            dark = str(p) if (p := select_dark(red, cfg)) else None
     else:
         bias, dark = (str(p) if p else None for p in (select_bias(red, cfg), select_dark(red, cfg)))
     flats: dict[str, str | None] = {}
