@@ -150,14 +150,12 @@ def process_night(raw_dir: str, red_dir: str, config: dict | None = None, config
     warmed = frame_work and not (red / "lst" / "night.ecsv").is_file()
     if warmed:                          # never listed here: a new night, frame workers start now
         parallel.warm(cfg.workers)
-        core.preload_plotting(cfg)
     files = [[str(p), *file_identity(p)[1:]] for p in scan_files(raw)]
     night, st = R.result(R.submit(T.list_task, "l", raw_dir=rs, red_dir=rd, cfg=cfgd, raw_files=files))
     if night is None:
         raise QLCPError(f"{raw}: listing failed: {_error(st)}")
     if st.name != "Cached" and frame_work and not warmed:
         parallel.warm(cfg.workers)      # the night changed: frame workers start while it is calibrated
-        core.preload_plotting(cfg)
     groups = [(o, b, fl) for o, b, fl in night["groups"]]
     if not groups:
         plog.warning("%s: no science frames to reduce (%s)", raw, night["summary"])
@@ -221,6 +219,8 @@ def process_night(raw_dir: str, red_dir: str, config: dict | None = None, config
                 G[key]["rejected"] += rejected_of(res)
                 advance(len(it[2][param]))
 
+    if frame_work:
+        core.preload_plotting(cfg)      # overlaps i and p, where this process mostly waits
     if "i" in cfg.steps:
         chunked("i", T.correct_task, "raw", "files",
                 lambda g: dict(obj=g["obj"], band=g["band"], bias=bias, flat=flats.get(g["band"]), dark=dark),

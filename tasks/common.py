@@ -101,11 +101,13 @@ class _FingerprintMemo:
         return sha
 
 
-    def register(self, path: str | Path, size: int, mtime_ns: int, sha: str) -> None:
-        """Record a fingerprint computed elsewhere (the worker that wrote the file)."""
+    def register(self, records: dict) -> None:
+        """Record fingerprints computed elsewhere (the workers that wrote the files), in one transaction:
+        ``{path: [size, mtime_ns, sha256]}``."""
+        rows = [(str(Path(p).resolve()), size, mtime, sha) for p, (size, mtime, sha) in records.items()]
         with self._lock:
             db = self._conn()
-            db.execute("INSERT OR REPLACE INTO fp VALUES (?, ?, ?, ?)", (str(Path(path).resolve()), size, mtime_ns, sha))
+            db.executemany("INSERT OR REPLACE INTO fp VALUES (?, ?, ?, ?)", rows)
             db.commit()
 
 
@@ -114,8 +116,8 @@ _memo = _FingerprintMemo()
 
 def register_fingerprints(records: dict) -> None:
     """``{path: [size, mtime_ns, sha256]}`` from the core, so later cache keys need not re-read the files."""
-    for p, (size, mtime, sha) in records.items():
-        _memo.register(p, size, mtime, sha)
+    if records:
+        _memo.register(records)
 
 
 def fingerprint(path: str | Path | None) -> str | None:
