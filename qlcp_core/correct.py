@@ -73,6 +73,26 @@ def detector(header, cfg: Config) -> tuple[float, float, float]:
     return float(gain), float(rdn), float(sat)
 
 
+def corrected_detector(header, cfg: Config) -> tuple[float, float, float]:
+    """(gain e-/ADU, read noise e-, saturation) for a *corrected* frame (``.bf.fits``).
+
+    Gain and read noise as for raw frames (:func:`detector`: config, else header).
+    The saturation is the frame's own SATURATE first: step i writes it in corrected
+    ADU, ``(raw saturation - bias - dark) / flat``, whereas ``cfg.saturation`` is a
+    raw level; a star that saturates the detector is then flagged even though the
+    bias has been subtracted.  Frames without SATURATE (not made by step i) fall
+    back to :func:`detector`.
+    """
+    gain, rdn, sat = detector(header, cfg)
+    try:
+        v = float(header["SATURATE"])
+        if np.isfinite(v) and v > 0:
+            sat = v
+    except (KeyError, TypeError, ValueError):
+        pass
+    return gain, rdn, sat
+
+
 def _times(files: list[Path], headers: list, obj: str, cfg: Config, result: CorrectResult):
     """Vectorised times for the frames whose date can be read; the others are rejected."""
     starts, exps, keep = [], [], []

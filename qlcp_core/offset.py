@@ -69,6 +69,7 @@ from astropy.table import Table
 from scipy.spatial import cKDTree
 from scipy.special import gammainc
 
+from .correct import corrected_detector
 from .errors import ConfigError, InputError
 from .io import FITS_SUFFIXES, raw_stem, read_header, read_image, write_table
 
@@ -525,12 +526,8 @@ def _resolve_base(spec, files: list[Path]) -> tuple[int | None, Path]:
 
 
 def _saturation(cfg, hdr) -> float:
-    if getattr(cfg, "saturation", None):
-        return float(cfg.saturation)
-    try:
-        return float(hdr["SATURATE"])
-    except (KeyError, TypeError, ValueError):
-        return 60000.0
+    """Saturation of a corrected frame, in its own ADU (:func:`qlcp_core.correct.corrected_detector`)."""
+    return corrected_detector(hdr, cfg)[2]
 
 
 def _stars(data, hdr, cfg):

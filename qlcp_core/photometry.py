@@ -95,6 +95,7 @@ import sep
 from astropy.table import Table
 from scipy.spatial import cKDTree
 
+from .correct import corrected_detector
 from .errors import InputError
 from .io import raw_stem, read_image, write_table_fast
 
@@ -769,14 +770,6 @@ def _meta(stats, gain, rdnoise, saturation) -> dict:
 
 
 # --------------------------------------------------------------------- file
-def _hdr_float(hdr, key, default):
-    try:
-        v = float(hdr[key])
-        return v if np.isfinite(v) else default
-    except (KeyError, TypeError, ValueError):
-        return default
-
-
 def catalogue_path(bf_path, out_path) -> Path:
     """``out_path`` itself when it ends in .fits, else ``out_path/{rawstem}.cat.fits``."""
     out = Path(out_path)
@@ -797,8 +790,9 @@ def photometry_file(bf_path, out_path, cfg, aper=None, key: str | None = None) -
         The catalogue file (``*.fits``), or the directory to put
         ``{rawstem}.cat.fits`` in.
     cfg : Config
-        Detector values (``gain``, ``rdnoise``, ``saturation``; None: header
-        GAIN, RDNOISE, SATURATE, else 1.0, 0.0, 60000), photometry settings,
+        Detector values (:func:`qlcp_core.correct.corrected_detector`: gain and
+        read noise from the config, else the header; saturation from the frame's
+        SATURATE, in corrected ADU, else the config), photometry settings,
         ``draw_phot``, ``draw_phot_err``.
     aper : list of float, optional
         Apertures instead of ``cfg.aper``.
@@ -818,11 +812,7 @@ def photometry_file(bf_path, out_path, cfg, aper=None, key: str | None = None) -
     left out: FITS headers cannot hold them).
     """
     data, hdr = read_image(bf_path)
-    gain = cfg.gain if cfg.gain is not None else _hdr_float(hdr, "GAIN", 1.0)
-    rdnoise = cfg.rdnoise if cfg.rdnoise is not None else _hdr_float(hdr, "RDNOISE", 0.0)
-    saturation = cfg.saturation if cfg.saturation is not None else _hdr_float(hdr, "SATURATE", 60000.0)
-    if gain <= 0:
-        gain = 1.0
+    gain, rdnoise, saturation = corrected_detector(hdr, cfg)
     tab, stats = measure(data, cfg, gain, rdnoise, saturation, aper=aper)
 
     meta = {}

@@ -338,11 +338,35 @@ def test_photometry_file_writes_catalogue_and_png(tmp_path, field):
     png = tmp_path / "UYUMa-0003I.cat.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(tmp_path.glob(".*tmp*"))           # no temporary file left behind
-    # cfg detector values win over the header
+    # cfg gain and read noise win over the header; the saturation is the frame's own (corrected ADU)
     res2 = P.photometry_file(bf, tmp_path / "other.cat.fits", Config(gain=4.0, rdnoise=1.0, saturation=1e5))
     t2 = Table.read(res2["file"])
-    assert t2.meta["GAIN"] == 4.0 and t2.meta["SATURATE"] == 1e5
+    assert t2.meta["GAIN"] == 4.0 and t2.meta["RDNOISE"] == 1.0 and t2.meta["SATURATE"] == 50000.0
     assert not (tmp_path / "other.cat.png").exists()
+    # a frame without SATURATE (not made by step i): the configured level
+    del hdr["SATURATE"]
+    bf2 = tmp_path / "UYUMa-0004I.bf.fits"
+    fits.PrimaryHDU(field["img"], hdr).writeto(bf2)
+    t3 = Table.read(P.photometry_file(bf2, tmp_path / "third.cat.fits", Config(saturation=1e5))["file"])
+    assert t3.meta["SATURATE"] == 1e5
+
+
+def test_saturation_in_corrected_adu_flags_a_star_below_the_raw_level(tmp_path):
+    """Step i writes SATURATE in corrected ADU ((raw level - bias) / flat). A star that reached the
+    raw level is flagged from it, not missed because the bias was subtracted (a fixed bug)."""
+    rng = np.random.default_rng(12)
+    bias, raw_level = 1000.0, 60000.0
+    xs, ys, fl = np.array([40.0, 90.0]), np.array([50.0, 60.0]), np.array([2e6, 2e4])
+    img = noisy(model((128, 128), xs, ys, fl, 3.0), rng)
+    img = np.minimum(img, raw_level - bias)             # the detector clipped the bright star
+    hdr = fits.Header({"GAIN": GAIN, "RDNOISE": RDN, "SATURATE": raw_level - bias})
+    bf = tmp_path / "S-0001V.bf.fits"
+    fits.PrimaryHDU(img.astype(np.float32), hdr).writeto(bf)
+    t = Table.read(P.photometry_file(bf, tmp_path, Config(aper=[5.0], saturation=raw_level))["file"])
+    idx = match(t, xs, ys)
+    assert (idx >= 0).all()
+    assert t["Flags"][idx[0]] & P.FLAG_SATURATED and not t["Flags"][idx[1]] & P.FLAG_SATURATED
+    assert t.meta["SATURATE"] == raw_level - bias
 
 
 def test_full_frame_200_stars_found():
