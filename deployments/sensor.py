@@ -498,7 +498,7 @@ class Sensor:
                  sun_altitude: float = DEFAULT_SUN_ALTITUDE, pattern: str | None = None,
                  deployment: str = DEFAULT_DEPLOYMENT, watch: bool = True, polling: bool = False,
                  polling_timeout: float = 1.0, settle: float = 2.0, rescan: float = 60.0,
-                 backoff: tuple[float, float] = (5.0, 300.0)):
+                 backoff: tuple[float, float] = (5.0, 300.0), max_age: float | None = None):
         self.raw_root = Path(raw_root).absolute()
         self.red_root = Path(red_root).absolute()
         if not self.raw_root.is_dir():
@@ -526,6 +526,9 @@ class Sensor:
             raise ConfigError(f"--pattern {pattern!r}: bad regular expression: {e}") from None
         if not -90 <= sun_altitude <= 90:
             raise ConfigError(f"--sun-altitude {sun_altitude}: must lie in -90..90 deg")
+        if max_age is not None and not max_age > 0:
+            raise ConfigError(f"--max-age {max_age}: must be > 0 days")
+        self.max_age = None if max_age is None else float(max_age) * 86400.0
         self.marker = marker
         self.quiet = quiet
         self.deployment = deployment
@@ -544,6 +547,8 @@ class Sensor:
         self._wake = threading.Event()
         self._nights: dict[str, _Night] = {}
         self._done: set[str] = set()            # triggered nights: never looked at again
+        self._old: dict[str, int] = {}          # nights older than max_age: directory mtime when judged
+        self._old_said: set[str] = set()        # ... and already logged
         self._db: StateDB | None = None
         self._lock_fd: int | None = None
         self._observer = None
@@ -587,6 +592,9 @@ class Sensor:
         except BaseException:
             self.stop()
             raise
+        if self.max_age is None and len(self._nights) > 5:
+            log.warning("%d nights pending at start-up: each will be reduced at its dawn; --max-age DAYS skips "
+                        "old ones", len(self._nights))
         obs = "no observer" if self._observer is None else ("polling observer" if self.polling else "inotify observer")
         log.info("watching %s (%s): %d pending and %d triggered nights known; dawn = Sun above %.1f deg at "
                  "lon %.4f lat %.4f; marker %s; quiet %s; state %s", self.raw_root, obs, len(self._nights),
@@ -775,9 +783,15 @@ class Sensor:
         names = self._night_names()
         if names is None:
             return
+        skipped = []
         for name in sorted(names - self._nights.keys() - self._done):
             path = self.raw_root / name
             row = self._db.get(name)
+            if row is None and self._too_old(path, now):
+                if name not in self._old_said:   # say so once
+                    skipped.append(name)
+                    self._old_said.add(name)
+                continue
             if row is None:
                 key = f"qlcp-sensor:{self.deployment}:{path}:{_iso(now)}"
                 self._db.insert(name, str(path), str(self.red_root / name), now, key)
@@ -795,12 +809,46 @@ class Sensor:
             night.saved = (row["n_files"], row["last_file"], row["first_dark"])
             self._nights[name] = night
             self._watch_night(night)
+        if skipped:
+            log.info("%d night(s) with no file newer than --max-age %g d: not reduced (%s%s); the reprocess "
+                     "deployment reduces old nights", len(skipped), self.max_age / 86400.0, ", ".join(skipped[:5]),
+                     ", ..." if len(skipped) > 5 else "")
         for name in sorted(set(self._nights) - names):
             self._gone(name)
         if self._in_startup:    # pending in the state, absent now (moved while the sensor was down)
             for row in self._db.rows("pending"):
                 if row["name"] not in names:
                     self._gone(row["name"])
+
+    def _too_old(self, path: Path, now: float) -> bool:
+        """A night never registered whose newest file (or, empty, the directory) is older than
+        ``max_age``: skipped, so a sensor started on years of nights does not reduce them all.
+        Judged again only when the directory changes (a file added or removed)."""
+        if self.max_age is None:
+            return False
+        try:
+            dm = path.stat().st_mtime_ns
+        except OSError:
+            return False
+        if self._old.get(path.name) == dm:
+            return True
+        newest = None
+        try:
+            with os.scandir(path) as it:
+                for e in it:
+                    if e.is_file(follow_symlinks=False):
+                        t = e.stat(follow_symlinks=False).st_mtime
+                        newest = t if newest is None else max(newest, t)
+        except OSError:
+            return False
+        if newest is None:
+            newest = dm / 1e9
+        if now - newest > self.max_age:
+            self._old[path.name] = dm
+            return True
+        self._old.pop(path.name, None)
+        self._old_said.discard(path.name)
+        return False
 
     def _gone(self, name: str) -> None:
         self._nights.pop(name, None)
@@ -959,6 +1007,9 @@ def add_watch_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         help=f"deployment to run per night (default {DEFAULT_DEPLOYMENT})")
     parser.add_argument("--state", metavar="FILE", default=None,
                         help=f"sensor state database (default RED_ROOT/{DEFAULT_STATE_NAME})")
+    parser.add_argument("--max-age", metavar="DAYS", type=float, default=None, dest="max_age",
+                        help="skip night directories whose newest file is older than this (e.g. a sensor "
+                             "started on years of nights); default: reduce every night found")
     return parser
 
 
@@ -966,7 +1017,7 @@ def sensor_from_args(args: argparse.Namespace, **kwargs) -> Sensor:
     """A :class:`Sensor` configured from parsed ``qlcp watch`` arguments (``kwargs`` override)."""
     opts = {"config_path": args.config or None, "state_path": args.state, "marker": args.marker,
             "quiet": args.quiet, "sun_altitude": args.sun_altitude, "pattern": args.pattern,
-            "deployment": args.deployment, "polling": args.polling}
+            "deployment": args.deployment, "polling": args.polling, "max_age": getattr(args, "max_age", None)}
     opts.update(kwargs)
     return Sensor(args.raw_root, args.red_root, **opts)
 

@@ -549,3 +549,33 @@ def test_night_moved_away_while_down_is_gone_then_back(roots, site_cfg):
         s.poll_once()
     assert trig.nights == ["n1"] and s.state()[0]["reason"] == "dawn"
     s.stop()
+
+
+def test_max_age_skips_old_nights_until_they_change(roots, site_cfg, caplog):
+    """--max-age: a sensor started on a root of old nights reduces only the recent ones; an old
+    night is judged again when a file is added to it."""
+    caplog.set_level(logging.INFO, logger="qlcp.sensor")
+    raw, _ = roots
+    for i in range(3):
+        put(raw / "20230101" / f"o{i}.fits", mtime=utc(2023, 1, 1, 14, 10 * i))      # a year and a half old
+        put(raw / "20240605" / f"a{i}.fits", mtime=utc(2024, 6, 5, 14, 10 * i))      # last night
+    (raw / "20220101").mkdir()                                                      # old and empty
+    os.utime(raw / "20220101", (utc(2022, 1, 1).timestamp(),) * 2)
+    clock = Clock(NEXT_MORNING, astropy=True)
+    trig = FakeTrigger()
+    s = Sensor(raw, roots[1], site_cfg, clock=clock, trigger=trig, watch=False, settle=0.0, max_age=7).start()
+    trig.clock = Clock(NEXT_MORNING)
+    assert s.poll_once() == ["20240605"]
+    assert all(s.poll_once() == [] for _ in range(3))
+    assert sorted(r["name"] for r in s.state()) == ["20240605"]          # old nights are not even recorded
+    said = [r.getMessage() for r in caplog.records if "--max-age" in r.getMessage()]
+    assert len(said) == 1 and "2 night(s)" in said[0] and "20230101" in said[0]
+    # a file lands in the old night: it is a night being written now, so it is registered
+    put(raw / "20230101" / "late.fits", mtime=NEXT_MORNING)
+    s.poll_once()
+    assert "20230101" in {r["name"] for r in s.state()}
+    s.stop()
+    with pytest.raises(ConfigError, match="--max-age"):
+        Sensor(raw, roots[1], site_cfg, watch=False, max_age=0)
+    args = add_watch_arguments(argparse.ArgumentParser()).parse_args([str(raw), str(roots[1]), "--max-age", "3"])
+    assert args.max_age == 3.0
