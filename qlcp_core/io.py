@@ -149,6 +149,37 @@ def _simple_image(h: dict) -> bool:
             and h.get("BSCALE", 1) == 1 and h.get("BZERO", 0) in ((0, 32768) if bp == 16 else (0,)))
 
 
+class HeaderDict(dict):
+    """A parsed header (``KEY -> value``) that looks keys up case-insensitively, as astropy's does."""
+
+    def __contains__(self, key):
+        return dict.__contains__(self, key.upper() if isinstance(key, str) else key)
+
+    def __getitem__(self, key):
+        return dict.__getitem__(self, key.upper() if isinstance(key, str) else key)
+
+    def get(self, key, default=None):
+        return dict.get(self, key.upper() if isinstance(key, str) else key, default)
+
+
+def simple_image_header(path) -> tuple[HeaderDict, int, int] | None:
+    """(header, bytes the image needs, file size) of a plain primary 2-D image, read directly;
+    None for anything else (extensions, compression, CONTINUE or HIERARCH cards, non-ASCII
+    bytes), which callers leave to astropy."""
+    with open(path, "rb") as f:
+        head = _primary_header_bytes(f)
+        size = os.fstat(f.fileno()).st_size
+    if head is None:
+        return None
+    if any(head[i:i + 8] in (b"CONTINUE", b"HIERARCH") for i in range(0, len(head), 80)):
+        return None
+    h = parse_header_fast(head)
+    if h.get("SIMPLE") is not True or h.get("NAXIS") != 2 or h.get("BITPIX") not in _BITPIX_DTYPE:
+        return None
+    need = len(head) + int(h["NAXIS1"]) * int(h["NAXIS2"]) * abs(int(h["BITPIX"])) // 8
+    return HeaderDict(h), need, size
+
+
 def _read_image_fast(path, dtype):
     """A plain 2-D primary image read directly: (data, header), or None for astropy's reader.
 
@@ -257,7 +288,7 @@ def parse_header_fast(block: bytes) -> dict:
         key = card[:8].rstrip()
         if key == "END":
             break
-        if card[8:10] == "= " and key:
+        if card[8:10] == "= " and key and key not in out:    # the first of a repeated key, as astropy
             out[key] = _card_value(card[10:])
     return out
 

@@ -27,7 +27,7 @@ from astropy.table import Table
 
 from .config import Config
 from .errors import InputError
-from .io import FITS_SUFFIXES, write_table, write_text
+from .io import FITS_SUFFIXES, simple_image_header, write_table, write_text
 
 log = logging.getLogger("qlcp.listing")
 
@@ -106,6 +106,13 @@ def _probe(path: Path) -> tuple[fits.Header | None, str]:
         with open(path, "rb") as f:
             if not f.read(30).startswith(b"SIMPLE  ="):
                 return None, "not a FITS file (no SIMPLE card)"
+        try:                                    # a plain image: its header blocks, parsed directly
+            simple = simple_image_header(path)
+        except (OSError, ValueError, KeyError, TypeError):
+            simple = None
+        if simple is not None:
+            hdr, need, size = simple
+            return (None, f"truncated ({size} of {need} bytes)") if size < need else (hdr, "")
         with warnings.catch_warnings(), fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
             warnings.simplefilter("ignore")     # astropy's truncation warning: we report it ourselves
             for hdu in hdul:
