@@ -17,9 +17,9 @@ from qlcp_core.differential import differential, resolve_indexes, robust_scatter
 from qlcp_core.errors import ConfigError
 
 try:
-    from .test_catalogue import CHK, DROP_COMP, SAT, TGT, VAR_COMP, cfg_for_tests, make_night
+    from .synthetic_night import CHK, DROP_COMP, SAT, TGT, VAR_COMP, cfg_for_tests, make_night
 except ImportError:          # rootdir-less import mode
-    from test_catalogue import CHK, DROP_COMP, SAT, TGT, VAR_COMP, cfg_for_tests, make_night
+    from synthetic_night import CHK, DROP_COMP, SAT, TGT, VAR_COMP, cfg_for_tests, make_night
 
 NA = 2
 

@@ -20,9 +20,9 @@ from qlcp_core.errors import MissingInputError
 from qlcp_core.pick import pick_stars, read_pick, write_pick
 
 try:
-    from .test_catalogue import DROP_COMP, NEAR_SAT, SAT, SHAPE, TGT, VAR_COMP, cfg_for_tests, make_night
+    from .synthetic_night import DROP_COMP, NEAR_SAT, SAT, SHAPE, TGT, VAR_COMP, cfg_for_tests, make_night
 except ImportError:          # rootdir-less import mode
-    from test_catalogue import DROP_COMP, NEAR_SAT, SAT, SHAPE, TGT, VAR_COMP, cfg_for_tests, make_night
+    from synthetic_night import DROP_COMP, NEAR_SAT, SAT, SHAPE, TGT, VAR_COMP, cfg_for_tests, make_night
 
 
 @pytest.fixture(scope="module")
