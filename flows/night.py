@@ -223,7 +223,8 @@ def process_night(raw_dir: str, red_dir: str, config: dict | None = None, config
         core.preload_plotting(cfg)      # overlaps i and p, where this process mostly waits
     if "i" in cfg.steps:
         chunked("i", T.correct_task, "raw", "files",
-                lambda g: dict(obj=g["obj"], band=g["band"], bias=bias, flat=flats.get(g["band"]), dark=dark),
+                lambda g: dict(obj=g["obj"], band=g["band"], bias=bias, flat=flats.get(g["band"]), dark=dark,
+                               coord_file=g["raw"][0] if g["raw"] else None),
                 lambda r: r["rejected"])
     for g in G.values():
         g["bf"] = core.corrected_files(red, g["obj"], g["band"], g["raw"])

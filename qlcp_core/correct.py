@@ -93,8 +93,12 @@ def corrected_detector(header, cfg: Config) -> tuple[float, float, float]:
     return gain, rdn, sat
 
 
-def _times(files: list[Path], headers: list, obj: str, cfg: Config, result: CorrectResult):
-    """Vectorised times for the frames whose date can be read; the others are rejected."""
+def _times(files: list[Path], headers: list, obj: str, cfg: Config, result: CorrectResult, coord_header=None):
+    """Vectorised times for the frames whose date can be read; the others are rejected.
+
+    The target coordinate (HJD, BJD, airmass) comes from ``alt_coord``, else from
+    ``coord_header`` (the group's first frame, so times do not depend on how a group is
+    split in chunks), else from the first readable frame here."""
     starts, exps, keep = [], [], []
     for f, h in zip(files, headers):
         try:
@@ -111,7 +115,14 @@ def _times(files: list[Path], headers: list, obj: str, cfg: Config, result: Corr
         keep.append(f)
     if not keep:
         return [], {}
-    coord = timing.target_coord(headers[files.index(keep[0])], cfg, cfg.for_object("alt_coord", obj))
+    coord = None
+    if coord_header is not None:
+        try:
+            coord = timing.target_coord(coord_header, cfg, cfg.for_object("alt_coord", obj))
+        except QLCPError:
+            coord = None
+    if coord is None:
+        coord = timing.target_coord(headers[files.index(keep[0])], cfg, cfg.for_object("alt_coord", obj))
     if coord is None:
         log.warning("%s: no target coordinate (alt_coord or header %s/%s): HJD, BJD, airmass not computed",
                     obj, cfg.ra_key, cfg.dec_key)
@@ -128,7 +139,7 @@ def _reject(result: CorrectResult, f: Path, why: str) -> None:
 
 def correct_frames(files: list[Path], obj: str, band: str, red_dir: str | Path, cfg: Config,
                    bias: Path | None = None, flat: Path | None = None, dark: Path | None = None,
-                   progress=None, fingerprint: bool = False) -> CorrectResult:
+                   progress=None, fingerprint: bool = False, coord_file: Path | None = None) -> CorrectResult:
     """Correct the science frames ``files`` of one (object, band) group.
 
     Parameters
@@ -145,6 +156,9 @@ def correct_frames(files: list[Path], obj: str, band: str, red_dir: str | Path, 
         Wraps an iterable to show progress.
     fingerprint : bool
         Also return [size, mtime_ns, sha256] of every frame written (``fingerprints``).
+    coord_file : Path, optional
+        The frame whose header gives the target coordinate (the group's first frame);
+        default: the first readable frame of ``files``.
     """
     result = CorrectResult()
     files = [Path(f) for f in files]
@@ -162,7 +176,15 @@ def correct_frames(files: list[Path], obj: str, band: str, red_dir: str | Path, 
             readable.append(f)
         except QLCPError as err:
             _reject(result, f, str(err))
-    keep, times = _times(readable, headers, obj, cfg, result)
+    coord_header = None
+    if coord_file is not None:
+        coord_header = dict(zip(readable, headers)).get(Path(coord_file))
+        if coord_header is None:
+            try:
+                coord_header = read_header(coord_file)
+            except QLCPError:          # unreadable: the first readable frame here gives it
+                coord_header = None
+    keep, times = _times(readable, headers, obj, cfg, result, coord_header)
     hdr_of = dict(zip(readable, headers))
 
     bias_data = read_image(bias)[0] if bias else None

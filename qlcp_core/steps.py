@@ -77,28 +77,32 @@ def flat_step(red, cfg: Config, band: str, files, bias=None, dark=None, progress
 
 # ---------------------------------------------------------------------- i
 def _correct_chunk(args) -> dict:
-    files, obj, band, red, cfg, bias, flat, dark, fingerprints = args
+    files, obj, band, red, cfg, bias, flat, dark, fingerprints, coord_file = args
     res = correct_frames([Path(f) for f in files], obj, band, red, cfg, Path(bias) if bias else None,
-                         Path(flat) if flat else None, Path(dark) if dark else None, fingerprint=fingerprints)
+                         Path(flat) if flat else None, Path(dark) if dark else None, fingerprint=fingerprints,
+                         coord_file=Path(coord_file) if coord_file else None)
     return {"outputs": list(res.outputs), "rejected": [list(r) for r in res.rejected],
             "fingerprints": res.fingerprints}
 
 
 def correct_step(red, cfg: Config, obj: str, band: str, files, bias=None, flat=None, dark=None,
-                 progress=None, fingerprints: bool = False) -> dict:
+                 progress=None, fingerprints: bool = False, coord_file=None) -> dict:
     """Step i for (a chunk of) one group: ``{"outputs": [...], "rejected": [[file, reason], ...]}``.
 
     Frames are split in chunks over ``cfg.workers`` processes (times are
     vectorised per chunk; results do not depend on the split).  ``fingerprints``
     adds ``{path: [size, mtime_ns, sha256]}`` of the frames written, hashed by
-    the workers (for content-keyed caches).
+    the workers (for content-keyed caches).  ``coord_file``: the frame whose header
+    gives the target coordinate for HJD/BJD/airmass (the group's first frame; default
+    the first of ``files``), the same for every chunk however a group is split.
     """
     files = [str(f) for f in files]
+    coord_file = str(coord_file) if coord_file else (files[0] if files else None)
     workers = cfg.workers or default_workers()
     n = max(1, min(len(files), workers * 2))
     size = -(-len(files) // n) if files else 1
     chunks = [files[i:i + size] for i in range(0, len(files), size)]
-    parts = pmap(_correct_chunk, [(c, obj, band, str(red), cfg, bias, flat, dark, fingerprints) for c in chunks],
+    parts = pmap(_correct_chunk, [(c, obj, band, str(red), cfg, bias, flat, dark, fingerprints, coord_file) for c in chunks],
                  workers,
                  progress, f"correct {obj} {band}")
     return {"outputs": sorted(o for p in parts for o in p["outputs"]),

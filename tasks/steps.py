@@ -63,13 +63,15 @@ def flat_task(red_dir: str, cfg: dict, band: str, files: list[str], bias: str | 
     return {"path": path, "outputs": [path] if path else []}
 
 
-@task(name="correct", **task_options("i", file_params=("files", "bias", "flat", "dark"),
+@task(name="correct", **task_options("i", file_params=("files", "bias", "flat", "dark", "coord_file"),
                                      value_params=("obj", "band")))
 def correct_task(red_dir: str, cfg: dict, obj: str, band: str, files: list[str], bias: str | None,
-                 flat: str | None, dark: str | None) -> dict:
-    """Step i on a chunk of frames of one group."""
+                 flat: str | None, dark: str | None, coord_file: str | None = None) -> dict:
+    """Step i on a chunk of frames of one group (``coord_file``: the group's first frame, whose
+    header gives the target coordinate for every chunk)."""
     with task_log(red_dir, "i", config_of(cfg)):
-        res = core.correct_step(red_dir, config_of(cfg), obj, band, files, bias, flat, dark, fingerprints=True)
+        res = core.correct_step(red_dir, config_of(cfg), obj, band, files, bias, flat, dark, fingerprints=True,
+                                coord_file=coord_file)
     register_fingerprints(res.pop("fingerprints", {}))
     return res
 

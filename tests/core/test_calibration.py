@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
+from astropy import units as u
+from astropy.coordinates import Angle
 from astropy.io import fits
 from astropy.table import Table
 
@@ -155,3 +158,35 @@ def test_real_night_corrected_times(xo1_dir, tmp_path):
     assert abs((first["HJD"] - raw["JD-HELIO"]) * 86400) < 2.0
     airmass = [fits.getheader(p)["AIRMASS"] for p in outs]
     assert abs(airmass[0] - 1.139) < 0.01 and abs(airmass[-1] - 1.060) < 0.01
+
+
+def test_times_do_not_depend_on_how_a_group_is_split(tmp_path):
+    """HJD/BJD use one target coordinate per group (its first frame's header), so chunks of a
+    group give the times of the whole group even when the pointing keywords drift."""
+    from qlcp_core.steps import correct_step
+
+    sim = simulate_small(tmp_path / "n", n_frames=6, size=96, seed=7, n_bias=3, n_flats=3)
+    raw = tmp_path / "copy"
+    raw.mkdir()
+    for p in sim.raw_dir.iterdir():
+        (raw / p.name).write_bytes(p.read_bytes())
+    files = [raw / p.name for p in sim.science_files]
+    cfg = load_config([sim.config_path])
+    for i, f in enumerate(files):              # the telescope's RA creeps by 1 arcmin per frame
+        with fits.open(f, mode="update") as hl:
+            h = hl[0].header
+            ra = Angle(h["RA"], unit=u.hourangle) + i * u.arcmin
+            h["RA"] = ra.to_string(unit=u.hourangle, sep=":", precision=2)
+
+    def hjd(red, groups):
+        for g in groups:
+            correct_step(red, cfg.model_copy(update={"workers": 1}), "SIMV", "V", g, coord_file=files[0])
+        return [fits.getheader(p)["HJD"] for p in sorted((red / "SIMV_V").glob("*.bf.fits"))]
+
+    whole = hjd(tmp_path / "a", [files])
+    split = hjd(tmp_path / "b", [files[:2], files[2:]])
+    assert whole == split
+    # without the group's coordinate, the second chunk would use its own first frame's
+    res = correct_frames(files[2:], "SIMV", "V", tmp_path / "c", cfg)
+    own = [fits.getheader(p)["HJD"] for p in sorted(map(Path, res.outputs))]
+    assert own != whole[2:]
