@@ -69,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address of the Prefect server (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=4200, help="port of the Prefect server (default 4200)")
 
+    p = sub.add_parser("deploy", help="register process-night on a Prefect work pool (for workers)")
+    p.add_argument("--pool", required=True, metavar="NAME", help="work pool (a process pool is created if missing)")
+    p.add_argument("--name", default="pool", help="deployment name: process-night/NAME (default pool)")
+    p.add_argument("--config", metavar="FILE", action="append", help="config file(s) the flow runs get")
+
     p = sub.add_parser("demo", help="simulate a night and reduce it")
     p.add_argument("--workdir", default="qlcp-demo", help="where to put the night and its reduction")
     p.add_argument("--frames", type=int, default=60)
@@ -204,6 +209,22 @@ def cmd_serve(a) -> int:
     return run_serve(a)
 
 
+def cmd_deploy(a) -> int:
+    prefect_env()
+    from prefect.settings import PREFECT_API_URL
+
+    from deployments.serve import deploy_to_pool
+    from qlcp_core.errors import ConfigError
+
+    if not PREFECT_API_URL.value():
+        raise ConfigError("qlcp deploy: set PREFECT_API_URL to the server the workers poll "
+                          "(without it the deployment would go to a temporary server and vanish)")
+    dep_id = deploy_to_pool(a.pool, a.config, a.name)
+    print(f"deployment process-night/{a.name} on work pool {a.pool}: {dep_id}")
+    print(f"start workers with: prefect worker start --pool {a.pool}")
+    return 0
+
+
 def cmd_up(a) -> int:
     prefect_env()
     from deployments.serve import run_up
@@ -224,7 +245,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("DO_NOT_TRACK", "1")
     try:
         return {"run": cmd_run, "simulate": cmd_simulate, "demo": cmd_demo, "watch": cmd_watch,
-                "serve": cmd_serve, "up": cmd_up}[a.cmd](a)
+                "serve": cmd_serve, "up": cmd_up, "deploy": cmd_deploy}[a.cmd](a)
     except QLCPError as e:
         if a.debug:
             raise

@@ -67,6 +67,38 @@ def build_deployments(raw_root: str, red_root: str, config_files: list[str] | No
     ]
 
 
+def deploy_to_pool(pool: str, config_files: list[str] | None = None, name: str = "pool",
+                   pool_type: str = "process") -> str:
+    """Register ``process-night/<name>`` on work pool ``pool`` (created if missing); return its id.
+
+    For observatories that run flows on Prefect workers (``prefect worker start --pool
+    POOL``, one or more machines seeing the same raw and red roots) instead of ``qlcp
+    serve``.  The flow is referenced by module path (``flows.night``), so a worker needs
+    this package installed (the image), not a copy of the source.  Idempotent: running it
+    again updates the deployment.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.deployments.runner import EntrypointType
+    from prefect.exceptions import ObjectAlreadyExists
+
+    from flows.night import process_night
+
+    files = [str(Path(f).resolve()) for f in (config_files or [])]
+    if files:
+        load_config(files)          # a bad config fails here, in one line, not in every flow run
+    with get_client(sync_client=True) as c:
+        try:
+            c.create_work_pool(WorkPoolCreate(name=pool, type=pool_type))
+            log.info("work pool %s (%s) created", pool, pool_type)
+        except ObjectAlreadyExists:
+            pass
+    d = process_night.to_deployment(name=name, work_pool_name=pool, tags=["qlcp"],
+                                    entrypoint_type=EntrypointType.MODULE_PATH,
+                                    parameters={"config_files": files})
+    return str(d.apply())
+
+
 def add_serve_arguments(p) -> None:
     p.add_argument("raw_root", metavar="RAW_ROOT", help="directory holding one directory per night (read only)")
     p.add_argument("red_root", metavar="RED_ROOT", help="output root: RED_ROOT/<night>")

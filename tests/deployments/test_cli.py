@@ -61,3 +61,14 @@ def test_service_commands_document_their_interface(cmd):
                  "serve": ["--config", "--timezone", "--reprocess-cron"],
                  "up": ["--port", "--marker"]}[cmd]:
         assert flag in r.stdout
+
+
+def test_deploy_needs_a_server(tmp_path):
+    """Without PREFECT_API_URL the deployment would go to a temporary server and vanish: refused."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(tmp_path / "ph")
+    r = subprocess.run([sys.executable, "-m", "deployments.cli", "deploy", "--pool", "p"], capture_output=True,
+                       text=True, env=env, timeout=120)
+    _one_error_line(r, "PREFECT_API_URL")

@@ -650,3 +650,34 @@ def test_sensor_and_served_deployments_run_each_night_exactly_once(service, pref
         sensor.stop()
     timings["test body"] = time.monotonic() - t_test
     print("timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
+
+
+def test_deploy_registers_process_night_on_a_work_pool(service, prefect_client_settings, tmp_path, capsys):
+    """`qlcp deploy --pool`: the work pool is created, process-night/pool points at it with the
+    config, by module path (workers import the installed package); a second call updates it."""
+    from prefect.client.orchestration import get_client
+
+    from deployments.cli import main
+
+    cfg = tmp_path / "site.yaml"
+    cfg.write_text("site_lon: 117.57\nsite_lat: 40.39\nsite_ele: 960\n")
+    assert main(["deploy", "--pool", "qlcp-test-pool", "--config", str(cfg)]) == 0
+    first = capsys.readouterr().out
+    assert "process-night/pool on work pool qlcp-test-pool" in first
+    assert main(["deploy", "--pool", "qlcp-test-pool", "--config", str(cfg)]) == 0
+    second = capsys.readouterr().out
+    with get_client(sync_client=True) as c:
+        pool = c.read_work_pool("qlcp-test-pool")
+        dep = c.read_deployment_by_name("process-night/pool")
+    assert pool.type == "process"
+    assert dep.work_pool_name == "qlcp-test-pool" and dep.entrypoint == "flows.night.process_night"
+    assert dep.parameters["config_files"] == [str(cfg.resolve())]
+    assert str(dep.id) in first and str(dep.id) in second          # updated, not duplicated
+    # a bad config fails at once, in one line naming the key, and registers nothing new
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("site_lat: 123\n")
+    assert main(["deploy", "--pool", "qlcp-test-pool", "--name", "other", "--config", str(bad)]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("qlcp: error:")]
+    assert len(err) == 1 and "site_lat" in err[0]
+    with get_client(sync_client=True) as c:
+        assert [d.name for d in c.read_deployments() if d.name == "other"] == []
