@@ -120,6 +120,14 @@ def make(roots, cfg, clock, trigger, **kw) -> Sensor:
     return s.start()
 
 
+def marked_night(roots, cfg, clock, trig) -> Sensor:
+    """A started sensor (marker DONE) and a night ``n1`` of one file, marked complete."""
+    s = make(roots, cfg, clock, trig, marker="DONE")
+    put(roots[0] / "n1" / "a.fits")
+    (roots[0] / "n1" / "DONE").write_text("")
+    return s
+
+
 def sun_alt(t: datetime, site=XINGLONG) -> float:
     loc = EarthLocation.from_geodetic(site[0] * u.deg, site[1] * u.deg, site[2] * u.m)
     tt = Time(t)
@@ -324,12 +332,9 @@ def test_catch_up_nights_found_at_start(roots, site_cfg, caplog):
 # ---------------------------------------------------------------- API down
 def test_trigger_failure_backoff_then_one_run(roots, site_cfg, caplog):
     caplog.set_level(logging.INFO, logger="qlcp.sensor")
-    raw, _ = roots
     clock = Clock(NIGHT)
     trig = FakeTrigger(down=8)
-    s = make(roots, site_cfg, clock, trig, marker="DONE")
-    put(raw / "n1" / "a.fits")
-    (raw / "n1" / "DONE").write_text("")
+    s = marked_night(roots, site_cfg, clock, trig)
     s.poll_once()                                  # first check of the file
     t0 = clock.advance(seconds=1)
     attempts_at = []
@@ -356,12 +361,9 @@ def test_trigger_failure_backoff_then_one_run(roots, site_cfg, caplog):
 
 
 def test_pending_failure_survives_restart(roots, site_cfg):
-    raw, _ = roots
     clock = Clock(NIGHT)
     trig = FakeTrigger(down=100)
-    s = make(roots, site_cfg, clock, trig, marker="DONE")
-    put(raw / "n1" / "a.fits")
-    (raw / "n1" / "DONE").write_text("")
+    s = marked_night(roots, site_cfg, clock, trig)
     for _ in range(4):
         s.poll_once()
         clock.advance(minutes=1)
