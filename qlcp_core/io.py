@@ -102,15 +102,9 @@ def first_image_hdu(hdul):
 def read_header(path: str | Path) -> fits.Header:
     """Header of the first 2-D image HDU (the primary one, or a compressed extension)."""
     try:                               # a plain primary image: its header blocks only
-        with open(path, "rb") as f:
-            head = _primary_header_bytes(f)
-            size = os.fstat(f.fileno()).st_size
-        if head is not None:
-            h = parse_header_fast(head)
-            if h.get("SIMPLE") is True and h.get("NAXIS") == 2 and h.get("BITPIX") in _BITPIX_DTYPE:
-                need = len(head) + int(h["NAXIS1"]) * int(h["NAXIS2"]) * abs(int(h["BITPIX"])) // 8
-                if size >= need:       # not truncated (astropy below words that error)
-                    return fits.Header.fromstring(head.decode("ascii", errors="replace"))
+        plain = _plain_image_header(path)
+        if plain is not None and plain[3] >= plain[2]:     # not truncated (astropy below words that error)
+            return fits.Header.fromstring(plain[0].decode("ascii", errors="replace"))
     except (OSError, ValueError, KeyError, TypeError):
         pass
     try:
@@ -134,7 +128,7 @@ def _primary_header_bytes(f) -> bytes | None:
     head = f.read(2880)
     if not head.startswith(b"SIMPLE  =") or len(head) < 2880:
         return None
-    while not any(head[i:i + 8] == b"END     " for i in range(len(head) - 2880, len(head), 80)):
+    while not _has_end(head[-2880:]):
         block = f.read(2880)
         if len(block) < 2880:
             return None
@@ -142,11 +136,10 @@ def _primary_header_bytes(f) -> bytes | None:
     return head
 
 
-def _simple_image(h: dict) -> bool:
-    """A primary HDU holding a plain 2-D image that the direct reader handles exactly."""
-    bp = h.get("BITPIX")
-    return (h.get("SIMPLE") is True and h.get("NAXIS") == 2 and bp in _BITPIX_DTYPE and "BLANK" not in h
-            and h.get("BSCALE", 1) == 1 and h.get("BZERO", 0) in ((0, 32768) if bp == 16 else (0,)))
+def _exact_scaling(h: dict) -> bool:
+    """Unscaled data, or the unsigned-16-bit convention: what the direct reader reproduces exactly."""
+    return ("BLANK" not in h and h.get("BSCALE", 1) == 1
+            and h.get("BZERO", 0) in ((0, 32768) if h["BITPIX"] == 16 else (0,)))
 
 
 class HeaderDict(dict):
@@ -166,18 +159,28 @@ def simple_image_header(path) -> tuple[HeaderDict, int, int] | None:
     """(header, bytes the image needs, file size) of a plain primary 2-D image, read directly;
     None for anything else (extensions, compression, CONTINUE or HIERARCH cards, non-ASCII
     bytes), which callers leave to astropy."""
+    plain = _plain_image_header(path)
+    if plain is None:
+        return None
+    head, h, need, size = plain
+    if any(head[i:i + 8] in (b"CONTINUE", b"HIERARCH") for i in range(0, len(head), 80)):
+        return None
+    return HeaderDict(h), need, size
+
+
+def _plain_image_header(path) -> tuple[bytes, dict, int, int] | None:
+    """(header bytes, parsed cards, bytes the image needs, file size) of a primary 2-D image
+    (SIMPLE, NAXIS 2, a standard BITPIX), read without astropy; None for anything else."""
     with open(path, "rb") as f:
         head = _primary_header_bytes(f)
         size = os.fstat(f.fileno()).st_size
     if head is None:
         return None
-    if any(head[i:i + 8] in (b"CONTINUE", b"HIERARCH") for i in range(0, len(head), 80)):
-        return None
     h = parse_header_fast(head)
     if h.get("SIMPLE") is not True or h.get("NAXIS") != 2 or h.get("BITPIX") not in _BITPIX_DTYPE:
         return None
     need = len(head) + int(h["NAXIS1"]) * int(h["NAXIS2"]) * abs(int(h["BITPIX"])) // 8
-    return HeaderDict(h), need, size
+    return head, h, need, size
 
 
 def _read_image_fast(path, dtype):
@@ -187,17 +190,12 @@ def _read_image_fast(path, dtype):
     BSCALE 1), where the result is exact; anything else (other scalings, BLANK,
     extensions, compression, a truncated file) is left to astropy.
     """
-    with open(path, "rb") as f:
-        head = _primary_header_bytes(f)
-        if head is None:
-            return None
-        h = parse_header_fast(head)
-        if not _simple_image(h):
-            return None
-        nx, ny = int(h["NAXIS1"]), int(h["NAXIS2"])
-        raw = np.fromfile(f, dtype=_BITPIX_DTYPE[h["BITPIX"]], count=nx * ny)
-    if raw.size != nx * ny:
+    plain = _plain_image_header(path)
+    if plain is None or plain[3] < plain[2] or not _exact_scaling(plain[1]):
         return None
+    head, h = plain[:2]
+    nx, ny = int(h["NAXIS1"]), int(h["NAXIS2"])
+    raw = np.fromfile(path, dtype=_BITPIX_DTYPE[h["BITPIX"]], count=nx * ny, offset=len(head))
     data = raw.reshape(ny, nx).astype(dtype)
     if h.get("BZERO", 0):
         data += h["BZERO"]
@@ -245,15 +243,16 @@ def file_fingerprint(path: str | Path) -> str:
 _TFORM = {"L": "i1", "B": "u1", "I": ">i2", "J": ">i4", "K": ">i8", "E": ">f4", "D": ">f8", "A": "S"}
 
 
+def _has_end(block: bytes) -> bool:
+    """Whether a 2880-byte header block holds the END card."""
+    return any(block[i:i + 8] == b"END     " for i in range(0, len(block), 80))
+
+
 def _header_end(buf: bytes, start: int) -> int:
     """Offset just past the header that starts at ``start`` (2880-byte blocks, END card)."""
-    pos = start
-    while pos < len(buf):
-        block = buf[pos:pos + 2880]
-        for i in range(0, 2880, 80):
-            if block[i:i + 8] == b"END     ":
-                return pos + 2880
-        pos += 2880
+    for pos in range(start, len(buf), 2880):
+        if _has_end(buf[pos:pos + 2880]):
+            return pos + 2880
     raise ValueError("no END card")
 
 
