@@ -16,6 +16,7 @@ of the group goes on.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,22 +53,23 @@ def bf_path(red_dir: str | Path, obj: str, band: str, raw: str | Path) -> Path:
     return group_dir(red_dir, obj, band) / f"{raw_stem(raw)}.bf.fits"
 
 
+def _header_number(header, *keys) -> float | None:
+    """The first of ``keys`` in ``header`` holding a finite positive number, else None."""
+    for k in keys:
+        try:
+            v = float(header[k])
+            if np.isfinite(v) and v > 0:
+                return v
+        except (KeyError, TypeError, ValueError):
+            continue
+    return None
+
+
 def detector(header, cfg: Config) -> tuple[float, float, float]:
     """(gain e-/ADU, read noise e-, raw saturation ADU): config, else header, else defaults."""
-
-    def hnum(*keys):
-        for k in keys:
-            try:
-                v = float(header[k])
-                if np.isfinite(v) and v > 0:
-                    return v
-            except (KeyError, TypeError, ValueError):
-                continue
-        return None
-
-    gain = cfg.gain or hnum("GAIN", "EGAIN", "CCDGAIN") or 1.0
-    rdn = cfg.rdnoise if cfg.rdnoise is not None else (hnum("RDNOISE", "READNOIS", "RON") or 0.0)
-    sat = cfg.saturation or hnum("SATURATE", "DATAMAX", "SATLEVEL")
+    gain = cfg.gain or _header_number(header, "GAIN", "EGAIN", "CCDGAIN") or 1.0
+    rdn = cfg.rdnoise if cfg.rdnoise is not None else (_header_number(header, "RDNOISE", "READNOIS", "RON") or 0.0)
+    sat = cfg.saturation or _header_number(header, "SATURATE", "DATAMAX", "SATLEVEL")
     if sat is None:
         sat = 65535.0 if header.get("BITPIX") in (16, 8) else 1e30
     return float(gain), float(rdn), float(sat)
@@ -84,13 +86,7 @@ def corrected_detector(header, cfg: Config) -> tuple[float, float, float]:
     back to :func:`detector`.
     """
     gain, rdn, sat = detector(header, cfg)
-    try:
-        v = float(header["SATURATE"])
-        if np.isfinite(v) and v > 0:
-            sat = v
-    except (KeyError, TypeError, ValueError):
-        pass
-    return gain, rdn, sat
+    return gain, rdn, _header_number(header, "SATURATE") or sat
 
 
 def _times(files: list[Path], headers: list, obj: str, cfg: Config, result: CorrectResult, coord_header=None):
@@ -115,14 +111,13 @@ def _times(files: list[Path], headers: list, obj: str, cfg: Config, result: Corr
         keep.append(f)
     if not keep:
         return [], {}
+    alt = cfg.for_object("alt_coord", obj)
     coord = None
     if coord_header is not None:
-        try:
-            coord = timing.target_coord(coord_header, cfg, cfg.for_object("alt_coord", obj))
-        except QLCPError:
-            coord = None
+        with contextlib.suppress(QLCPError):
+            coord = timing.target_coord(coord_header, cfg, alt)
     if coord is None:
-        coord = timing.target_coord(headers[files.index(keep[0])], cfg, cfg.for_object("alt_coord", obj))
+        coord = timing.target_coord(headers[files.index(keep[0])], cfg, alt)
     if coord is None:
         log.warning("%s: no target coordinate (alt_coord or header %s/%s): HJD, BJD, airmass not computed",
                     obj, cfg.ra_key, cfg.dec_key)
@@ -176,16 +171,14 @@ def correct_frames(files: list[Path], obj: str, band: str, red_dir: str | Path, 
             readable.append(f)
         except QLCPError as err:
             _reject(result, f, str(err))
+    hdr_of = dict(zip(readable, headers))
     coord_header = None
     if coord_file is not None:
-        coord_header = dict(zip(readable, headers)).get(Path(coord_file))
+        coord_header = hdr_of.get(Path(coord_file))
         if coord_header is None:
-            try:
+            with contextlib.suppress(QLCPError):   # unreadable: the first readable frame here gives it
                 coord_header = read_header(coord_file)
-            except QLCPError:          # unreadable: the first readable frame here gives it
-                coord_header = None
     keep, times = _times(readable, headers, obj, cfg, result, coord_header)
-    hdr_of = dict(zip(readable, headers))
 
     bias_data = read_image(bias)[0] if bias else None
     dark_data = read_image(dark)[0] if dark else None

@@ -26,7 +26,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 
 log = logging.getLogger("qlcp.parallel")
 
-_lock = threading.Lock()
+_lock = threading.RLock()     # warm() holds it while creating the pool and its first workers
 _pool: ProcessPoolExecutor | None = None
 _pool_size = 0
 _listener: logging.handlers.QueueListener | None = None
@@ -75,11 +75,11 @@ def _call(fn, x, caller: int):
     return fn(x)
 
 
-def _get_pool(workers: int, locked: bool = False) -> ProcessPoolExecutor | None:
+def _get_pool(workers: int) -> ProcessPoolExecutor | None:
     global _pool, _pool_size
     if mp.current_process().daemon:
         return None
-    with contextlib.nullcontext() if locked else _lock:
+    with _lock:
         if _pool is None or _pool_size != workers:
             if _pool is not None:
                 _pool.shutdown(wait=False, cancel_futures=True)
@@ -147,7 +147,7 @@ def warm(workers: int | None = None) -> None:
 def _warm_now(workers: int) -> None:
     try:
         with _lock:
-            pool = _get_pool(workers, locked=True)
+            pool = _get_pool(workers)
             if pool is not None:
                 with _main_hidden():
                     for _ in range(workers):
