@@ -292,15 +292,15 @@ def _local_sky(sub, exclude, x, y, rin, rout):
     ``exclude`` (segmentation map; 0 = sky).
     """
     n = len(x)
-    med = np.full(n, np.nan)
+    cen = np.full(n, np.nan)
     sig = np.full(n, np.nan)
     cnt = np.zeros(n, dtype=np.int64)
     if n == 0 or not rout > 0:
-        return med, sig, cnt
+        return cen, sig, cnt
     ny, nx = sub.shape
     ox, oy, sure, h = _ring_offsets(rin, rout)
     if ox.size == 0:
-        return med, sig, cnt
+        return cen, sig, cnt
     order = np.argsort(~sure, kind="stable")             # the sure offsets first
     ox, oy = ox[order], oy[order]
     ns = int(sure.sum())
@@ -338,8 +338,8 @@ def _local_sky(sub, exclude, x, y, rin, rout):
             v[~valid] = nan
         if flat_ex is not None:
             v[flat_ex.take(idx) != 0] = nan
-        med[sl], sig[sl], cnt[sl] = _clipped_mean(v)
-    return med, sig, cnt
+        cen[sl], sig[sl], cnt[sl] = _clipped_mean(v)
+    return cen, sig, cnt
 
 
 def _window_shape(sub, x, y, sig_w):
@@ -577,7 +577,7 @@ def measure(data: np.ndarray, cfg, gain: float, rdnoise: float, saturation: floa
 
     mesh = int(getattr(cfg, "phot_back_mesh", None) or _BACK_MESH)
     bkg = sep.Background(img, mask=mask, bw=mesh, bh=mesh, fw=3, fh=3)
-    sub = np.array(img, dtype=np.float32 if img.dtype == np.float32 else np.float64, order="C")
+    sub = img.copy()                 # float32, C order (made so above)
     bkg.subfrom(sub)                 # in place: no background map array
     if mask is not None:
         sub[bad] = 0.0
