@@ -548,7 +548,6 @@ class Sensor:
         self._nights: dict[str, _Night] = {}
         self._done: set[str] = set()            # triggered nights: never looked at again
         self._old: dict[str, int] = {}          # nights older than max_age: directory mtime when judged
-        self._old_said: set[str] = set()        # ... and already logged
         self._db: StateDB | None = None
         self._lock_fd: int | None = None
         self._observer = None
@@ -787,11 +786,12 @@ class Sensor:
         for name in sorted(names - self._nights.keys() - self._done):
             path = self.raw_root / name
             row = self._db.get(name)
-            if row is None and self._too_old(path, now):
-                if name not in self._old_said:   # say so once
-                    skipped.append(name)
-                    self._old_said.add(name)
-                continue
+            if row is None:
+                known_old = name in self._old
+                if self._too_old(path, now):
+                    if not known_old:           # say so once
+                        skipped.append(name)
+                    continue
             if row is None:
                 key = f"qlcp-sensor:{self.deployment}:{path}:{_iso(now)}"
                 self._db.insert(name, str(path), str(self.red_root / name), now, key)
@@ -847,7 +847,6 @@ class Sensor:
             self._old[path.name] = dm
             return True
         self._old.pop(path.name, None)
-        self._old_said.discard(path.name)
         return False
 
     def _gone(self, name: str) -> None:

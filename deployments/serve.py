@@ -48,6 +48,11 @@ def site_timezone(config_files: list[str] | None, override: str | None = None) -
     return "UTC"
 
 
+def _config_paths(config_files) -> list[str]:
+    """Absolute config paths, as the flow runs (possibly elsewhere) get them."""
+    return [str(Path(f).resolve()) for f in (config_files or [])]
+
+
 def build_deployments(raw_root: str, red_root: str, config_files: list[str] | None = None, timezone: str = "UTC",
                       reprocess_cron: str = "0 12 * * *", sweep_cron: str = "0 7 * * *"):
     """The three deployments, ready for ``prefect.serve``."""
@@ -55,7 +60,7 @@ def build_deployments(raw_root: str, red_root: str, config_files: list[str] | No
 
     from flows.night import dawn_sweep, process_night, reprocess
 
-    files = [str(Path(f).resolve()) for f in (config_files or [])]
+    files = _config_paths(config_files)
     common = {"raw_root": str(Path(raw_root).resolve()), "red_root": str(Path(red_root).resolve()),
               "config_files": files}
     return [
@@ -84,7 +89,7 @@ def deploy_to_pool(pool: str, config_files: list[str] | None = None, name: str =
 
     from flows.night import process_night
 
-    files = [str(Path(f).resolve()) for f in (config_files or [])]
+    files = _config_paths(config_files)
     if files:
         load_config(files)          # a bad config fails here, in one line, not in every flow run
     with get_client(sync_client=True) as c:
