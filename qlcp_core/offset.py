@@ -45,13 +45,16 @@ Method
 
 Drift and jumps (:func:`compute_offsets`): every frame is matched against the
 base star list, never chained frame to frame, so errors do not accumulate.
-The search box is centred on the offset of the previous good frame (the
-*prior*), so ``offset_max_dis`` bounds the jump from one frame to the next,
+Every frame is first searched in a box centred on the base position (the
+frames independently, so in parallel).  A walk outwards from the base image
+(base..last, then base-1..first) then keeps the offset of the previous good
+frame (the *prior*): a frame whose base-centred offset is missing, or further
+than ``offset_max_dis`` from the prior, is searched again in a box centred on
+the prior, so ``offset_max_dis`` bounds the jump from one frame to the next,
 and a slow drift can take the field further than ``offset_max_dis`` from the
-base over the night.  When that search fails, it is retried centred on the
-base position (a telescope re-pointed back to the start).  Frames are
-processed outwards from the base image (base..last, then base-1..first), so
-the prior is always a neighbour in time; the table keeps the given order.
+base over the night.  When that search fails too, the base-centred result
+stands (a telescope re-pointed back to the start).  The table keeps the given
+order.
 """
 
 from __future__ import annotations
@@ -107,7 +110,8 @@ CLIP_MIN_N = 6
 CLIP_FIXED = 1.0
 
 METHOD = ("sep stars (winpos) + 2-D pair-difference vote (+qmatch.offset1d candidate) "
-          "+ one-to-one nearest match, 3-sigma-clipped mean; prior = previous good frame")
+          "+ one-to-one nearest match, 3-sigma-clipped mean; search box at the base, "
+          "else at the previous good frame's offset")
 
 
 @dataclass(frozen=True)
@@ -565,7 +569,40 @@ def _check_same_camera(base_path, base_data_shape, base_hdr, first: Path) -> Non
             raise InputError(f"base_img {base_path}: {key} {a!r} differs from tonight's {b!r}")
 
 
-def compute_offsets(bf_files, cfg, base_img=None, star_lists=None) -> Table:
+def _serial_map(fn, items):
+    return [fn(x) for x in items]
+
+
+def _load_stars(path: Path, cfg, star_lists=None):
+    """(xy, flux, header) of a frame: from ``star_lists`` when it gives them, else from the image."""
+    got = star_lists(path) if star_lists else None
+    if got is not None:
+        return got
+    data, hdr = read_image(path)
+    xy, fl = _stars(data, hdr, cfg)
+    return xy, fl, hdr
+
+
+def _centred_chunk(args) -> list[tuple]:
+    """Offsets of a chunk of frames in the search box centred on the base position.
+
+    One job of the parallel phase of :func:`compute_offsets`:
+    ``[(rawfile, jd, OffsetResult, n_stars), ...]`` (``n_stars`` -1: unreadable).
+    """
+    files, bxy, bfl, max_dis, cfg, star_lists = args
+    out = []
+    for f in files:
+        f = Path(f)
+        try:
+            fxy, ffl, hdr = _load_stars(f, cfg, star_lists)
+        except InputError as e:
+            out.append((_rawfile(None, f), math.nan, _fail(f"unreadable: {e}"), -1))
+            continue
+        out.append((_rawfile(hdr, f), _jd(hdr), find_offset(bxy, bfl, fxy, ffl, max_dis, (0.0, 0.0)), len(fxy)))
+    return out
+
+
+def compute_offsets(bf_files, cfg, base_img=None, star_lists=None, map_fn=None) -> Table:
     """Offsets of corrected frames against the base image.
 
     Parameters
@@ -580,7 +617,11 @@ def compute_offsets(bf_files, cfg, base_img=None, star_lists=None) -> Table:
         another night of the same telescope).
     star_lists : callable(path) -> (xy, flux, header) or None, optional
         Star lists already measured (the photometry catalogues): used instead
-        of reading and searching the image when it returns a list.
+        of reading and searching the image when it returns a list.  Module
+        level (picklable) when ``map_fn`` runs jobs in other processes.
+    map_fn : callable(fn, items) -> list, optional
+        Map for the per-frame phase, e.g. a process pool's; default serial.
+        The result does not depend on it.
 
     Returns
     -------
@@ -596,6 +637,19 @@ def compute_offsets(bf_files, cfg, base_img=None, star_lists=None) -> Table:
         another camera).
     ConfigError
         A base index out of range.
+
+    Notes
+    -----
+    Two phases.  First, independently for every frame (in parallel through
+    ``map_fn``), the search box is centred on the base position.  Then a chain
+    walks outwards from the base (base..last, then base-1..first) keeping the
+    last good offset as the *prior*: a frame's base-centred result stands when
+    it is good and within ``offset_max_dis`` of the prior, as a search centred on
+    the prior would find the same match; otherwise the frame is searched again
+    around the prior, and the base-centred result is the fallback (a telescope
+    re-pointed back to the start).  So ``offset_max_dis`` bounds the jump from
+    one frame to the next, and a slow drift can take the field further than
+    ``offset_max_dis`` from the base over the night.
     """
     files = [Path(f) for f in bf_files]
     if not files:
@@ -603,15 +657,7 @@ def compute_offsets(bf_files, cfg, base_img=None, star_lists=None) -> Table:
     max_dis = float(getattr(cfg, "offset_max_dis", 250.0))
     spec = getattr(cfg, "base_img", 0) if base_img is None else base_img
     bidx, bpath = _resolve_base(spec, files)
-
-    def load(path: Path):
-        """(xy, flux, header) from the given star lists, else from the image."""
-        got = star_lists(path) if star_lists else None
-        if got is not None:
-            return got
-        data, hdr = read_image(path)
-        xy, fl = _stars(data, hdr, cfg)
-        return xy, fl, hdr
+    map_fn = map_fn or _serial_map
 
     if bidx is None:
         bdata, bhdr = read_image(bpath)
@@ -619,45 +665,44 @@ def compute_offsets(bf_files, cfg, base_img=None, star_lists=None) -> Table:
         bxy, bfl = _stars(bdata, bhdr, cfg)
         del bdata
     else:
-        bxy, bfl, bhdr = load(bpath)
+        bxy, bfl, bhdr = _load_stars(bpath, cfg, star_lists)
     if len(bxy) < MIN_MATCH:
         raise InputError(f"{bpath}: base image has {len(bxy)} usable star(s), need {MIN_MATCH}; "
                          "choose another with base_img")
     log.info("base image %s: %d stars", bpath.name, len(bxy))
 
     n = len(files)
-    if bidx is None:
-        order = list(range(n))
-    else:
-        order = list(range(bidx, n)) + list(range(bidx - 1, -1, -1))
-    rows: list[tuple | None] = [None] * n
-    prior = (0.0, 0.0)
     t0 = time.perf_counter()
+    others = [i for i in range(n) if i != bidx]
+    size = max(1, -(-len(others) // 16))            # 16 jobs: balanced over the workers
+    jobs = [others[k:k + size] for k in range(0, len(others), size)]
+    parts = map_fn(_centred_chunk, [([str(files[i]) for i in job], bxy, bfl, max_dis, cfg, star_lists)
+                                    for job in jobs])
+    centred = {i: r for job, part in zip(jobs, parts) for i, r in zip(job, part)}
+
+    order = list(range(n)) if bidx is None else list(range(bidx, n)) + list(range(bidx - 1, -1, -1))
+    rows: list[tuple | None] = [None] * n
+    prior = np.zeros(2)
     for i in order:
         f = files[i]
         if bidx is not None and i == bidx - 1:
-            prior = (0.0, 0.0)  # the backward chain starts again at the base
+            prior = np.zeros(2)  # the backward chain starts again at the base
         if i == bidx:
-            hdr = bhdr
+            name, jd = _rawfile(bhdr, f), _jd(bhdr)
             res = OffsetResult(0.0, 0.0, len(bxy), True, "ok (base image)", 0.0)
         else:
-            try:
-                fxy, ffl, hdr = load(f)
-            except InputError as e:
-                hdr = None
-                res = _fail(f"unreadable: {e}")
-            else:
-                res = find_offset(bxy, bfl, fxy, ffl, max_dis, prior)
-                if not res.ok and prior != (0.0, 0.0) and len(fxy) >= MIN_MATCH:
-                    again = find_offset(bxy, bfl, fxy, ffl, max_dis, (0.0, 0.0))
-                    if again.ok:
-                        res = again
+            name, jd, res, nstars = centred[i]
+            near = res.ok and (np.abs(np.array([res.dx, res.dy]) - prior) <= max_dis).all()
+            if nstars >= MIN_MATCH and prior.any() and not near:
+                fxy, ffl, _ = _load_stars(f, cfg, star_lists)
+                again = find_offset(bxy, bfl, fxy, ffl, max_dis, tuple(prior))
+                if again.ok or not res.ok:
+                    res = again
         if res.ok:
-            prior = (res.dx, res.dy)
+            prior = np.array([res.dx, res.dy])
         else:
             log.warning("%s: no offset: %s", f.name, res.reason)
-        rows[i] = (_rawfile(hdr, f), str(f), _jd(hdr) if hdr is not None else math.nan,
-                   res.dx, res.dy, res.n_matched, res.ok, res.reason)
+        rows[i] = (name, str(f), jd, res.dx, res.dy, res.n_matched, res.ok, res.reason)
     dt = time.perf_counter() - t0
 
     tab = Table(rows=rows, names=("file", "bf", "jd", "dx", "dy", "n_matched", "ok", "reason"),

@@ -10,6 +10,7 @@ The science is in the stage modules named after each step.
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -126,7 +127,8 @@ def offset_step(red, cfg: Config, obj: str, band: str, bf_files) -> str:
     key = step_key(cfg, "o", *bf_files, *catalogue_files(bf_files))   # star lists come from the catalogues
     if ecsv.is_file() and not cfg.mode.should_write(ecsv, aggregate=True, current=_ecsv_key(ecsv) == key):
         return str(ecsv)
-    table = off_mod.compute_offsets([Path(f) for f in bf_files], cfg, cfg.base_img, star_lists=catalogue_stars)
+    table = off_mod.compute_offsets([Path(f) for f in bf_files], cfg, cfg.base_img, star_lists=catalogue_stars,
+                                    map_fn=functools.partial(pmap, workers=cfg.workers))
     table.meta["qlcpkey"] = key
     ecsv, _ = off_mod.write_offsets(table, red, obj, band)
     n_ok = int(np.sum(table["ok"]))
