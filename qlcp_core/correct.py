@@ -17,6 +17,7 @@ of the group goes on.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ from .config import Config
 from .errors import InputError, QLCPError
 from .flat import load_flat
 from .io import fingerprint_record, raw_stem, read_header, read_image, write_fits
-from .provenance import fits_key, step_key
+from .provenance import file_identity, fits_key, step_key
 
 log = logging.getLogger("qlcp.correct")
 
@@ -126,6 +127,23 @@ def _times(files: list[Path], headers: list, obj: str, cfg: Config, result: Corr
     return keep, t
 
 
+@functools.lru_cache(maxsize=1)
+def _masters(bias: str | None, dark: str | None, flat: str | None, identity: tuple) -> tuple:
+    """Master frames (read-only arrays) and their levels, read once per process for the
+    many chunks of a group (``identity``: their names, sizes and mtimes, so a
+    rewritten master is read again)."""
+    bias_data = read_image(bias)[0] if bias else None
+    dark_data = read_image(dark)[0] if dark else None
+    flat_data = load_flat(flat)
+    for a in (bias_data, dark_data, flat_data):
+        if a is not None:
+            a.setflags(write=False)
+    bias_level = float(np.median(bias_data[::4, ::4])) if bias_data is not None else 0.0
+    dark_rate = float(np.median(dark_data[::4, ::4])) if dark_data is not None else 0.0
+    flat_hi = float(np.percentile(flat_data[::2, ::2], 99.9)) if flat_data is not None else 1.0
+    return bias_data, dark_data, flat_data, bias_level, dark_rate, flat_hi
+
+
 def _reject(result: CorrectResult, f: Path, why: str) -> None:
     msg = why if str(f) in why or f.name in why else f"{f.name}: {why}"
     log.error("%s", msg)
@@ -180,12 +198,9 @@ def correct_frames(files: list[Path], obj: str, band: str, red_dir: str | Path, 
                 coord_header = read_header(coord_file)
     keep, times = _times(readable, headers, obj, cfg, result, coord_header)
 
-    bias_data = read_image(bias)[0] if bias else None
-    dark_data = read_image(dark)[0] if dark else None
-    flat_data = load_flat(flat)
-    bias_level = float(np.median(bias_data[::4, ::4])) if bias_data is not None else 0.0
-    dark_rate = float(np.median(dark_data[::4, ::4])) if dark_data is not None else 0.0
-    flat_hi = float(np.percentile(flat_data[::2, ::2], 99.9)) if flat_data is not None else 1.0
+    bias_data, dark_data, flat_data, bias_level, dark_rate, flat_hi = _masters(
+        *(str(p) if p else None for p in (bias, dark, flat)),
+        tuple(tuple(file_identity(p) or ()) for p in (bias, dark, flat)))
     cut = cfg.border_cut
 
     n_done = 0

@@ -29,6 +29,41 @@ def setup_screen(level: int = logging.INFO) -> None:
     root.addHandler(h)
 
 
+_tag = threading.local()
+
+
+def current_step() -> str | None:
+    """The step this thread is working for (:func:`step_tag`), or None."""
+    return getattr(_tag, "step", None)
+
+
+@contextlib.contextmanager
+def step_tag(step: str):
+    """Attribute the records this thread logs in the block to ``step``.
+
+    For work that does two steps in one go (the plain driver corrects and
+    measures each frame in one job): :func:`step_log` files opened with
+    ``tag`` keep the records of their own step.  Worker processes copy the
+    tag into each record (``qlcp_step``) before sending it to the parent.
+    """
+    old = current_step()
+    _tag.step = step
+    try:
+        yield
+    finally:
+        _tag.step = old
+
+
+class _StepFilter(logging.Filter):
+    def __init__(self, step: str):
+        super().__init__()
+        self.step = step
+
+    def filter(self, record):
+        tag = getattr(record, "qlcp_step", None) or current_step()
+        return tag is None or tag == self.step
+
+
 class _ThreadFilter(logging.Filter):
     def __init__(self):
         super().__init__()
@@ -40,11 +75,14 @@ class _ThreadFilter(logging.Filter):
 
 
 @contextlib.contextmanager
-def step_log(red_dir: str | Path, step: str, level: int = logging.DEBUG, thread_only: bool = False):
+def step_log(red_dir: str | Path, step: str, level: int = logging.DEBUG, thread_only: bool = False,
+             tagged: bool = False):
     """Also write ``qlcp`` records to ``{red}/log/{step}.log`` while the block runs.
 
     ``thread_only`` keeps only the records of the calling thread: steps that
     run concurrently (Prefect's thread pool) each log to their own file.
+    ``tagged`` keeps only the records tagged for this step (:func:`step_tag`)
+    and the untagged ones: two steps done in one go each keep their own.
     """
     path = Path(red_dir) / "log" / f"{step}.log"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -56,6 +94,8 @@ def step_log(red_dir: str | Path, step: str, level: int = logging.DEBUG, thread_
     h.setLevel(level)
     if thread_only:
         h.addFilter(_ThreadFilter())
+    if tagged:
+        h.addFilter(_StepFilter(step))
     root.addHandler(h)
     try:
         yield path

@@ -24,6 +24,8 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
+from .logs import current_step
+
 log = logging.getLogger("qlcp.parallel")
 
 _lock = threading.RLock()     # warm() holds it while creating the pool and its first workers
@@ -53,10 +55,12 @@ _caller_thread = 0
 
 class _TagCaller(logging.Filter):
     """In a worker: mark records with the thread that submitted the job, so the
-    parent's per-thread step logs (``logs.step_log(thread_only=True)``) keep them."""
+    parent's per-thread step logs (``logs.step_log(thread_only=True)``) keep them,
+    and with the step the job is working for (``logs.step_tag``), if any."""
 
     def filter(self, record):
         record.qlcp_thread = _caller_thread
+        record.qlcp_step = current_step()
         return True
 
 

@@ -194,18 +194,29 @@ def reduce_group(night: Night, red: Path, cfg: Config, obj: str, band: str, mast
                  progress=None, timings: dict | None = None) -> None:
     """Steps i o p k c d g for one (object, band) group, in order."""
     files = night.science(obj, band)
-    if "i" in cfg.steps:
+    cal = (masters.get("bias"), masters.get(f"flat_{band}"), masters.get("dark"))
+    stats = None
+    if "i" in cfg.steps and "p" in cfg.steps:      # both: one pass, each frame measured while fresh
+        t0 = time.perf_counter()
+        with step_log(red, "i", cfg.file_log, tagged=True), step_log(red, "p", cfg.file_log, tagged=True):
+            res, stats, busy = _steps.correct_photometry_step(red, cfg, obj, band, files, *cal, progress)
+        if timings is not None:     # the wall time, shared as the workers' time was
+            wall, total = time.perf_counter() - t0, sum(busy.values()) or 1.0
+            for s in "ip":
+                timings[s] = timings.get(s, 0.0) + wall * busy[s] / total
+        g.rejected.extend(res["rejected"])
+    elif "i" in cfg.steps:
         with _step(red, cfg, "i", timings):
-            res = _steps.correct_step(red, cfg, obj, band, files, masters.get("bias"),
-                                     masters.get(f"flat_{band}"), masters.get("dark"), progress)
+            res = _steps.correct_step(red, cfg, obj, band, files, *cal, progress)
         g.rejected.extend(res["rejected"])
     bf = _steps.corrected_files(red, obj, band, files)
     g.corrected = len(bf)
     # p before o: photometry needs no offsets, and alignment then reads the
     # catalogues' star lists instead of searching every image again
-    if "p" in cfg.steps:
+    if "p" in cfg.steps and stats is None:
         with _step(red, cfg, "p", timings):
             stats = _steps.photometry_step(red, cfg, bf, progress)
+    if stats:
         g.rejected.extend([Path(s["bf"]).name, s["error"]] for s in stats if s.get("error"))
     if "o" in cfg.steps:
         with _step(red, cfg, "o", timings):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ from .config import STEP_KEYS, Config
 from .correct import bf_path, correct_frames, group_dir
 from .errors import InputError, MissingInputError
 from .io import file_fingerprint, fingerprint_record, raw_stem, read_image, read_table_fast
+from .logs import step_tag
 from .parallel import default_workers, pmap
 from .provenance import fits_key, step_key
 
@@ -206,6 +208,11 @@ def photometry_step(red, cfg: Config, bf_files, progress=None, fingerprints: boo
     reported with its reason and the others go on.  Returns per-frame stats.
     """
     out = pmap(_photometry_one, [(str(b), cfg, fingerprints) for b in bf_files], cfg.workers, progress, "photometry")
+    _log_photometry(out)
+    return out
+
+
+def _log_photometry(out: list[dict]) -> None:
     for s in out:
         if s.get("error"):
             log.error("%s", s["error"])
@@ -216,7 +223,54 @@ def photometry_step(red, cfg: Config, bf_files, progress=None, fingerprints: boo
                  min(s["NSTARS"] for s in made), max(s["NSTARS"] for s in made),
                  float(np.median(fw)) if fw else float("nan"),
                  f"; {len(out) - len(made)} kept or failed" if len(out) != len(made) else "")
-    return out
+
+
+# -------------------------------------------------------------------- i + p
+def _correct_measure_chunk(args) -> dict:
+    files, obj, band, red, cfg, bias, flat, dark, coord_file = args
+    t0 = time.perf_counter()
+    with step_tag("i"):
+        res = _correct_chunk((files, obj, band, red, cfg, bias, flat, dark, False, coord_file))
+    t1 = time.perf_counter()
+    with step_tag("p"):
+        bf = [str(p) for p in (bf_path(red, obj, band, f) for f in files) if p.is_file()]
+        res["photometry"] = [_photometry_one((b, cfg, False)) for b in bf]
+    res["seconds"] = {"i": t1 - t0, "p": time.perf_counter() - t1}
+    return res
+
+
+def _guided_chunks(items: list, workers: int, first: int = 40, last: int = 2) -> list[list]:
+    """Chunks shrinking as the work runs out (guided scheduling): few jobs, and the
+    workers finish together.  Depends only on ``len(items)`` and ``workers``."""
+    chunks, i, n = [], 0, len(items)
+    while i < n:
+        size = max(last, min(first, -(-(n - i) // (3 * workers))))
+        chunks.append(items[i:i + size])
+        i += size
+    return chunks
+
+
+def correct_photometry_step(red, cfg: Config, obj: str, band: str, files, bias=None, flat=None, dark=None,
+                            progress=None) -> tuple[dict, list[dict], dict]:
+    """Steps i and p of one group in one pass: each job corrects a few frames, then
+    measures them while they are fresh in the page cache (no barrier between the steps).
+
+    The files are those :func:`correct_step` then :func:`photometry_step` would
+    write, with the same content.  Returns the correction result
+    (``outputs``, ``rejected``), the per-frame photometry stats, and the seconds
+    the workers spent in each step (``{"i": .., "p": ..}``).
+    """
+    files = [str(f) for f in files]
+    coord_file = files[0] if files else None
+    workers = cfg.workers or default_workers()
+    parts = pmap(_correct_measure_chunk,
+                 [(c, obj, band, str(red), cfg, bias, flat, dark, coord_file) for c in _guided_chunks(files, workers)],
+                 workers, progress, f"correct+measure {obj} {band}")
+    res = {"outputs": sorted(o for p in parts for o in p["outputs"]),
+           "rejected": [r for p in parts for r in p["rejected"]]}
+    phot = [s for p in parts for s in p["photometry"]]
+    _log_photometry(phot)
+    return res, phot, {k: sum(p["seconds"][k] for p in parts) for k in ("i", "p")}
 
 
 def catalogue_files(bf_files) -> list[str]:
