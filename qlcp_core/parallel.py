@@ -2,10 +2,16 @@
 
 Corrections and photometry are per-frame and CPU-bound (sep and much of the
 numpy work hold the GIL), so threads give little; processes give the cores.
-The pool uses the ``forkserver`` start method: workers fork from a small clean
-server process (never from a process that runs threads, such as a Prefect
-flow), and the server preloads the science modules once, so a new worker is
-ready in milliseconds.  The pool is created on first use and reused.
+The pool is created on first use (or by :func:`warm` at the start of a run)
+and reused.  Its start method depends on the process that creates it:
+
+* ``fork`` when that process runs no other thread (the plain driver, ``qlcp
+  run --no-prefect``): the workers are forked at once, with every module the
+  parent imported, and load astropy's Earth-orientation tables while the
+  parent lists and calibrates the night;
+* ``forkserver`` otherwise (a Prefect flow runs threads, and forking a
+  threaded process can deadlock the child): workers fork from a small clean
+  server process that preloads the science modules once.
 
 ``workers=1`` (or running inside a daemonic process such as a Dask worker,
 which may not have children) runs everything in the calling process.
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import importlib
 import logging
 import logging.handlers
 import multiprocessing as mp
@@ -64,13 +71,15 @@ class _TagCaller(logging.Filter):
         return True
 
 
-def _init_worker(level: int, queue) -> None:
+def _init_worker(level: int, queue, preload: list) -> None:
     lg = logging.getLogger("qlcp")
     h = logging.handlers.QueueHandler(queue)
     h.addFilter(_TagCaller())
     lg.handlers[:] = [h]
     lg.setLevel(level)
     lg.propagate = False
+    for m in preload:            # a forked worker loads them here (a fork server already has)
+        importlib.import_module(m)
 
 
 def _call(fn, x, caller: int):
@@ -79,24 +88,38 @@ def _call(fn, x, caller: int):
     return fn(x)
 
 
+def start_method() -> str:
+    """``fork`` if this process runs no other thread (and the OS has fork), else ``forkserver``."""
+    methods = mp.get_all_start_methods()
+    if "fork" in methods and threading.active_count() == 1:
+        return "fork"
+    return "forkserver" if "forkserver" in methods else "spawn"
+
+
 def _get_pool(workers: int) -> ProcessPoolExecutor | None:
-    global _pool, _pool_size
+    global _pool, _pool_size, _listener
     if mp.current_process().daemon:
         return None
     with _lock:
         if _pool is None or _pool_size != workers:
             if _pool is not None:
                 _pool.shutdown(wait=False, cancel_futures=True)
-            ctx = mp.get_context("forkserver")
-            ctx.set_forkserver_preload(PRELOAD)
-            global _listener
-            if _listener is None:
-                queue = ctx.Queue()
-                _listener = logging.handlers.QueueListener(queue, _Dispatch())
-                _listener.start()
+            if _listener is not None:
+                _listener.stop()
+                _listener = None
+            method = start_method()
+            ctx = mp.get_context(method)
+            if method == "forkserver":
+                ctx.set_forkserver_preload(PRELOAD)
+            queue = ctx.Queue()
             _pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                                        initargs=(logging.DEBUG, _listener.queue))
+                                        initargs=(logging.DEBUG, queue, PRELOAD))
             _pool_size = workers
+            if method == "fork":         # fork every worker now, before this process starts a thread
+                _pool.submit(_noop)
+            _listener = logging.handlers.QueueListener(queue, _Dispatch())
+            _listener.start()
+            log.debug("worker pool: %d processes (%s)", workers, method)
         return _pool
 
 
@@ -136,16 +159,20 @@ def _noop(_=None) -> None:
 
 
 def warm(workers: int | None = None) -> None:
-    """Start the pool's server and workers in the background (returns at once).
+    """Start the worker pool now, without waiting for it (returns at once).
 
-    The fork server imports the science modules and loads astropy's tables
-    (~1-2 s, and starting the first worker waits for that); done in a thread
-    at the beginning of a run, it overlaps the listing and the calibration
-    instead of delaying them.  A :func:`pmap` meanwhile waits for the pool.
+    The workers load the science modules and astropy's tables (~1-2 s); started
+    at the beginning of a run, this overlaps the listing and the calibration
+    instead of delaying the first frame job.  In a process without other threads
+    the workers are forked here; otherwise a thread starts the fork server.  A
+    :func:`pmap` meanwhile waits for the pool.
     """
     workers = workers or default_workers()
     if workers > 1 and not mp.current_process().daemon:
-        threading.Thread(target=_warm_now, args=(workers,), name="qlcp-pool-warm", daemon=True).start()
+        if start_method() == "fork":
+            _warm_now(workers)
+        else:
+            threading.Thread(target=_warm_now, args=(workers,), name="qlcp-pool-warm", daemon=True).start()
 
 
 def _warm_now(workers: int) -> None:

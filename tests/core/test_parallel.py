@@ -79,3 +79,17 @@ def test_guided_chunks_cover_the_items_in_order():
             assert sizes == sorted(sizes, reverse=True) and all(s >= 1 for s in sizes)
             assert max(sizes, default=0) <= 40
     assert len(_guided_chunks(list(range(200)), 2)) < 40      # few jobs, not one per frame
+
+
+def test_start_method_forks_only_a_process_without_threads():
+    code = textwrap.dedent("""
+        import threading, time
+        from qlcp_core.parallel import start_method
+        print(start_method())
+        threading.Thread(target=time.sleep, args=(1,), daemon=True).start()
+        print(start_method())
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, PYTHONPATH=os.getcwd()))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["fork", "forkserver"]
