@@ -44,6 +44,9 @@ class CorrectResult:
     #: path -> [size, mtime_ns, sha256] of each frame written, hashed while it is fresh in the
     #: page cache (by the worker that wrote it), so an orchestrator keying caches on content need not re-read it
     fingerprints: dict = field(default_factory=dict)
+    #: frames corrected now, and kept from before (EXIST_APPEND, same key)
+    n_done: int = 0
+    n_kept: int = 0
 
 
 def group_dir(red_dir: str | Path, obj: str, band: str) -> Path:
@@ -152,7 +155,8 @@ def _reject(result: CorrectResult, f: Path, why: str) -> None:
 
 def correct_frames(files: list[Path], obj: str, band: str, red_dir: str | Path, cfg: Config,
                    bias: Path | None = None, flat: Path | None = None, dark: Path | None = None,
-                   progress=None, fingerprint: bool = False, coord_file: Path | None = None) -> CorrectResult:
+                   progress=None, fingerprint: bool = False, coord_file: Path | None = None,
+                   summary_level: int = logging.INFO) -> CorrectResult:
     """Correct the science frames ``files`` of one (object, band) group.
 
     Parameters
@@ -172,6 +176,9 @@ def correct_frames(files: list[Path], obj: str, band: str, red_dir: str | Path, 
     coord_file : Path, optional
         The frame whose header gives the target coordinate (the group's first frame);
         default: the first readable frame of ``files``.
+    summary_level : int
+        Log level of the one-line summary (the step functions, which call this
+        per chunk, log the group's summary themselves).
     """
     result = CorrectResult()
     files = [Path(f) for f in files]
@@ -180,7 +187,9 @@ def correct_frames(files: list[Path], obj: str, band: str, red_dir: str | Path, 
     todo = [f for f in files
             if cfg.mode.should_write(outs[f], current=(not outs[f].exists() or fits_key(outs[f]) == keys[f]))]
     result.outputs = [str(outs[f]) for f in files if f not in todo]
+    result.n_kept = len(files) - len(todo)
     if not todo:
+        log_corrected(obj, band, 0, result.n_kept, 0, summary_level)
         return result
     headers, readable = [], []
     for f in todo:
@@ -256,9 +265,13 @@ def correct_frames(files: list[Path], obj: str, band: str, red_dir: str | Path, 
                 result.fingerprints[str(outs[f])] = fingerprint_record(outs[f])
             n_done += 1
     result.outputs.sort()
-    log.info("%s %s: %d frames corrected, %d kept from before, %d rejected", obj, band, n_done,
-             len(files) - len(todo), len(result.rejected))
+    result.n_done = n_done
+    log_corrected(obj, band, n_done, result.n_kept, len(result.rejected), summary_level)
     return result
+
+
+def log_corrected(obj: str, band: str, done: int, kept: int, rejected: int, level: int = logging.INFO) -> None:
+    log.log(level, "%s %s: %d frames corrected, %d kept from before, %d rejected", obj, band, done, kept, rejected)
 
 
 _COMMENTS = {

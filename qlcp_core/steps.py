@@ -28,7 +28,7 @@ from . import photometry as phot_mod
 from . import pick as pick_mod
 from ._version import __version__
 from .config import STEP_KEYS, Config
-from .correct import bf_path, correct_frames, group_dir
+from .correct import bf_path, correct_frames, group_dir, log_corrected
 from .errors import InputError, MissingInputError
 from .io import file_fingerprint, fingerprint_record, raw_stem, read_image, read_table_fast
 from .logs import step_tag
@@ -83,9 +83,18 @@ def _correct_chunk(args) -> dict:
     files, obj, band, red, cfg, bias, flat, dark, fingerprints, coord_file = args
     res = correct_frames([Path(f) for f in files], obj, band, red, cfg, Path(bias) if bias else None,
                          Path(flat) if flat else None, Path(dark) if dark else None, fingerprint=fingerprints,
-                         coord_file=Path(coord_file) if coord_file else None)
+                         coord_file=Path(coord_file) if coord_file else None, summary_level=logging.DEBUG)
     return {"outputs": list(res.outputs), "rejected": [list(r) for r in res.rejected],
-            "fingerprints": res.fingerprints}
+            "fingerprints": res.fingerprints, "done": res.n_done, "kept": res.n_kept}
+
+
+def _merge_corrected(obj: str, band: str, parts: list[dict]) -> dict:
+    """One group's correction result from its chunks', with the group's summary line."""
+    res = {"outputs": sorted(o for p in parts for o in p["outputs"]),
+           "rejected": [r for p in parts for r in p["rejected"]],
+           "fingerprints": {k: v for p in parts for k, v in p["fingerprints"].items()}}
+    log_corrected(obj, band, sum(p["done"] for p in parts), sum(p["kept"] for p in parts), len(res["rejected"]))
+    return res
 
 
 def correct_step(red, cfg: Config, obj: str, band: str, files, bias=None, flat=None, dark=None,
@@ -108,9 +117,7 @@ def correct_step(red, cfg: Config, obj: str, band: str, files, bias=None, flat=N
     parts = pmap(_correct_chunk, [(c, obj, band, str(red), cfg, bias, flat, dark, fingerprints, coord_file) for c in chunks],
                  workers,
                  progress, f"correct {obj} {band}")
-    return {"outputs": sorted(o for p in parts for o in p["outputs"]),
-            "rejected": [r for p in parts for r in p["rejected"]],
-            "fingerprints": {k: v for p in parts for k, v in p["fingerprints"].items()}}
+    return _merge_corrected(obj, band, parts)
 
 
 def corrected_files(red, obj: str, band: str, raw_files=None) -> list[str]:
@@ -266,10 +273,11 @@ def correct_photometry_step(red, cfg: Config, obj: str, band: str, files, bias=N
     parts = pmap(_correct_measure_chunk,
                  [(c, obj, band, str(red), cfg, bias, flat, dark, coord_file) for c in _guided_chunks(files, workers)],
                  workers, progress, f"correct+measure {obj} {band}")
-    res = {"outputs": sorted(o for p in parts for o in p["outputs"]),
-           "rejected": [r for p in parts for r in p["rejected"]]}
+    with step_tag("i"):
+        res = _merge_corrected(obj, band, parts)
     phot = [s for p in parts for s in p["photometry"]]
-    _log_photometry(phot)
+    with step_tag("p"):
+        _log_photometry(phot)
     return res, phot, {k: sum(p["seconds"][k] for p in parts) for k in ("i", "p")}
 
 
