@@ -156,7 +156,7 @@ def _reject(result: CorrectResult, f: Path, why: str) -> None:
 def correct_frames(files: list[Path], obj: str, band: str, red_dir: str | Path, cfg: Config,
                    bias: Path | None = None, flat: Path | None = None, dark: Path | None = None,
                    progress=None, fingerprint: bool = False, coord_file: Path | None = None,
-                   summary_level: int = logging.INFO) -> CorrectResult:
+                   summary_level: int = logging.INFO, written=None) -> CorrectResult:
     """Correct the science frames ``files`` of one (object, band) group.
 
     Parameters
@@ -179,6 +179,9 @@ def correct_frames(files: list[Path], obj: str, band: str, red_dir: str | Path, 
     summary_level : int
         Log level of the one-line summary (the step functions, which call this
         per chunk, log the group's summary themselves).
+    written : callable(path, data), optional
+        Called with each corrected frame just written and its pixels (float32,
+        exactly the file's), e.g. to measure it without reading it back.
     """
     result = CorrectResult()
     files = [Path(f) for f in files]
@@ -259,11 +262,14 @@ def correct_frames(files: list[Path], obj: str, band: str, red_dir: str | Path, 
                         out_hdr[k] = out_hdr[k] - cut
             out_hdr["QLCPKEY"] = (keys[f], "settings+inputs key of this product")
             out_hdr.add_history("QLCP step i: (raw - bias - dark*t) / flat")
-            write_fits(outs[f], data.astype(np.float32, copy=False), out_hdr)
+            data = data.astype(np.float32, copy=False)
+            write_fits(outs[f], data, out_hdr)
             result.outputs.append(str(outs[f]))
             if fingerprint:
                 result.fingerprints[str(outs[f])] = fingerprint_record(outs[f])
             n_done += 1
+            if written is not None:
+                written(outs[f], data)
     result.outputs.sort()
     result.n_done = n_done
     log_corrected(obj, band, n_done, result.n_kept, len(result.rejected), summary_level)

@@ -97,7 +97,7 @@ from scipy.spatial import cKDTree
 
 from .correct import corrected_detector
 from .errors import InputError
-from .io import raw_stem, read_image, write_table_fast
+from .io import raw_stem, read_header, read_image, write_table_fast
 
 log = logging.getLogger("qlcp.photometry")
 
@@ -779,7 +779,7 @@ def catalogue_path(bf_path, out_path) -> Path:
     return out / f"{stem.removesuffix('.bf')}.cat.fits"
 
 
-def photometry_file(bf_path, out_path, cfg, aper=None, key: str | None = None) -> dict:
+def photometry_file(bf_path, out_path, cfg, aper=None, key: str | None = None, data=None) -> dict:
     """Photometry of one corrected frame into ``{rawstem}.cat.fits`` (and ``.cat.png``).
 
     Parameters
@@ -796,6 +796,11 @@ def photometry_file(bf_path, out_path, cfg, aper=None, key: str | None = None) -
         ``draw_phot``, ``draw_phot_err``.
     aper : list of float, optional
         Apertures instead of ``cfg.aper``.
+    key : str, optional
+        Provenance key written as ``QLCPKEY``.
+    data : ndarray, optional
+        The frame's pixels when already in memory (as step i just wrote them);
+        only the header is then read from ``bf_path``.
 
     Returns
     -------
@@ -811,7 +816,10 @@ def photometry_file(bf_path, out_path, cfg, aper=None, key: str | None = None) -
     APER{n-1}, the radii in px of the ``Flux`` vector elements (NaN values are
     left out: FITS headers cannot hold them).
     """
-    data, hdr = read_image(bf_path)
+    if data is None:
+        data, hdr = read_image(bf_path)
+    else:
+        hdr = read_header(bf_path)
     gain, rdnoise, saturation = corrected_detector(hdr, cfg)
     tab, stats = measure(data, cfg, gain, rdnoise, saturation, aper=aper)
 

@@ -192,14 +192,14 @@ def cat_path(bf: str | Path) -> Path:
     return Path(bf).parent / f"{stem}{CAT_SUFFIX}"
 
 
-def _photometry_one(args) -> dict:
+def _photometry_one(args, data=None) -> dict:
     bf, cfg, fingerprints = args
     cp = cat_path(bf)
     key = step_key(cfg, "p", bf)
     if not cfg.mode.should_write(cp, current=(not cp.exists() or fits_key(cp) == key)):
         return {"file": str(cp), "bf": str(bf), "kept": True}
     try:
-        stats = phot_mod.photometry_file(bf, cp, cfg, key=key)
+        stats = phot_mod.photometry_file(bf, cp, cfg, key=key, data=data)
     except InputError as e:
         return {"file": None, "bf": str(bf), "error": str(e)}
     return {k: (float(v) if isinstance(v, (np.floating, float)) else v)
@@ -234,16 +234,32 @@ def _log_photometry(out: list[dict]) -> None:
 
 # -------------------------------------------------------------------- i + p
 def _correct_measure_chunk(args) -> dict:
+    """Correct a chunk of frames, measuring each as soon as it is written (from memory);
+    frames kept from before are measured from their files."""
     files, obj, band, red, cfg, bias, flat, dark, coord_file = args
+    phot, t_p = {}, 0.0
+
+    def measure(bf, data):
+        nonlocal t_p
+        t = time.perf_counter()
+        with step_tag("p"):
+            phot[str(bf)] = _photometry_one((str(bf), cfg, False), data)
+        t_p += time.perf_counter() - t
+
     t0 = time.perf_counter()
     with step_tag("i"):
-        res = _correct_chunk((files, obj, band, red, cfg, bias, flat, dark, False, coord_file))
-    t1 = time.perf_counter()
+        res = correct_frames([Path(f) for f in files], obj, band, red, cfg, Path(bias) if bias else None,
+                             Path(flat) if flat else None, Path(dark) if dark else None,
+                             coord_file=Path(coord_file) if coord_file else None, summary_level=logging.DEBUG,
+                             written=measure)
+    t_i = time.perf_counter() - t0 - t_p
     with step_tag("p"):
-        bf = [str(p) for p in (bf_path(red, obj, band, f) for f in files) if p.is_file()]
-        res["photometry"] = [_photometry_one((b, cfg, False)) for b in bf]
-    res["seconds"] = {"i": t1 - t0, "p": time.perf_counter() - t1}
-    return res
+        for bf in (str(p) for p in (bf_path(red, obj, band, f) for f in files) if p.is_file()):
+            if bf not in phot:
+                measure(bf, None)
+    return {"outputs": list(res.outputs), "rejected": [list(r) for r in res.rejected], "fingerprints": {},
+            "done": res.n_done, "kept": res.n_kept, "photometry": list(phot.values()),
+            "seconds": {"i": t_i, "p": t_p}}
 
 
 def _guided_chunks(items: list, workers: int, first: int = 40, last: int = 2) -> list[list]:
