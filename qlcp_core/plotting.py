@@ -469,6 +469,7 @@ def plot_lightcurve(lc: Table, stars: Table | None, out_png: Path, out_pdf: Path
         tmp.write_bytes(png)
     written = [Path(out_png)]
     if out_pdf is not None:
+        fig.set_layout_engine("none")       # keep the layout the PNG's drawing computed
         written.append(_save(fig, out_pdf, "pdf", LC_DPI))
     log.info("light curve: %s", ", ".join(str(p) for p in written))
     return written

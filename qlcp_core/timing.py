@@ -31,8 +31,12 @@ the light travel times by microseconds.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
+import os
 import re
+from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,6 +47,7 @@ from astropy.time import Time, TimeDelta
 from astropy.utils import iers
 
 from .errors import ConfigError, InputError
+from .io import atomic_path
 
 log = logging.getLogger("qlcp.timing")
 
@@ -80,6 +85,81 @@ def _offline_iers():
         stack.enter_context(iers.conf.set_temp("auto_max_age", None))
         stack.enter_context(iers.conf.set_temp("iers_degraded_accuracy", "warn"))
         yield
+
+
+#: columns of astropy's combined IERS-A/B table that time and coordinate conversions read
+_IERS_COLUMNS = {"MJD": u.d, "UT1_UTC": u.s, "PM_x": u.arcsec, "PM_y": u.arcsec, "dX_2000A": u.marcsec,
+                 "dY_2000A": u.marcsec, "UT1Flag": None, "PolPMFlag": None, "NutFlag": None}
+_iers_ready = False
+#: where this process's table came from: "cache", "parsed" (by astropy), or None (not yet)
+iers_source: str | None = None
+
+
+def _cache_dir() -> Path:
+    """``$QLCP_CACHE_DIR``, else ``$XDG_CACHE_HOME/qlcp``, else ``~/.cache/qlcp``."""
+    if os.environ.get("QLCP_CACHE_DIR"):
+        return Path(os.environ["QLCP_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "qlcp"
+
+
+def _iers_cache_path() -> Path:
+    """Cache file of the bundled tables' parse: named for the astropy and table versions and files."""
+    import astropy
+
+    ident = [astropy.__version__]
+    for f in (iers.IERS_A_FILE, iers.IERS_B_FILE):
+        st = os.stat(f)
+        ident += [str(f), st.st_size, st.st_mtime_ns]
+    h = hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:16]
+    return _cache_dir() / f"iers-{h}.npz"
+
+
+def use_cached_iers() -> None:
+    """Give astropy its Earth-orientation table (bundled IERS-A with IERS-B) from a binary cache.
+
+    Astropy parses the two bundled text tables the first time a process needs
+    UT1-UTC or polar motion: ~0.7 s, paid by every worker process.  The parsed
+    columns are kept in ``{cache dir}/iers-{hash}.npz`` (hash of the astropy
+    version and the tables' files, so an update makes a new one); later
+    processes load it in milliseconds and install it as astropy's own
+    ``IERS_Auto`` table, the one it would have built (same values, same
+    out-of-range handling).  No cache directory, or an unreadable file: astropy
+    parses as usual.  Never downloads anything.
+    """
+    global _iers_ready, iers_source
+    if _iers_ready or iers.IERS_Auto.iers_table is not None:
+        _iers_ready = True
+        return
+    _iers_ready = True
+    iers_source = "parsed"
+    try:
+        path = _iers_cache_path()
+    except OSError as e:
+        log.debug("IERS cache: %s", e)
+        return
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            cols = {c: (z[c] * unit if unit is not None else z[c]) for c, unit in _IERS_COLUMNS.items()}
+            meta = json.loads(str(z["meta"]))
+        iers.IERS_Auto.iers_table = iers.IERS_Auto(cols, meta=meta)
+        iers_source = "cache"
+        log.debug("IERS table from %s", path)
+        return
+    except FileNotFoundError:
+        pass
+    except Exception as e:  # a damaged cache: parse as usual, and write it again
+        log.debug("IERS cache %s unusable (%s): rebuilt", path, e)
+    with _offline_iers():
+        table = iers.IERS_Auto.open()
+    try:
+        meta = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in table.meta.items()}
+        arrays = {c: np.asarray(getattr(table[c], "value", table[c])) for c in _IERS_COLUMNS}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, meta=np.array(json.dumps(meta)), **arrays)
+    except (OSError, TypeError, ValueError) as e:   # read-only home, odd meta: no cache
+        log.debug("IERS cache not written: %s", e)
 
 
 def _warn_iers_range(t: Time) -> None:
@@ -444,6 +524,7 @@ def frame_times(start: Time, exptime, coord: SkyCoord | None, cfg) -> dict:
     if not isinstance(start, Time):
         start = Time(start)
     exptime = np.asarray(exptime, dtype=float)
+    use_cached_iers()
     with _offline_iers():
         mid = start.utc + TimeDelta(exptime / 2.0, format="sec")
         scalar = mid.isscalar

@@ -464,3 +464,52 @@ def test_real_arcsat_headers(xo1_dir: Path):
     # same numbers with alt_coord given as the catalogue position
     r2 = timing.header_times(heads, cfg, alt_coord=("16:02:11.83", "+28:10:10.7"))
     assert np.allclose(r2["BJD"], r["BJD"], atol=1e-9)
+
+
+# ------------------------------------------------------------ IERS cache
+_IERS_PROBE = """
+import json, sys, warnings
+import numpy as np
+from astropy.coordinates import SkyCoord
+from astropy.time import Time
+from astropy.utils import iers
+from qlcp_core import timing
+from qlcp_core.config import Config
+warnings.simplefilter("ignore")
+jd = np.r_[2450000.5 + np.arange(0, 12000, 97.3), 2470000.5]        # the last one beyond the tables
+r = timing.frame_times(Time(jd, format="jd"), np.full(len(jd), 60.0), SkyCoord(250.0, 30.0, unit="deg"),
+                       Config(site_lon=-105.8, site_lat=32.8, site_ele=2788))
+print(json.dumps({"source": timing.iers_source, "data_path": str(iers.IERS_Auto.iers_table.meta.get("data_path")),
+                  **{k: np.asarray(v).tolist() for k, v in r.items()}}))
+"""
+
+
+def _probe(cache_dir) -> dict:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, QLCP_CACHE_DIR=str(cache_dir), PYTHONPATH=os.getcwd())
+    r = subprocess.run([sys.executable, "-c", _IERS_PROBE], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_iers_cache_gives_astropys_own_table(tmp_path):
+    """The cached Earth-orientation table gives exactly the times of astropy's own parse, in and
+    beyond the table's range; a damaged or unwritable cache falls back to the parse."""
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    parsed = _probe(blocked / "sub")                 # no cache possible: astropy parses
+    cache = tmp_path / "cache"
+    made = _probe(cache)                             # parses, writes the cache
+    files = list(cache.glob("iers-*.npz"))
+    assert len(files) == 1
+    loaded = _probe(cache)                           # loads the cache
+    assert (parsed.pop("source"), made.pop("source"), loaded.pop("source")) == ("parsed", "parsed", "cache")
+    assert parsed == made == loaded
+    files[0].write_bytes(b"damaged")
+    again = _probe(cache)                            # rebuilt
+    assert again.pop("source") == "parsed" and again == parsed
+    assert files[0].stat().st_size > 100_000
