@@ -137,14 +137,33 @@ _STRUCTURAL = re.compile(r"^(XTENSION|BITPIX|NAXIS\d*|PCOUNT|GCOUNT|TFIELDS|T(TY
                          r"COMMENT|HISTORY|)$")
 
 
-def read_frame_catalogue(path: str | Path) -> Table:
+class FrameCatalogue:
+    """One frame's catalogue as plain arrays: ``cat["X"]``, ``cat.colnames``, ``cat.meta``
+    (the header cards), ``len(cat)``.  Lighter than an astropy Table, which costs
+    more to build than reading the file does (steps c and k read every frame's)."""
+
+    def __init__(self, columns: dict, meta: dict):
+        self._cols = columns
+        self.colnames = list(columns)
+        self.meta = meta
+
+    def __len__(self) -> int:
+        return len(next(iter(self._cols.values()))) if self._cols else 0
+
+    def __getitem__(self, name: str):
+        return self._cols[name]
+
+
+def read_frame_catalogue(path: str | Path) -> FrameCatalogue:
     """Read one per-frame catalogue of step p, with a one-line error if unusable."""
     try:
         try:
             arr, hdr = read_table_fast(path)          # ~10x faster for our own catalogues
-            t = Table(arr, meta={k: hdr[k] for k in hdr if not _STRUCTURAL.match(k)})
+            t = FrameCatalogue({n: arr[n] for n in arr.dtype.names},
+                               {k: hdr[k] for k in hdr if not _STRUCTURAL.match(k)})
         except ValueError:
-            t = Table.read(path)
+            tab = Table.read(path)
+            t = FrameCatalogue({n: np.asarray(tab[n]) for n in tab.colnames}, dict(tab.meta))
     except FileNotFoundError:
         raise InputError(f"{path}: catalogue not found") from None
     except Exception as e:
@@ -155,7 +174,7 @@ def read_frame_catalogue(path: str | Path) -> Table:
     return t
 
 
-def _col2d(t: Table, name: str, n_aper: int) -> np.ndarray:
+def _col2d(t: FrameCatalogue, name: str, n_aper: int) -> np.ndarray:
     """A per-aperture column as (n_src, n_aper) float; NaN when absent."""
     if name not in t.colnames:
         return np.full((len(t), n_aper), np.nan)
@@ -165,7 +184,7 @@ def _col2d(t: Table, name: str, n_aper: int) -> np.ndarray:
     return a
 
 
-def _col1d(t: Table, name: str, dtype=float, fill=np.nan) -> np.ndarray:
+def _col1d(t: FrameCatalogue, name: str, dtype=float, fill=np.nan) -> np.ndarray:
     if name not in t.colnames:
         return np.full(len(t), fill, dtype=dtype)
     return np.asarray(t[name], dtype=dtype).reshape(len(t))
@@ -183,7 +202,7 @@ def _aper_radii(meta, n_aper: int) -> np.ndarray:
     return np.array([_meta_float(meta, f"APER{j}") for j in range(n_aper)])
 
 
-def _n_aper_of(t: Table) -> int:
+def _n_aper_of(t: FrameCatalogue) -> int:
     for c in ("Flux", "Mag"):
         if c in t.colnames:
             return int(np.asarray(t[c]).reshape(len(t), -1).shape[1]) if len(t) else int(np.prod(t[c].shape[1:]) or 1)

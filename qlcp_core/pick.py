@@ -87,7 +87,7 @@ def _frames(cat_files, offsets_table):
     return offs, cat_by_stem, stems, usable
 
 
-def _good_sources(t: Table, err_max: float) -> np.ndarray:
+def _good_sources(t, err_max: float) -> np.ndarray:
     err = _col1d(t, "ErrAUTO")
     mag = _col1d(t, "MagAUTO")
     fl = _col1d(t, "Flags", dtype=np.int64, fill=0)
