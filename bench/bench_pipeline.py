@@ -8,7 +8,9 @@
     python bench/bench_pipeline.py --original --seeds 5   # ... on 5 nights: speed and scatter ratios
 
 Each reduction runs in its own child process, so its wall time and peak
-resident memory (from the kernel's accounting of that child) are its own.
+resident memory (from the kernel's accounting of that child) are its own;
+each starts from the same state (:func:`settle`): the night's raw files in the
+page cache, the writes of the run before it flushed.
 Not a test: numbers, no pass/fail.  Nights are cached under ``--workdir``.
 """
 
@@ -77,12 +79,26 @@ def child_prefect(raw: str, red: str, config: str, extra: str, refresh: bool = F
     return {"wall": time.perf_counter() - t0, "states": res.get("task_states", {})}
 
 
+def settle(raw: Path) -> None:
+    """Start a timed run from the same state for every pipeline: the night's raw files in the
+    page cache (as just after the camera wrote them; the first run on a night would otherwise
+    pay the disk reads that the next one is spared), and the writes of the run before flushed
+    (~1 GB a night, which would otherwise be written back during this run)."""
+    for f in sorted(Path(raw).iterdir()):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                while fh.read(1 << 22):
+                    pass
+    os.sync()
+
+
 def run_child(kind: str, raw: Path, red: Path, config: Path, extra: dict, env=None, keep: bool = False) -> dict:
     """Run one reduction in a child process; add its peak RSS (MiB) from wait4."""
     if not keep:
         shutil.rmtree(red, ignore_errors=True)
     cmd = [sys.executable, __file__, "--child", kind, str(raw), str(red), str(config), json.dumps(extra)]
     out_path = red.parent / f".{red.name}.{kind}.json"
+    settle(raw)
     with open(out_path, "w") as out:
         p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE, text=True, env=env or os.environ.copy())
         _, status, usage = os.wait4(p.pid, 0)
@@ -196,6 +212,7 @@ def compare_original(work: Path, seeds: list[int], frames: int, size: int, steps
         red_q, red_o = work / f"red_cmp_ours_s{seed}", work / f"red_cmp_orig_s{seed}"
         ours = run_child("plain", night / "raw", red_q, night / "night.yaml", {**truth_starxy(night), "steps": steps})
         st = orig.truth_stars(night, n_check=1)
+        settle(night / "raw")
         try:
             res = orig.run_original(night / "raw", red_o, python, st["starxy"], st["ind_tgt"], st["ind_ref"],
                                     st["ind_chk"], aper=5.0, steps="lbfiopcd", site=orig.site_from_night(night))

@@ -111,12 +111,8 @@ def correct_step(red, cfg: Config, obj: str, band: str, files, bias=None, flat=N
     files = [str(f) for f in files]
     coord_file = str(coord_file) if coord_file else (files[0] if files else None)
     workers = cfg.workers or default_workers()
-    n = max(1, min(len(files), workers * 2))
-    size = -(-len(files) // n) if files else 1
-    chunks = [files[i:i + size] for i in range(0, len(files), size)]
-    parts = pmap(_correct_chunk, [(c, obj, band, str(red), cfg, bias, flat, dark, fingerprints, coord_file) for c in chunks],
-                 workers,
-                 progress, f"correct {obj} {band}")
+    parts = pmap(_correct_chunk, [(c, obj, band, str(red), cfg, bias, flat, dark, fingerprints, coord_file)
+                                  for c in _guided_chunks(files, workers)], workers, progress, f"correct {obj} {band}")
     return _merge_corrected(obj, band, parts)
 
 

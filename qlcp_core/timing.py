@@ -96,10 +96,10 @@ iers_source: str | None = None
 
 
 def _cache_dir() -> Path:
-    """``$QLCP_CACHE_DIR``, else ``$XDG_CACHE_HOME/qlcp``, else ``~/.cache/qlcp``."""
+    """``$QLCP_CACHE_DIR``, else ``$QLCP_HOME/cache`` (``QLCP_HOME`` default ``~/.qlcp``)."""
     if os.environ.get("QLCP_CACHE_DIR"):
-        return Path(os.environ["QLCP_CACHE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "qlcp"
+        return Path(os.environ["QLCP_CACHE_DIR"]).expanduser()
+    return Path(os.environ.get("QLCP_HOME") or Path.home() / ".qlcp").expanduser() / "cache"
 
 
 def _iers_cache_path() -> Path:
