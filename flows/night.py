@@ -217,23 +217,29 @@ def process_night(raw_dir: str, red_dir: str, config: dict | None = None, config
                     fail(G[key], step, st)
                     break
                 G[key]["rejected"] += rejected_of(res)
-                advance(len(it[2][param]))
+                advance(len(it[2][param]) * len(step))
 
     if frame_work:
         core.preload_plotting(cfg)      # overlaps i and p, where this process mostly waits
-    if "i" in cfg.steps:
-        chunked("i", T.correct_task, "raw", "files",
-                lambda g: dict(obj=g["obj"], band=g["band"], bias=bias, flat=flats.get(g["band"]), dark=dark,
-                               coord_file=g["raw"][0] if g["raw"] else None),
-                lambda r: r["rejected"])
+    def masters_of(g):
+        return dict(obj=g["obj"], band=g["band"], bias=bias, flat=flats.get(g["band"]), dark=dark,
+                    coord_file=g["raw"][0] if g["raw"] else None)
+
+    def phot_errors(r):
+        return [[Path(s["bf"]).name, s["error"]] for s in r["frames"] if s.get("error")]
+
+    both = "i" in cfg.steps and "p" in cfg.steps
+    if both:        # one pass per frame, as the plain driver: measured as soon as it is corrected
+        chunked("ip", T.correct_photometry_task, "raw", "files", masters_of, lambda r: r["rejected"] + phot_errors(r))
+    elif "i" in cfg.steps:
+        chunked("i", T.correct_task, "raw", "files", masters_of, lambda r: r["rejected"])
     for g in G.values():
         g["bf"] = core.corrected_files(red, g["obj"], g["band"], g["raw"])
         g["corrected"] = len(g["bf"])
 
     # p before o, as in the plain driver: alignment then reads the catalogues' star lists
-    if "p" in cfg.steps:
-        chunked("p", T.photometry_task, "bf", "bf_files", lambda g: {},
-                lambda r: [[Path(s["bf"]).name, s["error"]] for s in r["frames"] if s.get("error")])
+    if "p" in cfg.steps and not both:
+        chunked("p", T.photometry_task, "bf", "bf_files", lambda g: {}, phot_errors)
     if "o" in cfg.steps:
         its = {(g["obj"], g["band"]): R.submit(T.offset_task, f"o-{g['obj']}-{g['band']}", red_dir=rd, cfg=cfgd,
                                                obj=g["obj"], band=g["band"], bf_files=g["bf"],

@@ -307,6 +307,8 @@ STEP_KEYS: dict[str, tuple[str, ...]] = {
           "pick_bad_max", "sky_annulus", "ref_var_k"),
     "g": (),
 }
+#: steps i and p together (one pass per frame when both run)
+STEP_KEYS["ip"] = tuple(sorted(set(STEP_KEYS["i"]) | set(STEP_KEYS["p"])))
 #: steps k, c, d and g together (the Prefect layer runs them as one task per group)
 STEP_KEYS["kcdg"] = tuple(sorted(set(STEP_KEYS["k"]) | set(STEP_KEYS["c"]) | set(STEP_KEYS["d"]) | {"steps"}))
 

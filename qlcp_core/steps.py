@@ -232,20 +232,20 @@ def _log_photometry(out: list[dict]) -> None:
 def _correct_measure_chunk(args) -> dict:
     """Correct a chunk of frames, measuring each as soon as it is written (from memory);
     frames kept from before are measured from their files."""
-    files, obj, band, red, cfg, bias, flat, dark, coord_file = args
+    files, obj, band, red, cfg, bias, flat, dark, coord_file, fingerprints = args
     phot, t_p = {}, 0.0
 
     def measure(bf, data):
         nonlocal t_p
         t = time.perf_counter()
         with step_tag("p"):
-            phot[str(bf)] = _photometry_one((str(bf), cfg, False), data)
+            phot[str(bf)] = _photometry_one((str(bf), cfg, fingerprints), data)
         t_p += time.perf_counter() - t
 
     t0 = time.perf_counter()
     with step_tag("i"):
         res = correct_frames([Path(f) for f in files], obj, band, red, cfg, Path(bias) if bias else None,
-                             Path(flat) if flat else None, Path(dark) if dark else None,
+                             Path(flat) if flat else None, Path(dark) if dark else None, fingerprint=fingerprints,
                              coord_file=Path(coord_file) if coord_file else None, summary_level=logging.DEBUG,
                              written=measure)
     t_i = time.perf_counter() - t0 - t_p
@@ -253,9 +253,9 @@ def _correct_measure_chunk(args) -> dict:
         for bf in (str(p) for p in (bf_path(red, obj, band, f) for f in files) if p.is_file()):
             if bf not in phot:
                 measure(bf, None)
-    return {"outputs": list(res.outputs), "rejected": [list(r) for r in res.rejected], "fingerprints": {},
-            "done": res.n_done, "kept": res.n_kept, "photometry": list(phot.values()),
-            "seconds": {"i": t_i, "p": t_p}}
+    return {"outputs": list(res.outputs), "rejected": [list(r) for r in res.rejected],
+            "fingerprints": res.fingerprints, "done": res.n_done, "kept": res.n_kept,
+            "photometry": list(phot.values()), "seconds": {"i": t_i, "p": t_p}}
 
 
 def _guided_chunks(items: list, workers: int, first: int = 40, last: int = 2) -> list[list]:
@@ -270,20 +270,24 @@ def _guided_chunks(items: list, workers: int, first: int = 40, last: int = 2) ->
 
 
 def correct_photometry_step(red, cfg: Config, obj: str, band: str, files, bias=None, flat=None, dark=None,
-                            progress=None) -> tuple[dict, list[dict], dict]:
-    """Steps i and p of one group in one pass: each job corrects a few frames, then
-    measures them while they are fresh in the page cache (no barrier between the steps).
+                            progress=None, fingerprints: bool = False,
+                            coord_file=None) -> tuple[dict, list[dict], dict]:
+    """Steps i and p of (a chunk of) one group in one pass: each job corrects a few
+    frames and measures each one from the pixels just written (no barrier between
+    the steps, no second read).
 
     The files are those :func:`correct_step` then :func:`photometry_step` would
-    write, with the same content.  Returns the correction result
-    (``outputs``, ``rejected``), the per-frame photometry stats, and the seconds
-    the workers spent in each step (``{"i": .., "p": ..}``).
+    write, with the same content.  ``fingerprints`` and ``coord_file`` as in
+    those.  Returns the correction result (``outputs``, ``rejected``,
+    ``fingerprints``), the per-frame photometry stats (with ``fingerprint``), and
+    the seconds the workers spent in each step (``{"i": .., "p": ..}``).
     """
     files = [str(f) for f in files]
-    coord_file = files[0] if files else None
+    coord_file = str(coord_file) if coord_file else (files[0] if files else None)
     workers = cfg.workers or default_workers()
     parts = pmap(_correct_measure_chunk,
-                 [(c, obj, band, str(red), cfg, bias, flat, dark, coord_file) for c in _guided_chunks(files, workers)],
+                 [(c, obj, band, str(red), cfg, bias, flat, dark, coord_file, fingerprints)
+                  for c in _guided_chunks(files, workers)],
                  workers, progress, f"correct+measure {obj} {band}")
     with step_tag("i"):
         res = _merge_corrected(obj, band, parts)

@@ -214,9 +214,10 @@ _RUN_OF_THREAD: dict[int, tuple] = {}
 
 
 @contextlib.contextmanager
-def task_log(red_dir: str, step: str, cfg: Config):
-    """Inside a task: the step's log file (this thread's records only) and the run ids
-    that let records from worker processes reach this task's logs in the UI."""
+def task_log(red_dir: str, steps: str, cfg: Config):
+    """Inside a task: the log file of each of its steps (this thread's records only;
+    with several steps, each file keeps its own step's records) and the run ids that
+    let records from worker processes reach this task's logs in the UI."""
     from prefect.context import TaskRunContext
 
     ctx = TaskRunContext.get()
@@ -224,7 +225,9 @@ def task_log(red_dir: str, step: str, cfg: Config):
     if ctx is not None:
         _RUN_OF_THREAD[tid] = (ctx.task_run.flow_run_id, ctx.task_run.id)
     try:
-        with step_log(red_dir, step, cfg.file_log, thread_only=True):
+        with contextlib.ExitStack() as logs:
+            for step in steps:
+                logs.enter_context(step_log(red_dir, step, cfg.file_log, thread_only=True, tagged=len(steps) > 1))
             yield
     finally:
         _RUN_OF_THREAD.pop(tid, None)

@@ -76,6 +76,20 @@ def correct_task(red_dir: str, cfg: dict, obj: str, band: str, files: list[str],
     return res
 
 
+@task(name="correct-photometry", **task_options("ip", file_params=("files", "bias", "flat", "dark", "coord_file"),
+                                                value_params=("obj", "band")))
+def correct_photometry_task(red_dir: str, cfg: dict, obj: str, band: str, files: list[str], bias: str | None,
+                            flat: str | None, dark: str | None, coord_file: str | None = None) -> dict:
+    """Steps i and p on a chunk of frames of one group, in one pass (when both run): each
+    frame is measured as soon as it is corrected.  ``coord_file`` as for ``correct``."""
+    with task_log(red_dir, "ip", config_of(cfg)):
+        res, stats, _ = core.correct_photometry_step(red_dir, config_of(cfg), obj, band, files, bias, flat, dark,
+                                                     fingerprints=True, coord_file=coord_file)
+    register_fingerprints({**res.pop("fingerprints", {}),
+                           **{s["file"]: s.pop("fingerprint") for s in stats if s.get("fingerprint")}})
+    return {**res, "frames": stats, "cats": [s["file"] for s in stats if s.get("file")]}
+
+
 @task(name="offsets", **task_options("o", file_params=("bf_files", "cat_files"), value_params=("obj", "band")))
 def offset_task(red_dir: str, cfg: dict, obj: str, band: str, bf_files: list[str],
                 cat_files: list[str] | None = None) -> dict:

@@ -34,3 +34,17 @@ def write_frame(path: Path, data=None, shape=(32, 32), bzero=True, **cards) -> P
         hdu.header[k.replace("_", "-")] = v
     hdu.writeto(path, overwrite=True)
     return path
+
+
+@pytest.fixture(autouse=True)
+def _qlcp_logger_restored():
+    """Each test starts with the ``qlcp`` logger as the one before it found it: a flow run
+    bridges it to Prefect (``tasks.common.bridge_logging``: its own handler, no propagation)
+    for the rest of the process, which would hide later tests' records from ``caplog``."""
+    import logging
+
+    lg = logging.getLogger("qlcp")
+    saved = (list(lg.handlers), lg.propagate, lg.level)
+    yield
+    lg.handlers[:], lg.propagate = saved[0], saved[1]
+    lg.setLevel(saved[2])
