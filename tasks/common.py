@@ -36,6 +36,7 @@ from prefect.context import TaskRunContext
 from qlcp_core._version import __version__
 from qlcp_core.config import STEP_KEYS, Config, load_config
 from qlcp_core.errors import QLCPError
+from qlcp_core.io import file_fingerprint
 from qlcp_core.logs import step_log
 
 log = logging.getLogger("qlcp.tasks")
@@ -79,32 +80,45 @@ class _FingerprintMemo:
         return self._db
 
     def sha(self, path: str | Path) -> str:
-        p = Path(path).resolve()
-        try:
-            st = p.stat()
-        except OSError:
-            return "missing"
-        with self._lock:
-            db = self._conn()
-            row = db.execute("SELECT size, mtime, sha FROM fp WHERE path=?", (str(p),)).fetchone()
-        if row and row[0] == st.st_size and row[1] == st.st_mtime_ns:
-            return row[2]
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        sha = h.hexdigest()
-        with self._lock:
-            db = self._conn()
-            db.execute("INSERT OR REPLACE INTO fp VALUES (?, ?, ?, ?)", (str(p), st.st_size, st.st_mtime_ns, sha))
-            db.commit()
-        return sha
+        return self.sha_many([path])[0]
 
+    def sha_many(self, paths: list) -> list[str]:
+        """sha256 of each path ("missing" when absent): one query for the memoised ones, the
+        others hashed by a few threads (hashlib releases the GIL) and memoised."""
+        real = [os.path.realpath(p) for p in paths]
+        stats = {}
+        for r in real:
+            try:
+                st = os.stat(r)
+                stats[r] = (st.st_size, st.st_mtime_ns)
+            except OSError:
+                pass
+        known = {}
+        with self._lock:
+            db = self._conn()
+            keys = list(stats)
+            for i in range(0, len(keys), 500):      # SQLite's bound on query parameters
+                part = keys[i:i + 500]
+                q = f"SELECT path, size, mtime, sha FROM fp WHERE path IN ({','.join('?' * len(part))})"
+                known.update({r[0]: r[1:] for r in db.execute(q, part)})
+        fresh = {r: known[r][2] for r, st in stats.items() if r in known and tuple(known[r][:2]) == st}
+        todo = [r for r in stats if r not in fresh]
+        if todo:
+            if len(todo) < 4:
+                shas = [file_fingerprint(r) for r in todo]
+            else:
+                from concurrent.futures import ThreadPoolExecutor
+
+                with ThreadPoolExecutor(4) as ex:
+                    shas = list(ex.map(file_fingerprint, todo))
+            fresh.update(zip(todo, shas))
+            self.register({r: [*stats[r], sha] for r, sha in zip(todo, shas)})
+        return [fresh.get(r, "missing") for r in real]
 
     def register(self, records: dict) -> None:
         """Record fingerprints computed elsewhere (the workers that wrote the files), in one transaction:
         ``{path: [size, mtime_ns, sha256]}``."""
-        rows = [(str(Path(p).resolve()), size, mtime, sha) for p, (size, mtime, sha) in records.items()]
+        rows = [(os.path.realpath(p), size, mtime, sha) for p, (size, mtime, sha) in records.items()]
         with self._lock:
             db = self._conn()
             db.executemany("INSERT OR REPLACE INTO fp VALUES (?, ?, ?, ?)", rows)
@@ -126,14 +140,8 @@ def fingerprint(path: str | Path | None) -> str | None:
 
 
 def _fingerprints(paths: list[str]) -> list[list]:
-    """[name, sha256] of each path; new files are hashed by a few threads (hashlib releases the GIL)."""
-    if len(paths) < 4:
-        return [[Path(p).name, fingerprint(p)] for p in paths]
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(4) as ex:
-        shas = list(ex.map(fingerprint, paths))
-    return [[Path(p).name, s] for p, s in zip(paths, shas)]
+    """[name, sha256] of each path (memoised; new files hashed by a few threads)."""
+    return [[os.path.basename(p), s] for p, s in zip(paths, _memo.sha_many(paths))]
 
 
 # ------------------------------------------------------------------ cache keys
