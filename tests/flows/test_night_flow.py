@@ -102,6 +102,34 @@ def test_changed_flat_recomputes_its_band_only(two_band_night, tmp_path):
             assert s == "Cached", label
 
 
+def test_changed_aper_redoes_photometry_not_correction(two_band_night, tmp_path):
+    """i and p run as one task per chunk; a new ``aper`` reruns it, but the corrected frames
+    (their provenance key unchanged) are kept and only the catalogues are made again."""
+    raw, v = two_band_night
+    red = tmp_path / "red"
+    _, first = _flow(raw, red, config=v.config_path, obj=["SIMV"], band=["V"])
+    assert any(k.startswith("ip-SIMV-V") for k in first["task_state_by_label"])
+    bf = {p: p.stat().st_mtime_ns for p in (red / "SIMV_V").glob("*.bf.fits")}
+    cats = {p: p.stat().st_mtime_ns for p in (red / "SIMV_V").glob("*.cat.fits")}
+    assert len(bf) == len(cats) == 10
+    _, again = _flow_with(raw, red, v, aper=[4.0, 7.0])
+    st = again["task_state_by_label"]
+    assert st["b"] == "Cached" and st["f-V"] == "Cached"
+    assert all(s == "Completed" for k, s in st.items() if k.startswith("ip-SIMV-V"))
+    assert {p: p.stat().st_mtime_ns for p in bf} == bf                          # kept
+    assert all(p.stat().st_mtime_ns != t for p, t in cats.items())              # measured again
+    with fits.open(next(iter(cats))) as h:
+        assert h[1].header["NAPER"] == 2
+
+
+def _flow_with(raw, red, v, **settings):
+    from flows.night import process_night
+
+    state = process_night(raw_dir=str(raw), red_dir=str(red), config_files=[str(v.config_path)],
+                          config=settings, obj=["SIMV"], band=["V"], return_state=True)
+    return state, state.result()
+
+
 def test_transient_error_is_retried(two_band_night, tmp_path, monkeypatch):
     raw, v = two_band_night
     from qlcp_core import steps
