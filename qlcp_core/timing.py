@@ -158,6 +158,9 @@ def use_cached_iers() -> None:
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as fh:
                 np.savez(fh, meta=np.array(json.dumps(meta)), **arrays)
+        for old in path.parent.glob("iers-*.npz"):    # those of earlier astropy or table versions
+            if old != path:
+                old.unlink(missing_ok=True)
     except (OSError, TypeError, ValueError) as e:   # read-only home, odd meta: no cache
         log.debug("IERS cache not written: %s", e)
 

@@ -503,9 +503,11 @@ def test_iers_cache_gives_astropys_own_table(tmp_path):
     blocked.write_text("not a directory")
     parsed = _probe(blocked / "sub")                 # no cache possible: astropy parses
     cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "iers-0123456789abcdef.npz").write_bytes(b"an earlier version's")
     made = _probe(cache)                             # parses, writes the cache
     files = list(cache.glob("iers-*.npz"))
-    assert len(files) == 1
+    assert len(files) == 1 and files[0].name != "iers-0123456789abcdef.npz"      # the old one pruned
     loaded = _probe(cache)                           # loads the cache
     assert (parsed.pop("source"), made.pop("source"), loaded.pop("source")) == ("parsed", "parsed", "cache")
     assert parsed == made == loaded
