@@ -1,5 +1,6 @@
-"""Imported by the worker pool's fork server: load the heavy modules and astropy's
-time/ephemeris tables once, so forked workers start warm (``qlcp_core.parallel``)."""
+"""Imported by every worker of the pool (by the fork server before it forks them, or by
+each forked worker as it starts): load the heavy modules and astropy's time/ephemeris
+tables once, so the first frame job starts warm (``qlcp_core.parallel``)."""
 
 import warnings
 
