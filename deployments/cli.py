@@ -109,7 +109,9 @@ def prefect_env() -> None:
     * ``QLCP_RESULTS``: ``~/.qlcp/results`` (cached task results: JSON records, never pickles)
     * no telemetry; a patient start-up timeout for the embedded server on small machines
     """
-    home = Path(os.environ.get("QLCP_HOME", Path.home() / ".qlcp")).expanduser()
+    from qlcp_core.io import qlcp_home
+
+    home = qlcp_home()
     os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
     os.environ.setdefault("QLCP_RESULTS", str(home / "results"))
     os.environ.setdefault("DO_NOT_TRACK", "1")

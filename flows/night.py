@@ -217,10 +217,11 @@ def process_night(raw_dir: str, red_dir: str, config: dict | None = None, config
                     fail(G[key], step, st)
                     break
                 G[key]["rejected"] += rejected_of(res)
-                advance(len(it[2][param]) * len(step))
+                advance(len(it[2][param]) * len(step))      # a unit per frame and step ("ip": two)
 
     if frame_work:
         core.preload_plotting(cfg)      # overlaps i and p, where this process mostly waits
+
     def masters_of(g):
         return dict(obj=g["obj"], band=g["band"], bias=bias, flat=flats.get(g["band"]), dark=dark,
                     coord_file=g["raw"][0] if g["raw"] else None)

@@ -38,6 +38,12 @@ def raw_stem(path: str | Path) -> str:
     return Path(name).stem
 
 
+def qlcp_home() -> Path:
+    """QLCP's own state outside any night (caches, the embedded Prefect server's database):
+    ``$QLCP_HOME``, default ``~/.qlcp``."""
+    return Path(os.environ.get("QLCP_HOME") or Path.home() / ".qlcp").expanduser()
+
+
 @contextlib.contextmanager
 def atomic_path(dest: str | Path):
     """Yield a temporary path beside ``dest``; rename it onto ``dest`` on success.

@@ -79,13 +79,24 @@ def flat_step(red, cfg: Config, band: str, files, bias=None, dark=None, progress
 
 
 # ---------------------------------------------------------------------- i
-def _correct_chunk(args) -> dict:
+def _correct_chunk(args, written=None) -> dict:
+    """One job of step i (``args`` from :func:`_chunk_jobs`); ``written`` as in :func:`correct_frames`."""
     files, obj, band, red, cfg, bias, flat, dark, fingerprints, coord_file = args
     res = correct_frames([Path(f) for f in files], obj, band, red, cfg, Path(bias) if bias else None,
                          Path(flat) if flat else None, Path(dark) if dark else None, fingerprint=fingerprints,
-                         coord_file=Path(coord_file) if coord_file else None, summary_level=logging.DEBUG)
+                         coord_file=Path(coord_file) if coord_file else None, summary_level=logging.DEBUG,
+                         written=written)
     return {"outputs": list(res.outputs), "rejected": [list(r) for r in res.rejected],
             "fingerprints": res.fingerprints, "done": res.n_done, "kept": res.n_kept}
+
+
+def _chunk_jobs(red, cfg: Config, obj: str, band: str, files, bias, flat, dark, fingerprints, coord_file) -> list:
+    """The jobs of steps i (and i+p) for a group's frames: guided chunks, each with the
+    masters and the coordinate frame (``coord_file``, default the first of ``files``)."""
+    files = [str(f) for f in files]
+    coord_file = str(coord_file) if coord_file else (files[0] if files else None)
+    return [(c, obj, band, str(red), cfg, bias, flat, dark, fingerprints, coord_file)
+            for c in _guided_chunks(files, cfg.workers or default_workers())]
 
 
 def _merge_corrected(obj: str, band: str, parts: list[dict]) -> dict:
@@ -108,11 +119,8 @@ def correct_step(red, cfg: Config, obj: str, band: str, files, bias=None, flat=N
     gives the target coordinate for HJD/BJD/airmass (the group's first frame; default
     the first of ``files``), the same for every chunk however a group is split.
     """
-    files = [str(f) for f in files]
-    coord_file = str(coord_file) if coord_file else (files[0] if files else None)
-    workers = cfg.workers or default_workers()
-    parts = pmap(_correct_chunk, [(c, obj, band, str(red), cfg, bias, flat, dark, fingerprints, coord_file)
-                                  for c in _guided_chunks(files, workers)], workers, progress, f"correct {obj} {band}")
+    parts = pmap(_correct_chunk, _chunk_jobs(red, cfg, obj, band, files, bias, flat, dark, fingerprints, coord_file),
+                 cfg.workers, progress, f"correct {obj} {band}")
     return _merge_corrected(obj, band, parts)
 
 
@@ -232,7 +240,7 @@ def _log_photometry(out: list[dict]) -> None:
 def _correct_measure_chunk(args) -> dict:
     """Correct a chunk of frames, measuring each as soon as it is written (from memory);
     frames kept from before are measured from their files."""
-    files, obj, band, red, cfg, bias, flat, dark, coord_file, fingerprints = args
+    files, obj, band, red, cfg, _bias, _flat, _dark, fingerprints, _coord = args
     phot, t_p = {}, 0.0
 
     def measure(bf, data):
@@ -244,18 +252,12 @@ def _correct_measure_chunk(args) -> dict:
 
     t0 = time.perf_counter()
     with step_tag("i"):
-        res = correct_frames([Path(f) for f in files], obj, band, red, cfg, Path(bias) if bias else None,
-                             Path(flat) if flat else None, Path(dark) if dark else None, fingerprint=fingerprints,
-                             coord_file=Path(coord_file) if coord_file else None, summary_level=logging.DEBUG,
-                             written=measure)
+        res = _correct_chunk(args, written=measure)
     t_i = time.perf_counter() - t0 - t_p
-    with step_tag("p"):
-        for bf in (str(p) for p in (bf_path(red, obj, band, f) for f in files) if p.is_file()):
-            if bf not in phot:
-                measure(bf, None)
-    return {"outputs": list(res.outputs), "rejected": [list(r) for r in res.rejected],
-            "fingerprints": res.fingerprints, "done": res.n_done, "kept": res.n_kept,
-            "photometry": list(phot.values()), "seconds": {"i": t_i, "p": t_p}}
+    for bf in (str(p) for p in (bf_path(red, obj, band, f) for f in files) if p.is_file()):
+        if bf not in phot:
+            measure(bf, None)
+    return {**res, "photometry": list(phot.values()), "seconds": {"i": t_i, "p": t_p}}
 
 
 def _guided_chunks(items: list, workers: int, first: int = 40, last: int = 2) -> list[list]:
@@ -282,13 +284,9 @@ def correct_photometry_step(red, cfg: Config, obj: str, band: str, files, bias=N
     ``fingerprints``), the per-frame photometry stats (with ``fingerprint``), and
     the seconds the workers spent in each step (``{"i": .., "p": ..}``).
     """
-    files = [str(f) for f in files]
-    coord_file = str(coord_file) if coord_file else (files[0] if files else None)
-    workers = cfg.workers or default_workers()
     parts = pmap(_correct_measure_chunk,
-                 [(c, obj, band, str(red), cfg, bias, flat, dark, coord_file, fingerprints)
-                  for c in _guided_chunks(files, workers)],
-                 workers, progress, f"correct+measure {obj} {band}")
+                 _chunk_jobs(red, cfg, obj, band, files, bias, flat, dark, fingerprints, coord_file),
+                 cfg.workers, progress, f"correct+measure {obj} {band}")
     with step_tag("i"):
         res = _merge_corrected(obj, band, parts)
     phot = [s for p in parts for s in p["photometry"]]

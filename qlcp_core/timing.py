@@ -36,8 +36,8 @@ import json
 import logging
 import os
 import re
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,7 +47,7 @@ from astropy.time import Time, TimeDelta
 from astropy.utils import iers
 
 from .errors import ConfigError, InputError
-from .io import atomic_path
+from .io import atomic_path, qlcp_home
 
 log = logging.getLogger("qlcp.timing")
 
@@ -90,16 +90,15 @@ def _offline_iers():
 #: columns of astropy's combined IERS-A/B table that time and coordinate conversions read
 _IERS_COLUMNS = {"MJD": u.d, "UT1_UTC": u.s, "PM_x": u.arcsec, "PM_y": u.arcsec, "dX_2000A": u.marcsec,
                  "dY_2000A": u.marcsec, "UT1Flag": None, "PolPMFlag": None, "NutFlag": None}
-_iers_ready = False
 #: where this process's table came from: "cache", "parsed" (by astropy), or None (not yet)
 iers_source: str | None = None
 
 
 def _cache_dir() -> Path:
-    """``$QLCP_CACHE_DIR``, else ``$QLCP_HOME/cache`` (``QLCP_HOME`` default ``~/.qlcp``)."""
+    """``$QLCP_CACHE_DIR``, else ``{qlcp_home()}/cache``."""
     if os.environ.get("QLCP_CACHE_DIR"):
         return Path(os.environ["QLCP_CACHE_DIR"]).expanduser()
-    return Path(os.environ.get("QLCP_HOME") or Path.home() / ".qlcp").expanduser() / "cache"
+    return qlcp_home() / "cache"
 
 
 def _iers_cache_path() -> Path:
@@ -126,11 +125,9 @@ def use_cached_iers() -> None:
     out-of-range handling).  No cache directory, or an unreadable file: astropy
     parses as usual.  Never downloads anything.
     """
-    global _iers_ready, iers_source
-    if _iers_ready or iers.IERS_Auto.iers_table is not None:
-        _iers_ready = True
+    global iers_source
+    if iers_source is not None or iers.IERS_Auto.iers_table is not None:
         return
-    _iers_ready = True
     iers_source = "parsed"
     try:
         path = _iers_cache_path()
@@ -155,9 +152,8 @@ def use_cached_iers() -> None:
         meta = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in table.meta.items()}
         arrays = {c: np.asarray(getattr(table[c], "value", table[c])) for c in _IERS_COLUMNS}
         path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, meta=np.array(json.dumps(meta)), **arrays)
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, meta=np.array(json.dumps(meta)), **arrays)
         for old in path.parent.glob("iers-*.npz"):    # those of earlier astropy or table versions
             if old != path:
                 old.unlink(missing_ok=True)
