@@ -33,6 +33,7 @@ RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['p
 # 2) the project's own wheel (pure Python), in its own stage so that a code change rebuilds only this
 FROM build AS wheel
 COPY README.md ./
+COPY qlcp/ qlcp/
 COPY qlcp_core/ qlcp_core/
 COPY tasks/ tasks/
 COPY flows/ flows/
@@ -89,7 +90,7 @@ VOLUME ["/data/raw", "/data/red", "/home/qlcp/.qlcp"]
 # healthy = the Prefect API answers when PREFECT_API_URL is set (server, serve, sensor, worker),
 # else the package imports (one-off runs); /api/health needs no credentials
 HEALTHCHECK --interval=60s --timeout=15s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; u = os.environ.get('PREFECT_API_URL'); urllib.request.urlopen(u.rstrip('/') + '/health', timeout=10) if u else __import__('deployments.cli')"]
+    CMD ["python", "-c", "import os, urllib.request; u = os.environ.get('PREFECT_API_URL'); urllib.request.urlopen(u.rstrip('/') + '/health', timeout=10) if u else __import__('qlcp.deployments.cli')"]
 
 ENTRYPOINT ["qlcp"]
 CMD ["--help"]

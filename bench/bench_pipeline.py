@@ -33,7 +33,7 @@ STEPS = "lbfiopkcdg"
 
 def night_dir(work: Path, frames: int, size: int, seed: int) -> Path:
     """Simulate (once) and return the night's directory."""
-    from qlcp_core.simulate import simulate_night
+    from qlcp.core.simulate import simulate_night
 
     d = work / f"night_{frames}x{size}_s{seed}"
     if not (d / "truth" / "truth.json").is_file():
@@ -58,8 +58,8 @@ def truth_starxy(night: Path) -> dict:
 
 # ------------------------------------------------------------------ children
 def child_plain(raw: str, red: str, config: str, extra: str) -> dict:
-    from qlcp_core import run
-    from qlcp_core.pipeline import make_config
+    from qlcp.core import run
+    from qlcp.core.pipeline import make_config
 
     cfg = make_config([config], mode=["EXIST_OVER", "MISS_SKIP"], scr_log="WARNING", file_log="INFO",
                       **json.loads(extra))
@@ -69,7 +69,7 @@ def child_plain(raw: str, red: str, config: str, extra: str) -> dict:
 
 
 def child_prefect(raw: str, red: str, config: str, extra: str, refresh: bool = False) -> dict:
-    from flows.night import interactive_settings, process_night
+    from qlcp.flows.night import interactive_settings, process_night
 
     t0 = time.perf_counter()
     with interactive_settings():          # as qlcp run does

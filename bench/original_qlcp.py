@@ -600,7 +600,7 @@ def _night(workdir: Path, frames: int, size: int, seed: int) -> Path:
     if info.exists():
         return night
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from qlcp_core.simulate import simulate_night
+    from qlcp.core.simulate import simulate_night
     tic = time.perf_counter()
     simulate_night(night, n_frames=frames, size=size, seed=seed, overwrite=True)
     log.info("simulated %d frames of %d px in %.1f s", frames, size, time.perf_counter() - tic)

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from qlcp_core._version import __version__
+from qlcp.core._version import __version__
 
 EXIT_BAD_INPUT = 2
 
@@ -54,12 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=1024, help="frame size in px (default 1024)")
     p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
 
-    from deployments.sensor import add_watch_arguments
+    from qlcp.deployments.sensor import add_watch_arguments
 
     p = sub.add_parser("watch", help="night sensor: trigger the night deployment once per night, at dawn")
     add_watch_arguments(p)
 
-    from deployments.serve import add_serve_arguments
+    from qlcp.deployments.serve import add_serve_arguments
 
     p = sub.add_parser("serve", help="serve the deployments process-night, reprocess, dawn-sweep")
     add_serve_arguments(p)
@@ -88,8 +88,8 @@ def _fail(msg: str) -> int:
 
 
 def cmd_run(a) -> int:
-    from qlcp_core.config import parse_set
-    from qlcp_core.pipeline import make_config
+    from qlcp.core.config import parse_set
+    from qlcp.core.pipeline import make_config
 
     overrides = parse_set(a.sets)
     overrides.update({k: v for k, v in (("steps", a.steps), ("obj", a.obj), ("band", a.band)) if v})
@@ -109,7 +109,7 @@ def prefect_env() -> None:
     * ``QLCP_RESULTS``: ``~/.qlcp/results`` (cached task results: JSON records, never pickles)
     * no telemetry; a patient start-up timeout for the embedded server on small machines
     """
-    from qlcp_core.io import qlcp_home
+    from qlcp.core.io import qlcp_home
 
     home = qlcp_home()
     os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
@@ -126,7 +126,7 @@ def _reduce(raw, red, cfg, no_prefect: bool, refresh: bool = False, runner: str 
             dask_address: str | None = None) -> int:
     t0 = time.perf_counter()
     if no_prefect:
-        from qlcp_core.pipeline import run
+        from qlcp.core.pipeline import run
 
         summary = run(raw, red, config=cfg).to_dict()
     else:
@@ -134,7 +134,7 @@ def _reduce(raw, red, cfg, no_prefect: bool, refresh: bool = False, runner: str 
         if not os.environ.get("PREFECT_API_URL"):
             print("starting Prefect's embedded server (set PREFECT_API_URL to use a running one) ...",
                   file=sys.stderr, flush=True)
-        from flows.night import interactive_settings, night_flow
+        from qlcp.flows.night import interactive_settings, night_flow
 
         with interactive_settings():
             summary = night_flow(runner, dask_address)(raw_dir=str(raw), red_dir=str(red),
@@ -168,7 +168,7 @@ def _print_summary(summary: dict, seconds: float) -> None:
 
 
 def cmd_simulate(a) -> int:
-    from qlcp_core.simulate import simulate_night
+    from qlcp.core.simulate import simulate_night
 
     t0 = time.perf_counter()
     sim = simulate_night(a.out, n_frames=a.frames, size=a.size, seed=a.seed)
@@ -178,8 +178,8 @@ def cmd_simulate(a) -> int:
 
 
 def cmd_demo(a) -> int:
-    from qlcp_core.pipeline import make_config
-    from qlcp_core.simulate import simulate_night
+    from qlcp.core.pipeline import make_config
+    from qlcp.core.simulate import simulate_night
 
     work = Path(a.workdir)
     print(f"simulating a {a.frames}-frame night in {work / 'raw'} ...", flush=True)
@@ -199,14 +199,14 @@ def cmd_demo(a) -> int:
 
 def cmd_watch(a) -> int:
     prefect_env()
-    from deployments.sensor import run_watch
+    from qlcp.deployments.sensor import run_watch
 
     return run_watch(a)
 
 
 def cmd_serve(a) -> int:
     prefect_env()
-    from deployments.serve import run_serve
+    from qlcp.deployments.serve import run_serve
 
     return run_serve(a)
 
@@ -215,8 +215,8 @@ def cmd_deploy(a) -> int:
     prefect_env()
     from prefect.settings import PREFECT_API_URL
 
-    from deployments.serve import deploy_to_pool
-    from qlcp_core.errors import ConfigError
+    from qlcp.deployments.serve import deploy_to_pool
+    from qlcp.core.errors import ConfigError
 
     if not PREFECT_API_URL.value():
         raise ConfigError("qlcp deploy: set PREFECT_API_URL to the server the workers poll "
@@ -229,13 +229,13 @@ def cmd_deploy(a) -> int:
 
 def cmd_up(a) -> int:
     prefect_env()
-    from deployments.serve import run_up
+    from qlcp.deployments.serve import run_up
 
     return run_up(a)
 
 
 def main(argv=None) -> int:
-    from qlcp_core.errors import QLCPError
+    from qlcp.core.errors import QLCPError
 
     ap = build_parser()
     a = ap.parse_args(argv)

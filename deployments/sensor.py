@@ -108,9 +108,9 @@ from typing import Any, Self
 import numpy as np
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
-from qlcp_core.config import load_config
-from qlcp_core.errors import ConfigError, InputError
-from qlcp_core.io import FITS_SUFFIXES
+from qlcp.core.config import load_config
+from qlcp.core.errors import ConfigError, InputError
+from qlcp.core.io import FITS_SUFFIXES
 
 log = logging.getLogger("qlcp.sensor")
 
@@ -1032,7 +1032,7 @@ def run_watch(args: argparse.Namespace, *, trigger: Callable[..., Any] | None = 
               stop_event: threading.Event | None = None, interval: float = 5.0, **sensor_kwargs) -> int:
     """Run ``qlcp watch`` until SIGTERM or SIGINT; returns the exit status (0).
 
-    Bad arguments raise :class:`~qlcp_core.errors.QLCPError` (one line).
+    Bad arguments raise :class:`~qlcp.core.errors.QLCPError` (one line).
     ``trigger``, ``stop_event`` and ``sensor_kwargs`` (extra :class:`Sensor`
     options) are for tests and embedding.
     """

@@ -24,8 +24,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from qlcp_core.config import load_config
-from qlcp_core.errors import ConfigError, InputError
+from qlcp.core.config import load_config
+from qlcp.core.errors import ConfigError, InputError
 
 log = logging.getLogger("qlcp.serve")
 
@@ -58,7 +58,7 @@ def build_deployments(raw_root: str, red_root: str, config_files: list[str] | No
     """The three deployments, ready for ``prefect.serve``."""
     from prefect.schedules import Cron
 
-    from flows.night import dawn_sweep, process_night, reprocess
+    from qlcp.flows.night import dawn_sweep, process_night, reprocess
 
     files = _config_paths(config_files)
     common = {"raw_root": str(Path(raw_root).resolve()), "red_root": str(Path(red_root).resolve()),
@@ -78,7 +78,7 @@ def deploy_to_pool(pool: str, config_files: list[str] | None = None, name: str =
 
     For observatories that run flows on Prefect workers (``prefect worker start --pool
     POOL``, one or more machines seeing the same raw and red roots) instead of ``qlcp
-    serve``.  The flow is referenced by module path (``flows.night``), so a worker needs
+    serve``.  The flow is referenced by module path (``qlcp.flows.night``), so a worker needs
     this package installed (the image), not a copy of the source.  Idempotent: running it
     again updates the deployment.
     """
@@ -87,7 +87,7 @@ def deploy_to_pool(pool: str, config_files: list[str] | None = None, name: str =
     from prefect.deployments.runner import EntrypointType
     from prefect.exceptions import ObjectAlreadyExists
 
-    from flows.night import process_night
+    from qlcp.flows.night import process_night
 
     files = _config_paths(config_files)
     if files:
@@ -209,12 +209,12 @@ def run_up(a) -> int:
                                        "--port", str(a.port)], env=env, start_new_session=True))
         wait_healthy(api)
         print(f"Prefect UI: http://{a.host}:{a.port}  (PREFECT_API_URL={api})", flush=True)
-        serve_cmd = [sys.executable, "-m", "deployments.cli", "serve", a.raw_root, a.red_root]
+        serve_cmd = [sys.executable, "-m", "qlcp.deployments.cli", "serve", a.raw_root, a.red_root]
         for f in a.config or []:
             serve_cmd += ["--config", f]
         procs.append(subprocess.Popen(serve_cmd, env=env, start_new_session=True))
         os.environ["PREFECT_API_URL"] = api
-        from deployments.sensor import run_watch
+        from qlcp.deployments.sensor import run_watch
 
         return run_watch(a)
     finally:

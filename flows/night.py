@@ -1,7 +1,7 @@
 """The night flow and the reprocessing flow.
 
 ``process_night`` runs every requested step of one night as Prefect tasks
-(:mod:`tasks.steps`): calibration per band, then the frame-level work in
+(:mod:`qlcp.tasks.steps`): calibration per band, then the frame-level work in
 chunks of frames, stage by stage with every (object, band) group of the night
 in parallel.  A failing group is recorded and the others go on.  At the end it
 publishes artifacts (per-frame quality table, markdown summary, light-curve
@@ -30,19 +30,19 @@ from prefect.artifacts import (
 from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from qlcp_core import parallel
-from qlcp_core import steps as core
-from qlcp_core.bias import select_bias
-from qlcp_core.dark import select_dark
-from qlcp_core.errors import QLCPError
-from qlcp_core.flat import select_flat
-from qlcp_core.io import write_json
-from qlcp_core.listing import scan_files
-from qlcp_core.offset import offset_paths
-from qlcp_core.provenance import file_identity
-from qlcp_core.pipeline import check_dirs, make_config, write_effective_config
-from tasks import steps as T
-from tasks.common import bridge_logging, results_dir
+from qlcp.core import parallel
+from qlcp.core import steps as core
+from qlcp.core.bias import select_bias
+from qlcp.core.dark import select_dark
+from qlcp.core.errors import QLCPError
+from qlcp.core.flat import select_flat
+from qlcp.core.io import write_json
+from qlcp.core.listing import scan_files
+from qlcp.core.offset import offset_paths
+from qlcp.core.provenance import file_identity
+from qlcp.core.pipeline import check_dirs, make_config, write_effective_config
+from qlcp.tasks import steps as T
+from qlcp.tasks.common import bridge_logging, results_dir
 
 log = logging.getLogger("qlcp.flows")
 
@@ -312,7 +312,7 @@ def night_flow(runner: str = "thread", dask_address: str | None = None, workers:
     """``process_night`` with a chosen task runner.
 
     * ``thread`` (default): Prefect's thread pool on this machine; frame-level work
-      inside each task uses the process pool of ``qlcp_core.parallel``.
+      inside each task uses the process pool of ``qlcp.core.parallel``.
     * ``dask``: ``prefect-dask``'s DaskTaskRunner, each chunk of frames a Dask task:
       a local cluster of ``workers`` single-threaded worker processes, or an existing
       cluster at ``dask_address`` (``tcp://host:8786``) spanning several machines that

@@ -6,7 +6,7 @@ typed configuration (``config``), work modes (``workmode``) and the night
 simulator (``simulate``).  Nothing here imports Prefect: the orchestration
 lives in the ``tasks`` and ``flows`` packages.
 
-    >>> from qlcp_core import run, workmode
+    >>> from qlcp.core import run, workmode
     >>> run("raw/20240606_85", "red/20240606_85", steps="lbfi")   # doctest: +SKIP
 """
 
@@ -23,7 +23,7 @@ _iers.conf.iers_degraded_accuracy = "warn"
 
 
 def run(raw_dir, red_dir, steps=None, **kwargs):
-    """Reduce one night; see :func:`qlcp_core.pipeline.run`."""
+    """Reduce one night; see :func:`qlcp.core.pipeline.run`."""
     from .pipeline import run as _run
 
     return _run(raw_dir, red_dir, steps=steps, **kwargs)

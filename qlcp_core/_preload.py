@@ -1,6 +1,6 @@
 """Imported by every worker of the pool (by the fork server before it forks them, or by
 each forked worker as it starts): load the heavy modules and astropy's time/ephemeris
-tables once, so the first frame job starts warm (``qlcp_core.parallel``)."""
+tables once, so the first frame job starts warm (``qlcp.core.parallel``)."""
 
 import warnings
 

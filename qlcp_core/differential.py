@@ -39,7 +39,7 @@ catalogue error and scintillation in quadrature, and
 ``sigma_E**2 = sum w_i**2 e_i**2 / (sum w_i)**2``.
 
 Noise budget (``lc.meta['noise']``, per target/check and aperture): the
-predicted scatter, median over frames of :func:`qlcp_core.noise.predicted_sigma`
+predicted scatter, median over frames of :func:`qlcp.core.noise.predicted_sigma`
 (CCD equation + scintillation of the star and of the weighted ensemble),
 against the achieved one, :func:`robust_scatter` (robust, from second
 differences, so an eclipse does not inflate it); ``noisy`` when achieved >
@@ -260,7 +260,7 @@ def differential(cata: Table, ind_tgt=None, ind_ref=None, ind_chk=None, cfg=None
     Parameters
     ----------
     cata : Table
-        Night catalogue of step c (:func:`qlcp_core.catalogue.build_catalogue`).
+        Night catalogue of step c (:func:`qlcp.core.catalogue.build_catalogue`).
     ind_tgt, ind_ref, ind_chk : int or list of int, optional
         Indexes into the catalogue's stars; defaults: ``[0]``, every star not a
         target or check, ``[]``.

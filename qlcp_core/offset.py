@@ -530,7 +530,7 @@ def _resolve_base(spec, files: list[Path]) -> tuple[int | None, Path]:
 
 
 def _saturation(cfg, hdr) -> float:
-    """Saturation of a corrected frame, in its own ADU (:func:`qlcp_core.correct.corrected_detector`)."""
+    """Saturation of a corrected frame, in its own ADU (:func:`qlcp.core.correct.corrected_detector`)."""
     return corrected_detector(hdr, cfg)[2]
 
 

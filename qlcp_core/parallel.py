@@ -39,7 +39,7 @@ _lock = threading.RLock()     # warm() holds it while creating the pool and its 
 _pool: ProcessPoolExecutor | None = None
 _pool_size = 0
 _listener: logging.handlers.QueueListener | None = None
-PRELOAD = ["qlcp_core._preload"]
+PRELOAD = ["qlcp.core._preload"]
 
 
 def default_workers() -> int:
@@ -136,9 +136,9 @@ def _main_hidden():
     """Start workers without making them re-import the caller's ``__main__``.
 
     With forkserver (as with spawn) a new worker imports the main script again,
-    so a script that calls ``qlcp_core.run`` at top level without an
+    so a script that calls ``qlcp.core.run`` at top level without an
     ``if __name__ == "__main__":`` guard would run again in every worker.  The
-    jobs only need ``qlcp_core``, so the main module's location is hidden while
+    jobs only need ``qlcp.core``, so the main module's location is hidden while
     workers start.
     """
     main = sys.modules.get("__main__")

@@ -790,7 +790,7 @@ def photometry_file(bf_path, out_path, cfg, aper=None, key: str | None = None, d
         The catalogue file (``*.fits``), or the directory to put
         ``{rawstem}.cat.fits`` in.
     cfg : Config
-        Detector values (:func:`qlcp_core.correct.corrected_detector`: gain and
+        Detector values (:func:`qlcp.core.correct.corrected_detector`: gain and
         read noise from the config, else the header; saturation from the frame's
         SATURATE, in corrected ADU, else the config), photometry settings,
         ``draw_phot``, ``draw_phot_err``.
@@ -829,7 +829,7 @@ def photometry_file(bf_path, out_path, cfg, aper=None, key: str | None = None, d
             meta[card] = hdr[card]
     meta["BFFILE"] = Path(bf_path).name
     if key:
-        meta["QLCPKEY"] = key          # settings+inputs key (qlcp_core.provenance)
+        meta["QLCPKEY"] = key          # settings+inputs key (qlcp.core.provenance)
     for mkey, val in tab.meta.items():
         if mkey == "APER":
             meta["NAPER"] = len(val)

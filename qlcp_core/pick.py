@@ -5,7 +5,7 @@ The algorithm of QLCP v2024.6 (manual, step k):
 1. good stars of the reference frame (the base image when usable): AUTO
    magnitude error below ``pick_err_max``, not on the border, valid flux;
 2. each is looked for in every usable frame at its base position plus the
-   frame's offset (the conservative matching of :func:`qlcp_core.catalogue.match_stars`);
+   frame's offset (the conservative matching of :func:`qlcp.core.catalogue.match_stars`);
 3. fluxes are roughly aligned: each frame's zero point is the median of its
    stars' magnitude differences to their night medians (iterated);
 4. per star: night standard deviation, max - min range, fraction of usable

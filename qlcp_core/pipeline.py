@@ -3,7 +3,7 @@
 It runs the steps in order, one (object, band) group after another, logging
 each step to ``{red}/log/{step}.log``.  The Prefect night flow (``flows``)
 composes the very same stage functions as tasks; this driver is what
-``qlcp run --no-prefect`` and ``from qlcp_core import run`` use.
+``qlcp run --no-prefect`` and ``from qlcp.core import run`` use.
 """
 
 from __future__ import annotations

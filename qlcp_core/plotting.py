@@ -4,7 +4,7 @@ Everything is drawn on a :class:`matplotlib.figure.Figure` with its own
 :class:`~matplotlib.backends.backend_agg.FigureCanvasAgg`; ``matplotlib.pyplot``
 is never imported, so no figure is registered in a global manager, nothing
 leaks, and figures can be drawn concurrently from a thread pool.  Every file
-is written through :func:`qlcp_core.io.atomic_path`.
+is written through :func:`qlcp.core.io.atomic_path`.
 
 Light-curve table contract (written by step ``d``, one row per frame):
 ``file, jd, bjd_tdb, hjd, airmass, fwhm, sky, ok`` and, for target ``k`` and
@@ -15,7 +15,7 @@ configured: radii in px, negative = multiple of the FWHM), ``aper_radius``
 ``ind_chk`` (star indexes in light-curve order), ``stars``, and ``noise``: a
 list of dicts naming the star either as ``star="t0"``/``"c0"`` with
 ``aper=j`` or as ``role="target"|"check"``, ``k``, ``aperture=j`` (as
-:mod:`qlcp_core.differential` writes it), with ``achieved`` and ``predicted``
+:mod:`qlcp.core.differential` writes it), with ``achieved`` and ``predicted``
 scatter in magnitudes and ``noisy``.  Every part of the meta may be missing;
 so may any column except the magnitudes.
 

@@ -1,7 +1,7 @@
 """Provenance keys: which settings and inputs made a product.
 
 Each per-frame product (corrected frame, catalogue) carries ``QLCPKEY`` in its
-header: a hash of the step's settings (:data:`qlcp_core.config.STEP_KEYS`),
+header: a hash of the step's settings (:data:`qlcp.core.config.STEP_KEYS`),
 the code version and the identity (name, size, mtime) of its inputs.  Under
 the default EXIST_APPEND mode an existing product is kept only when its key
 matches: changing ``aper`` or a master flat redoes what depends on it, where

@@ -17,7 +17,7 @@
 File names follow the original QLCP patterns, so the original program can
 reduce the night as well.  Frames are 16-bit unsigned integers (BITPIX 16,
 BZERO 32768), written one at a time (memory does not grow with the number of
-frames) and atomically through :mod:`qlcp_core.io`.  Everything is
+frames) and atomically through :mod:`qlcp.core.io`.  Everything is
 deterministic for a given ``seed``: every frame draws its noise from its own
 generator seeded with ``(seed, stream, frame index)``.
 
@@ -315,7 +315,7 @@ def _header(o: SimOptions, date_obs: str, exptime: float, imagetyp: str, obj: st
     h["RDNOISE"] = (o.rdnoise, "read noise, e-")
     h["SATURATE"] = (o.saturation, "saturation level, ADU")
     h["TELESCOP"] = (o.telescope, "telescope")
-    h["INSTRUME"] = ("QLCP-SIM", "simulated camera (qlcp_core.simulate)")
+    h["INSTRUME"] = ("QLCP-SIM", "simulated camera (qlcp.core.simulate)")
     h["XBINNING"] = 1
     h["YBINNING"] = 1
     return h
@@ -696,7 +696,7 @@ def simulate_night(out_dir, n_frames: int = 60, size: int = 1024, seed: int = 0,
 
     fr = _frames_table(o, plan, sci_files)
     info = {
-        "generator": f"qlcp_core.simulate {__version__}",
+        "generator": f"qlcp.core.simulate {__version__}",
         "seed": int(seed), "n_frames": int(n_frames), "size": int(size),
         "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(o).items()},
         "site": {"lon": o.site_lon, "lat": o.site_lat, "ele": o.site_ele, "tz": o.site_tz},

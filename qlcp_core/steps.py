@@ -1,9 +1,9 @@
 """One function per pipeline step, on files: the entry points both drivers use.
 
-The plain driver (:mod:`qlcp_core.pipeline`, ``qlcp run --no-prefect``) calls
+The plain driver (:mod:`qlcp.core.pipeline`, ``qlcp run --no-prefect``) calls
 them in sequence; the Prefect tasks (``tasks/``) wrap each of them, so the two
 produce identical files.  Every function takes the output root ``red``, the
-:class:`~qlcp_core.config.Config` and plain paths, writes its products under
+:class:`~qlcp.core.config.Config` and plain paths, writes its products under
 ``red`` only, and returns small JSON-ready values (paths as strings, counts).
 The science is in the stage modules named after each step.
 """

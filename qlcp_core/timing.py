@@ -297,7 +297,7 @@ def obs_start(header, cfg) -> Time:
     ----------
     header : astropy.io.fits.Header or mapping
         Raw frame header.
-    cfg : qlcp_core.config.Config
+    cfg : qlcp.core.config.Config
         Uses ``date_key``, ``time_key``, ``time_ref``, ``exptime_key``.
 
     Returns
@@ -431,7 +431,7 @@ def target_coord(header, cfg, alt_coord=None) -> SkyCoord | None:
     Parameters
     ----------
     header : astropy.io.fits.Header or mapping
-    cfg : qlcp_core.config.Config
+    cfg : qlcp.core.config.Config
         Uses ``ra_key``, ``dec_key``.
     alt_coord : tuple of two str or float, optional
         ``('hh:mm:ss.s', '+dd:mm:ss.s')`` or decimal degrees.
@@ -499,7 +499,7 @@ def frame_times(start: Time, exptime, coord: SkyCoord | None, cfg) -> dict:
     coord : astropy.coordinates.SkyCoord or None
         Target (scalar, or one per frame).  None: HJD, BJD, AZ, ALT and
         AIRMASS are NaN.
-    cfg : qlcp_core.config.Config
+    cfg : qlcp.core.config.Config
         Uses ``site_lon``, ``site_lat``, ``site_ele``.
 
     Returns
@@ -560,7 +560,7 @@ def header_times(headers: Sequence, cfg, alt_coord=None) -> dict:
     Parameters
     ----------
     headers : sequence of astropy.io.fits.Header
-    cfg : qlcp_core.config.Config
+    cfg : qlcp.core.config.Config
     alt_coord : tuple of two str or float, optional
 
     Returns

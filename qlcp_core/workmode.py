@@ -98,7 +98,7 @@ class workmode:  # noqa: N801  (lower-case name kept from the original API)
         """Decide whether a step (re)writes ``path``.
 
         ``current`` says whether an existing product was made from the same
-        settings and inputs (see :mod:`qlcp_core.provenance`); under
+        settings and inputs (see :mod:`qlcp.core.provenance`); under
         EXIST_APPEND a stale product is redone.  Returns True to (re)compute,
         False to keep the existing file.  Raises :class:`OutputExistsError`
         for EXIST_ERROR.

@@ -1,12 +1,12 @@
 """What every QLCP task shares: result storage, cache keys, retry policy, logging.
 
-No science here: the tasks call ``qlcp_core`` stage functions.
+No science here: the tasks call ``qlcp.core`` stage functions.
 
 Caching
 -------
-A task's cache key is the sha256 of: the task name, the ``qlcp_core`` code
+A task's cache key is the sha256 of: the task name, the ``qlcp.core`` code
 version, the output root, the subset of the configuration that affects that
-step (:data:`qlcp_core.config.STEP_KEYS`) and the *content* fingerprint of
+step (:data:`qlcp.core.config.STEP_KEYS`) and the *content* fingerprint of
 every file it reads.  Fingerprints are sha256 of the file, memoised on
 (path, size, mtime_ns) in a small SQLite database beside the results, so a big
 night is hashed once, not at every run.  Upstream results (master paths with
@@ -33,11 +33,11 @@ from pathlib import Path
 
 from prefect.context import TaskRunContext
 
-from qlcp_core._version import __version__
-from qlcp_core.config import STEP_KEYS, Config, load_config
-from qlcp_core.errors import QLCPError
-from qlcp_core.io import file_fingerprint
-from qlcp_core.logs import step_log
+from qlcp.core._version import __version__
+from qlcp.core.config import STEP_KEYS, Config, load_config
+from qlcp.core.errors import QLCPError
+from qlcp.core.io import file_fingerprint
+from qlcp.core.logs import step_log
 
 log = logging.getLogger("qlcp.tasks")
 
@@ -217,7 +217,7 @@ def config_of(cfg: dict) -> Config:
 
 
 #: thread id -> (flow run id, task run id) of the task running in it; records that
-#: worker processes send back (``qlcp_core.parallel``) carry their caller's thread
+#: worker processes send back (``qlcp.core.parallel``) carry their caller's thread
 _RUN_OF_THREAD: dict[int, tuple] = {}
 
 

@@ -1,7 +1,7 @@
-"""Prefect tasks: one per QLCP step, each a thin wrapper of :mod:`qlcp_core.steps`.
+"""Prefect tasks: one per QLCP step, each a thin wrapper of :mod:`qlcp.core.steps`.
 
 No science here.  Every task is cached on the content of the files it reads,
-the step's settings and the code version (:mod:`tasks.common`), retried on
+the step's settings and the code version (:mod:`qlcp.tasks.common`), retried on
 transient I/O errors only, and logs through Prefect (the core's ``qlcp``
 loggers are bridged to the run logs).  Parameters and results are plain
 JSON values (paths as strings), serialised as JSON, never pickled.
@@ -13,8 +13,8 @@ from pathlib import Path
 
 from prefect import task
 
-from qlcp_core import steps as core
-from qlcp_core.listing import list_night
+from qlcp.core import steps as core
+from qlcp.core.listing import list_night
 
 from .common import config_of, register_fingerprints, task_log, task_options
 

@@ -39,7 +39,7 @@ def write_frame(path: Path, data=None, shape=(32, 32), bzero=True, **cards) -> P
 @pytest.fixture(autouse=True)
 def _qlcp_logger_restored():
     """Each test starts with the ``qlcp`` logger as the one before it found it: a flow run
-    bridges it to Prefect (``tasks.common.bridge_logging``: its own handler, no propagation)
+    bridges it to Prefect (``qlcp.tasks.common.bridge_logging``: its own handler, no propagation)
     for the rest of the process, which would hide later tests' records from ``caplog``."""
     import logging
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from astropy.table import Table
 
-from qlcp_core.config import Config
-from qlcp_core.photometry import SKY_GAP, SKY_THICK
+from qlcp.core.config import Config
+from qlcp.core.photometry import SKY_GAP, SKY_THICK
 
 SHAPE = (1024, 1024)
 GAIN, RDNOISE, SKY = 1.5, 8.0, 300.0
@@ -40,7 +40,7 @@ def cfg_for_tests(**kw) -> Config:
 
 
 def scint_rel(airmass):
-    """Osborn et al. 2015 eq. 7, written out independently of qlcp_core.noise."""
+    """Osborn et al. 2015 eq. 7, written out independently of qlcp.core.noise."""
     return np.sqrt(1e-5 * 1.5**2 * 0.85 ** (-4 / 3) / EXPTIME * airmass**3 * np.exp(-2 * 960.0 / 8000.0))
 
 

@@ -13,14 +13,14 @@ from astropy.coordinates import Angle
 from astropy.io import fits
 from astropy.table import Table
 
-from qlcp_core import run
-from qlcp_core.bias import make_master_bias, select_bias
-from qlcp_core.config import Config, load_config
-from qlcp_core.correct import correct_frames
-from qlcp_core.errors import MissingInputError
-from qlcp_core.flat import make_master_flat
-from qlcp_core.listing import list_night
-from qlcp_core.simulate import simulate_small
+from qlcp.core import run
+from qlcp.core.bias import make_master_bias, select_bias
+from qlcp.core.config import Config, load_config
+from qlcp.core.correct import correct_frames
+from qlcp.core.errors import MissingInputError
+from qlcp.core.flat import make_master_flat
+from qlcp.core.listing import list_night
+from qlcp.core.simulate import simulate_small
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ def test_raw_dir_read_only_gets_nothing_written(tmp_path):
 
 def test_red_inside_raw_is_refused(tmp_path):
     sim = simulate_small(tmp_path / "n", n_frames=2, size=128, seed=6, n_bias=3, n_flats=3)
-    from qlcp_core.errors import InputError
+    from qlcp.core.errors import InputError
     with pytest.raises(InputError, match="must not be the raw directory or inside it"):
         run(sim.raw_dir, sim.raw_dir / "red", steps="l")
 
@@ -163,7 +163,7 @@ def test_real_night_corrected_times(xo1_dir, tmp_path):
 def test_times_do_not_depend_on_how_a_group_is_split(tmp_path):
     """HJD/BJD use one target coordinate per group (its first frame's header), so chunks of a
     group give the times of the whole group even when the pointing keywords drift."""
-    from qlcp_core.steps import correct_step
+    from qlcp.core.steps import correct_step
 
     sim = simulate_small(tmp_path / "n", n_frames=6, size=96, seed=7, n_bias=3, n_flats=3)
     raw = tmp_path / "copy"

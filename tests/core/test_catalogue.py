@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qlcp_core.catalogue import (
+from qlcp.core.catalogue import (
     FLAG_MISSING,
     build_catalogue,
     match_stars,

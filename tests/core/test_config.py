@@ -7,9 +7,9 @@ import logging
 import pytest
 import yaml
 
-from qlcp_core.config import Config, load_config, parse_set
-from qlcp_core.errors import ConfigError
-from qlcp_core.workmode import workmode
+from qlcp.core.config import Config, load_config, parse_set
+from qlcp.core.errors import ConfigError
+from qlcp.core.workmode import workmode
 
 
 def test_manual_defaults():

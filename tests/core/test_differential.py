@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
-from qlcp_core.catalogue import FLAG_MISSING, build_catalogue
-from qlcp_core.differential import differential, resolve_indexes, robust_scatter, write_lightcurve
-from qlcp_core.errors import ConfigError
+from qlcp.core.catalogue import FLAG_MISSING, build_catalogue
+from qlcp.core.differential import differential, resolve_indexes, robust_scatter, write_lightcurve
+from qlcp.core.errors import ConfigError
 
 try:
     from .synthetic_night import CHK, DROP_COMP, SAT, TGT, VAR_COMP, cfg_for_tests, make_night

@@ -5,7 +5,7 @@ import pytest
 from astropy.io import fits
 from astropy.table import Table
 
-from qlcp_core.io import atomic_path, raw_stem, read_table_fast, write_table
+from qlcp.core.io import atomic_path, raw_stem, read_table_fast, write_table
 
 
 def test_read_table_fast_equals_astropy(tmp_path):
@@ -56,7 +56,7 @@ def test_raw_stem(name, stem):
 
 
 def test_fast_header_parse_matches_astropy(tmp_path):
-    from qlcp_core.io import parse_header_fast
+    from qlcp.core.io import parse_header_fast
 
     h = fits.Header()
     h["S"] = ("it's a 'str'  ", "comment / with slash")
@@ -68,7 +68,7 @@ def test_fast_header_parse_matches_astropy(tmp_path):
 
 
 def test_write_table_fast_round_trips_through_astropy(tmp_path):
-    from qlcp_core.io import write_table_fast
+    from qlcp.core.io import write_table_fast
 
     rng = np.random.default_rng(1)
     t = Table({"X": rng.normal(size=5), "Flux": rng.normal(size=(5, 4)), "Flags": np.arange(5, dtype=np.int32),
@@ -94,7 +94,7 @@ def test_fast_card_images_equal_astropys():
 
     from astropy.io import fits
 
-    from qlcp_core.io import _card
+    from qlcp.core.io import _card
 
     rng = random.Random(3)
     vals = [True, False, np.bool_(True), 0, -5, 2**40, np.int64(7), 1.0, -0.5, 1e-10, 1.2345678901234567e300,
@@ -112,8 +112,8 @@ def test_direct_image_reader_equals_astropy(tmp_path):
     scaled, blank-valued or truncated files still go through astropy (same values, same errors)."""
     from astropy.io import fits
 
-    from qlcp_core.errors import InputError
-    from qlcp_core.io import read_header, read_image
+    from qlcp.core.errors import InputError
+    from qlcp.core.io import read_header, read_image
 
     rng = np.random.default_rng(1)
     u16 = rng.integers(0, 65535, (37, 53)).astype(np.uint16)

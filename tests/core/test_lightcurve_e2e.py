@@ -13,9 +13,9 @@ import pytest
 from astropy.table import Table
 from scipy.optimize import curve_fit
 
-from qlcp_core import run
-from qlcp_core.config import load_config
-from qlcp_core.simulate import simulate_night
+from qlcp.core import run
+from qlcp.core.config import load_config
+from qlcp.core.simulate import simulate_night
 
 CONTRACT = ["file", "jd", "bjd_tdb", "hjd", "airmass", "fwhm", "sky", "ok"]
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
-from qlcp_core.config import Config
-from qlcp_core.listing import list_night, match_name
+from qlcp.core.config import Config
+from qlcp.core.listing import list_night, match_name
 from tests.conftest import write_frame
 
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from qlcp_core.noise import (ccd_sigma_mag, ensemble_sigma, predicted_sigma, scintillation_sigma,
+from qlcp.core.noise import (ccd_sigma_mag, ensemble_sigma, predicted_sigma, scintillation_sigma,
                              star_sigma_mag)
 
 

@@ -9,9 +9,9 @@ import pytest
 from astropy.io import fits
 from astropy.table import Table
 
-from qlcp_core.config import Config, load_config
-from qlcp_core.errors import ConfigError, InputError
-from qlcp_core.offset import (OffsetResult, compute_offsets, detect_stars, find_offset, read_offsets,
+from qlcp.core.config import Config, load_config
+from qlcp.core.errors import ConfigError, InputError
+from qlcp.core.offset import (OffsetResult, compute_offsets, detect_stars, find_offset, read_offsets,
                               write_offsets)
 
 SHAPE = (256, 256)

@@ -7,8 +7,8 @@ import subprocess
 import sys
 import textwrap
 
-from qlcp_core.parallel import pmap
-from qlcp_core.simulate import simulate_small
+from qlcp.core.parallel import pmap
+from qlcp.core.simulate import simulate_small
 
 
 def test_pmap_keeps_order_and_matches_serial():
@@ -21,9 +21,9 @@ def test_script_without_main_guard_runs_once(tmp_path):
     sim = simulate_small(tmp_path / "n", n_frames=4, size=128, seed=51, n_bias=3, n_flats=3, thick_cloud=False)
     script = tmp_path / "reduce.py"
     script.write_text(textwrap.dedent(f"""
-        import qlcp_core
+        import qlcp.core
         print("TOP-LEVEL", flush=True)
-        qlcp_core.run({str(sim.raw_dir)!r}, {str(tmp_path / 'red')!r}, steps="lbfip",
+        qlcp.core.run({str(sim.raw_dir)!r}, {str(tmp_path / 'red')!r}, steps="lbfip",
                       ini_file=[{str(sim.config_path)!r}], workers=2, scr_log="WARNING")
     """))
     r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
@@ -46,7 +46,7 @@ def test_i_and_p_in_one_pass_equal_the_steps_apart(tmp_path):
     import numpy as np
     from astropy.io import fits
 
-    from qlcp_core import run
+    from qlcp.core import run
 
     sim = simulate_small(tmp_path / "n", n_frames=7, size=192, seed=52, n_bias=3, n_flats=3, thick_cloud=False)
     one, two = tmp_path / "one", tmp_path / "two"
@@ -69,7 +69,7 @@ def test_i_and_p_in_one_pass_equal_the_steps_apart(tmp_path):
 
 
 def test_guided_chunks_cover_the_items_in_order():
-    from qlcp_core.steps import _guided_chunks
+    from qlcp.core.steps import _guided_chunks
 
     for n in (0, 1, 5, 200, 1001):
         for w in (1, 2, 8):
@@ -84,7 +84,7 @@ def test_guided_chunks_cover_the_items_in_order():
 def test_start_method_forks_only_a_process_without_threads():
     code = textwrap.dedent("""
         import threading, time
-        from qlcp_core.parallel import start_method
+        from qlcp.core.parallel import start_method
         print(start_method())
         threading.Thread(target=time.sleep, args=(1,), daemon=True).start()
         print(start_method())

@@ -1,4 +1,4 @@
-"""Tests of step p (qlcp_core.photometry) on small simulated frames with known truth.
+"""Tests of step p (qlcp.core.photometry) on small simulated frames with known truth.
 
 Stars are pixel-integrated Gaussians (so the flux in the image is exactly the
 true flux) on a flat sky, with Poisson noise in electrons and Gaussian read
@@ -17,9 +17,9 @@ from astropy.table import Table
 from scipy.spatial import cKDTree
 from scipy.special import ndtr
 
-from qlcp_core import photometry as P
-from qlcp_core.config import Config
-from qlcp_core.errors import InputError
+from qlcp.core import photometry as P
+from qlcp.core.config import Config
+from qlcp.core.errors import InputError
 
 GAIN, RDN, SKY = 2.0, 8.0, 300.0
 SIG2FWHM = 2.0 * math.sqrt(2.0 * math.log(2.0))

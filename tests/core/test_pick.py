@@ -14,10 +14,10 @@ import math
 import numpy as np
 import pytest
 
-from qlcp_core.catalogue import build_catalogue
-from qlcp_core.differential import differential
-from qlcp_core.errors import MissingInputError
-from qlcp_core.pick import pick_stars, read_pick, write_pick
+from qlcp.core.catalogue import build_catalogue
+from qlcp.core.differential import differential
+from qlcp.core.errors import MissingInputError
+from qlcp.core.pick import pick_stars, read_pick, write_pick
 
 try:
     from .synthetic_night import DROP_COMP, NEAR_SAT, SAT, SHAPE, TGT, VAR_COMP, cfg_for_tests, make_night

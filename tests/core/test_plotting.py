@@ -1,4 +1,4 @@
-"""Light curve, finding chart and frame-source figures (qlcp_core.plotting)."""
+"""Light curve, finding chart and frame-source figures (qlcp.core.plotting)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 from astropy.table import Table
 from matplotlib.patches import Circle
 
-from qlcp_core import plotting
-from qlcp_core.errors import InputError
+from qlcp.core import plotting
+from qlcp.core.errors import InputError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 REPO = Path(__file__).resolve().parents[2]
@@ -226,7 +226,7 @@ def test_rendering_is_thread_safe_and_never_uses_pyplot():
     assert all(p[:8] == PNG_MAGIC for p in pngs)
     assert pngs[0] == pngs[2] and pngs[1] == pngs[3] and pngs[0] != pngs[1]
     code = ("import sys, numpy as np; from astropy.table import Table\n"
-            "from qlcp_core import plotting\n"
+            "from qlcp.core import plotting\n"
             "t = Table({'bjd_tdb': np.arange(5.0), 'mag_t0_a0': np.ones(5)})\n"
             "plotting.render_lightcurve_png(t)\n"
             "assert 'matplotlib.pyplot' not in sys.modules\n")

@@ -14,10 +14,10 @@ from astropy.io import fits
 from astropy.table import Table
 from astropy.time import Time
 
-from qlcp_core.config import DEFAULT_PATTERNS, load_config
-from qlcp_core.errors import ConfigError, InputError
-from qlcp_core.io import read_image
-from qlcp_core.simulate import simulate_night, simulate_small
+from qlcp.core.config import DEFAULT_PATTERNS, load_config
+from qlcp.core.errors import ConfigError, InputError
+from qlcp.core.io import read_image
+from qlcp.core.simulate import simulate_night, simulate_small
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Tests of qlcp_core.timing against truth.
+"""Tests of qlcp.core.timing against truth.
 
 Reference calculations written here, independent of astropy's coordinate and
 time machinery (which ``timing`` uses):
@@ -36,9 +36,9 @@ from astropy.io import fits
 from astropy.time import Time
 from astropy.utils import iers
 
-from qlcp_core import timing
-from qlcp_core.config import Config
-from qlcp_core.errors import ConfigError, InputError
+from qlcp.core import timing
+from qlcp.core.config import Config
+from qlcp.core.errors import ConfigError, InputError
 
 DAY = 86400.0
 AU_S = 499.004783836        # light time for 1 au, s (IAU 2012 au / c)
@@ -473,8 +473,8 @@ import numpy as np
 from astropy.coordinates import SkyCoord
 from astropy.time import Time
 from astropy.utils import iers
-from qlcp_core import timing
-from qlcp_core.config import Config
+from qlcp.core import timing
+from qlcp.core.config import Config
 warnings.simplefilter("ignore")
 jd = np.r_[2450000.5 + np.arange(0, 12000, 97.3), 2470000.5]        # the last one beyond the tables
 r = timing.frame_times(Time(jd, format="jd"), np.full(len(jd), 60.0), SkyCoord(250.0, 30.0, unit="deg"),

@@ -2,8 +2,8 @@
 
 import pytest
 
-from qlcp_core.errors import ConfigError, MissingInputError, OutputExistsError
-from qlcp_core.workmode import workmode
+from qlcp.core.errors import ConfigError, MissingInputError, OutputExistsError
+from qlcp.core.workmode import workmode
 
 
 def test_default_and_composition():

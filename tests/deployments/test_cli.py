@@ -8,12 +8,12 @@ import sys
 import pytest
 import yaml
 
-from qlcp_core._version import __version__
-from qlcp_core.simulate import simulate_small
+from qlcp.core._version import __version__
+from qlcp.core.simulate import simulate_small
 
 
 def qlcp(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "deployments.cli", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "qlcp.deployments.cli", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd, timeout=300)
 
 
@@ -69,6 +69,6 @@ def test_deploy_needs_a_server(tmp_path):
 
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env["PREFECT_HOME"] = str(tmp_path / "ph")
-    r = subprocess.run([sys.executable, "-m", "deployments.cli", "deploy", "--pool", "p"], capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "qlcp.deployments.cli", "deploy", "--pool", "p"], capture_output=True,
                        text=True, env=env, timeout=120)
     _one_error_line(r, "PREFECT_API_URL")

@@ -25,8 +25,8 @@ from astropy.coordinates import AltAz, EarthLocation, get_sun
 from astropy.io import fits
 from astropy.time import Time
 
-from deployments.sensor import Sensor, add_watch_arguments, read_state, run_watch
-from qlcp_core.errors import ConfigError, InputError
+from qlcp.deployments.sensor import Sensor, add_watch_arguments, read_state, run_watch
+from qlcp.core.errors import ConfigError, InputError
 
 XINGLONG = (117.57722, 40.395833, 960.0)
 LA_PALMA = (-17.8792, 28.7606, 2326.0)

@@ -3,9 +3,9 @@
 import pytest
 import yaml
 
-from deployments.serve import build_deployments, site_timezone
-from flows.night import _in_range, find_nights
-from qlcp_core.errors import ConfigError
+from qlcp.deployments.serve import build_deployments, site_timezone
+from qlcp.flows.night import _in_range, find_nights
+from qlcp.core.errors import ConfigError
 
 
 def test_site_timezone(tmp_path):

@@ -4,7 +4,7 @@ What the integration test runs (nothing is mocked):
 
 * ``python -m prefect server start`` on a free local port, SQLite in a
   temporary ``PREFECT_HOME``, no telemetry;
-* ``python -m deployments.cli serve RAW_ROOT RED_ROOT --config night.yaml``
+* ``python -m qlcp.deployments.cli serve RAW_ROOT RED_ROOT --config night.yaml``
   (``qlcp serve``): the deployments ``process-night``, ``reprocess`` and
   ``dawn-sweep`` served by one process, which runs each flow run as a
   subprocess (runner poll every second);
@@ -53,8 +53,8 @@ from pathlib import Path
 import pytest
 from astropy.table import Table
 
-from deployments.sensor import Sensor, read_state
-from qlcp_core.simulate import simulate_small
+from qlcp.deployments.sensor import Sensor, read_state
+from qlcp.core.simulate import simulate_small
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOYMENT = "process-night/process-night"
@@ -220,7 +220,7 @@ class Service:
         # the schedules must not fire during the test: half a day away from now (UTC)
         away = datetime.now(UTC) + timedelta(hours=12)
         cron = f"{away.minute} {away.hour} * * *"
-        cmd = [sys.executable, "-m", "deployments.cli", "serve", str(self.raw), str(self.red), "--config",
+        cmd = [sys.executable, "-m", "qlcp.deployments.cli", "serve", str(self.raw), str(self.red), "--config",
                str(config), "--timezone", "UTC", "--reprocess-cron", cron, "--sweep-cron", cron]
         self.serve = Proc("serve", cmd, self.serve_env, self.base / "serve.log").start()
 
@@ -463,7 +463,7 @@ def make_sensor(svc: Service, sim, clock: Clock, state: Path) -> Sensor:
 def serve_args(tmp_path, monkeypatch):
     import argparse
 
-    from deployments.serve import add_serve_arguments
+    from qlcp.deployments.serve import add_serve_arguments
 
     (tmp_path / "raw").mkdir()
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
@@ -507,7 +507,7 @@ def test_serve_outlives_api_outages(serve_args, monkeypatch):
     """``qlcp serve`` waits for the API and serves again when Prefect's runner gives up (no server needed)."""
     import prefect
 
-    from deployments import serve as serve_mod
+    from qlcp.deployments import serve as serve_mod
 
     fake = _FakeServe(*_outage_errors())
     health = iter([False, False, True] * 3)
@@ -522,7 +522,7 @@ def test_serve_raises_its_own_errors(serve_args, monkeypatch):
     """A failure with the API up is a bug: raised, not retried; with the API down it is an outage."""
     import prefect
 
-    from deployments import serve as serve_mod
+    from qlcp.deployments import serve as serve_mod
 
     fake = _FakeServe(ValueError("a bug"))
     monkeypatch.setattr(prefect, "serve", fake)
@@ -657,7 +657,7 @@ def test_deploy_registers_process_night_on_a_work_pool(service, prefect_client_s
     config, by module path (workers import the installed package); a second call updates it."""
     from prefect.client.orchestration import get_client
 
-    from deployments.cli import main
+    from qlcp.deployments.cli import main
 
     cfg = tmp_path / "site.yaml"
     cfg.write_text("site_lon: 117.57\nsite_lat: 40.39\nsite_ele: 960\n")
@@ -670,7 +670,7 @@ def test_deploy_registers_process_night_on_a_work_pool(service, prefect_client_s
         pool = c.read_work_pool("qlcp-test-pool")
         dep = c.read_deployment_by_name("process-night/pool")
     assert pool.type == "process"
-    assert dep.work_pool_name == "qlcp-test-pool" and dep.entrypoint == "flows.night.process_night"
+    assert dep.work_pool_name == "qlcp-test-pool" and dep.entrypoint == "qlcp.flows.night.process_night"
     assert dep.parameters["config_files"] == [str(cfg.resolve())]
     assert str(dep.id) in first and str(dep.id) in second          # updated, not duplicated
     # a bad config fails at once, in one line naming the key, and registers nothing new

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
-from qlcp_core.simulate import simulate_small
+from qlcp.core.simulate import simulate_small
 
 pytestmark = pytest.mark.usefixtures("prefect_db")
 
 
 def test_dask_runner_two_workers_identical_light_curves(tmp_path):
     pytest.importorskip("prefect_dask")
-    from flows.night import night_flow
+    from qlcp.flows.night import night_flow
 
     sim = simulate_small(tmp_path / "n", n_frames=8, size=192, seed=31, n_bias=3, n_flats=3, thick_cloud=False)
     kw = dict(raw_dir=str(sim.raw_dir), config_files=[str(sim.config_path)], chunk=3)

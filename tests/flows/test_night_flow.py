@@ -10,9 +10,9 @@ import pytest
 from astropy.io import fits
 from astropy.table import Table
 
-from qlcp_core import run
-from qlcp_core.errors import ConfigError, TransientIOError
-from qlcp_core.simulate import simulate_small
+from qlcp.core import run
+from qlcp.core.errors import ConfigError, TransientIOError
+from qlcp.core.simulate import simulate_small
 
 pytestmark = pytest.mark.usefixtures("prefect_db")
 
@@ -36,7 +36,7 @@ def two_band_night(tmp_path_factory):
 
 
 def _flow(raw, red, **kw):
-    from flows.night import process_night
+    from qlcp.flows.night import process_night
 
     state = process_night(raw_dir=str(raw), red_dir=str(red), config_files=[str(kw.pop("config"))],
                           return_state=True, **kw)
@@ -123,7 +123,7 @@ def test_changed_aper_redoes_photometry_not_correction(two_band_night, tmp_path)
 
 
 def _flow_with(raw, red, v, **settings):
-    from flows.night import process_night
+    from qlcp.flows.night import process_night
 
     state = process_night(raw_dir=str(raw), red_dir=str(red), config_files=[str(v.config_path)],
                           config=settings, obj=["SIMV"], band=["V"], return_state=True)
@@ -132,7 +132,7 @@ def _flow_with(raw, red, v, **settings):
 
 def test_transient_error_is_retried(two_band_night, tmp_path, monkeypatch):
     raw, v = two_band_night
-    from qlcp_core import steps
+    from qlcp.core import steps
 
     calls = {"n": 0}
     real = steps.offset_step
@@ -177,7 +177,7 @@ def test_prefect_and_plain_give_identical_light_curves(two_band_night, tmp_path)
 
 def test_bad_config_fails_before_any_task(two_band_night, tmp_path):
     raw, v = two_band_night
-    from flows.night import process_night
+    from qlcp.flows.night import process_night
 
     with pytest.raises(ConfigError, match="gain"):
         process_night(raw_dir=str(raw), red_dir=str(tmp_path / "red"), config={"gain": -2})
@@ -186,7 +186,7 @@ def test_bad_config_fails_before_any_task(two_band_night, tmp_path):
 
 def test_steps_in_config_and_as_parameter(two_band_night, tmp_path):
     raw, v = two_band_night
-    from flows.night import process_night
+    from qlcp.flows.night import process_night
 
     out = process_night(raw_dir=str(raw), red_dir=str(tmp_path / "red"), config_files=[str(v.config_path)],
                         config={"steps": "lbfi", "band": ["V"]}, steps="lb")

@@ -1,0 +1,85 @@
+"""The installed distribution adds one import name, ``qlcp``, and nothing generic.
+
+A wheel is built from this checkout and installed (without dependencies) into a
+fresh virtual environment that borrows the test environment's site-packages for
+the dependencies.  In a working directory holding a decoy ``tasks.py`` and a decoy
+``flows/`` package (what Invoke, Celery and Prefect projects usually have), the
+installed flow must still run a night: the decoys must not shadow our layers.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import sysconfig
+import textwrap
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("dist")
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
+                        "--wheel-dir", str(out), str(REPO)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (whl,) = out.glob("qlcp-*.whl")
+    return whl
+
+
+def test_wheel_has_one_top_level_import_name(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith((".dist-info", ".data"))}
+    assert tops == {"qlcp"}, tops
+    for layer in ("core", "tasks", "flows", "deployments"):
+        assert f"qlcp/{layer}/__init__.py" in names
+    entry = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "qlcp = qlcp.deployments.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
+
+
+@pytest.mark.slow
+def test_installed_flow_runs_beside_decoys(wheel, tmp_path):
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    # the dependencies come from this environment (offline); the project itself only from the wheel
+    deps = [p for p in {sysconfig.get_path("purelib"), sysconfig.get_path("platlib")}]
+    Path(site, "_deps.pth").write_text("\n".join(deps) + "\n")
+    r = subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "--no-index", "-q",
+                        str(wheel)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+    work = tmp_path / "work"
+    (work / "flows").mkdir(parents=True)
+    (work / "tasks.py").write_text("raise ImportError('decoy tasks.py was imported')\n")
+    (work / "flows" / "__init__.py").write_text("raise ImportError('decoy flows/ was imported')\n")
+    (work / "deployments.py").write_text("raise ImportError('decoy deployments.py was imported')\n")
+    script = textwrap.dedent(f"""
+        import json, sys
+        sys.path.insert(0, "")                      # the working directory first, as `python -c` has it
+        import qlcp, qlcp.core
+        from qlcp.core.simulate import simulate_night
+        from qlcp.flows.night import process_night
+        assert "{REPO}" not in qlcp.core.__file__, qlcp.core.__file__
+        sim = simulate_night("sim", n_frames=6, size=256, seed=3)
+        s = process_night(str(sim.raw_dir), "red/20240101", config={{"steps": "lbfiopcd", "workers": 1}})
+        print(json.dumps({{"file": qlcp.core.__file__, "lc": [g.get("lc") for g in s["groups"]]}}))
+    """)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect"), QLCP_RESULTS=str(tmp_path / "results"),
+               PREFECT_SERVER_ALLOW_EPHEMERAL_MODE="true", PREFECT_API_URL="", MPLBACKEND="Agg")
+    r = subprocess.run([str(py), "-c", script], cwd=work, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-4000:])
+    out = r.stdout.strip().splitlines()[-1]
+    import json
+
+    res = json.loads(out)
+    assert res["file"].startswith(site), res["file"]
+    assert res["lc"] and all(res["lc"]) and all(Path(work, p).is_file() or Path(p).is_file() for p in res["lc"])
