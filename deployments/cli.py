@@ -144,9 +144,13 @@ def _reduce(raw, red, cfg, no_prefect: bool, refresh: bool = False, runner: str 
 
 
 def _print_summary(summary: dict, seconds: float) -> None:
+    """The night's summary (:class:`~qlcp.core.summary.NightSummary` as a dict) on the terminal."""
     print(f"night {summary['raw_dir']}: {summary['listing']}")
     for f, why in summary["rejected"]:
         print(f"  rejected {f}: {why}")
+    for kind, m in sorted(summary.get("masters", {}).items()):
+        if m.get("source") not in ("tonight", None):
+            print(f"  {kind}: {m['path'] or 'none'} ({m['source']})")
     for g in summary["groups"]:
         state = f"FAILED: {g['error']}" if g.get("error") else "ok"
         print(f"  {g['obj']} {g['band']}: {g['frames']} frames, {g.get('corrected', 0)} corrected - {state}")
@@ -154,15 +158,14 @@ def _print_summary(summary: dict, seconds: float) -> None:
             if n.get("aperture") == 0:
                 print(f"    {n['role']} {n['k']}: scatter {1e3 * n['achieved']:.2f} mmag "
                       f"(predicted {1e3 * n['predicted']:.2f}){'  NOISY' if n.get('noisy') else ''}")
-        for k in ("lc", "png", "chart", "lightcurve", "plot"):
-            v = g.get(k) or (g.get("products") or {}).get(k)
-            if v:
-                print(f"    {k}: {v}")
-    if "task_states" in summary:
-        states = {}
-        for c in summary["task_states"].values():
-            for s, n in c.items():
-                states[s] = states.get(s, 0) + n
+        for kind in ("lightcurve", "lc_png", "chart"):
+            if g["outputs"].get(kind):
+                print(f"    {kind}: {g['outputs'][kind]}")
+    states: dict = {}
+    for c in summary["run"].get("task_states", {}).values():
+        for s, n in c.items():
+            states[s] = states.get(s, 0) + n
+    if states:
         print("  tasks: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items())))
     print(f"outputs in {summary['red_dir']} ({seconds:.1f} s)")
 

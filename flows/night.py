@@ -32,15 +32,10 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from qlcp.core import parallel
 from qlcp.core import steps as core
-from qlcp.core.bias import select_bias
-from qlcp.core.dark import select_dark
 from qlcp.core.errors import QLCPError
-from qlcp.core.flat import select_flat
-from qlcp.core.io import write_json
-from qlcp.core.listing import scan_files
-from qlcp.core.offset import offset_paths
-from qlcp.core.provenance import file_identity
-from qlcp.core.pipeline import check_dirs, make_config, write_effective_config
+from qlcp.core.pipeline import check_dirs, make_config, raw_identities, write_effective_config
+from qlcp.core.products import product_path
+from qlcp.core.walk import NightWalk
 from qlcp.tasks import steps as T
 from qlcp.tasks.common import bridge_logging, results_dir
 
@@ -111,7 +106,12 @@ def _error(state) -> str:
 def process_night(raw_dir: str, red_dir: str, config: dict | None = None, config_files: list[str] | None = None,
                   steps: str | None = None, obj: list[str] | None = None, band: list[str] | None = None,
                   refresh: bool = False, chunk: int = DEFAULT_CHUNK) -> dict:
-    """Reduce one night with every step as a cached, retried Prefect task.
+    """Reduce one night with every unit of the stage graph as a cached, retried Prefect task.
+
+    It walks the same graph as the plain driver (:mod:`qlcp.core.stages`, through
+    :class:`~qlcp.core.walk.NightWalk`): every unit of a block (a chunk of frames,
+    a group, a band) becomes a task, all units of a block run at once, and the
+    blocks follow one another.  A failing group is recorded and the others go on.
 
     Parameters
     ----------
@@ -131,7 +131,7 @@ def process_night(raw_dir: str, red_dir: str, config: dict | None = None, config
     Returns
     -------
     dict
-        Night summary: groups with light curves, scatter, rejected frames, task states.
+        The night summary (:class:`~qlcp.core.summary.NightSummary`), also in ``{red}/summary.json``.
     """
     t_start = time.perf_counter()
     plog = get_run_logger()
@@ -140,159 +140,70 @@ def process_night(raw_dir: str, red_dir: str, config: dict | None = None, config
     cfg = make_config(config_files, **{**(config or {}), **given})
     raw, red = check_dirs(raw_dir, red_dir)
     write_effective_config(red, cfg)
-    cfgd = cfg.plain(only_set=True)
-    night_name = raw.resolve().name
-    R = _Runner(refresh)
-    rs, rd = str(raw), str(red)
-
-    # ---- l: classify the night
     frame_work = any(s in cfg.steps for s in "ip")
-    warmed = frame_work and not (red / "lst" / "night.ecsv").is_file()
-    if warmed:                          # never listed here: a new night, frame workers start now
-        parallel.warm(cfg.workers)
-    files = [[str(p), *file_identity(p)[1:]] for p in scan_files(raw)]
-    night, st = R.result(R.submit(T.list_task, "l", raw_dir=rs, red_dir=rd, cfg=cfgd, raw_files=files))
-    if night is None:
-        raise QLCPError(f"{raw}: listing failed: {_error(st)}")
-    if st.name != "Cached" and frame_work and not warmed:
-        parallel.warm(cfg.workers)      # the night changed: frame workers start while it is calibrated
-    groups = [(o, b, fl) for o, b, fl in night["groups"]]
-    if not groups:
-        plog.warning("%s: no science frames to reduce (%s)", raw, night["summary"])
-    plog.info("night %s: %s", night_name, night["summary"])
-    n_frames = sum(len(fl) for _, _, fl in groups)
-    units = max(1, n_frames * sum(s in cfg.steps for s in "ip"))
-    progress_id = create_progress_artifact(progress=0.0, key=artifact_key("night", night_name, "progress"),
-                                           description=f"frames of {night_name} processed (steps i and p)")
-    done = 0
+    if frame_work and not product_path(red, "night_list").is_file():
+        parallel.warm(cfg.workers)      # a new night: frame workers start while it is listed and calibrated
+    walk = NightWalk(raw, red, cfg, raw_identities(raw), driver="prefect")
+    runner = _Runner(refresh)
+    progress = _Progress(walk.summary.night)
+    for block in walk.blocks:
+        if block is next((b for b in walk.blocks if b.unit == "chunk"), None):
+            core.preload_plotting(cfg)  # overlaps i and p, where this process mostly waits
+        _run_block(walk, runner, block, cfg.plain(only_set=True), str(red), chunk, progress)
+        if block.name == "list":
+            plog.info("night %s: %s", walk.summary.night, walk.summary.listing)
+            progress.start(walk)
+            if frame_work and runner.by_label.get(block.label) != "Cached":
+                parallel.warm(cfg.workers)  # the night changed: frame workers start while it is calibrated
+    progress.done()
+    summary = walk.summary
+    summary.groups = [g.summary for g in walk.groups.values()]
+    summary.masters = dict(walk.masters)
+    summary.run.update(seconds=round(time.perf_counter() - t_start, 2), task_states=runner.states,
+                       task_state_by_label=runner.by_label)
+    summary.write()
+    publish_artifacts(summary.to_dict(), red, cfg)
+    walk.result()                       # raises when every group failed (after the summary is written)
+    return summary.to_dict()
 
-    def advance(n):
-        nonlocal done
-        done += n
-        update_progress_artifact(artifact_id=progress_id, progress=min(100.0, 100.0 * done / units))
 
-    # ---- b, f: masters
-    if "b" in cfg.steps:
-        res, st = R.result(R.submit(T.bias_task, "b", red_dir=rd, cfg=cfgd, files=night["bias"]))
-        bias = res["path"] if res else None
-        if night["dark"]:
-            res, st = R.result(R.submit(T.dark_task, "dark", red_dir=rd, cfg=cfgd, files=night["dark"], bias=bias))
-            dark = res["path"] if res else None
-        else:                           # no darks tonight: a given or earlier master, if any (no task)
-            dark = str(p) if (p := select_dark(red, cfg)) else None
-    else:
-        bias, dark = (str(p) if p else None for p in (select_bias(red, cfg), select_dark(red, cfg)))
-    flats: dict[str, str | None] = {}
-    bands = sorted({b for _, b, _ in groups})
-    if "f" in cfg.steps:
-        items = {b: R.submit(T.flat_task, f"f-{b}", red_dir=rd, cfg=cfgd, band=b, files=night["flats"].get(b, []),
-                             bias=bias, dark=dark) for b in bands}
-        for b, it in items.items():
-            res, st = R.result(it)
-            flats[b] = res["path"] if res else None
-    else:
-        flats = {b: (str(p) if (p := select_flat(red, cfg, b)) else None) for b in bands}
+def _run_block(walk: NightWalk, runner: "_Runner", block, cfgd: dict, red: str, chunk: int, progress) -> None:
+    """Every unit of ``block`` as a task, all submitted at once; results and failures to the walk."""
+    task = T.task_for(block)
+    items = [(label, unit, runner.submit(task, label, red_dir=red, cfg=cfgd, block=block.name, unit=unit))
+             for label, unit in walk.units(block, chunk)]
+    wait([it[2][3] for it in items])
+    for label, unit, it in items:
+        res, st = runner.result(it)
+        if res is None:
+            walk.fail(block, label, unit, _error(st))
+        else:
+            walk.record(block, label, unit, res)
+            if block.unit == "chunk":
+                progress.advance(len(unit.get("files") or unit.get("corrected") or []) * len(block.stages))
+    walk.finish_block(block)
 
-    # ---- per group, stage by stage, groups in parallel
-    G = {(o, b): {"obj": o, "band": b, "frames": len(fl), "raw": fl, "rejected": [], "error": ""}
-         for o, b, fl in groups}
 
-    def fail(g, step, state):
-        g["error"] = f"step {step}: {_error(state)}"
-        plog.error("%s %s: %s", g["obj"], g["band"], g["error"])
+class _Progress:
+    """The night's progress artifact: a unit per frame and frame step (``ip``: two)."""
 
-    alive = lambda: [g for g in G.values() if not g["error"]]  # noqa: E731
+    def __init__(self, night: str):
+        self.night, self.id, self.units, self.done_ = night, None, 1, 0
 
-    def chunked(step, task, files_key, param, extra, rejected_of):
-        """One task per chunk of frames, every group at once; a failed chunk fails its group."""
-        pending = {(g["obj"], g["band"]): [R.submit(task, f"{step}-{g['obj']}-{g['band']}-{k}", red_dir=rd,
-                                                    cfg=cfgd, **extra(g), **{param: c})
-                                           for k, c in enumerate(_chunks(g[files_key], chunk))]
-                   for g in alive()}
-        wait([it[3] for its in pending.values() for it in its])
-        for key, its in pending.items():
-            for it in its:
-                res, st = R.result(it)
-                if res is None:
-                    fail(G[key], step, st)
-                    break
-                G[key]["rejected"] += rejected_of(res)
-                advance(len(it[2][param]) * len(step))      # a unit per frame and step ("ip": two)
+    def start(self, walk: NightWalk) -> None:
+        n = sum(len(g.raw) for g in walk.groups.values())
+        self.units = max(1, n * sum(len(b.stages) for b in walk.blocks if b.unit == "chunk"))
+        self.id = create_progress_artifact(progress=0.0, key=artifact_key("night", self.night, "progress"),
+                                           description=f"frames of {self.night} processed (steps i and p)")
 
-    if frame_work:
-        core.preload_plotting(cfg)      # overlaps i and p, where this process mostly waits
+    def advance(self, n: int) -> None:
+        self.done_ += n
+        if self.id is not None:
+            update_progress_artifact(artifact_id=self.id, progress=min(100.0, 100.0 * self.done_ / self.units))
 
-    def masters_of(g):
-        return dict(obj=g["obj"], band=g["band"], bias=bias, flat=flats.get(g["band"]), dark=dark,
-                    coord_file=g["raw"][0] if g["raw"] else None)
-
-    def phot_errors(r):
-        return [[Path(s["bf"]).name, s["error"]] for s in r["frames"] if s.get("error")]
-
-    both = "i" in cfg.steps and "p" in cfg.steps
-    if both:        # one pass per frame, as the plain driver: measured as soon as it is corrected
-        chunked("ip", T.correct_photometry_task, "raw", "files", masters_of, lambda r: r["rejected"] + phot_errors(r))
-    elif "i" in cfg.steps:
-        chunked("i", T.correct_task, "raw", "files", masters_of, lambda r: r["rejected"])
-    for g in G.values():
-        g["bf"] = core.corrected_files(red, g["obj"], g["band"], g["raw"])
-        g["corrected"] = len(g["bf"])
-
-    # p before o, as in the plain driver: alignment then reads the catalogues' star lists
-    if "p" in cfg.steps and not both:
-        chunked("p", T.photometry_task, "bf", "bf_files", lambda g: {}, phot_errors)
-    if "o" in cfg.steps:
-        its = {(g["obj"], g["band"]): R.submit(T.offset_task, f"o-{g['obj']}-{g['band']}", red_dir=rd, cfg=cfgd,
-                                               obj=g["obj"], band=g["band"], bf_files=g["bf"],
-                                               cat_files=core.catalogue_files(g["bf"])) for g in alive()}
-        for key, it in its.items():
-            res, st = R.result(it)
-            if res is None:
-                fail(G[key], "o", st)
-
-    update_progress_artifact(artifact_id=progress_id, progress=100.0)
-
-    for g in alive():
-        g["cats"] = core.catalogue_files(g["bf"])
-        g["offsets"] = str(offset_paths(red, g["obj"], g["band"])[0])
-
-    def stage(step, task, label, kwargs_of, store):
-        its = {(g["obj"], g["band"]): R.submit(task, f"{label}-{g['obj']}-{g['band']}", **kwargs_of(g))
-               for g in alive()}
-        for key, it in its.items():
-            res, st = R.result(it)
-            if res is None:
-                fail(G[key], step, st)
-            else:
-                store(G[key], res)
-
-    if any(s in cfg.steps for s in "kKcdg"):
-        def lc_inputs(g):
-            paths = []
-            if "d" in cfg.steps and "c" not in cfg.steps:
-                paths.append(str(core.catalogue_path(red, g["obj"], g["band"])))
-            if "g" in cfg.steps and "d" not in cfg.steps:
-                paths.append(str(red / f"stars_{g['obj']}_{g['band']}.ecsv"))
-            return paths
-
-        stage("d", T.lightcurve_task, "lc",
-              lambda g: dict(red_dir=rd, cfg=cfgd, obj=g["obj"], band=g["band"], cat_files=g["cats"],
-                             offsets=g["offsets"], night=night_name, inputs=lc_inputs(g)),
-              lambda g, r: g.update({k: v for k, v in r.items() if k != "outputs"}))
-
-    summary = {
-        "night": night_name, "raw_dir": rs, "red_dir": rd, "listing": night["summary"],
-        "rejected": night["rejected"] + [r for g in G.values() for r in g["rejected"]],
-        "config_hash": cfg.hash(), "task_states": R.states, "task_state_by_label": R.by_label,
-        "groups": [{k: v for k, v in g.items() if k not in ("raw", "bf", "cats")} for g in G.values()],
-        "seconds": round(time.perf_counter() - t_start, 2),
-    }
-    write_json(red / "summary.json", summary)
-    publish_artifacts(summary, red, cfg)
-    failed = [g for g in G.values() if g["error"]]
-    if groups and len(failed) == len(groups):
-        raise QLCPError(f"{raw}: every group failed; first: {failed[0]['error']}")
-    return summary
+    def done(self) -> None:
+        if self.id is not None:
+            update_progress_artifact(artifact_id=self.id, progress=100.0)
 
 
 def interactive_settings():
@@ -340,8 +251,8 @@ def _frame_table(red: Path, g: dict) -> list[dict]:
     from astropy.table import Table
 
     rows = []
-    lc_path = g.get("lc")
-    off_path = Path(g.get("offsets", ""))
+    lc_path = g["outputs"].get("lightcurve")
+    off_path = Path(g["outputs"].get("offsets", ""))
     off = Table.read(off_path, format="ascii.ecsv") if off_path.is_file() else None
     lc = Table.read(lc_path, format="ascii.ecsv") if lc_path and Path(lc_path).is_file() else None
     offs = {r["file"]: r for r in off} if off is not None else {}
@@ -369,9 +280,11 @@ def summary_markdown(summary: dict, cfg) -> str:
            f"* raw: `{summary['raw_dir']}`  \n* outputs: `{summary['red_dir']}`",
            f"* files: {summary['listing']}",
            f"* config hash `{summary['config_hash']}`, steps `{cfg.steps}`, apertures {cfg.aper} px",
-           f"* finished {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC in {summary['seconds']} s", ""]
+           f"* finished {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC in {summary['run']['seconds']} s",
+           "* masters: " + (", ".join(f"{k} `{Path(m['path']).name if m['path'] else 'none'}` ({m['source']})"
+                                      for k, m in sorted(summary["masters"].items())) or "none"), ""]
     states = ", ".join(f"{name}: " + "/".join(f"{n} {s}" for s, n in sorted(c.items()))
-                       for name, c in sorted(summary["task_states"].items()))
+                       for name, c in sorted(summary["run"]["task_states"].items()))
     out += [f"**Tasks** — {states}", ""]
     out += ["## Targets", "", "| object | band | frames | corrected | light curve | star | aperture | "
             "achieved (mmag) | predicted (mmag) | note |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -384,7 +297,7 @@ def summary_markdown(summary: dict, cfg) -> str:
             pre = f"{1e3 * n['predicted']:.2f}" if n.get("predicted") is not None else ""
             flag = "NOISY (clouds or systematics?)" if n.get("noisy") else ""
             out.append(f"| {g['obj']} | {g['band']} | {g['frames']} | {g.get('corrected', '')} | "
-                       f"`{Path(g['lc']).name if g.get('lc') else '-'}` | {star} | {n.get('aperture', '')} | "
+                       f"`{Path(g['outputs']['lightcurve']).name if g['outputs'].get('lightcurve') else '-'}` | {star} | {n.get('aperture', '')} | "
                        f"{ach} | {pre} | {note or flag} |")
     out += ["", "## Rejected files", ""]
     if summary["rejected"]:
@@ -403,7 +316,7 @@ def publish_artifacts(summary: dict, red: Path, cfg) -> None:
         if rows:
             create_table_artifact(table=rows, key=artifact_key("night", night, g["obj"], g["band"], "frames"),
                                   description=f"per-frame quality, {g['obj']} {g['band']}")
-        png = g.get("png")
+        png = g["outputs"].get("lc_png")
         if png and Path(png).is_file():
             # an offline observatory has no image host: embed the PNG itself as a data URI
             uri = "data:image/png;base64," + base64.b64encode(Path(png).read_bytes()).decode()
@@ -508,7 +421,7 @@ def dawn_sweep(raw_root: str, red_root: str, config: dict | None = None, config_
         newest = max(p.stat().st_mtime for p in files)
         if now - newest > max_age_days * 86400:
             continue
-        done = Path(_red_for(n, red_root)) / "summary.json"
+        done = product_path(_red_for(n, red_root), "summary")
         if done.is_file() and done.stat().st_mtime >= newest:
             continue
         plog.info("night %s is pending: processing it", n)

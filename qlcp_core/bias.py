@@ -11,8 +11,9 @@ import logging
 from pathlib import Path
 
 from .combine import combine_files, master_header
+from .calibration import choose_master
+from .products import product_path
 from .config import Config
-from .errors import InputError
 from .io import write_fits
 from .provenance import fits_key, step_key
 
@@ -20,7 +21,7 @@ log = logging.getLogger("qlcp.bias")
 
 
 def bias_path(red_dir: str | Path) -> Path:
-    return Path(red_dir) / "bias.fits"
+    return product_path(red_dir, "bias")
 
 
 def make_master_bias(files: list[Path], red_dir: str | Path, cfg: Config, progress=None) -> Path | None:
@@ -33,7 +34,7 @@ def make_master_bias(files: list[Path], red_dir: str | Path, cfg: Config, progre
     if not files:
         cfg.mode.missing("bias frames of tonight")
         return None
-    key = step_key(cfg, "b", *files)
+    key = step_key(cfg, "bias", *files)
     if not cfg.mode.should_write(out, current=fits_key(out) == key):
         return out
     log.info("master bias from %d frames", len(files))
@@ -51,21 +52,6 @@ def _median(a):
 
 
 def select_bias(red_dir: str | Path, cfg: Config) -> Path | None:
-    """The master bias to apply: ``use_bias`` -> tonight's -> ``alt_bias`` -> None."""
-    if cfg.use_bias:
-        p = Path(cfg.use_bias)
-        if not p.is_file():
-            raise InputError(f"use_bias: {p}: file not found")
-        return p
-    p = bias_path(red_dir)
-    if p.is_file():
-        return p
-    if cfg.alt_bias:
-        p = Path(cfg.alt_bias)
-        if not p.is_file():
-            raise InputError(f"alt_bias: {p}: file not found")
-        log.warning("no bias of tonight: using alt_bias %s", p)
-        return p
-    cfg.mode.missing("master bias (tonight's, use_bias or alt_bias)")
-    log.warning("no bias at all: continuing with zero bias")
-    return None
+    """The master bias to apply (:func:`qlcp.core.calibration.choose_master`)."""
+    p = choose_master(red_dir, cfg, "bias").path
+    return None if p is None else Path(p)

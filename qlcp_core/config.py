@@ -288,30 +288,6 @@ class Config(BaseModel):
         return yaml.safe_dump(self.plain(), sort_keys=False, default_flow_style=None)
 
 
-#: which settings each step's output depends on (beyond its input files);
-#: the Prefect layer keys its cache on these subsets.
-STEP_KEYS: dict[str, tuple[str, ...]] = {
-    "l": ("patterns", "date_key", "time_key", "exptime_key", "filter_key", "object_key", "imagetyp_key"),
-    "b": ("combine_sigma", "use_bias", "alt_bias", "imagetyp_key"),
-    "f": ("combine_sigma", "flat_limit_low", "flat_limit_high", "use_flat", "alt_flat", "use_dark", "exptime_key"),
-    "i": ("site_lon", "site_lat", "site_ele", "border_cut", "date_key", "time_key", "time_ref", "exptime_key",
-          "ra_key", "dec_key", "alt_coord", "use_dark"),
-    "o": ("offset_max_dis", "base_img", "saturation", "detect_minarea"),     # + the catalogues' content
-    "p": ("aper", "gain", "rdnoise", "saturation", "detect_thresh", "detect_minarea", "sky_annulus",
-          "draw_phot", "draw_phot_err", "phot_back_mesh", "phot_deblend_nthresh"),
-    "k": ("pick_err_max", "pick_bad_max", "pick_var_std", "pick_var_rad", "pick_ref_n", "pick_ref_std",
-          "pick_ref_dif", "match_max_dis", "base_img", "saturation", "pick_star_n", "pick_var_n", "pick_chk_n",
-          "steps", "starxy"),
-    "c": ("match_max_dis", "starxy", "base_img"),
-    "d": ("ind_tgt", "ind_ref", "ind_chk", "tel_diameter", "scint_cy", "site_ele", "gain", "rdnoise", "aper",
-          "pick_bad_max", "sky_annulus", "ref_var_k"),
-    "g": (),
-}
-#: steps i and p together (one pass per frame when both run)
-STEP_KEYS["ip"] = tuple(sorted(set(STEP_KEYS["i"]) | set(STEP_KEYS["p"])))
-#: steps k, c, d and g together (the Prefect layer runs them as one task per group)
-STEP_KEYS["kcdg"] = tuple(sorted(set(STEP_KEYS["k"]) | set(STEP_KEYS["c"]) | set(STEP_KEYS["d"]) | {"steps"}))
-
 #: run() parameters (not settings): they may appear in a config file too
 RUN_KEYS = ("steps", "obj", "band", "use_bias", "use_flat", "use_dark", "alt_bias", "alt_flat", "alt_coord",
             "base_img", "aper", "starxy", "ind_tgt", "ind_ref", "ind_chk", "mode")

@@ -186,7 +186,7 @@ def correct_frames(files: list[Path], obj: str, band: str, red_dir: str | Path, 
     result = CorrectResult()
     files = [Path(f) for f in files]
     outs = {f: bf_path(red_dir, obj, band, f) for f in files}
-    keys = {f: step_key(cfg, "i", f, bias, flat, dark) for f in files}
+    keys = {f: step_key(cfg, "correct", f, bias, flat, dark) for f in files}
     todo = [f for f in files
             if cfg.mode.should_write(outs[f], current=(not outs[f].exists() or fits_key(outs[f]) == keys[f]))]
     result.outputs = [str(outs[f]) for f in files if f not in todo]

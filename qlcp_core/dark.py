@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from .combine import combine_files, master_header
+from .calibration import choose_master
+from .products import product_path
 from .config import Config
 from .errors import InputError
 from .io import read_header, read_image, write_fits
@@ -23,7 +25,7 @@ log = logging.getLogger("qlcp.dark")
 
 
 def dark_path(red_dir: str | Path) -> Path:
-    return Path(red_dir) / "dark.fits"
+    return product_path(red_dir, "dark")
 
 
 def exptime_of(path: Path, cfg: Config) -> float:
@@ -43,7 +45,7 @@ def make_master_dark(files: list[Path], red_dir: str | Path, cfg: Config, bias: 
     out = dark_path(red_dir)
     if not files:
         return None
-    key = step_key(cfg, "b", bias, *files)
+    key = step_key(cfg, "dark", bias, *files)
     if not cfg.mode.should_write(out, current=fits_key(out) == key):
         return out
     times = [exptime_of(f, cfg) for f in files]
@@ -69,11 +71,6 @@ def make_master_dark(files: list[Path], red_dir: str | Path, cfg: Config, bias: 
 
 
 def select_dark(red_dir: str | Path, cfg: Config) -> Path | None:
-    """``use_dark`` -> tonight's ``{red}/dark.fits`` -> None (no dark correction)."""
-    if cfg.use_dark:
-        p = Path(cfg.use_dark)
-        if not p.is_file():
-            raise InputError(f"use_dark: {p}: file not found")
-        return p
-    p = dark_path(red_dir)
-    return p if p.is_file() else None
+    """The master dark to apply (:func:`qlcp.core.calibration.choose_master`)."""
+    p = choose_master(red_dir, cfg, "dark").path
+    return None if p is None else Path(p)

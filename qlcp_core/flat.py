@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from .combine import combine_files, frame_median, master_header
+from .calibration import choose_master
+from .products import product_path
 from .config import Config
 from .dark import exptime_of
-from .errors import InputError
 from .io import read_image, write_fits
 from .provenance import fits_key, step_key
 
@@ -25,7 +26,7 @@ log = logging.getLogger("qlcp.flat")
 
 
 def flat_path(red_dir: str | Path, band: str) -> Path:
-    return Path(red_dir) / f"flat_{band}.fits"
+    return product_path(red_dir, "flat", band=band)
 
 
 def make_master_flat(files: list[Path], band: str, red_dir: str | Path, cfg: Config,
@@ -40,7 +41,7 @@ def make_master_flat(files: list[Path], band: str, red_dir: str | Path, cfg: Con
     if not files:
         cfg.mode.missing(f"flat frames of band {band}")
         return None
-    key = step_key(cfg, "f", bias, dark, *files)
+    key = step_key(cfg, "flat", bias, dark, *files)
     if not cfg.mode.should_write(out, current=fits_key(out) == key):
         return out
     bias_data = read_image(bias)[0] if bias else None
@@ -93,24 +94,9 @@ def make_master_flat(files: list[Path], band: str, red_dir: str | Path, cfg: Con
 
 
 def select_flat(red_dir: str | Path, cfg: Config, band: str) -> Path | None:
-    """``use_flat[band]`` -> tonight's -> ``alt_flat[band]`` -> None (no flat fielding)."""
-    u = cfg.flat_for("use_flat", band)
-    if u:
-        if not Path(u).is_file():
-            raise InputError(f"use_flat[{band}]: {u}: file not found")
-        return Path(u)
-    p = flat_path(red_dir, band)
-    if p.is_file():
-        return p
-    a = cfg.flat_for("alt_flat", band)
-    if a:
-        if not Path(a).is_file():
-            raise InputError(f"alt_flat[{band}]: {a}: file not found")
-        log.warning("band %s: no flat of tonight, using alt_flat %s", band, a)
-        return Path(a)
-    cfg.mode.missing(f"master flat of band {band}")
-    log.warning("band %s: no flat: frames are not flat-fielded", band)
-    return None
+    """The master flat of ``band`` to apply (:func:`qlcp.core.calibration.choose_master`)."""
+    p = choose_master(red_dir, cfg, "flat", band).path
+    return None if p is None else Path(p)
 
 
 def load_flat(path: Path | None) -> np.ndarray | None:

@@ -1,7 +1,8 @@
 """Provenance keys: which settings and inputs made a product.
 
 Each per-frame product (corrected frame, catalogue) carries ``QLCPKEY`` in its
-header: a hash of the step's settings (:data:`qlcp.core.config.STEP_KEYS`),
+header: a hash of the step's settings (the keys its stage declares in
+:mod:`qlcp.core.stages`),
 the code version and the identity (name, size, mtime) of its inputs.  Under
 the default EXIST_APPEND mode an existing product is kept only when its key
 matches: changing ``aper`` or a master flat redoes what depends on it, where
@@ -16,7 +17,8 @@ import os
 from pathlib import Path
 
 from ._version import __version__
-from .config import STEP_KEYS, Config
+from .config import Config
+from .stages import keys_of
 
 
 def file_identity(path: str | Path | None) -> list:
@@ -31,11 +33,12 @@ def file_identity(path: str | Path | None) -> list:
 
 
 def step_key(cfg: Config, step: str, *inputs) -> str:
-    """Hash of the step's settings, the code version and the identity of ``inputs``."""
+    """Hash of the settings of ``step`` (a stage name, or a step letter: all its stages), the
+    code version and the identity of ``inputs``."""
     payload = {
         "v": __version__,
         "step": step,
-        "cfg": cfg.subset(STEP_KEYS[step]),
+        "cfg": cfg.subset(keys_of(step)),
         "in": [file_identity(p) for p in inputs],
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -10,10 +10,13 @@ The science is in the stage modules named after each step.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 from astropy.table import Table
@@ -27,12 +30,14 @@ from . import offset as off_mod
 from . import photometry as phot_mod
 from . import pick as pick_mod
 from ._version import __version__
-from .config import STEP_KEYS, Config
+from .calibration import choose_master
+from .config import Config
 from .correct import bf_path, correct_frames, group_dir, log_corrected
 from .errors import InputError, MissingInputError
 from .io import file_fingerprint, fingerprint_record, raw_stem, read_image, read_table_fast
 from .logs import step_tag
 from .parallel import default_workers, pmap
+from .products import product_path
 from .provenance import fits_key, step_key
 
 log = logging.getLogger("qlcp.steps")
@@ -137,7 +142,7 @@ def offset_step(red, cfg: Config, obj: str, band: str, bf_files) -> str:
     if not bf_files:
         raise MissingInputError(f"{obj} {band}: no corrected frames for step o (run step i first)")
     ecsv, _ = off_mod.offset_paths(red, obj, band)
-    key = step_key(cfg, "o", *bf_files, *catalogue_files(bf_files))   # star lists come from the catalogues
+    key = step_key(cfg, "offsets", *bf_files, *catalogue_files(bf_files))   # star lists come from the catalogues
     if ecsv.is_file() and not cfg.mode.should_write(ecsv, aggregate=True, current=_ecsv_key(ecsv) == key):
         return str(ecsv)
     table = off_mod.compute_offsets([Path(f) for f in bf_files], cfg, cfg.base_img, star_lists=catalogue_stars,
@@ -199,7 +204,7 @@ def cat_path(bf: str | Path) -> Path:
 def _photometry_one(args, data=None) -> dict:
     bf, cfg, fingerprints = args
     cp = cat_path(bf)
-    key = step_key(cfg, "p", bf)
+    key = step_key(cfg, "photometry", bf)
     if not cfg.mode.should_write(cp, current=(not cp.exists() or fits_key(cp) == key)):
         return {"file": str(cp), "bf": str(bf), "kept": True}
     try:
@@ -359,7 +364,7 @@ def catalogue_step(red, cfg: Config, obj: str, band: str, cat_files, offsets: st
 def provenance(red, cfg: Config, bf_example: str | None) -> dict:
     """Code version, config hashes, masters used (with their sha256), photometry settings."""
     prov = {"qlcp_version": __version__, "config_hash": cfg.hash(),
-            "config_hash_photometry": cfg.hash(STEP_KEYS["p"]), "apertures": list(cfg.aper),
+            "apertures": list(cfg.aper),
             "sky_annulus": list(cfg.sky_annulus) if cfg.sky_annulus else "auto"}
     if bf_example and Path(bf_example).is_file():
         from .io import read_header
@@ -409,3 +414,144 @@ def graph_step(red, cfg: Config, obj: str, band: str) -> str:
     out = Path(red) / f"chart_{obj}_{band}.png"
     plotting.plot_chart(image, stars, out, title=f"{obj} {band}: base {off.meta.get('base', '')}")
     return str(out)
+
+
+# ============================================================ stage runners
+# One ``run_{name}`` per stage of :data:`qlcp.core.stages.STAGES` (and per fused block):
+# ``run(ctx, unit, prev) -> dict``, where ``unit`` holds the fields the stage declares,
+# ``prev`` the results of the earlier stages of its block, and the result is JSON-ready
+# with ``outputs`` (paths written).  Both drivers call them through :func:`run_block`.
+
+
+@dataclass
+class RunContext:
+    """What every stage runner gets besides its unit: the output root, the stage's config view,
+    a progress factory, whether to return the fingerprints of the frames written (for content
+    caches), and ``log(letters)``: a context manager logging to each step's file."""
+
+    red: str
+    cfg: Any
+    progress: Any = None
+    fingerprints: bool = False
+    log: Callable = field(default=lambda letters: contextlib.nullcontext())
+
+
+def run_list(ctx: RunContext, u: dict, prev: dict) -> dict:
+    """Stage l: the night's classification as plain lists (written to ``lst/`` when ``l`` is asked for)."""
+    from .listing import list_night, read_night
+
+    c, red = ctx.cfg, Path(ctx.red)
+    if "l" in c.steps or not product_path(red, "night_list").is_file():
+        night = list_night(u["raw_dir"], red, c, write="l" in c.steps, progress=ctx.progress)
+    else:
+        night = read_night(red, u["raw_dir"])
+    groups = night.science_groups(c.obj, c.band)
+    return {"summary": night.summary(), "bias": [str(p) for p in night.bias], "dark": [str(p) for p in night.dark],
+            "flats": {b: [str(p) for p in night.flat(b)] for b in sorted({b for _, b in groups})},
+            "groups": [[o, b, [str(p) for p in night.science(o, b)]] for o, b in groups],
+            "rejected": [[str(r["file"]), str(r["reason"])] for r in night.rejected],
+            "outputs": [str(product_path(red, "night_list"))] if "l" in c.steps else []}
+
+
+def _master_result(ctx: RunContext, kind: str, band: str | None = None) -> dict:
+    choice = choose_master(ctx.red, ctx.cfg, kind, band)
+    return {"path": choice.path, "choice": choice.as_dict(), "outputs": [choice.path] if choice.path else []}
+
+
+def run_bias(ctx: RunContext, u: dict, prev: dict) -> dict:
+    bias_mod.make_master_bias([Path(f) for f in u["bias_files"]], ctx.red, ctx.cfg, ctx.progress)
+    return _master_result(ctx, "bias")
+
+
+def run_dark(ctx: RunContext, u: dict, prev: dict) -> dict:
+    if u["dark_files"] and not ctx.cfg.use_dark:
+        dark_mod.make_master_dark([Path(f) for f in u["dark_files"]], ctx.red, ctx.cfg, _p(u["bias"]),
+                                  ctx.progress)
+    return _master_result(ctx, "dark")
+
+
+def run_flat(ctx: RunContext, u: dict, prev: dict) -> dict:
+    b = u["band"]
+    if not ctx.cfg.flat_for("use_flat", b):
+        flat_mod.make_master_flat([Path(f) for f in u["flat_files"]], b, ctx.red, ctx.cfg, _p(u["bias"]),
+                                  _p(u["dark"]), ctx.progress)
+    return _master_result(ctx, "flat", b)
+
+
+def _p(v) -> Path | None:
+    return Path(v) if v else None
+
+
+def run_correct(ctx: RunContext, u: dict, prev: dict) -> dict:
+    return correct_step(ctx.red, ctx.cfg, u["obj"], u["band"], u["files"], u["bias"], u["flat"], u["dark"],
+                        ctx.progress, ctx.fingerprints, u["coord_file"])
+
+
+def run_photometry(ctx: RunContext, u: dict, prev: dict) -> dict:
+    stats = photometry_step(ctx.red, ctx.cfg, u["corrected"], ctx.progress, ctx.fingerprints)
+    return {"frames": stats, "outputs": [s["file"] for s in stats if s.get("file")]}
+
+
+def run_correct_photometry(ctx: RunContext, u: dict, prev: dict) -> dict:
+    res, stats, busy = correct_photometry_step(ctx.red, ctx.cfg, u["obj"], u["band"], u["files"], u["bias"],
+                                               u["flat"], u["dark"], ctx.progress, ctx.fingerprints,
+                                               u["coord_file"])
+    return {**res, "frames": stats, "busy": busy,
+            "outputs": res["outputs"] + [s["file"] for s in stats if s.get("file")]}
+
+
+def run_offsets(ctx: RunContext, u: dict, prev: dict) -> dict:
+    path = offset_step(ctx.red, ctx.cfg, u["obj"], u["band"], u["corrected"])
+    return {"offsets": path, "outputs": [path]}
+
+
+def run_select(ctx: RunContext, u: dict, prev: dict) -> dict:
+    sel = selection_for(ctx.red, ctx.cfg, u["obj"], u["band"], u["frame_catalogue"],
+                        str(product_path(ctx.red, "offsets", u["obj"], u["band"])))
+    return {"selection": sel, "outputs": []}
+
+
+def run_catalogue(ctx: RunContext, u: dict, prev: dict) -> dict:
+    sel = prev.get("select", {}).get("selection")
+    path = catalogue_step(ctx.red, ctx.cfg, u["obj"], u["band"], u["frame_catalogue"],
+                          str(product_path(ctx.red, "offsets", u["obj"], u["band"])), sel)
+    return {"night_catalogue": path, "outputs": [path]}
+
+
+def run_differential(ctx: RunContext, u: dict, prev: dict) -> dict:
+    o, b = u["obj"], u["band"]
+    res = differential_step(ctx.red, ctx.cfg, o, b, str(product_path(ctx.red, "night_catalogue", o, b)),
+                            u.get("night", ""))
+    return {"lightcurve": res["lc"], "stars": res["stars"], "lc_png": res["png"], "lc_pdf": res["pdf"],
+            "noise": res["noise"], "outputs": [res["lc"], res["stars"], res["png"]]}
+
+
+def run_chart(ctx: RunContext, u: dict, prev: dict) -> dict:
+    path = graph_step(ctx.red, ctx.cfg, u["obj"], u["band"])
+    return {"chart": path, "outputs": [path]}
+
+
+def run_block(block, cfg, ctx: RunContext, unit: dict) -> dict:
+    """Run one unit of a :class:`~qlcp.core.stages.Block`: its fused runner, or its stages in
+    turn, each with its own config view and step log.  Returns the merged results, with
+    ``seconds`` per step letter (for a fused block, split as its workers spent them)."""
+    from .stages import view
+
+    if block.fused:
+        ctx = replace(ctx, cfg=view(cfg, block))
+        t0 = time.perf_counter()
+        with ctx.log("".join(s.letter for s in block.stages)):
+            res = globals()[f"run_{block.fused}"](ctx, unit, {})
+        busy = res.pop("busy", None) or {s.letter: 1.0 for s in block.stages}
+        wall, total = time.perf_counter() - t0, sum(busy.values()) or 1.0
+        return {**res, "seconds": {k: wall * v / total for k, v in busy.items()}}
+    out: dict = {"outputs": [], "seconds": {}}
+    prev: dict = {}
+    for s in block.stages:
+        t0 = time.perf_counter()
+        with ctx.log(s.letter):
+            prev[s.name] = res = globals()[f"run_{s.name}"](replace(ctx, cfg=view(cfg, s)), unit, prev)
+        out["seconds"][s.letter] = out["seconds"].get(s.letter, 0.0) + time.perf_counter() - t0
+        out["outputs"] += res.get("outputs", [])
+        out.update({k: v for k, v in res.items() if k != "outputs"})
+    return out

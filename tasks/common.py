@@ -5,9 +5,9 @@ No science here: the tasks call ``qlcp.core`` stage functions.
 Caching
 -------
 A task's cache key is the sha256 of: the task name, the ``qlcp.core`` code
-version, the output root, the subset of the configuration that affects that
-step (:data:`qlcp.core.config.STEP_KEYS`) and the *content* fingerprint of
-every file it reads.  Fingerprints are sha256 of the file, memoised on
+version, the output root, the config keys its block declares
+(:mod:`qlcp.core.stages`) and the *content* fingerprint of every file it
+declares as input.  Fingerprints are sha256 of the file, memoised on
 (path, size, mtime_ns) in a small SQLite database beside the results, so a big
 night is hashed once, not at every run.  Upstream results (master paths with
 their fingerprints) are parameters of the downstream tasks, so a changed flat
@@ -34,7 +34,7 @@ from pathlib import Path
 from prefect.context import TaskRunContext
 
 from qlcp.core._version import __version__
-from qlcp.core.config import STEP_KEYS, Config, load_config
+from qlcp.core.config import Config, load_config
 from qlcp.core.errors import QLCPError
 from qlcp.core.io import file_fingerprint
 from qlcp.core.logs import step_log
@@ -157,30 +157,31 @@ def _flatten_paths(v) -> list[str]:
     return []
 
 
-def cache_key_for(step: str, file_params: tuple[str, ...] = (), value_params: tuple[str, ...] = ()):
-    """Build a ``cache_key_fn``: step settings + content of ``file_params`` + ``value_params``.
+def cache_key(context: TaskRunContext, parameters: dict) -> str:
+    """The cache key of a QLCP task, derived from its block's declarations (:mod:`qlcp.core.stages`).
 
-    ``file_params`` name parameters holding a path or a list/dict of paths whose
-    content is hashed; ``value_params`` are hashed as JSON (e.g. upstream results
-    that already carry fingerprints, the object and band).  The parameter
-    ``cfg`` (a plain dict of settings) contributes only its ``STEP_KEYS[step]``
-    subset, and ``red_dir`` always counts.
+    It hashes the task name, the code version, the output root, the block's
+    stages, the config keys they declare, the *content* of the unit's declared
+    input files and the unit's declared values.  Nothing else: a setting no
+    stage declares cannot change a result (stages run with a config view that
+    refuses undeclared keys).
     """
+    from qlcp.core.stages import plan
 
-    def key(context: TaskRunContext, parameters: dict) -> str:
-        cfg = Config(**parameters["cfg"])
-        payload = {
-            "task": context.task.name,
-            "version": __version__,
-            "red_dir": str(Path(parameters.get("red_dir", "")).resolve()),
-            "cfg": cfg.subset(STEP_KEYS[step]),
-            "files": {n: _fingerprints(_flatten_paths(parameters.get(n))) for n in file_params},
-            "values": {n: parameters.get(n) for n in value_params},
-        }
-        digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
-        return f"qlcp-{step}-{digest[:40]}"
-
-    return key
+    cfg = Config(**parameters["cfg"])
+    block = next(b for b in plan(cfg.steps) if b.name == parameters["block"])
+    unit = parameters["unit"]
+    payload = {
+        "task": context.task.name,
+        "version": __version__,
+        "red_dir": str(Path(parameters.get("red_dir", "")).resolve()),
+        "stages": [s.name for s in block.stages],
+        "cfg": cfg.subset(block.keys),
+        "files": {n: _fingerprints(_flatten_paths(unit.get(n))) for n in block.files},
+        "values": {n: unit.get(n) for n in block.values},
+    }
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+    return f"qlcp-{block.name}-{digest[:40]}"
 
 
 # ---------------------------------------------------------------------- retries
@@ -198,13 +199,13 @@ def retry_transient(task, task_run, state) -> bool:
     return isinstance(exc, (OSError, TimeoutError))
 
 
-def task_options(step: str, file_params=(), value_params=(), retries: int = IO_RETRIES) -> dict:
-    """Keyword arguments of ``@task`` for a cached, retried QLCP step."""
+def task_options(name: str, retries: int = IO_RETRIES) -> dict:
+    """Keyword arguments of ``@task`` for the cached, retried QLCP task ``name``."""
     return dict(
         retries=retries,
         retry_delay_seconds=IO_RETRY_DELAYS,
         retry_condition_fn=retry_transient,
-        cache_key_fn=cache_key_for(step, file_params, value_params),
+        cache_key_fn=cache_key,
         cache_expiration=CACHE_EXPIRATION,
         persist_result=True,
         result_serializer="json",

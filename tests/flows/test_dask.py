@@ -19,7 +19,7 @@ def test_dask_runner_two_workers_identical_light_curves(tmp_path):
     kw = dict(raw_dir=str(sim.raw_dir), config_files=[str(sim.config_path)], chunk=3)
     night_flow("thread")(red_dir=str(tmp_path / "thread"), **kw)
     b = night_flow("dask", workers=2)(red_dir=str(tmp_path / "dask"), **kw)
-    assert b["task_states"]["correct-photometry"] == {"Completed": 3}   # 8 frames in chunks of 3, on Dask
+    assert b["run"]["task_states"]["correct-photometry"] == {"Completed": 3}   # 8 frames in chunks of 3, on Dask
     ta = Table.read(tmp_path / "thread" / "lc_SIMV_V.ecsv")
     tb = Table.read(tmp_path / "dask" / "lc_SIMV_V.ecsv")
     assert ta.colnames == tb.colnames and len(ta) == 8

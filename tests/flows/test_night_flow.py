@@ -74,11 +74,11 @@ def test_flow_outputs_artifacts_then_everything_cached(two_band_night, tmp_path)
     assert arts[f"night-{night}-simv-r-lc"].data.startswith("data:image/png;base64,")
     assert arts[f"night-{night}-progress"].type == "progress"
     assert float(arts[f"night-{night}-progress"].data) == 100.0
-    assert all(s == "Completed" for s in summary["task_state_by_label"].values())
+    assert all(s == "Completed" for s in summary["run"]["task_state_by_label"].values())
 
     state2, again = _flow(raw, red, config=v.config_path)
-    assert set(again["task_state_by_label"].values()) == {"Cached"}
-    assert again["task_state_by_label"].keys() == summary["task_state_by_label"].keys()
+    assert set(again["run"]["task_state_by_label"].values()) == {"Cached"}
+    assert again["run"]["task_state_by_label"].keys() == summary["run"]["task_state_by_label"].keys()
 
 
 def test_changed_flat_recomputes_its_band_only(two_band_night, tmp_path):
@@ -93,7 +93,7 @@ def test_changed_flat_recomputes_its_band_only(two_band_night, tmp_path):
         hdr = h[0].header
         fits.PrimaryHDU(np.clip(data, 0, 65535).astype(np.uint16), hdr).writeto(flat, overwrite=True)
     _, summary = _flow(raw, red, config=v.config_path)
-    st = summary["task_state_by_label"]
+    st = summary["run"]["task_state_by_label"]
     assert st["b"] == "Cached" and st["f-R"] == "Cached" and st["f-V"] == "Completed"
     for label, s in st.items():
         if "-SIMV-V" in label:
@@ -108,12 +108,12 @@ def test_changed_aper_redoes_photometry_not_correction(two_band_night, tmp_path)
     raw, v = two_band_night
     red = tmp_path / "red"
     _, first = _flow(raw, red, config=v.config_path, obj=["SIMV"], band=["V"])
-    assert any(k.startswith("ip-SIMV-V") for k in first["task_state_by_label"])
+    assert any(k.startswith("ip-SIMV-V") for k in first["run"]["task_state_by_label"])
     bf = {p: p.stat().st_mtime_ns for p in (red / "SIMV_V").glob("*.bf.fits")}
     cats = {p: p.stat().st_mtime_ns for p in (red / "SIMV_V").glob("*.cat.fits")}
     assert len(bf) == len(cats) == 10
     _, again = _flow_with(raw, red, v, aper=[4.0, 7.0])
-    st = again["task_state_by_label"]
+    st = again["run"]["task_state_by_label"]
     assert st["b"] == "Cached" and st["f-V"] == "Cached"
     assert all(s == "Completed" for k, s in st.items() if k.startswith("ip-SIMV-V"))
     assert {p: p.stat().st_mtime_ns for p in bf} == bf                          # kept
@@ -146,7 +146,7 @@ def test_transient_error_is_retried(two_band_night, tmp_path, monkeypatch):
     monkeypatch.setattr(steps, "offset_step", flaky)
     state, summary = _flow(raw, tmp_path / "red", config=v.config_path, obj=["SIMV"], band=["V"])
     assert state.is_completed() and calls["n"] == 2
-    assert summary["task_state_by_label"]["o-SIMV-V"] == "Completed"
+    assert summary["run"]["task_state_by_label"]["o-SIMV-V"] == "Completed"
     assert (tmp_path / "red" / "lc_SIMV_V.ecsv").is_file()
 
 

@@ -70,7 +70,7 @@ def test_installed_flow_runs_beside_decoys(wheel, tmp_path):
         assert "{REPO}" not in qlcp.core.__file__, qlcp.core.__file__
         sim = simulate_night("sim", n_frames=6, size=256, seed=3)
         s = process_night(str(sim.raw_dir), "red/20240101", config={{"steps": "lbfiopcd", "workers": 1}})
-        print(json.dumps({{"file": qlcp.core.__file__, "lc": [g.get("lc") for g in s["groups"]]}}))
+        print(json.dumps({{"file": qlcp.core.__file__, "lc": [g["outputs"].get("lightcurve") for g in s["groups"]]}}))
     """)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
     env.update(PREFECT_HOME=str(tmp_path / "prefect"), QLCP_RESULTS=str(tmp_path / "results"),

@@ -1,0 +1,100 @@
+"""Which master calibration a night uses: one policy for bias, dark and flat.
+
+For each kind the order is the same (the manual's, extended to darks):
+
+1. ``use_*``  -- the operator's file, always (an error if it does not exist);
+2. tonight's  -- the master the night's own frames made (``{red}/bias.fits`` ...);
+3. ``alt_*``  -- the operator's fallback file, when tonight has none (logged);
+4. none       -- the correction goes on without it, and says so (the work mode's
+   ``MISS_*`` decides whether a missing bias or flat is an error).
+
+A calibration library across nights (a later step) slots in between 2 and 3.
+:func:`choose_master` returns the path *and* why it was chosen, so provenance,
+the light curve's metadata and the summary can say what was used.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import InputError
+from .products import product_path
+
+log = logging.getLogger("qlcp.calibration")
+
+#: the config keys of each kind: (always use, fallback); darks have no fallback key
+_KEYS = {"bias": ("use_bias", "alt_bias"), "dark": ("use_dark", None), "flat": ("use_flat", "alt_flat")}
+#: every config key the policy reads
+POLICY_KEYS = ("use_bias", "alt_bias", "use_dark", "use_flat", "alt_flat")
+
+
+@dataclass(frozen=True)
+class MasterChoice:
+    """A chosen master: its path (None: no correction of this kind) and where it came from."""
+
+    kind: str
+    band: str | None
+    path: str | None
+    source: str                 #: "use", "tonight", "alt" or "none"
+
+    def as_dict(self) -> dict:
+        return {"kind": self.kind, "band": self.band, "path": self.path, "source": self.source}
+
+
+def _given(cfg, key: str | None, band: str | None) -> str | None:
+    if key is None:
+        return None
+    if band is None:
+        return getattr(cfg, key)
+    return cfg.flat_for(key, band)
+
+
+def _existing(key: str, band: str | None, value: str) -> str:
+    if not Path(value).is_file():
+        where = f"{key}[{band}]" if band else key
+        raise InputError(f"{where}: {value}: file not found")
+    return str(value)
+
+
+def choose_master(red, cfg, kind: str, band: str | None = None) -> MasterChoice:
+    """The master of ``kind`` (``bias``, ``dark``, ``flat``) to apply: use -> tonight's -> alt -> none.
+
+    Parameters
+    ----------
+    red : str or Path
+        The night's output root (where tonight's masters are).
+    cfg : Config or a stage's view of it
+        Reads only :data:`POLICY_KEYS`.
+    kind : str
+        ``bias``, ``dark`` or ``flat``.
+    band : str, optional
+        The band, for flats.
+
+    Raises
+    ------
+    InputError
+        A ``use_*``/``alt_*`` file that does not exist (one line naming the key and file).
+    """
+    use_key, alt_key = _KEYS[kind]
+    band = band if kind == "flat" else None
+    use = _given(cfg, use_key, band)
+    if use:
+        return MasterChoice(kind, band, _existing(use_key, band, use), "use")
+    tonight = product_path(red, kind, band=band)
+    if tonight.is_file():
+        return MasterChoice(kind, band, str(tonight), "tonight")
+    alt = _given(cfg, alt_key, band)
+    if alt:
+        path = _existing(alt_key, band, alt)
+        log.warning("%s: none of tonight: using %s %s", _label(kind, band), alt_key, path)
+        return MasterChoice(kind, band, path, "alt")
+    if kind != "dark":                  # no dark is the usual case; no bias or flat is worth a word
+        cfg.mode.missing(f"master {_label(kind, band)} (tonight's, {use_key} or {alt_key})")
+        log.warning("no %s at all: frames are not corrected for it", _label(kind, band))
+    return MasterChoice(kind, band, None, "none")
+
+
+def _label(kind: str, band: str | None) -> str:
+    return f"{kind} of band {band}" if band else kind

@@ -1,0 +1,97 @@
+"""Where every product of a night lives: one function names them all.
+
+Every stage writes under the night's output root ``red`` only.  The stage
+graph (:mod:`qlcp.core.stages`) declares which product *kinds* a stage reads
+and writes; :func:`product_path` turns a kind into a path.  Nothing else in
+the code formats a product's file name.
+
+========================  ==================================  ==============
+kind                      path under ``red``                  needs
+========================  ==================================  ==============
+``config``                ``config.yaml``
+``summary``               ``summary.json``
+``night_list``            ``lst/night.ecsv``
+``log``                   ``log/{step}.log``                  step
+``bias``                  ``bias.fits``
+``dark``                  ``dark.fits``
+``flat``                  ``flat_{band}.fits``                band
+``group_dir``             ``{obj}_{band}/``                   obj, band
+``corrected``             ``{obj}_{band}/{stem}.bf.fits``     obj, band, frame (raw)
+``frame_catalogue``       ``{obj}_{band}/{stem}.cat.fits``    frame (corrected)
+``offsets``               ``offset_{obj}_{band}.ecsv``        obj, band
+``offsets_txt``           ``offset_{obj}_{band}.txt``         obj, band
+``pick``                  ``pick_{obj}_{band}.ecsv``          obj, band
+``night_catalogue``       ``cata_{obj}_{band}.fits``          obj, band
+``lightcurve``            ``lc_{obj}_{band}.ecsv``            obj, band
+``stars``                 ``stars_{obj}_{band}.ecsv``         obj, band
+``lc_png``, ``lc_pdf``    ``lc_{obj}_{band}.png`` / ``.pdf``  obj, band
+``chart``                 ``chart_{obj}_{band}.png``          obj, band
+========================  ==================================  ==============
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import QLCPError
+from .io import raw_stem
+
+#: suffixes of per-frame products, after the raw file's stem
+BF_SUFFIX = ".bf.fits"
+CAT_SUFFIX = ".cat.fits"
+
+_GROUP = {"offsets": "offset_{}_{}.ecsv", "offsets_txt": "offset_{}_{}.txt", "pick": "pick_{}_{}.ecsv",
+          "night_catalogue": "cata_{}_{}.fits", "lightcurve": "lc_{}_{}.ecsv", "stars": "stars_{}_{}.ecsv",
+          "lc_png": "lc_{}_{}.png", "lc_pdf": "lc_{}_{}.pdf", "chart": "chart_{}_{}.png"}
+_NIGHT = {"config": "config.yaml", "summary": "summary.json", "night_list": "lst/night.ecsv",
+          "bias": "bias.fits", "dark": "dark.fits"}
+
+#: every product kind :func:`product_path` knows
+KINDS = frozenset(_GROUP) | frozenset(_NIGHT) | {"log", "flat", "group_dir", "corrected", "frame_catalogue"}
+
+
+def frame_stem(path: str | Path) -> str:
+    """A frame's name without its FITS suffix(es) and without ``.bf``: the stem its products share."""
+    stem = raw_stem(path)
+    return stem[:-3] if stem.endswith(".bf") else stem
+
+
+def product_path(red: str | Path, kind: str, obj: str | None = None, band: str | None = None,
+                 frame: str | Path | None = None, step: str | None = None) -> Path:
+    """The path of a product of kind ``kind`` under the output root ``red``.
+
+    Parameters
+    ----------
+    red : str or Path
+        The night's output root.
+    kind : str
+        One of :data:`KINDS` (table in the module docstring).
+    obj, band : str, optional
+        The (object, band) group, for per-group products; ``band`` alone for ``flat``.
+    frame : str or Path, optional
+        The raw frame (``corrected``) or the corrected frame (``frame_catalogue``).
+    step : str, optional
+        The step letter, for ``log``.
+
+    Raises
+    ------
+    QLCPError
+        Unknown kind, or a part the kind needs is missing (a programming error).
+    """
+    red = Path(red)
+    if kind in _NIGHT:
+        return red / _NIGHT[kind]
+    if kind == "log" and step:
+        return red / "log" / f"{step}.log"
+    if kind == "flat" and band:
+        return red / f"flat_{band}.fits"
+    if kind == "frame_catalogue" and frame is not None:
+        return Path(frame).parent / f"{frame_stem(frame)}{CAT_SUFFIX}"
+    if obj is not None and band is not None:
+        if kind in _GROUP:
+            return red / _GROUP[kind].format(obj, band)
+        if kind == "group_dir":
+            return red / f"{obj}_{band}"
+        if kind == "corrected" and frame is not None:
+            return red / f"{obj}_{band}" / f"{raw_stem(frame)}{BF_SUFFIX}"
+    raise QLCPError(f"product {kind!r}: unknown kind or missing obj/band/frame/step")

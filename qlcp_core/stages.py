@@ -1,0 +1,293 @@
+"""The stage graph: the one place that says what a night's reduction does, in which order.
+
+Each :class:`Stage` declares its step letter, its unit of work, the inputs it
+reads (fields of its unit that hold files, hashed by content for caches, and
+plain values), the products it writes (kinds of :func:`qlcp.core.products.product_path`)
+and the configuration keys it reads.  Both drivers walk :data:`STAGES` through
+:func:`plan`: the plain driver (:mod:`qlcp.core.pipeline`) runs each unit in
+turn, the Prefect flow (``qlcp.flows.night``) submits each as a task.  Cache
+keys (``qlcp.tasks``) and the provenance keys in product headers
+(:mod:`qlcp.core.provenance`) are derived from these declarations, and a stage
+runs with a :class:`ConfigView` that raises on any key it did not declare, so
+the declarations cannot silently fall behind the code.
+
+A new stage is one more entry in :data:`STAGES` (and its ``run_*`` function in
+:mod:`qlcp.core.steps`).  ``python -m qlcp.core.stages`` prints the graph as a
+Markdown table (the README's design section shows it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .calibration import POLICY_KEYS
+from .config import Config
+from .errors import QLCPError
+
+#: units of work: the whole night, one band (flats), a chunk of one group's frames, one (object, band) group
+NIGHT, BAND, CHUNK, GROUP = "night", "band", "chunk", "group"
+
+#: settings that change how a stage runs, never what it writes: readable by every stage, in no cache key
+#: unless a stage declares one (``select`` declares ``steps``: ``K`` reuses the last pick, ``k`` forces one)
+FREE_KEYS = frozenset({"steps", "workers", "file_log", "scr_log", "mode", "combine_mem_mb"})
+
+_DETECTOR = ("gain", "rdnoise", "saturation")
+_TIMES = ("site_lon", "site_lat", "site_ele", "date_key", "time_key", "time_ref", "exptime_key", "ra_key",
+          "dec_key", "alt_coord")
+_PICK = ("pick_err_max", "pick_bad_max", "pick_var_std", "pick_var_rad", "pick_ref_n", "pick_ref_std",
+         "pick_ref_dif", "pick_star_n", "pick_var_n", "pick_chk_n")
+
+
+class UndeclaredConfigKey(QLCPError):
+    """A stage read a configuration key its declaration does not list (a programming error)."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the reduction, as data.
+
+    Attributes
+    ----------
+    letter : str
+        The step letter of the manual (``steps="lbfiopkcdg"``).
+    name : str
+        Unique name; the Prefect task of a lone stage has this name, and
+        :mod:`qlcp.core.steps` has ``run_{name}``.
+    unit : str
+        Unit of work: :data:`NIGHT`, :data:`BAND`, :data:`CHUNK` or :data:`GROUP`.
+    files : tuple of str
+        Fields of the unit holding input files (a path, or a list of paths); a field named
+        after a product kind holds that product (``corrected``: the group's corrected frames).
+    values : tuple of str
+        Fields of the unit holding plain values (object, band, ...).
+    writes : tuple of str
+        Product kinds it writes.
+    keys : tuple of str
+        Configuration keys it reads (besides :data:`FREE_KEYS`).
+    enabled_by : str
+        Step letters that make it run (default: its own letter).
+    doc : str
+        One line for the design table.
+    """
+
+    letter: str
+    name: str
+    unit: str
+    files: tuple[str, ...]
+    values: tuple[str, ...]
+    writes: tuple[str, ...]
+    keys: tuple[str, ...]
+    enabled_by: str = ""
+    doc: str = ""
+
+    def enabled(self, steps: str) -> bool:
+        """Whether it runs for ``steps`` (``enabled_by="*"``: always, e.g. the listing every stage needs)."""
+        return self.enabled_by == "*" or any(s in steps for s in (self.enabled_by or self.letter))
+
+
+@dataclass(frozen=True)
+class Block:
+    """Stages run together as one unit of work (one Prefect task per unit).
+
+    ``fused`` names a function of :mod:`qlcp.core.steps` (``run_{fused}``) that
+    does the stages in one pass; otherwise they run one after another, each
+    seeing the results of those before it.
+    """
+
+    name: str
+    stages: tuple[Stage, ...]
+    fused: str = ""
+    task_name: str = ""
+    label: str = ""
+
+    @property
+    def unit(self) -> str:
+        return self.stages[0].unit
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(sorted({k for s in self.stages for k in s.keys}))
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """Input files of the block: every stage's, less what an earlier stage of the block writes."""
+        out, made = [], set()
+        for s in self.stages:
+            out += [f for f in s.files if f not in made and f not in out]
+            made |= set(s.writes)
+        return tuple(out)
+
+    @property
+    def values(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(v for s in self.stages for v in s.values))
+
+    @property
+    def writes(self) -> tuple[str, ...]:
+        return tuple(w for s in self.stages for w in s.writes)
+
+
+#: the stages, in the order they run (p before o: alignment reads the catalogues' star lists)
+STAGES: tuple[Stage, ...] = (
+    Stage("l", "list", NIGHT, (), ("raw_dir", "raw_files"), ("night_list",),
+          ("patterns", "date_key", "time_key", "exptime_key", "filter_key", "object_key", "imagetyp_key", "obj",
+           "band", "site_tz"), enabled_by="*",
+          doc="classify the raw files (bias, dark, flat per band, science per object and band)"),
+    Stage("b", "bias", NIGHT, ("bias_files",), (), ("bias",), ("combine_sigma", "use_bias", "alt_bias"),
+          doc="master bias (clipped median)"),
+    Stage("b", "dark", NIGHT, ("dark_files", "bias"), (), ("dark",), ("combine_sigma", "use_dark", "exptime_key"),
+          doc="master dark per second, when the night has darks"),
+    Stage("f", "flat", BAND, ("flat_files", "bias", "dark"), ("band",), ("flat",),
+          ("combine_sigma", "flat_limit_low", "flat_limit_high", "use_flat", "alt_flat", "use_dark",
+           "exptime_key"),
+          doc="master flat of each band in use, normalised to 1"),
+    Stage("i", "correct", CHUNK, ("files", "bias", "flat", "dark", "coord_file"), ("obj", "band"), ("corrected",),
+          (*_TIMES, *_DETECTOR, "border_cut", "use_dark"),
+          doc="bias, dark, flat; JD/HJD/BJD_TDB and airmass in the header"),
+    Stage("p", "photometry", CHUNK, ("corrected",), (), ("frame_catalogue",),
+          ("aper", *_DETECTOR, "detect_thresh", "detect_minarea", "sky_annulus", "draw_phot", "draw_phot_err",
+           "phot_back_mesh", "phot_deblend_nthresh", "filter_key", "object_key"),
+          doc="detect and measure every source of each frame"),
+    Stage("o", "offsets", GROUP, ("corrected", "frame_catalogue"), ("obj", "band"), ("offsets", "offsets_txt"),
+          ("offset_max_dis", "base_img", "saturation", "detect_minarea"),
+          doc="offset of each frame against the base frame"),
+    Stage("k", "select", GROUP, ("frame_catalogue", "offsets"), ("obj", "band"), ("pick",),
+          (*_PICK, "match_max_dis", "base_img", "saturation", "starxy", "ind_tgt", "ind_ref", "ind_chk", "steps"),
+          enabled_by="kKc", doc="target, comparison and check stars: picked (k), last pick (K) or given"),
+    Stage("c", "catalogue", GROUP, ("frame_catalogue", "offsets"), ("obj", "band"), ("night_catalogue",),
+          ("match_max_dis", "starxy", "base_img", "aper"),
+          doc="the chosen stars matched across the night's frames"),
+    Stage("d", "differential", GROUP, ("night_catalogue",), ("obj", "band", "night"),
+          ("lightcurve", "stars", "lc_png", "lc_pdf"),
+          ("ind_tgt", "ind_ref", "ind_chk", "tel_diameter", "scint_cy", "site_ele", "gain", "rdnoise", "aper",
+           "pick_bad_max", "sky_annulus", "ref_var_k"),
+          doc="differential light curves, noise budget, tables and plots"),
+    Stage("g", "chart", GROUP, ("stars", "offsets"), ("obj", "band"), ("chart",), (),
+          doc="finding chart of the base frame with the chosen stars"),
+)
+
+#: stages run as one unit of work when more than one of them runs: (block name, stages, fused run, task name)
+FUSIONS: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
+    ("ip", ("correct", "photometry"), "correct_photometry", "correct-photometry"),
+    ("lc", ("select", "catalogue", "differential", "chart"), "", "lightcurve"),
+)
+
+#: Prefect task names and run labels of lone stages
+_TASK_NAMES = {"list": "list-night", "correct": "correct", "photometry": "photometry"}
+_LABELS = {"list": "l", "bias": "b", "dark": "dark", "flat": "f", "correct": "i", "photometry": "p",
+           "offsets": "o"}
+
+BY_NAME = {s.name: s for s in STAGES}
+
+
+def stage(name: str) -> Stage:
+    try:
+        return BY_NAME[name]
+    except KeyError:
+        raise QLCPError(f"no stage named {name!r}") from None
+
+
+def plan(steps: str) -> list[Block]:
+    """The blocks to run for ``steps``, in order: enabled stages, fused where :data:`FUSIONS` says."""
+    on = [s for s in STAGES if s.enabled(steps)]
+    names = {s.name for s in on}
+    blocks, used = [], set()
+    for s in on:
+        if s.name in used:
+            continue
+        fusion = next((f for f in FUSIONS if s.name in f[1]), None)
+        members = tuple(stage(n) for n in fusion[1] if n in names) if fusion else ()
+        if fusion and len(members) > 1 and (fusion[2] == "" or len(members) == len(fusion[1])):
+            blocks.append(Block(fusion[0], members, fusion[2], fusion[3], fusion[0]))
+            used |= {m.name for m in members}
+        else:
+            blocks.append(Block(s.name, (s,), "", _TASK_NAMES.get(s.name, s.name), _LABELS.get(s.name, s.name)))
+            used.add(s.name)
+    return blocks
+
+
+def keys_of(name: str) -> tuple[str, ...]:
+    """The configuration keys of a stage (by name) or of every stage of a step letter."""
+    if name in BY_NAME:
+        return BY_NAME[name].keys
+    found = [s for s in STAGES if s.letter == name]
+    if not found:
+        raise QLCPError(f"no stage or step {name!r}")
+    return tuple(sorted({k for s in found for k in s.keys}))
+
+
+# --------------------------------------------------------------- config view
+@dataclass
+class ConfigView:
+    """A stage's read-only view of the :class:`~qlcp.core.config.Config`: reading a key the
+    stage did not declare raises :class:`UndeclaredConfigKey`, so cache keys and provenance,
+    which are built from the declarations, cannot miss a setting that changes the output."""
+
+    cfg: Config
+    keys: frozenset = field(default_factory=frozenset)
+    owner: str = ""
+
+    def _check(self, name: str) -> None:
+        if name in Config.model_fields and name not in self.keys and name not in FREE_KEYS:
+            raise UndeclaredConfigKey(f"stage {self.owner!r} reads config key {name!r}, which it does not "
+                                      f"declare (qlcp/core/stages.py)")
+
+    def __getattr__(self, name: str):
+        if name.startswith("__") or name in ("cfg", "keys", "owner"):
+            raise AttributeError(name)
+        self._check(name)
+        return getattr(self.cfg, name)
+
+    def for_object(self, name: str, obj: str):
+        self._check(name)
+        return self.cfg.for_object(name, obj)
+
+    def flat_for(self, which: str, band: str):
+        self._check(which)
+        return self.cfg.flat_for(which, band)
+
+    def subset(self, keys) -> dict:
+        for k in keys:
+            self._check(k)
+        return self.cfg.subset(keys)
+
+    def hash(self, keys=None) -> str:
+        """Hash of ``keys`` (default: the declared keys, i.e. what this stage's output depends on)."""
+        keys = sorted(self.keys) if keys is None else list(keys)
+        for k in keys:
+            self._check(k)
+        return self.cfg.hash(keys)
+
+    def plain(self, only_set: bool = False) -> dict:
+        return {k: v for k, v in self.cfg.plain(only_set).items() if k in self.keys or k in FREE_KEYS}
+
+    @property
+    def pick_forced(self) -> bool:
+        return self.cfg.pick_forced
+
+
+def view(cfg: Config | ConfigView, block_or_stage) -> ConfigView:
+    """The view of ``cfg`` for a :class:`Stage` or :class:`Block` (or a tuple of keys, named ``owner``)."""
+    base = cfg.cfg if isinstance(cfg, ConfigView) else cfg
+    if isinstance(block_or_stage, (Stage, Block)):
+        return ConfigView(base, frozenset(block_or_stage.keys), block_or_stage.name)
+    keys, owner = block_or_stage
+    return ConfigView(base, frozenset(keys), owner)
+
+
+#: what the drivers themselves read to walk the graph (groups to run, which masters apply)
+WALK_KEYS = ("obj", "band", *POLICY_KEYS)
+
+
+# ------------------------------------------------------------ documentation
+def markdown_table() -> str:
+    """The graph as a Markdown table (README design section)."""
+    rows = ["| # | step | stage | unit of work | reads | writes | config keys |", "|---|---|---|---|---|---|---|"]
+    for i, s in enumerate(STAGES, 1):
+        rows.append(f"| {i} | `{s.letter}` | **{s.name}**: {s.doc} | {s.unit} | {', '.join(s.files + s.values)} | "
+                    f"{', '.join(s.writes)} | {', '.join(f'`{k}`' for k in s.keys) or '-'} |")
+    fused = "; ".join(f"{', '.join(m)} run as one `{t}` unit" for _, m, _, t in FUSIONS)
+    return "\n".join(rows) + f"\n\nFused when more than one of them runs: {fused} (i and p only together).\n"
+
+
+if __name__ == "__main__":
+    print(markdown_table())

@@ -1,0 +1,79 @@
+"""The one result shape of a night's reduction, written as ``{red}/summary.json`` by both drivers.
+
+The plain driver and the Prefect flow fill the same :class:`NightSummary`; the
+CLI, the Prefect artifacts, ``dawn_sweep`` and the tests read it.  Everything
+that depends on *how* the night ran (driver, wall times, task states) is under
+``run``; the rest is the same whichever driver reduced the night.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from .io import write_json
+from .products import product_path
+
+
+@dataclass
+class GroupSummary:
+    """One (object, band) group.
+
+    ``outputs`` maps product kinds (``lightcurve``, ``lc_png``, ``chart``, ``offsets``,
+    ``night_catalogue``, ...; see :mod:`qlcp.core.products`) to paths; ``noise`` lists, per
+    star and aperture, the scatter achieved and predicted (mag); ``rejected`` holds
+    ``[file, reason]`` of frames dropped; ``error`` is empty unless the group failed.
+    """
+
+    obj: str
+    band: str
+    frames: int = 0
+    corrected: int = 0
+    rejected: list = field(default_factory=list)
+    outputs: dict = field(default_factory=dict)
+    noise: list = field(default_factory=list)
+    error: str = ""
+
+
+@dataclass
+class NightSummary:
+    """A night: what was found, which masters were used, each group's results, how it ran."""
+
+    night: str
+    raw_dir: str
+    red_dir: str
+    steps: str
+    config_hash: str
+    listing: str = ""
+    rejected: list = field(default_factory=list)        #: [file, reason] of files not used at all
+    masters: dict = field(default_factory=dict)         #: kind (bias, dark, flat_{band}) -> choice
+    groups: list = field(default_factory=list)          #: GroupSummary
+    run: dict = field(default_factory=dict)             #: driver, seconds, timings, task states
+
+    @property
+    def failed(self) -> list[GroupSummary]:
+        return [g for g in self.groups if g.error]
+
+    @property
+    def timings(self) -> dict:
+        """Wall seconds per step letter."""
+        return self.run.get("timings", {})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "NightSummary":
+        known = {f.name for f in fields(cls)}
+        s = cls(**{k: v for k, v in d.items() if k in known and k != "groups"})
+        gk = {f.name for f in fields(GroupSummary)}
+        s.groups = [GroupSummary(**{k: v for k, v in g.items() if k in gk}) for g in d.get("groups", [])]
+        return s
+
+    def write(self) -> Path:
+        return write_json(product_path(self.red_dir, "summary"), self.to_dict())
+
+    @classmethod
+    def read(cls, red_dir) -> "NightSummary":
+        return cls.from_dict(json.loads(product_path(red_dir, "summary").read_text()))

@@ -1,0 +1,187 @@
+"""Walking the stage graph: the state of a night between blocks, shared by both drivers.
+
+A driver asks :class:`NightWalk` for the blocks to run (:func:`qlcp.core.stages.plan`)
+and, for each block, for its units of work (:meth:`NightWalk.units`); it runs
+each unit (in turn, or as Prefect tasks) and hands every result or failure back
+(:meth:`NightWalk.record`, :meth:`NightWalk.fail`).  The walk builds the
+:class:`~qlcp.core.summary.NightSummary`.  So the plain driver and the flow
+differ only in how they execute a unit, never in what runs, in which order,
+with which inputs.
+
+A unit is a plain dict holding exactly the fields its block declares (files and
+values), so a Prefect task can key its cache on it; a failed night-level unit
+(listing, bias, dark) stops the night, a failed flat fails the groups of its
+band, and a failed group unit fails that group only.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .calibration import choose_master
+from .errors import QLCPError
+from .products import product_path
+from .stages import BAND, CHUNK, GROUP, NIGHT, WALK_KEYS, Block, plan, view
+from .steps import catalogue_files, corrected_files
+from .summary import GroupSummary, NightSummary
+
+log = logging.getLogger("qlcp.walk")
+
+
+@dataclass
+class _Group:
+    summary: GroupSummary
+    raw: list
+    corrected: list = field(default_factory=list)
+
+
+class NightWalk:
+    """The state of one night's reduction while a driver walks the stage graph.
+
+    Parameters
+    ----------
+    raw, red : Path
+        The raw directory (only read) and the output root.
+    cfg : Config
+    raw_files : list
+        ``[path, size, mtime_ns]`` of every raw file (keys the listing's cache).
+    driver : str
+        ``plain`` or ``prefect``: recorded in the summary's ``run``.
+    """
+
+    def __init__(self, raw: Path, red: Path, cfg, raw_files: list, driver: str):
+        self.raw, self.red, self.cfg = Path(raw), Path(red), cfg
+        self.walk_cfg = view(cfg, (WALK_KEYS, "walk"))
+        self.raw_files = raw_files
+        self.blocks: list[Block] = plan(cfg.steps)
+        self.listing: dict | None = None
+        self.masters: dict = {}
+        self.groups: dict[tuple[str, str], _Group] = {}
+        self.summary = NightSummary(night=self.raw.resolve().name, raw_dir=str(self.raw), red_dir=str(self.red),
+                                    steps=cfg.steps, config_hash=cfg.hash(), run={"driver": driver, "timings": {}})
+
+    # ------------------------------------------------------------ units
+    def units(self, block: Block, chunk: int | None = None) -> list[tuple[str, dict]]:
+        """``(label, unit)`` of every unit of ``block`` (``chunk``: frames per chunk unit; None: one
+        chunk per group)."""
+        if block.unit == NIGHT:
+            return [(block.label, self._select(block, self._night_fields()))]
+        if block.unit == BAND:
+            return [(f"{block.label}-{b}", self._select(block, self._band_fields(b))) for b in self.bands()]
+        out = []
+        for (o, b), g in self.groups.items():
+            if g.summary.error:
+                continue
+            fields_ = self._group_fields(o, b, g)
+            if block.unit == GROUP:
+                out.append((f"{block.label}-{o}-{b}", self._select(block, fields_)))
+                continue
+            key = "files" if "files" in block.files else "corrected"
+            items = fields_[key]
+            n = chunk or max(1, len(items))
+            for k, i in enumerate(range(0, len(items), n)):
+                out.append((f"{block.label}-{o}-{b}-{k}", self._select(block, {**fields_, key: items[i:i + n]})))
+        return out
+
+    def _select(self, block: Block, fields_: dict) -> dict:
+        """The unit: exactly the fields ``block`` declares (callables are resolved only when needed)."""
+        return {k: (v() if callable(v) else v) for k, v in ((k, fields_.get(k)) for k in block.files + block.values)}
+
+    def _night_fields(self) -> dict:
+        L = self.listing or {}
+        return {"raw_dir": str(self.raw), "raw_files": self.raw_files, "bias_files": L.get("bias", []),
+                "dark_files": L.get("dark", []), "bias": lambda: self.master("bias")}
+
+    def _band_fields(self, band: str) -> dict:
+        return {"band": band, "flat_files": (self.listing or {}).get("flats", {}).get(band, []),
+                "bias": lambda: self.master("bias"), "dark": lambda: self.master("dark")}
+
+    def _group_fields(self, o: str, b: str, g: _Group) -> dict:
+        return {"obj": o, "band": b, "night": self.summary.night, "files": g.raw,
+                "coord_file": g.raw[0] if g.raw else None, "bias": lambda: self.master("bias"),
+                "dark": lambda: self.master("dark"), "flat": lambda: self.master("flat", b),
+                "corrected": g.corrected, "frame_catalogue": lambda: catalogue_files(g.corrected),
+                **{k: str(product_path(self.red, k, o, b)) for k in ("offsets", "night_catalogue", "stars")}}
+
+    def bands(self) -> list[str]:
+        return sorted({b for _, b in self.groups})
+
+    def master(self, kind: str, band: str | None = None) -> str | None:
+        """The master of ``kind`` the night uses: what its stage chose tonight, else (its stage not
+        asked for) the calibration policy's choice, made once."""
+        key = f"flat_{band}" if kind == "flat" else kind
+        if key not in self.masters:
+            self.masters[key] = choose_master(self.red, self.walk_cfg, kind, band).as_dict()
+        return self.masters[key]["path"]
+
+    # ---------------------------------------------------------- results
+    def record(self, block: Block, label: str, unit: dict, res: dict) -> None:
+        """Take one unit's result."""
+        for letter, s in (res.get("seconds") or {}).items():
+            t = self.summary.run["timings"]
+            t[letter] = t.get(letter, 0.0) + s
+        names = {s.name for s in block.stages}
+        if "list" in names:
+            self._take_listing(res)
+        for kind in ("bias", "dark", "flat"):
+            if kind in names and res.get("choice"):
+                c = res["choice"]
+                self.masters[f"flat_{c['band']}" if kind == "flat" else kind] = c
+        g = self._group_of(unit)
+        if g is None:
+            return
+        g.summary.rejected += [list(r) for r in res.get("rejected", [])]
+        g.summary.rejected += [[Path(s["bf"]).name, s["error"]] for s in res.get("frames", []) if s.get("error")]
+        for kind in ("offsets", "night_catalogue", "lightcurve", "stars", "lc_png", "lc_pdf", "chart"):
+            if res.get(kind):
+                g.summary.outputs[kind] = res[kind]
+        if "noise" in res:
+            g.summary.noise = res["noise"]
+
+    def fail(self, block: Block, label: str, unit: dict, error: str) -> None:
+        """Take one unit's failure: the night stops (night units), or its groups fail."""
+        step = "".join(s.letter for s in block.stages)
+        if block.unit == NIGHT:
+            raise QLCPError(f"{self.raw}: step {step} failed: {error}")
+        for g in self.groups.values():
+            if not g.summary.error and (g.summary.band == unit.get("band")) and \
+                    (block.unit == BAND or g.summary.obj == unit.get("obj")):
+                g.summary.error = f"step {step}: {error}"
+                log.error("%s %s: %s", g.summary.obj, g.summary.band, g.summary.error)
+
+    def finish_block(self, block: Block) -> None:
+        """After every unit of ``block``: the groups' corrected frames, once frames were written."""
+        if block.unit == CHUNK:
+            self._refresh_corrected()
+
+    def _refresh_corrected(self) -> None:
+        for (o, b), g in self.groups.items():
+            g.corrected = corrected_files(self.red, o, b, g.raw)
+            g.summary.corrected = len(g.corrected)
+
+    def _group_of(self, unit: dict) -> _Group | None:
+        return self.groups.get((unit.get("obj"), unit.get("band")))
+
+    def _take_listing(self, res: dict) -> None:
+        self.listing = res
+        self.summary.listing = res["summary"]
+        self.summary.rejected = [list(r) for r in res["rejected"]]
+        for o, b, files in res["groups"]:
+            self.groups[(str(o), str(b))] = _Group(GroupSummary(str(o), str(b), frames=len(files)), list(files))
+        if not res["groups"] and not res["bias"] and not res["flats"]:
+            raise QLCPError(f"{self.raw}: no usable FITS frames in this night ({res['summary']})")
+        if not res["groups"]:
+            log.warning("%s: no science frames%s", self.raw, " for the requested obj/band"
+                        if self.walk_cfg.obj or self.walk_cfg.band else "")
+        self._refresh_corrected()               # frames corrected by an earlier run (steps without i)
+
+    def result(self) -> NightSummary:
+        """The summary, with the groups, after the walk; raises when every group failed."""
+        self.summary.masters = dict(self.masters)
+        self.summary.groups = [g.summary for g in self.groups.values()]
+        failed = self.summary.failed
+        if self.groups and len(failed) == len(self.groups):
+            raise QLCPError(f"{self.raw}: every group failed; first: {failed[0].error}")
+        return self.summary
