@@ -405,6 +405,53 @@ def _nn_dist(x, y):
     return d[:, 1]
 
 
+def _sharp_index(sub, fwhm, rms, x, y, r, r_done=0.0):
+    """Flat indices (sorted, unique) of the sharp pixels that can lie within ``r`` px of a source.
+
+    Parameters
+    ----------
+    sub : ndarray (ny, nx)
+        Background-subtracted image.
+    fwhm, rms : float
+        Frame FWHM (px) and background rms (ADU); no pixel is sharp unless both
+        are finite and positive.
+    x, y : ndarray
+        Source positions, 0-based px.
+    r : float
+        Radius (px) around each source to test.
+    r_done : float, optional
+        Radius already tested: only the offsets beyond what
+        ``_sharp_index(..., r_done)`` tested are looked at (0: all).
+
+    Returns
+    -------
+    ndarray of int64
+        ``y * nx + x`` of the sharp pixels found (see :func:`_sharp_pixels`).
+    """
+    none = np.zeros(0, dtype=np.int64)
+    ny, nx = sub.shape
+    if not (np.isfinite(fwhm) and fwhm > 0 and rms > 0) or min(sub.shape) < 3 or len(x) == 0:
+        return none
+    s_half = fwhm / 2.0 / _GAUSS_FWHM
+    thr = 1.0 - math.exp(-1.0 / (2.0 * s_half * s_half))
+    ox, oy, _sure, _h = _ring_offsets(0.0, r + 1e-6)
+    if r_done > 0:
+        # the complement of _ring_offsets(0, r_done + 1e-6)'s offsets (the same test, negated)
+        new = np.hypot(ox, oy) - _HALF_DIAG >= r_done + 1e-6
+        ox, oy = ox[new], oy[new]
+    if ox.size == 0:
+        return none
+    cx = np.rint(x).astype(np.int64)[:, None] + ox
+    cy = np.rint(y).astype(np.int64)[:, None] + oy
+    ok = (cx >= 1) & (cx <= nx - 2) & (cy >= 1) & (cy <= ny - 2)
+    idx = (np.clip(cy, 1, ny - 2) * nx + np.clip(cx, 1, nx - 2))[ok]
+    f = sub.ravel()
+    c = f[idx]
+    # the same float32 operations, in the same order, as on the whole image
+    d = c - 0.25 * (f[idx - nx] + f[idx + nx] + f[idx - 1] + f[idx + 1])
+    return np.unique(idx[(d > 10 * rms) & (d > thr * c)])
+
+
 def _sharp_pixels(sub, fwhm, rms, x, y, r):
     """Pixels too sharp for a star (cosmic-ray hits, hot pixels) near the sources (x, y arrays).
 
@@ -415,24 +462,51 @@ def _sharp_pixels(sub, fwhm, rms, x, y, r):
     within ``r`` px of a source (``x``, ``y``) are tested (all of the image's
     sharp pixels within ``r`` of a source are returned, maybe a few more);
     border pixels (no 4 neighbours) never count.
+
+    Returns
+    -------
+    xp, yp : ndarray of int64
+        Column and row of each sharp pixel.
     """
-    none = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    ny, nx = sub.shape
-    if not (np.isfinite(fwhm) and fwhm > 0 and rms > 0) or min(sub.shape) < 3 or len(x) == 0:
-        return none
-    s_half = fwhm / 2.0 / _GAUSS_FWHM
-    thr = 1.0 - math.exp(-1.0 / (2.0 * s_half * s_half))
-    ox, oy, _sure, _h = _ring_offsets(0.0, r + 1e-6)
-    cx = np.rint(x).astype(np.int64)[:, None] + ox
-    cy = np.rint(y).astype(np.int64)[:, None] + oy
-    ok = (cx >= 1) & (cx <= nx - 2) & (cy >= 1) & (cy <= ny - 2)
-    idx = (np.clip(cy, 1, ny - 2) * nx + np.clip(cx, 1, nx - 2))[ok]
-    f = sub.ravel()
-    c = f[idx]
-    # the same float32 operations, in the same order, as on the whole image
-    d = c - 0.25 * (f[idx - nx] + f[idx + nx] + f[idx - 1] + f[idx + 1])
-    hit = np.unique(idx[(d > 10 * rms) & (d > thr * c)])
+    hit = _sharp_index(sub, fwhm, rms, x, y, r)
+    nx = sub.shape[1]
     return hit % nx, hit // nx
+
+
+class _SharpPixels:
+    """The sharp pixels (:func:`_sharp_pixels`) near a frame's sources, each tested once.
+
+    :meth:`near` asks for a radius; only the pixels beyond the largest radius
+    asked for so far are tested, so asking for 1.5 px (good stars) and then for
+    the largest aperture (flags) costs one test per pixel.
+
+    Parameters
+    ----------
+    sub : ndarray
+        Background-subtracted image.
+    fwhm, rms : float
+        Frame FWHM (px) and background rms, as in :func:`_sharp_pixels`.
+    x, y : ndarray
+        Source positions, 0-based px.
+    """
+
+    def __init__(self, sub, fwhm, rms, x, y):
+        self.sub, self.fwhm, self.rms, self.x, self.y = sub, fwhm, rms, x, y
+        self.r = 0.0
+        self.index = np.zeros(0, dtype=np.int64)
+
+    def near(self, r: float) -> np.ndarray:
+        """Boolean per source: a sharp pixel within ``r`` px (inclusive) of it."""
+        if r > self.r:
+            new = _sharp_index(self.sub, self.fwhm, self.rms, self.x, self.y, r, self.r)
+            self.index = np.union1d(self.index, new)
+            self.r = r
+        n = len(self.x)
+        if self.index.size == 0:
+            return np.zeros(n, dtype=bool)
+        nx = self.sub.shape[1]
+        tree = cKDTree(np.column_stack([self.index % nx, self.index // nx]))
+        return tree.query_ball_point(np.column_stack([self.x, self.y]), r=r, return_length=True) > 0
 
 
 #: annuli of the emulated sep.flux_radius (its FLUX_RADIUS_BUFSIZE) and its sub-pixel grid
@@ -676,11 +750,8 @@ def measure(data: np.ndarray, cfg, gain: float, rdnoise: float, saturation: floa
     fw_pre = float(np.median(fwhm_star[cand])) if cand.any() else np.nan
     # sharp pixels (cosmic rays, hot pixels) and the sources they are
 
-    sxp, syp = _sharp_pixels(sub, fw_pre, rms_glob, x, y, 1.5)
-    sharp = np.zeros(n, dtype=bool)
-    if sxp.size:
-        sharp = cKDTree(np.column_stack([sxp, syp])).query_ball_point(
-            np.column_stack([x, y]), r=1.5, return_length=True) > 0
+    sharp_pix = _SharpPixels(sub, fw_pre, rms_glob, x, y)
+    sharp = sharp_pix.near(1.5)
     if np.isfinite(fw_pre):
         good = cand & ~sharp & (nn > 4 * fw_pre) & (elong < 2.0)
         if good.sum() < 3:
@@ -743,10 +814,7 @@ def measure(data: np.ndarray, cfg, gain: float, rdnoise: float, saturation: floa
     flags[badflux] |= FLAG_BADFLUX
     cosmic = ((aflag | fl_auto) & sep.APER_HASMASKED) != 0
     rcos = max(rmax, 1.5)
-    sxp, syp = _sharp_pixels(sub, fw_pre, rms_glob, x, y, rcos)
-    if sxp.size:
-        cosmic |= cKDTree(np.column_stack([sxp, syp])).query_ball_point(
-            np.column_stack([x, y]), r=rcos, return_length=True) > 0
+    cosmic |= sharp_pix.near(rcos)
     flags[cosmic] |= FLAG_COSMIC
 
     tab = Table()
