@@ -27,6 +27,7 @@ import json
 import logging
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -233,6 +234,190 @@ def _offset_lookup(offsets: Table | None) -> dict[str, dict]:
 # ------------------------------------------------------------------- building
 _TIME_KEYS = (("jd", "JD"), ("mjd", "MJD"), ("hjd", "HJD"), ("bjd_tdb", "BJD"), ("airmass", "AIRMASS"),
               ("exptime", "EXPTIME"), ("fwhm", "FWHM"), ("sky", "SKY"))
+#: per-star columns of the night catalogue, in table order; the last four have one element per aperture
+_STAR_COLUMNS = ("x", "y", "mag", "err", "flux", "ferr", "mag_auto", "err_auto", "flags", "peak", "sky_local")
+_APER_COLUMNS = ("mag", "err", "flux", "ferr")
+
+
+def _night_frames(cat_files, offs: dict) -> tuple[list[str], dict[str, Path]]:
+    """The night's frames: the raw stems of the offsets table, then those of catalogue files not in it.
+
+    Returns
+    -------
+    stems : list of str
+        One per frame, offsets-table order first.
+    cat_by_stem : dict
+        raw stem -> catalogue path (the last one given for a stem).
+    """
+    cat_by_stem: dict[str, Path] = {}
+    for p in cat_files:
+        cat_by_stem[cat_stem(p)] = Path(p)
+    return list(offs) + [s for s in cat_by_stem if s not in offs], cat_by_stem
+
+
+def _aperture_count(stems, cat_by_stem: dict, default: int) -> int:
+    """Number of apertures of the first readable frame catalogue (in ``stems`` order), else ``default``."""
+    for s in stems:
+        p = cat_by_stem.get(s)
+        if p is not None and p.is_file():
+            try:
+                return _n_aper_of(read_frame_catalogue(p))
+            except InputError:
+                continue
+    return default
+
+
+@dataclass
+class _NightColumns:
+    """The night catalogue's columns while its frames are read (rows in frame order, not yet sorted).
+
+    Attributes
+    ----------
+    files : ndarray of object
+        Frame file names.
+    scalars : dict
+        ``_TIME_KEYS`` column -> (nf,) float.
+    ok : ndarray (nf,) of bool
+        The frame was matched.
+    dx, dy : ndarray (nf,)
+        Refined offsets, px.
+    n_found : ndarray (nf,) of int
+    aper_r : ndarray (nf, n_aper)
+        Aperture radii of each frame, px.
+    stars : dict
+        ``_STAR_COLUMNS`` name -> (nf, ns) or (nf, ns, n_aper) array; NaN and
+        ``flags`` :data:`FLAG_MISSING` until a star is found.
+    gains, rdnoises : list of float
+        GAIN and RDNOISE of the frame catalogues that have them.
+    """
+
+    files: np.ndarray
+    scalars: dict
+    ok: np.ndarray
+    dx: np.ndarray
+    dy: np.ndarray
+    n_found: np.ndarray
+    aper_r: np.ndarray
+    stars: dict
+    gains: list = field(default_factory=list)
+    rdnoises: list = field(default_factory=list)
+
+    @classmethod
+    def empty(cls, files, ns: int, n_aper: int) -> _NightColumns:
+        """Columns for ``len(files)`` frames and ``ns`` stars, every star missing."""
+        nf = len(files)
+        stars = {}
+        for name in _STAR_COLUMNS:
+            if name == "flags":
+                stars[name] = np.full((nf, ns), FLAG_MISSING, dtype=np.int32)
+            else:
+                stars[name] = np.full((nf, ns, n_aper) if name in _APER_COLUMNS else (nf, ns), np.nan)
+        return cls(files=np.array(files, dtype=object), scalars={k: np.full(nf, np.nan) for k, _ in _TIME_KEYS},
+                   ok=np.zeros(nf, dtype=bool), dx=np.full(nf, np.nan), dy=np.full(nf, np.nan),
+                   n_found=np.zeros(nf, dtype=int), aper_r=np.full((nf, n_aper), np.nan), stars=stars)
+
+
+def _read_frame(s: str, p: Path | None) -> FrameCatalogue | None:
+    """Frame ``s``'s catalogue at ``p``, or None (with a warning) when missing or unreadable."""
+    if p is None or not p.is_file():
+        log.warning(f"{s}: no catalogue, frame not used")
+        return None
+    try:
+        return read_frame_catalogue(p)
+    except InputError as e:
+        log.warning(f"{e}; frame not used")
+        return None
+
+
+def _store_header(cols: _NightColumns, f: int, t: FrameCatalogue, has_offset: bool, n_aper: int) -> None:
+    """Frame ``f``'s header values into ``cols``: times etc. (a header JD only when finite), RAWFILE
+    (when the frame is not in the offsets table), GAIN, RDNOISE and the aperture radii."""
+    meta = t.meta
+    if "RAWFILE" in meta and not has_offset:
+        cols.files[f] = str(meta["RAWFILE"])
+    for k, key in _TIME_KEYS:
+        v = _meta_float(meta, key)
+        if np.isfinite(v) or k != "jd":
+            cols.scalars[k][f] = v
+    for lst, key in ((cols.gains, "GAIN"), (cols.rdnoises, "RDNOISE")):
+        v = _meta_float(meta, key)
+        if np.isfinite(v):
+            lst.append(v)
+    cols.aper_r[f] = _aper_radii(meta, n_aper)
+
+
+def _source_columns(t: FrameCatalogue, n_aper: int) -> dict[str, np.ndarray]:
+    """A frame catalogue's per-source values under the night catalogue's names (``_STAR_COLUMNS``).
+
+    Raises
+    ------
+    InputError
+        A per-aperture column has another number of apertures than ``n_aper``.
+    """
+    out = {"flux": _col2d(t, "Flux", n_aper), "ferr": _col2d(t, "FErr", n_aper),
+           "mag": _col2d(t, "Mag", n_aper), "err": _col2d(t, "Err", n_aper)}
+    out.update(x=_col1d(t, "X"), y=_col1d(t, "Y"), mag_auto=_col1d(t, "MagAUTO"), err_auto=_col1d(t, "ErrAUTO"),
+               peak=_col1d(t, "Peak"), sky_local=_col1d(t, "Sky"),
+               flags=_col1d(t, "Flags", dtype=np.int64, fill=0).astype(np.int32))
+    return out
+
+
+def _match_frame(cols: _NightColumns, f: int, src: dict, starxy: np.ndarray, offset: dict,
+                 max_dis: float) -> int:
+    """Match the stars to frame ``f``'s sources and store what is found; returns the number found.
+
+    Parameters
+    ----------
+    cols : _NightColumns
+        Filled in row ``f``: ``ok``, refined ``dx``/``dy``, ``n_found`` and the star columns.
+    src : dict
+        :func:`_source_columns` of the frame.
+    starxy : array (ns, 2)
+        Base-image positions.
+    offset : dict
+        The frame's entry of :func:`_offset_lookup` (``dx``, ``dy``).
+    max_dis : float
+        ``match_max_dis``, px.
+    """
+    xy = np.column_stack([src["x"], src["y"]])
+    pred = starxy + (offset["dx"], offset["dy"])
+    idx, shift = match_stars(pred, xy, max_dis, cols.scalars["fwhm"][f])
+    hit = np.flatnonzero(idx >= 0)
+    j = idx[hit]
+    cols.ok[f] = True
+    cols.dx[f], cols.dy[f] = offset["dx"] + shift[0], offset["dy"] + shift[1]
+    cols.n_found[f] = hit.size
+    for name in _STAR_COLUMNS:
+        cols.stars[name][f, hit] = src[name][j]
+    return hit.size
+
+
+def _night_table(cols: _NightColumns, starxy: np.ndarray, cfg, base_file: str | None, n_aper: int) -> Table:
+    """The night catalogue: rows sorted by JD (frames without one last), meta (see :func:`build_catalogue`)."""
+    nf = len(cols.files)
+    order = np.argsort(np.where(np.isfinite(cols.scalars["jd"]), cols.scalars["jd"], np.inf), kind="stable")
+    tab = Table()
+    tab["file"] = np.array([str(v) for v in cols.files[order]], dtype=str) if nf else np.array([], dtype=str)
+    for k, _ in _TIME_KEYS:
+        tab[k] = cols.scalars[k][order]
+    tab["ok"] = cols.ok[order]
+    tab["dx"] = cols.dx[order]
+    tab["dy"] = cols.dy[order]
+    tab["n_found"] = cols.n_found[order]
+    tab["aper_r"] = cols.aper_r[order]
+    for name in _STAR_COLUMNS:
+        tab[name] = cols.stars[name][order]
+    tab.meta["starxy"] = [[float(a), float(b)] for a, b in starxy]
+    tab.meta["apertures"] = [float(a) for a in cfg.aper]
+    tab.meta["base_file"] = base_file or ""
+    tab.meta["n_star"] = len(starxy)
+    tab.meta["n_aper"] = n_aper
+    tab.meta["match_max_dis"] = float(cfg.match_max_dis)
+    if cols.gains:
+        tab.meta["gain"] = float(np.median(cols.gains))
+    if cols.rdnoises:
+        tab.meta["rdnoise"] = float(np.median(cols.rdnoises))
+    return tab
 
 
 def build_catalogue(cat_files: Sequence[str | Path], offsets_table: Table | None,
@@ -271,70 +456,18 @@ def build_catalogue(cat_files: Sequence[str | Path], offsets_table: Table | None
         raise InputError("starxy: star positions must be finite numbers")
     ns = len(starxy_a)
     offs = _offset_lookup(offsets_table)
-
-    # frames: the union of the offsets table and the catalogue files
-    cat_by_stem: dict[str, Path] = {}
-    for p in cat_files:
-        cat_by_stem[cat_stem(p)] = Path(p)
-    stems = list(offs) + [s for s in cat_by_stem if s not in offs]
-    nf = len(stems)
-
-    # aperture count: from the first readable catalogue, else the config
-    n_aper = len(cfg.aper)
-    for s in stems:
-        p = cat_by_stem.get(s)
-        if p is not None and p.is_file():
-            try:
-                n_aper = _n_aper_of(read_frame_catalogue(p))
-            except InputError:
-                continue
-            break
-
-    scalars = {k: np.full(nf, np.nan) for k, _ in _TIME_KEYS}
-    files = np.array([offs[s]["file"] if s in offs else s for s in stems], dtype=object)
-    ok = np.zeros(nf, dtype=bool)
-    dxa = np.full(nf, np.nan)
-    dya = np.full(nf, np.nan)
-    n_found = np.zeros(nf, dtype=int)
-    aper_r = np.full((nf, n_aper), np.nan)
-    x = np.full((nf, ns), np.nan)
-    y = np.full((nf, ns), np.nan)
-    mag_auto = np.full((nf, ns), np.nan)
-    err_auto = np.full((nf, ns), np.nan)
-    peak = np.full((nf, ns), np.nan)
-    sky_local = np.full((nf, ns), np.nan)
-    flags = np.full((nf, ns), FLAG_MISSING, dtype=np.int32)
-    mag = np.full((nf, ns, n_aper), np.nan)
-    err = np.full((nf, ns, n_aper), np.nan)
-    flux = np.full((nf, ns, n_aper), np.nan)
-    ferr = np.full((nf, ns, n_aper), np.nan)
-    gains, rdnoises = [], []
+    stems, cat_by_stem = _night_frames(cat_files, offs)
+    n_aper = _aperture_count(stems, cat_by_stem, len(cfg.aper))
+    cols = _NightColumns.empty([offs[s]["file"] if s in offs else s for s in stems], ns, n_aper)
 
     for f, s in enumerate(stems):
         o = offs.get(s)
         if o is not None:
-            scalars["jd"][f] = o["jd"]
-        p = cat_by_stem.get(s)
-        if p is None or not p.is_file():
-            log.warning(f"{s}: no catalogue, frame not used")
+            cols.scalars["jd"][f] = o["jd"]
+        t = _read_frame(s, cat_by_stem.get(s))
+        if t is None:
             continue
-        try:
-            t = read_frame_catalogue(p)
-        except InputError as e:
-            log.warning(f"{e}; frame not used")
-            continue
-        meta = t.meta
-        if "RAWFILE" in meta and o is None:
-            files[f] = str(meta["RAWFILE"])
-        for k, key in _TIME_KEYS:
-            v = _meta_float(meta, key)
-            if np.isfinite(v) or k != "jd":
-                scalars[k][f] = v
-        for lst, key in ((gains, "GAIN"), (rdnoises, "RDNOISE")):
-            v = _meta_float(meta, key)
-            if np.isfinite(v):
-                lst.append(v)
-        aper_r[f] = _aper_radii(meta, n_aper)
+        _store_header(cols, f, t, o is not None, n_aper)
         if o is None:
             log.warning(f"{s}: no offset, frame not used")
             continue
@@ -342,64 +475,18 @@ def build_catalogue(cat_files: Sequence[str | Path], offsets_table: Table | None
             log.warning(f"{s}: offset not determined, frame not used")
             continue
         try:
-            fl2 = _col2d(t, "Flux", n_aper)
-            fe2 = _col2d(t, "FErr", n_aper)
-            mg2 = _col2d(t, "Mag", n_aper)
-            er2 = _col2d(t, "Err", n_aper)
+            src = _source_columns(t, n_aper)
         except InputError as e:
-            log.warning(f"{p}: {e}; frame not used")
+            log.warning(f"{cat_by_stem[s]}: {e}; frame not used")
             continue
-        src = np.column_stack([_col1d(t, "X"), _col1d(t, "Y")])
-        pred = starxy_a + (o["dx"], o["dy"])
-        idx, shift = match_stars(pred, src, cfg.match_max_dis, scalars["fwhm"][f])
-        hit = np.flatnonzero(idx >= 0)
-        j = idx[hit]
-        ok[f] = True
-        dxa[f], dya[f] = o["dx"] + shift[0], o["dy"] + shift[1]
-        n_found[f] = hit.size
-        x[f, hit] = src[j, 0]
-        y[f, hit] = src[j, 1]
-        mag_auto[f, hit] = _col1d(t, "MagAUTO")[j]
-        err_auto[f, hit] = _col1d(t, "ErrAUTO")[j]
-        peak[f, hit] = _col1d(t, "Peak")[j]
-        sky_local[f, hit] = _col1d(t, "Sky")[j]
-        flags[f, hit] = _col1d(t, "Flags", dtype=np.int64, fill=0)[j].astype(np.int32)
-        mag[f, hit] = mg2[j]
-        err[f, hit] = er2[j]
-        flux[f, hit] = fl2[j]
-        ferr[f, hit] = fe2[j]
-        if hit.size < ns:
-            log.debug(f"{s}: {ns - hit.size} of {ns} stars not found")
+        found = _match_frame(cols, f, src, starxy_a, o, cfg.match_max_dis)
+        if found < ns:
+            log.debug(f"{s}: {ns - found} of {ns} stars not found")
 
-    order = np.argsort(np.where(np.isfinite(scalars["jd"]), scalars["jd"], np.inf), kind="stable")
-    tab = Table()
-    tab["file"] = np.array([str(v) for v in files[order]], dtype=str) if nf else np.array([], dtype=str)
-    for k, _ in _TIME_KEYS[:6]:
-        tab[k] = scalars[k][order]
-    tab["fwhm"] = scalars["fwhm"][order]
-    tab["sky"] = scalars["sky"][order]
-    tab["ok"] = ok[order]
-    tab["dx"] = dxa[order]
-    tab["dy"] = dya[order]
-    tab["n_found"] = n_found[order]
-    tab["aper_r"] = aper_r[order]
-    for name, arr in (("x", x), ("y", y), ("mag", mag), ("err", err), ("flux", flux), ("ferr", ferr),
-                      ("mag_auto", mag_auto), ("err_auto", err_auto), ("flags", flags), ("peak", peak),
-                      ("sky_local", sky_local)):
-        tab[name] = arr[order]
-    tab.meta["starxy"] = [[float(a), float(b)] for a, b in starxy_a]
-    tab.meta["apertures"] = [float(a) for a in cfg.aper]
-    tab.meta["base_file"] = base_file or ""
-    tab.meta["n_star"] = ns
-    tab.meta["n_aper"] = n_aper
-    tab.meta["match_max_dis"] = float(cfg.match_max_dis)
-    if gains:
-        tab.meta["gain"] = float(np.median(gains))
-    if rdnoises:
-        tab.meta["rdnoise"] = float(np.median(rdnoises))
-    n_ok = int(ok.sum())
-    frac = n_found[ok].sum() / max(1, n_ok * ns)
-    log.info(f"catalogue: {nf} frames ({n_ok} usable), {ns} stars, {100 * frac:.1f}% found")
+    tab = _night_table(cols, starxy_a, cfg, base_file, n_aper)
+    n_ok = int(cols.ok.sum())
+    frac = cols.n_found[cols.ok].sum() / max(1, n_ok * ns)
+    log.info(f"catalogue: {len(stems)} frames ({n_ok} usable), {ns} stars, {100 * frac:.1f}% found")
     return tab
 
 

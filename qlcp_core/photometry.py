@@ -88,6 +88,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -405,6 +406,53 @@ def _nn_dist(x, y):
     return d[:, 1]
 
 
+def _sharp_index(sub, fwhm, rms, x, y, r, r_done=0.0):
+    """Flat indices (sorted, unique) of the sharp pixels that can lie within ``r`` px of a source.
+
+    Parameters
+    ----------
+    sub : ndarray (ny, nx)
+        Background-subtracted image.
+    fwhm, rms : float
+        Frame FWHM (px) and background rms (ADU); no pixel is sharp unless both
+        are finite and positive.
+    x, y : ndarray
+        Source positions, 0-based px.
+    r : float
+        Radius (px) around each source to test.
+    r_done : float, optional
+        Radius already tested: only the offsets beyond what
+        ``_sharp_index(..., r_done)`` tested are looked at (0: all).
+
+    Returns
+    -------
+    ndarray of int64
+        ``y * nx + x`` of the sharp pixels found (see :func:`_sharp_pixels`).
+    """
+    none = np.zeros(0, dtype=np.int64)
+    ny, nx = sub.shape
+    if not (np.isfinite(fwhm) and fwhm > 0 and rms > 0) or min(sub.shape) < 3 or len(x) == 0:
+        return none
+    s_half = fwhm / 2.0 / _GAUSS_FWHM
+    thr = 1.0 - math.exp(-1.0 / (2.0 * s_half * s_half))
+    ox, oy, _sure, _h = _ring_offsets(0.0, r + 1e-6)
+    if r_done > 0:
+        # the complement of _ring_offsets(0, r_done + 1e-6)'s offsets (the same test, negated)
+        new = np.hypot(ox, oy) - _HALF_DIAG >= r_done + 1e-6
+        ox, oy = ox[new], oy[new]
+    if ox.size == 0:
+        return none
+    cx = np.rint(x).astype(np.int64)[:, None] + ox
+    cy = np.rint(y).astype(np.int64)[:, None] + oy
+    ok = (cx >= 1) & (cx <= nx - 2) & (cy >= 1) & (cy <= ny - 2)
+    idx = (np.clip(cy, 1, ny - 2) * nx + np.clip(cx, 1, nx - 2))[ok]
+    f = sub.ravel()
+    c = f[idx]
+    # the same float32 operations, in the same order, as on the whole image
+    d = c - 0.25 * (f[idx - nx] + f[idx + nx] + f[idx - 1] + f[idx + 1])
+    return np.unique(idx[(d > 10 * rms) & (d > thr * c)])
+
+
 def _sharp_pixels(sub, fwhm, rms, x, y, r):
     """Pixels too sharp for a star (cosmic-ray hits, hot pixels) near the sources (x, y arrays).
 
@@ -415,24 +463,51 @@ def _sharp_pixels(sub, fwhm, rms, x, y, r):
     within ``r`` px of a source (``x``, ``y``) are tested (all of the image's
     sharp pixels within ``r`` of a source are returned, maybe a few more);
     border pixels (no 4 neighbours) never count.
+
+    Returns
+    -------
+    xp, yp : ndarray of int64
+        Column and row of each sharp pixel.
     """
-    none = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    ny, nx = sub.shape
-    if not (np.isfinite(fwhm) and fwhm > 0 and rms > 0) or min(sub.shape) < 3 or len(x) == 0:
-        return none
-    s_half = fwhm / 2.0 / _GAUSS_FWHM
-    thr = 1.0 - math.exp(-1.0 / (2.0 * s_half * s_half))
-    ox, oy, _sure, _h = _ring_offsets(0.0, r + 1e-6)
-    cx = np.rint(x).astype(np.int64)[:, None] + ox
-    cy = np.rint(y).astype(np.int64)[:, None] + oy
-    ok = (cx >= 1) & (cx <= nx - 2) & (cy >= 1) & (cy <= ny - 2)
-    idx = (np.clip(cy, 1, ny - 2) * nx + np.clip(cx, 1, nx - 2))[ok]
-    f = sub.ravel()
-    c = f[idx]
-    # the same float32 operations, in the same order, as on the whole image
-    d = c - 0.25 * (f[idx - nx] + f[idx + nx] + f[idx - 1] + f[idx + 1])
-    hit = np.unique(idx[(d > 10 * rms) & (d > thr * c)])
+    hit = _sharp_index(sub, fwhm, rms, x, y, r)
+    nx = sub.shape[1]
     return hit % nx, hit // nx
+
+
+class _SharpPixels:
+    """The sharp pixels (:func:`_sharp_pixels`) near a frame's sources, each tested once.
+
+    :meth:`near` asks for a radius; only the pixels beyond the largest radius
+    asked for so far are tested, so asking for 1.5 px (good stars) and then for
+    the largest aperture (flags) costs one test per pixel.
+
+    Parameters
+    ----------
+    sub : ndarray
+        Background-subtracted image.
+    fwhm, rms : float
+        Frame FWHM (px) and background rms, as in :func:`_sharp_pixels`.
+    x, y : ndarray
+        Source positions, 0-based px.
+    """
+
+    def __init__(self, sub, fwhm, rms, x, y):
+        self.sub, self.fwhm, self.rms, self.x, self.y = sub, fwhm, rms, x, y
+        self.r = 0.0
+        self.index = np.zeros(0, dtype=np.int64)
+
+    def near(self, r: float) -> np.ndarray:
+        """Boolean per source: a sharp pixel within ``r`` px (inclusive) of it."""
+        if r > self.r:
+            new = _sharp_index(self.sub, self.fwhm, self.rms, self.x, self.y, r, self.r)
+            self.index = np.union1d(self.index, new)
+            self.r = r
+        n = len(self.x)
+        if self.index.size == 0:
+            return np.zeros(n, dtype=bool)
+        nx = self.sub.shape[1]
+        tree = cKDTree(np.column_stack([self.index % nx, self.index // nx]))
+        return tree.query_ball_point(np.column_stack([self.x, self.y]), r=r, return_length=True) > 0
 
 
 #: annuli of the emulated sep.flux_radius (its FLUX_RADIUS_BUFSIZE) and its sub-pixel grid
@@ -522,6 +597,481 @@ def _empty_table(naper: int) -> Table:
 
 
 # ------------------------------------------------------------------ measure
+@dataclass
+class _Frame:
+    """One frame's pixels and global background, shared by the steps of :func:`measure`.
+
+    Attributes
+    ----------
+    img : ndarray (ny, nx), float32
+        The image, C order; masked pixels replaced by the median of the others.
+    sub : ndarray (ny, nx), float32
+        ``img`` minus the background map; masked pixels 0.
+    bad : ndarray (ny, nx) of bool
+        Masked pixels (not finite in the input).
+    mask : ndarray of bool or None
+        ``bad`` when any pixel is masked, else None (sep's ``mask`` argument).
+    bkg : sep.Background
+        The background model.
+    sky, rms : float
+        Global background level and rms, ADU.
+    """
+
+    img: np.ndarray
+    sub: np.ndarray
+    bad: np.ndarray
+    mask: np.ndarray | None
+    bkg: sep.Background
+    sky: float
+    rms: float
+
+
+@dataclass
+class _Sources:
+    """The sources of a frame before they are measured.
+
+    Attributes
+    ----------
+    x0, y0 : ndarray
+        Detection centroids, or the given positions (forced photometry), 0-based px.
+    a, b, theta : ndarray
+        Shape ellipse: semi-axes (px, ``b >= 0.05``, ``a >= b``) and angle (rad).
+    merged : ndarray of bool
+        sep's deblending flag (all False in forced mode).
+    seg : ndarray or None
+        sep's segmentation map (None in forced mode).
+    forced : bool
+        The positions were given: no recentring.
+    """
+
+    x0: np.ndarray
+    y0: np.ndarray
+    a: np.ndarray
+    b: np.ndarray
+    theta: np.ndarray
+    merged: np.ndarray
+    seg: np.ndarray | None
+    forced: bool
+
+    @property
+    def elong(self) -> np.ndarray:
+        """Elongation ``a / b``."""
+        return self.a / self.b
+
+
+def _check_settings(aper, gain, rdnoise, saturation) -> tuple[list, float, float]:
+    """Validate the photometry settings of :func:`measure`.
+
+    Parameters
+    ----------
+    aper : sequence of float
+        Aperture radii (px; negative: x frame FWHM).
+    gain, rdnoise, saturation : float or None
+        e-/ADU (must be > 0), e- (None: 0), ADU (None: no saturation).
+
+    Returns
+    -------
+    aper : list of float
+    rdnoise, saturation : float
+        ``saturation`` is ``inf`` when not given.
+
+    Raises
+    ------
+    InputError
+        No aperture, more than :data:`MAX_APERTURES`, a zero or non-finite
+        radius, or a gain that is not positive.
+    """
+    aper = list(aper)
+    if not 1 <= len(aper) <= MAX_APERTURES or any(a == 0 or not np.isfinite(a) for a in aper):
+        raise InputError(f"aper {aper}: need 1 to {MAX_APERTURES} non-zero radii")
+    if not (gain and gain > 0):
+        raise InputError(f"gain {gain}: must be > 0 e-/ADU")
+    rdnoise = float(rdnoise or 0.0)
+    saturation = math.inf if saturation is None else float(saturation)
+    return aper, rdnoise, saturation
+
+
+def _background(data, cfg) -> _Frame:
+    """Model the background with :class:`sep.Background` and subtract it.
+
+    Parameters
+    ----------
+    data : ndarray (ny, nx)
+        Image, ADU (any float dtype or byte order; not modified); non-finite
+        pixels are masked.
+    cfg : Config
+        ``phot_back_mesh`` (px) when set, else :data:`_BACK_MESH`; 3x3 median filter.
+
+    Returns
+    -------
+    _Frame
+        Image, subtracted image, mask, background model and its global level and rms.
+    """
+    img = np.ascontiguousarray(data, dtype=np.float32)   # native byte order, C order, a copy if needed
+    if img.ndim != 2:
+        raise InputError(f"image has {img.ndim} dimensions, expected 2")
+    bad = ~np.isfinite(img)
+    mask = bad if bad.any() else None
+    if mask is not None:
+        img = img.copy()
+        img[bad] = np.median(img[~bad]) if (~bad).any() else 0.0
+    mesh = int(getattr(cfg, "phot_back_mesh", None) or _BACK_MESH)
+    bkg = sep.Background(img, mask=mask, bw=mesh, bh=mesh, fw=3, fh=3)
+    sub = img.copy()                 # float32, C order (made so above)
+    bkg.subfrom(sub)                 # in place: no background map array
+    if mask is not None:
+        sub[bad] = 0.0
+    return _Frame(img, sub, bad, mask, bkg, float(bkg.globalback), float(bkg.globalrms))
+
+
+def _find_sources(frame: _Frame, cfg, positions, gain: float) -> _Sources:
+    """Detect the sources (:func:`sep.extract`) or take the given positions, with their shapes.
+
+    Parameters
+    ----------
+    frame : _Frame
+        The background-subtracted frame.
+    cfg : Config
+        ``detect_thresh`` (x global rms), ``detect_minarea``, ``phot_deblend_nthresh``.
+    positions : array (n, 2) or None
+        Forced-photometry positions (x, y, 0-based); None: detect.
+    gain : float
+        e-/ADU (the S/N of the stars that set the window of a forced shape).
+
+    Returns
+    -------
+    _Sources
+        Empty when no source is found (or the background rms is not positive).
+        Shapes: sep's isophotal moments, or windowed moments at given positions.
+    """
+    seg = None
+    forced = positions is not None
+    if forced:
+        pos = np.asarray(positions, dtype=float).reshape(-1, 2) if np.size(positions) else np.zeros((0, 2))
+        if not np.isfinite(pos).all():
+            raise InputError("positions: every x, y must be finite")
+        x0, y0 = pos[:, 0].copy(), pos[:, 1].copy()
+        merged = np.zeros(len(x0), dtype=bool)
+        a, b, theta = _forced_shape(frame, x0, y0, gain) if len(x0) else (np.zeros(0),) * 3
+    elif not (np.isfinite(frame.rms) and frame.rms > 0):
+        log.warning("background rms is %s: no source detection on a flat image", frame.rms)
+        x0 = y0 = a = b = theta = np.zeros(0)
+        merged = np.zeros(0, dtype=bool)
+    else:
+        objs, seg = _extract(frame.sub, cfg.detect_thresh * frame.rms, frame.mask, cfg.detect_minarea,
+                             int(getattr(cfg, "phot_deblend_nthresh", None) or _DEBLEND_NTHRESH))
+        x0, y0 = objs["x"].astype(float), objs["y"].astype(float)
+        merged = (objs["flag"].astype(np.int64) & sep.OBJ_MERGED) != 0
+        a, b, theta = objs["a"].astype(float), objs["b"].astype(float), objs["theta"].astype(float)
+    b = np.where(np.isfinite(b) & (b > 0.05), b, 0.05)
+    a = np.where(np.isfinite(a) & (a >= b), a, b)
+    theta = np.where(np.isfinite(theta), np.clip(theta, -np.pi / 2, np.pi / 2), 0.0)
+    return _Sources(x0, y0, a, b, theta, merged, seg, forced)
+
+
+def _forced_shape(frame: _Frame, x0, y0, gain: float):
+    """Shape ellipses at given positions: windowed moments with a window fitted to the seeing.
+
+    The window's sigma comes from the median half-light radius of the stars
+    with S/N > 20 within a radius that grows with it (10 px, then 3 x the
+    FWHM, at most 3 rounds); 1.5 px when no star is good enough.
+
+    Returns
+    -------
+    a, b, theta : ndarray
+        As :func:`_window_shape` (not yet sanitised).
+    """
+    n = len(x0)
+    rmax0 = 10.0
+    for _ in range(3):       # half-light radius within a radius adapted to the seeing
+        r0, _f = sep.flux_radius(frame.sub, x0, y0, np.full(n, rmax0), 0.5, mask=frame.mask, subpix=5)
+        f0, _e, _f = sep.sum_circle(frame.sub, x0, y0, rmax0, mask=frame.mask, subpix=0)
+        snr0 = f0 / np.sqrt(np.maximum(f0, 0) / gain + math.pi * rmax0 ** 2 * frame.rms ** 2)
+        ok = (snr0 > 20) & np.isfinite(r0) & (r0 > 0)
+        fw0 = float(np.median(2 * r0[ok])) if ok.any() else float("nan")
+        if not np.isfinite(fw0) or fw0 * 2.5 < rmax0:
+            break
+        rmax0 = 3.0 * fw0
+    sig_w = fw0 / _GAUSS_FWHM if np.isfinite(fw0) else 1.5
+    return _window_shape(frame.sub, x0, y0, sig_w)
+
+
+def _auto_photometry(frame: _Frame, src: _Sources):
+    """SExtractor's AUTO (Kron) flux at the detection centroids, on the global background.
+
+    Returns
+    -------
+    flux : ndarray
+        Sum in the ellipse ``max(2.5 r_Kron, 3.5)`` x (a, b), ADU.
+    sep_flags : ndarray
+        sep's aperture flags (``APER_HASMASKED`` ...).
+    area : ndarray
+        The ellipse's area, px.
+    """
+    kr, _kf = sep.kron_radius(frame.sub, src.x0, src.y0, src.a, src.b, src.theta, 6.0, mask=frame.mask)
+    kr = np.where(np.isfinite(kr), kr, 0.0)
+    r_auto = np.maximum(_KRON_FACT * kr, _KRON_MIN)
+    flux, _e, sep_flags = sep.sum_ellipse(frame.sub, src.x0, src.y0, src.a, src.b, src.theta, r_auto,
+                                          mask=frame.mask, subpix=5)
+    return flux, sep_flags, np.pi * src.a * src.b * r_auto ** 2
+
+
+def _star_fwhm(frame: _Frame, src: _Sources, f_auto) -> np.ndarray:
+    """Per-source FWHM, px: twice the half-light radius (of the AUTO flux, within 6 a).
+
+    NaN where the AUTO flux is not positive or the radius is not.
+    """
+    pos_auto = np.flatnonzero(f_auto > 0)
+    rh = np.full(len(src.x0), np.nan)
+    rh[pos_auto] = _half_light_radius(frame.sub, src.x0[pos_auto], src.y0[pos_auto], 6.0 * src.a[pos_auto],
+                                      f_auto[pos_auto].astype(float), frame.mask)
+    with np.errstate(invalid="ignore"):
+        return np.where(rh > 0, 2.0 * rh, np.nan)
+
+
+def _centroids(frame: _Frame, src: _Sources, fwhm_star):
+    """Windowed centroids (``XWIN_IMAGE``); the given positions in forced mode.
+
+    The window is a Gaussian of the star's FWHM (2 px if unknown); a
+    centroid that fails or moves by 1 px or more keeps the detection centroid.
+
+    Returns
+    -------
+    x, y : ndarray
+        0-based px.
+    """
+    if src.forced:
+        return src.x0, src.y0
+    x0, y0 = src.x0, src.y0
+    sig = np.where(np.isfinite(fwhm_star), fwhm_star / _GAUSS_FWHM, 2.0 / _GAUSS_FWHM)
+    # exact pixel overlap of the 4-sigma window (sep's default: 11x11 sub-pixels, ~20x slower;
+    # the positions agree to ~1e-5 px, as the Gaussian weight at the window edge is e^-8)
+    xw, yw, wf = sep.winpos(frame.sub, x0, y0, sig, mask=frame.mask, subpix=0)
+    good_w = (wf == 0) & np.isfinite(xw) & np.isfinite(yw) & (np.hypot(xw - x0, yw - y0) < 1.0)
+    return np.where(good_w, xw, x0), np.where(good_w, yw, y0)
+
+
+def _peaks(frame: _Frame, x, y) -> np.ndarray:
+    """Highest raw pixel (ADU, background included) within 2 px (a 5x5 box) of each position.
+
+    NaN when the box holds no unmasked pixel inside the image.
+    """
+    img = frame.img if frame.mask is None else np.where(frame.bad, np.nan, frame.img)
+    pk, _, _ = _stamps(img, x, y, 2)
+    peak = np.max(np.nan_to_num(pk.reshape(len(x), -1), nan=-np.inf), axis=1)
+    peak[~np.isfinite(peak)] = np.nan
+    return peak
+
+
+def _fwhm_candidates(shape, x, y, src: _Sources, fwhm_star, snr_auto, saturated) -> np.ndarray:
+    """Sources that may set the frame FWHM: a FWHM, unsaturated, unblended, S/N > 20, 3 a inside."""
+    ny, nx = shape
+    a = src.a
+    inside = (x > 3 * a) & (y > 3 * a) & (x < nx - 1 - 3 * a) & (y < ny - 1 - 3 * a)
+    return np.isfinite(fwhm_star) & ~saturated & ~src.merged & (snr_auto > 20) & inside
+
+
+def _good_stars(cand, sharp, nn, elong, fwhm_star, saturated, fw_pre: float) -> np.ndarray:
+    """The stars behind the frame FWHM.
+
+    Parameters
+    ----------
+    cand : ndarray of bool
+        :func:`_fwhm_candidates`.
+    sharp : ndarray of bool
+        A sharp pixel within 1.5 px (a cosmic ray or hot pixel, not a star).
+    nn, elong, fwhm_star : ndarray
+        Nearest-neighbour distance (px), elongation and FWHM (px) per source.
+    saturated : ndarray of bool
+    fw_pre : float
+        Median FWHM of the candidates (NaN if none).
+
+    Returns
+    -------
+    ndarray of bool
+        Candidates that are not sharp, isolated (``nn > 4 fw_pre``) and round
+        (``elong < 2``); if fewer than 3, the candidates that are not sharp;
+        without candidates, every unsaturated source with a FWHM.
+    """
+    if np.isfinite(fw_pre):
+        good = cand & ~sharp & (nn > 4 * fw_pre) & (elong < 2.0)
+        if good.sum() < 3:
+            good = cand & ~sharp
+    else:
+        good = np.isfinite(fwhm_star) & (fwhm_star > 0) & ~saturated
+    return good
+
+
+def _apertures(cfg, aper, fwhm: float):
+    """Aperture radii and sky annulus of a frame, with warnings for unusable settings.
+
+    Returns
+    -------
+    radii : ndarray
+        px (:func:`aperture_radii`; NaN for relative apertures without a FWHM).
+    rin, rout : float
+        Sky annulus, px (:func:`sky_annulus`).
+    rmax : float
+        Largest finite radius (0 if none).
+    """
+    radii = aperture_radii(aper, fwhm)
+    if not np.isfinite(radii).all():
+        log.warning("frame FWHM unknown (no good star): FWHM-relative apertures %s give no flux",
+                    [v for v in aper if v < 0])
+    rin, rout = sky_annulus(cfg, radii)
+    rmax = float(np.nanmax(radii)) if np.isfinite(radii).any() else 0.0
+    if rin < rmax:
+        log.warning("sky annulus %.1f..%.1f px starts inside the largest aperture (%.1f px): "
+                    "star light biases the sky", rin, rout, rmax)
+    return radii, rin, rout, rmax
+
+
+def _sky(frame: _Frame, seg, x, y, rin: float, rout: float, gain: float, rdnoise: float):
+    """Local sky of each source: the background map at its pixel plus the annulus residual.
+
+    Parameters
+    ----------
+    frame : _Frame
+    seg : ndarray or None
+        Segmentation map (footprints left out of the annulus).
+    x, y : ndarray
+        Positions, px.
+    rin, rout : float
+        Sky annulus, px.
+    gain, rdnoise : float
+        e-/ADU, e- (only where no annulus is usable).
+
+    Returns
+    -------
+    back : ndarray
+        Background map at the source's pixel (the global level at a masked pixel), ADU.
+    resid : ndarray
+        Clipped-mean residual of the annulus (0 where none), ADU.
+    var : ndarray
+        Per-pixel sky variance, ADU^2 (annulus scatter, else ``back/g + (R/g)^2``
+        floored by the background map's rms).
+    est_var : ndarray
+        Variance of ``resid`` (``var / n_sky``; 0 where no annulus).
+    """
+    ny, nx = frame.sub.shape
+    sky_res, sky_sig, nsky = _local_sky(frame.sub, seg, x, y, rin, rout)
+    ix = np.clip(np.rint(x).astype(int), 0, nx - 1)
+    iy = np.clip(np.rint(y).astype(int), 0, ny - 1)
+    # the map at the star's pixel (image minus subtracted image; a masked pixel: the global level)
+    back_xy = np.where(frame.bad[iy, ix], frame.sky, frame.img[iy, ix].astype(float) - frame.sub[iy, ix])
+    no_ann = ~np.isfinite(sky_res)
+    fallback_var = np.maximum(back_xy, 0) / gain + (rdnoise / gain) ** 2
+    if no_ann.any():
+        fallback_var = np.maximum(fallback_var, frame.bkg.rms()[iy, ix] ** 2)
+    sky_res = np.where(no_ann, 0.0, sky_res)
+    sky_var = np.where(no_ann, fallback_var, sky_sig ** 2)
+    sky_est_var = np.where(no_ann, 0.0, sky_var / np.maximum(nsky, 1))
+    return back_xy, sky_res, sky_var, sky_est_var
+
+
+def _aperture_photometry(frame: _Frame, x, y, radii, sky_res, sky_var, sky_est_var, gain: float):
+    """Circular-aperture fluxes (exact overlap) minus the local sky, with CCD-equation errors.
+
+    Parameters
+    ----------
+    frame : _Frame
+    x, y : ndarray (n,)
+        Positions, px.
+    radii : ndarray (naper,)
+        px; NaN or <= 0: no flux in that aperture.
+    sky_res, sky_var, sky_est_var : ndarray (n,)
+        From :func:`_sky`.
+    gain : float
+        e-/ADU.
+
+    Returns
+    -------
+    flux, ferr : ndarray (n, naper)
+        ADU; NaN for unusable apertures.
+    sep_flags : ndarray (n,) of int64
+        sep's aperture flags, OR-ed over the apertures.
+    """
+    n = len(x)
+    flux = np.full((n, len(radii)), np.nan)
+    ferr = np.full((n, len(radii)), np.nan)
+    aflag = np.zeros(n, dtype=np.int64)
+    for k, r in enumerate(radii):      # at most 19 apertures; sep vectorises over stars
+        if not np.isfinite(r) or r <= 0:
+            continue
+        s, _e, fl = sep.sum_circle(frame.sub, x, y, r, mask=frame.mask, subpix=0)
+        npix = math.pi * r * r
+        f = s - npix * sky_res
+        flux[:, k] = f
+        ferr[:, k] = np.sqrt(np.maximum(f, 0) / gain + _noise_pixels(r) * sky_var + npix * npix * sky_est_var)
+        aflag |= fl.astype(np.int64)
+    return flux, ferr, aflag
+
+
+def _flags(shape, x, y, rmax: float, saturated, blended, flux, f_auto, sep_flags, sharp) -> np.ndarray:
+    """The ``Flags`` bit mask of each source (see the module doc).
+
+    Parameters
+    ----------
+    shape : (ny, nx)
+        Image shape.
+    x, y : ndarray
+        Positions, px.
+    rmax : float
+        Largest aperture radius, px.
+    saturated, blended : ndarray of bool
+    flux : ndarray (n, naper)
+        Aperture fluxes.
+    f_auto : ndarray
+        AUTO fluxes.
+    sep_flags : ndarray of int
+        sep's aperture flags (apertures and AUTO, OR-ed).
+    sharp : ndarray of bool
+        A sharp pixel within ``max(rmax, 1.5)`` px.
+
+    Returns
+    -------
+    ndarray of int32
+    """
+    ny, nx = shape
+    flags = np.zeros(len(x), dtype=np.int32)
+    border = (x - rmax < -0.5) | (y - rmax < -0.5) | (x + rmax > nx - 0.5) | (y + rmax > ny - 0.5)
+    flags[border] |= FLAG_BORDER
+    flags[saturated] |= FLAG_SATURATED
+    flags[blended] |= FLAG_BLENDED
+    with np.errstate(invalid="ignore"):
+        badflux = ~(np.isfinite(flux) & (flux > 0)).all(axis=1) | ~(f_auto > 0)
+    flags[badflux] |= FLAG_BADFLUX
+    cosmic = ((sep_flags & sep.APER_HASMASKED) != 0) | sharp
+    flags[cosmic] |= FLAG_COSMIC
+    return flags
+
+
+def _output_table(x, y, elong, fwhm_star, f_auto, ferr_auto, flux, ferr, sky, peak, flags, meta) -> Table:
+    """The catalogue of :func:`measure`: :data:`COLUMNS`, magnitudes from the fluxes, ``meta``."""
+    mag, err = mag_err(flux, ferr)
+    mag_auto, err_auto = mag_err(f_auto, ferr_auto)
+    tab = Table()
+    tab["X"], tab["Y"], tab["Elong"], tab["FWHM"] = x, y, elong, fwhm_star
+    tab["FluxAUTO"], tab["FErrAUTO"], tab["MagAUTO"], tab["ErrAUTO"] = f_auto, ferr_auto, mag_auto, err_auto
+    tab["Flux"], tab["FErr"], tab["Mag"], tab["Err"] = flux, ferr, mag, err
+    tab["Sky"] = sky
+    tab["Peak"] = peak
+    tab["Flags"] = flags
+    tab.meta.update(meta)
+    return tab
+
+
+def _no_sources(cfg, aper, stats: dict, gain, rdnoise, saturation) -> tuple[Table, dict]:
+    """The result of :func:`measure` for a frame without sources: an empty table, stats."""
+    radii = aperture_radii(aper, np.nan)
+    rin, rout = sky_annulus(cfg, radii)
+    stats.update(APER=[float(r) for r in radii], SKYANN=(rin, rout))
+    tab = _empty_table(len(aper))
+    tab.meta.update(_meta(stats, gain, rdnoise, saturation))
+    log.info("no sources (sky %.1f, rms %.2f)", stats["SKY"], stats["SKYRMS"])
+    return tab, stats
+
+
 def measure(data: np.ndarray, cfg, gain: float, rdnoise: float, saturation: float,
             aper=None, positions=None) -> tuple[Table, dict]:
     """Detect (or take) sources and measure AUTO and aperture photometry.
@@ -557,208 +1107,44 @@ def measure(data: np.ndarray, cfg, gain: float, rdnoise: float, saturation: floa
         SKYRMS, NSTARS, NGOOD (stars behind the FWHM), APER (radii in px),
         SKYANN (inner, outer px).
     """
-    aper = list(cfg.aper if aper is None else aper)
-    if not 1 <= len(aper) <= MAX_APERTURES or any(a == 0 or not np.isfinite(a) for a in aper):
-        raise InputError(f"aper {aper}: need 1 to {MAX_APERTURES} non-zero radii")
-    if not (gain and gain > 0):
-        raise InputError(f"gain {gain}: must be > 0 e-/ADU")
-    rdnoise = float(rdnoise or 0.0)
-    saturation = math.inf if saturation is None else float(saturation)
-    naper = len(aper)
-    img = np.ascontiguousarray(data, dtype=np.float32)   # native byte order, C order, a copy if needed
-    if img.ndim != 2:
-        raise InputError(f"image has {img.ndim} dimensions, expected 2")
-    ny, nx = img.shape
-    bad = ~np.isfinite(img)
-    mask = bad if bad.any() else None
-    if mask is not None:
-        img = img.copy()
-        img[bad] = np.median(img[~bad]) if (~bad).any() else 0.0
-
-    mesh = int(getattr(cfg, "phot_back_mesh", None) or _BACK_MESH)
-    bkg = sep.Background(img, mask=mask, bw=mesh, bh=mesh, fw=3, fh=3)
-    sub = img.copy()                 # float32, C order (made so above)
-    bkg.subfrom(sub)                 # in place: no background map array
-    if mask is not None:
-        sub[bad] = 0.0
-    sky_glob, rms_glob = float(bkg.globalback), float(bkg.globalrms)
-
-    seg = None
-    if positions is not None:
-        pos = np.asarray(positions, dtype=float).reshape(-1, 2) if np.size(positions) else np.zeros((0, 2))
-        if not np.isfinite(pos).all():
-            raise InputError("positions: every x, y must be finite")
-        x0, y0 = pos[:, 0].copy(), pos[:, 1].copy()
-        objflag = np.zeros(len(x0), dtype=np.int64)
-    elif not (np.isfinite(rms_glob) and rms_glob > 0):
-        log.warning("background rms is %s: no source detection on a flat image", rms_glob)
-        x0 = y0 = np.zeros(0)
-    else:
-        objs, seg = _extract(sub, cfg.detect_thresh * rms_glob, mask, cfg.detect_minarea,
-                             int(getattr(cfg, "phot_deblend_nthresh", None) or _DEBLEND_NTHRESH))
-        x0, y0 = objs["x"].astype(float), objs["y"].astype(float)
-        objflag = objs["flag"].astype(np.int64)
-
-    n = len(x0)
-    stats = {"FWHM": float("nan"), "SKY": sky_glob, "SKYRMS": rms_glob, "NSTARS": n, "NGOOD": 0}
+    aper, rdnoise, saturation = _check_settings(cfg.aper if aper is None else aper, gain, rdnoise, saturation)
+    frame = _background(data, cfg)
+    src = _find_sources(frame, cfg, positions, gain)
+    n = len(src.x0)
+    stats = {"FWHM": float("nan"), "SKY": frame.sky, "SKYRMS": frame.rms, "NSTARS": n, "NGOOD": 0}
     if n == 0:
-        radii = aperture_radii(aper, np.nan)
-        rin, rout = sky_annulus(cfg, radii)
-        stats.update(APER=[float(r) for r in radii], SKYANN=(rin, rout))
-        tab = _empty_table(naper)
-        tab.meta.update(_meta(stats, gain, rdnoise, saturation))
-        log.info("no sources (sky %.1f, rms %.2f)", sky_glob, rms_glob)
-        return tab, stats
+        return _no_sources(cfg, aper, stats, gain, rdnoise, saturation)
 
-    # ---- shape: isophotal moments from sep, or windowed moments at the given positions
-    if positions is None:
-        a = objs["a"].astype(float)
-        b = objs["b"].astype(float)
-        theta = objs["theta"].astype(float)
-    else:
-        rmax0 = 10.0
-        for _ in range(3):       # half-light radius within a radius adapted to the seeing
-            r0, _f = sep.flux_radius(sub, x0, y0, np.full(n, rmax0), 0.5, mask=mask, subpix=5)
-            f0, _e, _f = sep.sum_circle(sub, x0, y0, rmax0, mask=mask, subpix=0)
-            snr0 = f0 / np.sqrt(np.maximum(f0, 0) / gain + math.pi * rmax0 ** 2 * rms_glob ** 2)
-            ok = (snr0 > 20) & np.isfinite(r0) & (r0 > 0)
-            fw0 = float(np.median(2 * r0[ok])) if ok.any() else float("nan")
-            if not np.isfinite(fw0) or fw0 * 2.5 < rmax0:
-                break
-            rmax0 = 3.0 * fw0
-        sig_w = fw0 / _GAUSS_FWHM if np.isfinite(fw0) else 1.5
-        a, b, theta = _window_shape(sub, x0, y0, sig_w)
-    b = np.where(np.isfinite(b) & (b > 0.05), b, 0.05)
-    a = np.where(np.isfinite(a) & (a >= b), a, b)
-    theta = np.where(np.isfinite(theta), np.clip(theta, -np.pi / 2, np.pi / 2), 0.0)
-    elong = a / b
-
-    # ---- AUTO (Kron) photometry at the detection centroid, as SExtractor
-    kr, _kf = sep.kron_radius(sub, x0, y0, a, b, theta, 6.0, mask=mask)
-    kr = np.where(np.isfinite(kr), kr, 0.0)
-    r_auto = np.maximum(_KRON_FACT * kr, _KRON_MIN)
-    f_auto, _e, fl_auto = sep.sum_ellipse(sub, x0, y0, a, b, theta, r_auto, mask=mask, subpix=5)
-    area_auto = np.pi * a * b * r_auto ** 2
-
-    # ---- half-light radius -> per-star FWHM; windowed centroids
-    pos_auto = np.flatnonzero(f_auto > 0)
-    rh = np.full(n, np.nan)
-    rh[pos_auto] = _half_light_radius(sub, x0[pos_auto], y0[pos_auto], 6.0 * a[pos_auto],
-                                      f_auto[pos_auto].astype(float), mask)
-    with np.errstate(invalid="ignore"):
-        fwhm_star = np.where(rh > 0, 2.0 * rh, np.nan)
-    if positions is None:
-        sig = np.where(np.isfinite(fwhm_star), fwhm_star / _GAUSS_FWHM, 2.0 / _GAUSS_FWHM)
-        # exact pixel overlap of the 4-sigma window (sep's default: 11x11 sub-pixels, ~20x slower;
-        # the positions agree to ~1e-5 px, as the Gaussian weight at the window edge is e^-8)
-        xw, yw, wf = sep.winpos(sub, x0, y0, sig, mask=mask, subpix=0)
-        good_w = (wf == 0) & np.isfinite(xw) & np.isfinite(yw) & (np.hypot(xw - x0, yw - y0) < 1.0)
-        x = np.where(good_w, xw, x0)
-        y = np.where(good_w, yw, y0)
-    else:
-        x, y = x0, y0
-
-    # ---- raw peak near the centre, saturation
-    pk, _, _ = _stamps(img if mask is None else np.where(bad, np.nan, img), x, y, 2)
-    peak = np.max(np.nan_to_num(pk.reshape(n, -1), nan=-np.inf), axis=1)
-    peak[~np.isfinite(peak)] = np.nan
+    f_auto, fl_auto, area_auto = _auto_photometry(frame, src)
+    fwhm_star = _star_fwhm(frame, src, f_auto)
+    x, y = _centroids(frame, src, fwhm_star)
+    peak = _peaks(frame, x, y)
     saturated = peak >= saturation
 
     # ---- frame FWHM from good stars
-    snr_auto = f_auto / np.sqrt(np.maximum(f_auto, 0) / gain + area_auto * rms_glob ** 2)
+    snr_auto = f_auto / np.sqrt(np.maximum(f_auto, 0) / gain + area_auto * frame.rms ** 2)
     nn = _nn_dist(x, y)
-    if positions is None:
-        merged = (objflag & sep.OBJ_MERGED) != 0
-    else:
-        merged = np.zeros(n, dtype=bool)
-    inside = (x > 3 * a) & (y > 3 * a) & (x < nx - 1 - 3 * a) & (y < ny - 1 - 3 * a)
-    cand = np.isfinite(fwhm_star) & ~saturated & ~merged & (snr_auto > 20) & inside
+    cand = _fwhm_candidates(frame.sub.shape, x, y, src, fwhm_star, snr_auto, saturated)
     fw_pre = float(np.median(fwhm_star[cand])) if cand.any() else np.nan
-    # sharp pixels (cosmic rays, hot pixels) and the sources they are
-
-    sxp, syp = _sharp_pixels(sub, fw_pre, rms_glob, x, y, 1.5)
-    sharp = np.zeros(n, dtype=bool)
-    if sxp.size:
-        sharp = cKDTree(np.column_stack([sxp, syp])).query_ball_point(
-            np.column_stack([x, y]), r=1.5, return_length=True) > 0
-    if np.isfinite(fw_pre):
-        good = cand & ~sharp & (nn > 4 * fw_pre) & (elong < 2.0)
-        if good.sum() < 3:
-            good = cand & ~sharp
-    else:
-        good = np.isfinite(fwhm_star) & (fwhm_star > 0) & ~saturated
+    sharp = _SharpPixels(frame.sub, fw_pre, frame.rms, x, y)   # cosmic rays, hot pixels
+    good = _good_stars(cand, sharp.near(1.5), nn, src.elong, fwhm_star, saturated, fw_pre)
     fwhm = _clipped_median_1d(fwhm_star[good])
     stats["FWHM"], stats["NGOOD"] = fwhm, int(good.sum())
 
-    # ---- apertures and local sky
-    radii = aperture_radii(aper, fwhm)
-    if not np.isfinite(radii).all():
-        log.warning("frame FWHM unknown (no good star): FWHM-relative apertures %s give no flux",
-                    [v for v in aper if v < 0])
-    rin, rout = sky_annulus(cfg, radii)
-    rmax = float(np.nanmax(radii)) if np.isfinite(radii).any() else 0.0
-    if rin < rmax:
-        log.warning("sky annulus %.1f..%.1f px starts inside the largest aperture (%.1f px): "
-                    "star light biases the sky", rin, rout, rmax)
+    # ---- apertures, local sky, photometry
+    radii, rin, rout, rmax = _apertures(cfg, aper, fwhm)
     stats.update(APER=[float(r) for r in radii], SKYANN=(rin, rout))
-
-    sky_res, sky_sig, nsky = _local_sky(sub, seg, x, y, rin, rout)
-    ix = np.clip(np.rint(x).astype(int), 0, nx - 1)
-    iy = np.clip(np.rint(y).astype(int), 0, ny - 1)
-    # the map at the star's pixel (image minus subtracted image; a masked pixel: the global level)
-    back_xy = np.where(bad[iy, ix], sky_glob, img[iy, ix].astype(float) - sub[iy, ix])
-    no_ann = ~np.isfinite(sky_res)
-    fallback_var = np.maximum(back_xy, 0) / gain + (rdnoise / gain) ** 2
-    if no_ann.any():
-        fallback_var = np.maximum(fallback_var, bkg.rms()[iy, ix] ** 2)
-    sky_res = np.where(no_ann, 0.0, sky_res)
-    sky_var = np.where(no_ann, fallback_var, sky_sig ** 2)
-    sky_est_var = np.where(no_ann, 0.0, sky_var / np.maximum(nsky, 1))
-
-    flux = np.full((n, naper), np.nan)
-    ferr = np.full((n, naper), np.nan)
-    aflag = np.zeros(n, dtype=np.int64)
-    for k, r in enumerate(radii):      # at most 19 apertures; sep vectorises over stars
-        if not np.isfinite(r) or r <= 0:
-            continue
-        s, _e, fl = sep.sum_circle(sub, x, y, r, mask=mask, subpix=0)
-        npix = math.pi * r * r
-        f = s - npix * sky_res
-        flux[:, k] = f
-        ferr[:, k] = np.sqrt(np.maximum(f, 0) / gain + _noise_pixels(r) * sky_var + npix * npix * sky_est_var)
-        aflag |= fl.astype(np.int64)
+    back_xy, sky_res, sky_var, sky_est_var = _sky(frame, src.seg, x, y, rin, rout, gain, rdnoise)
+    flux, ferr, aflag = _aperture_photometry(frame, x, y, radii, sky_res, sky_var, sky_est_var, gain)
     ferr_auto = np.sqrt(np.maximum(f_auto, 0) / gain + area_auto * sky_var)
-    mag, err = mag_err(flux, ferr)
-    mag_auto, err_auto = mag_err(f_auto, ferr_auto)
 
-    # ---- flags
-    flags = np.zeros(n, dtype=np.int32)
-    border = (x - rmax < -0.5) | (y - rmax < -0.5) | (x + rmax > nx - 0.5) | (y + rmax > ny - 0.5)
-    flags[border] |= FLAG_BORDER
-    flags[saturated] |= FLAG_SATURATED
-    blended = merged if positions is None else nn < max(rmax, 1.0)
-    flags[blended] |= FLAG_BLENDED
-    with np.errstate(invalid="ignore"):
-        badflux = ~(np.isfinite(flux) & (flux > 0)).all(axis=1) | ~(f_auto > 0)
-    flags[badflux] |= FLAG_BADFLUX
-    cosmic = ((aflag | fl_auto) & sep.APER_HASMASKED) != 0
-    rcos = max(rmax, 1.5)
-    sxp, syp = _sharp_pixels(sub, fw_pre, rms_glob, x, y, rcos)
-    if sxp.size:
-        cosmic |= cKDTree(np.column_stack([sxp, syp])).query_ball_point(
-            np.column_stack([x, y]), r=rcos, return_length=True) > 0
-    flags[cosmic] |= FLAG_COSMIC
-
-    tab = Table()
-    tab["X"], tab["Y"], tab["Elong"], tab["FWHM"] = x, y, elong, fwhm_star
-    tab["FluxAUTO"], tab["FErrAUTO"], tab["MagAUTO"], tab["ErrAUTO"] = f_auto, ferr_auto, mag_auto, err_auto
-    tab["Flux"], tab["FErr"], tab["Mag"], tab["Err"] = flux, ferr, mag, err
-    tab["Sky"] = back_xy + sky_res
-    tab["Peak"] = peak
-    tab["Flags"] = flags
-    tab.meta.update(_meta(stats, gain, rdnoise, saturation))
+    blended = nn < max(rmax, 1.0) if src.forced else src.merged
+    flags = _flags(frame.sub.shape, x, y, rmax, saturated, blended, flux, f_auto, aflag | fl_auto,
+                   sharp.near(max(rmax, 1.5)))
+    tab = _output_table(x, y, src.elong, fwhm_star, f_auto, ferr_auto, flux, ferr, back_xy + sky_res, peak,
+                        flags, _meta(stats, gain, rdnoise, saturation))
     log.debug("%d sources, FWHM %.2f px from %d stars, sky %.1f +- %.2f", n, fwhm, stats["NGOOD"],
-              sky_glob, rms_glob)
+              frame.sky, frame.rms)
     return tab, stats
 
 

@@ -497,3 +497,300 @@ def test_sharp_pixels_near_sources_are_those_of_the_whole_image():
         assert got <= every
         near = {p for p in every if np.hypot(src[:, 0] - p[0], src[:, 1] - p[1]).min() <= r}
         assert near <= got
+
+
+# ------------------------------------------------- measure against an independent recomputation
+def _gauss5():
+    r = np.arange(5) - 2
+    k = np.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / (2 * (2.5 / SIG2FWHM) ** 2))
+    return (k / k.sum()).astype(np.float32)
+
+
+def test_measure_equals_an_independent_recomputation():
+    """Every column of measure's catalogue, recomputed from sep and brute-force numpy as the
+    module doc describes them (background, extraction, annulus by pixel distances, CCD errors,
+    flags), on a frame with a saturated star, a star at the border, a cosmic ray and masked pixels."""
+    rng = np.random.default_rng(31)
+    xs, ys, fl = grid_stars(4, 256, 40, rng, 5e3, 2e5)
+    xs = np.append(xs, [2.3, 150.4])
+    ys = np.append(ys, [100.6, 20.2])
+    fl = np.append(fl, [8e4, 3e6])
+    sat = 40000.0
+    img = np.minimum(noisy(model((256, 256), xs, ys, fl, 3.5), rng), np.float32(sat))
+    img[int(round(ys[5])) + 3, int(round(xs[5])) - 2] += np.float32(3000.0)     # a cosmic ray near star 5
+    img[200:203, 10:14] = np.nan
+    cfg = Config(aper=[3.0, -1.5])
+    tab, st = P.measure(img, cfg, GAIN, RDN, sat)
+
+    bad = ~np.isfinite(img)
+    filled = np.where(bad, np.median(img[~bad]), img).astype(np.float32)
+    bkg = sep.Background(filled, mask=bad, bw=64, bh=64, fw=3, fh=3)
+    back = bkg.back()
+    sub = np.where(bad, np.float32(0), filled - back.astype(np.float32)).astype(np.float32)
+    objs, seg = sep.extract(sub, cfg.detect_thresh * bkg.globalrms, mask=bad, minarea=cfg.detect_minarea,
+                            filter_kernel=_gauss5(), deblend_nthresh=32, deblend_cont=0.005,
+                            segmentation_map=True)
+    n = len(objs)
+    assert len(tab) == n >= len(xs) and st["NSTARS"] == n
+    x, y = np.asarray(tab["X"]), np.asarray(tab["Y"])
+    # windowed centroids (a Gaussian window of the star's FWHM; the detection's if that fails or moves >= 1 px)
+    xw, yw, wf = sep.winpos(sub, objs["x"], objs["y"], np.asarray(tab["FWHM"]) / SIG2FWHM, mask=bad, subpix=0)
+    moved = (wf == 0) & (np.hypot(xw - objs["x"], yw - objs["y"]) < 1.0)
+    assert moved.sum() >= len(xs) - 2
+    np.testing.assert_array_equal(x, np.where(moved, xw, objs["x"]))
+    np.testing.assert_array_equal(y, np.where(moved, yw, objs["y"]))
+    assert (match(tab, xs, ys) >= 0).all()
+    np.testing.assert_allclose(tab["Elong"], np.maximum(objs["a"], objs["b"]) / objs["b"], rtol=1e-6)
+
+    radii = np.array([3.0, 1.5 * st["FWHM"]])
+    assert st["APER"] == pytest.approx(list(radii)) and 3.0 < st["FWHM"] < 4.0
+    rin, rout = radii.max() + P.SKY_GAP, radii.max() + P.SKY_GAP + P.SKY_THICK
+    yy, xx = np.mgrid[:256, :256]
+    rows = []
+    for xi, yi in zip(x, y):
+        d2 = (xx - xi) ** 2 + (yy - yi) ** 2
+        rows.append(sub[(d2 >= rin * rin) & (d2 < rout * rout) & (seg == 0)].astype(float))
+    ref = np.full((n, max(len(r) for r in rows)), np.nan)
+    for k, r in enumerate(rows):
+        ref[k, : len(r)] = r
+    sky_res, sky_sig, nsky = P._clipped_mean(ref)
+    assert np.isfinite(sky_res).all()
+    ix, iy = np.clip(np.rint(x).astype(int), 0, 255), np.clip(np.rint(y).astype(int), 0, 255)
+    np.testing.assert_allclose(tab["Sky"], back[iy, ix] + sky_res, rtol=0, atol=1e-3)
+
+    for k, r in enumerate(radii):
+        s = sep.sum_circle(sub, x, y, r, mask=bad, subpix=0)[0]
+        f = s - math.pi * r * r * sky_res
+        v = (np.maximum(f, 0) / GAIN + math.pi * r * (r - 1 / 3) * sky_sig ** 2
+             + (math.pi * r * r) ** 2 * sky_sig ** 2 / nsky)
+        np.testing.assert_allclose(tab["Flux"][:, k], f, rtol=1e-6, atol=1e-3)
+        np.testing.assert_allclose(tab["FErr"][:, k], np.sqrt(v), rtol=1e-5)
+        ok = f > 0
+        np.testing.assert_allclose(tab["Mag"][ok, k], 25 - 2.5 * np.log10(f[ok]), atol=1e-7)
+        assert np.isnan(tab["Mag"][~ok, k]).all()
+
+    a, b, th = objs["a"].astype(float), objs["b"].astype(float), objs["theta"].astype(float)
+    kr = sep.kron_radius(sub, objs["x"], objs["y"], a, b, th, 6.0, mask=bad)[0]
+    r_auto = np.maximum(2.5 * kr, 3.5)
+    f_auto = sep.sum_ellipse(sub, objs["x"], objs["y"], a, b, th, r_auto, mask=bad, subpix=5)[0]
+    np.testing.assert_allclose(tab["FluxAUTO"], f_auto, rtol=1e-12)
+    np.testing.assert_allclose(tab["FErrAUTO"], np.sqrt(np.maximum(f_auto, 0) / GAIN
+                                                        + math.pi * a * b * r_auto ** 2 * sky_sig ** 2), rtol=1e-5)
+
+    raw = np.where(bad, -np.inf, img)
+    peak = np.array([raw[max(j - 2, 0): j + 3, max(i - 2, 0): i + 3].max() for i, j in
+                     zip(np.rint(x).astype(int), np.rint(y).astype(int))])
+    np.testing.assert_array_equal(tab["Peak"], peak)
+    rmax = radii.max()
+    border = (x - rmax < -0.5) | (y - rmax < -0.5) | (x + rmax > 255.5) | (y + rmax > 255.5)
+    flags = np.asarray(tab["Flags"])
+    np.testing.assert_array_equal((flags & P.FLAG_BORDER) != 0, border)
+    np.testing.assert_array_equal((flags & P.FLAG_SATURATED) != 0, peak >= sat)
+    np.testing.assert_array_equal((flags & P.FLAG_BLENDED) != 0, (objs["flag"] & sep.OBJ_MERGED) != 0)
+    badflux = (np.asarray(tab["Flux"]) <= 0).any(axis=1) | (f_auto <= 0)
+    np.testing.assert_array_equal((flags & P.FLAG_BADFLUX) != 0, badflux)
+    idx = match(tab, xs, ys)
+    assert flags[idx[-1]] & P.FLAG_SATURATED and flags[idx[-2]] & P.FLAG_BORDER
+    assert flags[idx[5]] & P.FLAG_COSMIC                          # the hit 3.6 px from its centre
+    assert (flags[idx[:16]][np.arange(16) != 5] == 0).all()       # the other grid stars are clean
+
+
+# ------------------------------------------------------------------ the steps of measure
+def _frame(img, **cfg):
+    return P._background(img, Config(**cfg) if cfg else Config())
+
+
+def test_check_settings_rejects_bad_apertures_and_gain():
+    assert P._check_settings((3, -1.5), 1.2, None, None) == ([3, -1.5], 0.0, math.inf)
+    for aper, gain in (([], 1.0), ([0.0], 1.0), ([np.nan], 1.0), ([1.0] * 20, 1.0), ([3.0], 0.0), ([3.0], None)):
+        with pytest.raises(InputError):
+            P._check_settings(aper, gain, 8.0, 6e4)
+
+
+def test_background_level_rms_and_masked_pixels():
+    rng = np.random.default_rng(40)
+    img = noisy(np.full((200, 300), SKY), rng).astype(">f8")       # big-endian, float64
+    img[50:55, 60:70] = np.nan
+    fr = _frame(img)
+    rms = math.sqrt(SKY / GAIN + (RDN / GAIN) ** 2)
+    assert fr.sky == pytest.approx(SKY, rel=0.005) and fr.rms == pytest.approx(rms, rel=0.05)
+    assert fr.mask is fr.bad and fr.bad.sum() == 50
+    assert (fr.sub[fr.bad] == 0).all() and np.isfinite(fr.img).all()
+    assert abs(float(np.mean(fr.sub[~fr.bad]))) < 0.1 * rms
+    assert fr.img.dtype == np.float32 and fr.img.flags.c_contiguous
+    assert _frame(np.full((50, 50), 7.0)).mask is None
+    with pytest.raises(InputError):
+        _frame(np.zeros((3, 4, 5)))
+
+
+def test_find_sources_detected_and_forced():
+    rng = np.random.default_rng(41)
+    xs, ys = np.array([40.2, 120.7, 70.5]), np.array([50.1, 90.4, 130.3])
+    img = noisy(model((180, 180), xs, ys, [1e5, 5e4, 2e4], 4.0), rng)
+    fr = _frame(img)
+    src = P._find_sources(fr, Config(), None, GAIN)
+    assert not src.forced and src.seg is not None and len(src.x0) == 3
+    d, _ = cKDTree(np.column_stack([src.x0, src.y0])).query(np.column_stack([xs, ys]))
+    assert d.max() < 0.1
+    # a round Gaussian of FWHM 4 px: isophotal a = b near sigma (pixel blur adds 1/12 px^2)
+    sigma = math.sqrt((4.0 / SIG2FWHM) ** 2 + 1 / 12)
+    assert ((src.a > 0.9 * sigma) & (src.a < 1.3 * sigma)).all()
+    assert (src.elong < 1.15).all() and not src.merged.any()
+    pos = np.column_stack([xs[::-1], ys[::-1]])
+    forced = P._find_sources(fr, Config(), pos, GAIN)
+    assert forced.forced and forced.seg is None
+    np.testing.assert_array_equal(forced.x0, xs[::-1])                # the given order, not recentred
+    np.testing.assert_allclose(forced.a, sigma, rtol=0.1)           # windowed moments: sigma itself
+    np.testing.assert_allclose(forced.b, sigma, rtol=0.1)
+    assert len(P._find_sources(fr, Config(), np.zeros((0, 2)), GAIN).x0) == 0
+    with pytest.raises(InputError):
+        P._find_sources(fr, Config(), [[1.0, np.nan]], GAIN)
+    assert len(P._find_sources(_frame(np.full((60, 60), 5.0)), Config(), None, GAIN).x0) == 0
+
+
+def _one_star(flux=8e4, x=60.3, y=55.8, fwhm=4.0, size=120, seed=42):
+    rng = np.random.default_rng(seed)
+    fr = _frame(noisy(model((size, size), [x], [y], [flux], fwhm), rng))
+    return fr, P._find_sources(fr, Config(), None, GAIN)
+
+
+def test_auto_fwhm_and_centroid_of_a_known_star():
+    fr, src = _one_star()
+    assert len(src.x0) == 1
+    f_auto, sep_flags, area = P._auto_photometry(fr, src)
+    assert sep_flags[0] == 0 and area[0] >= math.pi * 3.5 ** 2 * src.a[0] * src.b[0]
+    err = math.sqrt(8e4 / GAIN + area[0] * fr.rms ** 2)
+    assert abs(f_auto[0] - 8e4) < 4 * err
+    fw = P._star_fwhm(fr, src, f_auto)
+    assert 4.0 < fw[0] < 4.3                       # +3 % expected at 4 px (module doc)
+    assert np.isnan(P._star_fwhm(fr, src, np.array([-5.0]))[0])
+    x, y = P._centroids(fr, src, fw)
+    assert abs(x[0] - 60.3) < 0.02 and abs(y[0] - 55.8) < 0.02
+    forced = P._find_sources(fr, Config(), [[60.0, 56.0]], GAIN)
+    assert P._centroids(fr, forced, fw) == (forced.x0, forced.y0)
+
+
+def test_aperture_photometry_of_a_known_star_within_its_error():
+    fr, src = _one_star(flux=3e4)
+    x, y = np.array([60.3]), np.array([55.8])
+    radii = np.array([3.0, 12.0, np.nan])
+    back, resid, var, est_var = P._sky(fr, src.seg, x, y, 16.0, 40.0, GAIN, RDN)
+    assert back[0] + resid[0] == pytest.approx(SKY, abs=1.0)
+    rms = math.sqrt(SKY / GAIN + (RDN / GAIN) ** 2)
+    assert math.sqrt(var[0]) == pytest.approx(rms, rel=0.05) and 0 < est_var[0] < var[0] / 1000
+    flux, ferr, sep_flags = P._aperture_photometry(fr, x, y, radii, resid, var, est_var, GAIN)
+    for k, r in enumerate(radii[:2]):
+        want = 3e4 * enclosed(r, 4.0)
+        assert abs(flux[0, k] - want) < 3.5 * ferr[0, k]
+        assert ferr[0, k] == pytest.approx(math.sqrt(want / GAIN + math.pi * r * r * rms ** 2), rel=0.1)
+    assert np.isnan(flux[0, 2]) and np.isnan(ferr[0, 2]) and sep_flags[0] == 0
+
+
+def test_sky_without_annulus_falls_back_to_the_ccd_equation():
+    xy = np.array([20.0])
+    fr = _frame(np.full((40, 40), SKY, dtype=np.float32) + np.float32(0.5) * (np.arange(40) % 2))
+    back, resid, var, est_var = P._sky(fr, None, xy, xy, 100.0, 120.0, GAIN, RDN)
+    assert resid[0] == 0 and est_var[0] == 0                           # no pixel in the annulus
+    assert back[0] == pytest.approx(SKY, abs=0.5)
+    assert var[0] == pytest.approx(back[0] / GAIN + (RDN / GAIN) ** 2)
+    # a sky noisier than the CCD equation says: the background map's rms is the floor
+    rng = np.random.default_rng(44)
+    fr = _frame(rng.normal(SKY, 30.0, (64, 64)).astype(np.float32))
+    back, resid, var, est_var = P._sky(fr, None, xy, xy, 100.0, 120.0, GAIN, RDN)
+    assert math.sqrt(var[0]) == pytest.approx(30.0, rel=0.1)
+
+
+def test_peaks_of_raw_pixels_near_the_position():
+    img = np.zeros((30, 30), dtype=np.float32)
+    img[10, 12] = 500.0
+    img[20, 20] = np.nan
+    fr = P._background(img + 100, Config())
+    pk = P._peaks(fr, np.array([10.4, 14.0, 15.0, 20.0, 28.9]), np.array([9.6, 10.0, 10.0, 20.0, 28.9]))
+    assert pk[0] == 600.0 and pk[1] == 600.0 and pk[2] == 100.0      # the 5x5 box: 2 px, not 3
+    assert pk[3] == 100.0 and pk[4] == 100.0                          # the NaN is skipped; corners clip
+    assert np.isnan(P._peaks(fr, np.array([-10.0]), np.array([5.0]))[0])
+
+
+def test_flags_bits():
+    x = np.array([50.0, 1.0, 50.0, 50.0, 50.0, 50.0, 97.0])
+    y = np.array([50.0, 50.0, 50.0, 50.0, 50.0, 50.0, 50.0])
+    n = len(x)
+    no = np.zeros(n, dtype=bool)
+    sat, bl, sh = no.copy(), no.copy(), no.copy()
+    sat[2], bl[3], sh[5] = True, True, True
+    flux = np.ones((n, 2))
+    flux[4, 1] = -1.0
+    f_auto = np.ones(n)
+    sep_flags = np.zeros(n, dtype=np.int64)
+    sep_flags[6] = sep.APER_HASMASKED
+    fl = P._flags((100, 100), x, y, 3.0, sat, bl, flux, f_auto, sep_flags, sh)
+    assert list(fl) == [0, P.FLAG_BORDER, P.FLAG_SATURATED, P.FLAG_BLENDED, P.FLAG_BADFLUX, P.FLAG_COSMIC,
+                        P.FLAG_BORDER | P.FLAG_COSMIC]
+    f_auto[0] = np.nan
+    flux[1, 0] = np.nan
+    fl = P._flags((100, 100), x, y, 1.0, no, no, flux, f_auto, np.zeros(n, dtype=np.int64), no)
+    assert list(fl) == [P.FLAG_BADFLUX, P.FLAG_BADFLUX, 0, 0, P.FLAG_BADFLUX, 0, 0]
+    assert fl.dtype == np.int32
+
+
+def test_good_stars_drop_sharp_crowded_and_elongated_candidates():
+    n = 8
+    cand = np.ones(n, dtype=bool)
+    cand[7] = False
+    sharp = np.zeros(n, dtype=bool)
+    sharp[0] = True
+    nn = np.full(n, 100.0)
+    nn[1] = 10.0                                   # < 4 x 3 px
+    elong = np.ones(n)
+    elong[2] = 2.5
+    fw = np.full(n, 3.0)
+    sat = np.zeros(n, dtype=bool)
+    good = P._good_stars(cand, sharp, nn, elong, fw, sat, 3.0)
+    assert list(np.flatnonzero(good)) == [3, 4, 5, 6]
+    # fewer than 3 isolated round ones: all candidates that are not sharp
+    nn[3:] = 1.0
+    assert list(np.flatnonzero(P._good_stars(cand, sharp, nn, elong, fw, sat, 3.0))) == [1, 2, 3, 4, 5, 6]
+    # no candidate FWHM: every unsaturated source with a FWHM
+    fw[4], sat[5] = np.nan, True
+    assert list(np.flatnonzero(P._good_stars(cand, sharp, nn, elong, fw, sat, np.nan))) == [0, 1, 2, 3, 6, 7]
+
+
+def test_fwhm_candidates():
+    src = P._Sources(*(np.zeros(5),) * 2, np.full(5, 2.0), np.full(5, 2.0), np.zeros(5),
+                     np.array([False, True, False, False, False]), None, False)
+    x = np.array([50.0, 50.0, 50.0, 5.0, 50.0])
+    ok = P._fwhm_candidates((100, 100), x, np.full(5, 50.0), src, np.array([3.0, 3.0, np.nan, 3.0, 3.0]),
+                            np.array([30.0, 30.0, 30.0, 30.0, 10.0]), np.zeros(5, dtype=bool))
+    assert list(ok) == [True, False, False, False, False]     # merged, no FWHM, 6 px inside < 3 a, S/N
+
+
+def test_apertures_relative_radii_and_warnings(caplog):
+    radii, rin, rout, rmax = P._apertures(Config(), [3.0, -2.0], 4.0)
+    assert list(radii) == [3.0, 8.0] and rmax == 8.0 and (rin, rout) == (12.0, 36.0)
+    with caplog.at_level("WARNING", logger="qlcp.photometry"):
+        radii, rin, rout, rmax = P._apertures(Config(), [5.0, -2.0], np.nan)
+    assert np.isnan(radii[1]) and rmax == 5.0 and rin == 9.0 and "FWHM unknown" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="qlcp.photometry"):
+        P._apertures(Config(aper=[6.0], sky_annulus=[4.0, 10.0]), [6.0], 3.0)
+    assert "starts inside the largest aperture" in caplog.text
+
+
+def test_sharp_pixels_found_once_as_the_radius_grows():
+    rng = np.random.default_rng(43)
+    xs, ys, fl = grid_stars(3, 120, 25, rng, 1e4, 1e5)
+    sub = noisy(model((120, 120), xs, ys, fl, 3.5), rng) - np.float32(SKY)
+    hits = rng.integers(1, 119, (300, 2))
+    sub[hits[:, 1], hits[:, 0]] += np.float32(2000.0)
+    rms = math.sqrt(SKY / GAIN + (RDN / GAIN) ** 2)
+    sp = P._SharpPixels(sub, 3.5, rms, xs, ys)
+    for r in (1.5, 6.0, 6.0, 2.0, 9.5):
+        got = sp.near(r)
+        gx, gy = P._sharp_pixels(sub, 3.5, rms, xs, ys, r)
+        want = np.array([np.hypot(gx - xi, gy - yi).min() <= r if gx.size else False for xi, yi in zip(xs, ys)])
+        np.testing.assert_array_equal(got, want)
+    assert sp.r == 9.5
+    once = P._sharp_index(sub, 3.5, rms, xs, ys, 9.5)
+    np.testing.assert_array_equal(sp.index, once)     # 1.5, then the ring to 6, then to 9.5: the same pixels
+    assert once.size > 10
+    assert not P._SharpPixels(sub, np.nan, rms, xs, ys).near(5.0).any()
