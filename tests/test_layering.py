@@ -28,13 +28,13 @@ def _imports(path: Path) -> set[str]:
 
 
 def test_core_sources_never_import_prefect_or_upper_layers():
-    for f in sorted((REPO / "qlcp.core").rglob("*.py")):
+    for f in sorted((REPO / "qlcp_core").rglob("*.py")):
         bad = _imports(f) & {"prefect", "prefect_dask", "qlcp.tasks", "qlcp.flows", "qlcp.deployments", "watchdog"}
         assert not bad, f"{f.relative_to(REPO)} imports {bad}"
 
 
 def test_importing_every_core_module_loads_no_prefect():
-    mods = [f"qlcp.core.{p.stem}" for p in sorted((REPO / "qlcp.core").glob("*.py")) if p.stem != "__init__"]
+    mods = [f"qlcp.core.{p.stem}" for p in sorted((REPO / "qlcp_core").glob("*.py")) if p.stem != "__init__"]
     code = ("import importlib, sys\n"
             f"for m in {mods!r}: importlib.import_module(m)\n"
             "bad = [m for m in sys.modules if m.split('.')[0] in ('prefect', 'prefect_dask')]\n"
@@ -45,7 +45,7 @@ def test_importing_every_core_module_loads_no_prefect():
 
 def test_dependencies_point_one_way():
     order = {"qlcp.core": 0, "qlcp.tasks": 1, "qlcp.flows": 2, "qlcp.deployments": 3}
-    folder = {"qlcp.core": "qlcp.core", "qlcp.tasks": "tasks", "qlcp.flows": "flows", "qlcp.deployments": "deployments"}
+    folder = {"qlcp.core": "qlcp_core", "qlcp.tasks": "tasks", "qlcp.flows": "flows", "qlcp.deployments": "deployments"}
     for pkg, level in order.items():
         for f in sorted((REPO / folder[pkg]).rglob("*.py")):
             higher = {m for m in _imports(f) if order.get(m, -1) > level}
