@@ -84,23 +84,28 @@ Embedding (tests, an integration test with a real server)::
     sensor.start()
     sensor.poll_once(now)        # -> names of the nights triggered by this poll
     sensor.stop()
+
+Code
+    :mod:`qlcp.deployments.dawn` (Sun altitude, when a night is over),
+    :mod:`qlcp.deployments.scanner` (nights and their files under RAW_ROOT,
+    stability, the readiness rules), :mod:`qlcp.deployments.night_state` (the
+    SQLite store); this module holds the :class:`Sensor` (watchdog loop,
+    start-up catch-up, ``--max-age``, triggering and retries) and the
+    arguments of ``qlcp watch``.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import queue
 import re
 import signal
-import sqlite3
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Self
@@ -110,248 +115,25 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
 from qlcp.core.config import load_config
 from qlcp.core.errors import ConfigError, InputError
-from qlcp.core.io import FITS_SUFFIXES
+from qlcp.deployments.dawn import DEFAULT_SUN_ALTITUDE, Dawn, TimeLike, to_unix
+from qlcp.deployments.night_state import DEFAULT_STATE_NAME, STATUSES, StateDB, from_iso, read_state, to_iso
+from qlcp.deployments.scanner import (READY_REASONS, NightFiles, has_marker, list_fits, newest_file_time,
+                                      night_names, night_of, ready_reason)
+
+__all__ = ["DEFAULT_DEPLOYMENT", "DEFAULT_STATE_NAME", "DEFAULT_SUN_ALTITUDE", "READY_REASONS", "STATUSES",
+           "Dawn", "Sensor", "StateDB", "TimeLike", "add_watch_arguments", "main_watch", "prefect_trigger",
+           "read_state", "run_watch", "sensor_from_args", "to_unix"]
 
 log = logging.getLogger("qlcp.sensor")
 
 DEFAULT_DEPLOYMENT = "process-night/process-night"
-DEFAULT_STATE_NAME = ".qlcp-sensor.sqlite"
-DEFAULT_SUN_ALTITUDE = -12.0
-STATUSES = ("pending", "triggered", "gone")
-READY_REASONS = ("catch-up", "dawn", "marker", "quiet")
-
-TimeLike = Any      # astropy Time, datetime (naive = UTC) or float Unix seconds
-
-
-# ------------------------------------------------------------------ times
-def to_unix(t: TimeLike) -> float:
-    """Unix seconds (UTC) of an astropy ``Time``, a ``datetime`` (naive means UTC) or a number."""
-    if isinstance(t, datetime):
-        if t.tzinfo is None:
-            t = t.replace(tzinfo=UTC)
-        return t.timestamp()
-    if isinstance(t, (int, float, np.floating, np.integer)):
-        return float(t)
-    unix = getattr(t, "unix", None)         # astropy Time (any scale): seconds since 1970 UTC
-    if unix is None:
-        raise TypeError(f"clock value {t!r}: expected an astropy Time, a datetime or Unix seconds")
-    return float(unix)
-
-
-def _iso(t: float | None) -> str | None:
-    if t is None:
-        return None
-    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _unix(s: str | None) -> float | None:
-    if not s:
-        return None
-    return datetime.fromisoformat(s).timestamp()
 
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-# -------------------------------------------------------------------- Sun
-class Dawn:
-    """Sun altitude and dawn times at one site.
-
-    Parameters
-    ----------
-    lon, lat, ele : float
-        Site longitude (deg east), geodetic latitude (deg), height (m).
-    altitude : float
-        Sun altitude (deg) whose upward crossing is "dawn".
-    horizon_days : float
-        How far ahead a crossing is searched; none within it (polar day or
-        night) means no dawn.
-    """
-
-    def __init__(self, lon: float, lat: float, ele: float, altitude: float = DEFAULT_SUN_ALTITUDE,
-                 horizon_days: float = 2.0):
-        from astropy import units as u
-        from astropy.coordinates import EarthLocation
-
-        self.location = EarthLocation.from_geodetic(lon=lon * u.deg, lat=lat * u.deg, height=ele * u.m)
-        self.altitude = float(altitude)
-        self.horizon = float(horizon_days) * 86400.0
-        self._cache: dict[int, float | None] = {}
-
-    def sun_altitude(self, t_unix) -> np.ndarray:
-        """Apparent Sun altitude (deg, no refraction) at Unix times ``t_unix``."""
-        from astropy.coordinates import AltAz, get_sun
-        from astropy.time import Time
-        from astropy.utils.exceptions import AstropyWarning
-        from erfa import ErfaWarning
-
-        t = Time(np.atleast_1d(np.asarray(t_unix, dtype=float)), format="unix", scale="utc")
-        with warnings.catch_warnings():
-            # times beyond the bundled IERS table: polar motion held at its edge (~arcsec), harmless here
-            warnings.simplefilter("ignore", AstropyWarning)
-            warnings.simplefilter("ignore", ErfaWarning)
-            alt = get_sun(t).transform_to(AltAz(obstime=t, location=self.location)).alt.deg
-        return np.atleast_1d(np.asarray(alt, dtype=float))
-
-    def is_dark(self, t_unix) -> np.ndarray:
-        """Whether the Sun is below the altitude at each time (many times: 5-min grid, interpolated)."""
-        t = np.atleast_1d(np.asarray(t_unix, dtype=float))
-        if t.size == 0:
-            return np.zeros(0, bool)
-        uniq, inv = np.unique(np.round(t), return_inverse=True)
-        span = uniq[-1] - uniq[0]
-        if uniq.size <= 64 or span / 300.0 > 4 * uniq.size:
-            alt = self.sun_altitude(uniq)
-        else:
-            grid = uniq[0] + np.arange(int(np.ceil(span / 300.0)) + 1) * 300.0
-            alt = np.interp(uniq, grid, self.sun_altitude(grid))
-        return (alt < self.altitude)[inv.reshape(-1)]
-
-    def next_dawn(self, t0: float) -> float | None:
-        """First time after ``t0`` (Unix s, rounded up to 1 s) at which the Sun rises through the altitude."""
-        key = int(np.floor(t0))
-        if key in self._cache:
-            return self._cache[key]
-        step = 600.0
-        grid = key + np.arange(0.0, self.horizon + step, step)
-        below = self.sun_altitude(grid) < self.altitude
-        up = np.nonzero(below[:-1] & ~below[1:])[0]
-        result = None
-        if up.size:
-            i = int(up[0])
-            fine = grid[i] + np.arange(0.0, step + 1.0, 10.0)
-            a = self.sun_altitude(fine)
-            above = np.nonzero(a >= self.altitude)[0]
-            if not above.size:
-                result = float(grid[i + 1])
-            else:
-                j = int(above[0])
-                if j == 0:
-                    result = float(fine[0])
-                else:
-                    frac = (self.altitude - a[j - 1]) / (a[j] - a[j - 1])
-                    result = float(np.ceil(fine[j - 1] + frac * (fine[j] - fine[j - 1])))
-        if len(self._cache) > 4096:
-            self._cache.clear()
-        self._cache[key] = result
-        return result
-
-
-# ------------------------------------------------------------------ state
-_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS nights (
-        name TEXT PRIMARY KEY,            -- night directory name under RAW_ROOT
-        raw_dir TEXT NOT NULL,
-        red_dir TEXT NOT NULL,
-        status TEXT NOT NULL CHECK (status IN ('pending', 'triggered', 'gone')),
-        first_seen TEXT NOT NULL,         -- ISO UTC, sensor clock
-        last_file TEXT,                   -- newest change to the night's FITS files
-        first_dark TEXT,                  -- earliest file arrival with the Sun below the altitude
-        n_files INTEGER NOT NULL DEFAULT 0,
-        reason TEXT,                      -- catch-up / dawn / marker / quiet
-        ready_at TEXT,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        next_attempt TEXT,
-        last_error TEXT,
-        flow_run_id TEXT,
-        triggered_at TEXT,
-        idempotency_key TEXT NOT NULL
-    )""",
-    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-)
-_UPDATABLE = {"raw_dir", "red_dir", "status", "last_file", "first_dark", "n_files", "reason", "ready_at",
-              "attempts", "next_attempt", "last_error", "flow_run_id", "triggered_at"}
-
-
-class StateDB:
-    """The sensor's per-night state: one SQLite file, every change in a transaction.
-
-    One connection, usable from any thread (a sensor may be started in one
-    thread and run in another); a lock serialises its use.
-    """
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self._lock = threading.RLock()
-        self.conn = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False)
-        self.conn.row_factory = sqlite3.Row
-        with self.tx() as c:
-            for stmt in _SCHEMA:
-                c.execute(stmt)
-            c.execute("INSERT OR IGNORE INTO meta VALUES ('schema', '1')")
-
-    @contextlib.contextmanager
-    def tx(self):
-        """An atomic transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled back on error)."""
-        with self._lock:
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self.conn
-            except BaseException:
-                self.conn.execute("ROLLBACK")
-                raise
-            self.conn.execute("COMMIT")
-
-    def _query(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self.conn.execute(sql, args).fetchall()
-
-    def close(self) -> None:
-        with self._lock:
-            self.conn.close()
-
-    def meta(self, key: str) -> str | None:
-        r = self._query("SELECT value FROM meta WHERE key = ?", (key,))
-        return r[0][0] if r else None
-
-    def set_meta(self, key: str, value: str) -> None:
-        with self.tx() as c:
-            c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
-
-    def get(self, name: str) -> dict | None:
-        r = self._query("SELECT * FROM nights WHERE name = ?", (name,))
-        return dict(r[0]) if r else None
-
-    def rows(self, status: str | None = None) -> list[dict]:
-        if status is None:
-            return [dict(r) for r in self._query("SELECT * FROM nights ORDER BY name")]
-        return [dict(r) for r in self._query("SELECT * FROM nights WHERE status = ? ORDER BY name", (status,))]
-
-    def insert(self, name: str, raw_dir: str, red_dir: str, first_seen: float, key: str) -> None:
-        with self.tx() as c:
-            c.execute("INSERT INTO nights (name, raw_dir, red_dir, status, first_seen, idempotency_key) "
-                      "VALUES (?, ?, ?, 'pending', ?, ?)", (name, raw_dir, red_dir, _iso(first_seen), key))
-
-    def update(self, name: str, **cols) -> None:
-        bad = set(cols) - _UPDATABLE
-        if bad:
-            raise ValueError(f"not updatable: {sorted(bad)}")
-        sets = ", ".join(f"{k} = ?" for k in cols)
-        with self.tx() as c:
-            c.execute(f"UPDATE nights SET {sets} WHERE name = ?", (*cols.values(), name))
-
-    def begin_attempt(self, name: str, reason: str, now: float) -> int:
-        """Count one trigger attempt (committed before the call); returns the attempt number."""
-        with self.tx() as c:
-            c.execute("UPDATE nights SET attempts = attempts + 1, reason = COALESCE(reason, ?), "
-                      "ready_at = COALESCE(ready_at, ?) WHERE name = ? AND status = 'pending'",
-                      (reason, _iso(now), name))
-            r = c.execute("SELECT attempts, status FROM nights WHERE name = ?", (name,)).fetchone()
-        if r is None or r["status"] != "pending":
-            raise RuntimeError(f"night {name} is not pending in {self.path}")
-        return int(r["attempts"])
-
-
-def read_state(path: str | Path) -> list[dict]:
-    """Every night recorded in a sensor state database (for reports and tests)."""
-    db = StateDB(path)
-    try:
-        return db.rows()
-    finally:
-        db.close()
-
-
+# ---------------------------------------------------------------- trigger
 # ---------------------------------------------------------------- trigger
 def prefect_trigger(name: str, *, parameters: dict, timeout: float = 0, tags: Iterable[str] | None = None,
                     idempotency_key: str | None = None) -> Any:
@@ -373,64 +155,19 @@ def _one_line(e: BaseException) -> str:
     return msg[:300]
 
 
-# ------------------------------------------------------------ night state
-@dataclass
-class _File:
-    sig: tuple[int, int]    # size, mtime_ns
-    since: float            # clock time this signature was first seen
-    checks: int             # polls that saw this signature
-    arrival: float          # when the night received the file
 
+@dataclass(kw_only=True)
+class _Night(NightFiles):
+    """A pending night: its files (:class:`~qlcp.deployments.scanner.NightFiles`) and the sensor's bookkeeping."""
 
-@dataclass
-class _Night:
     name: str
-    path: Path
-    key: str
-    at_startup: bool                        # present when the sensor started (mtime = arrival)
-    files: dict[str, _File] = field(default_factory=dict)
-    last_change: float | None = None
-    first_dark: float | None = None
-    marker: bool = False
+    key: str                                # idempotency key of its trigger
+    first_dark: float | None = None         # earliest file arrival in the dark
     scanned_poll: int = -1                  # poll number of the last scan (-1: never)
     attempts: int = 0
     next_attempt: float | None = None
     reason: str | None = None               # ready reason logged in this session
     saved: tuple = ()                       # (n_files, last_file, first_dark) last written
-
-
-def _is_fits(name: str) -> bool:
-    low = name.lower()
-    return any(low.endswith(s) for s in FITS_SUFFIXES)
-
-
-def _list_fits(top: Path) -> dict[str, tuple[int, int]]:
-    """FITS files under ``top`` (recursive, hidden entries skipped): relative path -> (size, mtime_ns)."""
-    out: dict[str, tuple[int, int]] = {}
-    stack = [(str(top), "")]
-    first = True
-    while stack:
-        d, prefix = stack.pop()
-        try:
-            it = os.scandir(d)
-        except (FileNotFoundError, NotADirectoryError):
-            if first:
-                raise FileNotFoundError(top) from None
-            continue                        # a sub-directory vanished meanwhile
-        first = False
-        with it:
-            for e in it:
-                if e.name.startswith("."):
-                    continue
-                try:
-                    if e.is_dir(follow_symlinks=False):
-                        stack.append((e.path, f"{prefix}{e.name}/"))
-                    elif _is_fits(e.name) and e.is_file():
-                        st = e.stat()
-                        out[prefix + e.name] = (st.st_size, st.st_mtime_ns)
-                except FileNotFoundError:
-                    continue
-    return out
 
 
 class _Handler(FileSystemEventHandler):
@@ -450,6 +187,33 @@ class _Handler(FileSystemEventHandler):
 
 
 # ------------------------------------------------------------------ sensor
+def _config_files(config_path) -> list[str]:
+    """Absolute paths of ``config_path``: None, one path or a list of paths."""
+    if config_path is None:
+        files = []
+    elif isinstance(config_path, (str, Path)):
+        files = [config_path]
+    else:
+        files = list(config_path)
+    return [str(Path(f).absolute()) for f in files]
+
+
+def _check_options(marker: str | None, pattern: str | None, sun_altitude: float,
+                   max_age: float | None) -> re.Pattern | None:
+    """Raise ConfigError (one line) on a bad option; returns the compiled ``pattern`` (None: any name)."""
+    if marker is not None and (not marker or "/" in marker or marker.startswith(".")):
+        raise ConfigError(f"--marker {marker!r}: a plain, non-hidden file name is needed")
+    try:
+        compiled = re.compile(pattern) if pattern else None
+    except re.error as e:
+        raise ConfigError(f"--pattern {pattern!r}: bad regular expression: {e}") from None
+    if not -90 <= sun_altitude <= 90:
+        raise ConfigError(f"--sun-altitude {sun_altitude}: must lie in -90..90 deg")
+    if max_age is not None and not max_age > 0:
+        raise ConfigError(f"--max-age {max_age}: must be > 0 days")
+    return compiled
+
+
 class Sensor:
     """Watch RAW_ROOT, decide when each night is ready, trigger its deployment once.
 
@@ -503,31 +267,16 @@ class Sensor:
         self.red_root = Path(red_root).absolute()
         if not self.raw_root.is_dir():
             raise InputError(f"{raw_root}: RAW_ROOT is not a directory")
-        if config_path is None:
-            files = []
-        elif isinstance(config_path, (str, Path)):
-            files = [config_path]
-        else:
-            files = list(config_path)
-        self.config_files = [str(Path(f).absolute()) for f in files]
+        self.config_files = _config_files(config_path)
         cfg = load_config(self.config_files)
         self.state_path = Path(state_path).absolute() if state_path else self.red_root / DEFAULT_STATE_NAME
         real_raw = self.raw_root.resolve()
         for what, p in (("RED_ROOT", self.red_root), ("the state database", self.state_path)):
             if p.resolve() == real_raw or p.resolve().is_relative_to(real_raw):
                 raise InputError(f"{p}: {what} must not be inside RAW_ROOT {self.raw_root} (never written)")
-        if marker is not None and (not marker or "/" in marker or marker.startswith(".")):
-            raise ConfigError(f"--marker {marker!r}: a plain, non-hidden file name is needed")
+        self.pattern = _check_options(marker, pattern, sun_altitude, max_age)
         if quiet is not None and quiet <= 0:
             quiet = None
-        try:
-            self.pattern = re.compile(pattern) if pattern else None
-        except re.error as e:
-            raise ConfigError(f"--pattern {pattern!r}: bad regular expression: {e}") from None
-        if not -90 <= sun_altitude <= 90:
-            raise ConfigError(f"--sun-altitude {sun_altitude}: must lie in -90..90 deg")
-        if max_age is not None and not max_age > 0:
-            raise ConfigError(f"--max-age {max_age}: must be > 0 days")
         self.max_age = None if max_age is None else float(max_age) * 86400.0
         self.marker = marker
         self.quiet = quiet
@@ -693,10 +442,11 @@ class Sensor:
             self._last_full = now
         self._discover(now)
         for night in list(self._nights.values()):
-            if full or night.name in dirty or night.scanned_poll < 0 or not self._all_stable(night, now):
+            due = full or night.name in dirty or night.scanned_poll < 0
+            if due or not night.all_stable(now, self.settle):
                 self._scan(night, now)
         triggered = [n.name for n in list(self._nights.values()) if self._consider(n, now)]
-        self._awaiting = any(not self._all_stable(n, now) for n in self._nights.values())
+        self._awaiting = any(not n.all_stable(now, self.settle) for n in self._nights.values())
         return triggered
 
     # ------------------------------------------------------------ helpers
@@ -758,16 +508,13 @@ class Sensor:
                 p = self._events.get_nowait()
             except queue.Empty:
                 return names
-            rel = os.path.relpath(p, root)
-            if rel == os.curdir or rel.startswith(os.pardir):
-                continue                        # RAW_ROOT itself: listed every poll anyway
-            names.add(rel.split(os.sep, 1)[0])
+            name = night_of(p, root)
+            if name is not None:                # None: RAW_ROOT itself, listed every poll anyway
+                names.add(name)
 
     def _night_names(self) -> set[str] | None:
         try:
-            with os.scandir(self.raw_root) as it:
-                names = {e.name for e in it if not e.name.startswith(".") and e.is_dir()
-                         and (self.pattern is None or self.pattern.search(e.name))}
+            names = night_names(self.raw_root, self.pattern)
         except OSError as e:
             msg = _one_line(e)
             if msg != self._root_error:
@@ -792,23 +539,7 @@ class Sensor:
                     if not known_old:           # say so once
                         skipped.append(name)
                     continue
-            if row is None:
-                key = f"qlcp-sensor:{self.deployment}:{path}:{_iso(now)}"
-                self._db.insert(name, str(path), str(self.red_root / name), now, key)
-                row = self._db.get(name)
-                log.info("new night %s: %s", name, path)
-            elif row["status"] == "triggered":
-                self._done.add(name)
-                continue
-            elif row["status"] == "gone":
-                self._db.update(name, status="pending", raw_dir=str(path))
-                log.info("night %s is back: %s", name, path)
-            night = _Night(name=name, path=path, key=row["idempotency_key"], at_startup=self._in_startup,
-                           last_change=_unix(row["last_file"]), first_dark=_unix(row["first_dark"]),
-                           attempts=int(row["attempts"]), next_attempt=_unix(row["next_attempt"]))
-            night.saved = (row["n_files"], row["last_file"], row["first_dark"])
-            self._nights[name] = night
-            self._watch_night(night)
+            self._register(name, path, row, now)
         if skipped:
             log.info("%d night(s) with no file newer than --max-age %g d: not reduced (%s%s); the reprocess "
                      "deployment reduces old nights", len(skipped), self.max_age / 86400.0, ", ".join(skipped[:5]),
@@ -819,6 +550,26 @@ class Sensor:
             for row in self._db.rows("pending"):
                 if row["name"] not in names:
                     self._gone(row["name"])
+
+    def _register(self, name: str, path: Path, row: dict | None, now: float) -> None:
+        """Follow the night ``name`` as pending (new, or back after 'gone'), unless already triggered."""
+        if row is None:
+            key = f"qlcp-sensor:{self.deployment}:{path}:{to_iso(now)}"
+            self._db.insert(name, str(path), str(self.red_root / name), now, key)
+            row = self._db.get(name)
+            log.info("new night %s: %s", name, path)
+        elif row["status"] == "triggered":
+            self._done.add(name)
+            return
+        elif row["status"] == "gone":
+            self._db.update(name, status="pending", raw_dir=str(path))
+            log.info("night %s is back: %s", name, path)
+        night = _Night(name=name, path=path, key=row["idempotency_key"], at_startup=self._in_startup,
+                       last_change=from_iso(row["last_file"]), first_dark=from_iso(row["first_dark"]),
+                       attempts=int(row["attempts"]), next_attempt=from_iso(row["next_attempt"]))
+        night.saved = (row["n_files"], row["last_file"], row["first_dark"])
+        self._nights[name] = night
+        self._watch_night(night)
 
     def _too_old(self, path: Path, now: float) -> bool:
         """A night never registered whose newest file (or, empty, the directory) is older than
@@ -832,13 +583,8 @@ class Sensor:
             return False
         if self._old.get(path.name) == dm:
             return True
-        newest = None
         try:
-            with os.scandir(path) as it:
-                for e in it:
-                    if e.is_file(follow_symlinks=False):
-                        t = e.stat(follow_symlinks=False).st_mtime
-                        newest = t if newest is None else max(newest, t)
+            newest = newest_file_time(path)
         except OSError:
             return False
         if newest is None:
@@ -856,59 +602,26 @@ class Sensor:
         log.info("night %s vanished from %s (renamed or removed): not triggered", name, self.raw_root)
 
     def _scan(self, night: _Night, now: float) -> None:
-        """Look at the night's files: new, changed, removed, marker."""
+        """Look at the night's files: new, changed, removed, marker; record what changed."""
         if night.scanned_poll == self._poll:
             return                              # at most one check per poll
-        first = night.scanned_poll < 0
-        use_mtime = first and night.at_startup
+        use_mtime = night.scanned_poll < 0 and night.at_startup
         try:
-            found = _list_fits(night.path)
+            found = list_fits(night.path)
         except FileNotFoundError:
             self._gone(night.name)
             return
         except OSError as e:
             log.warning("night %s: cannot scan (%s)", night.name, _one_line(e))
             return
-        changed = False
-        new_arrivals = []
-        for rel, sig in found.items():
-            f = night.files.get(rel)
-            if f is None:
-                arrival = min(sig[1] / 1e9, now) if use_mtime else now
-                night.files[rel] = _File(sig=sig, since=now, checks=1, arrival=arrival)
-                new_arrivals.append(arrival)
-                changed = True
-            elif f.sig != sig:
-                f.sig, f.since, f.checks = sig, now, 1
-                changed = True
-            else:
-                f.checks += 1
-        for rel in set(night.files) - found.keys():
-            del night.files[rel]
-            changed = True
-        night.marker = bool(self.marker) and (night.path / self.marker).is_file()
+        new_arrivals = night.update(found, now, use_mtime=use_mtime)
+        night.marker = has_marker(night.path, self.marker)
         night.scanned_poll = self._poll
-        if changed:
-            if use_mtime:   # found at start-up: the newest arrival, or the last change recorded before
-                newest = max((f.arrival for f in night.files.values()), default=now)
-                night.last_change = max(night.last_change or -np.inf, newest)
-            else:
-                night.last_change = now
-        early = [a for a in new_arrivals if night.first_dark is None or a < night.first_dark]
-        if early:
-            dark = np.asarray(early)[self.dawn.is_dark(early)]
-            if dark.size:
-                night.first_dark = float(dark.min())
-        saved = (len(night.files), _iso(night.last_change), _iso(night.first_dark))
+        night.first_dark = self.dawn.first_dark(new_arrivals, night.first_dark)
+        saved = (len(night.files), to_iso(night.last_change), to_iso(night.first_dark))
         if saved != night.saved:
             self._db.update(night.name, n_files=saved[0], last_file=saved[1], first_dark=saved[2])
             night.saved = saved
-
-    def _stable(self, f: _File, now: float) -> bool:
-        return f.checks >= 2 and now - f.since >= self.settle
-
-    def _all_stable(self, night: _Night, now: float) -> bool:
-        return all(self._stable(f, now) for f in night.files.values())
 
     def dawn_due(self, name: str) -> float | None:
         """Unix time at which the night ``name`` becomes ready by dawn (None: unknown or never)."""
@@ -916,25 +629,11 @@ class Sensor:
         return None if night is None else self._dawn_due(night)
 
     def _dawn_due(self, night: _Night) -> float | None:
-        if night.first_dark is not None:
-            ref = night.first_dark
-        elif night.files:
-            ref = max(f.arrival for f in night.files.values())
-        else:
-            return None
-        return self.dawn.next_dawn(ref)
+        return self.dawn.night_over(night.first_dark, night.newest_arrival())
 
     def _ready_reason(self, night: _Night, now: float) -> str | None:
-        if not night.files or not self._all_stable(night, now):
-            return None
-        due = self._dawn_due(night)
-        if due is not None and now >= due:
-            return "catch-up" if due <= self._started_at else "dawn"
-        if night.marker:
-            return "marker"
-        if self.quiet and night.last_change is not None and now - night.last_change >= self.quiet:
-            return "quiet"
-        return None
+        return ready_reason(night, now, settle=self.settle, quiet=self.quiet,
+                            dawn_due=lambda: self._dawn_due(night), started_at=self._started_at)
 
     def _consider(self, night: _Night, now: float) -> bool:
         """Trigger the night if it is ready (and not backing off); True when triggered."""
@@ -954,7 +653,7 @@ class Sensor:
             night.reason = reason
             newest = max(f.arrival for f in night.files.values())
             log.info("night %s ready (%s): %d FITS files, newest arrived %s", night.name, reason,
-                     len(night.files), _iso(newest))
+                     len(night.files), to_iso(newest))
         return self._trigger(night, reason, now)
 
     def _trigger(self, night: _Night, reason: str, now: float) -> bool:
@@ -969,13 +668,13 @@ class Sensor:
             delay = min(self.backoff[1], self.backoff[0] * 2.0 ** (attempt - 1))
             night.next_attempt = now + delay
             err = _one_line(e)
-            self._db.update(night.name, last_error=err, next_attempt=_iso(night.next_attempt))
+            self._db.update(night.name, last_error=err, next_attempt=to_iso(night.next_attempt))
             log.warning("night %s: trigger of %s failed (attempt %d: %s); retry in %.0f s", night.name,
                         self.deployment, attempt, err, delay)
             return False
         run_id = getattr(result, "id", result)
         run_id = None if run_id is None else str(run_id)
-        self._db.update(night.name, status="triggered", flow_run_id=run_id, triggered_at=_iso(now),
+        self._db.update(night.name, status="triggered", flow_run_id=run_id, triggered_at=to_iso(now),
                         next_attempt=None)
         self._nights.pop(night.name, None)
         self._done.add(night.name)
