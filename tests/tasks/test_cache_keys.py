@@ -1,0 +1,76 @@
+"""Task cache keys (qlcp.tasks.common.cache_key): they change exactly when a declared input changes."""
+
+from __future__ import annotations
+
+import os
+import types
+
+import pytest
+
+from qlcp.core.config import Config
+from qlcp.core.stages import FREE_KEYS, plan
+from qlcp.tasks.common import cache_key
+from qlcp.tasks.steps import TASKS, task_for
+
+
+@pytest.fixture(autouse=True)
+def _results(tmp_path, monkeypatch):
+    monkeypatch.setenv("QLCP_RESULTS", str(tmp_path / "results"))
+
+
+def _key(block, cfg: Config, unit: dict, red) -> str:
+    ctx = types.SimpleNamespace(task=types.SimpleNamespace(name=block.task_name))
+    return cache_key(ctx, {"red_dir": str(red), "cfg": cfg.plain(only_set=True), "block": block.name, "unit": unit})
+
+
+def _files(tmp_path, n=3):
+    out = []
+    for i in range(n):
+        p = tmp_path / f"f{i}.fit"
+        p.write_bytes(bytes([i]) * 2880)
+        out.append(str(p))
+    return out
+
+
+def test_every_planned_block_has_a_task():
+    for steps in ("lbfiopkcdg", "lbfi", "p", "o", "d", "g", "kc", "K"):
+        for b in plan(steps):
+            assert task_for(b) is TASKS[b.task_name]
+
+
+def test_correct_key_follows_declared_keys_files_and_values(tmp_path):
+    block = plan("lbfi")[-1]
+    assert block.name == "correct"
+    files = _files(tmp_path)
+    unit = {"files": files, "bias": None, "flat": None, "dark": None, "coord_file": files[0], "obj": "X",
+            "band": "V"}
+    cfg = Config(steps="lbfi")
+    k0 = _key(block, cfg, unit, tmp_path)
+    assert _key(block, cfg, dict(unit), tmp_path) == k0
+    # the keys of the old hand-kept list's blind spot: the detector values
+    for change in ({"saturation": 50000.0}, {"gain": 1.7}, {"rdnoise": 9.0}, {"site_lat": 10.0}, {"border_cut": 4}):
+        assert _key(block, Config(steps="lbfi", **change), unit, tmp_path) != k0, change
+    # settings the correction does not read leave the key alone
+    for same in ({"aper": [7.0]}, {"pick_ref_n": 3}, {"workers": 1}, {"detect_thresh": 5.0}):
+        assert _key(block, Config(steps="lbfi", **same), unit, tmp_path) == k0, same
+    # content of an input file, not its time stamp
+    os.utime(files[1], ns=(1, 1))
+    assert _key(block, cfg, unit, tmp_path) == k0
+    with open(files[1], "r+b") as f:
+        f.write(b"\x07")
+    assert _key(block, cfg, unit, tmp_path) != k0
+    # a declared value
+    assert _key(block, cfg, {**unit, "band": "R"}, tmp_path) != _key(block, cfg, unit, tmp_path)
+
+
+def test_free_keys_never_key_a_cache_unless_declared(tmp_path):
+    block = plan("p")[-1]
+    unit = {"corrected": _files(tmp_path, 1)}
+    k0 = _key(block, Config(steps="p"), unit, tmp_path)
+    assert _key(block, Config(steps="p", workers=1, mode=["EXIST_OVER", "MISS_SKIP"]), unit, tmp_path) == k0
+    assert "steps" in FREE_KEYS
+    select = plan("kcd")[-1]
+    assert "steps" in select.keys           # K (reuse the pick) and k (pick) differ
+    u = {"frame_catalogue": unit["corrected"], "offsets": unit["corrected"][0], "obj": "X", "band": "V",
+         "night": "n"}
+    assert _key(select, Config(steps="kcd"), u, tmp_path) != _key(select, Config(steps="Kcd"), u, tmp_path)
