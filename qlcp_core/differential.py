@@ -577,7 +577,19 @@ def _lightcurve_table(cata: Table, d: _Night, ens: _EnsembleCurves, tgt: list[in
 
 
 def _rejected_scatter(scatter: np.ndarray, m: np.ndarray, ens: np.ndarray, reason: dict) -> None:
-    """Fill in ``scatter`` (ns, na) of rejected stars: clipped scatter against the ensemble ``ens`` (nf, na)."""
+    """Clipped scatter of the rejected comparisons against the ensemble, for the stars table.
+
+    Parameters
+    ----------
+    scatter : ndarray (ns, na)
+        Filled in (in place) for the stars of ``reason``, in apertures with an ensemble.
+    m : ndarray (nf, ns, na)
+        Usable magnitudes.
+    ens : ndarray (nf, na)
+        Ensemble magnitudes.
+    reason : dict
+        Rejected star index -> reason.
+    """
     for i in reason:
         for j in range(m.shape[2]):
             if np.isfinite(ens[:, j]).any():
@@ -620,7 +632,27 @@ def _stars_table(cata: Table, ns: int, tgt: list[int], chk: list[int], comps: li
 
 def _lc_meta(cata: Table, cfg, d: _Night, roles: list[str], sxy: np.ndarray, tgt: list[int], ref_given: list[int],
              chk: list[int], comps: list[int], noise_rows: list[dict]) -> dict:
-    """The light curve's meta: apertures and their median radius, stars, indexes, noise budget, gain."""
+    """The light curve's meta: apertures and their median radius, stars, indexes, noise budget, gain.
+
+    Parameters
+    ----------
+    cata : Table
+        Night catalogue (``aper_r`` per frame, ``apertures`` in the meta).
+    cfg : Config
+        ``aper`` when the catalogue does not say.
+    d : _Night
+        Loaded arrays (usable frames, gain and read noise).
+    roles, sxy : list of str, ndarray (ns, 2)
+        From :func:`_stars_table`.
+    tgt, ref_given, chk, comps : list of int
+        Targets, comparisons asked for, checks, comparisons used.
+    noise_rows : list of dict
+        From :func:`_lightcurve_table`.
+
+    Returns
+    -------
+    dict
+    """
     nf, na = d.nf, d.na
     aper_r = (np.asarray(cata["aper_r"], dtype=float).reshape(nf, -1) if "aper_r" in cata.colnames
               else np.full((nf, na), np.nan))

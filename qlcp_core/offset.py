@@ -504,7 +504,23 @@ def _extract_stars(sub: np.ndarray, bkg, rms: float, mask, thresholds: tuple, n_
 
 
 def _windowed_positions(sub: np.ndarray, objs, mask) -> tuple[np.ndarray, np.ndarray]:
-    """Windowed centroids (sep.winpos, Gaussian of the half-light radius); isophotal where it fails or moves > 1 px."""
+    """Windowed centroids of the objects.
+
+    Parameters
+    ----------
+    sub : ndarray
+        Background-subtracted image.
+    objs : structured array
+        sep objects (``x, y, a, flux``).
+    mask : ndarray of bool or None
+        Pixels to ignore.
+
+    Returns
+    -------
+    x, y : ndarray
+        ``sep.winpos`` with a Gaussian of the half-light radius; the isophotal
+        centroid where it fails, is flagged or moves by 1 px or more.
+    """
     x, y = objs["x"].astype(float), objs["y"].astype(float)
     try:
         rmax = np.maximum(6.0 * objs["a"], 3.0)

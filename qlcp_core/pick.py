@@ -352,6 +352,17 @@ def _classify(st: _NightStats, sat: np.ndarray, cfg, image_shape: tuple[int, int
 def _roles_and_reasons(st: _NightStats, sat: np.ndarray, cls: _Classes, cfg) -> tuple[np.ndarray, np.ndarray]:
     """Role (target, comparison, check, rejected) and the reason for it of every candidate.
 
+    Parameters
+    ----------
+    st : _NightStats
+        Candidates' statistics.
+    sat : ndarray of bool
+        Saturated candidates.
+    cls : _Classes
+        From :func:`_classify`.
+    cfg : Config
+        The ``pick_*`` limits, quoted in the reasons.
+
     Returns
     -------
     role, reason : ndarray of object (ng,)
@@ -388,7 +399,28 @@ def _roles_and_reasons(st: _NightStats, sat: np.ndarray, cls: _Classes, cfg) -> 
 
 def _selection(st: _NightStats, sat: np.ndarray, cls: _Classes, role: np.ndarray, reason: np.ndarray,
                ref: str, cfg) -> Selection:
-    """The :class:`Selection` (targets, comparisons, checks in that order) with its report; logged."""
+    """The :class:`Selection`, with its report; logged.
+
+    Parameters
+    ----------
+    st : _NightStats
+        Candidates' statistics (positions become ``starxy``).
+    sat : ndarray of bool
+        Saturated candidates.
+    cls : _Classes
+        Chosen targets, comparisons and checks.
+    role, reason : ndarray of object
+        From :func:`_roles_and_reasons`.
+    ref : str
+        Reference frame (report meta ``ref_frame``).
+    cfg : Config
+        ``pick_var_std`` for the warning of an empty target list.
+
+    Returns
+    -------
+    Selection
+        ``starxy`` lists targets, then comparisons, then checks.
+    """
     var_ix, ref_ix, chk_ix = cls.var_ix, cls.ref_ix, cls.chk_ix
     ng = len(st.std)
     chosen = list(var_ix) + list(ref_ix) + list(chk_ix)

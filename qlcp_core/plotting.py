@@ -515,7 +515,27 @@ def _time_limits(ax, x: np.ndarray, xlabel: str) -> None:
 
 
 def _lc_header(meta: dict, title: str, j: int, header_scatter: str, ok: np.ndarray, ncomp: int) -> str:
-    """Two-line figure title: object/band/night (or ``title``), then aperture, scatter, frames, comparisons."""
+    """Two-line figure title: object/band/night (or ``title``), then aperture, scatter, frames, comparisons.
+
+    Parameters
+    ----------
+    meta : dict
+        Light-curve meta (``object, band, night, apertures, aper_radius``).
+    title : str
+        First line instead of the meta's; "light curve" when both are empty.
+    j : int
+        Aperture plotted.
+    header_scatter : str
+        Scatter label of the first panel ("" for none).
+    ok : ndarray of bool
+        Usable frames.
+    ncomp : int
+        Comparison stars (not shown when 0).
+
+    Returns
+    -------
+    str
+    """
     n = len(ok)
     bad_n = int((~ok).sum())
     line1 = title or "  ".join(s for s in (_meta_str(meta, "object"), _meta_str(meta, "band"),

@@ -390,9 +390,25 @@ def _start_time(o: SimOptions) -> Time:
 
 
 def _pointing(o: SimOptions, t0: Time, span_h: float) -> tuple[float, float]:
-    """Target (RA, Dec), degrees: the options', default Dec = latitude - 10 and an RA for which the
-    target rises through airmass ~``airmass_start`` at ``t0``, or is centred on the meridian when the
-    run of ``span_h`` hours would otherwise pass airmass 2 or the meridian."""
+    """Target coordinates.
+
+    Parameters
+    ----------
+    o : SimOptions
+        ``target_ra``, ``target_dec``, ``airmass_start``, site.
+    t0 : Time
+        Start of the run.
+    span_h : float
+        Length of the run, hours.
+
+    Returns
+    -------
+    ra, dec : float
+        Degrees: the options', default Dec = latitude - 10 and an RA for which
+        the target rises through airmass ~``airmass_start`` at ``t0``, or the
+        run is centred on the meridian when starting there would take it past
+        airmass 2 or the meridian.
+    """
     dec = o.target_dec if o.target_dec is not None else float(np.clip(o.site_lat - 10.0, -85, 85))
     if o.target_ra is not None:
         return o.target_ra, dec
@@ -462,8 +478,24 @@ def _conditions(o: SimOptions, rng: np.random.Generator, t_mid: Time, n: int) ->
 
 
 def _pointing_offsets(o: SimOptions, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """Frame offsets (dx, dy), px: a slow drift in a random direction (angle, rad, returned third), one
-    re-pointing jump ``o.jump`` from the middle frame on, and a little guiding jitter (none in frame 0)."""
+    """Frame offsets: drift, one re-pointing jump and guiding jitter.
+
+    Parameters
+    ----------
+    o : SimOptions
+        ``drift`` (px per frame) and ``jump`` (px).
+    rng : Generator
+        Drawn from: the drift angle, then the jitter of frames 1.. (0.05 px).
+    n : int
+        Number of frames.
+
+    Returns
+    -------
+    dx, dy : ndarray (n,)
+        Offsets, px; the jump applies from frame ``n // 2`` on (not with one frame).
+    ang : float
+        Drift direction, rad.
+    """
     ang = rng.uniform(0, 2 * np.pi)
     i = np.arange(n)
     jump_on = (i >= n // 2) & (n >= 2)
