@@ -194,6 +194,54 @@ def correct_frames(files: list[Path], obj: str, band: str, red_dir: str | Path, 
     if not todo:
         log_corrected(obj, band, 0, result.n_kept, 0, summary_level)
         return result
+    readable, headers, coord_header = _read_headers(todo, coord_file, result)
+    hdr_of = dict(zip(readable, headers))
+    keep, times = _times(readable, headers, obj, cfg, result, coord_header)
+    masters = _masters(*(str(p) if p else None for p in (bias, dark, flat)),
+                       tuple(tuple(file_identity(p) or ()) for p in (bias, dark, flat)))
+    cals = (bias, dark, flat)
+
+    n_done = 0
+    it = list(enumerate(keep))
+    for i, f in (progress(it, desc=f"correct {obj} {band}") if progress else it):
+        try:
+            data, _ = read_image(f)
+        except QLCPError as err:
+            _reject(result, f, str(err))
+            continue
+        exptime = float(times["EXPTIME"][i])
+        data = _calibrate(data, f, exptime, cals, masters, cfg.border_cut, result)
+        if data is None:
+            continue
+        out_hdr = _corrected_header(hdr_of[f], f, {k: times[k][i] for k in _COMMENTS}, exptime, cfg,
+                                    keys[f], cals, masters)
+        data = data.astype(np.float32, copy=False)
+        write_fits(outs[f], data, out_hdr)
+        result.outputs.append(str(outs[f]))
+        if fingerprint:
+            result.fingerprints[str(outs[f])] = fingerprint_record(outs[f])
+        n_done += 1
+        if written is not None:
+            written(outs[f], data)
+    result.outputs.sort()
+    result.n_done = n_done
+    log_corrected(obj, band, n_done, result.n_kept, len(result.rejected), summary_level)
+    return result
+
+
+def _read_headers(todo: list[Path], coord_file: Path | None,
+                  result: CorrectResult) -> tuple[list[Path], list, object]:
+    """Headers of the frames to correct (unreadable ones rejected) and the target coordinate's header.
+
+    Returns
+    -------
+    readable : list of Path
+        The frames of ``todo`` whose header could be read, in order.
+    headers : list of Header
+        Their headers.
+    coord_header : Header or None
+        ``coord_file``'s header (None without one, or when it cannot be read).
+    """
     headers, readable = [], []
     for f in todo:
         try:
@@ -208,72 +256,103 @@ def correct_frames(files: list[Path], obj: str, band: str, red_dir: str | Path, 
         if coord_header is None:
             with contextlib.suppress(QLCPError):   # unreadable: the first readable frame here gives it
                 coord_header = read_header(coord_file)
-    keep, times = _times(readable, headers, obj, cfg, result, coord_header)
+    return readable, headers, coord_header
 
-    bias_data, dark_data, flat_data, bias_level, dark_rate, flat_hi = _masters(
-        *(str(p) if p else None for p in (bias, dark, flat)),
-        tuple(tuple(file_identity(p) or ()) for p in (bias, dark, flat)))
+
+def _calibrate(data: np.ndarray, f: Path, exptime: float, cals: tuple, masters: tuple, cut: int,
+               result: CorrectResult) -> np.ndarray | None:
+    """``(data - bias - dark x exptime) / flat``, in place, then the border cut.
+
+    Parameters
+    ----------
+    data : ndarray
+        The raw frame ``f`` (float; modified).
+    exptime : float
+        Exposure time, s.
+    cals : (bias, dark, flat)
+        Master paths (or None), for messages.
+    masters : tuple
+        :func:`_masters`.
+    cut : int
+        Pixels cut from each edge.
+    result : CorrectResult
+        Gets the rejection when a master's shape differs from the frame's.
+
+    Returns
+    -------
+    ndarray or None
+        None when the frame was rejected.
+
+    Raises
+    ------
+    InputError
+        The border cut leaves nothing of the frame.
+    """
+    bias_data, dark_data, flat_data = masters[:3]
+    for name, cal, cal_data in zip(("bias", "dark", "flat"), cals, (bias_data, dark_data, flat_data)):
+        if cal_data is not None and cal_data.shape != data.shape:
+            _reject(result, f, f"{f.name}: shape {data.shape} differs from {name} {cal} {cal_data.shape}")
+            return None
+    if bias_data is not None:
+        data -= bias_data
+    if dark_data is not None:
+        data -= dark_data * exptime
+    if flat_data is not None:
+        data /= flat_data
+    if cut:
+        if 2 * cut >= min(data.shape):
+            raise InputError(f"border_cut: {cut} px leaves nothing of {f.name} {data.shape}")
+        data = data[cut:-cut, cut:-cut]
+    return data
+
+
+def _corrected_header(hdr, f: Path, times: dict, exptime: float, cfg: Config, key: str, cals: tuple,
+                      masters: tuple):
+    """The corrected frame's header: the raw one with times, detector, provenance and border cut.
+
+    Parameters
+    ----------
+    hdr : Header
+        The raw header (not modified).
+    f : Path
+        The raw frame.
+    times : dict
+        ``JD, MJD, HJD, BJD, AZ, ALT, AIRMASS`` of this frame (NaN written as "NaN").
+    exptime : float
+        Exposure time, s (for the dark level in SATURATE).
+    cfg : Config
+        Detector settings and ``border_cut``.
+    key : str
+        Provenance key, ``QLCPKEY``.
+    cals, masters : tuple
+        Master paths (bias, dark, flat) and :func:`_masters`.
+    """
+    bias, dark, flat = cals
+    bias_level, dark_rate, flat_hi = masters[3:]
     cut = cfg.border_cut
-
-    n_done = 0
-    it = list(enumerate(keep))
-    for i, f in (progress(it, desc=f"correct {obj} {band}") if progress else it):
-        try:
-            data, _ = read_image(f)
-        except QLCPError as err:
-            _reject(result, f, str(err))
-            continue
-        hdr = hdr_of[f]
-        exptime = float(times["EXPTIME"][i])
-        for name, cal, cal_data in (("bias", bias, bias_data), ("dark", dark, dark_data), ("flat", flat, flat_data)):
-            if cal_data is not None and cal_data.shape != data.shape:
-                _reject(result, f, f"{f.name}: shape {data.shape} differs from {name} {cal} {cal_data.shape}")
-                break
-        else:
-            if bias_data is not None:
-                data -= bias_data
-            if dark_data is not None:
-                data -= dark_data * exptime
-            if flat_data is not None:
-                data /= flat_data
-            if cut:
-                if 2 * cut >= min(data.shape):
-                    raise InputError(f"border_cut: {cut} px leaves nothing of {f.name} {data.shape}")
-                data = data[cut:-cut, cut:-cut]
-            gain, rdn, sat = detector(hdr, cfg)
-            dark_level = dark_rate * exptime
-            out_hdr = hdr.copy()
-            for k in ("BZERO", "BSCALE", "BLANK"):
-                out_hdr.remove(k, ignore_missing=True, remove_all=True)
-            for k in ("JD", "MJD", "HJD", "BJD", "AZ", "ALT", "AIRMASS"):
-                v = float(times[k][i])
-                out_hdr[k] = (v if np.isfinite(v) else "NaN", _COMMENTS[k])
-            out_hdr["GAIN"] = (gain, "e-/ADU")
-            out_hdr["RDNOISE"] = (rdn, "read noise, e-")
-            out_hdr["SATURATE"] = ((sat - bias_level - dark_level) / flat_hi, "saturation in corrected ADU")
-            out_hdr["RAWFILE"] = (f.name, "raw frame")
-            out_hdr["BIASFILE"] = (Path(bias).name if bias else "none", "master bias")
-            out_hdr["FLATFILE"] = (Path(flat).name if flat else "none", "master flat")
-            out_hdr["DARKFILE"] = (Path(dark).name if dark else "none", "master dark (ADU/s)")
-            if cut:
-                out_hdr["BORDCUT"] = (cut, "pixels cut from each edge")
-                for k in ("CRPIX1", "CRPIX2"):
-                    if k in out_hdr:
-                        out_hdr[k] = out_hdr[k] - cut
-            out_hdr["QLCPKEY"] = (keys[f], "settings+inputs key of this product")
-            out_hdr.add_history("QLCP step i: (raw - bias - dark*t) / flat")
-            data = data.astype(np.float32, copy=False)
-            write_fits(outs[f], data, out_hdr)
-            result.outputs.append(str(outs[f]))
-            if fingerprint:
-                result.fingerprints[str(outs[f])] = fingerprint_record(outs[f])
-            n_done += 1
-            if written is not None:
-                written(outs[f], data)
-    result.outputs.sort()
-    result.n_done = n_done
-    log_corrected(obj, band, n_done, result.n_kept, len(result.rejected), summary_level)
-    return result
+    gain, rdn, sat = detector(hdr, cfg)
+    dark_level = dark_rate * exptime
+    out_hdr = hdr.copy()
+    for k in ("BZERO", "BSCALE", "BLANK"):
+        out_hdr.remove(k, ignore_missing=True, remove_all=True)
+    for k in ("JD", "MJD", "HJD", "BJD", "AZ", "ALT", "AIRMASS"):
+        v = float(times[k])
+        out_hdr[k] = (v if np.isfinite(v) else "NaN", _COMMENTS[k])
+    out_hdr["GAIN"] = (gain, "e-/ADU")
+    out_hdr["RDNOISE"] = (rdn, "read noise, e-")
+    out_hdr["SATURATE"] = ((sat - bias_level - dark_level) / flat_hi, "saturation in corrected ADU")
+    out_hdr["RAWFILE"] = (f.name, "raw frame")
+    out_hdr["BIASFILE"] = (Path(bias).name if bias else "none", "master bias")
+    out_hdr["FLATFILE"] = (Path(flat).name if flat else "none", "master flat")
+    out_hdr["DARKFILE"] = (Path(dark).name if dark else "none", "master dark (ADU/s)")
+    if cut:
+        out_hdr["BORDCUT"] = (cut, "pixels cut from each edge")
+        for k in ("CRPIX1", "CRPIX2"):
+            if k in out_hdr:
+                out_hdr[k] = out_hdr[k] - cut
+    out_hdr["QLCPKEY"] = (key, "settings+inputs key of this product")
+    out_hdr.add_history("QLCP step i: (raw - bias - dark*t) / flat")
+    return out_hdr
 
 
 def log_corrected(obj: str, band: str, done: int, kept: int, rejected: int, level: int = logging.INFO) -> None:

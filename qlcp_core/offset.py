@@ -418,19 +418,11 @@ def detect_stars(data, n_max: int = 60, thresh: float = 10.0, *, thresh_low: flo
         0-based windowed positions and background-subtracted isophotal fluxes,
         brightest first.  Empty arrays when nothing is found.
     """
-    img = np.ascontiguousarray(data, dtype=np.float32)
-    if not img.dtype.isnative:
-        img = img.astype(img.dtype.newbyteorder("="))
     empty = (np.zeros(0), np.zeros(0), np.zeros(0))
-    if img.ndim != 2 or img.size == 0:
+    prepared = _detection_image(data)
+    if prepared is None:
         return empty
-    bad = ~np.isfinite(img)
-    mask = None
-    if bad.any():
-        if bad.all():
-            return empty
-        mask = bad
-        img = np.where(bad, np.float32(0), img)
+    img, mask, bad = prepared
     try:
         bkg = sep.Background(img, mask=mask)
     except Exception as e:  # sep raises plain Exception on internal errors
@@ -440,9 +432,56 @@ def detect_stars(data, n_max: int = 60, thresh: float = 10.0, *, thresh_low: flo
     rms = float(bkg.globalrms)
     if not np.isfinite(rms) or rms <= 0:
         rms = float(np.std(sub[~bad])) or 1.0
-    ny, nx = img.shape
+    objs = _extract_stars(sub, bkg, rms, mask, (thresh, thresh_low) if thresh_low < thresh else (thresh,),
+                          n_min, minarea, saturation, border)
+    if objs is None or len(objs) == 0:
+        return empty
+    objs = objs[_brightest(objs["flux"], n_max)]
+    x, y = _windowed_positions(sub, objs, mask)
+    return x, y, objs["flux"].astype(float)
+
+
+def _detection_image(data) -> tuple[np.ndarray, np.ndarray | None, np.ndarray] | None:
+    """Native-order float32 copy of ``data`` with non-finite pixels set to 0.
+
+    Returns
+    -------
+    (img, mask, bad) or None
+        ``bad``: the non-finite pixels; ``mask`` is ``bad`` when there are any,
+        else None.  None when ``data`` is not a 2-D image or has no finite pixel.
+    """
+    img = np.ascontiguousarray(data, dtype=np.float32)
+    if not img.dtype.isnative:
+        img = img.astype(img.dtype.newbyteorder("="))
+    if img.ndim != 2 or img.size == 0:
+        return None
+    bad = ~np.isfinite(img)
+    mask = None
+    if bad.any():
+        if bad.all():
+            return None
+        mask = bad
+        img = np.where(bad, np.float32(0), img)
+    return img, mask, bad
+
+
+def _extract_stars(sub: np.ndarray, bkg, rms: float, mask, thresholds: tuple, n_min: int, minarea: int,
+                   saturation: float | None, border: int):
+    """Extract objects at each threshold in turn until at least ``n_min`` are kept.
+
+    Dropped: truncated or singular objects, those within ``border`` of the edge,
+    of non-positive flux, near saturation (peak + global background >=
+    ``SAT_FRACTION * saturation``), and, among 5 or more, the cosmic rays
+    (:func:`_sharpness` above ``SHARP_FACTOR`` times the median).
+
+    Returns
+    -------
+    structured array or None
+        sep objects kept at the last threshold tried; None when every extraction failed.
+    """
+    ny, nx = sub.shape
     objs = None
-    for th in (thresh, thresh_low) if thresh_low < thresh else (thresh,):
+    for th in thresholds:
         try:
             o = sep.extract(sub, th, err=rms, mask=mask, minarea=minarea)
         except Exception as e:  # pixel stack / deblend overflow
@@ -461,9 +500,27 @@ def detect_stars(data, n_max: int = 60, thresh: float = 10.0, *, thresh_low: flo
         objs = o
         if len(o) >= n_min:
             break
-    if objs is None or len(objs) == 0:
-        return empty
-    objs = objs[_brightest(objs["flux"], n_max)]
+    return objs
+
+
+def _windowed_positions(sub: np.ndarray, objs, mask) -> tuple[np.ndarray, np.ndarray]:
+    """Windowed centroids of the objects.
+
+    Parameters
+    ----------
+    sub : ndarray
+        Background-subtracted image.
+    objs : structured array
+        sep objects (``x, y, a, flux``).
+    mask : ndarray of bool or None
+        Pixels to ignore.
+
+    Returns
+    -------
+    x, y : ndarray
+        ``sep.winpos`` with a Gaussian of the half-light radius; the isophotal
+        centroid where it fails, is flagged or moves by 1 px or more.
+    """
     x, y = objs["x"].astype(float), objs["y"].astype(float)
     try:
         rmax = np.maximum(6.0 * objs["a"], 3.0)
@@ -475,7 +532,7 @@ def detect_stars(data, n_max: int = 60, thresh: float = 10.0, *, thresh_low: flo
         y = np.where(good, yw, y)
     except Exception as e:  # keep the isophotal centroids
         log.debug("winpos refinement failed: %s", e)
-    return x, y, objs["flux"].astype(float)
+    return x, y
 
 
 # ------------------------------------------------------------- whole night
@@ -641,13 +698,9 @@ def compute_offsets(bf_files, cfg, base_img=None, star_lists=None, map_fn=None) 
     Notes
     -----
     Two phases.  First, independently for every frame (in parallel through
-    ``map_fn``), the search box is centred on the base position.  Then a chain
-    walks outwards from the base (base..last, then base-1..first) keeping the
-    last good offset as the *prior*: a frame's base-centred result stands when
-    it is good and within ``offset_max_dis`` of the prior, as a search centred on
-    the prior would find the same match; otherwise the frame is searched again
-    around the prior, and the base-centred result is the fallback (a telescope
-    re-pointed back to the start).  So ``offset_max_dis`` bounds the jump from
+    ``map_fn``), the search box is centred on the base position
+    (:func:`_centred_offsets`).  Then a chain walks outwards from the base
+    (:func:`_chain_offsets`).  So ``offset_max_dis`` bounds the jump from
     one frame to the next, and a slow drift can take the field further than
     ``offset_max_dis`` from the base over the night.
     """
@@ -657,8 +710,44 @@ def compute_offsets(bf_files, cfg, base_img=None, star_lists=None, map_fn=None) 
     max_dis = float(getattr(cfg, "offset_max_dis", 250.0))
     spec = getattr(cfg, "base_img", 0) if base_img is None else base_img
     bidx, bpath = _resolve_base(spec, files)
-    map_fn = map_fn or _serial_map
+    bxy, bfl, bhdr = _base_stars(bidx, bpath, files, cfg, star_lists)
 
+    n = len(files)
+    t0 = time.perf_counter()
+    centred = _centred_offsets(files, bidx, bxy, bfl, max_dis, cfg, star_lists, map_fn or _serial_map)
+    rows = _chain_offsets(files, bidx, bxy, bfl, bhdr, centred, max_dis, cfg, star_lists)
+    dt = time.perf_counter() - t0
+
+    tab = Table(rows=rows, names=("file", "bf", "jd", "dx", "dy", "n_matched", "ok", "reason"),
+                dtype=(str, str, float, float, float, int, bool, str))
+    tab["dx"].unit = tab["dy"].unit = "pix"
+    n_ok = int(np.sum(tab["ok"]))
+    tab.meta.update({
+        "base": _rawfile(bhdr, bpath),
+        "base_bf": str(bpath),
+        "base_index": bidx,
+        "base_nstars": len(bxy),
+        "method": METHOD,
+        "max_dis": max_dis,
+        "convention": "offset = position in frame - position in base image, 0-based px",
+        "n_ok": n_ok,
+    })
+    log.info("offsets: %d of %d frames ok (%.3f s/frame)", n_ok, n, dt / max(n, 1))
+    return tab
+
+
+def _base_stars(bidx: int | None, bpath: Path, files: list[Path], cfg, star_lists=None):
+    """Stars of the base image: (xy, flux, header).
+
+    A base outside the list (``bidx`` None) is read and searched, after
+    checking it comes from the same camera as ``files[0]``; a base in the
+    list is loaded as any frame (:func:`_load_stars`).
+
+    Raises
+    ------
+    InputError
+        Fewer than ``MIN_MATCH`` stars, or another camera.
+    """
     if bidx is None:
         bdata, bhdr = read_image(bpath)
         _check_same_camera(bpath, bdata.shape, bhdr, files[0])
@@ -670,16 +759,44 @@ def compute_offsets(bf_files, cfg, base_img=None, star_lists=None, map_fn=None) 
         raise InputError(f"{bpath}: base image has {len(bxy)} usable star(s), need {MIN_MATCH}; "
                          "choose another with base_img")
     log.info("base image %s: %d stars", bpath.name, len(bxy))
+    return bxy, bfl, bhdr
 
-    n = len(files)
-    t0 = time.perf_counter()
-    others = [i for i in range(n) if i != bidx]
+
+def _centred_offsets(files: list[Path], bidx: int | None, bxy, bfl, max_dis: float, cfg, star_lists,
+                     map_fn) -> dict:
+    """Every frame but the base, searched around the base position, in 16 jobs through ``map_fn``.
+
+    Returns
+    -------
+    dict
+        Frame index -> ``(rawfile, jd, OffsetResult, n_stars)`` (:func:`_centred_chunk`).
+    """
+    others = [i for i in range(len(files)) if i != bidx]
     size = max(1, -(-len(others) // 16))            # 16 jobs: balanced over the workers
     jobs = [others[k:k + size] for k in range(0, len(others), size)]
     parts = map_fn(_centred_chunk, [([str(files[i]) for i in job], bxy, bfl, max_dis, cfg, star_lists)
                                     for job in jobs])
-    centred = {i: r for job, part in zip(jobs, parts) for i, r in zip(job, part)}
+    return {i: r for job, part in zip(jobs, parts) for i, r in zip(job, part)}
 
+
+def _chain_offsets(files: list[Path], bidx: int | None, bxy, bfl, bhdr, centred: dict, max_dis: float, cfg,
+                   star_lists) -> list[tuple]:
+    """Walk outwards from the base keeping the last good offset as the prior.
+
+    The chain runs base..last, then base-1..first (the prior restarting at
+    0), or first..last for a base outside the list.  A frame's base-centred
+    result stands when it is good and within ``max_dis`` of the prior, as a
+    search centred on the prior would find the same match; otherwise a frame
+    with enough stars is searched again around the prior, and the
+    base-centred result is the fallback (a telescope re-pointed back to the
+    start).
+
+    Returns
+    -------
+    list of tuple
+        Per frame, in the given order: ``(file, bf, jd, dx, dy, n_matched, ok, reason)``.
+    """
+    n = len(files)
     order = list(range(n)) if bidx is None else list(range(bidx, n)) + list(range(bidx - 1, -1, -1))
     rows: list[tuple | None] = [None] * n
     prior = np.zeros(2)
@@ -703,24 +820,7 @@ def compute_offsets(bf_files, cfg, base_img=None, star_lists=None, map_fn=None) 
         else:
             log.warning("%s: no offset: %s", f.name, res.reason)
         rows[i] = (name, str(f), jd, res.dx, res.dy, res.n_matched, res.ok, res.reason)
-    dt = time.perf_counter() - t0
-
-    tab = Table(rows=rows, names=("file", "bf", "jd", "dx", "dy", "n_matched", "ok", "reason"),
-                dtype=(str, str, float, float, float, int, bool, str))
-    tab["dx"].unit = tab["dy"].unit = "pix"
-    n_ok = int(np.sum(tab["ok"]))
-    tab.meta.update({
-        "base": _rawfile(bhdr, bpath),
-        "base_bf": str(bpath),
-        "base_index": bidx,
-        "base_nstars": len(bxy),
-        "method": METHOD,
-        "max_dis": max_dis,
-        "convention": "offset = position in frame - position in base image, 0-based px",
-        "n_ok": n_ok,
-    })
-    log.info("offsets: %d of %d frames ok (%.3f s/frame)", n_ok, n, dt / max(n, 1))
-    return tab
+    return rows
 
 
 # ------------------------------------------------------------------ output

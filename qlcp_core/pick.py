@@ -121,11 +121,50 @@ def pick_stars(cat_files: Sequence[str | Path], offsets_table: Table, cfg,
     if not usable:
         raise InputError("pick: no frame with both a catalogue and a good offset")
     err_max = cfg.pick_err_max
-    star_n = int(getattr(cfg, "pick_star_n", 500))
+    ref, tref = _reference_frame(cat_by_stem, stems, usable, cfg.base_img, err_max)
+    good = _good_sources(tref, err_max)[:int(getattr(cfg, "pick_star_n", 500))]
+    ng = len(good)
+    if ng == 0:
+        log.warning(f"pick: no star with AUTO error < {err_max} in any frame")
+        return Selection([], [], [], [], _report_table(0))
+    o = offs[ref]
+    base = np.column_stack([_col1d(tref, "X")[good] - o["dx"], _col1d(tref, "Y")[good] - o["dy"]])
+    log.info(f"pick: {ng} good stars in reference frame {ref}, {len(usable)} usable frames")
 
-    # reference frame: the configured base image if usable, else the frame with most good stars
+    mags, xb, yb, sat = _measure_candidates(base, usable, ref, tref, cat_by_stem, offs, cfg)
+    st = _night_statistics(mags, xb, yb)
+    log.info(f"pick: {st.n_frames} of {len(usable)} frames aligned "
+             f"({len(usable) - st.n_frames} with too few stars left out)")
+    cls = _classify(st, sat, cfg, image_shape)
+    role, reason = _roles_and_reasons(st, sat, cls, cfg)
+    return _selection(st, sat, cls, role, reason, ref, cfg)
+
+
+def _reference_frame(cat_by_stem: dict, stems: list[str], usable: list[str], base_img,
+                     err_max: float) -> tuple[str, Table]:
+    """The frame whose good stars are the candidates, and its catalogue.
+
+    Parameters
+    ----------
+    cat_by_stem : dict
+        Frame stem -> catalogue path.
+    stems, usable : list of str
+        Every frame (in offsets order) and the usable ones.
+    base_img : int, str or None
+        The configured base image (index into ``stems`` or file name).
+    err_max : float
+        AUTO magnitude error limit of a good star.
+
+    Returns
+    -------
+    ref : str
+        The base image if usable and it has a good star, else the usable
+        frame with most good stars (the first of equals).
+    tref : Table
+        Its catalogue.
+    """
     ref = None
-    b = cfg.base_img
+    b = base_img
     if isinstance(b, int) and 0 <= b < len(stems) and stems[b] in usable:
         ref = stems[b]
     elif isinstance(b, str) and raw_stem(b) in usable:
@@ -138,16 +177,35 @@ def pick_stars(cat_files: Sequence[str | Path], offsets_table: Table, cfg,
             n = len(_good_sources(t, err_max))
             if n > best:
                 best, ref, tref = n, s, t
-    good = _good_sources(tref, err_max)[:star_n]
-    ng = len(good)
-    if ng == 0:
-        log.warning(f"pick: no star with AUTO error < {err_max} in any frame")
-        return Selection([], [], [], [], _report_table(0))
-    o = offs[ref]
-    base = np.column_stack([_col1d(tref, "X")[good] - o["dx"], _col1d(tref, "Y")[good] - o["dy"]])
-    log.info(f"pick: {ng} good stars in reference frame {ref}, {len(usable)} usable frames")
+    return ref, tref
 
-    nu = len(usable)
+
+def _measure_candidates(base: np.ndarray, usable: list[str], ref: str, tref: Table, cat_by_stem: dict,
+                        offs: dict, cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """AUTO magnitudes, base positions and saturation of the candidates in every usable frame.
+
+    Parameters
+    ----------
+    base : ndarray (ng, 2)
+        Candidates' positions in base-image coordinates.
+    usable : list of str
+        Usable frames.
+    ref, tref : str, Table
+        Reference frame and its (already read) catalogue.
+    cat_by_stem, offs : dict
+        Frame stem -> catalogue path, offset row.
+    cfg : Config
+        ``match_max_dis``, ``saturation`` (else the catalogue's SATURATE, else 60000).
+
+    Returns
+    -------
+    mags, xb, yb : ndarray (nu, ng)
+        AUTO magnitude (NaN: not found, border or invalid), position in base
+        coordinates through the frame's offset.
+    sat : ndarray of bool (ng,)
+        Flagged saturated, or peak + sky >= ``SAT_FRACTION`` of saturation, in any frame.
+    """
+    nu, ng = len(usable), len(base)
     mags = np.full((nu, ng), np.nan)
     xb = np.full((nu, ng), np.nan)
     yb = np.full((nu, ng), np.nan)
@@ -172,8 +230,41 @@ def pick_stars(cat_files: Sequence[str | Path], offsets_table: Table, cfg,
         yb[f, hit] = src[j, 1] - o["dy"]
         pk = _col1d(t, "Peak")[j] + np.nan_to_num(_col1d(t, "Sky")[j])
         sat[hit] |= ((fl & FLAG_SATURATED) != 0) | (pk >= SAT_FRACTION * lev)
+    return mags, xb, yb, sat
 
-    # rough alignment of the frames: zero point = median difference to the stars' night medians
+
+@dataclass
+class _NightStats:
+    """Per-candidate statistics over the aligned frames (see :func:`_night_statistics`)."""
+
+    magc: np.ndarray       #: (n_frames, ng) zero-point-corrected magnitudes of the aligned frames
+    n_frames: int          #: aligned frames
+    missing: np.ndarray    #: fraction of aligned frames where the star is missing
+    std: np.ndarray        #: night standard deviation
+    rng: np.ndarray        #: max - min
+    mag: np.ndarray        #: median magnitude
+    x: np.ndarray          #: mean base position
+    y: np.ndarray
+
+
+def _night_statistics(mags: np.ndarray, xb: np.ndarray, yb: np.ndarray) -> _NightStats:
+    """Roughly align the frames and measure every candidate's variability.
+
+    A frame is aligned when at least ``max(3, 30 %)`` of the candidates are
+    found in it (any found star when there are fewer than 3 candidates, or
+    when no frame qualifies); its zero point is the median difference of its
+    stars to their night medians (3 iterations).
+
+    Parameters
+    ----------
+    mags, xb, yb : ndarray (nu, ng)
+        From :func:`_measure_candidates`.
+
+    Returns
+    -------
+    _NightStats
+    """
+    nu, ng = mags.shape
     n_match = np.sum(np.isfinite(mags), axis=1)
     frame_ok = n_match >= max(3, int(np.ceil(0.3 * ng))) if ng >= 3 else n_match >= 1
     if not frame_ok.any():
@@ -186,19 +277,58 @@ def pick_stars(cat_files: Sequence[str | Path], offsets_table: Table, cfg,
             zp = np.where(np.isfinite(zp), zp, 0.0)
         magc = mags[frame_ok] - zp[frame_ok, None]
         nfr = int(frame_ok.sum())
-        missing = 1.0 - np.sum(np.isfinite(magc), axis=0) / max(nfr, 1)
-        std = np.nanstd(magc, axis=0)
-        rng = np.nanmax(magc, axis=0) - np.nanmin(magc, axis=0)
-        magmed = np.nanmedian(magc, axis=0)
-        x_mean = np.nanmean(xb, axis=0)
-        y_mean = np.nanmean(yb, axis=0)
-    log.info(f"pick: {nfr} of {nu} frames aligned ({nu - nfr} with too few stars left out)")
+        return _NightStats(
+            magc=magc, n_frames=nfr,
+            missing=1.0 - np.sum(np.isfinite(magc), axis=0) / max(nfr, 1),
+            std=np.nanstd(magc, axis=0),
+            rng=np.nanmax(magc, axis=0) - np.nanmin(magc, axis=0),
+            mag=np.nanmedian(magc, axis=0),
+            x=np.nanmean(xb, axis=0),
+            y=np.nanmean(yb, axis=0),
+        )
 
+
+@dataclass
+class _Classes:
+    """Masks and chosen indexes of :func:`_classify`."""
+
+    central: np.ndarray    #: inside the central box
+    present: np.ndarray    #: missing at most ``pick_bad_max``
+    std_f: np.ndarray      #: std, +inf when not finite
+    rng_f: np.ndarray      #: range, +inf when not finite
+    var_ix: np.ndarray     #: targets, most variable first
+    ref_ix: np.ndarray     #: comparisons, most stable first
+    chk_ix: np.ndarray     #: checks
+
+
+def _classify(st: _NightStats, sat: np.ndarray, cfg, image_shape: tuple[int, int]) -> _Classes:
+    """Variable candidates (targets) and stable ones (comparisons, then checks).
+
+    Parameters
+    ----------
+    st : _NightStats
+        Candidates' statistics.
+    sat : ndarray of bool
+        Saturated candidates (never chosen).
+    cfg : Config
+        ``pick_var_rad, pick_var_std, pick_var_n, pick_ref_std, pick_ref_dif,
+        pick_ref_n, pick_chk_n, pick_bad_max``.
+    image_shape : (ny, nx)
+        For the central box.
+
+    Returns
+    -------
+    _Classes
+        Checks are the next most stable stars after the ``pick_ref_n``
+        comparisons, else taken from the end of the stable list; 2 when there
+        are at least 8 stable stars, 1 from 3 (at most ``pick_chk_n``).
+    """
+    std, rng = st.std, st.rng
     ny, nx = image_shape
     cx, cy = (nx - 1) / 2.0, (ny - 1) / 2.0
-    central = (np.abs(x_mean - cx) <= cfg.pick_var_rad * nx / 2.0) & \
-              (np.abs(y_mean - cy) <= cfg.pick_var_rad * ny / 2.0)
-    present = missing <= cfg.pick_bad_max
+    central = (np.abs(st.x - cx) <= cfg.pick_var_rad * nx / 2.0) & \
+              (np.abs(st.y - cy) <= cfg.pick_var_rad * ny / 2.0)
+    present = st.missing <= cfg.pick_bad_max
     std_f = np.where(np.isfinite(std), std, np.inf)
     rng_f = np.where(np.isfinite(rng), rng, np.inf)
 
@@ -215,17 +345,39 @@ def pick_stars(cat_files: Sequence[str | Path], offsets_table: Table, cfg,
         ref_ix, chk_ix = st_ix[:n_ref], st_ix[n_ref:n_ref + n_chk]
     else:
         ref_ix, chk_ix = st_ix[:len(st_ix) - n_chk], st_ix[len(st_ix) - n_chk:]
+    return _Classes(central=central, present=present, std_f=std_f, rng_f=rng_f,
+                    var_ix=var_ix, ref_ix=ref_ix, chk_ix=chk_ix)
 
-    # reasons
+
+def _roles_and_reasons(st: _NightStats, sat: np.ndarray, cls: _Classes, cfg) -> tuple[np.ndarray, np.ndarray]:
+    """Role (target, comparison, check, rejected) and the reason for it of every candidate.
+
+    Parameters
+    ----------
+    st : _NightStats
+        Candidates' statistics.
+    sat : ndarray of bool
+        Saturated candidates.
+    cls : _Classes
+        From :func:`_classify`.
+    cfg : Config
+        The ``pick_*`` limits, quoted in the reasons.
+
+    Returns
+    -------
+    role, reason : ndarray of object (ng,)
+    """
+    ng = len(st.std)
+    std, rng, std_f, rng_f = st.std, st.rng, cls.std_f, cls.rng_f
     role = np.full(ng, "", dtype=object)
     reason = np.full(ng, "", dtype=object)
     for i in range(ng):
         why = []
-        if not present[i]:
-            why.append(f"missing in {100 * missing[i]:.0f}% of frames > {100 * cfg.pick_bad_max:.0f}%")
+        if not cls.present[i]:
+            why.append(f"missing in {100 * st.missing[i]:.0f}% of frames > {100 * cfg.pick_bad_max:.0f}%")
         if sat[i]:
             why.append("saturated")
-        if std_f[i] > cfg.pick_var_std and not central[i]:
+        if std_f[i] > cfg.pick_var_std and not cls.central[i]:
             why.append("variable but outside the central region")
         if not why and std_f[i] >= cfg.pick_ref_std and std_f[i] <= cfg.pick_var_std:
             why.append(f"std {std[i]:.3f} neither stable nor variable")
@@ -236,31 +388,59 @@ def pick_stars(cat_files: Sequence[str | Path], offsets_table: Table, cfg,
         if not why:
             why.append("stable, beyond pick_ref_n and the check stars")
         role[i], reason[i] = "rejected", "; ".join(why)
-    for i in var_ix:
+    for i in cls.var_ix:
         role[i], reason[i] = "target", f"variable: std {std[i]:.3f} > {cfg.pick_var_std}"
-    for i in ref_ix:
+    for i in cls.ref_ix:
         role[i], reason[i] = "comparison", f"stable: std {std[i]:.4f}, range {rng[i]:.3f}"
-    for i in chk_ix:
+    for i in cls.chk_ix:
         role[i], reason[i] = "check", f"stable, not a comparison: std {std[i]:.4f}"
+    return role, reason
 
+
+def _selection(st: _NightStats, sat: np.ndarray, cls: _Classes, role: np.ndarray, reason: np.ndarray,
+               ref: str, cfg) -> Selection:
+    """The :class:`Selection`, with its report; logged.
+
+    Parameters
+    ----------
+    st : _NightStats
+        Candidates' statistics (positions become ``starxy``).
+    sat : ndarray of bool
+        Saturated candidates.
+    cls : _Classes
+        Chosen targets, comparisons and checks.
+    role, reason : ndarray of object
+        From :func:`_roles_and_reasons`.
+    ref : str
+        Reference frame (report meta ``ref_frame``).
+    cfg : Config
+        ``pick_var_std`` for the warning of an empty target list.
+
+    Returns
+    -------
+    Selection
+        ``starxy`` lists targets, then comparisons, then checks.
+    """
+    var_ix, ref_ix, chk_ix = cls.var_ix, cls.ref_ix, cls.chk_ix
+    ng = len(st.std)
     chosen = list(var_ix) + list(ref_ix) + list(chk_ix)
     star = np.full(ng, -1, dtype=int)
     star[chosen] = np.arange(len(chosen))
     nt, nr = len(var_ix), len(ref_ix)
     sel = Selection(
-        starxy=[(float(x_mean[i]), float(y_mean[i])) for i in chosen],
+        starxy=[(float(st.x[i]), float(st.y[i])) for i in chosen],
         ind_tgt=list(range(nt)),
         ind_ref=list(range(nt, nt + nr)),
         ind_chk=list(range(nt + nr, len(chosen))),
-        report=_report_table(ng, x_mean, y_mean, magmed, std, rng, missing, sat,
-                             np.sum(np.isfinite(magc), axis=0), role, star, reason),
+        report=_report_table(ng, st.x, st.y, st.mag, st.std, st.rng, st.missing, sat,
+                             np.sum(np.isfinite(st.magc), axis=0), role, star, reason),
     )
-    sel.report.meta.update(ref_frame=ref, n_frames=nfr)
+    sel.report.meta.update(ref_frame=ref, n_frames=st.n_frames)
     if nt == 0:
         log.warning(f"pick: no variable star found (std > {cfg.pick_var_std} in the central region); "
                     "target list empty, give starxy/ind_tgt by hand")
     for k, i in enumerate(var_ix):
-        log.info(f"  target {k}: ({x_mean[i]:7.1f} {y_mean[i]:7.1f}) mag {magmed[i]:6.3f} std {std[i]:.3f}")
+        log.info(f"  target {k}: ({st.x[i]:7.1f} {st.y[i]:7.1f}) mag {st.mag[i]:6.3f} std {st.std[i]:.3f}")
     log.info(f"pick: {nt} target(s), {nr} comparison(s), {len(chk_ix)} check(s)")
     if nr == 0:
         log.warning("pick: no stable comparison star found")

@@ -315,12 +315,7 @@ def make_lightcurve_figure(lc: Table, stars: Table | None = None, title: str = "
         (magnitudes increase downward).
     """
     panels, naper = _lc_stars(lc)
-    if aper_index is None:
-        j = choose_aperture(lc)
-    else:
-        j = int(aper_index)
-        if not 0 <= j < naper:
-            raise InputError(f"aper_index {aper_index}: light-curve table has apertures 0..{naper - 1}")
+    j = _lc_aperture(lc, aper_index, naper)
     n = len(lc)
     x, xlabel = _time_axis(lc, n)
     ok = _col(lc, "ok", n)
@@ -328,12 +323,7 @@ def make_lightcurve_figure(lc: Table, stars: Table | None = None, title: str = "
     airmass, fwhm = _col(lc, "airmass", n), _col(lc, "fwhm", n)
     has_cond = any(a is not None and np.isfinite(a).any() for a in (airmass, fwhm))
     meta = lc.meta or {}
-    if stars is None and isinstance(meta.get("stars"), (list, tuple)):   # differential's copy in the meta
-        try:
-            stars = Table(rows=[dict(d) for d in meta["stars"]])
-        except (TypeError, ValueError, KeyError):
-            stars = None
-    by_role = _stars_by_role(stars, meta if any(k in meta for k in _ORDER_KEYS.values()) else None)
+    by_role = _lc_roles(stars, meta)
 
     heights = [3.0] * len(panels) + ([1.3] if has_cond else [])
     fig = _new_figure((10.0, 1.1 + 2.3 * len(panels) + (1.1 if has_cond else 0.0)), LC_DPI,
@@ -343,72 +333,149 @@ def make_lightcurve_figure(lc: Table, stars: Table | None = None, title: str = "
 
     header_scatter = ""
     for ax, (kind, k) in zip(axes, panels):
-        star = f"{kind}{k}"
-        name = f"{'T' if kind == 't' else 'C'}{k}"
-        ax.set_label(f"star:{star}")
-        mag = _col(lc, f"mag_{star}_a{j}", n)
-        err = _col(lc, f"err_{star}_a{j}", n)
-        if mag is None:
-            mag = np.full(n, np.nan)
-        if err is None:
-            err = np.full(n, np.nan)
-        good = ok & np.isfinite(mag) & np.isfinite(x)
-        bad = ~ok & np.isfinite(mag) & np.isfinite(x)
-        colour = "black" if kind == "t" else "tab:blue"
-        cont = ax.errorbar(x[good], mag[good], yerr=np.where(np.isfinite(err[good]), err[good], 0.0),
-                           fmt="o", ms=2.6, mew=0, color=colour, ecolor=colour, elinewidth=0.5,
-                           alpha=0.9, capsize=0, zorder=3, label="frames")
-        cont.lines[0].set_gid(f"data:{star}")
-        if bad.any():
-            ax.plot(x[bad], mag[bad], "x", ms=3.5, mew=0.8, color="0.6", zorder=2,
-                    gid=f"rejected:{star}", label="rejected (ok=False)")
-        order = np.argsort(x[good], kind="stable")
-        lim = robust_limits(mag[good][order], err[good][order])
-        if lim is None:  # nothing good: scale on the rejected points, or a dummy range
-            lim = robust_limits(mag[bad][np.argsort(x[bad], kind="stable")]) or (0.0, 1.0)
-            ax.text(0.5, 0.5, "no valid data", transform=ax.transAxes, ha="center", va="center",
-                    color="0.4")
-        bright, faint = lim
-        ax.set_ylim(faint, bright)  # inverted: fainter (larger mag) downward
-        out_b = good & (mag < bright)
-        out_f = good & (mag > faint)
-        if out_b.any() or out_f.any():
-            ax.plot(np.r_[x[out_b], x[out_f]], np.r_[np.full(out_b.sum(), bright), np.full(out_f.sum(), faint)],
-                    ls="none", marker="d", ms=4, mfc="none", mec="darkorange", clip_on=False,
-                    gid=f"clipped:{star}", label="beyond axis limits")
-        if kind == "c" and good.any():
-            ax.axhline(np.nanmedian(mag[good]), color="tab:blue", lw=0.6, ls=":", zorder=1)
-
-        # left: star name and position; right: scatter achieved vs predicted
-        info = ""
-        role_list = by_role["target" if kind == "t" else "check"]
-        if k < len(role_list) and np.isfinite(role_list[k]["x"]):
-            info = f"  star {role_list[k]['index']} ({role_list[k]['x']:.0f}, {role_list[k]['y']:.0f})"
-        box = {"boxstyle": "round,pad=0.2", "facecolor": "white", "edgecolor": "none", "alpha": 0.75}
-        ax.text(0.01, 0.95, name + info, transform=ax.transAxes, ha="left", va="top",
-                fontsize=9, fontweight="bold", color=colour, bbox=box, zorder=5)
-        d = _noise_for(lc, star, j)
-        if d is not None:
-            ach, pred = 1000 * _noise_value(d, "achieved"), 1000 * _noise_value(d, "predicted")
-            noisy = bool(d.get("noisy", False))
-            sc = f"\u03c3 {_fmt_num(ach)} mmag (predicted {_fmt_num(pred)})" + ("  NOISY" if noisy else "")
-        else:
-            ach = 1000 * _p2p_scatter(mag[good])
-            e_ok = err[good][np.isfinite(err[good])]
-            pred = 1000 * float(np.median(e_ok)) if e_ok.size else np.nan
-            noisy = False
-            sc = f"\u03c3 p2p {_fmt_num(ach)} mmag (median err {_fmt_num(pred)})"
-        ax.text(0.99, 0.95, sc, transform=ax.transAxes, ha="right", va="top", fontsize=8.5,
-                color="crimson" if noisy else "0.2", bbox=box, zorder=5)
+        sc = _star_panel(ax, lc, kind, k, j, x, ok, by_role)
         if not header_scatter:
-            header_scatter = f"{name} {sc}"
-        ax.set_ylabel(f"{name}  \u0394mag")
-        ax.grid(alpha=0.25, lw=0.5)
-        ax.tick_params(direction="in", top=True, right=True, labelsize=8.5)
+            header_scatter = f"{'T' if kind == 't' else 'C'}{k} {sc}"
+    _lc_legend(fig, axes[: len(panels)])
+    if has_cond:
+        _conditions_panel(axes[-1], x, ok, airmass, fwhm)
+    _time_limits(axes[-1], x, xlabel)
+    fig.suptitle(_lc_header(meta, title, j, header_scatter, ok, len(by_role["comparison"])), fontsize=10.5)
+    return fig
 
-    bad_n = int((~ok).sum())
+
+def _lc_aperture(lc: Table, aper_index: int | None, naper: int) -> int:
+    """The aperture to plot: ``aper_index`` checked against the table's ``naper``, default :func:`choose_aperture`."""
+    if aper_index is None:
+        return choose_aperture(lc)
+    j = int(aper_index)
+    if not 0 <= j < naper:
+        raise InputError(f"aper_index {aper_index}: light-curve table has apertures 0..{naper - 1}")
+    return j
+
+
+def _lc_roles(stars: Table | None, meta: dict) -> dict[str, list[dict]]:
+    """:func:`_stars_by_role` of the stars table, else of differential's copy in the meta."""
+    if stars is None and isinstance(meta.get("stars"), (list, tuple)):   # differential's copy in the meta
+        try:
+            stars = Table(rows=[dict(d) for d in meta["stars"]])
+        except (TypeError, ValueError, KeyError):
+            stars = None
+    return _stars_by_role(stars, meta if any(k in meta for k in _ORDER_KEYS.values()) else None)
+
+
+def _star_panel(ax, lc: Table, kind: str, k: int, j: int, x: np.ndarray, ok: np.ndarray,
+                by_role: dict[str, list[dict]]) -> str:
+    """Draw target (``kind`` 't') or check ('c') ``k`` in aperture ``j`` on ``ax``.
+
+    Parameters
+    ----------
+    ax : Axes
+        The panel; labelled ``"star:{kind}{k}"``.
+    lc : Table
+        Light-curve table.
+    kind, k, j : str, int, int
+        Star and aperture.
+    x, ok : ndarray (n,)
+        Time axis and usable frames.
+    by_role : dict
+        :func:`_stars_by_role`, for the star's index and position.
+
+    Returns
+    -------
+    str
+        The scatter label shown at the panel's top right.
+    """
+    n = len(lc)
+    star = f"{kind}{k}"
+    name = f"{'T' if kind == 't' else 'C'}{k}"
+    ax.set_label(f"star:{star}")
+    mag = _col(lc, f"mag_{star}_a{j}", n)
+    err = _col(lc, f"err_{star}_a{j}", n)
+    if mag is None:
+        mag = np.full(n, np.nan)
+    if err is None:
+        err = np.full(n, np.nan)
+    good = ok & np.isfinite(mag) & np.isfinite(x)
+    colour = "black" if kind == "t" else "tab:blue"
+    _star_points(ax, star, x, mag, err, ok, colour)
+    if kind == "c" and good.any():
+        ax.axhline(np.nanmedian(mag[good]), color="tab:blue", lw=0.6, ls=":", zorder=1)
+
+    # left: star name and position; right: scatter achieved vs predicted
+    info = ""
+    role_list = by_role["target" if kind == "t" else "check"]
+    if k < len(role_list) and np.isfinite(role_list[k]["x"]):
+        info = f"  star {role_list[k]['index']} ({role_list[k]['x']:.0f}, {role_list[k]['y']:.0f})"
+    box = {"boxstyle": "round,pad=0.2", "facecolor": "white", "edgecolor": "none", "alpha": 0.75}
+    ax.text(0.01, 0.95, name + info, transform=ax.transAxes, ha="left", va="top",
+            fontsize=9, fontweight="bold", color=colour, bbox=box, zorder=5)
+    sc, noisy = _scatter_label(lc, star, j, mag[good], err[good])
+    ax.text(0.99, 0.95, sc, transform=ax.transAxes, ha="right", va="top", fontsize=8.5,
+            color="crimson" if noisy else "0.2", bbox=box, zorder=5)
+    ax.set_ylabel(f"{name}  \u0394mag")
+    ax.grid(alpha=0.25, lw=0.5)
+    ax.tick_params(direction="in", top=True, right=True, labelsize=8.5)
+    return sc
+
+
+def _star_points(ax, star: str, x: np.ndarray, mag: np.ndarray, err: np.ndarray, ok: np.ndarray,
+                 colour: str) -> None:
+    """Good frames with error bars, rejected frames as grey crosses, inverted robust y limits.
+
+    Good points beyond the limits are drawn as open diamonds on the axis edge
+    (gid ``"clipped:<star>"``).  Without any good point the limits come from
+    the rejected points (else 0..1) and the panel says "no valid data".
+    """
+    good = ok & np.isfinite(mag) & np.isfinite(x)
+    bad = ~ok & np.isfinite(mag) & np.isfinite(x)
+    cont = ax.errorbar(x[good], mag[good], yerr=np.where(np.isfinite(err[good]), err[good], 0.0),
+                       fmt="o", ms=2.6, mew=0, color=colour, ecolor=colour, elinewidth=0.5,
+                       alpha=0.9, capsize=0, zorder=3, label="frames")
+    cont.lines[0].set_gid(f"data:{star}")
+    if bad.any():
+        ax.plot(x[bad], mag[bad], "x", ms=3.5, mew=0.8, color="0.6", zorder=2,
+                gid=f"rejected:{star}", label="rejected (ok=False)")
+    order = np.argsort(x[good], kind="stable")
+    lim = robust_limits(mag[good][order], err[good][order])
+    if lim is None:  # nothing good: scale on the rejected points, or a dummy range
+        lim = robust_limits(mag[bad][np.argsort(x[bad], kind="stable")]) or (0.0, 1.0)
+        ax.text(0.5, 0.5, "no valid data", transform=ax.transAxes, ha="center", va="center",
+                color="0.4")
+    bright, faint = lim
+    ax.set_ylim(faint, bright)  # inverted: fainter (larger mag) downward
+    out_b = good & (mag < bright)
+    out_f = good & (mag > faint)
+    if out_b.any() or out_f.any():
+        ax.plot(np.r_[x[out_b], x[out_f]], np.r_[np.full(out_b.sum(), bright), np.full(out_f.sum(), faint)],
+                ls="none", marker="d", ms=4, mfc="none", mec="darkorange", clip_on=False,
+                gid=f"clipped:{star}", label="beyond axis limits")
+
+
+def _scatter_label(lc: Table, star: str, j: int, mag_good: np.ndarray, err_good: np.ndarray) -> tuple[str, bool]:
+    """Scatter achieved vs predicted (from the noise budget), else point-to-point vs median error, mmag.
+
+    Returns
+    -------
+    label : str
+    noisy : bool
+        The budget's ``noisy`` flag (False without a budget).
+    """
+    d = _noise_for(lc, star, j)
+    if d is not None:
+        ach, pred = 1000 * _noise_value(d, "achieved"), 1000 * _noise_value(d, "predicted")
+        noisy = bool(d.get("noisy", False))
+        return f"\u03c3 {_fmt_num(ach)} mmag (predicted {_fmt_num(pred)})" + ("  NOISY" if noisy else ""), noisy
+    ach = 1000 * _p2p_scatter(mag_good)
+    e_ok = err_good[np.isfinite(err_good)]
+    pred = 1000 * float(np.median(e_ok)) if e_ok.size else np.nan
+    return f"\u03c3 p2p {_fmt_num(ach)} mmag (median err {_fmt_num(pred)})", False
+
+
+def _lc_legend(fig: Figure, star_axes) -> None:
+    """A figure legend of the star panels' markers, only when there are rejected or clipped points."""
     handles, labels = [], []
-    for ax in axes[: len(panels)]:
+    for ax in star_axes:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             if lab not in labels:
                 handles.append(h)
@@ -417,37 +484,66 @@ def make_lightcurve_figure(lc: Table, stars: Table | None = None, title: str = "
         fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=8,
                    frameon=False)
 
-    if has_cond:
-        axc = axes[-1]
-        axc.set_label("conditions")
-        if airmass is not None and np.isfinite(airmass).any():
-            sel = np.isfinite(airmass) & np.isfinite(x)
-            axc.plot(x[sel], airmass[sel], "-", color="0.25", lw=1.0)
-            axc.set_ylabel("airmass", fontsize=8.5)
-        axc.grid(alpha=0.25, lw=0.5)
-        axc.tick_params(direction="in", labelsize=8)
-        if fwhm is not None and np.isfinite(fwhm).any():
-            axf = axc.twinx()
-            axf.set_label("conditions:fwhm")
-            sel = np.isfinite(fwhm) & np.isfinite(x)
-            axf.plot(x[sel & ok], fwhm[sel & ok], ".", ms=2.5, color="tab:orange")
-            axf.plot(x[sel & ~ok], fwhm[sel & ~ok], "x", ms=3, color="0.6")
-            axf.set_ylabel("FWHM (px)", color="tab:orange", fontsize=8.5)
-            axf.tick_params(direction="in", labelsize=8, colors="tab:orange")
-    axes[-1].set_xlabel(xlabel)
+
+def _conditions_panel(axc, x: np.ndarray, ok: np.ndarray, airmass: np.ndarray | None,
+                      fwhm: np.ndarray | None) -> None:
+    """Airmass (line) and, on a twin axis labelled ``"conditions:fwhm"``, FWHM (rejected frames as crosses)."""
+    axc.set_label("conditions")
+    if airmass is not None and np.isfinite(airmass).any():
+        sel = np.isfinite(airmass) & np.isfinite(x)
+        axc.plot(x[sel], airmass[sel], "-", color="0.25", lw=1.0)
+        axc.set_ylabel("airmass", fontsize=8.5)
+    axc.grid(alpha=0.25, lw=0.5)
+    axc.tick_params(direction="in", labelsize=8)
+    if fwhm is not None and np.isfinite(fwhm).any():
+        axf = axc.twinx()
+        axf.set_label("conditions:fwhm")
+        sel = np.isfinite(fwhm) & np.isfinite(x)
+        axf.plot(x[sel & ok], fwhm[sel & ok], ".", ms=2.5, color="tab:orange")
+        axf.plot(x[sel & ~ok], fwhm[sel & ~ok], "x", ms=3, color="0.6")
+        axf.set_ylabel("FWHM (px)", color="tab:orange", fontsize=8.5)
+        axf.tick_params(direction="in", labelsize=8, colors="tab:orange")
+
+
+def _time_limits(ax, x: np.ndarray, xlabel: str) -> None:
+    """Label the (shared) time axis and pad its limits by 2 % of the span."""
+    ax.set_xlabel(xlabel)
     if np.isfinite(x).any():
         x0, x1 = np.nanmin(x), np.nanmax(x)
         pad = 0.02 * (x1 - x0) if x1 > x0 else 0.01
-        axes[-1].set_xlim(x0 - pad, x1 + pad)
+        ax.set_xlim(x0 - pad, x1 + pad)
 
+
+def _lc_header(meta: dict, title: str, j: int, header_scatter: str, ok: np.ndarray, ncomp: int) -> str:
+    """Two-line figure title: object/band/night (or ``title``), then aperture, scatter, frames, comparisons.
+
+    Parameters
+    ----------
+    meta : dict
+        Light-curve meta (``object, band, night, apertures, aper_radius``).
+    title : str
+        First line instead of the meta's; "light curve" when both are empty.
+    j : int
+        Aperture plotted.
+    header_scatter : str
+        Scatter label of the first panel ("" for none).
+    ok : ndarray of bool
+        Usable frames.
+    ncomp : int
+        Comparison stars (not shown when 0).
+
+    Returns
+    -------
+    str
+    """
+    n = len(ok)
+    bad_n = int((~ok).sum())
     line1 = title or "  ".join(s for s in (_meta_str(meta, "object"), _meta_str(meta, "band"),
                                            _meta_str(meta, "night")) if s) or "light curve"
     ap = _aperture_label(meta, j)
-    ncomp = len(by_role["comparison"])
     frames = f"{int(ok.sum())}/{n} frames" + (f", {bad_n} rejected" if bad_n else "")
     parts = [ap, header_scatter, frames] + ([f"{ncomp} comparison stars"] if ncomp else [])
-    fig.suptitle(f"{line1}\n" + "   |   ".join(p for p in parts if p), fontsize=10.5)
-    return fig
+    return f"{line1}\n" + "   |   ".join(p for p in parts if p)
 
 
 def render_lightcurve_png(lc: Table, stars: Table | None = None, title: str = "",

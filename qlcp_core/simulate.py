@@ -332,16 +332,27 @@ def _read_noise(rng: np.random.Generator, shape, sigma: float) -> np.ndarray:
 
 # ------------------------------------------------------------ the night plan
 def _plan(o: SimOptions, n: int, seed: int) -> dict:
-    """Times, pointing, seeing, sky, clouds, offsets and eclipse of the science frames."""
+    """Times, pointing, seeing, sky, clouds, offsets and eclipse of the science frames.
+
+    Parameters
+    ----------
+    o : SimOptions
+    n : int
+        Number of science frames.
+    seed : int
+        Seed of the night's random stream (drawn from in a fixed order: start
+        jitter, eclipse time, seeing, clouds, offsets).
+
+    Returns
+    -------
+    dict
+        ``loc, start0, date_obs, t_start, t_mid, span_h, ra, dec, ra_s, dec_s,
+        airmass, alt, bjd_mid, t0_bjd, t0_utc, dur_s, delta, target_rel, fwhm,
+        sky, transp, dx, dy, jump_frame, drift_angle``.
+    """
     rng = _rng(seed, _S_NIGHT)
     loc = EarthLocation.from_geodetic(o.site_lon * u.deg, o.site_lat * u.deg, o.site_ele * u.m)
-    try:
-        if o.start_utc is None:     # 22:00 local time of the evening
-            start0 = Time(f"{o.night}T00:00:00", scale="utc") + (22.0 - o.site_tz) * u.hour
-        else:
-            start0 = Time(o.start_utc, scale="utc")
-    except ValueError as e:
-        raise ConfigError(f"options night/start_utc: not a date ({e})") from None
+    start0 = _start_time(o)
     # exposure starts: cadence plus a little jitter, rounded to ms as written to DATE-OBS
     jit = np.concatenate([[0.0], rng.uniform(-0.3, 0.3, n - 1)])
     starts = start0 + (np.arange(n) * o.cadence + jit) * u.s
@@ -350,21 +361,7 @@ def _plan(o: SimOptions, n: int, seed: int) -> dict:
     t_mid = t_start + (o.exptime / 2.0) * u.s
     span_h = ((n - 1) * o.cadence + o.exptime) / 3600.0
 
-    # pointing: rising target at airmass ~airmass_start at the start, or centred on the meridian
-    dec = o.target_dec if o.target_dec is not None else float(np.clip(o.site_lat - 10.0, -85, 85))
-    if o.target_ra is not None:
-        ra = o.target_ra
-    else:
-        phi, d = math.radians(o.site_lat), math.radians(dec)
-
-        def ha_at(x):            # hour angle (h) where the airmass is x (plane-parallel)
-            c = (1.0 / x - math.sin(phi) * math.sin(d)) / (math.cos(phi) * math.cos(d))
-            return math.degrees(math.acos(min(max(c, -1.0), 1.0))) / 15.0
-
-        h0, h2 = ha_at(o.airmass_start), ha_at(2.0)
-        ha_start = -h0 if -h0 + span_h <= min(h0, h2) else -span_h / 2.0
-        lst = t_start[0].sidereal_time("apparent", longitude=o.site_lon * u.deg).hour
-        ra = (lst - ha_start) * 15.0
+    ra, dec = _pointing(o, t_start[0], span_h)
     ra_s, ra = _ra_str(ra)
     dec_s, dec = _dec_str(dec)
     coo = SkyCoord(ra * u.deg, dec * u.deg, frame="icrs")
@@ -373,7 +370,71 @@ def _plan(o: SimOptions, n: int, seed: int) -> dict:
     if np.any(altaz.alt.deg < 15):
         log.warning("target below 15 deg altitude in part of the run (airmass up to %.1f)", airmass.max())
 
-    # barycentric times and the eclipse
+    ecl = _eclipse(o, rng, coo, loc, t_start, t_mid, span_h)
+    fwhm, sky, transp = _conditions(o, rng, t_mid, n)
+    dx, dy, ang = _pointing_offsets(o, rng, n)
+    return dict(loc=loc, start0=start0, date_obs=date_obs, t_start=t_start, t_mid=t_mid, span_h=span_h,
+                ra=ra, dec=dec, ra_s=ra_s, dec_s=dec_s, airmass=airmass, alt=np.asarray(altaz.alt.deg),
+                **ecl, fwhm=fwhm, sky=sky, transp=transp, dx=dx, dy=dy,
+                jump_frame=int(n // 2) if n >= 2 else None, drift_angle=math.degrees(ang))
+
+
+def _start_time(o: SimOptions) -> Time:
+    """Start of the first science exposure: ``o.start_utc``, default 22:00 local time of ``o.night``."""
+    try:
+        if o.start_utc is None:     # 22:00 local time of the evening
+            return Time(f"{o.night}T00:00:00", scale="utc") + (22.0 - o.site_tz) * u.hour
+        return Time(o.start_utc, scale="utc")
+    except ValueError as e:
+        raise ConfigError(f"options night/start_utc: not a date ({e})") from None
+
+
+def _pointing(o: SimOptions, t0: Time, span_h: float) -> tuple[float, float]:
+    """Target coordinates.
+
+    Parameters
+    ----------
+    o : SimOptions
+        ``target_ra``, ``target_dec``, ``airmass_start``, site.
+    t0 : Time
+        Start of the run.
+    span_h : float
+        Length of the run, hours.
+
+    Returns
+    -------
+    ra, dec : float
+        Degrees: the options', default Dec = latitude - 10 and an RA for which
+        the target rises through airmass ~``airmass_start`` at ``t0``, or the
+        run is centred on the meridian when starting there would take it past
+        airmass 2 or the meridian.
+    """
+    dec = o.target_dec if o.target_dec is not None else float(np.clip(o.site_lat - 10.0, -85, 85))
+    if o.target_ra is not None:
+        return o.target_ra, dec
+    phi, d = math.radians(o.site_lat), math.radians(dec)
+
+    def ha_at(x):            # hour angle (h) where the airmass is x (plane-parallel)
+        c = (1.0 / x - math.sin(phi) * math.sin(d)) / (math.cos(phi) * math.cos(d))
+        return math.degrees(math.acos(min(max(c, -1.0), 1.0))) / 15.0
+
+    h0, h2 = ha_at(o.airmass_start), ha_at(2.0)
+    ha_start = -h0 if -h0 + span_h <= min(h0, h2) else -span_h / 2.0
+    lst = t0.sidereal_time("apparent", longitude=o.site_lon * u.deg).hour
+    return (lst - ha_start) * 15.0, dec
+
+
+def _eclipse(o: SimOptions, rng: np.random.Generator, coo: SkyCoord, loc: EarthLocation, t_start: Time,
+             t_mid: Time, span_h: float) -> dict:
+    """Barycentric mid-exposure times and the eclipse (one draw from ``rng``: its time in the run).
+
+    Returns
+    -------
+    dict
+        ``bjd_mid`` (BJD_TDB per frame), ``t0_bjd``, ``t0_utc``, ``dur_s``,
+        ``delta`` (fractional depth) and ``target_rel`` (relative flux averaged
+        over 7 samples of each exposure).
+    """
     def bjd(t):
         return (t.tdb + t.light_travel_time(coo, "barycentric", location=loc)).jd
 
@@ -389,8 +450,16 @@ def _plan(o: SimOptions, n: int, seed: int) -> dict:
         return 1.0 - delta * np.where(np.abs(uu) < 1, np.clip(1.0 - uu * uu, 0, None) ** 1.5, 0.0)
 
     target_rel = rel_flux(bjd_mid[:, None] + sub[None, :]).mean(axis=1)
+    return dict(bjd_mid=bjd_mid, t0_bjd=t0_bjd, t0_utc=t0_utc, dur_s=dur_s, delta=delta, target_rel=target_rel)
 
-    # seeing, sky, clouds
+
+def _conditions(o: SimOptions, rng: np.random.Generator, t_mid: Time, n: int) -> tuple[np.ndarray, ...]:
+    """Seeing (FWHM, px), sky (ADU) and transparency of each frame.
+
+    The seeing wanders between ``fwhm_min`` and ``fwhm_max``; the sky fades
+    after twilight and rises slowly; one frame (not the first) has thick
+    clouds, ``n_thin_clouds`` others thin ones.
+    """
     tau = (t_mid - t_mid[0]).to_value(u.hour)
     ph = rng.uniform(0, 2 * np.pi, 2)
     mid, amp = (o.fwhm_min + o.fwhm_max) / 2.0, (o.fwhm_max - o.fwhm_min) / 2.0
@@ -405,20 +474,35 @@ def _plan(o: SimOptions, n: int, seed: int) -> dict:
     n_thin = o.n_thin_clouds if o.n_thin_clouds is not None else max(1, round(n / 20))
     for _ in range(min(n_thin, len(free))):
         transp[free.pop()] = rng.uniform(0.6, 0.9)
+    return fwhm, sky, transp
 
-    # pointing offsets: slow drift, one re-pointing jump, a little guiding jitter
+
+def _pointing_offsets(o: SimOptions, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Frame offsets: drift, one re-pointing jump and guiding jitter.
+
+    Parameters
+    ----------
+    o : SimOptions
+        ``drift`` (px per frame) and ``jump`` (px).
+    rng : Generator
+        Drawn from: the drift angle, then the jitter of frames 1.. (0.05 px).
+    n : int
+        Number of frames.
+
+    Returns
+    -------
+    dx, dy : ndarray (n,)
+        Offsets, px; the jump applies from frame ``n // 2`` on (not with one frame).
+    ang : float
+        Drift direction, rad.
+    """
     ang = rng.uniform(0, 2 * np.pi)
     i = np.arange(n)
     jump_on = (i >= n // 2) & (n >= 2)
     jit_xy = np.vstack([np.zeros((1, 2)), rng.normal(0, 0.05, (n - 1, 2))])
     dx = o.drift * i * math.cos(ang) + o.jump[0] * jump_on + jit_xy[:, 0]
     dy = o.drift * i * math.sin(ang) + o.jump[1] * jump_on + jit_xy[:, 1]
-
-    return dict(loc=loc, start0=start0, date_obs=date_obs, t_start=t_start, t_mid=t_mid, span_h=span_h,
-                ra=ra, dec=dec, ra_s=ra_s, dec_s=dec_s, airmass=airmass, alt=np.asarray(altaz.alt.deg),
-                bjd_mid=bjd_mid, t0_bjd=t0_bjd, t0_utc=t0_utc, dur_s=dur_s, delta=delta,
-                target_rel=target_rel, fwhm=fwhm, sky=sky, transp=transp, dx=dx, dy=dy,
-                jump_frame=int(n // 2) if n >= 2 else None, drift_angle=math.degrees(ang))
+    return dx, dy, ang
 
 
 # ------------------------------------------------------------------ the field
@@ -673,16 +757,7 @@ def simulate_night(out_dir, n_frames: int = 60, size: int = 1024, seed: int = 0,
     tic = time.perf_counter()
     o = _options(dict(options), n_frames, size, seed)
     out = Path(out_dir)
-    raw, truth = out / "raw", out / "truth"
-    if raw.exists() and any(raw.iterdir()):
-        if not overwrite:
-            raise InputError(f"{raw}: not empty (pass overwrite=True to replace a simulated night)")
-        if any(p.suffix != ".fit" or not p.is_file() for p in raw.iterdir()):
-            raise InputError(f"{raw}: holds files other than .fit frames; not touching it")
-        for p in raw.glob("*.fit"):
-            p.unlink()
-    raw.mkdir(parents=True, exist_ok=True)
-    truth.mkdir(parents=True, exist_ok=True)
+    raw, truth = _prepare_dirs(out, overwrite)
 
     plan = _plan(o, n_frames, seed)
     stars = _field(o, size, seed, plan["dx"], plan["dy"])
@@ -695,7 +770,52 @@ def simulate_night(out_dir, n_frames: int = 60, size: int = 1024, seed: int = 0,
     sci_files, cr_rows = _write_science_frames(o, raw, size, seed, plan, stars, bias, resp, sky_shape)
 
     fr = _frames_table(o, plan, sci_files)
-    info = {
+    info = _truth_info(o, n_frames, size, seed, plan, bias, sky_ang, donuts,
+                       bias_files, flat_files, flat_levels, sci_files)
+    write_fits(truth / "bias.fits", bias)
+    write_fits(truth / f"flat_{o.band}.fits", resp)
+    write_table(truth / "stars.ecsv", stars)
+    write_table(truth / "frames.ecsv", fr)
+    write_table(truth / "cosmics.ecsv", _cosmics_table(cr_rows))
+    write_json(truth / "truth.json", info)
+    cfg_path = _write_night_config(out, o, seed)
+
+    el = time.perf_counter() - tic
+    log.info("simulated night in %s: %d bias, %d flats, %d science frames of %d px in %.1f s",
+             out, len(bias_files), len(flat_files), n_frames, size, el)
+    return SimulatedNight(out_dir=out, raw_dir=raw, truth_dir=truth, config_path=cfg_path, stars=stars,
+                          frames=fr, info=info, bias_files=bias_files, flat_files=flat_files,
+                          science_files=sci_files, elapsed_s=el)
+
+
+def _prepare_dirs(out: Path, overwrite: bool) -> tuple[Path, Path]:
+    """Create ``out/raw`` and ``out/truth``; an earlier night's ``*.fit`` frames in ``raw`` are deleted
+    when ``overwrite``.
+
+    Raises
+    ------
+    InputError
+        ``raw/`` is not empty and ``overwrite`` is false, or it holds anything but ``*.fit`` files.
+    """
+    raw, truth = out / "raw", out / "truth"
+    if raw.exists() and any(raw.iterdir()):
+        if not overwrite:
+            raise InputError(f"{raw}: not empty (pass overwrite=True to replace a simulated night)")
+        if any(p.suffix != ".fit" or not p.is_file() for p in raw.iterdir()):
+            raise InputError(f"{raw}: holds files other than .fit frames; not touching it")
+        for p in raw.glob("*.fit"):
+            p.unlink()
+    raw.mkdir(parents=True, exist_ok=True)
+    truth.mkdir(parents=True, exist_ok=True)
+    return raw, truth
+
+
+def _truth_info(o: SimOptions, n_frames: int, size: int, seed: int, plan: dict, bias: np.ndarray,
+                sky_ang: float, donuts: list[dict], bias_files: list[Path], flat_files: list[Path],
+                flat_levels: list[float], sci_files: list[Path]) -> dict:
+    """The content of ``truth/truth.json``: options, site, target, eclipse ephemeris, detector, models,
+    the special stars' ids, the jump and drift, and the calibration files."""
+    return {
         "generator": f"qlcp.core.simulate {__version__}",
         "seed": int(seed), "n_frames": int(n_frames), "size": int(size),
         "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(o).items()},
@@ -720,25 +840,15 @@ def simulate_night(out_dir, n_frames: int = 60, size: int = 1024, seed: int = 0,
         "dust_donuts": donuts,
         "bias_files": [p.name for p in bias_files],
     }
-    write_fits(truth / "bias.fits", bias)
-    write_fits(truth / f"flat_{o.band}.fits", resp)
-    write_table(truth / "stars.ecsv", stars)
-    write_table(truth / "frames.ecsv", fr)
-    write_table(truth / "cosmics.ecsv", _cosmics_table(cr_rows))
-    write_json(truth / "truth.json", info)
 
+
+def _write_night_config(out: Path, o: SimOptions, seed: int) -> Path:
+    """``out/night.yaml``: the site and detector settings a reduction of the night needs."""
     cfg = {"site_lon": o.site_lon, "site_lat": o.site_lat, "site_ele": o.site_ele, "site_tz": o.site_tz,
            "gain": o.gain, "rdnoise": o.rdnoise, "saturation": o.saturation, "tel_diameter": o.tel_diameter}
-    cfg_path = write_text(out / "night.yaml",
-                          f"# QLCP config of the simulated night {o.night} ({o.obj} {o.band}, seed {seed})\n"
-                          + yaml.safe_dump(cfg, sort_keys=False))
-
-    el = time.perf_counter() - tic
-    log.info("simulated night in %s: %d bias, %d flats, %d science frames of %d px in %.1f s",
-             out, len(bias_files), len(flat_files), n_frames, size, el)
-    return SimulatedNight(out_dir=out, raw_dir=raw, truth_dir=truth, config_path=cfg_path, stars=stars,
-                          frames=fr, info=info, bias_files=bias_files, flat_files=flat_files,
-                          science_files=sci_files, elapsed_s=el)
+    return write_text(out / "night.yaml",
+                      f"# QLCP config of the simulated night {o.night} ({o.obj} {o.band}, seed {seed})\n"
+                      + yaml.safe_dump(cfg, sort_keys=False))
 
 
 def simulate_small(out_dir, n_frames: int = 12, size: int = 256, seed: int = 0, **options) -> SimulatedNight:

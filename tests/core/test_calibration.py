@@ -190,3 +190,42 @@ def test_times_do_not_depend_on_how_a_group_is_split(tmp_path):
     res = correct_frames(files[2:], "SIMV", "V", tmp_path / "c", cfg)
     own = [fits.getheader(p)["HJD"] for p in sorted(map(Path, res.outputs))]
     assert own != whole[2:]
+
+
+# ------------------------------------------------------- the pieces of correct_frames, on their own
+def test_calibrate_subtracts_scales_and_cuts():
+    from qlcp.core.correct import CorrectResult, _calibrate
+    rng = np.random.default_rng(0)
+    bias = rng.uniform(990, 1010, (20, 30))
+    dark = rng.uniform(0.0, 0.1, (20, 30))
+    flat = rng.uniform(0.9, 1.1, (20, 30))
+    sky = rng.uniform(100, 200, (20, 30))
+    raw = sky * flat + bias + 30.0 * dark
+    res = CorrectResult()
+    out = _calibrate(raw.copy(), Path("a.fit"), 30.0, (None, None, None), (bias, dark, flat, 0, 0, 1), 2, res)
+    np.testing.assert_allclose(out, sky[2:-2, 2:-2], rtol=1e-12)
+    assert res.rejected == []
+    out = _calibrate(raw.copy(), Path("a.fit"), 30.0, (None, None, None), (bias, None, None, 0, 0, 1), 0, res)
+    np.testing.assert_allclose(out, raw - bias)
+    # a master of another shape rejects the frame, naming the master
+    wrong = _calibrate(raw.copy(), Path("a.fit"), 30.0, ("b.fits", "d.fits", "f.fits"),
+                       (bias, dark[:10], flat, 0, 0, 1), 0, res)
+    assert wrong is None and res.rejected == [("a.fit", "a.fit: shape (20, 30) differs from dark d.fits (10, 30)")]
+
+
+def test_corrected_header_times_detector_cut_and_provenance():
+    from qlcp.core.correct import _corrected_header
+    hdr = fits.Header({"BZERO": 32768, "BSCALE": 1, "CRPIX1": 100.0, "CRPIX2": 50.0, "GAIN": 2.0})
+    cfg = Config(border_cut=4, rdnoise=7.0, saturation=60000.0)
+    times = {"JD": 2460000.5, "MJD": 59999.0, "HJD": np.nan, "BJD": 2460000.501, "AZ": 180.0, "ALT": 60.0,
+             "AIRMASS": 1.155}
+    out = _corrected_header(hdr, Path("/raw/x.fit"), times, 20.0, cfg, "k1", (Path("/r/bias.fits"), None,
+                            Path("/r/flat_V.fits")), (None, None, None, 1000.0, 0.5, 1.25))
+    assert "BZERO" not in out and "BSCALE" not in out and hdr["BZERO"] == 32768     # raw header untouched
+    assert out["JD"] == 2460000.5 and out["HJD"] == "NaN" and out["AIRMASS"] == 1.155
+    assert (out["GAIN"], out["RDNOISE"]) == (2.0, 7.0)
+    assert out["SATURATE"] == pytest.approx((60000.0 - 1000.0 - 0.5 * 20.0) / 1.25)
+    assert (out["CRPIX1"], out["CRPIX2"], out["BORDCUT"]) == (96.0, 46.0, 4)
+    assert (out["RAWFILE"], out["BIASFILE"], out["FLATFILE"], out["DARKFILE"]) == ("x.fit", "bias.fits",
+                                                                                   "flat_V.fits", "none")
+    assert out["QLCPKEY"] == "k1"

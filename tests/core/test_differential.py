@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
-from qlcp.core.catalogue import FLAG_MISSING, build_catalogue
-from qlcp.core.differential import differential, resolve_indexes, robust_scatter, write_lightcurve
+from qlcp.core.catalogue import FLAG_MISSING, FLAG_SATURATED, build_catalogue
+from qlcp.core.differential import (_reject_unusable, _reject_variable, differential, resolve_indexes,
+                                    robust_scatter, write_lightcurve)
 from qlcp.core.errors import ConfigError
 
 try:
@@ -204,3 +205,61 @@ def test_write_lightcurve(tmp_path, result):
     np.testing.assert_allclose(txt[:, 0], lc["bjd_tdb"][ok], atol=1e-7)
     np.testing.assert_allclose(txt[:, 1], lc["mag_t0_a0"][ok], atol=1e-5)
     assert not list(tmp_path.rglob(".*tmp*"))
+
+
+# ------------------------------------------------ the pieces of differential, on their own
+def _comparison_cube(seed=5, nf=120, nc=6, na=2, sigma=0.01):
+    """Comparison magnitudes with white noise of known sigma, extinction and clouds common to all."""
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0, 1, nf)
+    common = 0.3 * t + np.where((t > 0.4) & (t < 0.5), 0.5, 0.0)        # extinction and a cloud
+    m = (12 + rng.uniform(0, 2, nc))[None, :, None] + common[:, None, None] \
+        + sigma * rng.standard_normal((nf, nc, na))
+    e = np.full_like(m, sigma)
+    return t, m, e
+
+
+def test_reject_variable_rejects_an_injected_variation_and_keeps_constants():
+    t, m, e = _comparison_cube()
+    m[:, 3, :] += 0.08 * np.sin(2 * np.pi * 3 * t)[:, None]
+    comps, fits, reason = _reject_variable(m, e, e, list(range(6)))
+    assert comps == [0, 1, 2, 4, 5]
+    assert list(reason) == [3] and reason[3].startswith("variable: scatter")
+    assert len(fits) == 2
+    for ft in fits:                      # fitted on the 5 constants: scatter at the injected noise
+        np.testing.assert_allclose(ft["s"], 0.01 * np.sqrt(1 + 1 / 4), rtol=0.25)
+
+
+def test_reject_variable_keeps_constant_comparisons_despite_clouds():
+    _, m, e = _comparison_cube(seed=8)
+    comps, fits, reason = _reject_variable(m, e, e, [0, 1, 2, 3, 4, 5])
+    assert comps == [0, 1, 2, 3, 4, 5] and reason == {}
+    assert all(np.all(np.isfinite(ft["w"])) for ft in fits)
+
+
+def test_reject_variable_worst_first_and_needs_three_comparisons():
+    t, m, e = _comparison_cube(seed=9)
+    m[:, 1, :] += 0.05 * np.sin(2 * np.pi * 2 * t)[:, None]
+    m[:, 4, :] += 0.20 * np.sin(2 * np.pi * 2 * t + 1)[:, None]
+    comps, _, reason = _reject_variable(m, e, e, list(range(6)))
+    assert list(reason) == [4, 1] and comps == [0, 2, 3, 5]
+    # with two comparisons there is nothing to tell which one varies
+    comps, fits, reason = _reject_variable(m, e, e, [0, 4])
+    assert comps == [0, 4] and reason == {} and len(fits) == 2
+    assert _reject_variable(m, e, e, []) == ([], None, {})
+
+
+def test_reject_unusable_saturated_in_an_ok_frame_or_missing_too_often():
+    _, m, _ = _comparison_cube(nf=20, nc=5)
+    flags = np.zeros((20, 5), dtype=np.int64)
+    ok = np.ones(20, bool)
+    ok[7] = False
+    flags[7, 1] |= FLAG_SATURATED         # saturated only in a frame not ok: kept
+    flags[3, 2] |= FLAG_SATURATED
+    m[7] = np.nan                         # a frame not ok has no usable magnitude
+    m[:6, 4, 1] = np.nan                  # missing in 6 of 19 ok frames in one aperture
+    comps, reason = _reject_unusable(flags, m, ok, [0, 1, 2, 4], bad_max=0.3)
+    assert comps == [0, 1] and set(reason) == {2, 4}
+    assert reason[2] == "saturated in 1 frame(s)"
+    assert reason[4] == "missing in 32% of frames > 30%"
+    assert _reject_unusable(flags, m, ok, [0, 1, 2, 4], bad_max=0.35)[0] == [0, 1, 4]

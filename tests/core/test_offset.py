@@ -400,3 +400,18 @@ def test_write_offsets_roundtrip(night, tmp_path):
     assert not list(tmp_path.glob(".*tmp*"))    # no temporary files left
     with pytest.raises(InputError):
         read_offsets(tmp_path, "UYUMa", "B")
+
+
+def test_detection_image_masks_non_finite_pixels_and_fixes_byte_order():
+    from qlcp.core.offset import _detection_image
+    d = np.arange(12.0).reshape(3, 4).astype(">f8")
+    d[1, 2] = np.nan
+    img, mask, bad = _detection_image(d)
+    assert img.dtype == np.float32 and img.dtype.isnative and img.flags.c_contiguous
+    assert img[1, 2] == 0 and img[2, 3] == 11 and np.isnan(d[1, 2])           # input untouched
+    np.testing.assert_array_equal(mask, bad)
+    assert bad.sum() == 1 and bad[1, 2]
+    img, mask, bad = _detection_image(np.ones((3, 3)))
+    assert mask is None and not bad.any()
+    assert _detection_image(np.full((3, 3), np.inf)) is None
+    assert _detection_image(np.ones(5)) is None and _detection_image(np.ones((0, 4))) is None

@@ -17,7 +17,8 @@ import pytest
 from qlcp.core.catalogue import build_catalogue
 from qlcp.core.differential import differential
 from qlcp.core.errors import MissingInputError
-from qlcp.core.pick import pick_stars, read_pick, write_pick
+from qlcp.core.pick import (_classify, _NightStats, _night_statistics, _roles_and_reasons, pick_stars, read_pick,
+                             write_pick)
 
 try:
     from .synthetic_night import DROP_COMP, NEAR_SAT, SAT, SHAPE, TGT, VAR_COMP, cfg_for_tests, make_night
@@ -127,3 +128,61 @@ def test_selection_feeds_catalogue_and_differential(night, sel):
     pred = [r for r in lc.meta["noise"] if r["role"] == "target" and r["k"] == 0 and r["aperture"] == 1][0]
     assert np.std(resid) < 1.5 * pred["predicted"]
     assert set(stars["source"]) == {"picked"}
+
+
+# ------------------------------------------------ the pieces of pick_stars, on their own
+def test_night_statistics_removes_frame_zero_points_and_measures_each_star():
+    nf, ng = 40, 10
+    true = np.linspace(12.0, 15.0, ng)
+    zp = np.linspace(0.0, 0.6, nf) + np.where(np.arange(nf) % 7 == 0, 0.4, 0.0)   # extinction, clouds
+    var = 0.1 * np.sin(np.linspace(0, 4 * np.pi, nf))
+    mags = true[None, :] + zp[:, None]
+    mags[:, 2] += var
+    mags[:10, 5] = np.nan                             # missing in a quarter of the frames
+    mags[0, :8] = np.nan                              # only 2 of 10 stars found: frame not aligned
+    xb = np.tile(np.arange(ng, dtype=float), (nf, 1))
+    xb[:, 3] += np.where(np.arange(nf) % 2 == 0, 0.5, -0.5)
+    st = _night_statistics(mags, xb, xb + 100)
+    assert st.n_frames == nf - 1 and st.magc.shape == (nf - 1, ng)
+    const = [i for i in range(ng) if i != 2]
+    np.testing.assert_allclose(st.std[const], 0.0, atol=1e-9)           # zero points fully removed
+    assert st.std[2] == pytest.approx(np.std(var[1:]), rel=1e-6)
+    assert st.rng[2] == pytest.approx(np.ptp(var[1:]), rel=1e-6)
+    assert st.missing[5] == pytest.approx(9 / 39)
+    np.testing.assert_allclose(st.x, np.arange(ng))
+    np.testing.assert_allclose(st.y, np.arange(ng) + 100.0)
+
+
+def _stats(std, x=None, y=None, missing=None):
+    std = np.asarray(std, dtype=float)
+    n = len(std)
+    return _NightStats(magc=np.zeros((5, n)), n_frames=5, missing=np.zeros(n) if missing is None else missing,
+                       std=std, rng=3 * std, mag=np.full(n, 14.0),
+                       x=np.full(n, 255.5) if x is None else np.asarray(x, float),
+                       y=np.full(n, 255.5) if y is None else np.asarray(y, float))
+
+
+def test_classify_targets_central_and_most_variable_first_comparisons_most_stable():
+    cfg = cfg_for_tests(pick_ref_n=3, pick_var_std=0.05, pick_ref_std=0.02, pick_ref_dif=0.1, pick_var_rad=0.5)
+    std = [0.10, 0.004, 0.30, 0.002, 0.003, 0.010, 0.001, 0.005, 0.007, 0.006, 0.2, 0.0015, 0.03]
+    x = np.full(len(std), 255.5)
+    x[10] = 10.0                                        # a variable far from the centre
+    sat = np.zeros(len(std), bool)
+    sat[6] = True                                       # the most stable star saturates
+    cls = _classify(_stats(std, x=x), sat, cfg, (512, 512))
+    assert list(cls.var_ix) == [2, 0]
+    assert list(cls.ref_ix) == [11, 3, 4]               # 9 stable stars: 3 comparisons, 2 checks
+    assert list(cls.chk_ix) == [1, 7]
+    role, reason = _roles_and_reasons(_stats(std, x=x), sat, cls, cfg)
+    assert role[10] == "rejected" and reason[10] == "variable but outside the central region"
+    assert role[6] == "rejected" and reason[6] == "saturated"
+    assert reason[12] == "std 0.030 neither stable nor variable"
+    assert role[5] == "rejected" and reason[5].startswith("stable, beyond")
+
+
+def test_classify_takes_checks_from_the_end_when_few_stable_stars():
+    cfg = cfg_for_tests(pick_ref_n=10, pick_ref_std=0.02, pick_var_std=0.05)
+    cls = _classify(_stats([0.001, 0.003, 0.002, 0.004]), np.zeros(4, bool), cfg, (512, 512))
+    assert list(cls.ref_ix) == [0, 2, 1] and list(cls.chk_ix) == [3]
+    cls = _classify(_stats([0.001, 0.003]), np.zeros(2, bool), cfg, (512, 512))
+    assert list(cls.ref_ix) == [0, 1] and list(cls.chk_ix) == []

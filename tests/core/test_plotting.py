@@ -279,3 +279,51 @@ def test_frame_sources_circles_only_good_sources(tmp_path):
     np.testing.assert_allclose(marks.get_ydata(), [20.0, 60.0, 100.0])
     out = plotting.plot_frame_sources(img, cat, tmp_path / "f.cat.png", 0.05)
     assert out.read_bytes()[:8] == PNG_MAGIC
+
+
+# ------------------------------------------------- pieces of make_lightcurve_figure, on their own
+def test_scatter_label_from_budget_or_point_to_point():
+    lc = make_lc()
+    lc.meta["noise"][1]["noisy"] = True                       # t0, aperture 1
+    label, noisy = plotting._scatter_label(lc, "t0", 1, np.zeros(3), np.zeros(3))
+    a = 1000 * ACHIEVED["t0"][1]
+    assert noisy and label == f"\u03c3 {plotting._fmt_num(a)} mmag (predicted {plotting._fmt_num(0.8 * a)})  NOISY"
+    bare = make_lc(with_noise_meta=False)
+    rng = np.random.default_rng(1)
+    mag = 0.005 * rng.standard_normal(2000) + np.linspace(0, 0.3, 2000)   # white noise on a slow trend
+    err = np.full(2000, 0.003)
+    err[::2] = np.nan
+    label, noisy = plotting._scatter_label(bare, "t0", 0, mag, err)
+    assert not noisy
+    assert label.startswith("\u03c3 p2p ") and label.endswith(" mmag (median err 3.0)")
+    assert float(label.split()[2]) == pytest.approx(5.0, abs=0.3)      # the injected 5 mmag, trend ignored
+
+
+def test_star_points_clips_good_points_to_the_edges_and_ignores_rejected_ones():
+    fig = plotting._new_figure((4, 3), 72)
+    ax = fig.subplots()
+    x = np.arange(60.0)
+    mag = 0.01 * np.sin(x)
+    mag[10] = -2.0                                           # a wild bright point
+    mag[20] = 3.0                                            # and a wild faint one
+    ok = np.ones(60, bool)
+    ok[30] = False
+    mag[30] = 9.0                                            # rejected: a grey cross, no clipping
+    plotting._star_points(ax, "t0", x, mag, np.full(60, 0.01), ok, "black")
+    faint, bright = ax.get_ylim()
+    assert faint > bright and bright < -0.01 and faint > 0.01 and faint < 1.0
+    clipped = line_by_gid(ax, "clipped:t0")
+    np.testing.assert_array_equal(clipped.get_xdata(), [10.0, 20.0])
+    np.testing.assert_array_equal(clipped.get_ydata(), [bright, faint])
+    np.testing.assert_array_equal(line_by_gid(ax, "rejected:t0").get_xdata(), [30.0])
+    assert len(line_by_gid(ax, "data:t0").get_xdata()) == 59
+
+
+def test_lc_header_lines():
+    ok = np.ones(10, bool)
+    ok[[2, 3]] = False
+    meta = {"object": "UYUMa", "band": "V", "night": "20240606", "apertures": [5.0], "aper_radius": [5.0]}
+    head = plotting._lc_header(meta, "", 0, "T0 s", ok, 3)
+    assert head == ("UYUMa  V  20240606\naperture 0: r = 5.0 px   |   T0 s   |   8/10 frames, 2 rejected"
+                    "   |   3 comparison stars")
+    assert plotting._lc_header({}, "", 0, "", np.ones(4, bool), 0) == "light curve\naperture 0   |   4/4 frames"

@@ -280,3 +280,38 @@ def test_bad_input(tmp_path):
     with pytest.raises(InputError, match="other than"):
         simulate_night(tmp_path / "y", n_frames=2, size=128, overwrite=True)
     assert (raw / "keep.txt").read_text() == "mine"
+
+
+# ------------------------------------------------------- pieces of the night plan, on their own
+def test_pointing_offsets_drift_jump_and_jitter():
+    from qlcp.core.simulate import SimOptions, _pointing_offsets
+    o = SimOptions(drift=0.5, jump=(30.0, -10.0))
+    dx, dy, ang = _pointing_offsets(o, np.random.default_rng(1), 20)
+    assert dx[0] == 0 and dy[0] == 0                                    # no jitter in the first frame
+    drift_x, drift_y = 0.5 * np.arange(20) * np.cos(ang), 0.5 * np.arange(20) * np.sin(ang)
+    jx, jy = dx - drift_x, dy - drift_y
+    np.testing.assert_allclose(jx[:10], 0.0, atol=0.25)                 # jitter of 0.05 px only
+    np.testing.assert_allclose(jx[10:], 30.0, atol=0.25)                # the jump from the middle frame on
+    np.testing.assert_allclose(jy[10:], -10.0, atol=0.25)
+    dx1, dy1, _ = _pointing_offsets(o, np.random.default_rng(1), 1)
+    assert dx1.tolist() == [0.0] and dy1.tolist() == [0.0]              # one frame: no jump
+
+
+def test_conditions_clouds_and_seeing_limits():
+    from qlcp.core.simulate import SimOptions, _conditions
+    o = SimOptions(n_thin_clouds=4, fwhm_min=2.0, fwhm_max=3.0)
+    t = Time("2024-06-06T14:00:00") + np.arange(40) * 90 * u.s
+    fwhm, sky, transp = _conditions(o, np.random.default_rng(2), t, 40)
+    assert transp[0] == 1.0
+    assert np.sum(transp < 0.06) == 1 and np.sum((transp >= 0.6) & (transp <= 0.9)) == 4
+    assert np.sum(transp == 1.0) == 40 - 5
+    assert fwhm.min() >= 2.0 and fwhm.max() <= 3.0 and np.ptp(fwhm) > 0.1
+    assert sky[0] == pytest.approx(o.sky_adu * 1.6) and np.all(sky > o.sky_adu)
+
+
+def test_start_time_default_is_22h_local_and_bad_dates_are_config_errors():
+    from qlcp.core.simulate import SimOptions, _start_time
+    assert _start_time(SimOptions(night="2024-06-06", site_tz=8.0)).isot == "2024-06-06T14:00:00.000"
+    assert _start_time(SimOptions(start_utc="2024-06-07T01:02:03")).isot == "2024-06-07T01:02:03.000"
+    with pytest.raises(ConfigError, match="night/start_utc"):
+        _start_time(SimOptions(night="2024-13-45"))
