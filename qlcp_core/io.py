@@ -15,6 +15,7 @@ import math
 import os
 import re
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +25,23 @@ from .errors import InputError, TransientIOError
 
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.fz", ".fit.fz", ".fz")
 
-# mkstemp makes files 0600; products should get the usual permissions (umask applied)
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
+_umask_lock = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it (Linux: ``/proc/self/status``); elsewhere
+    set and restored at once, as ``os.umask`` has no read-only form."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _umask_lock:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
 
 
 def raw_stem(path: str | Path) -> str:
@@ -56,7 +71,7 @@ def atomic_path(dest: str | Path):
     dest.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(dest.suffixes[-2:]) if dest.name.endswith(".fits.fz") else dest.suffix
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=f".tmp{suffix}", dir=dest.parent)
-    os.fchmod(fd, 0o666 & ~_UMASK)
+    os.fchmod(fd, 0o666 & ~current_umask())     # mkstemp makes 0600: the usual permissions instead
     os.close(fd)
     tmp = Path(tmp)
     try:

@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
 from .logs import current_step
+from .runtime import configure_run
 
 log = logging.getLogger("qlcp.parallel")
 
@@ -73,6 +74,7 @@ class _TagCaller(logging.Filter):
 
 
 def _init_worker(level: int, queue, preload: list) -> None:
+    configure_run()              # a worker is part of a run (a forked one has it already: no-op)
     lg = logging.getLogger("qlcp")
     h = logging.handlers.QueueHandler(queue)
     h.addFilter(_TagCaller())

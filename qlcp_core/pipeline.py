@@ -25,6 +25,7 @@ from .errors import InputError, QLCPError
 from .io import write_text
 from .listing import Night, list_night, read_night
 from .logs import progress_factory, setup_screen, step_log
+from .runtime import configure_run
 from .workmode import workmode
 
 log = logging.getLogger("qlcp.pipeline")
@@ -125,6 +126,7 @@ def run(raw_dir, red_dir, steps: str | None = None, obj=None, band=None, use_bia
     -------
     RunSummary
     """
+    configure_run()                         # this process's settings for a run (no IERS download, ...)
     cfg = config or make_config(
         ini_file, steps=steps, obj=obj, band=band, use_bias=use_bias, use_flat=use_flat, alt_bias=alt_bias,
         alt_flat=alt_flat, alt_coord=alt_coord, base_img=base_img, aper=aper, starxy=starxy, ind_tgt=ind_tgt,
