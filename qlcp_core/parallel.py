@@ -30,7 +30,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, as_completed, wait
 
 from .logs import current_step
 from .runtime import configure_run
@@ -227,7 +227,7 @@ def pmap(fn: Callable, items: Sequence, workers: int | None = None, progress=Non
             with _lock, _main_hidden():          # _main_hidden edits __main__: one thread at a time
                 futs[pool.submit(_call, fn, x, caller)] = i
 
-    def completed():
+    def windowed():
         pending = set(futs)
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -238,8 +238,12 @@ def pmap(fn: Callable, items: Sequence, workers: int | None = None, progress=Non
             pending |= set(itertools.islice(futs, n, None))
 
     out = [None] * len(items)
-    submit(len(items) if limit >= _pool_size else limit)
-    done = completed()
+    if limit >= _pool_size:                     # the whole pool: every job at once, as before
+        submit(len(items))
+        done = as_completed(futs)
+    else:                                       # fewer workers than the pool has: a window
+        submit(limit)
+        done = windowed()
     if progress:
         done = progress(done, desc=desc)
     try:

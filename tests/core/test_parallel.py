@@ -103,6 +103,15 @@ def _slow_square(x):
     return x * x
 
 
+def _span(_):
+    """A job reporting when it ran (for the concurrency check)."""
+    import time
+
+    t0 = time.monotonic()
+    time.sleep(0.15)
+    return t0, time.monotonic()
+
+
 def test_pmap_from_two_threads_with_different_sizes_shares_one_pool():
     """A Prefect flow runs two tasks at a time, each calling pmap: a 40-item and a 3-item map at
     once (workers=4) both finish with their own results, on one pool that is neither resized nor
@@ -110,7 +119,7 @@ def test_pmap_from_two_threads_with_different_sizes_shares_one_pool():
     code = textwrap.dedent("""
         import json, threading
         from qlcp_core import parallel
-        from tests.core.test_parallel import _slow_square
+        from tests.core.test_parallel import _slow_square, _span
 
         results, errors = {}, []
 
@@ -131,9 +140,11 @@ def test_pmap_from_two_threads_with_different_sizes_shares_one_pool():
             t.start()
         for t in threads:
             t.join(timeout=90)
+        spans = parallel.pmap(_span, range(6), workers=2)       # a 2-worker call on the 4-process pool
+        most = max(sum(a < e and s < b for a, b in spans) for s, e in spans)
         print(json.dumps({"alive": [t.name for t in threads if t.is_alive()], "errors": errors,
                           "done": sorted(results), "same_pool": parallel._pool is pool,
-                          "size": parallel._pool_size}), flush=True)
+                          "size": parallel._pool_size, "most_at_once": most}), flush=True)
     """)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240,
                        env=dict(os.environ, PYTHONPATH=os.getcwd()))
@@ -145,6 +156,7 @@ def test_pmap_from_two_threads_with_different_sizes_shares_one_pool():
     assert res["alive"] == [] and res["errors"] == [], res          # no call hung or failed
     assert res["done"] == ["big", "small", "two"]
     assert res["same_pool"] and res["size"] == 4                    # one pool, sized once
+    assert res["most_at_once"] == 2                                 # a call keeps to its own workers
 
 
 def test_pmap_error_cancels_only_its_own_queued_jobs():
