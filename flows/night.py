@@ -35,6 +35,7 @@ from qlcp.core import steps as core
 from qlcp.core.errors import QLCPError
 from qlcp.core.pipeline import check_dirs, make_config, raw_identities, write_effective_config
 from qlcp.core.products import product_path
+from qlcp.core.runtime import configure_run
 from qlcp.core.walk import NightWalk
 from qlcp.tasks import steps as T
 from qlcp.tasks.common import bridge_logging, results_dir
@@ -136,6 +137,7 @@ def process_night(raw_dir: str, red_dir: str, config: dict | None = None, config
     t_start = time.perf_counter()
     plog = get_run_logger()
     bridge_logging()
+    configure_run()                     # this process's settings for a run (no IERS download, ...)
     given = {k: v for k, v in (("steps", steps), ("obj", obj), ("band", band)) if v is not None}
     cfg = make_config(config_files, **{**(config or {}), **given})
     raw, red = check_dirs(raw_dir, red_dir)

@@ -10,16 +10,12 @@ lives in the ``tasks`` and ``flows`` packages.
     >>> run("raw/20240606_85", "red/20240606_85", steps="lbfi")   # doctest: +SKIP
 """
 
-from astropy.utils import iers as _iers
-
 from ._version import __version__
+from .runtime import configure_run
 from .workmode import workmode
 
-# No network at run time: use the IERS tables shipped with astropy-iers-data,
-# never download (a stale table only degrades UT1-UTC, irrelevant at our 0.1 s).
-_iers.conf.auto_download = False
-_iers.conf.auto_max_age = None
-_iers.conf.iers_degraded_accuracy = "warn"
+# Importing QLCP changes no process-wide setting (astropy's IERS configuration, the
+# umask, sep's buffers): a run makes those it needs with ``configure_run()`` at its start.
 
 
 def run(raw_dir, red_dir, steps=None, **kwargs):
@@ -29,4 +25,4 @@ def run(raw_dir, red_dir, steps=None, **kwargs):
     return _run(raw_dir, red_dir, steps=steps, **kwargs)
 
 
-__all__ = ["run", "workmode", "__version__"]
+__all__ = ["run", "configure_run", "workmode", "__version__"]

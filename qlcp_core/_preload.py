@@ -1,8 +1,17 @@
 """Imported by every worker of the pool (by the fork server before it forks them, or by
 each forked worker as it starts): load the heavy modules and astropy's time/ephemeris
-tables once, so the first frame job starts warm (``qlcp.core.parallel``)."""
+tables once, so the first frame job starts warm (``qlcp.core.parallel``).
+
+This module is a run's start in a worker process, not a library module: importing it
+makes the run's process-wide settings (:func:`qlcp.core.runtime.configure_run`), so
+that the fork server's workers inherit them and the tables it loads come from the
+run's IERS cache.  Nothing else imports it."""
 
 import warnings
+
+from .runtime import configure_run
+
+configure_run()
 
 import numpy as np
 from astropy.coordinates import SkyCoord

@@ -13,7 +13,9 @@ import hashlib
 import json
 import math
 import os
+import re
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +25,23 @@ from .errors import InputError, TransientIOError
 
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.fz", ".fit.fz", ".fz")
 
-# mkstemp makes files 0600; products should get the usual permissions (umask applied)
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
+_umask_lock = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it (Linux: ``/proc/self/status``); elsewhere
+    set and restored at once, as ``os.umask`` has no read-only form."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _umask_lock:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
 
 
 def raw_stem(path: str | Path) -> str:
@@ -55,7 +71,7 @@ def atomic_path(dest: str | Path):
     dest.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(dest.suffixes[-2:]) if dest.name.endswith(".fits.fz") else dest.suffix
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=f".tmp{suffix}", dir=dest.parent)
-    os.fchmod(fd, 0o666 & ~_UMASK)
+    os.fchmod(fd, 0o666 & ~current_umask())     # mkstemp makes 0600: the usual permissions instead
     os.close(fd)
     tmp = Path(tmp)
     try:
@@ -149,28 +165,32 @@ def _exact_scaling(h: dict) -> bool:
 
 
 class HeaderDict(dict):
-    """A parsed header (``KEY -> value``) that looks keys up case-insensitively, as astropy's does."""
+    """A parsed header (``KEY -> value``, from :func:`parse_header_fast`) that looks keys up as
+    astropy's does: case-insensitively, and HIERARCH keywords with or without the prefix."""
+
+    @staticmethod
+    def _key(key):
+        return fits.Card.normalize_keyword(key.strip()) if isinstance(key, str) else key
 
     def __contains__(self, key):
-        return dict.__contains__(self, key.upper() if isinstance(key, str) else key)
+        return dict.__contains__(self, self._key(key))
 
     def __getitem__(self, key):
-        return dict.__getitem__(self, key.upper() if isinstance(key, str) else key)
+        return dict.__getitem__(self, self._key(key))
 
     def get(self, key, default=None):
-        return dict.get(self, key.upper() if isinstance(key, str) else key, default)
+        return dict.get(self, self._key(key), default)
 
 
 def simple_image_header(path) -> tuple[HeaderDict, int, int] | None:
-    """(header, bytes the image needs, file size) of a plain primary 2-D image, read directly;
-    None for anything else (extensions, compression, CONTINUE or HIERARCH cards, non-ASCII
-    bytes), which callers leave to astropy."""
+    """(header, bytes the image needs, file size) of a plain primary 2-D image, read directly
+    (its values exactly astropy's: :func:`parse_header_fast`); None for anything else
+    (extensions, compression), and ValueError for non-ASCII bytes or a card astropy alone
+    can read, which callers leave to astropy."""
     plain = _plain_image_header(path)
     if plain is None:
         return None
     head, h, need, size = plain
-    if any(head[i:i + 8] in (b"CONTINUE", b"HIERARCH") for i in range(0, len(head), 80)):
-        return None
     return HeaderDict(h), need, size
 
 
@@ -259,39 +279,124 @@ def _header_end(buf: bytes, start: int) -> int:
     raise ValueError("no END card")
 
 
-def _card_value(v: str):
-    v = v.strip()
-    if v.startswith("'"):
-        end = v.rfind("'")
-        return v[1:end].replace("''", "'").rstrip()
-    v = v.split("/", 1)[0].strip()
-    if v in ("T", "F"):
-        return v == "T"
+#: the END card that closes a header, exactly (as ``fits.Header.fromstring`` looks for it)
+_END_CARD = "END" + " " * 77
+#: keywords of commentary cards, which carry no value (``fits.Card._commentary_keywords``)
+_COMMENTARY = frozenset(fits.Card._commentary_keywords)
+#: a standard keyword in columns 1-8 (upper-case letters, digits, '-', '_'; blank padded)
+_FAST_KEY = re.compile(r"[A-Z0-9_-]{1,8} *")
+#: the value field (columns 11-80) of the cards the fast path parses itself: a string without
+#: any quote inside, T or F, or an integer or real number in the fixed FITS form, then spaces
+#: and an optional comment of printable ASCII.  Everything else goes to astropy.
+_FAST_VALUE = re.compile(
+    r" *(?:'(?P<s>[ -&(-~]*)'(?=[ /]|$)"                      # string: no quote inside
+    r"|(?P<b>[TF])"                                           # logical
+    r"|(?P<i>[+-]?[0-9]+)"                                    # integer
+    r"|(?P<f>[+-]?(?:\.[0-9]+|[0-9]+\.[0-9]*|[0-9]+)(?:[DE][+-]?[0-9]+)?)"   # real ('D' exponents)
+    r") *(?P<c>/[ -~]*)?")
+
+
+def _fast_value(field: str, strip: bool):
+    """The value of a card's value field (columns 11-80) when it is one of the forms that
+    :data:`_FAST_VALUE` accepts and astropy provably reads the same way; else ``_ASTROPY``.
+
+    Why these forms give astropy's value (``Card._parse_value``, its ``_value_NFSC_RE`` on the
+    stripped field): a string whose text S holds no quote ends at its second quote, the first
+    place astropy's lazy string pattern can close (a quote followed by a space, '/' or the end)
+    with a valid remainder (spaces, then a comment or nothing), so apostrophes in the comment
+    cannot move its end; astropy's value is then S, right-stripped under
+    ``fits.conf.strip_header_whitespace``.  Only the empty string with a quote after it (astropy's
+    lazy pattern may then reach into the comment) and a text with ': ' (a record-valued keyword
+    card) are left to astropy.  T/F are logicals; digits with an optional sign are ``int``;
+    with a '.' or an E/D exponent, ``float`` of the text with D read as E (astropy: ``int``, else
+    ``float``, of the same digits).
+    """
+    m = _FAST_VALUE.fullmatch(field)
+    if m is None:
+        return _ASTROPY
+    s = m.group("s")
+    if s is not None:
+        if (not s and "'" in field[field.index("'") + 2:]) or ": " in s:
+            return _ASTROPY
+        return s.rstrip() if strip else s
+    if m.group("b") is not None:
+        return m.group("b") == "T"
+    if m.group("i") is not None:
+        return int(m.group("i"))
+    return float(m.group("f").replace("D", "E"))
+
+
+_ASTROPY = object()     # "parse this card with astropy"
+
+
+def _astropy_card(image: str, out: dict) -> None:
+    """Add the keyword and value astropy reads from one card image (with its CONTINUE cards)
+    to ``out``, as ``fits.Header`` looks it up: normalised keyword, the first card of a repeated
+    keyword, None for an undefined value, commentary cards left out.  A card astropy keeps as a
+    record-valued keyword, or whose value it cannot parse, raises ValueError (callers then read
+    the whole header with astropy)."""
+    card = fits.Card.fromstring(image)
+    key = card.keyword
+    if key.upper() in _COMMENTARY:
+        return
+    if card.field_specifier is not None:
+        raise ValueError(f"record-valued keyword card {key!r}: left to astropy")
+    key = fits.Card.normalize_keyword(key)
+    if key in out:
+        return
     try:
-        return int(v)
-    except ValueError:
-        pass
-    try:
-        return float(v.replace("D", "E"))
-    except ValueError:
-        return v
+        value = card.value
+    except Exception as e:  # astropy's VerifyError for an unparsable value
+        raise ValueError(f"card {key!r}: {e}") from None
+    out[key] = None if value == fits.card.UNDEFINED else value
 
 
 def parse_header_fast(block: bytes) -> dict:
-    """Simple ``KEY = value`` cards of a FITS header as a dict (no CONTINUE, no HIERARCH).
+    """The ``KEY -> value`` of a FITS header's cards, exactly as ``fits.Header.fromstring(block)``
+    gives them (``header[KEY]``), as a dict; ~20x faster than astropy's Header for plain cards.
 
-    Strings, logicals, integers and floats; enough for the tables this project writes,
-    and ~20x faster than astropy's Header for them.
+    Plain ``KEY     = value`` cards (strings without quotes inside, logicals, integers, reals)
+    are parsed here (see :func:`_fast_value` for why they equal astropy's reading); every other
+    card (strings with quotes or ``''``, blank or complex values, HIERARCH, long strings with
+    CONTINUE cards, lower-case exponents, odd keywords) is parsed by :class:`astropy.io.fits.Card`
+    itself.  Keys are astropy's normalised keywords (HIERARCH ones without the prefix);
+    commentary cards (COMMENT, HISTORY, blank) are left out; a repeated keyword keeps its first
+    value, as astropy's lookup.  Non-ASCII bytes or a card astropy cannot read raise ValueError
+    (the callers then use astropy for the whole header).
     """
-    out = {}
+    out: dict = {}
     text = block.decode("ascii")
-    for i in range(0, len(text), 80):
+    strip = fits.conf.strip_header_whitespace
+    n, i = len(text), 0
+    while i < n:
         card = text[i:i + 80]
-        key = card[:8].rstrip()
-        if key == "END":
+        j = i + 80
+        if card == _END_CARD:
             break
-        if card[8:10] == "= " and key and key not in out:    # the first of a repeated key, as astropy
-            out[key] = _card_value(card[10:])
+        while text.startswith("CONTINUE", j):       # fits.Header.fromstring joins these to the card
+            j += 80
+        if j == i + 80 and len(card) == 80:
+            km = _FAST_KEY.fullmatch(card, 0, 8)
+            if km is None and card[:8] == "        ":
+                i = j                                   # blank keyword: commentary
+                continue
+            if km is not None:
+                key = card[:8].rstrip()
+                if key in _COMMENTARY:
+                    i = j
+                    continue
+                if card[8:10] == "= " and key != "CONTINUE":
+                    if key not in out:
+                        value = _fast_value(card[10:], strip)
+                        if value is not _ASTROPY:
+                            out[key] = value
+                            i = j
+                            continue
+                    else:
+                        i = j
+                        continue
+        _astropy_card(text[i:j], out)
+        i = j
     return out
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import importlib
+import itertools
 import logging
 import logging.handlers
 import multiprocessing as mp
@@ -29,9 +30,10 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, as_completed, wait
 
 from .logs import current_step
+from .runtime import configure_run
 
 log = logging.getLogger("qlcp.parallel")
 
@@ -72,6 +74,7 @@ class _TagCaller(logging.Filter):
 
 
 def _init_worker(level: int, queue, preload: list) -> None:
+    configure_run()              # a worker is part of a run (a forked one has it already: no-op)
     lg = logging.getLogger("qlcp")
     h = logging.handlers.QueueHandler(queue)
     h.addFilter(_TagCaller())
@@ -97,29 +100,38 @@ def start_method() -> str:
 
 
 def _get_pool(workers: int) -> ProcessPoolExecutor | None:
+    """This process's one pool, created on first use with ``workers`` processes.
+
+    The pool is never resized or rebuilt under a caller: several threads (a
+    Prefect flow runs tasks two at a time, each calling :func:`pmap`) share it,
+    each call limiting itself to its own ``workers``.  Only a broken pool (a
+    worker died, so every job in it has already failed) is replaced.
+    """
     global _pool, _pool_size, _listener
     if mp.current_process().daemon:
         return None
     with _lock:
-        if _pool is None or _pool_size != workers:
-            if _pool is not None:
-                _pool.shutdown(wait=False, cancel_futures=True)
-            if _listener is not None:
-                _listener.stop()
-                _listener = None
-            method = start_method()
-            ctx = mp.get_context(method)
-            if method == "forkserver":
-                ctx.set_forkserver_preload(PRELOAD)
-            queue = ctx.Queue()
-            _pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                                        initargs=(logging.DEBUG, queue, PRELOAD))
-            _pool_size = workers
-            if method == "fork":         # fork every worker now, before this process starts a thread
-                _pool.submit(_noop)
-            _listener = logging.handlers.QueueListener(queue, _Dispatch())
-            _listener.start()
-            log.debug("worker pool: %d processes (%s)", workers, method)
+        if _pool is not None and not getattr(_pool, "_broken", False):
+            return _pool
+        if _pool is not None:           # broken: its futures have all failed already
+            log.warning("worker pool broken (%s): starting a new one", _pool._broken)
+            _pool.shutdown(wait=False)
+        if _listener is not None:
+            _listener.stop()
+            _listener = None
+        method = start_method()
+        ctx = mp.get_context(method)
+        if method == "forkserver":
+            ctx.set_forkserver_preload(PRELOAD)
+        queue = ctx.Queue()
+        _pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                                    initargs=(logging.DEBUG, queue, PRELOAD))
+        _pool_size = workers
+        if method == "fork":         # fork every worker now, before this process starts a thread
+            _pool.submit(_noop)
+        _listener = logging.handlers.QueueListener(queue, _Dispatch())
+        _listener.start()
+        log.debug("worker pool: %d processes (%s)", workers, method)
         return _pool
 
 
@@ -193,20 +205,51 @@ def pmap(fn: Callable, items: Sequence, workers: int | None = None, progress=Non
     ``fn`` must be a module-level function and ``items`` picklable (paths,
     Config).  Log records of the workers go to their own stderr at the
     ``qlcp`` level; results carry what the caller needs to log.
+
+    Safe to call from several threads at once: the calls share the process's
+    one pool (sized by the first ``workers`` that started it) and each keeps at
+    most ``workers`` of its own jobs in it.  A failing job raises here; the
+    call's jobs not yet started are then cancelled (never another call's).
     """
     items = list(items)
-    workers = min(workers or default_workers(), len(items))
-    pool = _get_pool(workers) if workers > 1 else None
+    workers = workers or default_workers()
+    pool = _get_pool(workers) if min(workers, len(items)) > 1 else None
     if pool is None:
         it = progress(items, desc=desc) if progress else items
         return [fn(x) for x in it]
+    limit = min(workers, len(items))
     caller = threading.get_ident()
-    with _lock, _main_hidden():
-        futs = {pool.submit(_call, fn, x, caller): i for i, x in enumerate(items)}
+    futs: dict = {}
+    todo = iter(enumerate(items))
+
+    def submit(n: int) -> None:
+        for i, x in itertools.islice(todo, n):
+            with _lock, _main_hidden():          # _main_hidden edits __main__: one thread at a time
+                futs[pool.submit(_call, fn, x, caller)] = i
+
+    def windowed():
+        pending = set(futs)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for f in done:
+                yield f
+            n = len(futs)
+            submit(len(done))                   # keep ``limit`` of this call's jobs in the pool
+            pending |= set(itertools.islice(futs, n, None))
+
     out = [None] * len(items)
-    done = as_completed(futs)
+    if limit >= _pool_size:                     # the whole pool: every job at once, as before
+        submit(len(items))
+        done = as_completed(futs)
+    else:                                       # fewer workers than the pool has: a window
+        submit(limit)
+        done = windowed()
     if progress:
         done = progress(done, desc=desc)
-    for f in done:
-        out[futs[f]] = f.result()
+    try:
+        for f in done:
+            out[futs[f]] = f.result()
+    finally:
+        for f in futs:                          # after an error: this call's queued jobs only
+            f.cancel()
     return out

@@ -25,6 +25,7 @@ from .provenance import file_identity
 from .stages import CHUNK
 from .summary import NightSummary
 from .walk import NightWalk
+from .runtime import configure_run
 from .workmode import workmode
 
 log = logging.getLogger("qlcp.pipeline")
@@ -90,6 +91,7 @@ def run(raw_dir, red_dir, steps: str | None = None, obj=None, band=None, use_bia
     -------
     NightSummary
     """
+    configure_run()                         # this process's settings for a run (no IERS download, ...)
     t0 = time.perf_counter()
     cfg = config or make_config(
         ini_file, steps=steps, obj=obj, band=band, use_bias=use_bias, use_flat=use_flat, alt_bias=alt_bias,

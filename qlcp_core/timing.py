@@ -74,9 +74,9 @@ _RE_TIME = re.compile(rf"^{_TIME}\s*{_TZ}$", re.I)
 def _offline_iers():
     """Run with no IERS download and no error for dates beyond the tables.
 
-    Same values as ``qlcp_core/__init__`` sets, re-asserted here so that a
-    caller who changed the global astropy configuration cannot make this module
-    download or fail on a recent night.  ``set_temp`` changes the process-wide
+    Same values as ``qlcp.core.runtime.configure_run`` sets for a run,
+    asserted here too so that a caller who did not call it, or changed the global
+    astropy configuration, cannot make this module download or fail on a recent night.  ``set_temp`` changes the process-wide
     configuration for the duration; other threads meanwhile see these same
     (project-wide) values.
     """
@@ -90,8 +90,20 @@ def _offline_iers():
 #: columns of astropy's combined IERS-A/B table that time and coordinate conversions read
 _IERS_COLUMNS = {"MJD": u.d, "UT1_UTC": u.s, "PM_x": u.arcsec, "PM_y": u.arcsec, "dX_2000A": u.marcsec,
                  "dY_2000A": u.marcsec, "UT1Flag": None, "PolPMFlag": None, "NutFlag": None}
-#: where this process's table came from: "cache", "parsed" (by astropy), or None (not yet)
+#: where this process's table came from: "cache", "parsed" (by astropy), or None (not yet,
+#: or the cache is off)
 iers_source: str | None = None
+#: whether :func:`frame_times` installs the table from the binary cache: off until a run
+#: switches it on (``qlcp.core.runtime.configure_run``), so that a library caller's
+#: astropy and home directory are left alone
+_iers_cache_on = False
+
+
+def enable_iers_cache() -> None:
+    """Let :func:`frame_times` install astropy's Earth-orientation table from the binary
+    cache (:func:`use_cached_iers`); called by ``qlcp.core.runtime.configure_run``."""
+    global _iers_cache_on
+    _iers_cache_on = True
 
 
 def _cache_dir() -> Path:
@@ -124,6 +136,9 @@ def use_cached_iers() -> None:
     ``IERS_Auto`` table, the one it would have built (same values, same
     out-of-range handling).  No cache directory, or an unreadable file: astropy
     parses as usual.  Never downloads anything.
+
+    Opt-in: :func:`frame_times` calls it only once a run has switched the cache
+    on (``qlcp.core.runtime.configure_run``); a direct call installs it at once.
     """
     global iers_source
     if iers_source is not None or iers.IERS_Auto.iers_table is not None:
@@ -523,7 +538,8 @@ def frame_times(start: Time, exptime, coord: SkyCoord | None, cfg) -> dict:
     if not isinstance(start, Time):
         start = Time(start)
     exptime = np.asarray(exptime, dtype=float)
-    use_cached_iers()
+    if _iers_cache_on:
+        use_cached_iers()
     with _offline_iers():
         mid = start.utc + TimeDelta(exptime / 2.0, format="sec")
         scalar = mid.isscalar

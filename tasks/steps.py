@@ -13,6 +13,7 @@ from __future__ import annotations
 from prefect import task
 
 from qlcp.core import steps as core
+from qlcp.core.runtime import configure_run
 from qlcp.core.stages import FUSIONS, STAGES, plan
 
 from .common import config_of, register_fingerprints, task_log, task_options
@@ -28,6 +29,7 @@ def block_of(cfg, name: str):
 
 def _run_stage_block(red_dir: str, cfg: dict, block: str, unit: dict) -> dict:
     """Run one unit of a block of the graph (the body of every QLCP task)."""
+    configure_run()                     # idempotent; a Dask worker process has not made it yet
     c = config_of(cfg)
     b = block_of(c, block)
     ctx = core.RunContext(red_dir, c, fingerprints=True, log=lambda letters: task_log(red_dir, letters, c))

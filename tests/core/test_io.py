@@ -154,3 +154,206 @@ def test_direct_image_reader_equals_astropy(tmp_path):
     with pytest.raises(InputError, match="cut.fits"):
         read_image(cut)
     assert read_header(cut)["NAXIS1"] == 53
+
+
+# ------------------------------------------------ the fast header parser is astropy's reading
+def _same(a, b) -> bool:
+    """Equal values of the same type (True is not 1, 1 is not 1.0)."""
+    return type(a) is type(b) and a == b
+
+
+def _astropy_view(raw: bytes) -> dict:
+    """``KEY -> header[KEY]`` of ``fits.Header.fromstring(raw)``: what the fast parser must give."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        h = fits.Header.fromstring(raw)
+        return {fits.Card.normalize_keyword(k): h[k] for k in h.keys()
+                if k.upper() not in fits.Card._commentary_keywords}
+
+
+def _assert_fast_is_astropy(raw: bytes, where: str = "") -> bool:
+    """parse_header_fast(raw) equals astropy's reading, key for key and value for value; or it
+    declines (ValueError) where astropy itself cannot give a plain value.  True if compared."""
+    import warnings
+
+    from qlcp.core.io import parse_header_fast
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            fast = parse_header_fast(raw)
+        except ValueError:
+            h = fits.Header.fromstring(raw)
+            declined_ok = not raw.isascii() or any(c.field_specifier for c in h.cards)
+            if not declined_ok:
+                try:
+                    [c.value for c in h.cards]
+                except Exception:
+                    declined_ok = True          # astropy cannot read a value either
+            assert declined_ok, f"{where}: fast parser declined a header astropy reads"
+            return False
+    ref = _astropy_view(raw)
+    assert fast.keys() == ref.keys(), (where, fast.keys() ^ ref.keys())
+    for k, v in ref.items():
+        assert _same(fast[k], v), (where, k, fast[k], v)
+    return True
+
+
+def _header(*cards: str) -> bytes:
+    """A header block of raw card images (each padded to 80 columns), ended and padded."""
+    for c in cards:
+        assert len(c) <= 80, c
+    s = "".join(c.ljust(80) for c in ("SIMPLE  =                    T", *cards)) + "END".ljust(80)
+    return (s + " " * (-len(s) % 2880)).encode("latin-1")
+
+
+CRAFTED_CARDS = [
+    "OBJECT  = 'XO-1'  / the target's name",
+    "OBJ2    = 'XO-1    '           / the target's name, it's 'quoted'",
+    "OBSERVER= 'O''Brien'           / it''s an escaped quote",
+    "QQ      = ''''                 / a lone quote",
+    "QQ2     = 'a''''b'",
+    "EMPTY   = ''                   / empty string",
+    "EMPTY2  = ''",
+    "EMPTY3  = '' / it's empty, isn't it'",
+    "EMPTY4  = ''/ no space before the slash",
+    "SPACES  = '        '           / only spaces",
+    "SPACES2 = ' '",
+    "LEAD    = '  x  '              / leading spaces kept",
+    "SLASH   = 'a/b / c'            / slash inside the string",
+    "NOCOMM  = 'abc'",
+    "NOSPACE = 'abc'/comment without a space",
+    "QUOTEIN = 'it's'               / a lone quote inside",
+    "ODD     = 'a'' / b'",
+    "STRT    = 'T       '           / a string, not a logical",
+    "NUMSTR  = '12'                 / a string, not a number",
+    "COLON   = 'time: 12h'          / a colon that is no record-valued card",
+    "INT     =                   42 / the answer",
+    "NEGINT  =                   -7",
+    "PLUS    =                   +7/comment",
+    "ZEROS   =                  007 / leading zeros",
+    "BIGINT  = 123456789012345678901234567890",
+    "FLT     =              1.5E-03 / exponent",
+    "DEXP    =              1.0D+05 / D exponent",
+    "LOWE    =                1.0e5 / lower-case exponent",
+    "LOWD    =                2.5d-3",
+    "DOT     =                  12.",
+    "DOTLEAD =                   .5",
+    "INTEXP  =                  1E5",
+    "NEGZERO =                 -0.0",
+    "SPNUM   =                 - 12 / a space after the sign",
+    "CPLX    =          (1.0, -2.5) / complex",
+    "CPLXI   =               (1, 2)",
+    "BOOLT   =                    T / true",
+    "BOOLF   =                    F",
+    "BOOLNC  =                    T",
+    "BLANK   =                      / undefined value",
+    "BLANK2  =",
+    "HIERARCH ESO DET CHIP NAME = 'CCD-1' / a HIERARCH string",
+    "HIERARCH ESO TEL ALT = 45.5 / a HIERARCH number",
+    "HIERARCH Lower case = T",
+    "date-obs= '2020-01-01T00:00:00' / lower-case keyword",
+    "KEY= 'abc'                     / value indicator before column 9",
+    "COMMENT   a comment with 'quotes' and / slashes",
+    "HISTORY = 'not a value'",
+    "        = 'blank keyword'",
+    "DUP     =                    1 / first",
+    "DUP     =                    2 / second",
+    "DUPS    = 'first'",
+    "DUPS    = 'second'",
+    "TRAIL   = 'abc'   ",
+]
+
+
+def test_crafted_cards_are_read_as_astropy_reads_them():
+    from qlcp.core.io import parse_header_fast
+
+    raw = _header(*CRAFTED_CARDS)
+    assert _assert_fast_is_astropy(raw, "crafted")
+    d = parse_header_fast(raw)
+    assert d["OBJECT"] == "XO-1" and d["OBJ2"] == "XO-1"              # not "XO-1'  / the target"
+    assert d["OBSERVER"] == "O'Brien" and d["EMPTY"] == "" and d["SPACES"] == "" and d["LEAD"] == "  x"
+    assert d["SLASH"] == "a/b / c" and d["DEXP"] == 1.0e5 and d["INT"] == 42 and d["BOOLT"] is True
+    assert d["BLANK"] is None and d["CPLX"] == 1.0 - 2.5j and d["ESO DET CHIP NAME"] == "CCD-1"
+    assert d["DUP"] == 1 and d["DUPS"] == "first"
+    for c in CRAFTED_CARDS:                  # each alone, too (a card astropy cannot read stays alone)
+        _assert_fast_is_astropy(_header(c), c)
+
+
+@pytest.mark.parametrize("card", [
+    "TRUE    = TRUE",                        # not a FITS value: astropy cannot read it either
+    "DP1     = 'AXIS.1: 1'",                 # a record-valued keyword card
+    "JUNK    = 'unterminated",
+    "TAB     = 'a\tb'",                     # a control character in a string
+])
+def test_cards_astropy_alone_reads_are_declined(card):
+    _assert_fast_is_astropy(_header(card), card)
+
+
+def test_long_strings_with_continue_cards():
+    h = fits.Header()
+    h["LONGSTR"] = ("a long string value that goes on and on, longer than any one card can hold, "
+                    "with it's apostrophe and a '' pair and / a slash", "a comment that is long too, isn't it")
+    h["AFTER"] = ("short", "it's after")
+    h["HIERARCH ESO LONG VALUE"] = "x" * 100
+    raw = h.tostring().encode("ascii")
+    assert b"CONTINUE" in raw
+    assert _assert_fast_is_astropy(raw, "continue")
+    from qlcp.core.io import parse_header_fast
+
+    assert parse_header_fast(raw)["LONGSTR"] == h["LONGSTR"]
+    assert parse_header_fast(raw)["AFTER"] == "short"
+
+
+def test_header_written_by_astropy_round_trips():
+    h = fits.Header()
+    for i, v in enumerate(["it's", "", " ", "a" * 68, "x'", "''", "/", "a / b", True, False, 0, -1, 2**40,
+                           1.5, -2.5e-300, 1e300, 0.1, 3 + 4j, None]):
+        h[f"K{i}"] = (v, f"comment {i}'s")
+    assert _assert_fast_is_astropy(h.tostring().encode("ascii"), "astropy-written")
+
+
+def _fits_files(root):
+    for p in sorted(root.rglob("*")):
+        name = p.name.lower().removesuffix(".gz")
+        if p.is_file() and name.endswith((".fit", ".fits", ".fts")):
+            yield p
+
+
+def _raw_headers(path):
+    """The raw bytes of every HDU's header of a FITS file (gzipped or not)."""
+    import gzip
+    import io
+
+    buf = path.read_bytes()
+    if buf[:2] == b"\x1f\x8b":
+        buf = gzip.decompress(buf)
+    with fits.open(io.BytesIO(buf), memmap=False) as hdul:
+        for hdu in hdul:
+            yield buf[hdu._header_offset:hdu._data_offset]
+
+
+def test_every_real_header_is_read_as_astropy_reads_it():
+    """Every card of every header of the real frames under ../shared/data, whole headers and card
+    by card: the fast parser's value is astropy's (``fits.Header.fromstring``)."""
+    from tests.conftest import SHARED_DATA
+
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data {SHARED_DATA} not present")
+    files = list(_fits_files(SHARED_DATA))
+    if not files:
+        pytest.skip(f"no FITS files under {SHARED_DATA}")
+    headers = cards = 0
+    for path in files:
+        for raw in _raw_headers(path):
+            headers += _assert_fast_is_astropy(raw, str(path))
+            text = raw.decode("latin-1")
+            for i in range(0, len(text), 80):
+                card = text[i:i + 80]
+                if card.startswith(("SIMPLE  ", "END     ", "CONTINUE")) or not card.strip():
+                    continue
+                cards += 1
+                _assert_fast_is_astropy(_header(card), f"{path.name}: {card}")
+    assert headers >= len(files) and cards > 1000

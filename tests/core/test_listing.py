@@ -107,3 +107,24 @@ def test_real_night_listing(xo1_dir, tmp_path):
     assert night.science_groups() == [("XO1-b", "z")]
     assert night.flat_bands == ["z"]
     assert set(night.rejected["file"]) == {"README.md", "SHA256SUMS"}
+
+
+def test_header_comments_with_apostrophes_do_not_leak_into_values(tmp_path):
+    """Raw camera headers often have apostrophes in their comments: the listing reads the values
+    exactly as astropy does (``OBJECT = 'XO-1' / the target's name`` is XO-1)."""
+    from astropy.io import fits
+
+    from qlcp.core.listing import _probe
+
+    raw = tmp_path / "raw"
+    path = write_frame(raw / "frame0001.fits", EXPTIME=(30.0, "the exposure's length"),
+                       DATE_OBS=("2024-06-06T14:00:00", "the exposure's start"),
+                       IMAGETYP=("LIGHT", "the frame's type"), OBJECT=("XO-1", "the target's name"),
+                       FILTER=("V", "Johnson's V"), OBSERVER=("O'Brien", "the observer's name"))
+    hdr, why = _probe(path)
+    assert why == ""
+    ref = fits.getheader(path)
+    for key in ("IMAGETYP", "OBJECT", "FILTER", "OBSERVER", "EXPTIME", "DATE-OBS"):
+        assert hdr[key] == ref[key], key
+    row = list_night(raw, tmp_path / "red", Config()).table[0]
+    assert (row["kind"], row["obj"], row["band"], row["exptime"]) == ("science", "XO-1", "V", 30.0)

@@ -93,3 +93,92 @@ def test_start_method_forks_only_a_process_without_threads():
                        env=dict(os.environ, PYTHONPATH=os.getcwd()))
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.split() == ["fork", "forkserver"]
+
+
+def _slow_square(x):
+    """A job for the pool tests (module-level, so workers can import it)."""
+    import time
+
+    time.sleep(0.02)
+    return x * x
+
+
+def _span(_):
+    """A job reporting when it ran (for the concurrency check)."""
+    import time
+
+    t0 = time.monotonic()
+    time.sleep(0.15)
+    return t0, time.monotonic()
+
+
+def test_pmap_from_two_threads_with_different_sizes_shares_one_pool():
+    """A Prefect flow runs two tasks at a time, each calling pmap: a 40-item and a 3-item map at
+    once (workers=4) both finish with their own results, on one pool that is neither resized nor
+    rebuilt.  Runs in a fresh interpreter (its own pool); a hang fails at the join's timeout."""
+    code = textwrap.dedent("""
+        import json, threading
+        from qlcp.core import parallel
+        from tests.core.test_parallel import _slow_square, _span
+
+        results, errors = {}, []
+
+        def call(name, n, workers):
+            try:
+                for _ in range(3):
+                    r = parallel.pmap(_slow_square, range(n), workers=workers)
+                    assert r == [x * x for x in range(n)], (name, r)
+                results[name] = r
+            except BaseException as e:
+                errors.append(f"{name}: {type(e).__name__}: {e}")
+
+        parallel.pmap(_slow_square, range(4), workers=4)       # the pool exists, as after warm()
+        pool = parallel._pool
+        threads = [threading.Thread(target=call, args=(name, n, w), daemon=True)
+                   for name, n, w in (("big", 40, 4), ("small", 3, 4), ("two", 9, 2))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=90)
+        spans = parallel.pmap(_span, range(6), workers=2)       # a 2-worker call on the 4-process pool
+        most = max(sum(a < e and s < b for a, b in spans) for s, e in spans)
+        print(json.dumps({"alive": [t.name for t in threads if t.is_alive()], "errors": errors,
+                          "done": sorted(results), "same_pool": parallel._pool is pool,
+                          "size": parallel._pool_size, "most_at_once": most}), flush=True)
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240,
+                       env=dict(os.environ, PYTHONPATH=os.getcwd()))
+    import json
+
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
+    assert lines, (r.returncode, r.stderr[-2000:])
+    res = json.loads(lines[-1])
+    assert res["alive"] == [] and res["errors"] == [], res          # no call hung or failed
+    assert res["done"] == ["big", "small", "two"]
+    assert res["same_pool"] and res["size"] == 4                    # one pool, sized once
+    assert res["most_at_once"] == 2                                 # a call keeps to its own workers
+
+
+def test_pmap_error_cancels_only_its_own_queued_jobs():
+    """A failing job raises in its caller; a concurrent caller's jobs still complete."""
+    import threading
+
+    from qlcp.core import parallel
+
+    out, errs = {}, {}
+
+    def call(name, fn, items):
+        try:
+            out[name] = parallel.pmap(fn, items, workers=2)
+        except Exception as e:
+            errs[name] = type(e).__name__
+
+    ts = [threading.Thread(target=call, args=("bad", int, ["1", "x", "3", "4", "5"]), daemon=True),
+          threading.Thread(target=call, args=("good", _slow_square, list(range(12))), daemon=True)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in ts)
+    assert errs == {"bad": "ValueError"}
+    assert out["good"] == [x * x for x in range(12)]

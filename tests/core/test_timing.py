@@ -473,9 +473,10 @@ import numpy as np
 from astropy.coordinates import SkyCoord
 from astropy.time import Time
 from astropy.utils import iers
-from qlcp.core import timing
+from qlcp.core import configure_run, timing
 from qlcp.core.config import Config
 warnings.simplefilter("ignore")
+configure_run()                     # a run's start: the IERS cache is opt-in
 jd = np.r_[2450000.5 + np.arange(0, 12000, 97.3), 2470000.5]        # the last one beyond the tables
 r = timing.frame_times(Time(jd, format="jd"), np.full(len(jd), 60.0), SkyCoord(250.0, 30.0, unit="deg"),
                        Config(site_lon=-105.8, site_lat=32.8, site_ele=2788))
