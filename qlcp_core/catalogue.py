@@ -37,6 +37,7 @@ from scipy.spatial import cKDTree
 
 from .errors import InputError
 from .io import atomic_path, raw_stem, read_table_fast
+from .products import CAT_SUFFIX, product_path
 
 log = logging.getLogger("qlcp.catalogue")
 
@@ -48,7 +49,6 @@ FLAG_INVALID = 8
 #: added here: the star was not found in that frame (its values are NaN)
 FLAG_MISSING = 256
 
-CAT_SUFFIX = ".cat.fits"
 
 
 # --------------------------------------------------------------------- matching
@@ -493,7 +493,7 @@ def build_catalogue(cat_files: Sequence[str | Path], offsets_table: Table | None
 # ------------------------------------------------------------------- writing
 def catalogue_path(red_dir: str | Path, obj: str, band: str) -> Path:
     """``{red}/cata_{obj}_{band}.fits``."""
-    return Path(red_dir) / f"cata_{obj}_{band}.fits"
+    return product_path(red_dir, "night_catalogue", obj, band)
 
 
 def write_catalogue(table: Table, path: str | Path) -> Path:

@@ -29,8 +29,9 @@ from . import timing
 from .config import Config
 from .errors import InputError, QLCPError
 from .flat import load_flat
-from .io import fingerprint_record, raw_stem, read_header, read_image, write_fits
+from .io import fingerprint_record, read_header, read_image, write_fits
 from .provenance import file_identity, fits_key, step_key
+from .products import product_path
 
 log = logging.getLogger("qlcp.correct")
 
@@ -50,11 +51,11 @@ class CorrectResult:
 
 
 def group_dir(red_dir: str | Path, obj: str, band: str) -> Path:
-    return Path(red_dir) / f"{obj}_{band}"
+    return product_path(red_dir, "group_dir", obj, band)
 
 
 def bf_path(red_dir: str | Path, obj: str, band: str, raw: str | Path) -> Path:
-    return group_dir(red_dir, obj, band) / f"{raw_stem(raw)}.bf.fits"
+    return product_path(red_dir, "corrected", obj, band, frame=raw)
 
 
 def _header_number(header, *keys) -> float | None:

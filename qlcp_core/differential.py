@@ -66,6 +66,7 @@ from .catalogue import FLAG_BORDER, FLAG_INVALID, FLAG_MISSING, FLAG_SATURATED
 from .errors import ConfigError
 from .io import write_table, write_text
 from .photometry import SKY_GAP, SKY_THICK
+from .products import product_path
 
 log = logging.getLogger("qlcp.differential")
 
@@ -738,13 +739,13 @@ def write_lightcurve(lc: Table, stars: Table, red_dir: str | Path, obj: str, ban
     lc.meta = _plain(dict(lc.meta))
     lc.meta["provenance"] = _plain(dict(provenance or {}))
     lc.meta.update(obj=obj, band=band)
-    p = red / f"lc_{obj}_{band}.ecsv"
+    p = product_path(red, "lightcurve", obj, band)
     write_table(p, lc)
     out.append(p)
     st = Table(stars, copy=True)
     st.meta = _plain(dict(st.meta))
     st.meta.update(obj=obj, band=band)
-    p = red / f"stars_{obj}_{band}.ecsv"
+    p = product_path(red, "stars", obj, band)
     write_table(p, st)
     out.append(p)
 

@@ -75,6 +75,7 @@ from scipy.special import gammainc
 from .correct import corrected_detector
 from .errors import ConfigError, InputError
 from .io import FITS_SUFFIXES, raw_stem, read_header, read_image, write_table
+from .products import product_path
 
 try:  # the original's matcher; optional here (one extra candidate)
     import qmatch as _qmatch
@@ -826,8 +827,7 @@ def _chain_offsets(files: list[Path], bidx: int | None, bxy, bfl, bhdr, centred:
 # ------------------------------------------------------------------ output
 def offset_paths(red_dir, obj: str, band: str) -> tuple[Path, Path]:
     """``{red}/offset_{obj}_{band}.ecsv`` and ``.txt``."""
-    red = Path(red_dir)
-    return red / f"offset_{obj}_{band}.ecsv", red / f"offset_{obj}_{band}.txt"
+    return product_path(red_dir, "offsets", obj, band), product_path(red_dir, "offsets_txt", obj, band)
 
 
 def write_offsets(table: Table, red_dir, obj: str, band: str) -> tuple[Path, Path]:

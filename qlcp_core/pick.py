@@ -44,6 +44,7 @@ from .catalogue import (FLAG_BORDER, FLAG_INVALID, FLAG_SATURATED, _col1d, _meta
                         cat_stem, match_stars, read_frame_catalogue)
 from .errors import InputError, MissingInputError
 from .io import raw_stem, write_table
+from .products import product_path
 
 log = logging.getLogger("qlcp.pick")
 
@@ -76,7 +77,7 @@ class Selection:
 
 
 def pick_path(red_dir: str | Path, obj: str, band: str) -> Path:
-    return Path(red_dir) / f"pick_{obj}_{band}.ecsv"
+    return product_path(red_dir, "pick", obj, band)
 
 
 def _frames(cat_files, offsets_table):

@@ -56,7 +56,7 @@ def frame_stem(path: str | Path) -> str:
     return stem[:-3] if stem.endswith(".bf") else stem
 
 
-def product_path(red: str | Path, kind: str, obj: str | None = None, band: str | None = None,
+def product_path(red: str | Path | None, kind: str, obj: str | None = None, band: str | None = None,
                  frame: str | Path | None = None, step: str | None = None) -> Path:
     """The path of a product of kind ``kind`` under the output root ``red``.
 
@@ -78,6 +78,8 @@ def product_path(red: str | Path, kind: str, obj: str | None = None, band: str |
     QLCPError
         Unknown kind, or a part the kind needs is missing (a programming error).
     """
+    if kind == "frame_catalogue" and frame is not None:       # beside its corrected frame, wherever that is
+        return Path(frame).parent / f"{frame_stem(frame)}{CAT_SUFFIX}"
     red = Path(red)
     if kind in _NIGHT:
         return red / _NIGHT[kind]
@@ -85,8 +87,6 @@ def product_path(red: str | Path, kind: str, obj: str | None = None, band: str |
         return red / "log" / f"{step}.log"
     if kind == "flat" and band:
         return red / f"flat_{band}.fits"
-    if kind == "frame_catalogue" and frame is not None:
-        return Path(frame).parent / f"{frame_stem(frame)}{CAT_SUFFIX}"
     if obj is not None and band is not None:
         if kind in _GROUP:
             return red / _GROUP[kind].format(obj, band)

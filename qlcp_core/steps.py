@@ -34,7 +34,7 @@ from .calibration import choose_master
 from .config import Config
 from .correct import bf_path, correct_frames, group_dir, log_corrected
 from .errors import InputError, MissingInputError
-from .io import file_fingerprint, fingerprint_record, raw_stem, read_image, read_table_fast
+from .io import file_fingerprint, fingerprint_record, read_image, read_table_fast
 from .logs import step_tag
 from .parallel import default_workers, pmap
 from .products import product_path
@@ -42,7 +42,6 @@ from .provenance import fits_key, step_key
 
 log = logging.getLogger("qlcp.steps")
 
-CAT_SUFFIX = ".cat.fits"
 
 
 def preload_plotting(cfg: Config) -> None:
@@ -196,9 +195,8 @@ def _ecsv_key(path: Path) -> str | None:
 
 # ---------------------------------------------------------------------- p
 def cat_path(bf: str | Path) -> Path:
-    stem = raw_stem(bf)
-    stem = stem[:-3] if stem.endswith(".bf") else stem
-    return Path(bf).parent / f"{stem}{CAT_SUFFIX}"
+    """The photometry catalogue of a corrected frame."""
+    return product_path(None, "frame_catalogue", frame=bf)
 
 
 def _photometry_one(args, data=None) -> dict:
@@ -392,18 +390,18 @@ def differential_step(red, cfg: Config, obj: str, band: str, cata: str, night: s
     files = diff_mod.write_lightcurve(lc, stars, red, obj, band, provenance(red, cfg, _s(bf0)))
     from . import plotting          # matplotlib: imported only when plotting
 
-    png, pdf = Path(red) / f"lc_{obj}_{band}.png", Path(red) / f"lc_{obj}_{band}.pdf"
+    png, pdf = product_path(red, "lc_png", obj, band), product_path(red, "lc_pdf", obj, band)
     plotting.plot_lightcurve(lc, stars, png, pdf, title=f"{obj} {band} {night}".strip())
     log.info("%s %s: light curve of %d target(s), %d check(s) (%s stars)", obj, band,
              len(lc.meta.get("ind_tgt", [])), len(lc.meta.get("ind_chk", [])), "given" if given else "picked")
-    return {"lc": str(files[0]), "stars": str(Path(red) / f"stars_{obj}_{band}.ecsv"), "png": str(png),
+    return {"lc": str(files[0]), "stars": str(product_path(red, "stars", obj, band)), "png": str(png),
             "pdf": str(pdf), "noise": lc.meta.get("noise", [])}
 
 
 # ---------------------------------------------------------------------- g
 def graph_step(red, cfg: Config, obj: str, band: str) -> str:
     """Step g: finding chart of the base image with the chosen stars marked."""
-    stars_path = Path(red) / f"stars_{obj}_{band}.ecsv"
+    stars_path = product_path(red, "stars", obj, band)
     if not stars_path.is_file():
         raise MissingInputError(f"{stars_path}: no star list for the chart (run step d first)")
     stars = Table.read(stars_path, format="ascii.ecsv")
@@ -411,7 +409,7 @@ def graph_step(red, cfg: Config, obj: str, band: str) -> str:
     image, _ = read_image(off.meta["base_bf"])
     from . import plotting
 
-    out = Path(red) / f"chart_{obj}_{band}.png"
+    out = product_path(red, "chart", obj, band)
     plotting.plot_chart(image, stars, out, title=f"{obj} {band}: base {off.meta.get('base', '')}")
     return str(out)
 

@@ -10,6 +10,7 @@ installed flow must still run a night: the decoys must not shadow our layers.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -25,8 +26,11 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dist")
+    src = tmp_path_factory.mktemp("src") / "qlcp"           # a copy: the build leaves nothing in the checkout
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", ".venv*", "build", "dist", "*.egg-info",
+                                                             "__pycache__", "bench", "tests"))
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
-                        "--wheel-dir", str(out), str(REPO)], capture_output=True, text=True)
+                        "--wheel-dir", str(out), str(src)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     (whl,) = out.glob("qlcp-*.whl")
     return whl
@@ -72,9 +76,10 @@ def test_installed_flow_runs_beside_decoys(wheel, tmp_path):
         s = process_night(str(sim.raw_dir), "red/20240101", config={{"steps": "lbfiopcd", "workers": 1}})
         print(json.dumps({{"file": qlcp.core.__file__, "lc": [g["outputs"].get("lightcurve") for g in s["groups"]]}}))
     """)
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
+    # a clean Prefect environment (earlier tests may have set PREFECT_* variables): an ephemeral server
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith(("PREFECT_", "QLCP_"))}
     env.update(PREFECT_HOME=str(tmp_path / "prefect"), QLCP_RESULTS=str(tmp_path / "results"),
-               PREFECT_SERVER_ALLOW_EPHEMERAL_MODE="true", PREFECT_API_URL="", MPLBACKEND="Agg")
+               QLCP_HOME=str(tmp_path / "qlcp"), PREFECT_SERVER_ALLOW_EPHEMERAL_MODE="true", MPLBACKEND="Agg")
     r = subprocess.run([str(py), "-c", script], cwd=work, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-4000:])
     out = r.stdout.strip().splitlines()[-1]
