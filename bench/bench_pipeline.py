@@ -76,7 +76,7 @@ def child_prefect(raw: str, red: str, config: str, extra: str, refresh: bool = F
         res = process_night(raw_dir=raw, red_dir=red, config_files=[config], refresh=refresh,
                             config={"mode": ["EXIST_OVER", "MISS_SKIP"], "scr_log": "WARNING", "file_log": "INFO",
                                     **json.loads(extra)})
-    return {"wall": time.perf_counter() - t0, "states": res.get("task_states", {})}
+    return {"wall": time.perf_counter() - t0, "states": res["run"].get("task_states", {})}
 
 
 def settle(raw: Path) -> None:
