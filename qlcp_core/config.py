@@ -153,6 +153,17 @@ class Config(BaseModel):
     ref_var_k: float = Field(3.0, gt=1, description="a comparison whose scatter against the others exceeds this "
                                                      "multiple of its predicted noise is rejected as variable")
 
+    # ------------------------------------------------------- targets, fields
+    targets: list[dict] | None = Field(
+        None, description="targets by sky position: [{name, ra, dec}] (ra in hours as hh:mm:ss or degrees; "
+                          "optional aliases, t0, period, duration, depth, kind); every one on the frame is a target")
+    target_catalog: str | None = Field(None, description="ECSV or CSV file of targets (columns as `targets`)")
+    field_dir: str | None = Field(None, description="where field references live (one per field, shared by "
+                                                    "nights); None: {red}/../fields")
+    refresh_field: bool = Field(False, description="rebuild the field reference of this night's fields")
+    pick_cmp_dmag: float = Field(1.5, gt=0, description="comparisons for a known target: at most this many "
+                                                         "magnitudes from the target's brightness, nearest first")
+
     # ------------------------------------------------------------ validators
     @field_validator("file_log", "scr_log", mode="before")
     @classmethod

@@ -851,6 +851,28 @@ def _centroids(frame: _Frame, src: _Sources, fwhm_star):
     return np.where(good_w, xw, x0), np.where(good_w, yw, y0)
 
 
+#: a source with more than this fraction of its AUTO flux in its brightest pixel is a hot pixel or a
+#: cosmic ray (a star sampled with FWHM >= 1 px puts at most ~0.6 in one pixel; real stars ~0.05)
+SINGLE_PIXEL_FRACTION = 0.7
+
+
+def _single_pixel(frame: _Frame, x, y, peak, f_auto) -> np.ndarray:
+    """Sources whose light is (nearly) all in one pixel: hot pixels of an uncalibrated frame, cosmic rays.
+
+    The peak above the background map at the source over its AUTO flux exceeds
+    :data:`SINGLE_PIXEL_FRACTION`.  Without dark frames the hot pixels of a camera
+    outnumber the stars of a sparse field and would otherwise set the frame's FWHM
+    and pin the alignment to the detector.
+    """
+    ny, nx = frame.img.shape
+    ix = np.clip(np.round(x).astype(int), 0, nx - 1)
+    iy = np.clip(np.round(y).astype(int), 0, ny - 1)
+    back = frame.img[iy, ix] - frame.sub[iy, ix]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        frac = (peak - back) / f_auto
+    return (f_auto > 0) & np.isfinite(frac) & (frac > SINGLE_PIXEL_FRACTION)
+
+
 def _peaks(frame: _Frame, x, y) -> np.ndarray:
     """Highest raw pixel (ADU, background included) within 2 px (a 5x5 box) of each position.
 
@@ -1120,14 +1142,15 @@ def measure(data: np.ndarray, cfg, gain: float, rdnoise: float, saturation: floa
     x, y = _centroids(frame, src, fwhm_star)
     peak = _peaks(frame, x, y)
     saturated = peak >= saturation
+    single = _single_pixel(frame, x, y, peak, f_auto)     # hot pixels, cosmic rays: not stars
 
     # ---- frame FWHM from good stars
     snr_auto = f_auto / np.sqrt(np.maximum(f_auto, 0) / gain + area_auto * frame.rms ** 2)
     nn = _nn_dist(x, y)
-    cand = _fwhm_candidates(frame.sub.shape, x, y, src, fwhm_star, snr_auto, saturated)
+    cand = _fwhm_candidates(frame.sub.shape, x, y, src, fwhm_star, snr_auto, saturated) & ~single
     fw_pre = float(np.median(fwhm_star[cand])) if cand.any() else np.nan
     sharp = _SharpPixels(frame.sub, fw_pre, frame.rms, x, y)   # cosmic rays, hot pixels
-    good = _good_stars(cand, sharp.near(1.5), nn, src.elong, fwhm_star, saturated, fw_pre)
+    good = _good_stars(cand, sharp.near(1.5) | single, nn, src.elong, fwhm_star, saturated, fw_pre)
     fwhm = _clipped_median_1d(fwhm_star[good])
     stats["FWHM"], stats["NGOOD"] = fwhm, int(good.sum())
 
@@ -1140,7 +1163,7 @@ def measure(data: np.ndarray, cfg, gain: float, rdnoise: float, saturation: floa
 
     blended = nn < max(rmax, 1.0) if src.forced else src.merged
     flags = _flags(frame.sub.shape, x, y, rmax, saturated, blended, flux, f_auto, aflag | fl_auto,
-                   sharp.near(max(rmax, 1.5)))
+                   sharp.near(max(rmax, 1.5)) | single)
     tab = _output_table(x, y, src.elong, fwhm_star, f_auto, ferr_auto, flux, ferr, back_xy + sky_res, peak,
                         flags, _meta(stats, gain, rdnoise, saturation))
     log.debug("%d sources, FWHM %.2f px from %d stars, sky %.1f +- %.2f", n, fwhm, stats["NGOOD"],

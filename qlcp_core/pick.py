@@ -98,7 +98,7 @@ def _good_sources(t, err_max: float) -> np.ndarray:
 
 
 def pick_stars(cat_files: Sequence[str | Path], offsets_table: Table, cfg,
-               image_shape: tuple[int, int]) -> Selection:
+               image_shape: tuple[int, int], targets_xy=None) -> Selection:
     """Choose targets, comparisons and checks from the night's frame catalogues.
 
     Parameters
@@ -113,6 +113,10 @@ def pick_stars(cat_files: Sequence[str | Path], offsets_table: Table, cfg,
         (most targets, 10), ``pick_chk_n`` (most check stars, 2).
     image_shape : (ny, nx)
         Shape of the base image, for the central region of variables.
+    targets_xy : array (n, 2), optional
+        Known targets' positions on the base image (from their sky positions): they
+        are the targets, whatever their scatter, and comparisons and checks are
+        chosen for them (:func:`_classify_for_targets`).
 
     Returns
     -------
@@ -124,6 +128,8 @@ def pick_stars(cat_files: Sequence[str | Path], offsets_table: Table, cfg,
     err_max = cfg.pick_err_max
     ref, tref = _reference_frame(cat_by_stem, stems, usable, cfg.base_img, err_max)
     good = _good_sources(tref, err_max)[:int(getattr(cfg, "pick_star_n", 500))]
+    tgt_src = _target_sources(tref, offs[ref], targets_xy, cfg.match_max_dis)
+    good = np.concatenate([tgt_src[tgt_src >= 0], [g for g in good if g not in set(tgt_src)]]).astype(int)
     ng = len(good)
     if ng == 0:
         log.warning(f"pick: no star with AUTO error < {err_max} in any frame")
@@ -136,9 +142,67 @@ def pick_stars(cat_files: Sequence[str | Path], offsets_table: Table, cfg,
     st = _night_statistics(mags, xb, yb)
     log.info(f"pick: {st.n_frames} of {len(usable)} frames aligned "
              f"({len(usable) - st.n_frames} with too few stars left out)")
-    cls = _classify(st, sat, cfg, image_shape)
-    role, reason = _roles_and_reasons(st, sat, cls, cfg)
+    if targets_xy is None:
+        cls = _classify(st, sat, cfg, image_shape)
+        role, reason = _roles_and_reasons(st, sat, cls, cfg)
+    else:
+        n_t = int(np.sum(tgt_src >= 0))
+        cls = _classify_for_targets(st, sat, cfg, np.arange(n_t), _isolated(tref, good, cfg))
+        role, reason = _roles_and_reasons(st, sat, cls, cfg)
+        for i in cls.var_ix:
+            reason[i] = "target given by sky position"
+        for i in cls.ref_ix:
+            reason[i] += f"; {st.mag[i] - st.mag[cls.var_ix[0]]:+.2f} mag from the target"
     return _selection(st, sat, cls, role, reason, ref, cfg)
+
+
+def _target_sources(tref: Table, off_row, targets_xy, max_dis: float) -> np.ndarray:
+    """Index in the reference frame's catalogue of each known target (-1: not detected there)."""
+    if targets_xy is None or len(targets_xy) == 0:
+        return np.zeros(0, dtype=int)
+    src = np.column_stack([_col1d(tref, "X"), _col1d(tref, "Y")])
+    want = np.asarray(targets_xy, float) + (off_row["dx"], off_row["dy"])
+    idx, _ = match_stars(want, src, max_dis, _meta_float(tref.meta, "FWHM"))
+    if np.any(idx < 0):
+        log.warning("pick: %d known target(s) not detected in the reference frame", int(np.sum(idx < 0)))
+    return np.asarray(idx, dtype=int)
+
+
+def _isolated(tref: Table, good: np.ndarray, cfg) -> np.ndarray:
+    """Candidates with no other source of at least a tenth of their flux within 3 × ``match_max_dis``."""
+    x, y, f = _col1d(tref, "X"), _col1d(tref, "Y"), _col1d(tref, "FluxAUTO")
+    out = np.ones(len(good), dtype=bool)
+    r2 = (3.0 * cfg.match_max_dis) ** 2
+    for k, i in enumerate(good):
+        d2 = (x - x[i]) ** 2 + (y - y[i]) ** 2
+        near = (d2 < r2) & (d2 > 0) & (np.nan_to_num(f) > 0.1 * np.nan_to_num(f[i]))
+        out[k] = not near.any()
+    return out
+
+
+def _classify_for_targets(st: _NightStats, sat: np.ndarray, cfg, tgt_ix: np.ndarray,
+                          isolated: np.ndarray) -> _Classes:
+    """Comparisons and checks for known targets: stable, present, unsaturated, isolated stars
+    within ``pick_cmp_dmag`` of the (first) target's brightness, the nearest in brightness first.
+
+    The ensemble's weights (each comparison by its own scatter against the others,
+    the target left out) and the rejection of variables are the differential
+    step's (:mod:`qlcp.core.differential`), in the spirit of Broeg et al. (2005).
+    """
+    base = _classify(st, sat, cfg, (1, 1))
+    ok = base.present & ~sat & isolated & (base.std_f < cfg.pick_ref_std) & (base.rng_f < cfg.pick_ref_dif)
+    ok[tgt_ix] = False
+    mag_t = st.mag[tgt_ix[0]] if len(tgt_ix) and np.isfinite(st.mag[tgt_ix[0]]) else np.nanmedian(st.mag)
+    dmag = np.abs(st.mag - mag_t)
+    ok &= np.isfinite(dmag) & (dmag <= cfg.pick_cmp_dmag)
+    ix = np.flatnonzero(ok)
+    ix = ix[np.lexsort((st.std[ix], np.round(dmag[ix], 1)))]
+    n_ref = int(cfg.pick_ref_n)
+    n_chk = min(int(cfg.pick_chk_n), 2 if len(ix) >= 8 else 1 if len(ix) >= 3 else 0)
+    ref_ix = ix[:min(n_ref, len(ix) - n_chk)]
+    chk_ix = ix[len(ref_ix):len(ref_ix) + n_chk]
+    return _Classes(central=np.ones_like(base.central), present=base.present, std_f=base.std_f,
+                    rng_f=base.rng_f, var_ix=np.asarray(tgt_ix, int), ref_ix=ref_ix, chk_ix=chk_ix)
 
 
 def _reference_frame(cat_by_stem: dict, stems: list[str], usable: list[str], base_img,

@@ -150,9 +150,13 @@ STAGES: tuple[Stage, ...] = (
     Stage("o", "offsets", GROUP, ("corrected", "frame_catalogue"), ("obj", "band"), ("offsets", "offsets_txt"),
           ("offset_max_dis", "base_img", "saturation", "detect_minarea"),
           doc="offset of each frame against the base frame"),
-    Stage("k", "select", GROUP, ("frame_catalogue", "offsets"), ("obj", "band"), ("pick",),
-          (*_PICK, "match_max_dis", "base_img", "saturation", "starxy", "ind_tgt", "ind_ref", "ind_chk", "steps"),
-          enabled_by="kKc", doc="target, comparison and check stars: picked (k), last pick (K) or given"),
+    Stage("k", "select", GROUP, ("frame_catalogue", "offsets", "field_reference", "target_catalog"),
+          ("obj", "band"), ("pick",),
+          (*_PICK, "match_max_dis", "base_img", "saturation", "starxy", "ind_tgt", "ind_ref", "ind_chk", "steps",
+           "targets", "target_catalog", "field_dir", "refresh_field", "pick_cmp_dmag"),
+          enabled_by="kKc", doc="target, comparison and check stars: last pick (K), given, the field's "
+                                "reference, known targets by sky position, or the automatic pick (k); "
+                                "writes the field reference on a field's first night"),
     Stage("c", "catalogue", GROUP, ("frame_catalogue", "offsets"), ("obj", "band"), ("night_catalogue",),
           ("match_max_dis", "starxy", "base_img", "aper"),
           doc="the chosen stars matched across the night's frames"),
@@ -275,7 +279,7 @@ def view(cfg: Config | ConfigView, block_or_stage) -> ConfigView:
 
 
 #: what the drivers themselves read to walk the graph (groups to run, which masters apply)
-WALK_KEYS = ("obj", "band", *POLICY_KEYS)
+WALK_KEYS = ("obj", "band", "field_dir", "target_catalog", *POLICY_KEYS)
 
 
 # ------------------------------------------------------------ documentation
@@ -289,5 +293,24 @@ def markdown_table() -> str:
     return "\n".join(rows) + f"\n\nFused when more than one of them runs: {fused} (i and p only together).\n"
 
 
+def update_readme(path) -> bool:
+    """Replace the table between the ``stage-graph`` markers of ``path``; True when it changed."""
+    import re
+    from pathlib import Path
+
+    p = Path(path)
+    text = p.read_text()
+    new = re.sub(r"(<!-- stage-graph:start[^\n]*-->\n).*?(<!-- stage-graph:end -->)",
+                 lambda m: m.group(1) + markdown_table() + m.group(2), text, count=1, flags=re.S)
+    if new != text:
+        p.write_text(new)
+    return new != text
+
+
 if __name__ == "__main__":
-    print(markdown_table())
+    import sys
+
+    if sys.argv[1:2] == ["--readme"]:
+        print("updated" if update_readme(sys.argv[2]) else "unchanged")
+    else:
+        print(markdown_table())

@@ -28,7 +28,7 @@ from . import differential as diff_mod
 from . import flat as flat_mod
 from . import offset as off_mod
 from . import photometry as phot_mod
-from . import pick as pick_mod
+from . import selection as selection_mod
 from ._version import __version__
 from .calibration import choose_master
 from .config import Config
@@ -303,43 +303,7 @@ def catalogue_files(bf_files) -> list[str]:
 
 
 # ---------------------------------------------------------------- k, c
-def selection_for(red, cfg: Config, obj: str, band: str, cat_files, offsets: str) -> dict:
-    """Steps k/K or the given star list: ``{"starxy", "ind_tgt", "ind_ref", "ind_chk", "source"}``.
-
-    As the manual says: a ``k`` asked for explicitly (or ``c`` without
-    ``starxy`` for this object) picks automatically and overrides
-    ``starxy``/``ind_*``; ``K`` reuses the last pick; otherwise ``starxy`` and
-    ``ind_*`` from the config.  The default chain (steps not given) picks
-    only when no ``starxy`` is given.
-    """
-    starxy = cfg.for_object("starxy", obj)
-    if "K" in cfg.steps:
-        sel = pick_mod.read_pick(red, obj, band)
-        source = "picked"
-    elif cfg.pick_forced or not starxy:
-        off = off_mod.read_offsets(red, obj, band)
-        shape = _base_shape(off)
-        sel = pick_mod.pick_stars(cat_files, off, cfg, shape)
-        pick_mod.write_pick(sel, red, obj, band)
-        source = "picked"
-        if not sel.ind_tgt:
-            log.warning("%s %s: automatic pick found no variable star; give starxy/ind_tgt", obj, band)
-    else:
-        return {"starxy": [list(map(float, p)) for p in starxy], "ind_tgt": cfg.for_object("ind_tgt", obj),
-                "ind_ref": cfg.for_object("ind_ref", obj), "ind_chk": cfg.for_object("ind_chk", obj),
-                "source": "given"}
-    return {"starxy": [list(map(float, p)) for p in sel.starxy], "ind_tgt": list(sel.ind_tgt),
-            "ind_ref": list(sel.ind_ref), "ind_chk": list(sel.ind_chk), "source": source}
-
-
-def _base_shape(off: Table) -> tuple[int, int]:
-    base = off.meta.get("base_bf")
-    if base and Path(base).is_file():
-        from .io import read_header
-
-        h = read_header(base)
-        return int(h["NAXIS2"]), int(h["NAXIS1"])
-    raise InputError(f"offset table: base image {base!r} not found")
+selection_for = selection_mod.selection_for
 
 
 catalogue_path = cat_mod.catalogue_path

@@ -22,7 +22,9 @@ class GroupSummary:
 
     ``outputs`` maps product kinds (``lightcurve``, ``lc_png``, ``chart``, ``offsets``,
     ``night_catalogue``, ...; see :mod:`qlcp.core.products`) to paths; ``noise`` lists, per
-    star and aperture, the scatter achieved and predicted (mag); ``rejected`` holds
+    star and aperture, the scatter achieved and predicted (mag); ``stars`` says how the
+    stars were chosen (``source``: given, field, targets or picked; the field reference
+    and the stars lost tonight); ``rejected`` holds
     ``[file, reason]`` of frames dropped; ``error`` is empty unless the group failed.
     """
 
@@ -33,6 +35,7 @@ class GroupSummary:
     rejected: list = field(default_factory=list)
     outputs: dict = field(default_factory=dict)
     noise: list = field(default_factory=list)
+    stars: dict = field(default_factory=dict)           #: how the stars were chosen (source, field reference, lost)
     error: str = ""
 
 

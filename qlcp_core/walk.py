@@ -22,6 +22,7 @@ from pathlib import Path
 
 from .calibration import choose_master
 from .errors import QLCPError
+from .field import reference_path
 from .products import product_path
 from .stages import BAND, CHUNK, GROUP, NIGHT, WALK_KEYS, Block, plan, view
 from .steps import catalogue_files, corrected_files
@@ -103,6 +104,8 @@ class NightWalk:
                 "coord_file": g.raw[0] if g.raw else None, "bias": lambda: self.master("bias"),
                 "dark": lambda: self.master("dark"), "flat": lambda: self.master("flat", b),
                 "corrected": g.corrected, "frame_catalogue": lambda: catalogue_files(g.corrected),
+                "field_reference": str(reference_path(self.red, self.walk_cfg, o)),
+                "target_catalog": self.walk_cfg.target_catalog,
                 **{k: str(product_path(self.red, k, o, b)) for k in ("offsets", "night_catalogue", "stars")}}
 
     def bands(self) -> list[str]:
@@ -139,6 +142,10 @@ class NightWalk:
                 g.summary.outputs[kind] = res[kind]
         if "noise" in res:
             g.summary.noise = res["noise"]
+        if res.get("selection"):
+            sel = res["selection"]
+            g.summary.stars = {k: sel[k] for k in ("source", "targets", "field_reference", "field_match", "lost",
+                                                   "ind_tgt", "ind_ref", "ind_chk") if k in sel}
 
     def fail(self, block: Block, label: str, unit: dict, error: str) -> None:
         """Take one unit's failure: the night stops (night units), or its groups fail."""

@@ -1,0 +1,145 @@
+"""Step k, the ``select`` stage: which stars are the targets, comparisons and checks of a group.
+
+In order, the first that applies:
+
+1. ``K``: the last pick of this group (``pick_{obj}_{band}.ecsv``);
+2. ``starxy`` (and ``ind_*``) given in the config for the object, unless ``k`` is asked for;
+3. the field's reference (:mod:`qlcp.core.field`), written by an earlier night, unless
+   ``k`` is asked for or ``refresh_field`` is set: the same stars in the same roles;
+4. known targets (:mod:`qlcp.core.targets`, by sky position through the base frame's WCS):
+   they are the targets, and comparisons and checks are picked for them;
+5. the automatic pick of the manual (the most variable stars are targets).
+
+Whatever chose the stars (2, 4 or 5), a field with no reference yet (or
+``refresh_field``) gets one from tonight's choice.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+from astropy.table import Table
+
+from . import field as field_mod
+from . import offset as off_mod
+from . import pick as pick_mod
+from .catalogue import FLAG_BORDER, FLAG_INVALID, FLAG_SATURATED, read_frame_catalogue
+from .errors import InputError
+from .io import read_header
+from .products import product_path
+from .targets import all_targets, sky_to_pixel, targets_for
+
+log = logging.getLogger("qlcp.selection")
+
+
+def selection_for(red, cfg, obj: str, band: str, cat_files, offsets: str) -> dict:
+    """The group's stars: ``{"starxy", "ind_tgt", "ind_ref", "ind_chk", "source", ...}`` (see the module)."""
+    starxy = cfg.for_object("starxy", obj)
+    if "K" in cfg.steps:
+        return _from_pick(pick_mod.read_pick(red, obj, band), "picked")
+    off = off_mod.read_offsets(red, obj, band)
+    base = _BaseFrame(off)
+    ref_path = field_mod.reference_path(red, cfg, obj)
+    if starxy and not cfg.pick_forced:
+        sel = {"starxy": [list(map(float, p)) for p in starxy], "ind_tgt": cfg.for_object("ind_tgt", obj),
+               "ind_ref": cfg.for_object("ind_ref", obj), "ind_chk": cfg.for_object("ind_chk", obj),
+               "source": "given"}
+    elif ref_path.is_file() and not cfg.refresh_field and not cfg.pick_forced:
+        return _from_reference(ref_path, base, cfg)
+    else:
+        sel = _pick(red, cfg, obj, band, cat_files, off, base)
+    if sel["ind_tgt"] is not None and (not ref_path.is_file() or cfg.refresh_field):
+        _write_reference(ref_path, sel, base, obj, band, red)
+    return sel
+
+
+def _from_pick(p, source: str, **extra) -> dict:
+    return {"starxy": [list(map(float, xy)) for xy in p.starxy], "ind_tgt": list(p.ind_tgt),
+            "ind_ref": list(p.ind_ref), "ind_chk": list(p.ind_chk), "source": source, **extra}
+
+
+def _pick(red, cfg, obj, band, cat_files, off: Table, base: "_BaseFrame") -> dict:
+    """Steps 4 and 5: the known targets on the frame with comparisons for them, else the automatic pick."""
+    targets = targets_for(all_targets(cfg), obj, base.wcs, base.shape) if base.wcs is not None else []
+    if not targets and (cfg.targets or cfg.target_catalog):
+        log.warning("%s %s: no known target on the frame%s", obj, band,
+                    "" if base.wcs is not None else " (no celestial WCS for the base frame)")
+    xy = sky_to_pixel(base.wcs, targets) if targets else None
+    sel = pick_mod.pick_stars(cat_files, off, cfg, base.shape, targets_xy=xy)
+    pick_mod.write_pick(sel, red, obj, band)
+    if targets:
+        return _from_pick(sel, "targets", targets=[t.name for t in targets])
+    if not sel.ind_tgt:
+        log.warning("%s %s: automatic pick found no variable star; give targets or starxy/ind_tgt", obj, band)
+    return _from_pick(sel, "picked")
+
+
+def _from_reference(path: Path, base: "_BaseFrame", cfg) -> dict:
+    """Step 3: the field reference on tonight's base frame."""
+    ref = field_mod.read_reference(path)
+    m = field_mod.map_reference(ref, base.wcs, base.xy, cfg.match_max_dis)
+    log.info("field reference %s matched by %s: %d target(s), %d comparison(s), %d check(s), %d lost",
+             path.name, m.method, len(m.ind_tgt), len(m.ind_ref), len(m.ind_chk), len(m.lost))
+    return {"starxy": m.starxy, "ind_tgt": m.ind_tgt, "ind_ref": m.ind_ref, "ind_chk": m.ind_chk,
+            "source": "field", "field_reference": str(path), "field_match": m.method,
+            "lost": [list(x) for x in m.lost]}
+
+
+def _write_reference(path: Path, sel: dict, base: "_BaseFrame", obj: str, band: str, red) -> None:
+    ind = {k: (sel[k] if isinstance(sel[k], list) else [sel[k]]) if sel[k] is not None else []
+           for k in ("ind_tgt", "ind_ref", "ind_chk")}
+    if not ind["ind_tgt"]:
+        return
+    if not ind["ind_ref"] and sel["source"] == "given":          # the given list's other stars compare
+        ind["ind_ref"] = [i for i in range(len(sel["starxy"])) if i not in ind["ind_tgt"] + ind["ind_chk"]]
+    field_mod.write_reference(path, {"starxy": sel["starxy"], **ind}, base.xy, base.mag, base.wcs,
+                              {"object": obj, "band": band, "night": Path(red).name, "base_frame": base.name,
+                               "source": sel["source"], "targets": sel.get("targets")})
+    sel["field_reference"] = str(path)
+
+
+class _BaseFrame:
+    """The group's base frame: shape, celestial WCS (if any) and good stars, brightest first."""
+
+    def __init__(self, off: Table):
+        bf = off.meta.get("base_bf")
+        if not bf or not Path(bf).is_file():
+            raise InputError(f"offset table: base image {bf!r} not found")
+        self.name = Path(bf).name
+        h = read_header(bf)
+        self.shape = (int(h["NAXIS2"]), int(h["NAXIS1"]))
+        self.wcs = base_wcs(bf, h)
+        self.xy, self.mag = _good_stars(bf)
+
+
+def base_wcs(bf, header=None):
+    """The celestial WCS of a corrected base frame: the astrometry step's when it made one, else the
+    frame's own header WCS when it is a valid celestial one; None otherwise."""
+    from astropy.wcs import WCS
+
+    solved = Path(bf).parent.parent / f"wcs_{Path(bf).parent.name}.fits"
+    h = header if header is not None else read_header(bf)
+    for src in ([solved] if solved.is_file() else []) + [None]:
+        try:
+            hdr = read_header(src) if src is not None else h
+            if str(hdr.get("CTYPE1", "")).startswith("RA---"):
+                w = WCS(hdr).celestial
+                if w.has_celestial:
+                    return w
+        except Exception as e:  # a damaged header WCS is no WCS
+            log.debug("%s: no usable WCS (%s)", src or bf, e)
+    return None
+
+
+def _good_stars(bf) -> tuple[np.ndarray, np.ndarray]:
+    cp = product_path(None, "frame_catalogue", frame=bf)
+    if not Path(cp).is_file():
+        return np.empty((0, 2)), np.empty(0)
+    t = read_frame_catalogue(cp)
+    fl = np.asarray(t["Flags"], np.int64)
+    mag = np.asarray(t["MagAUTO"], float)
+    ok = np.isfinite(mag) & ((fl & (FLAG_BORDER | FLAG_INVALID | FLAG_SATURATED)) == 0)
+    ix = np.flatnonzero(ok)[np.argsort(mag[ok], kind="stable")]
+    return np.column_stack([np.asarray(t["X"], float)[ix], np.asarray(t["Y"], float)[ix]]), mag[ix]
