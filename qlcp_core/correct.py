@@ -108,7 +108,10 @@ def _master_header(path: str | None, identity) -> dict | None:
     """The estimate cards (``GAINEST``, ``RDNEST``, ``RDNADU``) of a master's header, or None."""
     if path is None:
         return None
-    h = read_header(path)
+    try:
+        h = read_header(path)
+    except QLCPError:          # unreadable: the frame's correction reports it; no estimate from it
+        return None
     return {k: h[k] for k in ("GAINEST", "RDNEST", "RDNADU") if k in h}
 
 
