@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from . import detector
 from .combine import combine_files, master_header
 from .calibration import choose_master
 from .products import product_path
@@ -40,9 +41,20 @@ def make_master_bias(files: list[Path], red_dir: str | Path, cfg: Config, progre
     log.info("master bias from %d frames", len(files))
     data = combine_files(files, cfg.combine_sigma, cfg.combine_mem_mb, progress=progress)
     hdr = master_header("bias", files, COMBSIG=(cfg.combine_sigma, "clipping sigma"), QLCPKEY=key)
+    hdr.update(read_noise_cards(files))
     write_fits(out, data, hdr)
     log.info("wrote %s (median %.1f ADU)", out, float(_median(data)))
     return out
+
+
+def read_noise_cards(files: list[Path]) -> dict:
+    """``RDNADU`` (read noise, ADU, from pairs of bias frames) and ``NRDNPAIR`` for the master's header;
+    empty with fewer than two frames (:func:`qlcp.core.detector.bias_read_noise`)."""
+    rn, n = detector.bias_read_noise(files)
+    if not n:
+        return {}
+    log.info("read noise %.3f ADU from %d pair(s) of bias frames", rn, n)
+    return {"RDNADU": (round(rn, 4), "read noise, ADU, from bias pairs"), "NRDNPAIR": (n, "bias pairs for RDNADU")}
 
 
 def _median(a):

@@ -4,8 +4,10 @@
 ``{red}/{obj}_{band}/{rawstem}.bf.fits``.  The raw header is kept and gets
 JD, MJD (UTC, mid-exposure), HJD, BJD (TDB, mid-exposure, barycentric for the
 target), AZ, ALT, AIRMASS (site from the config), the detector parameters
-(GAIN, RDNOISE, SATURATE in corrected ADU) and provenance (RAWFILE, BIASFILE,
-FLATFILE, DARKFILE).
+(GAIN, RDNOISE with where they came from, GAINSRC and RDNSRC — config, raw
+header, the masters' photon-transfer estimates, the sky, or assumed: see
+:mod:`qlcp.core.detector` —, SATURATE in corrected ADU) and provenance
+(RAWFILE, BIASFILE, FLATFILE, DARKFILE).
 
 Headers of the whole (object, band) group are read first (cheap) so the times
 are computed in one vectorised astropy call; the pixel data then stream one
@@ -30,6 +32,7 @@ from .config import Config
 from .errors import InputError, QLCPError
 from .flat import load_flat
 from .io import fingerprint_record, read_header, read_image, write_fits
+from .detector import Detector, header_number, resolve, sky_gain
 from .provenance import file_identity, fits_key, step_key
 from .products import product_path
 
@@ -60,24 +63,87 @@ def bf_path(red_dir: str | Path, obj: str, band: str, raw: str | Path) -> Path:
 
 def _header_number(header, *keys) -> float | None:
     """The first of ``keys`` in ``header`` holding a finite positive number, else None."""
-    for k in keys:
-        try:
-            v = float(header[k])
-            if np.isfinite(v) and v > 0:
-                return v
-        except (KeyError, TypeError, ValueError):
-            continue
-    return None
+    return header_number(header, keys)
 
 
 def detector(header, cfg: Config) -> tuple[float, float, float]:
-    """(gain e-/ADU, read noise e-, raw saturation ADU): config, else header, else defaults."""
-    gain = cfg.gain or _header_number(header, "GAIN", "EGAIN", "CCDGAIN") or 1.0
-    rdn = cfg.rdnoise if cfg.rdnoise is not None else (_header_number(header, "RDNOISE", "READNOIS", "RON") or 0.0)
+    """(gain e-/ADU, read noise e-, raw saturation ADU): config, else header, else defaults.
+
+    For a corrected frame the header holds what step i chose (:func:`frame_detector`:
+    config, header, the masters' estimates, the sky, or assumed).
+    """
+    det = resolve(cfg.gain, cfg.rdnoise, header)
     sat = cfg.saturation or _header_number(header, "SATURATE", "DATAMAX", "SATLEVEL")
     if sat is None:
         sat = 65535.0 if header.get("BITPIX") in (16, 8) else 1e30
-    return float(gain), float(rdn), float(sat)
+    return det.gain, det.rdnoise, float(sat)
+
+
+def frame_detector(header, cfg: Config, cals: tuple, sky_frames: tuple) -> Detector:
+    """Gain and read noise of a raw frame with their sources (:func:`qlcp.core.detector.resolve`):
+    config, header, the master flat's ``GAINEST``, the sky of ``sky_frames`` (two raw frames of
+    the group, measured once per process, only when needed), else assumed.
+
+    Parameters
+    ----------
+    header : Header
+        The raw frame's header.
+    cfg : Config
+    cals : (bias, dark, flat)
+        Master paths (or None).
+    sky_frames : tuple of str
+        Raw frames for the sky estimate (:func:`_sky_frames`).
+    """
+    bias, _, flat = (str(p) if p else None for p in cals)
+    bias_hdr = _master_header(bias, tuple(file_identity(bias) or ()))
+    flat_hdr = _master_header(flat, tuple(file_identity(flat) or ()))
+    rn_adu = float(bias_hdr.get("RDNADU", np.nan)) if bias_hdr is not None else float("nan")
+    ident = tuple(tuple(file_identity(p) or ()) for p in (bias, *sky_frames))
+    return resolve(cfg.gain, cfg.rdnoise, header, flat_hdr, bias_hdr,
+                   sky=lambda: _sky_gain(bias, sky_frames, rn_adu, ident))
+
+
+@functools.lru_cache(maxsize=4)
+def _master_header(path: str | None, identity) -> dict | None:
+    """The estimate cards (``GAINEST``, ``RDNEST``, ``RDNADU``) of a master's header, or None."""
+    if path is None:
+        return None
+    try:
+        h = read_header(path)
+    except QLCPError:          # unreadable: the frame's correction reports it; no estimate from it
+        return None
+    return {k: h[k] for k in ("GAINEST", "RDNEST", "RDNADU") if k in h}
+
+
+@functools.lru_cache(maxsize=4)
+def _sky_gain(bias: str | None, frames: tuple, rn_adu: float, identity) -> float:
+    """Gain from the sky of two raw science frames (:func:`qlcp.core.detector.sky_gain`); NaN
+    without a master bias or two readable frames of the bias's shape."""
+    if bias is None or len(frames) < 2:
+        return float("nan")
+    try:
+        data = [read_image(f)[0] for f in frames[:2]]
+        b = read_image(bias)[0]
+    except QLCPError:
+        return float("nan")
+    if any(d.shape != b.shape for d in data):
+        return float("nan")
+    g = sky_gain(data, b, rn_adu)
+    log.info("gain %.3f e-/ADU from the sky of %s", g, ", ".join(Path(f).name for f in frames[:2]))
+    return g
+
+
+def _sky_frames(files: list[Path], coord_file: Path | None, red_dir, obj: str, band: str) -> tuple:
+    """Two raw frames of the group for a sky estimate of the gain: the first two of the group's
+    list (``lst/{obj}_{band}.lst``, names relative to the raw directory, whose first is
+    ``coord_file``), so every chunk of a group uses the same; else the first two of ``files``."""
+    lst = Path(red_dir) / "lst" / f"{obj}_{band}.lst"
+    if coord_file is not None and lst.is_file():
+        names = [n.strip() for n in lst.read_text().splitlines() if n.strip()]
+        c = str(coord_file)
+        if len(names) >= 2 and c.endswith(names[0]):
+            return (c, str(Path(c[:len(c) - len(names[0])]) / names[1]))
+    return tuple(str(f) for f in files[:2])
 
 
 def corrected_detector(header, cfg: Config) -> tuple[float, float, float]:
@@ -201,6 +267,7 @@ def correct_frames(files: list[Path], obj: str, band: str, red_dir: str | Path, 
     masters = _masters(*(str(p) if p else None for p in (bias, dark, flat)),
                        tuple(tuple(file_identity(p) or ()) for p in (bias, dark, flat)))
     cals = (bias, dark, flat)
+    sky_frames = _sky_frames(files, coord_file, red_dir, obj, band)
 
     n_done = 0
     it = list(enumerate(keep))
@@ -215,7 +282,7 @@ def correct_frames(files: list[Path], obj: str, band: str, red_dir: str | Path, 
         if data is None:
             continue
         out_hdr = _corrected_header(hdr_of[f], f, {k: times[k][i] for k in _COMMENTS}, exptime, cfg,
-                                    keys[f], cals, masters)
+                                    keys[f], cals, masters, sky_frames)
         data = data.astype(np.float32, copy=False)
         write_fits(outs[f], data, out_hdr)
         result.outputs.append(str(outs[f]))
@@ -308,7 +375,7 @@ def _calibrate(data: np.ndarray, f: Path, exptime: float, cals: tuple, masters: 
 
 
 def _corrected_header(hdr, f: Path, times: dict, exptime: float, cfg: Config, key: str, cals: tuple,
-                      masters: tuple):
+                      masters: tuple, sky_frames: tuple = ()):
     """The corrected frame's header: the raw one with times, detector, provenance and border cut.
 
     Parameters
@@ -327,11 +394,14 @@ def _corrected_header(hdr, f: Path, times: dict, exptime: float, cfg: Config, ke
         Provenance key, ``QLCPKEY``.
     cals, masters : tuple
         Master paths (bias, dark, flat) and :func:`_masters`.
+    sky_frames : tuple of str
+        Raw frames for a sky estimate of the gain (:func:`frame_detector`).
     """
     bias, dark, flat = cals
     bias_level, dark_rate, flat_hi = masters[3:]
     cut = cfg.border_cut
-    gain, rdn, sat = detector(hdr, cfg)
+    sat = detector(hdr, cfg)[2]
+    det = frame_detector(hdr, cfg, cals, sky_frames)
     dark_level = dark_rate * exptime
     out_hdr = hdr.copy()
     for k in ("BZERO", "BSCALE", "BLANK"):
@@ -339,8 +409,10 @@ def _corrected_header(hdr, f: Path, times: dict, exptime: float, cfg: Config, ke
     for k in ("JD", "MJD", "HJD", "BJD", "AZ", "ALT", "AIRMASS"):
         v = float(times[k])
         out_hdr[k] = (v if np.isfinite(v) else "NaN", _COMMENTS[k])
-    out_hdr["GAIN"] = (gain, "e-/ADU")
-    out_hdr["RDNOISE"] = (rdn, "read noise, e-")
+    out_hdr["GAIN"] = (det.gain, "e-/ADU")
+    out_hdr["RDNOISE"] = (det.rdnoise, "read noise, e-")
+    out_hdr["GAINSRC"] = (det.gain_source, "GAIN from: config|header|flats|sky|assumed")
+    out_hdr["RDNSRC"] = (det.rdnoise_source, "RDNOISE from: config|header|bias|assumed")
     out_hdr["SATURATE"] = ((sat - bias_level - dark_level) / flat_hi, "saturation in corrected ADU")
     out_hdr["RAWFILE"] = (f.name, "raw frame")
     out_hdr["BIASFILE"] = (Path(bias).name if bias else "none", "master bias")

@@ -72,6 +72,8 @@ log = logging.getLogger("qlcp.differential")
 
 #: default of the variability threshold of comparison stars (setting ``ref_var_k``)
 REF_VAR_K = 3.0
+#: a light curve is ``noisy`` when its point-to-point scatter exceeds this many times its prediction
+NOISY_K = 2.0
 #: bits that make a star's photometry unusable in a frame
 _BAD = FLAG_MISSING | FLAG_BORDER | FLAG_INVALID
 
@@ -208,7 +210,7 @@ def _fit_ensemble(m: np.ndarray, e: np.ndarray, p: np.ndarray, n_iter: int = 4):
     -------
     dict with ``c`` (nc zero points), ``w`` (nc weights), ``s`` (nc
     leave-one-out clipped scatter), ``pred`` (nc median predicted
-    leave-one-out noise).
+    leave-one-out noise), ``err`` (the same from the propagation errors).
     """
     nc = m.shape[1]
     avail = np.isfinite(m)
@@ -233,13 +235,28 @@ def _fit_ensemble(m: np.ndarray, e: np.ndarray, p: np.ndarray, n_iter: int = 4):
             s = _clipped_std(z - loo)
             s = np.where(np.isfinite(s), np.maximum(s, 1e-4), np.nan)
             w = np.where(np.isfinite(s), 1.0 / s**2, w0)
-        # predicted noise of each leave-one-out curve (median over frames)
+    return dict(c=c, w=w, s=s, pred=_loo_sigma(avail, p, w), err=_loo_sigma(avail, e, w))
+
+
+def _loo_sigma(avail: np.ndarray, p: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Median over frames of the error of each comparison's leave-one-out curve, (nc,).
+
+    Parameters
+    ----------
+    avail : ndarray of bool (nf, nc)
+        Where each comparison is usable.
+    p : ndarray (nf, nc)
+        Per-frame errors of the comparisons (predicted, or propagated).
+    w : ndarray (nc,)
+        Weights.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
         wa = np.where(avail, w, 0.0)
         wp2 = np.where(avail & np.isfinite(p), (w * p) ** 2, 0.0)
         loo_w = wa.sum(axis=1)[:, None] - wa
         var_e = (wp2.sum(axis=1)[:, None] - wp2) / np.where(loo_w > 0, loo_w, np.nan) ** 2
-        pred = np.nanmedian(np.where(avail, np.sqrt(p**2 + var_e), np.nan), axis=0)
-    return dict(c=c, w=w, s=s, pred=pred)
+        return np.nanmedian(np.where(avail, np.sqrt(p**2 + var_e), np.nan), axis=0)
 
 
 def _ensemble(m, e, c, w):
@@ -257,7 +274,7 @@ def _ensemble(m, e, c, w):
 
 # ------------------------------------------------------------------ main
 def differential(cata: Table, ind_tgt=None, ind_ref=None, ind_chk=None, cfg=None, *,
-                 source: str | None = None) -> tuple[Table, Table]:
+                 source: str | None = None, gain_source: str | None = None) -> tuple[Table, Table]:
     """Differential light curves of targets and check stars against a weighted ensemble.
 
     Parameters
@@ -274,6 +291,12 @@ def differential(cata: Table, ind_tgt=None, ind_ref=None, ind_chk=None, cfg=None
     source : {'given', 'picked'}, optional
         Where the star list came from (default ``cata.meta['source']`` or
         'given'), recorded in the stars table.
+    gain_source : str, optional
+        Where the frames' gain came from (``GAINSRC`` of step i: config, header,
+        flats, sky, assumed); default ``cata.meta['gain_source']``, else
+        'config' when ``cfg.gain`` is set, else left for :func:`write_lightcurve`
+        to read from the corrected frames.  With 'assumed' the errors are scaled
+        (:func:`apply_error_model`).
 
     Returns
     -------
@@ -283,7 +306,11 @@ def differential(cata: Table, ind_tgt=None, ind_ref=None, ind_chk=None, cfg=None
         ``mag_c{k}_a{j}, err_c{k}_a{j}`` (check k).  Meta: ``apertures``,
         ``aper_radius`` (median px), ``stars`` (index, role, x, y),
         ``ind_tgt/ind_ref/ind_chk`` (comparisons actually used),
-        ``ind_ref_given``, ``noise`` (predicted vs achieved scatter, ``noisy``).
+        ``ind_ref_given``, ``noise`` (predicted vs achieved scatter, ``noisy``),
+        ``error_ratio`` and ``budget_ratio`` (per aperture, median over the
+        comparisons used of their scatter over their propagated and predicted
+        errors), and once the gain source is known ``gain_source``,
+        ``error_model`` ('ccd' or 'scaled') and ``error_scale``.
     stars : Table
         ``index, x, y, role, source, weight (n_aper), scatter (n_aper), reason``.
     """
@@ -304,6 +331,10 @@ def differential(cata: Table, ind_tgt=None, ind_ref=None, ind_chk=None, cfg=None
     _rejected_scatter(ens.scatter, d.m, ens.mag, reason)
     stars, roles, sxy = _stars_table(cata, d.ns, tgt, chk, comps, reason, ens, source)
     lc.meta.update(_lc_meta(cata, cfg, d, roles, sxy, tgt, ref, chk, comps, noise_rows))
+    lc.meta["error_ratio"], lc.meta["budget_ratio"] = _error_ratios(fits if comps else None, d.na)
+    src = gain_source or cata.meta.get("gain_source") or ("config" if cfg.gain is not None else None)
+    if src:
+        apply_error_model(lc, src)
     log.info(f"differential: {len(tgt)} target(s), {len(chk)} check(s), {len(comps)} of {len(ref)} "
              f"comparison(s) used, {int(ens.ok.sum())} of {d.nf} frames ok")
     return lc, stars
@@ -686,8 +717,88 @@ def _budget(nz: _Noise, m, flux, i, comps, w, j, dmag, ok) -> dict:
             predicted = float(np.nanmedian(pf[good]))
     else:
         predicted = float("nan")
-    noisy = bool(np.isfinite(achieved) and np.isfinite(predicted) and achieved > 2.0 * predicted)
-    return dict(predicted=predicted, achieved=achieved, noisy=noisy)
+    return dict(predicted=predicted, achieved=achieved, noisy=_is_noisy(achieved, predicted))
+
+
+def _error_ratios(fits: list[dict] | None, na: int) -> tuple[list[float], list[float]]:
+    """Per aperture, the median over the comparisons used of scatter / propagated error and of
+    scatter / predicted noise of their leave-one-out curves (NaN without comparisons).
+
+    The comparisons kept are the constant stars (variables were rejected), so these
+    ratios measure how wrong the error model is, e.g. with an assumed gain.
+    """
+    if not fits:
+        return [float("nan")] * na, [float("nan")] * na
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        err = [float(np.nanmedian(ft["s"] / ft["err"])) for ft in fits]
+        pred = [float(np.nanmedian(ft["s"] / ft["pred"])) for ft in fits]
+    return err, pred
+
+
+def apply_error_model(lc: Table, gain_source: str) -> Table:
+    """Settle the light curve's error model from where the gain came from (in place).
+
+    With the gain only assumed (``gain_source == 'assumed'``), the CCD errors are
+    off by an unknown factor: each aperture's ``err_*`` columns are multiplied by
+    ``lc.meta['error_ratio']`` of that aperture, and each noise row's prediction
+    by ``budget_ratio`` (the CCD value is kept as ``predicted_ccd``, ``noisy``
+    recomputed), and ``error_model`` is 'scaled'.  Otherwise ``error_model`` is
+    'ccd' and ``error_scale`` 1.  Every noise row gets ``gain_source`` and
+    ``error_model``.  A light curve already settled is left as it is.
+
+    Returns
+    -------
+    Table
+        ``lc``.
+    """
+    m = lc.meta
+    if m.get("error_model"):
+        return lc
+    na = len(m.get("apertures", [])) or len(m.get("error_ratio", []))
+    err_r = list(m.get("error_ratio") or [float("nan")] * na)
+    pred_r = list(m.get("budget_ratio") or [float("nan")] * na)
+    scaled = gain_source == "assumed" and bool(err_r) and all(np.isfinite(err_r))
+    scale = [float(r) for r in err_r] if scaled else [1.0] * len(err_r)
+    if scaled:
+        for name in lc.colnames:
+            j = _aperture_of(name)
+            if name.startswith("err_") and j is not None and j < len(scale):
+                lc[name] = np.asarray(lc[name], dtype=float) * scale[j]
+        log.warning(f"gain assumed: errors scaled by {', '.join(f'{v:.3g}' for v in scale)} (per aperture) "
+                    f"to the scatter of the constant comparisons")
+    model = "scaled" if scaled else "ccd"
+    for row in m.get("noise", []):
+        j = int(row.get("aperture", 0))
+        if scaled and j < len(pred_r) and np.isfinite(pred_r[j]):
+            row["predicted_ccd"] = row["predicted"]
+            row["predicted"] = float(row["predicted"] * pred_r[j])
+            row["noisy"] = _is_noisy(row["achieved"], row["predicted"])
+        row.update(gain_source=gain_source, error_model=model)
+    m.update(gain_source=gain_source, error_model=model, error_scale=scale)
+    return lc
+
+
+def _aperture_of(colname: str) -> int | None:
+    """The aperture index of a ``mag_t0_a1``-style column name, else None."""
+    head, _, tail = colname.rpartition("_a")
+    return int(tail) if head and tail.isdigit() else None
+
+
+def _is_noisy(achieved: float, predicted: float) -> bool:
+    """``achieved > NOISY_K x predicted`` (both finite)."""
+    return bool(np.isfinite(achieved) and np.isfinite(predicted) and achieved > NOISY_K * predicted)
+
+
+def corrected_gain_source(red_dir: str | Path, obj: str, band: str) -> str | None:
+    """``GAINSRC`` of the group's first corrected frame (None without frames or card)."""
+    from .io import read_header
+
+    bf0 = next(iter(sorted(product_path(red_dir, "group_dir", obj, band).glob("*.bf.fits"))), None)
+    if bf0 is None:
+        return None
+    src = read_header(bf0).get("GAINSRC")
+    return str(src) if src else None
 
 
 # ------------------------------------------------------------------ writing
@@ -728,6 +839,10 @@ def write_lightcurve(lc: Table, stars: Table, red_dir: str | Path, obj: str, ban
     of usable frames with a finite magnitude only.  ``refs`` is the used
     comparison indexes joined by '-'.
 
+    A light curve whose error model is not settled yet (:func:`differential` did not
+    know the gain source) is settled first, in place, from the ``GAINSRC`` of the
+    group's corrected frames (:func:`apply_error_model`).
+
     Returns
     -------
     list of Path
@@ -735,6 +850,8 @@ def write_lightcurve(lc: Table, stars: Table, red_dir: str | Path, obj: str, ban
     """
     red = Path(red_dir)
     out = []
+    if not lc.meta.get("error_model"):
+        apply_error_model(lc, corrected_gain_source(red, obj, band) or "unknown")
     lc = Table(lc, copy=True)
     lc.meta = _plain(dict(lc.meta))
     lc.meta["provenance"] = _plain(dict(provenance or {}))

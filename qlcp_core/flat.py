@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import detector
 from .combine import combine_files, frame_median, master_header
 from .calibration import choose_master
 from .products import product_path
@@ -44,7 +45,7 @@ def make_master_flat(files: list[Path], band: str, red_dir: str | Path, cfg: Con
     key = step_key(cfg, "flat", bias, dark, *files)
     if not cfg.mode.should_write(out, current=fits_key(out) == key):
         return out
-    bias_data = read_image(bias)[0] if bias else None
+    bias_data, bias_hdr = read_image(bias) if bias else (None, {})
     dark_data = read_image(dark)[0] if dark else None
     good, levels, times, rejected = [], [], [], []
     for f in files:
@@ -88,9 +89,41 @@ def make_master_flat(files: list[Path], band: str, red_dir: str | Path, cfg: Con
     hdr = master_header("flat", good, FILTER=band, NREJECT=(len(rejected), "flats outside the limits"),
                         BIASFILE=Path(bias).name if bias else "none",
                         DARKFILE=Path(dark).name if dark else "none", QLCPKEY=key)
+    if bias_data is not None:
+        hdr.update(gain_cards(good, levels, lambda i: _sub(bias_data, dark_data, times[i]), bias_hdr))
     write_fits(out, data.astype(np.float32), hdr)
     log.info("wrote %s", out)
     return out
+
+
+def _sub(bias_data, dark_data, t: float):
+    """What is subtracted from a flat of exposure ``t``: the bias, plus the dark x ``t``."""
+    return bias_data if dark_data is None else bias_data + dark_data * t
+
+
+def gain_cards(files: list[Path], levels: list[float], subs, bias_hdr) -> dict:
+    """``GAINEST`` (e-/ADU, photon transfer on pairs of flats), ``NGAINPR`` and, when the master
+    bias has ``RDNADU``, ``RDNEST`` (e-) for the master flat's header; empty without a pair.
+
+    Parameters
+    ----------
+    files, levels : list
+        The flats within the limits and their levels above bias, ADU.
+    subs : callable(i) -> ndarray
+        What was subtracted from flat ``i`` (bias, plus dark x exposure).
+    bias_hdr : Header or dict
+        The master bias header (``RDNADU``: read noise, ADU).
+    """
+    rn_adu = float(bias_hdr.get("RDNADU", np.nan))
+    gain, n = detector.flat_gain(files, levels, subs, rn_adu)
+    if not n:
+        return {}
+    cards = {"GAINEST": (round(gain, 4), "gain e-/ADU, from flat pairs"), "NGAINPR": (n, "flat pairs for GAINEST")}
+    if np.isfinite(rn_adu):
+        cards["RDNEST"] = (round(rn_adu * gain, 3), "read noise e-, RDNADU of the bias x GAINEST")
+    log.info("gain %.3f e-/ADU from %d pair(s) of flats%s", gain, n,
+             f", read noise {rn_adu * gain:.2f} e-" if np.isfinite(rn_adu) else "")
+    return cards
 
 
 def select_flat(red_dir: str | Path, cfg: Config, band: str) -> Path | None:
