@@ -298,6 +298,9 @@ def summary_markdown(summary: dict, cfg) -> str:
             ach = f"{1e3 * n['achieved']:.2f}" if n.get("achieved") is not None else ""
             pre = f"{1e3 * n['predicted']:.2f}" if n.get("predicted") is not None else ""
             flag = "NOISY (clouds or systematics?)" if n.get("noisy") else ""
+            if n.get("error_model") == "scaled":
+                flag = (flag + "; " if flag else "") + f"errors scaled x{n.get('error_scale', float('nan')):.2f} " \
+                                                       f"(gain {n.get('gain_source', 'assumed')})"
             out.append(f"| {g['obj']} | {g['band']} | {g['frames']} | {g.get('corrected', '')} | "
                        f"`{Path(g['outputs']['lightcurve']).name if g['outputs'].get('lightcurve') else '-'}` | {star} | {n.get('aperture', '')} | "
                        f"{ach} | {pre} | {note or flag} |")

@@ -235,7 +235,9 @@ def _fit_ensemble(m: np.ndarray, e: np.ndarray, p: np.ndarray, n_iter: int = 4):
             s = _clipped_std(z - loo)
             s = np.where(np.isfinite(s), np.maximum(s, 1e-4), np.nan)
             w = np.where(np.isfinite(s), 1.0 / s**2, w0)
-    return dict(c=c, w=w, s=s, pred=_loo_sigma(avail, p, w), err=_loo_sigma(avail, e, w))
+    resid = z - loo
+    s_p2p = np.array([robust_scatter(resid[:, k]) for k in range(nc)])     # frame to frame, trends removed
+    return dict(c=c, w=w, s=s, s_p2p=s_p2p, pred=_loo_sigma(avail, p, w), err=_loo_sigma(avail, e, w))
 
 
 def _loo_sigma(avail: np.ndarray, p: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -724,6 +726,9 @@ def _error_ratios(fits: list[dict] | None, na: int) -> tuple[list[float], list[f
     """Per aperture, the median over the comparisons used of scatter / propagated error and of
     scatter / predicted noise of their leave-one-out curves (NaN without comparisons).
 
+    The scatter is the frame-to-frame one (:func:`robust_scatter`): per-point errors
+    describe the noise of a point, and slow trends between comparison stars (colour
+    terms of extinction, flat-field errors along a drift) would inflate a plain std.
     The comparisons kept are the constant stars (variables were rejected), so these
     ratios measure how wrong the error model is, e.g. with an assumed gain.
     """
@@ -731,17 +736,47 @@ def _error_ratios(fits: list[dict] | None, na: int) -> tuple[list[float], list[f
         return [float("nan")] * na, [float("nan")] * na
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        err = [float(np.nanmedian(ft["s"] / ft["err"])) for ft in fits]
-        pred = [float(np.nanmedian(ft["s"] / ft["pred"])) for ft in fits]
+        err = [float(np.nanmedian(ft["s_p2p"] / ft["err"])) for ft in fits]
+        pred = [float(np.nanmedian(ft["s_p2p"] / ft["pred"])) for ft in fits]
     return err, pred
+
+
+def _scale_errors(lc: Table, scale: list[float]) -> dict:
+    """Scale each star's ``err_*`` column, in place, to its own frame-to-frame scatter
+    (:func:`robust_scatter`, blind to slow variability such as an eclipse or a transit);
+    a star with fewer than 8 good points takes its aperture's comparison ratio.
+
+    Returns
+    -------
+    dict
+        Column name -> factor.
+    """
+    ok = np.asarray(lc["ok"], dtype=bool) if "ok" in lc.colnames else np.ones(len(lc), bool)
+    out = {}
+    for name in lc.colnames:
+        j = _aperture_of(name)
+        if not name.startswith("err_") or j is None or j >= len(scale):
+            continue
+        e = np.asarray(lc[name], dtype=float)
+        mag = np.asarray(lc["mag_" + name[4:]], dtype=float) if "mag_" + name[4:] in lc.colnames else None
+        f = scale[j]
+        if mag is not None:
+            good = ok & np.isfinite(mag) & np.isfinite(e) & (e > 0)
+            if good.sum() >= 8:
+                own = robust_scatter(mag[good]) / float(np.median(e[good]))
+                f = own if np.isfinite(own) and own > 0 else f
+        lc[name] = e * f
+        out[name] = float(f)
+    return out
 
 
 def apply_error_model(lc: Table, gain_source: str) -> Table:
     """Settle the light curve's error model from where the gain came from (in place).
 
     With the gain only assumed (``gain_source == 'assumed'``), the CCD errors are
-    off by an unknown factor: each aperture's ``err_*`` columns are multiplied by
-    ``lc.meta['error_ratio']`` of that aperture, and each noise row's prediction
+    off by an unknown factor: each star's ``err_*`` columns are scaled to its own
+    frame-to-frame scatter (``error_scale_star``; the aperture's comparison ratio
+    ``error_ratio`` for a star with few points), and each noise row's prediction
     by ``budget_ratio`` (the CCD value is kept as ``predicted_ccd``, ``noisy``
     recomputed), and ``error_model`` is 'scaled'.  Otherwise ``error_model`` is
     'ccd' and ``error_scale`` 1.  Every noise row gets ``gain_source`` and
@@ -761,12 +796,9 @@ def apply_error_model(lc: Table, gain_source: str) -> Table:
     scaled = gain_source == "assumed" and bool(err_r) and all(np.isfinite(err_r))
     scale = [float(r) for r in err_r] if scaled else [1.0] * len(err_r)
     if scaled:
-        for name in lc.colnames:
-            j = _aperture_of(name)
-            if name.startswith("err_") and j is not None and j < len(scale):
-                lc[name] = np.asarray(lc[name], dtype=float) * scale[j]
-        log.warning(f"gain assumed: errors scaled by {', '.join(f'{v:.3g}' for v in scale)} (per aperture) "
-                    f"to the scatter of the constant comparisons")
+        m["error_scale_star"] = _scale_errors(lc, scale)
+        log.warning(f"gain assumed: errors scaled to each star's frame-to-frame scatter (comparisons: "
+                    f"{', '.join(f'{v:.3g}' for v in scale)} per aperture)")
     model = "scaled" if scaled else "ccd"
     for row in m.get("noise", []):
         j = int(row.get("aperture", 0))

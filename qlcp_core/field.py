@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,9 +36,13 @@ N_PATTERN = 40
 
 
 def field_dir(red, cfg) -> Path:
-    """Where field references live: ``field_dir`` of the config, else ``{red}/../fields`` (shared by the
-    nights under one output root)."""
-    return Path(cfg.field_dir).expanduser() if cfg.field_dir else Path(red).resolve().parent / "fields"
+    """Where field references live: ``field_dir`` of the config, else ``$QLCP_FIELD_DIR``, else
+    ``{red}/../fields`` (shared by the nights under one output root, as the service lays them out)."""
+    if cfg.field_dir:
+        return Path(cfg.field_dir).expanduser()
+    if os.environ.get("QLCP_FIELD_DIR"):
+        return Path(os.environ["QLCP_FIELD_DIR"]).expanduser()
+    return Path(red).resolve().parent / "fields"
 
 
 def reference_path(red, cfg, obj: str) -> Path:
@@ -99,6 +104,22 @@ def _mag_at(xy: np.ndarray, mag: np.ndarray, x: float, y: float) -> float:
         return float("nan")
     d = np.hypot(xy[:, 0] - x, xy[:, 1] - y)
     return float(mag[np.argmin(d)]) if d.min() < 3.0 else float("nan")
+
+
+def made_by(path: Path) -> str | None:
+    """The night (output directory name) that wrote the reference at ``path``; None when absent or unreadable."""
+    try:
+        return str(Table.read(path, format="ascii.ecsv").meta.get("night"))
+    except Exception:  # absent or damaged: not another night's reference
+        return None
+
+
+def reference_of_other_night(red, cfg, obj: str) -> Path | None:
+    """The field reference of ``obj`` when another night wrote it (this night's own is its output, not
+    an input: a rerun of the night that made it chooses as it did)."""
+    path = reference_path(red, cfg, obj)
+    night = made_by(path) if path.is_file() else None
+    return path if night is not None and night != Path(red).name else None
 
 
 def read_reference(path: Path) -> Table:

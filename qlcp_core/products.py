@@ -21,6 +21,7 @@ kind                      path under ``red``                  needs
 ``offsets``               ``offset_{obj}_{band}.ecsv``        obj, band
 ``offsets_txt``           ``offset_{obj}_{band}.txt``         obj, band
 ``pick``                  ``pick_{obj}_{band}.ecsv``          obj, band
+``selection``             ``select_{obj}_{band}.json``        obj, band
 ``night_catalogue``       ``cata_{obj}_{band}.fits``          obj, band
 ``lightcurve``            ``lc_{obj}_{band}.ecsv``            obj, band
 ``stars``                 ``stars_{obj}_{band}.ecsv``         obj, band
@@ -41,6 +42,7 @@ BF_SUFFIX = ".bf.fits"
 CAT_SUFFIX = ".cat.fits"
 
 _GROUP = {"offsets": "offset_{}_{}.ecsv", "offsets_txt": "offset_{}_{}.txt", "pick": "pick_{}_{}.ecsv",
+          "selection": "select_{}_{}.json",
           "night_catalogue": "cata_{}_{}.fits", "lightcurve": "lc_{}_{}.ecsv", "stars": "stars_{}_{}.ecsv",
           "lc_png": "lc_{}_{}.png", "lc_pdf": "lc_{}_{}.pdf", "chart": "chart_{}_{}.png"}
 _NIGHT = {"config": "config.yaml", "summary": "summary.json", "night_list": "lst/night.ecsv",

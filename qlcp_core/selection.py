@@ -4,14 +4,15 @@ In order, the first that applies:
 
 1. ``K``: the last pick of this group (``pick_{obj}_{band}.ecsv``);
 2. ``starxy`` (and ``ind_*``) given in the config for the object, unless ``k`` is asked for;
-3. the field's reference (:mod:`qlcp.core.field`), written by an earlier night, unless
+3. the field's reference (:mod:`qlcp.core.field`), written by another night, unless
    ``k`` is asked for or ``refresh_field`` is set: the same stars in the same roles;
 4. known targets (:mod:`qlcp.core.targets`, by sky position through the base frame's WCS):
    they are the targets, and comparisons and checks are picked for them;
 5. the automatic pick of the manual (the most variable stars are targets).
 
-Whatever chose the stars (2, 4 or 5), a field with no reference yet (or
-``refresh_field``) gets one from tonight's choice.
+Whatever chose the stars (2, 4 or 5), a field with no reference of another night
+(or ``refresh_field``) gets one from tonight's choice; a rerun of the night that
+wrote a reference chooses as it did the first time.
 """
 
 from __future__ import annotations
@@ -42,15 +43,22 @@ def selection_for(red, cfg, obj: str, band: str, cat_files, offsets: str) -> dic
     off = off_mod.read_offsets(red, obj, band)
     base = _BaseFrame(off)
     ref_path = field_mod.reference_path(red, cfg, obj)
+    other = field_mod.reference_of_other_night(red, cfg, obj)
     if starxy and not cfg.pick_forced:
         sel = {"starxy": [list(map(float, p)) for p in starxy], "ind_tgt": cfg.for_object("ind_tgt", obj),
                "ind_ref": cfg.for_object("ind_ref", obj), "ind_chk": cfg.for_object("ind_chk", obj),
                "source": "given"}
-    elif ref_path.is_file() and not cfg.refresh_field and not cfg.pick_forced:
-        return _from_reference(ref_path, base, cfg)
+    elif other is not None and not cfg.refresh_field and not cfg.pick_forced:
+        try:
+            return _from_reference(other, base, cfg)
+        except InputError as e:              # another field of the same name, or a damaged file: say so, go on
+            log.warning("%s %s: field reference not used: %s", obj, band, e)
+            sel = _pick(red, cfg, obj, band, cat_files, off, base)
+            sel["field_error"] = str(e)
+            return sel
     else:
         sel = _pick(red, cfg, obj, band, cat_files, off, base)
-    if sel["ind_tgt"] is not None and (not ref_path.is_file() or cfg.refresh_field):
+    if sel["ind_tgt"] is not None and (other is None or cfg.refresh_field):
         _write_reference(ref_path, sel, base, obj, band, red)
     return sel
 

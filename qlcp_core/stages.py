@@ -150,14 +150,14 @@ STAGES: tuple[Stage, ...] = (
     Stage("o", "offsets", GROUP, ("corrected", "frame_catalogue"), ("obj", "band"), ("offsets", "offsets_txt"),
           ("offset_max_dis", "base_img", "saturation", "detect_minarea"),
           doc="offset of each frame against the base frame"),
-    Stage("k", "select", GROUP, ("frame_catalogue", "offsets", "field_reference", "target_catalog"),
-          ("obj", "band"), ("pick",),
+    Stage("k", "select", GROUP, ("frame_catalogue", "offsets", "field_reference", "target_catalog", "pick"),
+          ("obj", "band"), ("pick", "selection"),
           (*_PICK, "match_max_dis", "base_img", "saturation", "starxy", "ind_tgt", "ind_ref", "ind_chk", "steps",
            "targets", "target_catalog", "field_dir", "refresh_field", "pick_cmp_dmag"),
           enabled_by="kKc", doc="target, comparison and check stars: last pick (K), given, the field's "
                                 "reference, known targets by sky position, or the automatic pick (k); "
                                 "writes the field reference on a field's first night"),
-    Stage("c", "catalogue", GROUP, ("frame_catalogue", "offsets"), ("obj", "band"), ("night_catalogue",),
+    Stage("c", "catalogue", GROUP, ("frame_catalogue", "offsets", "selection"), ("obj", "band"), ("night_catalogue",),
           ("match_max_dis", "starxy", "base_img", "aper"),
           doc="the chosen stars matched across the night's frames"),
     Stage("d", "differential", GROUP, ("night_catalogue",), ("obj", "band", "night"),
@@ -172,13 +172,13 @@ STAGES: tuple[Stage, ...] = (
 #: stages run as one unit of work when more than one of them runs: (block name, stages, fused run, task name)
 FUSIONS: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
     ("ip", ("correct", "photometry"), "correct_photometry", "correct-photometry"),
-    ("lc", ("select", "catalogue", "differential", "chart"), "", "lightcurve"),
+    ("lc", ("catalogue", "differential", "chart"), "", "lightcurve"),
 )
 
 #: Prefect task names and run labels of lone stages
-_TASK_NAMES = {"list": "list-night", "correct": "correct", "photometry": "photometry"}
+_TASK_NAMES = {"list": "list-night", "correct": "correct", "photometry": "photometry", "select": "select-stars"}
 _LABELS = {"list": "l", "bias": "b", "dark": "dark", "flat": "f", "correct": "i", "photometry": "p",
-           "offsets": "o"}
+           "offsets": "o", "select": "k"}
 
 BY_NAME = {s.name: s for s in STAGES}
 

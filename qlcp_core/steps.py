@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import time
 from dataclasses import dataclass, field, replace
@@ -34,7 +35,7 @@ from .calibration import choose_master
 from .config import Config
 from .correct import bf_path, correct_frames, group_dir, log_corrected
 from .errors import InputError, MissingInputError
-from .io import file_fingerprint, fingerprint_record, read_image, read_table_fast
+from .io import file_fingerprint, fingerprint_record, read_image, write_json, read_table_fast
 from .logs import step_tag
 from .parallel import default_workers, pmap
 from .products import product_path
@@ -468,13 +469,17 @@ def run_offsets(ctx: RunContext, u: dict, prev: dict) -> dict:
 
 
 def run_select(ctx: RunContext, u: dict, prev: dict) -> dict:
+    """Stage k: the group's stars, written as ``select_{obj}_{band}.json`` for the catalogue stage."""
     sel = selection_for(ctx.red, ctx.cfg, u["obj"], u["band"], u["frame_catalogue"],
                         str(product_path(ctx.red, "offsets", u["obj"], u["band"])))
-    return {"selection": sel, "outputs": []}
+    path = str(write_json(product_path(ctx.red, "selection", u["obj"], u["band"]), sel))
+    return {"selection": sel, "outputs": [path]}
 
 
 def run_catalogue(ctx: RunContext, u: dict, prev: dict) -> dict:
-    sel = prev.get("select", {}).get("selection")
+    sel = json.loads(Path(u["selection"]).read_text()) if Path(u["selection"]).is_file() else None
+    if sel is None:
+        raise MissingInputError(f"{u['selection']}: no star selection (run step k)")
     path = catalogue_step(ctx.red, ctx.cfg, u["obj"], u["band"], u["frame_catalogue"],
                           str(product_path(ctx.red, "offsets", u["obj"], u["band"])), sel)
     return {"night_catalogue": path, "outputs": [path]}

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .calibration import choose_master
 from .errors import QLCPError
-from .field import reference_path
+from .field import reference_of_other_night
 from .products import product_path
 from .stages import BAND, CHUNK, GROUP, NIGHT, WALK_KEYS, Block, plan, view
 from .steps import catalogue_files, corrected_files
@@ -104,9 +104,10 @@ class NightWalk:
                 "coord_file": g.raw[0] if g.raw else None, "bias": lambda: self.master("bias"),
                 "dark": lambda: self.master("dark"), "flat": lambda: self.master("flat", b),
                 "corrected": g.corrected, "frame_catalogue": lambda: catalogue_files(g.corrected),
-                "field_reference": str(reference_path(self.red, self.walk_cfg, o)),
+                "field_reference": lambda: _s(reference_of_other_night(self.red, self.walk_cfg, o)),
                 "target_catalog": self.walk_cfg.target_catalog,
-                **{k: str(product_path(self.red, k, o, b)) for k in ("offsets", "night_catalogue", "stars")}}
+                **{k: str(product_path(self.red, k, o, b)) for k in ("offsets", "night_catalogue", "stars", "selection")},
+                "pick": str(product_path(self.red, "pick", o, b)) if "K" in self.cfg.steps else None}
 
     def bands(self) -> list[str]:
         return sorted({b for _, b in self.groups})
@@ -144,7 +145,7 @@ class NightWalk:
             g.summary.noise = res["noise"]
         if res.get("selection"):
             sel = res["selection"]
-            g.summary.stars = {k: sel[k] for k in ("source", "targets", "field_reference", "field_match", "lost",
+            g.summary.stars = {k: sel[k] for k in ("source", "targets", "field_reference", "field_match", "field_error", "lost",
                                                    "ind_tgt", "ind_ref", "ind_chk") if k in sel}
 
     def fail(self, block: Block, label: str, unit: dict, error: str) -> None:
@@ -192,3 +193,7 @@ class NightWalk:
         if self.groups and len(failed) == len(self.groups):
             raise QLCPError(f"{self.raw}: every group failed; first: {failed[0].error}")
         return self.summary
+
+
+def _s(p) -> str | None:
+    return None if p is None else str(p)

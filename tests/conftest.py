@@ -48,3 +48,16 @@ def _qlcp_logger_restored():
     yield
     lg.handlers[:], lg.propagate = saved[0], saved[1]
     lg.setLevel(saved[2])
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _own_field_dir(tmp_path_factory):
+    """Each test module its own field references (``$QLCP_FIELD_DIR``): reductions in sibling
+    temporary directories would otherwise share ``{red}/../fields`` across unrelated tests."""
+    old = os.environ.get("QLCP_FIELD_DIR")
+    os.environ["QLCP_FIELD_DIR"] = str(tmp_path_factory.mktemp("fields"))
+    yield
+    if old is None:
+        os.environ.pop("QLCP_FIELD_DIR", None)
+    else:
+        os.environ["QLCP_FIELD_DIR"] = old

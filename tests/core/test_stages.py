@@ -22,12 +22,12 @@ REPO = Path(__file__).resolve().parents[2]
 # ------------------------------------------------------------------ plan
 def test_plan_order_and_fusions():
     names = [b.name for b in S.plan("lbfiopkcdg")]
-    assert names == ["list", "bias", "dark", "flat", "ip", "offsets", "lc"]
-    assert [s.name for s in S.plan("lbfiopkcdg")[-1].stages] == ["select", "catalogue", "differential", "chart"]
+    assert names == ["list", "bias", "dark", "flat", "ip", "offsets", "select", "lc"]
+    assert [s.name for s in S.plan("lbfiopkcdg")[-1].stages] == ["catalogue", "differential", "chart"]
     # i alone is not fused; the listing always runs (every stage needs it); c needs a selection
     assert [b.name for b in S.plan("i")] == ["list", "correct"]
     assert [b.name for b in S.plan("p")] == ["list", "photometry"]
-    assert [b.name for b in S.plan("cd")] == ["list", "lc"]
+    assert [b.name for b in S.plan("cd")] == ["list", "select", "lc"]      # stars are chosen before the catalogue
     assert [b.name for b in S.plan("d")] == ["list", "differential"]
 
 
@@ -44,7 +44,7 @@ def test_every_stage_has_one_runner_and_known_products():
 
 def test_block_files_drop_what_an_earlier_stage_of_the_block_writes():
     lc = S.plan("kcdg")[-1]
-    assert "night_catalogue" not in lc.files and "stars" not in lc.files
+    assert "night_catalogue" not in lc.files and "stars" not in lc.files and "selection" in lc.files
     assert S.plan("d")[-1].files == ("night_catalogue",)
 
 

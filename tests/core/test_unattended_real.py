@@ -29,7 +29,8 @@ def reduced(tmp_path_factory):
     raw.mkdir(parents=True)
     for p in sorted(DATA.glob("XO1-b_*.fits")):          # science frames only: no bias, dark or flat
         shutil.copy2(p, raw / p.name)
-    cfg = load_config(None, {**SITE, "targets": [XO1], "aper": [6.0], "workers": 2})
+    cfg = load_config(None, {**SITE, "targets": [XO1], "aper": [6.0], "workers": 2,
+                             "field_dir": str(root / "red" / "fields")})
     summary = run(raw, root / "red" / "20250601", config=cfg)
     return root, summary
 
@@ -54,7 +55,8 @@ def test_field_reference_written_and_used_by_the_next_night(reduced):
     assert ref.is_file() and s.groups[0].stars["field_reference"] == str(ref)
     t = Table.read(ref, format="ascii.ecsv")
     assert np.sum(t["role"] == "target") == 1 and np.isfinite(t["ra"]).all()
-    cfg = load_config(None, {**SITE, "aper": [6.0], "workers": 2})        # no targets: the reference decides
+    cfg = load_config(None, {**SITE, "aper": [6.0], "workers": 2,          # no targets: the reference decides
+                             "field_dir": str(root / "red" / "fields")})
     again = run(root / "raw" / "20250601", root / "red" / "again", config=cfg)
     st = again.groups[0].stars
     assert st["source"] == "field" and st["field_match"] == "wcs" and not st["lost"]

@@ -1,0 +1,77 @@
+"""Field references across nights (qlcp.core.field, qlcp.core.selection): the second night of a field
+uses the first night's stars in their roles, with no positions given."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.table import Table
+
+from qlcp.core import run
+from qlcp.core.config import load_config
+from qlcp.core.simulate import simulate_small
+
+SHIFT = (23, -17)          # the second night's pointing offset, px, on top of a 180-degree turn
+
+
+def _turned_night(src_raw, dst_raw, size: int):
+    """The same frames as a night whose field is turned 180 degrees on the detector and shifted."""
+    dst_raw.mkdir(parents=True)
+    for p in sorted(src_raw.iterdir()):
+        with fits.open(p) as h:
+            data = np.rot90(h[0].data.astype(np.float32), 2)
+            if "sci" in p.name.lower() or h[0].header.get("IMAGETYP", "").lower().startswith(("light", "sci")):
+                data = np.roll(data, SHIFT[::-1], axis=(0, 1))
+            fits.PrimaryHDU(data, h[0].header).writeto(dst_raw / p.name)
+
+
+@pytest.fixture(scope="module")
+def two_nights(tmp_path_factory):
+    root = tmp_path_factory.mktemp("field")
+    sim = simulate_small(root / "sim", n_frames=10, size=256, seed=13, thick_cloud=False)
+    _turned_night(sim.raw_dir, root / "raw2", 256)
+    fields = root / "fields"
+    cfg = load_config([sim.config_path], {"workers": 1, "field_dir": str(fields), "starxy": None})
+    first = run(sim.raw_dir, root / "red1", config=cfg)
+    second = run(root / "raw2", root / "red2", config=cfg)
+    return sim, root, first, second
+
+
+def test_first_night_writes_the_reference(two_nights):
+    sim, root, first, _ = two_nights
+    st = first.groups[0].stars
+    assert st["source"] == "picked" and st["field_reference"] == str(root / "fields" / "SIMV.ecsv")
+    ref = Table.read(st["field_reference"], format="ascii.ecsv")
+    assert list(ref["role"][:1]) == ["target"] and np.sum(ref["role"] == "comparison") >= 2
+    assert len(ref) >= 8 and np.sum(ref["role"] == "field") >= 3      # pattern stars for nights without a WCS
+
+
+def test_second_night_uses_it_through_the_turned_pattern(two_nights):
+    sim, root, first, second = two_nights
+    st = second.groups[0].stars
+    assert st["source"] == "field" and st["field_match"] == "pattern" and not st["lost"]
+    a = json.loads((root / "red1" / "select_SIMV_V.json").read_text())
+    b = json.loads((root / "red2" / "select_SIMV_V.json").read_text())
+    assert [len(a[k]) for k in ("ind_tgt", "ind_ref", "ind_chk")] == [len(b[k]) for k in ("ind_tgt", "ind_ref",
+                                                                                           "ind_chk")]
+    # each star of the first night, turned and shifted, is the same star of the second
+    n = 256
+    for ka in ("ind_tgt", "ind_ref", "ind_chk"):
+        xa = np.array([a["starxy"][i] for i in a[ka]])
+        xb = np.array([b["starxy"][i] for i in b[ka]])
+        want = np.column_stack([(n - 1 - xa[:, 0] + SHIFT[0]) % n, (n - 1 - xa[:, 1] + SHIFT[1]) % n])
+        assert np.allclose(np.sort(want, axis=0), np.sort(xb, axis=0), atol=1.5), ka
+    lc = Table.read(second.groups[0].outputs["lightcurve"], format="ascii.ecsv")
+    assert np.sum(np.isfinite(lc["mag_t0_a0"])) >= 9
+
+
+def test_a_reference_of_another_field_is_not_used(two_nights, tmp_path):
+    sim, root, _, _ = two_nights
+    other = simulate_small(tmp_path / "other", n_frames=6, size=256, seed=99, thick_cloud=False)
+    cfg = load_config([other.config_path], {"workers": 1, "field_dir": str(root / "fields"), "starxy": None})
+    s = run(other.raw_dir, tmp_path / "red", config=cfg)
+    st = s.groups[0].stars
+    assert st["source"] == "picked" and "field_error" in st and not s.groups[0].error
