@@ -49,7 +49,7 @@ class Stage:
     Attributes
     ----------
     letter : str
-        The step letter of the manual (``steps="lbfiopkcdg"``).
+        The step letter of the manual (``steps="lbfiopwkcdg"``).
     name : str
         Unique name; the Prefect task of a lone stage has this name, and
         :mod:`qlcp.core.steps` has ``run_{name}``.
@@ -150,12 +150,16 @@ STAGES: tuple[Stage, ...] = (
     Stage("o", "offsets", GROUP, ("corrected", "frame_catalogue"), ("obj", "band"), ("offsets", "offsets_txt"),
           ("offset_max_dis", "base_img", "saturation", "detect_minarea"),
           doc="offset of each frame against the base frame"),
+    Stage("w", "astrometry", GROUP, ("offsets", "frame_catalogue"), ("obj", "band"), ("wcs",),
+          ("astrometry_index", "pixel_scale", "solve_timeout", "ra_key", "dec_key"),
+          doc="sky coordinates (WCS) of the base frame: its header's, checked, else solved offline "
+              "(astrometry.net), else none"),
     Stage("k", "select", GROUP, ("frame_catalogue", "offsets"), ("obj", "band"), ("pick",),
           (*_PICK, "match_max_dis", "base_img", "saturation", "starxy", "ind_tgt", "ind_ref", "ind_chk", "steps"),
           enabled_by="kKc", doc="target, comparison and check stars: picked (k), last pick (K) or given"),
-    Stage("c", "catalogue", GROUP, ("frame_catalogue", "offsets"), ("obj", "band"), ("night_catalogue",),
+    Stage("c", "catalogue", GROUP, ("frame_catalogue", "offsets", "wcs"), ("obj", "band"), ("night_catalogue",),
           ("match_max_dis", "starxy", "base_img", "aper"),
-          doc="the chosen stars matched across the night's frames"),
+          doc="the chosen stars matched across the night's frames (with RA, Dec when step w found a WCS)"),
     Stage("d", "differential", GROUP, ("night_catalogue",), ("obj", "band", "night"),
           ("lightcurve", "stars", "lc_png", "lc_pdf"),
           ("ind_tgt", "ind_ref", "ind_chk", "tel_diameter", "scint_cy", "site_ele", "gain", "rdnoise", "aper",
@@ -174,7 +178,7 @@ FUSIONS: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
 #: Prefect task names and run labels of lone stages
 _TASK_NAMES = {"list": "list-night", "correct": "correct", "photometry": "photometry"}
 _LABELS = {"list": "l", "bias": "b", "dark": "dark", "flat": "f", "correct": "i", "photometry": "p",
-           "offsets": "o"}
+           "offsets": "o", "astrometry": "w"}
 
 BY_NAME = {s.name: s for s in STAGES}
 

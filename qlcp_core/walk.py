@@ -103,7 +103,7 @@ class NightWalk:
                 "coord_file": g.raw[0] if g.raw else None, "bias": lambda: self.master("bias"),
                 "dark": lambda: self.master("dark"), "flat": lambda: self.master("flat", b),
                 "corrected": g.corrected, "frame_catalogue": lambda: catalogue_files(g.corrected),
-                **{k: str(product_path(self.red, k, o, b)) for k in ("offsets", "night_catalogue", "stars")}}
+                **{k: str(product_path(self.red, k, o, b)) for k in ("offsets", "wcs", "night_catalogue", "stars")}}
 
     def bands(self) -> list[str]:
         return sorted({b for _, b in self.groups})
@@ -134,7 +134,7 @@ class NightWalk:
             return
         g.summary.rejected += [list(r) for r in res.get("rejected", [])]
         g.summary.rejected += [[Path(s["bf"]).name, s["error"]] for s in res.get("frames", []) if s.get("error")]
-        for kind in ("offsets", "night_catalogue", "lightcurve", "stars", "lc_png", "lc_pdf", "chart"):
+        for kind in ("offsets", "wcs", "night_catalogue", "lightcurve", "stars", "lc_png", "lc_pdf", "chart"):
             if res.get(kind):
                 g.summary.outputs[kind] = res[kind]
         if "noise" in res:
