@@ -147,7 +147,7 @@ def test_xo1_night_step_w_and_sky_positions_of_the_stars(xo1_dir, tmp_path):
     g = s.groups[0]
     assert not g.error and g.outputs["wcs"].endswith("wcs_XO1-b_z.fits")
     res = A.read_wcs_product(g.outputs["wcs"])
-    assert res.source == "header" and "no astrometry.net index files" in res.reason
+    assert res.source == "header" and "not compared with the stars" in res.reason     # no index (or no solver)
     stars = Table.read(g.outputs["stars"], format="ascii.ecsv")
     d = A.angular_sep(stars["ra"][0], stars["dec"][0], XO1_RA, XO1_DEC)
     assert d < 2.0                                                  # 3 px: centroid vs the header's WCS
