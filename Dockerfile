@@ -45,6 +45,11 @@ FROM ${BASE_IMAGE} AS runtime
 
 ARG QLCP_UID=1000
 ARG QLCP_GID=1000
+# astrometry.net index packages to add for step w's offline plate solving, e.g.
+# --build-arg ASTROMETRY_INDEX=astrometry-data-tycho2-10-19 (Tycho-2, fields of 1-33 deg: 22 MB download,
+# 37 MB installed). None by default: small-telescope fields (5-30') need 4100/5200-series index files of the
+# site's scale, too large to ship; mount them at /usr/share/astrometry (or set astrometry_index).
+ARG ASTROMETRY_INDEX=""
 
 LABEL org.opencontainers.image.title="qlcp" \
       org.opencontainers.image.description="Quick Light Curve Pipeline: raw CCD nights to differential light curves, as a Prefect service" \
@@ -63,6 +68,13 @@ ENV PATH=/opt/qlcp/bin:$PATH \
     DO_NOT_TRACK=1 \
     PREFECT_SERVER_ANALYTICS_ENABLED=false \
     MPLBACKEND=Agg
+
+# astrometry.net's solve-field (step w solves offline when a frame has no usable WCS), no recommends
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends astrometry.net ${ASTROMETRY_INDEX} \
+ && rm -rf /var/lib/apt/lists/* \
+ && solve-field --help > /dev/null
 
 # the non-root user, and the mount points: raw (mount it read-only), red, Prefect home, site config
 RUN groupadd --gid "${QLCP_GID}" qlcp \

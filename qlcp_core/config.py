@@ -34,7 +34,7 @@ DEFAULT_PATTERNS = [
     r"(?P<date>[0-9]{0,8})(?P<obj>flat)_(?P<band>[a-zA-Z])_(?P<sn>[0-9]{1,2})_[a-zA-Z]_([0-9]{3,6})\.f(it|its|ts)(\.fz)?$",
 ]
 
-ALL_STEPS = "lbfiopkcdg"
+ALL_STEPS = "lbfiopwkcdg"
 MAX_APERTURES = 19
 
 _LOG_LEVELS = {"CRITICAL": 50, "ERROR": 40, "WARNING": 30, "WARN": 30, "INFO": 20, "DEBUG": 10, "NOTSET": 0}
@@ -65,7 +65,7 @@ class Config(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
     # ----------------------------------------------------------- run parameters
-    steps: str = Field(ALL_STEPS, description="steps to run, in order (l b f i o p k c d g; K reuses the last pick)")
+    steps: str = Field(ALL_STEPS, description="steps to run, in order (l b f i o p w k c d g; K reuses the last pick)")
     obj: list[str] | None = Field(None, description="objects to process (default: all)")
     band: list[str] | None = Field(None, description="bands to process (default: all); 'BVR' means B, V, R")
     use_bias: str | None = Field(None, description="master bias to use instead of tonight's")
@@ -139,6 +139,15 @@ class Config(BaseModel):
     offset_max_dis: float = Field(250, gt=0, description="largest offset searched, px")
     match_max_dis: float = Field(10.0, gt=0, description="largest star match distance, px")
 
+    # ------------------------------------------------------------- astrometry
+    astrometry_index: list[str] = Field(
+        default_factory=lambda: ["/usr/share/astrometry"] if Path("/usr/share/astrometry").is_dir() else [],
+        description="directories of astrometry.net index files (index*.fits) for step w; default "
+                    "/usr/share/astrometry when it exists")
+    pixel_scale: float | None = Field(None, gt=0, description="pixel-scale hint for step w, arcsec/px; None: header "
+                                                              "IM_SCALE, PIXSCALE, SECPIX or the header WCS")
+    solve_timeout: float = Field(60.0, gt=0, le=3600, description="CPU-time limit of one plate solve (step w), s")
+
     # ---------------------------------------------------------------- picking
     pick_err_max: float = Field(0.02, gt=0, description="AUTO mag error limit of good stars")
     pick_bad_max: float = Field(0.2, ge=0, le=1, description="largest fraction of frames a star may miss")
@@ -169,6 +178,11 @@ class Config(BaseModel):
     @classmethod
     def _v_level(cls, v):
         return _level(v)
+
+    @field_validator("astrometry_index", mode="before")
+    @classmethod
+    def _v_index(cls, v):
+        return _as_list(v)
 
     @field_validator("obj", mode="before")
     @classmethod
@@ -217,7 +231,7 @@ class Config(BaseModel):
     @field_validator("steps")
     @classmethod
     def _v_steps(cls, v):
-        bad = sorted(set(v) - set(ALL_STEPS + "Kw"))
+        bad = sorted(set(v) - set(ALL_STEPS + "K"))
         if bad:
             raise ValueError(f"unknown step(s) {''.join(bad)!r}; steps are {ALL_STEPS} (K: reuse pick)")
         return v

@@ -20,6 +20,7 @@ kind                      path under ``red``                  needs
 ``frame_catalogue``       ``{obj}_{band}/{stem}.cat.fits``    frame (corrected)
 ``offsets``               ``offset_{obj}_{band}.ecsv``        obj, band
 ``offsets_txt``           ``offset_{obj}_{band}.txt``         obj, band
+``wcs``                   ``wcs_{obj}_{band}.fits``           obj, band
 ``pick``                  ``pick_{obj}_{band}.ecsv``          obj, band
 ``selection``             ``select_{obj}_{band}.json``        obj, band
 ``night_catalogue``       ``cata_{obj}_{band}.fits``          obj, band
@@ -41,8 +42,8 @@ from .io import raw_stem
 BF_SUFFIX = ".bf.fits"
 CAT_SUFFIX = ".cat.fits"
 
-_GROUP = {"offsets": "offset_{}_{}.ecsv", "offsets_txt": "offset_{}_{}.txt", "pick": "pick_{}_{}.ecsv",
-          "selection": "select_{}_{}.json",
+_GROUP = {"offsets": "offset_{}_{}.ecsv", "offsets_txt": "offset_{}_{}.txt", "wcs": "wcs_{}_{}.fits",
+          "pick": "pick_{}_{}.ecsv", "selection": "select_{}_{}.json",
           "night_catalogue": "cata_{}_{}.fits", "lightcurve": "lc_{}_{}.ecsv", "stars": "stars_{}_{}.ecsv",
           "lc_png": "lc_{}_{}.png", "lc_pdf": "lc_{}_{}.pdf", "chart": "chart_{}_{}.png"}
 _NIGHT = {"config": "config.yaml", "summary": "summary.json", "night_list": "lst/night.ecsv",

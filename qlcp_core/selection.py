@@ -123,22 +123,22 @@ class _BaseFrame:
 
 
 def base_wcs(bf, header=None):
-    """The celestial WCS of a corrected base frame: the astrometry step's when it made one, else the
-    frame's own header WCS when it is a valid celestial one; None otherwise."""
-    from astropy.wcs import WCS
+    """The celestial WCS of a group's corrected base frame: step w's (``wcs_{obj}_{band}.fits``; None
+    when it found none or rejected the header's), else, when step w has not run, the frame's own
+    header WCS if it passes :func:`qlcp.core.astrometry.header_wcs`'s checks."""
+    from .astrometry import header_wcs, read_wcs_product
 
-    solved = Path(bf).parent.parent / f"wcs_{Path(bf).parent.name}.fits"
-    h = header if header is not None else read_header(bf)
-    for src in ([solved] if solved.is_file() else []) + [None]:
+    product = Path(bf).parent.parent / f"wcs_{Path(bf).parent.name}.fits"
+    if product.is_file():
         try:
-            hdr = read_header(src) if src is not None else h
-            if str(hdr.get("CTYPE1", "")).startswith("RA---"):
-                w = WCS(hdr).celestial
-                if w.has_celestial:
-                    return w
-        except Exception as e:  # a damaged header WCS is no WCS
-            log.debug("%s: no usable WCS (%s)", src or bf, e)
-    return None
+            return read_wcs_product(product).wcs
+        except Exception as e:  # a damaged product: as if step w had not run
+            log.warning("%s: unreadable (%s); using the base frame's header WCS", product, e)
+    try:
+        return header_wcs(header if header is not None else read_header(bf))
+    except Exception as e:  # no or a bad header WCS: pixel coordinates only
+        log.debug("%s: no usable header WCS (%s)", bf, e)
+        return None
 
 
 def _good_stars(bf) -> tuple[np.ndarray, np.ndarray]:

@@ -49,7 +49,7 @@ class Stage:
     Attributes
     ----------
     letter : str
-        The step letter of the manual (``steps="lbfiopkcdg"``).
+        The step letter of the manual (``steps="lbfiopwkcdg"``).
     name : str
         Unique name; the Prefect task of a lone stage has this name, and
         :mod:`qlcp.core.steps` has ``run_{name}``.
@@ -150,16 +150,21 @@ STAGES: tuple[Stage, ...] = (
     Stage("o", "offsets", GROUP, ("corrected", "frame_catalogue"), ("obj", "band"), ("offsets", "offsets_txt"),
           ("offset_max_dis", "base_img", "saturation", "detect_minarea"),
           doc="offset of each frame against the base frame"),
-    Stage("k", "select", GROUP, ("frame_catalogue", "offsets", "field_reference", "target_catalog", "pick"),
+    Stage("w", "astrometry", GROUP, ("offsets", "frame_catalogue"), ("obj", "band"), ("wcs",),
+          ("astrometry_index", "pixel_scale", "solve_timeout", "ra_key", "dec_key"),
+          doc="sky coordinates (WCS) of the base frame: its header's, checked, else solved offline "
+              "(astrometry.net), else none"),
+    Stage("k", "select", GROUP, ("frame_catalogue", "offsets", "wcs", "field_reference", "target_catalog", "pick"),
           ("obj", "band"), ("pick", "selection"),
           (*_PICK, "match_max_dis", "base_img", "saturation", "starxy", "ind_tgt", "ind_ref", "ind_chk", "steps",
            "targets", "target_catalog", "field_dir", "refresh_field", "pick_cmp_dmag"),
           enabled_by="kKc", doc="target, comparison and check stars: last pick (K), given, the field's "
                                 "reference, known targets by sky position, or the automatic pick (k); "
                                 "writes the field reference on a field's first night"),
-    Stage("c", "catalogue", GROUP, ("frame_catalogue", "offsets", "selection"), ("obj", "band"), ("night_catalogue",),
+    Stage("c", "catalogue", GROUP, ("frame_catalogue", "offsets", "selection", "wcs"), ("obj", "band"),
+          ("night_catalogue",),
           ("match_max_dis", "starxy", "base_img", "aper"),
-          doc="the chosen stars matched across the night's frames"),
+          doc="the chosen stars matched across the night's frames (with RA, Dec when step w found a WCS)"),
     Stage("d", "differential", GROUP, ("night_catalogue",), ("obj", "band", "night"),
           ("lightcurve", "stars", "lc_png", "lc_pdf"),
           ("ind_tgt", "ind_ref", "ind_chk", "tel_diameter", "scint_cy", "site_ele", "gain", "rdnoise", "aper",
@@ -178,7 +183,7 @@ FUSIONS: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
 #: Prefect task names and run labels of lone stages
 _TASK_NAMES = {"list": "list-night", "correct": "correct", "photometry": "photometry", "select": "select-stars"}
 _LABELS = {"list": "l", "bias": "b", "dark": "dark", "flat": "f", "correct": "i", "photometry": "p",
-           "offsets": "o", "select": "k"}
+           "offsets": "o", "select": "k", "astrometry": "w"}
 
 BY_NAME = {s.name: s for s in STAGES}
 

@@ -303,6 +303,57 @@ def catalogue_files(bf_files) -> list[str]:
     return [str(cat_path(b)) for b in bf_files if cat_path(b).is_file()]
 
 
+# ---------------------------------------------------------------------- w
+def astrometry_step(red, cfg: Config, obj: str, band: str) -> str:
+    """Step w: the WCS of the group's base frame (offsets table's ``base_bf``) -> ``wcs_{obj}_{band}.fits``.
+
+    The base frame's header WCS when it passes the checks (and agrees with a
+    solution of its detected stars when index files exist), else a solution by
+    astrometry.net of step p's catalogue of it, else none: the night then goes
+    on in pixel coordinates and the product says why.
+    """
+    from . import astrometry as ast
+    from .io import read_header
+    from .timing import target_coord
+
+    off = off_mod.read_offsets(red, obj, band)
+    base = off.meta.get("base_bf")
+    cat = cat_path(base) if base else None
+    if not base or not Path(base).is_file() or not cat.is_file():
+        raise MissingInputError(f"{obj} {band}: base frame {base!r} or its catalogue missing (run steps i, p, o)")
+    out = product_path(red, "wcs", obj, band)
+    indexes = ast.index_files(cfg.astrometry_index)
+    key = step_key(cfg, "astrometry", product_path(red, "offsets", obj, band), base, cat, *indexes)
+    if out.is_file() and not cfg.mode.should_write(out, current=fits_key(out) == key):
+        return str(out)
+    header = read_header(base)
+    coord = target_coord(header, cfg)
+    try:
+        rows, _ = read_table_fast(cat)
+    except ValueError:                          # a layout the fast reader does not handle
+        rows = Table.read(cat, hdu=1)
+    res = ast.base_wcs(header, ast.usable_stars(rows), (int(header["NAXIS2"]), int(header["NAXIS1"])), red,
+                       cfg.astrometry_index, cfg.pixel_scale,
+                       (coord.ra.deg, coord.dec.deg) if coord is not None else None, cfg.solve_timeout)
+    ast.write_wcs_product(res, out, base, key)
+    (log.info if res.wcs is not None else log.warning)("%s %s: WCS %s: %s", obj, band, res.source, res.reason)
+    return str(out)
+
+
+def star_radec(wcs_file, starxy) -> tuple[list, list] | None:
+    """RA, Dec (degrees) of base-frame positions ``starxy`` under step w's WCS; None without one."""
+    from . import astrometry as ast
+
+    if not wcs_file or not Path(wcs_file).is_file():
+        return None
+    res = ast.read_wcs_product(wcs_file)
+    if res.wcs is None or not len(starxy):
+        return None
+    xy = np.asarray(starxy, dtype=float).reshape(-1, 2)
+    ra, dec = res.wcs.all_pix2world(xy[:, 0], xy[:, 1], 0)
+    return [round(float(v), 7) for v in ra], [round(float(v), 7) for v in dec]
+
+
 # ---------------------------------------------------------------- k, c
 selection_for = selection_mod.selection_for
 
@@ -318,6 +369,9 @@ def catalogue_step(red, cfg: Config, obj: str, band: str, cat_files, offsets: st
     table = cat_mod.build_catalogue(cat_files, off, selection["starxy"], cfg, base_file=off.meta.get("base"))
     for k in ("ind_tgt", "ind_ref", "ind_chk", "source"):
         table.meta[k] = selection.get(k)
+    radec = star_radec(product_path(red, "wcs", obj, band), selection["starxy"])
+    if radec is not None:                       # the stars' sky positions, kept in the catalogue's meta
+        table.meta["star_ra"], table.meta["star_dec"] = radec
     out = catalogue_path(red, obj, band)
     cat_mod.write_catalogue(table, out)
     return str(out)
@@ -350,6 +404,9 @@ def differential_step(red, cfg: Config, obj: str, band: str, cata: str, night: s
     given = m.get("source") == "given"
     lc, stars = diff_mod.differential(table, m.get("ind_tgt"), m.get("ind_ref"), m.get("ind_chk"), cfg,
                                       source=m.get("source"))
+    if m.get("star_ra") is not None and len(m["star_ra"]) == len(stars):
+        stars["ra"], stars["dec"] = np.asarray(m["star_ra"], float), np.asarray(m["star_dec"], float)
+        stars["ra"].unit = stars["dec"].unit = "deg"
     bf0 = next(iter(sorted(group_dir(red, obj, band).glob("*.bf.fits"))), None)
     lc.meta.update(object=obj, band=band, night=night)
     files = diff_mod.write_lightcurve(lc, stars, red, obj, band, provenance(red, cfg, _s(bf0)))
@@ -466,6 +523,11 @@ def run_correct_photometry(ctx: RunContext, u: dict, prev: dict) -> dict:
 def run_offsets(ctx: RunContext, u: dict, prev: dict) -> dict:
     path = offset_step(ctx.red, ctx.cfg, u["obj"], u["band"], u["corrected"])
     return {"offsets": path, "outputs": [path]}
+
+
+def run_astrometry(ctx: RunContext, u: dict, prev: dict) -> dict:
+    path = astrometry_step(ctx.red, ctx.cfg, u["obj"], u["band"])
+    return {"wcs": path, "outputs": [path]}
 
 
 def run_select(ctx: RunContext, u: dict, prev: dict) -> dict:

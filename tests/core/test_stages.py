@@ -21,9 +21,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 # ------------------------------------------------------------------ plan
 def test_plan_order_and_fusions():
-    names = [b.name for b in S.plan("lbfiopkcdg")]
-    assert names == ["list", "bias", "dark", "flat", "ip", "offsets", "select", "lc"]
-    assert [s.name for s in S.plan("lbfiopkcdg")[-1].stages] == ["catalogue", "differential", "chart"]
+    names = [b.name for b in S.plan("lbfiopwkcdg")]
+    assert names == ["list", "bias", "dark", "flat", "ip", "offsets", "astrometry", "select", "lc"]
+    assert [s.name for s in S.plan("lbfiopwkcdg")[-1].stages] == ["catalogue", "differential", "chart"]
+    assert [b.name for b in S.plan("lbfiopkcdg")] == ["list", "bias", "dark", "flat", "ip", "offsets", "select", "lc"]
+    assert [b.name for b in S.plan("w")] == ["list", "astrometry"]
+    assert S.plan(Config().steps) == S.plan("lbfiopwkcdg")              # w is in the default chain
     # i alone is not fused; the listing always runs (every stage needs it); c needs a selection
     assert [b.name for b in S.plan("i")] == ["list", "correct"]
     assert [b.name for b in S.plan("p")] == ["list", "photometry"]
@@ -45,6 +48,7 @@ def test_every_stage_has_one_runner_and_known_products():
 def test_block_files_drop_what_an_earlier_stage_of_the_block_writes():
     lc = S.plan("kcdg")[-1]
     assert "night_catalogue" not in lc.files and "stars" not in lc.files and "selection" in lc.files
+    assert "wcs" in lc.files                    # the catalogue reads step w's product (its stars' RA, Dec)
     assert S.plan("d")[-1].files == ("night_catalogue",)
 
 
@@ -52,7 +56,7 @@ def test_step_order_is_written_once():
     """No driver spells the step order or the k/c/d/g sequence again."""
     for f in ["qlcp_core/pipeline.py", "flows/night.py", "tasks/steps.py", "tasks/common.py", "qlcp_core/walk.py"]:
         text = (REPO / f).read_text()
-        assert not re.search(r"['\"](l?bfi|kcdg|kKcdg|lbfiopkcdg)['\"]", text), f
+        assert not re.search(r"['\"](l?bfi|kcdg|kKcdg|lbfiopw?kcdg)['\"]", text), f
         assert "STEP_KEYS" not in text, f
 
 
@@ -112,6 +116,7 @@ def test_product_paths(tmp_path):
     bf = tmp_path / "XO-1_R" / "a-001.bf.fits"
     assert product_path(tmp_path, "frame_catalogue", frame=bf) == tmp_path / "XO-1_R" / "a-001.cat.fits"
     assert product_path(tmp_path, "lightcurve", "XO-1", "R") == tmp_path / "lc_XO-1_R.ecsv"
+    assert product_path(tmp_path, "wcs", "XO-1", "R") == tmp_path / "wcs_XO-1_R.fits"
     with pytest.raises(Exception, match="lightcurve"):
         product_path(tmp_path, "lightcurve", "XO-1")
 
