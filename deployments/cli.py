@@ -24,7 +24,7 @@ EXIT_BAD_INPUT = 2
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--steps", default=None, help="steps to run (default: all, lbfiopkcdg)")
+    p.add_argument("--steps", default=None, help="steps to run (default: all, lbfiopwkcdg)")
     p.add_argument("--obj", action="append", metavar="NAME", help="object to process (repeatable)")
     p.add_argument("--band", action="append", metavar="B", help="band to process (repeatable)")
     p.add_argument("--config", action="append", metavar="FILE", help="YAML or INI config (repeatable; later wins)")
@@ -32,6 +32,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    help="one setting, e.g. --set aper=[4,6,8] (repeatable; wins over files)")
     p.add_argument("--no-prefect", action="store_true", help="run the plain core, without Prefect")
     p.add_argument("--refresh", action="store_true", help="recompute every step (ignore caches, overwrite)")
+    p.add_argument("--refresh-field", action="store_true",
+                   help="rebuild the field reference of this night's fields from tonight's choice of stars")
     p.add_argument("--runner", choices=("thread", "dask"), default="thread",
                    help="Prefect task runner for frame-level work (dask: pip install 'qlcp[dask]')")
     p.add_argument("--dask-address", metavar="TCP", help="an existing Dask scheduler (default: a local cluster)")
@@ -97,6 +99,8 @@ def cmd_run(a) -> int:
         overrides["band"] = [b for item in a.band for b in (item.split(",") if "," in item else [item])]
     if a.refresh:
         overrides["mode"] = ["EXIST_OVER", "MISS_SKIP"]
+    if getattr(a, "refresh_field", False):
+        overrides["refresh_field"] = True
     cfg = make_config(a.config, **overrides)
     return _reduce(a.raw, a.red, cfg, no_prefect=a.no_prefect, refresh=a.refresh, runner=a.runner,
                    dask_address=a.dask_address)
