@@ -55,8 +55,11 @@ Method
    above, accepted with at least 3 pairs, a scale within 5 % of 1 and a
    false-alarm probability below 1e-3 over every shift and rotation
    (:func:`false_alarm_similarity`).  It replaces the shift only when it
-   pairs clearly more stars, and it must keep the field's centre within
-   ``offset_max_dis`` of the base or of the neighbouring frames.
+   pairs clearly more stars, or as many with a turn that moves some star by
+   more than ``TURN_PX``, and it must keep the field's centre within
+   ``offset_max_dis`` of the base or of the neighbouring frames.  A frame too
+   sparse for asterisms (clouds) is searched again as a shift against the
+   base stars turned as the last frame aligned by a similarity.
 
 Drift and jumps (:func:`compute_offsets`): every frame is matched against the
 base star list, never chained frame to frame, so errors do not accumulate.
@@ -120,6 +123,10 @@ SHARP_FACTOR = 1.6
 POOR_FRACTION = 0.4
 #: brightest stars of each list given to astroalign (its control points)
 N_SIM = 50
+#: a similarity pairing as many stars as a shift replaces it when its turn moves a base star by more, px
+TURN_PX = 0.5
+#: fewest pairs for refitting the rotation of a shift searched with a neighbour's rotation
+REFIT_MIN = 6
 #: largest accepted departure of a similarity's scale from 1 (a focus or temperature change, not another camera)
 SCALE_TOL = 0.05
 #: sigma clipping of the paired differences
@@ -1049,13 +1056,14 @@ def _similarity_pass(files: list[Path], bidx: int | None, bxy, bfl, frames: list
                      map_fn) -> int:
     """Match the poorly aligned frames as similarities, in place; returns how many were replaced.
 
-    A frame's similarity replaces its shift when the shift failed, or when it
-    pairs at least ``max(n + 3, 1.25 n)`` stars (``n``: the shift's pairs),
-    and it moves the base stars' centroid by at most ``offset_max_dis`` (per
-    axis) from where the base, the previous aligned frame or the next frame
-    aligned by a shift puts it (:func:`_centre_shift`): ``offset_max_dis``
-    bounds a frame-to-frame jump whatever the alignment.  When both fail, the
-    reason names both.
+    Each poorly aligned frame is matched by :func:`find_similarity` (in
+    parallel through ``map_fn``); where that is no better than its shift
+    (:func:`_better`), a walk in time order tries the shift search again with
+    the base stars turned as the last frame aligned by a similarity
+    (:func:`_rotated_shift`: sparse frames through clouds after a flip).  A
+    similarity must keep the field's centre within ``offset_max_dis`` of the
+    base, the previous aligned frame or the next frame aligned by a shift
+    (:func:`_reach`).  When all fail, the reason names each.
     """
     todo = [i for i, (_, _, res, ns) in enumerate(frames) if i != bidx and _poor(res, ns, len(bxy))]
     if not todo:
@@ -1064,26 +1072,73 @@ def _similarity_pass(files: list[Path], bidx: int | None, bxy, bfl, frames: list
     jobs = [todo[k:k + size] for k in range(0, len(todo), size)]
     parts = map_fn(_similarity_chunk, [([str(files[i]) for i in job], bxy, bfl, cfg, star_lists) for job in jobs])
     sims = dict(zip((i for job in jobs for i in job), (r for part in parts for r in part)))
-    reach = float(getattr(cfg, "offset_max_dis", 250.0)) + MATCH_TOL
+    max_dis = float(getattr(cfg, "offset_max_dis", 250.0))
     centre = bxy.mean(axis=0)
     nxt = _next_shift_centres(frames, centre)
-    last, n_sim = np.zeros(2), 0
+    last, last_sim, n_sim = np.zeros(2), None, 0
     for i, (_, _, res, _) in enumerate(frames):
         sim = sims.get(i)
         if sim is not None:
-            c = _centre_shift(sim, centre)
             near = [np.zeros(2), last] + ([nxt[i]] if nxt[i] is not None else [])
-            if sim.ok and not any((np.abs(c - p) <= reach).all() for p in near):
-                sim = _fail(f"similarity: the field's centre moves ({c[0]:.1f}, {c[1]:.1f}) px, beyond "
-                            f"offset_max_dis of the base and the neighbouring frames", sim.n_matched, "similarity")
-            if sim.ok and (not res.ok or sim.n_matched >= max(res.n_matched + 3, 1.25 * res.n_matched)):
+            sim = _reach(sim, centre, near, max_dis)
+            if not _better(sim, res, bxy) and last_sim is not None:
+                again = _reach(_rotated_shift(files[i], bxy, bfl, last_sim, cfg, star_lists, max_dis), centre, near,
+                               max_dis)
+                sim = again if _better(again, res, bxy) or not sim.ok else sim
+            if _better(sim, res, bxy):
                 frames[i][2] = res = sim
                 n_sim += 1
             elif not res.ok:
                 frames[i][2] = res = _fail(f"{res.reason}; {sim.reason}", max(res.n_matched, sim.n_matched))
         if res.ok:
             last = _centre_shift(res, centre)
+            last_sim = res if res.kind == "similarity" else last_sim
     return n_sim
+
+
+def _better(sim: OffsetResult, res: OffsetResult, bxy: np.ndarray) -> bool:
+    """Whether similarity ``sim`` replaces shift ``res``: the shift failed; or ``sim`` pairs at least
+    ``max(n + 3, 1.25 n)`` stars (``n``: the shift's pairs); or as many, and its rotation and scale move
+    some base star by more than ``TURN_PX`` (the shift's pairs are then the few near the turning point)."""
+    if not sim.ok:
+        return False
+    if not res.ok or sim.n_matched >= max(res.n_matched + 3, 1.25 * res.n_matched):
+        return True
+    lin = sim.matrix()[:, :2] - np.eye(2)
+    turn = np.hypot(*(lin @ (bxy - bxy.mean(axis=0)).T)).max() if len(bxy) else 0.0
+    return sim.n_matched >= res.n_matched and turn > TURN_PX
+
+
+def _reach(sim: OffsetResult, centre: np.ndarray, near: list, max_dis: float) -> OffsetResult:
+    """``sim``, or a failure when it moves the field's centre further than ``max_dis`` (per axis) from
+    every one of the centre shifts ``near``."""
+    c = _centre_shift(sim, centre)
+    if sim.ok and not any((np.abs(c - p) <= max_dis + MATCH_TOL).all() for p in near):
+        return _fail(f"similarity: the field's centre moves ({c[0]:.1f}, {c[1]:.1f}) px, beyond offset_max_dis "
+                     f"of the base and the neighbouring frames", sim.n_matched, "similarity")
+    return sim
+
+
+def _rotated_shift(f: Path, bxy, bfl, ref: OffsetResult, cfg, star_lists, max_dis: float) -> OffsetResult:
+    """The shift search (:func:`find_offset`) against the base stars turned and scaled as in ``ref`` (the
+    last frame aligned by a similarity), around its translation; refined as a similarity when at least
+    ``REFIT_MIN`` stars pair.  For frames too sparse for asterisms (clouds after a meridian flip)."""
+    try:
+        fxy, ffl, _ = _load_stars(f, cfg, star_lists)
+    except InputError as e:
+        return _fail(f"unreadable: {e}", kind="similarity")
+    lin = ref.matrix()[:, :2]
+    r = find_offset(bxy @ lin.T, bfl, fxy, ffl, max_dis, (ref.dx, ref.dy))
+    if not r.ok:
+        return _fail(f"similarity: {r.reason} (base turned as the previous frame)", r.n_matched, "similarity")
+    mat, n, rms = np.column_stack([lin, [r.dx, r.dy]]), r.n_matched, r.rms
+    if n >= REFIT_MIN:
+        mat2, n2, rms2 = _refine_similarity(_as_xy(fxy, "frame_xy"), bxy, mat, MATCH_TOL)
+        if n2 >= n and abs(scale_of(mat2) - 1.0) <= SCALE_TOL:
+            mat, n, rms = mat2, n2, rms2
+    return OffsetResult(float(mat[0, 2]), float(mat[1, 2]), int(n), True,
+                        f"ok (similarity: rotation {rotation_deg(mat):.3f} deg, shift searched with the base turned "
+                        f"as the previous frame)", float(rms), tuple(float(v) for v in mat.ravel()), "similarity")
 
 
 def _centre_shift(res: OffsetResult, centre: np.ndarray) -> np.ndarray:

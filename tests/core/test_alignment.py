@@ -146,6 +146,38 @@ def test_find_similarity_rejects_an_unrelated_field_and_too_few_stars():
     assert not find_similarity(b, None, b[:2], None).ok
 
 
+def test_small_turn_with_a_sparse_cloudy_frame_from_star_lists():
+    """A camera turned by 0.5 deg (the shift search pairs only the stars near the turning point) and
+    a frame through clouds with 12 stars: every frame aligned to 0.1 px, a shift alone is pixels off."""
+    from astropy.io import fits
+
+    rng = np.random.default_rng(42)
+    b, bfl, _, _, _ = _lists(rng, 0.0, 1.0, (0, 0), n=200)
+    lists, truth = {}, {}
+    for k in range(6):
+        _, _, f, ffl, m = _lists(np.random.default_rng(k), 0.5 if k else 0.0, 1.002 if k else 1.0,
+                                 (3.0 * k, -2.0 * k), n=0)
+        m_k = m
+        f = base_to_frame(m_k, b) + np.random.default_rng(100 + k).normal(0, 0.03, b.shape)
+        keep = (f >= 0).all(axis=1) & (f < 1024).all(axis=1)
+        if k == 3:                                   # thick clouds: 12 of the 80 brightest stars left
+            keep &= np.isin(np.arange(len(b)), np.random.default_rng(7).choice(np.argsort(-bfl)[:80], 12, False))
+        hdr = fits.Header({"JD": 2460000.5 + k, "RAWFILE": f"F-{k:04d}V.fit"})
+        lists[f"F-{k:04d}V.bf.fits"] = (f[keep], bfl[keep], hdr)
+        truth[k] = m_k
+    files = list(lists)
+    tab = compute_offsets(files, Config(), star_lists=lambda p: lists[str(p.name)])
+    assert tab["ok"].all(), list(tab["reason"])
+    for k in range(1, 6):
+        err = np.hypot(*(base_to_frame(tab[k], b) - base_to_frame(truth[k], b)).T).max()
+        assert err < 0.1 and tab["align"][k] == "similarity", (k, err, tab["reason"][k])
+    assert "turned as the previous frame" in tab["reason"][3]       # too few asterisms: the neighbour's turn
+    shifts = compute_offsets(files, Config(), star_lists=lambda p: lists[str(p.name)], similarity=False)
+    worst = [np.hypot(*(base_to_frame(shifts[k], b) - base_to_frame(truth[k], b)).T).max() if shifts["ok"][k]
+             else np.inf for k in range(1, 6)]
+    assert min(worst) > 2.0                         # a shift alone is off by pixels (or fails) on every one
+
+
 # --------------------------------------------------------------- whole nights
 def test_flip_night_keeps_its_frames_and_recovers_the_flip(flip):
     sim, _, off = flip
@@ -168,6 +200,8 @@ def test_rotated_camera_night(rotated):
     sim, _, off = rotated
     true_rot = _check_against_truth(sim, off)
     assert np.all(true_rot[1:] == 2.0)
+    assert np.all(off["ok"])                        # the thick-cloud frame too (the base turned as its neighbour)
+    assert np.any(np.asarray(sim.frames["transparency"]) < 0.1)
     assert set(off["align"][1:][np.asarray(off["ok"][1:], bool)]) == {"similarity"}
 
 
