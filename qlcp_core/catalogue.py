@@ -1,8 +1,10 @@
 """Step c: the night's catalogue of the chosen stars, one row per frame.
 
 For every frame, each star of ``starxy`` (base-image coordinates) is looked
-for at ``starxy + (dx, dy)`` among the sources of that frame's catalogue
-(``{rawstem}.cat.fits`` of step p), with the offsets of step o.  Matching is
+for where the frame's transform of step o puts it
+(:func:`qlcp.core.offset.base_to_frame`: ``starxy + (dx, dy)`` for a shift;
+rotated, e.g. by 180 deg after a meridian flip, for a similarity) among the
+sources of that frame's catalogue (``{rawstem}.cat.fits`` of step p).  Matching is
 conservative: a star takes a source only when the match is unambiguous, and a
 star that is not there is masked (NaN values and the :data:`FLAG_MISSING`
 bit), never replaced by a neighbour:
@@ -37,6 +39,7 @@ from scipy.spatial import cKDTree
 
 from .errors import InputError
 from .io import atomic_path, raw_stem, read_table_fast
+from .offset import as_matrix, base_to_frame
 from .products import CAT_SUFFIX, product_path
 
 log = logging.getLogger("qlcp.catalogue")
@@ -87,7 +90,7 @@ def match_stars(pred_xy: np.ndarray, src_xy: np.ndarray, max_dis: float,
     Parameters
     ----------
     pred_xy : array (n_star, 2)
-        Predicted positions (base position + frame offset).
+        Predicted positions (base position through the frame's transform).
     src_xy : array (n_src, 2)
         Positions of the frame's sources.
     max_dis : float
@@ -214,7 +217,12 @@ def _n_aper_of(t: FrameCatalogue) -> int:
 
 
 def _offset_lookup(offsets: Table | None) -> dict[str, dict]:
-    """raw stem -> {file, jd, dx, dy, ok} from the offsets table of step o."""
+    """raw stem -> {file, jd, dx, dy, mat, ok} from the offsets table of step o.
+
+    ``mat`` is the transform base pixel -> frame pixel (:func:`qlcp.core.offset.as_matrix`: the
+    ``m00..m12`` columns, or the shift ``dx, dy`` of a table written before them); positions are
+    mapped with :func:`qlcp.core.offset.base_to_frame` and ``frame_to_base``.
+    """
     out: dict[str, dict] = {}
     if offsets is None:
         return out
@@ -224,10 +232,11 @@ def _offset_lookup(offsets: Table | None) -> dict[str, dict]:
     has_ok = "ok" in offsets.colnames
     for row in offsets:
         dx, dy = float(row["dx"]), float(row["dy"])
+        mat = as_matrix(row)
         ok = bool(row["ok"]) if has_ok else True
-        ok = ok and np.isfinite(dx) and np.isfinite(dy)
+        ok = ok and bool(np.all(np.isfinite(mat)))
         jd = float(row["jd"]) if "jd" in offsets.colnames else np.nan
-        out[raw_stem(str(row["file"]))] = dict(file=str(row["file"]), jd=jd, dx=dx, dy=dy, ok=ok)
+        out[raw_stem(str(row["file"]))] = dict(file=str(row["file"]), jd=jd, dx=dx, dy=dy, mat=mat, ok=ok)
     return out
 
 
@@ -375,12 +384,12 @@ def _match_frame(cols: _NightColumns, f: int, src: dict, starxy: np.ndarray, off
     starxy : array (ns, 2)
         Base-image positions.
     offset : dict
-        The frame's entry of :func:`_offset_lookup` (``dx``, ``dy``).
+        The frame's entry of :func:`_offset_lookup` (its transform ``mat``; ``dx``, ``dy``).
     max_dis : float
         ``match_max_dis``, px.
     """
     xy = np.column_stack([src["x"], src["y"]])
-    pred = starxy + (offset["dx"], offset["dy"])
+    pred = base_to_frame(offset, starxy)
     idx, shift = match_stars(pred, xy, max_dis, cols.scalars["fwhm"][f])
     hit = np.flatnonzero(idx >= 0)
     j = idx[hit]
@@ -430,8 +439,9 @@ def build_catalogue(cat_files: Sequence[str | Path], offsets_table: Table | None
         Per-frame catalogues ``{rawstem}.cat.fits``; paths that do not exist
         give frames with ``ok`` False (when the offsets table names them).
     offsets_table : Table
-        Offsets of step o: columns ``file``, ``jd``, ``dx``, ``dy``, ``ok``.
-        A frame is matched to its offset by raw file stem.
+        Offsets of step o: columns ``file``, ``jd``, ``dx``, ``dy``, ``ok`` and the
+        transform ``m00..m12`` (absent: a shift).  A frame is matched to its
+        offset by raw file stem.
     starxy : list of (x, y)
         Star positions in the base image, 0-based.
     cfg : Config

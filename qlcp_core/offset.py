@@ -1,8 +1,13 @@
-"""Step o: the offset of every corrected frame against the base image.
+"""Step o: the offset (or transform) of every corrected frame against the base image.
 
 Output: ``{red}/offset_{obj}_{band}.ecsv`` (read back by later steps) and a
 human-readable ``.txt``.  Convention: offset = position of a star in the frame
-minus its position in the base image, in 0-based pixels.
+minus its position in the base image, in 0-based pixels; in general the
+transform base pixel -> frame pixel ``x' = m00 x + m01 y + m02,
+y' = m10 x + m11 y + m12`` (columns ``m00..m12``; ``dx, dy`` = ``m02, m12``).
+Every consumer maps positions with :func:`base_to_frame` and
+:func:`frame_to_base`, which read a row of either form (a table without the
+matrix columns is a table of shifts).
 
 Method
 ------
@@ -27,9 +32,8 @@ Method
    matching of projected image profiles) is not used: it needs both images
    in memory, loops in Python over every trial shift, gives whole pixels
    only, and has no measure of whether its answer is right; the star lists
-   give all three.  No rotation is searched: frames
-   of one night on one telescope differ by a shift (triangle matching,
-   ``qmatch.match_triangle``, is not needed).
+   give all three.  No rotation is searched here: frames of an ordinary
+   night differ by a shift, and this search is cheap; rotation is item 4.
 3. **Verification and refinement**: every candidate is applied, stars are
    paired one-to-one with the nearest star within ``2 tol`` then ``tol``
    (``scipy.spatial.cKDTree``), and the offset is the 3-sigma-clipped
@@ -42,6 +46,20 @@ Method
    enough when they agree to a fraction of a pixel, while 3 loose chance
    pairs in a sparse field are rejected.  Otherwise ``ok`` is False, dx, dy
    are NaN and ``reason`` says why.  A failed frame never stops the step.
+4. **Similarity** (:func:`find_similarity`), only for frames the shift
+   search fails on or on which it pairs fewer than ``POOR_FRACTION`` of the
+   smaller star list (a German-equatorial meridian flip turns the field by
+   180 deg, a turned camera by a few): ``astroalign.find_transform`` on the
+   two star lists (triangle-invariant asterisms, any rotation), then a
+   least-squares similarity on every star paired within ``tol``, clipped as
+   above, accepted with at least 3 pairs, a scale within 5 % of 1 and a
+   false-alarm probability below 1e-3 over every shift and rotation
+   (:func:`false_alarm_similarity`).  It replaces the shift only when it
+   pairs clearly more stars, or as many with a turn that moves some star by
+   more than ``TURN_PX``, and it must keep the field's centre within
+   ``offset_max_dis`` of the base or of the neighbouring frames.  A frame too
+   sparse for asterisms (clouds) is searched again as a shift against the
+   base stars turned as the last frame aligned by a similarity.
 
 Drift and jumps (:func:`compute_offsets`): every frame is matched against the
 base star list, never chained frame to frame, so errors do not accumulate.
@@ -101,6 +119,16 @@ SAT_FRACTION = 0.95
 #: objects whose peak pixel holds this many times the median share of its 3x3
 #: neighbourhood are dropped (cosmic rays: 1 px wide tracks and hits)
 SHARP_FACTOR = 1.6
+#: a shift pairing fewer than this fraction of the smaller star list is tried again as a similarity
+POOR_FRACTION = 0.4
+#: brightest stars of each list given to astroalign (its control points)
+N_SIM = 50
+#: a similarity pairing as many stars as a shift replaces it when its turn moves a base star by more, px
+TURN_PX = 0.5
+#: fewest pairs for refitting the rotation of a shift searched with a neighbour's rotation
+REFIT_MIN = 6
+#: largest accepted departure of a similarity's scale from 1 (a focus or temperature change, not another camera)
+SCALE_TOL = 0.05
 #: sigma clipping of the paired differences
 CLIP_SIGMA = 3.0
 #: floor of the clipping sigma, px (noise-free lists would clip everything)
@@ -112,7 +140,8 @@ CLIP_FIXED = 1.0
 
 METHOD = ("sep stars (winpos) + 2-D pair-difference vote (+qmatch.offset1d candidate) "
           "+ one-to-one nearest match, 3-sigma-clipped mean; search box at the base, "
-          "else at the previous good frame's offset")
+          "else at the previous good frame's offset; frames failing it or pairing < 40 % of their stars: "
+          "similarity transform (astroalign asterisms, refined by least squares on every star)")
 
 
 @dataclass(frozen=True)
@@ -131,6 +160,11 @@ class OffsetResult:
         ``"ok"``, or why the frame failed.
     rms : float
         RMS of the paired differences about the offset, px.
+    mat : tuple of 6 float or None
+        The transform base pixel -> frame pixel ``(m00, m01, m02, m10, m11, m12)`` of a
+        similarity match; None for a shift (the matrix is then :func:`shift_matrix` of dx, dy).
+    kind : str
+        ``"shift"`` (:func:`find_offset`) or ``"similarity"`` (:func:`find_similarity`).
     """
 
     dx: float
@@ -139,10 +173,121 @@ class OffsetResult:
     ok: bool
     reason: str
     rms: float = math.nan
+    mat: tuple | None = None
+    kind: str = "shift"
+
+    def matrix(self) -> np.ndarray:
+        """The (2, 3) transform base pixel -> frame pixel (NaN when not ok)."""
+        return np.array(self.mat, float).reshape(2, 3) if self.mat is not None else shift_matrix(self.dx, self.dy)
 
 
-def _fail(reason: str, n: int = 0) -> OffsetResult:
-    return OffsetResult(math.nan, math.nan, int(n), False, reason)
+def _fail(reason: str, n: int = 0, kind: str = "shift") -> OffsetResult:
+    return OffsetResult(math.nan, math.nan, int(n), False, reason, kind=kind)
+
+
+# ------------------------------------------------------------- transforms
+CONVENTION = ("offset = position in frame - position in base image, 0-based px; "
+              "transform: x' = m00 x + m01 y + m02, y' = m10 x + m11 y + m12 (base -> frame)")
+#: offsets-table columns of the transform base pixel -> frame pixel: x' = m00 x + m01 y + m02, y' = m10 x + ...
+MATRIX_COLUMNS = ("m00", "m01", "m02", "m10", "m11", "m12")
+
+
+def shift_matrix(dx: float, dy: float) -> np.ndarray:
+    """The (2, 3) matrix of a pure shift: ``[[1, 0, dx], [0, 1, dy]]``."""
+    return np.array([[1.0, 0.0, dx], [0.0, 1.0, dy]])
+
+
+def _get(t, name):
+    """``t[name]`` of a table row or mapping, None when it has no such field."""
+    names = t.colnames if hasattr(t, "colnames") else t.keys()
+    return t[name] if name in names else None
+
+
+def as_matrix(t) -> np.ndarray:
+    """The (2, 3) transform base pixel -> frame pixel of an offsets-table row, a mapping or a matrix.
+
+    Parameters
+    ----------
+    t : astropy Row, dict, or array of shape (2, 3) or (6,)
+        A row (or dict) with ``m00..m12`` (used when all are finite), else ``dx, dy`` (a shift,
+        as in tables written before the transform columns existed); a dict may hold ``mat``.
+
+    Returns
+    -------
+    ndarray (2, 3)
+    """
+    if isinstance(t, (np.ndarray, list, tuple)):
+        return np.asarray(t, float).reshape(2, 3)
+    mat = _get(t, "mat")
+    if mat is not None:
+        return np.asarray(mat, float).reshape(2, 3)
+    m = [_get(t, c) for c in MATRIX_COLUMNS]
+    if all(v is not None for v in m) and np.all(np.isfinite(np.asarray(m, float))):
+        return np.asarray(m, float).reshape(2, 3)
+    return shift_matrix(float(t["dx"]), float(t["dy"]))
+
+
+def base_to_frame(t, xy) -> np.ndarray:
+    """Positions in the base image -> positions in a frame.
+
+    Parameters
+    ----------
+    t : astropy Row, dict or array
+        The frame's transform (:func:`as_matrix`): a row of the offsets table, an entry of
+        :func:`qlcp.core.catalogue._offset_lookup`, or the (2, 3) matrix.
+    xy : (N, 2) array or (x, y) pair of 1-D arrays
+        0-based base-image positions.
+
+    Returns
+    -------
+    ndarray (N, 2)
+        0-based frame positions (a shift adds dx, dy exactly).
+    """
+    m = as_matrix(t)
+    a = _as_xy(xy, "xy")
+    x, y = a[:, 0], a[:, 1]
+    return np.column_stack([m[0, 0] * x + m[0, 1] * y + m[0, 2], m[1, 0] * x + m[1, 1] * y + m[1, 2]])
+
+
+def frame_to_base(t, xy) -> np.ndarray:
+    """Positions in a frame -> positions in the base image (the inverse of :func:`base_to_frame`).
+
+    Parameters
+    ----------
+    t : astropy Row, dict or array
+        The frame's transform (:func:`as_matrix`).
+    xy : (N, 2) array or (x, y) pair of 1-D arrays
+        0-based frame positions.
+
+    Returns
+    -------
+    ndarray (N, 2)
+        0-based base-image positions (a shift subtracts dx, dy exactly).
+    """
+    m = as_matrix(t)
+    a = _as_xy(xy, "xy")
+    x, y = a[:, 0] - m[0, 2], a[:, 1] - m[1, 2]
+    det = m[0, 0] * m[1, 1] - m[0, 1] * m[1, 0]
+    if m[0, 1] == 0.0 and m[1, 0] == 0.0 and m[0, 0] == 1.0 and m[1, 1] == 1.0:
+        return np.column_stack([x, y])
+    return np.column_stack([(m[1, 1] * x - m[0, 1] * y) / det, (-m[1, 0] * x + m[0, 0] * y) / det])
+
+
+def rotation_deg(m) -> float:
+    """Rotation angle of a (2, 3) similarity, degrees counter-clockwise, in [-90, 270).
+
+    The range keeps a small turn of either sign near 0 and a meridian flip
+    near 180 (not jumping between -180 and 180 from frame to frame).
+    """
+    m = as_matrix(m)
+    a = math.degrees(math.atan2(m[1, 0] - m[0, 1], m[0, 0] + m[1, 1]))
+    return a + 360.0 if a < -90.0 else a
+
+
+def scale_of(m) -> float:
+    """Scale of a (2, 3) similarity (square root of the determinant)."""
+    m = as_matrix(m)
+    return math.sqrt(abs(m[0, 0] * m[1, 1] - m[0, 1] * m[1, 0]))
 
 
 # --------------------------------------------------------------- star lists
@@ -371,6 +516,136 @@ def find_offset(base_xy, base_flux, frame_xy, frame_flux, max_dis: float = 250.0
             return _fail(f"ambiguous: ({off[0]:.1f}, {off[1]:.1f}) and ({off2[0]:.1f}, {off2[1]:.1f}) "
                          f"both match {n} stars", n)
     return OffsetResult(float(off[0]), float(off[1]), int(n), True, "ok", float(rms))
+
+
+# ------------------------------------------------------- similarity match
+def _fit_similarity(b: np.ndarray, f: np.ndarray) -> np.ndarray:
+    """Least-squares similarity (rotation, scale, shift) taking points ``b`` onto ``f``; (2, 3) matrix."""
+    bc, fc = b.mean(axis=0), f.mean(axis=0)
+    zb = (b[:, 0] - bc[0]) + 1j * (b[:, 1] - bc[1])
+    zf = (f[:, 0] - fc[0]) + 1j * (f[:, 1] - fc[1])
+    den = np.vdot(zb, zb).real
+    a = np.vdot(zb, zf) / den if den > 0 else 1.0 + 0j
+    lin = np.array([[a.real, -a.imag], [a.imag, a.real]])
+    return np.column_stack([lin, fc - lin @ bc])
+
+
+def _pair_mapped(frame_xy: np.ndarray, mapped_base: np.ndarray, tol: float) -> tuple[np.ndarray, np.ndarray]:
+    """One-to-one pairs (frame index, base index): each frame star with its nearest mapped base star."""
+    return _pair(frame_xy, cKDTree(mapped_base), np.zeros(2), tol)
+
+
+def _refine_similarity(frame_xy, base_xy, mat, tol) -> tuple[np.ndarray, int, float]:
+    """Pair every star through ``mat`` (within 2 tol, then tol until the pairs settle), fit, clip.
+
+    Returns
+    -------
+    mat : ndarray (2, 3)
+    n : int
+        Pairs kept after clipping.
+    rms : float
+        RMS residual of those pairs, px.
+    """
+    n, rms, last = 0, math.nan, None
+    for k, radius in enumerate((2 * tol, tol, tol, tol, tol)):
+        i, j = _pair_mapped(frame_xy, base_to_frame(mat, base_xy), radius)
+        if len(i) < 3:
+            return mat, len(i), math.nan
+        key = (tuple(i), tuple(j))
+        if k >= 2 and key == last:
+            break
+        last = key
+        fit = _fit_similarity(base_xy[j], frame_xy[i])
+        res = frame_xy[i] - base_to_frame(fit, base_xy[j])
+        _, keep = _clipped_mean(res)
+        mat = _fit_similarity(base_xy[j[keep]], frame_xy[i[keep]])
+        res = frame_xy[i[keep]] - base_to_frame(mat, base_xy[j[keep]])
+        n, rms = int(keep.sum()), float(np.sqrt(np.mean(np.sum(res ** 2, axis=1))))
+    return mat, n, rms
+
+
+def false_alarm_similarity(n: int, rms: float, n_frame: int, base_xy: np.ndarray, tol: float = MATCH_TOL) -> float:
+    """Probability that ``n`` pairs this tight arise by chance for some similarity transform.
+
+    :func:`false_alarm` with the search box covering every shift that keeps
+    the fields overlapping (the base stars' extent), times the number of
+    distinguishable rotations (``2 pi R / r``: ``R`` the field's half
+    diagonal, ``r`` the pair scatter radius).
+    """
+    if len(base_xy) == 0:
+        return 1.0
+    half = 0.5 * math.hypot(float(np.ptp(base_xy[:, 0])), float(np.ptp(base_xy[:, 1])))
+    r = float(np.clip(3 * rms if np.isfinite(rms) else tol, FAP_RMIN, tol))
+    n_rot = max(1.0, 2 * math.pi * half / r)
+    return float(min(1.0, n_rot * false_alarm(n, rms, n_frame, base_xy, max(half, tol), tol)))
+
+
+def _astroalign_matrix(bb: np.ndarray, fb: np.ndarray) -> tuple[np.ndarray | None, str]:
+    """astroalign's transform base -> frame from the two (brightest first) point lists, or None and why."""
+    import astroalign
+
+    try:
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            t, _ = astroalign.find_transform(bb, fb, max_control_points=N_SIM)
+    except (astroalign.MaxIterError, ValueError, TypeError, IndexError) as e:
+        return None, f"astroalign found no transform ({type(e).__name__})"
+    return np.asarray(t.params, float)[:2], ""
+
+
+def find_similarity(base_xy, base_flux, frame_xy, frame_flux, *, tol: float = MATCH_TOL,
+                    min_match: int = MIN_MATCH, fap_max: float = FAP_MAX, n_ctrl: int = N_SIM) -> OffsetResult:
+    """Similarity transform (rotation of any angle, small scale change, shift) base -> frame.
+
+    astroalign (triangle-invariant asterisms, RANSAC) matches the ``n_ctrl``
+    brightest stars of each list; the transform is then refined on every
+    star: one-to-one pairs within ``2 tol`` then ``tol`` of the mapped base
+    stars, a least-squares similarity, 3-sigma clipping.  Accepted (``ok``)
+    with at least ``min_match`` pairs, a scale within ``SCALE_TOL`` of 1 and
+    a false-alarm probability (:func:`false_alarm_similarity`) below
+    ``fap_max``.
+
+    Parameters
+    ----------
+    base_xy, frame_xy : (x, y) pair of 1-D arrays, or (N, 2) array
+        0-based star positions.
+    base_flux, frame_flux : array or None
+        Fluxes (only their order matters).
+    tol : float
+        Pairing radius, px.
+    min_match : int
+        Fewest pairs for ``ok``.
+    fap_max : float
+        Largest accepted false-alarm probability.
+    n_ctrl : int
+        Brightest stars of each list given to astroalign.
+
+    Returns
+    -------
+    OffsetResult
+        ``kind="similarity"``, ``mat`` the transform, ``dx, dy`` its translation
+        (``m02, m12``); never raises on bad lists: ``ok`` False with a reason.
+    """
+    bxy, bfl = _clean(base_xy, base_flux, "base_xy")
+    fxy, ffl = _clean(frame_xy, frame_flux, "frame_xy")
+    if min(len(bxy), len(fxy)) < max(3, min_match):
+        return _fail(f"similarity: {len(fxy)} star(s) in frame, {len(bxy)} in base", kind="similarity")
+    mat0, why = _astroalign_matrix(bxy[_brightest(bfl, n_ctrl)], fxy[_brightest(ffl, n_ctrl)])
+    if mat0 is None:
+        return _fail(f"similarity: {why}", kind="similarity")
+    mat, n, rms = _refine_similarity(fxy, bxy, mat0, tol)
+    sc = scale_of(mat)
+    if n < min_match:
+        return _fail(f"similarity: only {n} star(s) matched, need {min_match}", n, "similarity")
+    if abs(sc - 1.0) > SCALE_TOL:
+        return _fail(f"similarity: scale {sc:.3f} is not a small change", n, "similarity")
+    fap = false_alarm_similarity(n, rms, len(fxy), bxy, tol)
+    if fap > fap_max:
+        return _fail(f"similarity: {n} stars matched with rms {rms:.2f} px, as likely by chance (p={fap:.2g})",
+                     n, "similarity")
+    return OffsetResult(float(mat[0, 2]), float(mat[1, 2]), int(n), True,
+                        f"ok (similarity: rotation {rotation_deg(mat):.3f} deg, scale {sc:.5f})", float(rms),
+                        tuple(float(v) for v in mat.ravel()), "similarity")
 
 
 # ------------------------------------------------------------ star detection
@@ -660,8 +935,9 @@ def _centred_chunk(args) -> list[tuple]:
     return out
 
 
-def compute_offsets(bf_files, cfg, base_img=None, star_lists=None, map_fn=None) -> Table:
-    """Offsets of corrected frames against the base image.
+def compute_offsets(bf_files, cfg, base_img=None, star_lists=None, map_fn=None, *,
+                    similarity: bool = True) -> Table:
+    """Transforms (shift, or rotation, scale and shift) of corrected frames against the base image.
 
     Parameters
     ----------
@@ -678,15 +954,22 @@ def compute_offsets(bf_files, cfg, base_img=None, star_lists=None, map_fn=None) 
         of reading and searching the image when it returns a list.  Module
         level (picklable) when ``map_fn`` runs jobs in other processes.
     map_fn : callable(fn, items) -> list, optional
-        Map for the per-frame phase, e.g. a process pool's; default serial.
+        Map for the per-frame phases, e.g. a process pool's; default serial.
         The result does not depend on it.
+    similarity : bool
+        Try a similarity transform (:func:`find_similarity`) on the frames the
+        shift search fails or matches poorly (default); False: shifts only.
 
     Returns
     -------
     astropy.table.Table
         One row per frame in the given order: file, bf, jd, dx, dy, n_matched,
-        ok, reason; meta base, base_bf, base_index, base_nstars, method,
-        max_dis, convention.
+        ok, reason, align (``shift``, ``similarity``, ``base``; ``none`` when not
+        ok), rot_deg, scale, m00 m01 m02 m10 m11 m12 (the transform base pixel ->
+        frame pixel, 0-based; NaN when not ok; :func:`base_to_frame`).  ``dx, dy``
+        are the translation ``m02, m12`` (the offset of a frame that is not
+        turned).  Meta: base, base_bf, base_index, base_nstars, method,
+        max_dis, convention, n_ok, n_similarity.
 
     Raises
     ------
@@ -698,12 +981,11 @@ def compute_offsets(bf_files, cfg, base_img=None, star_lists=None, map_fn=None) 
 
     Notes
     -----
-    Two phases.  First, independently for every frame (in parallel through
-    ``map_fn``), the search box is centred on the base position
-    (:func:`_centred_offsets`).  Then a chain walks outwards from the base
-    (:func:`_chain_offsets`).  So ``offset_max_dis`` bounds the jump from
-    one frame to the next, and a slow drift can take the field further than
-    ``offset_max_dis`` from the base over the night.
+    Three phases: every frame searched around the base position, in parallel
+    (:func:`_centred_offsets`); a chain out from the base (:func:`_chain_offsets`:
+    ``offset_max_dis`` bounds a frame-to-frame jump, not the drift over the
+    night); similarities for the frames whose shift failed or paired few stars
+    (:func:`_similarity_pass`, in parallel; an ordinary night keeps its shifts).
     """
     files = [Path(f) for f in bf_files]
     if not files:
@@ -715,26 +997,164 @@ def compute_offsets(bf_files, cfg, base_img=None, star_lists=None, map_fn=None) 
 
     n = len(files)
     t0 = time.perf_counter()
-    centred = _centred_offsets(files, bidx, bxy, bfl, max_dis, cfg, star_lists, map_fn or _serial_map)
-    rows = _chain_offsets(files, bidx, bxy, bfl, bhdr, centred, max_dis, cfg, star_lists)
+    mapper = map_fn or _serial_map
+    centred = _centred_offsets(files, bidx, bxy, bfl, max_dis, cfg, star_lists, mapper)
+    frames = _chain_offsets(files, bidx, bxy, bfl, bhdr, centred, max_dis, cfg, star_lists)
+    n_sim = _similarity_pass(files, bidx, bxy, bfl, frames, cfg, star_lists, mapper) if similarity else 0
     dt = time.perf_counter() - t0
+    for f, (_, _, res, _) in zip(files, frames):
+        if not res.ok:
+            log.warning("%s: no offset: %s", f.name, res.reason)
 
-    tab = Table(rows=rows, names=("file", "bf", "jd", "dx", "dy", "n_matched", "ok", "reason"),
-                dtype=(str, str, float, float, float, int, bool, str))
-    tab["dx"].unit = tab["dy"].unit = "pix"
-    n_ok = int(np.sum(tab["ok"]))
-    tab.meta.update({
-        "base": _rawfile(bhdr, bpath),
-        "base_bf": str(bpath),
-        "base_index": bidx,
-        "base_nstars": len(bxy),
-        "method": METHOD,
-        "max_dis": max_dis,
-        "convention": "offset = position in frame - position in base image, 0-based px",
-        "n_ok": n_ok,
-    })
-    log.info("offsets: %d of %d frames ok (%.3f s/frame)", n_ok, n, dt / max(n, 1))
+    tab = _offsets_table(files, bidx, frames)
+    tab.meta.update(base=_rawfile(bhdr, bpath), base_bf=str(bpath), base_index=bidx, base_nstars=len(bxy),
+                    method=METHOD, max_dis=max_dis, convention=CONVENTION, n_ok=int(np.sum(tab["ok"])),
+                    n_similarity=n_sim)
+    log.info("offsets: %d of %d frames ok, %d by similarity (%.3f s/frame)", tab.meta["n_ok"], n, n_sim,
+             dt / max(n, 1))
     return tab
+
+
+def _offsets_table(files: list[Path], bidx: int | None, frames: list[list]) -> Table:
+    """The offsets table from the per-frame ``[name, jd, OffsetResult, n_stars]`` (see :func:`compute_offsets`)."""
+    rows = []
+    for i, (name, jd, res, _) in enumerate(frames):
+        mat = res.matrix() if res.ok else np.full((2, 3), np.nan)
+        align = "base" if i == bidx else (res.kind if res.ok else "none")
+        rot, sc = (rotation_deg(mat), scale_of(mat)) if res.ok else (math.nan, math.nan)
+        rows.append((name, str(files[i]), jd, res.dx, res.dy, res.n_matched, res.ok, res.reason, align, rot, sc,
+                     *mat.ravel()))
+    names = ("file", "bf", "jd", "dx", "dy", "n_matched", "ok", "reason", "align", "rot_deg", "scale",
+             *MATRIX_COLUMNS)
+    tab = Table(rows=rows, names=names, dtype=(str, str, float, float, float, int, bool, str, str, *[float] * 8))
+    for c in ("dx", "dy", "m02", "m12"):
+        tab[c].unit = "pix"
+    tab["rot_deg"].unit = "deg"
+    return tab
+
+
+def _similarity_chunk(args) -> list[OffsetResult]:
+    """Similarity matches of a chunk of frames (one job of :func:`_similarity_pass`)."""
+    files, bxy, bfl, cfg, star_lists = args
+    out = []
+    for f in files:
+        try:
+            fxy, ffl, _ = _load_stars(Path(f), cfg, star_lists)
+        except InputError as e:
+            out.append(_fail(f"unreadable: {e}", kind="similarity"))
+            continue
+        out.append(find_similarity(bxy, bfl, fxy, ffl))
+    return out
+
+
+def _poor(res: OffsetResult, n_stars: int, n_base: int) -> bool:
+    """Whether a shift result should be tried again as a similarity: failed, or paired few of the stars."""
+    return n_stars >= MIN_MATCH and (not res.ok or res.n_matched < POOR_FRACTION * min(n_stars, n_base))
+
+
+def _similarity_pass(files: list[Path], bidx: int | None, bxy, bfl, frames: list[list], cfg, star_lists,
+                     map_fn) -> int:
+    """Match the poorly aligned frames as similarities, in place; returns how many were replaced.
+
+    Each poorly aligned frame is matched by :func:`find_similarity` (in
+    parallel through ``map_fn``); where that is no better than its shift
+    (:func:`_better`), a walk in time order tries the shift search again with
+    the base stars turned as the last frame aligned by a similarity
+    (:func:`_rotated_shift`: sparse frames through clouds after a flip).  A
+    similarity must keep the field's centre within ``offset_max_dis`` of the
+    base, the previous aligned frame or the next frame aligned by a shift
+    (:func:`_reach`).  When all fail, the reason names each.
+    """
+    todo = [i for i, (_, _, res, ns) in enumerate(frames) if i != bidx and _poor(res, ns, len(bxy))]
+    if not todo:
+        return 0
+    size = max(1, -(-len(todo) // 16))
+    jobs = [todo[k:k + size] for k in range(0, len(todo), size)]
+    parts = map_fn(_similarity_chunk, [([str(files[i]) for i in job], bxy, bfl, cfg, star_lists) for job in jobs])
+    sims = dict(zip((i for job in jobs for i in job), (r for part in parts for r in part)))
+    max_dis = float(getattr(cfg, "offset_max_dis", 250.0))
+    centre = bxy.mean(axis=0)
+    nxt = _next_shift_centres(frames, centre)
+    last, last_sim, n_sim = np.zeros(2), None, 0
+    for i, (_, _, res, _) in enumerate(frames):
+        sim = sims.get(i)
+        if sim is not None:
+            near = [np.zeros(2), last] + ([nxt[i]] if nxt[i] is not None else [])
+            sim = _reach(sim, centre, near, max_dis)
+            if not _better(sim, res, bxy) and last_sim is not None:
+                again = _reach(_rotated_shift(files[i], bxy, bfl, last_sim, cfg, star_lists, max_dis), centre, near,
+                               max_dis)
+                sim = again if _better(again, res, bxy) or not sim.ok else sim
+            if _better(sim, res, bxy):
+                frames[i][2] = res = sim
+                n_sim += 1
+            elif not res.ok:
+                frames[i][2] = res = _fail(f"{res.reason}; {sim.reason}", max(res.n_matched, sim.n_matched))
+        if res.ok:
+            last = _centre_shift(res, centre)
+            last_sim = res if res.kind == "similarity" else last_sim
+    return n_sim
+
+
+def _better(sim: OffsetResult, res: OffsetResult, bxy: np.ndarray) -> bool:
+    """Whether similarity ``sim`` replaces shift ``res``: the shift failed; or ``sim`` pairs at least
+    ``max(n + 3, 1.25 n)`` stars (``n``: the shift's pairs); or as many, and its rotation and scale move
+    some base star by more than ``TURN_PX`` (the shift's pairs are then the few near the turning point)."""
+    if not sim.ok:
+        return False
+    if not res.ok or sim.n_matched >= max(res.n_matched + 3, 1.25 * res.n_matched):
+        return True
+    lin = sim.matrix()[:, :2] - np.eye(2)
+    turn = np.hypot(*(lin @ (bxy - bxy.mean(axis=0)).T)).max() if len(bxy) else 0.0
+    return sim.n_matched >= res.n_matched and turn > TURN_PX
+
+
+def _reach(sim: OffsetResult, centre: np.ndarray, near: list, max_dis: float) -> OffsetResult:
+    """``sim``, or a failure when it moves the field's centre further than ``max_dis`` (per axis) from
+    every one of the centre shifts ``near``."""
+    c = _centre_shift(sim, centre)
+    if sim.ok and not any((np.abs(c - p) <= max_dis + MATCH_TOL).all() for p in near):
+        return _fail(f"similarity: the field's centre moves ({c[0]:.1f}, {c[1]:.1f}) px, beyond offset_max_dis "
+                     f"of the base and the neighbouring frames", sim.n_matched, "similarity")
+    return sim
+
+
+def _rotated_shift(f: Path, bxy, bfl, ref: OffsetResult, cfg, star_lists, max_dis: float) -> OffsetResult:
+    """The shift search (:func:`find_offset`) against the base stars turned and scaled as in ``ref`` (the
+    last frame aligned by a similarity), around its translation; refined as a similarity when at least
+    ``REFIT_MIN`` stars pair.  For frames too sparse for asterisms (clouds after a meridian flip)."""
+    try:
+        fxy, ffl, _ = _load_stars(f, cfg, star_lists)
+    except InputError as e:
+        return _fail(f"unreadable: {e}", kind="similarity")
+    lin = ref.matrix()[:, :2]
+    r = find_offset(bxy @ lin.T, bfl, fxy, ffl, max_dis, (ref.dx, ref.dy))
+    if not r.ok:
+        return _fail(f"similarity: {r.reason} (base turned as the previous frame)", r.n_matched, "similarity")
+    mat, n, rms = np.column_stack([lin, [r.dx, r.dy]]), r.n_matched, r.rms
+    if n >= REFIT_MIN:
+        mat2, n2, rms2 = _refine_similarity(_as_xy(fxy, "frame_xy"), bxy, mat, MATCH_TOL)
+        if n2 >= n and abs(scale_of(mat2) - 1.0) <= SCALE_TOL:
+            mat, n, rms = mat2, n2, rms2
+    return OffsetResult(float(mat[0, 2]), float(mat[1, 2]), int(n), True,
+                        f"ok (similarity: rotation {rotation_deg(mat):.3f} deg, shift searched with the base turned "
+                        f"as the previous frame)", float(rms), tuple(float(v) for v in mat.ravel()), "similarity")
+
+
+def _centre_shift(res: OffsetResult, centre: np.ndarray) -> np.ndarray:
+    """Where a frame's transform puts the base stars' centroid, minus the centroid (a shift: dx, dy)."""
+    return base_to_frame(res.matrix(), centre[None, :])[0] - centre
+
+
+def _next_shift_centres(frames: list[list], centre: np.ndarray) -> list:
+    """For every frame, :func:`_centre_shift` of the next frame aligned by a shift (None at the end)."""
+    out, nxt = [None] * len(frames), None
+    for i in range(len(frames) - 1, -1, -1):
+        out[i] = nxt
+        res = frames[i][2]
+        if res.ok and res.kind == "shift":
+            nxt = _centre_shift(res, centre)
+    return out
 
 
 def _base_stars(bidx: int | None, bpath: Path, files: list[Path], cfg, star_lists=None):
@@ -794,19 +1214,20 @@ def _chain_offsets(files: list[Path], bidx: int | None, bxy, bfl, bhdr, centred:
 
     Returns
     -------
-    list of tuple
-        Per frame, in the given order: ``(file, bf, jd, dx, dy, n_matched, ok, reason)``.
+    list of list
+        Per frame, in the given order: ``[rawfile, jd, OffsetResult, n_stars]`` (``n_stars``: of
+        its star list; -1 unreadable).
     """
     n = len(files)
     order = list(range(n)) if bidx is None else list(range(bidx, n)) + list(range(bidx - 1, -1, -1))
-    rows: list[tuple | None] = [None] * n
+    rows: list[list | None] = [None] * n
     prior = np.zeros(2)
     for i in order:
         f = files[i]
         if bidx is not None and i == bidx - 1:
             prior = np.zeros(2)  # the backward chain starts again at the base
         if i == bidx:
-            name, jd = _rawfile(bhdr, f), _jd(bhdr)
+            name, jd, nstars = _rawfile(bhdr, f), _jd(bhdr), len(bxy)
             res = OffsetResult(0.0, 0.0, len(bxy), True, "ok (base image)", 0.0)
         else:
             name, jd, res, nstars = centred[i]
@@ -818,9 +1239,7 @@ def _chain_offsets(files: list[Path], bidx: int | None, bxy, bfl, bhdr, centred:
                     res = again
         if res.ok:
             prior = np.array([res.dx, res.dy])
-        else:
-            log.warning("%s: no offset: %s", f.name, res.reason)
-        rows[i] = (name, str(f), jd, res.dx, res.dy, res.n_matched, res.ok, res.reason)
+        rows[i] = [name, jd, res, nstars]
     return rows
 
 
@@ -838,7 +1257,8 @@ def write_offsets(table: Table, red_dir, obj: str, band: str) -> tuple[Path, Pat
     t.meta.clear()
     if "bf" in t.colnames:
         t.remove_column("bf")
-    for c, fmt in (("jd", ".6f"), ("dx", ".3f"), ("dy", ".3f")):
+    for c, fmt in (("jd", ".6f"), ("dx", ".3f"), ("dy", ".3f"), ("rot_deg", ".4f"), ("scale", ".6f"),
+                   *((m, ".6f" if m[2] != "2" else ".3f") for m in MATRIX_COLUMNS)):
         if c in t.colnames:
             t[c].format = fmt
     write_table(txt, t)

@@ -4,8 +4,9 @@ The algorithm of QLCP v2024.6 (manual, step k):
 
 1. good stars of the reference frame (the base image when usable): AUTO
    magnitude error below ``pick_err_max``, not on the border, valid flux;
-2. each is looked for in every usable frame at its base position plus the
-   frame's offset (the conservative matching of :func:`qlcp.core.catalogue.match_stars`);
+2. each is looked for in every usable frame at its base position through the
+   frame's transform of step o (:func:`qlcp.core.offset.base_to_frame`; the
+   conservative matching of :func:`qlcp.core.catalogue.match_stars`);
 3. fluxes are roughly aligned: each frame's zero point is the median of its
    stars' magnitude differences to their night medians (iterated);
 4. per star: night standard deviation, max - min range, fraction of usable
@@ -44,6 +45,7 @@ from .catalogue import (FLAG_BORDER, FLAG_INVALID, FLAG_SATURATED, _col1d, _meta
                         cat_stem, match_stars, read_frame_catalogue)
 from .errors import InputError, MissingInputError
 from .io import raw_stem, write_table
+from .offset import base_to_frame, frame_to_base
 from .products import product_path
 
 log = logging.getLogger("qlcp.pick")
@@ -106,7 +108,7 @@ def pick_stars(cat_files: Sequence[str | Path], offsets_table: Table, cfg,
     cat_files : list of paths
         Per-frame catalogues of step p.
     offsets_table : Table
-        Offsets of step o (``file, jd, dx, dy, ok``).
+        Offsets of step o (``file, jd, dx, dy, ok``, the transform ``m00..m12``).
     cfg : Config
         ``pick_*`` settings, ``match_max_dis``, ``base_img``, ``saturation``;
         optional ``pick_star_n`` (most stars examined, 500), ``pick_var_n``
@@ -135,7 +137,7 @@ def pick_stars(cat_files: Sequence[str | Path], offsets_table: Table, cfg,
         log.warning(f"pick: no star with AUTO error < {err_max} in any frame")
         return Selection([], [], [], [], _report_table(0))
     o = offs[ref]
-    base = np.column_stack([_col1d(tref, "X")[good] - o["dx"], _col1d(tref, "Y")[good] - o["dy"]])
+    base = frame_to_base(o, np.column_stack([_col1d(tref, "X")[good], _col1d(tref, "Y")[good]]))
     log.info(f"pick: {ng} good stars in reference frame {ref}, {len(usable)} usable frames")
 
     mags, xb, yb, sat = _measure_candidates(base, usable, ref, tref, cat_by_stem, offs, cfg)
@@ -282,7 +284,7 @@ def _measure_candidates(base: np.ndarray, usable: list[str], ref: str, tref: Tab
         lev = sat_level if sat_level is not None else _meta_float(t.meta, "SATURATE")
         lev = lev if np.isfinite(lev) else DEFAULT_SATURATION
         src = np.column_stack([_col1d(t, "X"), _col1d(t, "Y")])
-        idx, _ = match_stars(base + (o["dx"], o["dy"]), src, cfg.match_max_dis, _meta_float(t.meta, "FWHM"))
+        idx, _ = match_stars(base_to_frame(o, base), src, cfg.match_max_dis, _meta_float(t.meta, "FWHM"))
         hit = np.flatnonzero(idx >= 0)
         j = idx[hit]
         fl = _col1d(t, "Flags", dtype=np.int64, fill=0)[j]
@@ -291,8 +293,7 @@ def _measure_candidates(base: np.ndarray, usable: list[str], ref: str, tref: Tab
         mags[f, hit] = np.where(bad, np.nan, m)
         # positions in base coordinates through the offsets of step o (their errors average out
         # over the night; the refined shift would tie them to the reference frame's offset instead)
-        xb[f, hit] = src[j, 0] - o["dx"]
-        yb[f, hit] = src[j, 1] - o["dy"]
+        xb[f, hit], yb[f, hit] = frame_to_base(o, src[j]).T
         pk = _col1d(t, "Peak")[j] + np.nan_to_num(_col1d(t, "Sky")[j])
         sat[hit] |= ((fl & FLAG_SATURATED) != 0) | (pk >= SAT_FRACTION * lev)
     return mags, xb, yb, sat

@@ -8,7 +8,9 @@
     {out_dir}/night.yaml                   a QLCP config of the night (site, detector)
     {out_dir}/truth/stars.ecsv             every star: id, x, y (0-based, base = first science frame),
                                            mag, flux_e, role ('target'|'constant'|'saturated'|'field'), in_base
-    {out_dir}/truth/frames.ecsv            one row per science frame (times, offset, seeing, sky, airmass, ...)
+    {out_dir}/truth/frames.ecsv            one row per science frame (times, offset, seeing, sky, airmass, ...;
+                                           with ``flip_at``/``rotation_deg``/``scale`` also rot_deg, scale
+                                           and the transform m00..m12: :func:`truth_transforms`)
     {out_dir}/truth/cosmics.ecsv           cosmic-ray hits (frame file, x, y in that frame, electrons)
     {out_dir}/truth/bias.fits              noiseless bias pattern, ADU (float32)
     {out_dir}/truth/flat_{band}.fits       true pixel response, normalised to median 1 (float32)
@@ -74,6 +76,15 @@ jitter) and jumps by ``jump`` px at the middle frame; seeing wanders smoothly
 between ``fwhm_min`` and ``fwhm_max``; the sky fades after twilight then
 brightens slowly, with a linear gradient across the frame
 (``truth.json:sky_model``); a few frames have thin clouds and one thick clouds.
+
+Geometry (off by default): ``flip_at`` turns the field 180 deg about the
+detector centre from that fraction of the night on, with a pointing offset
+``flip_offset`` (a German-equatorial meridian flip); ``rotation_deg`` and
+``scale`` turn and scale every frame after the first against the first (a
+camera rotated after the base frame, a focus change).  Frame i then sees a
+base position p at ``s R(theta) (p - c) + c + (dx, dy)``, c the detector
+centre; ``frames.ecsv`` gives the matrix.  With the options off, every file is
+byte-identical to that of a version without them.
 """
 
 from __future__ import annotations
@@ -151,6 +162,16 @@ class SimOptions:
     pixel_rms: float = 0.01           #: pixel-to-pixel response scatter
     vignetting: float = 0.05          #: response loss in the corners
     dust: bool = True                 #: dust donuts in the flat
+    flip_at: float | None = None      #: meridian flip: from this fraction of the night on, the field is turned
+    #:                                   180 deg about the detector centre (and re-pointed by ``flip_offset``)
+    flip_offset: tuple[float, float] = (14.0, -9.0)   #: pointing offset (px) added at the flip
+    rotation_deg: float = 0.0         #: camera turned by this angle (deg, counter-clockwise) after the first frame
+    scale: float = 1.0                #: plate scale of the frames after the first, relative to the first
+
+
+#: options that change the frames' geometry; left out of ``truth.json`` at their defaults, so nights
+#: simulated without them are byte-identical to those of earlier versions
+_GEOMETRY_DEFAULTS = {"flip_at": None, "flip_offset": (14.0, -9.0), "rotation_deg": 0.0, "scale": 1.0}
 
 
 @dataclass
@@ -195,8 +216,9 @@ def _options(kw: dict, n_frames: int, size: int, seed: int) -> SimOptions:
         close = difflib.get_close_matches(bad[0], sorted(names), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ConfigError(f"simulate_night: unknown option {bad[0]!r}{hint}")
-    if "jump" in kw:
-        kw = dict(kw, jump=tuple(float(v) for v in kw["jump"]))
+    for name in ("jump", "flip_offset"):
+        if name in kw:
+            kw = dict(kw, **{name: tuple(float(v) for v in kw[name])})
     o = SimOptions(**kw)
     checks = [
         (isinstance(seed, (int, np.integer)) and seed >= 0, f"seed must be a non-negative integer, got {seed!r}"),
@@ -211,6 +233,8 @@ def _options(kw: dict, n_frames: int, size: int, seed: int) -> SimOptions:
         (o.psf_beta > 1, "option psf_beta must exceed 1"),
         (o.n_bias >= 0 and o.n_flats >= 0 and o.n_constant >= 0, "counts must be non-negative"),
         (0 <= o.eclipse_depth < 5, "option eclipse_depth: 0 to 5 mag"),
+        (o.flip_at is None or 0 < o.flip_at < 1, f"option flip_at: a fraction of the night, got {o.flip_at!r}"),
+        (0.5 < o.scale < 2 and abs(o.rotation_deg) <= 180, "options scale (0.5 to 2) and rotation_deg (+-180)"),
     ]
     for ok, msg in checks:
         if not ok:
@@ -505,15 +529,81 @@ def _pointing_offsets(o: SimOptions, rng: np.random.Generator, n: int) -> tuple[
     return dx, dy, ang
 
 
+def _transformed(o: SimOptions) -> bool:
+    """Whether the frames differ from the base by more than a shift (flip, rotation or scale)."""
+    return o.flip_at is not None or o.rotation_deg != 0.0 or o.scale != 1.0
+
+
+def _geometry(o: SimOptions, n: int, size: int, dx: np.ndarray, dy: np.ndarray) -> dict | None:
+    """The transform of every frame from the base (first) frame's pixels, or None (shifts only).
+
+    Frame ``i`` sees a base position ``p`` at ``s_i R(theta_i) (p - c) + c + (dx_i, dy_i)``: ``c`` the
+    detector centre, ``theta_i`` = ``rotation_deg`` (frames 1..) + 180 deg (from the flip frame,
+    ``round(flip_at * n)``, on), ``s_i`` = ``scale`` (frames 1..), and ``dx, dy`` the pointing offsets
+    (plus ``flip_offset`` from the flip on).
+
+    Returns
+    -------
+    dict or None
+        ``dx, dy`` (n,), ``rot_deg`` (n,), ``scale`` (n,), ``mats`` (n, 2, 3): base pixel -> frame
+        pixel, 0-based; ``flip_frame`` (int or None).
+    """
+    if not _transformed(o):
+        return None
+    i = np.arange(n)
+    flip = None if o.flip_at is None else max(1, int(round(o.flip_at * n)))
+    flipped = (i >= flip) if flip is not None else np.zeros(n, bool)
+    rot = np.where(i >= 1, o.rotation_deg, 0.0) + 180.0 * flipped
+    sc = np.where(i >= 1, o.scale, 1.0)
+    dx = dx + o.flip_offset[0] * flipped
+    dy = dy + o.flip_offset[1] * flipped
+    c = (size - 1) / 2.0
+    th = np.radians(rot)
+    cs, sn = sc * np.cos(th), sc * np.sin(th)
+    mats = np.empty((n, 2, 3))
+    mats[:, 0, 0], mats[:, 0, 1], mats[:, 1, 0], mats[:, 1, 1] = cs, -sn, sn, cs
+    mats[:, 0, 2] = c + dx - (cs * c - sn * c)
+    mats[:, 1, 2] = c + dy - (sn * c + cs * c)
+    return dict(dx=dx, dy=dy, rot_deg=rot, scale=sc, mats=mats, flip_frame=flip)
+
+
+def _apply(mat: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Base positions -> frame positions through one (2, 3) matrix."""
+    return (mat[0, 0] * x + mat[0, 1] * y + mat[0, 2], mat[1, 0] * x + mat[1, 1] * y + mat[1, 2])
+
+
+def _regions(geom: dict, size: int, m: float, pad: float) -> tuple[tuple, tuple, tuple, tuple]:
+    """Base-frame boxes of a transformed night: where a star stays ``m`` px inside every frame
+    (``sx, sy``), and the union of the frames' footprints grown by ``pad`` (``fx, fy``)."""
+    mats = geom["mats"]
+    c = (size - 1) / 2.0
+    a = mats[:, :, :2]
+    inv = np.linalg.inv(a)
+    q = np.einsum("nij,nj->ni", inv, np.full((len(a), 2), c) - mats[:, :, 2])   # frame centres in base px
+    th = np.radians(geom["rot_deg"])
+    k = (np.abs(np.cos(th)) + np.abs(np.sin(th))) / geom["scale"]
+    inner = (c - m) / k
+    outer = (c + pad) * k
+    sx = (float(np.max(q[:, 0] - inner)), float(np.min(q[:, 0] + inner)))
+    sy = (float(np.max(q[:, 1] - inner)), float(np.min(q[:, 1] + inner)))
+    fx = (float(np.min(q[:, 0] - outer)), float(np.max(q[:, 0] + outer)))
+    fy = (float(np.min(q[:, 1] - outer)), float(np.max(q[:, 1] + outer)))
+    return sx, sy, fx, fy
+
+
 # ------------------------------------------------------------------ the field
-def _field(o: SimOptions, size: int, seed: int, dx: np.ndarray, dy: np.ndarray) -> Table:
+def _field(o: SimOptions, size: int, seed: int, dx: np.ndarray, dy: np.ndarray, geom: dict | None = None) -> Table:
     rng = _rng(seed, _S_FIELD)
     mag_of = lambda f: o.zeropoint - 2.5 * np.log10(np.asarray(f) / o.exptime)   # noqa: E731
     t_mag = float(mag_of(o.target_flux_e))
     # region where a star stays well inside every frame
     m = max(24.0, 0.12 * size)
-    sx = (m - dx.min(), size - 1 - m - dx.max())
-    sy = (m - dy.min(), size - 1 - m - dy.max())
+    pad = 12.0
+    if geom is None:
+        sx = (m - dx.min(), size - 1 - m - dx.max())
+        sy = (m - dy.min(), size - 1 - m - dy.max())
+    else:
+        sx, sy, fx, fy = _regions(geom, size, m, pad)
     if sx[0] >= sx[1] or sy[0] >= sy[1]:
         raise ConfigError(f"simulate_night: offsets of up to {np.ptp(dx):.0f}, {np.ptp(dy):.0f} px leave no room "
                           f"for the stars in a {size} px frame; lower drift/jump or raise size")
@@ -545,9 +635,9 @@ def _field(o: SimOptions, size: int, seed: int, dx: np.ndarray, dy: np.ndarray) 
     rows.append((sat[0], sat[1], o.saturated_flux_e, "saturated"))
 
     # field stars over the union of all footprints (plus a margin for wings)
-    pad = 12.0
-    fx = (-pad - dx.max(), size - 1 + pad - dx.min())
-    fy = (-pad - dy.max(), size - 1 + pad - dy.min())
+    if geom is None:
+        fx = (-pad - dx.max(), size - 1 + pad - dx.min())
+        fy = (-pad - dy.max(), size - 1 + pad - dy.min())
     dens = (o.n_stars if o.n_stars is not None else 200.0 * size * size / 1024.0 ** 2) / float(size * size)
     n_field = int(rng.poisson(dens * (fx[1] - fx[0]) * (fy[1] - fy[0])))
     xs, ys = rng.uniform(*fx, n_field), rng.uniform(*fy, n_field)
@@ -664,7 +754,10 @@ def _write_science_frames(o: SimOptions, raw: Path, size: int, seed: int, plan: 
         factor = 10 ** (-0.4 * o.extinction_k * (plan["airmass"][i] - 1.0)) * plan["transp"][i]
         alpha = _moffat_alpha(plan["fwhm"][i], beta)
         light = sky_shape * (plan["sky"][i] * o.gain)
-        fx, fy = xs + plan["dx"][i], ys + plan["dy"][i]
+        if plan.get("mats") is None:
+            fx, fy = xs + plan["dx"][i], ys + plan["dy"][i]
+        else:
+            fx, fy = _apply(plan["mats"][i], xs, ys)
         for j in np.nonzero((fx > -cap) & (fx < size - 1 + cap) & (fy > -cap) & (fy < size - 1 + cap))[0]:
             f = fl[j] * factor * (plan["target_rel"][i] if j == 0 else 1.0)
             rad = _stamp_radius(f, alpha, beta, cap)
@@ -696,6 +789,12 @@ def _frames_table(o: SimOptions, plan: dict, files: list[Path]) -> Table:
     fr["exptime"] = np.full(len(files), o.exptime)
     fr["dx"] = plan["dx"]
     fr["dy"] = plan["dy"]
+    if plan.get("mats") is not None:      # a transformed night: the full transform (absent: a pure shift)
+        fr["rot_deg"] = plan["rot_deg"]
+        fr["scale"] = plan["scale"]
+        for r in range(2):
+            for k in range(3):
+                fr[f"m{r}{k}"] = plan["mats"][:, r, k]
     fr["fwhm"] = plan["fwhm"]
     fr["sky_adu"] = plan["sky"]
     fr["airmass"] = plan["airmass"]
@@ -705,6 +804,9 @@ def _frames_table(o: SimOptions, plan: dict, files: list[Path]) -> Table:
     fr["cloudy"] = plan["transp"] < 1.0
     fr.meta["comments"] = [
         "dx, dy: true offset = position in this frame - position in the base (first) frame, px",
+        *(["  (transformed night: where the detector centre of the base frame lands, minus the centre;",
+           "  rot_deg, scale, m00..m12: the transform base pixel -> frame pixel, 0-based,",
+           "  x' = m00 x + m01 y + m02, y' = m10 x + m11 y + m12)"] if plan.get("mats") is not None else []),
         "fwhm: Moffat FWHM, px",
         "sky_adu: sky at the frame centre, ADU above bias, before the pixel response",
         "airmass: sec z of astropy AltAz at mid-exposure (no refraction); alt in degrees",
@@ -760,7 +862,10 @@ def simulate_night(out_dir, n_frames: int = 60, size: int = 1024, seed: int = 0,
     raw, truth = _prepare_dirs(out, overwrite)
 
     plan = _plan(o, n_frames, seed)
-    stars = _field(o, size, seed, plan["dx"], plan["dy"])
+    geom = _geometry(o, n_frames, size, plan["dx"], plan["dy"])
+    if geom is not None:
+        plan.update(geom)
+    stars = _field(o, size, seed, plan["dx"], plan["dy"], geom)
     bias = _bias_pattern(o, size, seed)
     resp, donuts = _pixel_response(o, size, seed)
     sky_shape, sky_ang = _sky_shape(o, size, seed)
@@ -818,7 +923,8 @@ def _truth_info(o: SimOptions, n_frames: int, size: int, seed: int, plan: dict, 
     return {
         "generator": f"qlcp.core.simulate {__version__}",
         "seed": int(seed), "n_frames": int(n_frames), "size": int(size),
-        "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(o).items()},
+        "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(o).items()
+                    if k not in _GEOMETRY_DEFAULTS or v != _GEOMETRY_DEFAULTS[k]},
         "site": {"lon": o.site_lon, "lat": o.site_lat, "ele": o.site_ele, "tz": o.site_tz},
         "object": o.obj, "band": o.band,
         "target": {"ra_deg": plan["ra"], "dec_deg": plan["dec"], "ra": plan["ra_s"], "dec": plan["dec_s"]},
@@ -839,6 +945,7 @@ def _truth_info(o: SimOptions, n_frames: int, size: int, seed: int, plan: dict, 
         "flats": {"files": [p.name for p in flat_files], "median_adu": flat_levels},
         "dust_donuts": donuts,
         "bias_files": [p.name for p in bias_files],
+        **({"flip_frame": plan["flip_frame"]} if plan.get("mats") is not None else {}),
     }
 
 
@@ -849,6 +956,29 @@ def _write_night_config(out: Path, o: SimOptions, seed: int) -> Path:
     return write_text(out / "night.yaml",
                       f"# QLCP config of the simulated night {o.night} ({o.obj} {o.band}, seed {seed})\n"
                       + yaml.safe_dump(cfg, sort_keys=False))
+
+
+def truth_transforms(frames: Table) -> np.ndarray:
+    """The true transform of every frame, base pixel -> frame pixel (0-based), from ``truth/frames.ecsv``.
+
+    Parameters
+    ----------
+    frames : Table
+        ``truth/frames.ecsv`` (or :attr:`SimulatedNight.frames`).
+
+    Returns
+    -------
+    ndarray (n, 2, 3)
+        ``m00..m12`` of a transformed night; ``[[1, 0, dx], [0, 1, dy]]`` of a night of shifts.
+    """
+    n = len(frames)
+    if "m00" in frames.colnames:
+        return np.stack([[np.asarray(frames[f"m{r}{k}"], float) for k in range(3)] for r in range(2)]).transpose(2, 0, 1)
+    mats = np.zeros((n, 2, 3))
+    mats[:, 0, 0] = mats[:, 1, 1] = 1.0
+    mats[:, 0, 2] = np.asarray(frames["dx"], float)
+    mats[:, 1, 2] = np.asarray(frames["dy"], float)
+    return mats
 
 
 def simulate_small(out_dir, n_frames: int = 12, size: int = 256, seed: int = 0, **options) -> SimulatedNight:
@@ -862,4 +992,4 @@ def simulate_small(out_dir, n_frames: int = 12, size: int = 256, seed: int = 0, 
     return simulate_night(out_dir, n_frames=n_frames, size=size, seed=seed, **options)
 
 
-__all__ = ["SimOptions", "SimulatedNight", "simulate_night", "simulate_small"]
+__all__ = ["SimOptions", "SimulatedNight", "simulate_night", "simulate_small", "truth_transforms"]

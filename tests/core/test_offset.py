@@ -386,9 +386,12 @@ def test_write_offsets_roundtrip(night, tmp_path):
     ecsv, txt = write_offsets(tab, tmp_path, "UYUMa", "V")
     assert ecsv == tmp_path / "offset_UYUMa_V.ecsv" and txt == tmp_path / "offset_UYUMa_V.txt"
     back = Table.read(ecsv)
-    assert back.colnames == ["file", "bf", "jd", "dx", "dy", "n_matched", "ok", "reason"]
+    # the columns of tables written before the transform, then the transform (base pixel -> frame pixel)
+    assert back.colnames == ["file", "bf", "jd", "dx", "dy", "n_matched", "ok", "reason", "align", "rot_deg",
+                             "scale", "m00", "m01", "m02", "m10", "m11", "m12"]
     assert back["ok"].dtype == bool and list(back["ok"]) == list(tab["ok"])
-    for c in ("jd", "dx", "dy"):
+    assert list(back["align"]) == ["base"] + ["shift" if ok else "none" for ok in tab["ok"][1:]]
+    for c in ("jd", "dx", "dy", "rot_deg", "scale", "m00", "m01", "m02", "m10", "m11", "m12"):
         np.testing.assert_array_equal(np.asarray(back[c]), np.asarray(tab[c]))   # full precision, NaN kept
     assert list(back["file"]) == list(tab["file"]) and list(back["reason"]) == list(tab["reason"])
     assert list(back["n_matched"]) == list(tab["n_matched"])
