@@ -163,7 +163,7 @@ def _target_sources(tref: Table, off_row, targets_xy, max_dis: float) -> np.ndar
     if targets_xy is None or len(targets_xy) == 0:
         return np.zeros(0, dtype=int)
     src = np.column_stack([_col1d(tref, "X"), _col1d(tref, "Y")])
-    want = np.asarray(targets_xy, float) + (off_row["dx"], off_row["dy"])
+    want = base_to_frame(off_row, np.asarray(targets_xy, float))
     idx, _ = match_stars(want, src, max_dis, _meta_float(tref.meta, "FWHM"))
     if np.any(idx < 0):
         log.warning("pick: %d known target(s) not detected in the reference frame", int(np.sum(idx < 0)))

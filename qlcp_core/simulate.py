@@ -167,11 +167,16 @@ class SimOptions:
     flip_offset: tuple[float, float] = (14.0, -9.0)   #: pointing offset (px) added at the flip
     rotation_deg: float = 0.0         #: camera turned by this angle (deg, counter-clockwise) after the first frame
     scale: float = 1.0                #: plate scale of the frames after the first, relative to the first
+    field_of: str | None = None       #: another night of the same field: the directory of an earlier simulated
+    #:                                   night whose stars (truth/stars.ecsv) this night observes
+    pointing: tuple[float, float] = (0.0, 0.0)   #: with ``field_of``: where that night's base-frame pixel
+    #:                                   (0, 0) falls on this night's base frame, px (a different pointing)
 
 
 #: options that change the frames' geometry; left out of ``truth.json`` at their defaults, so nights
 #: simulated without them are byte-identical to those of earlier versions
-_GEOMETRY_DEFAULTS = {"flip_at": None, "flip_offset": (14.0, -9.0), "rotation_deg": 0.0, "scale": 1.0}
+_GEOMETRY_DEFAULTS = {"flip_at": None, "flip_offset": (14.0, -9.0), "rotation_deg": 0.0, "scale": 1.0,
+                      "field_of": None, "pointing": (0.0, 0.0)}
 
 
 @dataclass
@@ -216,7 +221,7 @@ def _options(kw: dict, n_frames: int, size: int, seed: int) -> SimOptions:
         close = difflib.get_close_matches(bad[0], sorted(names), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ConfigError(f"simulate_night: unknown option {bad[0]!r}{hint}")
-    for name in ("jump", "flip_offset"):
+    for name in ("jump", "flip_offset", "pointing"):
         if name in kw:
             kw = dict(kw, **{name: tuple(float(v) for v in kw[name])})
     o = SimOptions(**kw)
@@ -866,6 +871,8 @@ def simulate_night(out_dir, n_frames: int = 60, size: int = 1024, seed: int = 0,
     if geom is not None:
         plan.update(geom)
     stars = _field(o, size, seed, plan["dx"], plan["dy"], geom)
+    if o.field_of:
+        stars = _shared_field(o)
     bias = _bias_pattern(o, size, seed)
     resp, donuts = _pixel_response(o, size, seed)
     sky_shape, sky_ang = _sky_shape(o, size, seed)
@@ -891,6 +898,18 @@ def simulate_night(out_dir, n_frames: int = 60, size: int = 1024, seed: int = 0,
     return SimulatedNight(out_dir=out, raw_dir=raw, truth_dir=truth, config_path=cfg_path, stars=stars,
                           frames=fr, info=info, bias_files=bias_files, flat_files=flat_files,
                           science_files=sci_files, elapsed_s=el)
+
+
+def _shared_field(o: SimOptions) -> Table:
+    """The stars of the night in ``o.field_of``, moved by ``o.pointing`` (another night of that field:
+    the same stars, fluxes and variability, pointed elsewhere)."""
+    path = Path(o.field_of) / "truth" / "stars.ecsv"
+    if not path.is_file():
+        raise ConfigError(f"simulate_night: field_of {o.field_of!r}: no truth/stars.ecsv there")
+    stars = Table.read(path, format="ascii.ecsv")
+    stars["x"] = np.asarray(stars["x"], float) + o.pointing[0]
+    stars["y"] = np.asarray(stars["y"], float) + o.pointing[1]
+    return stars
 
 
 def _prepare_dirs(out: Path, overwrite: bool) -> tuple[Path, Path]:

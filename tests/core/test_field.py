@@ -4,6 +4,7 @@ uses the first night's stars in their roles, with no positions given."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -75,3 +76,53 @@ def test_a_reference_of_another_field_is_not_used(two_nights, tmp_path):
     s = run(other.raw_dir, tmp_path / "red", config=cfg)
     st = s.groups[0].stars
     assert st["source"] == "picked" and "field_error" in st and not s.groups[0].error
+
+
+@pytest.fixture(scope="module")
+def campaign(tmp_path_factory):
+    """Two simulated nights of one field: the second pointed ~50 px away and flipped 180 degrees halfway."""
+    root = tmp_path_factory.mktemp("campaign")
+    n1 = simulate_small(root / "n1", n_frames=24, size=512, seed=31, thick_cloud=False)
+    n2 = simulate_small(root / "n2", n_frames=24, size=512, seed=32, thick_cloud=False, field_of=str(n1.out_dir),
+                        pointing=(42.0, -28.0), flip_at=0.5)
+    s = n1.stars
+    ids = [0, *n1.constant_ids]
+    xy = [[float(s["x"][s["id"] == i][0]), float(s["y"][s["id"] == i][0])] for i in ids]
+    fields = root / "fields"
+    first = run(n1.raw_dir, root / "red" / "n1", config=load_config([n1.config_path], {
+        "workers": 2, "field_dir": str(fields), "starxy": xy, "ind_tgt": [0], "ind_ref": list(range(1, len(xy) - 1)),
+        "ind_chk": [len(xy) - 1]}))
+    second = run(n2.raw_dir, root / "red" / "n2", config=load_config([n2.config_path], {
+        "workers": 2, "field_dir": str(fields), "starxy": None}))
+    return n1, n2, first, second
+
+
+def test_second_night_of_a_flipped_campaign_uses_the_first_nights_stars(campaign):
+    n1, n2, first, second = campaign
+    st = second.groups[0].stars
+    assert first.groups[0].stars["source"] == "given"
+    assert st["source"] == "field" and st["field_match"] == "pattern" and not st["lost"]
+    sel = json.loads((Path(second.red_dir) / "select_SIMV_V.json").read_text())
+    s2 = n2.stars
+    truth_xy = {int(i): (float(x), float(y)) for i, x, y in zip(s2["id"], s2["x"], s2["y"])}
+    roles = {"ind_tgt": [0], "ind_ref": n1.constant_ids[:-1], "ind_chk": n1.constant_ids[-1:]}
+    for key, ids in roles.items():                         # the same stars, where they are tonight
+        got = np.array([sel["starxy"][i] for i in sel[key]])
+        want = np.array([truth_xy[i] for i in ids])
+        assert len(got) == len(want), key
+        for w in want:
+            assert np.min(np.hypot(*(got - w).T)) < 1.5, (key, w)
+
+
+def test_second_nights_target_follows_the_truth(campaign):
+    n1, n2, first, second = campaign
+    lc = Table.read(second.groups[0].outputs["lightcurve"], format="ascii.ecsv")
+    ok = np.asarray(lc["ok"], bool)
+    assert ok.mean() >= 0.95                                  # the flip costs no frames
+    truth = -2.5 * np.log10(np.asarray(n2.frames["target_rel_flux"], float))
+    m = np.asarray(lc["mag_t0_a0"], float)
+    good = ok & np.isfinite(m)
+    resid = (m - truth)[good]
+    resid -= np.median(resid)
+    pred = next(n["predicted"] for n in lc.meta["noise"] if n["role"] == "target" and n["aperture"] == 0)
+    assert np.std(resid) < 1.5 * pred, (np.std(resid), pred)
