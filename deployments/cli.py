@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="pool", help="deployment name: process-night/NAME (default pool)")
     p.add_argument("--config", metavar="FILE", action="append", help="config file(s) the flow runs get")
 
+    from qlcp.deployments.calib_cli import add_calib_arguments
+
+    add_calib_arguments(sub.add_parser("calib", help="the calibration library: list, reject, accept, rebuild"))
+
     p = sub.add_parser("demo", help="simulate a night and reduce it")
     p.add_argument("--workdir", default="qlcp-demo", help="where to put the night and its reduction")
     p.add_argument("--frames", type=int, default=60)
@@ -87,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _fail(msg: str) -> int:
     print(f"qlcp: error: {msg}", file=sys.stderr)
     return EXIT_BAD_INPUT
+
+
+def _cmd_calib(a) -> int:
+    from qlcp.deployments.calib_cli import cmd_calib
+
+    return cmd_calib(a)
 
 
 def cmd_run(a) -> int:
@@ -254,7 +264,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("DO_NOT_TRACK", "1")
     try:
         return {"run": cmd_run, "simulate": cmd_simulate, "demo": cmd_demo, "watch": cmd_watch,
-                "serve": cmd_serve, "up": cmd_up, "deploy": cmd_deploy}[a.cmd](a)
+                "serve": cmd_serve, "up": cmd_up, "deploy": cmd_deploy, "calib": _cmd_calib}[a.cmd](a)
     except QLCPError as e:
         if a.debug:
             raise

@@ -312,8 +312,22 @@ def summary_markdown(summary: dict, cfg) -> str:
     return "\n".join(out) + "\n"
 
 
+def publish_calibration_library(red: Path, cfg) -> None:
+    """The calibration library as a table artifact (key ``calib-library``): every master, its QC."""
+    from qlcp.core import calib_library as L
+
+    lib = L.library_dir(red, cfg)
+    rows = [{"id": e.id, "kind": e.kind, "band": e.band or "", "night": e.night, "date": e.date_start[:10],
+             "shape": f"{e.nx}x{e.ny}", "binning": e.binning, "frames": e.n_frames, "status": e.status,
+             "qc": e.qc or ""} for e in L.entries(lib)]
+    if rows:
+        create_table_artifact(table=rows, key="calib-library", description=f"calibration library {lib}")
+
+
 def publish_artifacts(summary: dict, red: Path, cfg) -> None:
     night = summary["night"]
+    if cfg.calib_library:
+        publish_calibration_library(red, cfg)
     create_markdown_artifact(markdown=summary_markdown(summary, cfg), key=artifact_key("night", night, "summary"),
                              description=f"QLCP summary of night {night}")
     for g in summary["groups"]:

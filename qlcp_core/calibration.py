@@ -3,12 +3,14 @@
 For each kind the order is the same (the manual's, extended to darks):
 
 1. ``use_*``  -- the operator's file, always (an error if it does not exist);
-2. tonight's  -- the master the night's own frames made (``{red}/bias.fits`` ...);
-3. ``alt_*``  -- the operator's fallback file, when tonight has none (logged);
-4. none       -- the correction goes on without it, and says so (the work mode's
+2. tonight's  -- the master the night's own frames made (``{red}/bias.fits`` ...), unless the
+   calibration library's QC rejected it;
+3. library    -- the nearest good master of the calibration library that matches the night's
+   frames (:mod:`qlcp.core.calib_library`), within ``calib_max_age_days``;
+4. ``alt_*``  -- the operator's fallback file (logged);
+5. none       -- the correction goes on without it, and says so (the work mode's
    ``MISS_*`` decides whether a missing bias or flat is an error).
 
-A calibration library across nights (a later step) slots in between 2 and 3.
 :func:`choose_master` returns the path *and* why it was chosen, so provenance,
 the light curve's metadata and the summary can say what was used.
 """
@@ -27,7 +29,8 @@ log = logging.getLogger("qlcp.calibration")
 #: the config keys of each kind: (always use, fallback); darks have no fallback key
 _KEYS = {"bias": ("use_bias", "alt_bias"), "dark": ("use_dark", None), "flat": ("use_flat", "alt_flat")}
 #: every config key the policy reads
-POLICY_KEYS = ("use_bias", "alt_bias", "use_dark", "use_flat", "alt_flat")
+POLICY_KEYS = ("use_bias", "alt_bias", "use_dark", "use_flat", "alt_flat", "calib_library", "calib_dir",
+               "calib_max_age_days", "calib_prefer_earlier")
 
 
 @dataclass(frozen=True)
@@ -37,10 +40,11 @@ class MasterChoice:
     kind: str
     band: str | None
     path: str | None
-    source: str                 #: "use", "tonight", "alt" or "none"
+    source: str                 #: "use", "tonight", "library", "alt" or "none"
+    why: str = ""               #: for the library: its id, night and age; for none: what was looked for
 
     def as_dict(self) -> dict:
-        return {"kind": self.kind, "band": self.band, "path": self.path, "source": self.source}
+        return {"kind": self.kind, "band": self.band, "path": self.path, "source": self.source, "why": self.why}
 
 
 def _given(cfg, key: str | None, band: str | None) -> str | None:
@@ -58,7 +62,8 @@ def _existing(key: str, band: str | None, value: str) -> str:
     return str(value)
 
 
-def choose_master(red, cfg, kind: str, band: str | None = None) -> MasterChoice:
+def choose_master(red, cfg, kind: str, band: str | None = None, frame: dict | None = None,
+                  tonight_rejected: bool = False) -> MasterChoice:
     """The master of ``kind`` (``bias``, ``dark``, ``flat``) to apply: use -> tonight's -> alt -> none.
 
     Parameters
@@ -71,6 +76,11 @@ def choose_master(red, cfg, kind: str, band: str | None = None) -> MasterChoice:
         ``bias``, ``dark`` or ``flat``.
     band : str, optional
         The band, for flats.
+    frame : dict, optional
+        The night's frames (:func:`qlcp.core.calib_library.frame_info`): with it, the
+        calibration library is searched for a matching master.
+    tonight_rejected : bool
+        Tonight's master failed the library's QC: not used.
 
     Raises
     ------
@@ -83,8 +93,11 @@ def choose_master(red, cfg, kind: str, band: str | None = None) -> MasterChoice:
     if use:
         return MasterChoice(kind, band, _existing(use_key, band, use), "use")
     tonight = product_path(red, kind, band=band)
-    if tonight.is_file():
+    if tonight.is_file() and not tonight_rejected:
         return MasterChoice(kind, band, str(tonight), "tonight")
+    lib = _from_library(red, cfg, kind, band, frame)
+    if lib is not None:
+        return lib
     alt = _given(cfg, alt_key, band)
     if alt:
         path = _existing(alt_key, band, alt)
@@ -94,6 +107,21 @@ def choose_master(red, cfg, kind: str, band: str | None = None) -> MasterChoice:
         cfg.mode.missing(f"master {_label(kind, band)} (tonight's, {use_key} or {alt_key})")
         log.warning("no %s at all: frames are not corrected for it", _label(kind, band))
     return MasterChoice(kind, band, None, "none")
+
+
+def _from_library(red, cfg, kind: str, band: str | None, frame: dict | None) -> MasterChoice | None:
+    if not cfg.calib_library or frame is None:
+        return None
+    from . import calib_library as L
+
+    lib = L.library_dir(red, cfg)
+    e = L.select(lib, kind, band, frame, cfg.calib_max_age_days.get(kind, 0.0), cfg.calib_prefer_earlier)
+    if e is None:
+        return None
+    age = frame["jd_mid"] - e.jd_mid
+    why = f"library #{e.id} of night {e.night}, {abs(age):.1f} days {'before' if age >= 0 else 'after'}"
+    log.warning("%s: none of tonight's: using the %s", _label(kind, band), why)
+    return MasterChoice(kind, band, e.path, "library", why)
 
 
 def _label(kind: str, band: str | None) -> str:

@@ -173,6 +173,25 @@ class Config(BaseModel):
     pick_cmp_dmag: float = Field(1.5, gt=0, description="comparisons for a known target: at most this many "
                                                          "magnitudes from the target's brightness, nearest first")
 
+    # ---------------------------------------------------- calibration library
+    calib_library: bool = Field(True, description="register every master in the calibration library and use "
+                                                  "its nearest good master when a night has none")
+    calib_dir: str | None = Field(None, description="the calibration library (masters + calib.sqlite); None: "
+                                                    "$QLCP_CALIB_DIR, else {red}/../calib")
+    calib_max_age_days: dict[str, float] = Field(
+        default_factory=lambda: {"bias": 30.0, "dark": 30.0, "flat": 14.0},
+        description="how far in time a library master may be from the night, days, per kind")
+    calib_prefer_earlier: bool = Field(False, description="use only library masters made before the night")
+    calib_qc_bias_level: float = Field(50.0, gt=0, description="QC: largest level change of a new master bias "
+                                                               "against the previous one, ADU")
+    calib_qc_bias_structure: float = Field(3.0, gt=0, description="QC: largest rms of the 32 px block medians of "
+                                                                  "(new - previous) master bias, ADU")
+    calib_qc_flat_gradient: float = Field(0.02, gt=0, description="QC: largest peak-to-peak plane of new / "
+                                                                  "previous master flat over the frame")
+    calib_qc_flat_structure: float = Field(0.01, gt=0, description="QC: largest small-scale structure (99.5th "
+                                                                   "percentile, 4 px bins) of new / previous "
+                                                                   "master flat")
+
     # ------------------------------------------------------------ validators
     @field_validator("file_log", "scr_log", mode="before")
     @classmethod

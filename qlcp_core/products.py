@@ -11,6 +11,7 @@ kind                      path under ``red``                  needs
 ``config``                ``config.yaml``
 ``summary``               ``summary.json``
 ``night_list``            ``lst/night.ecsv``
+``masters``               ``masters.json``                    (the masters the night uses, and why)
 ``log``                   ``log/{step}.log``                  step
 ``bias``                  ``bias.fits``
 ``dark``                  ``dark.fits``
@@ -46,7 +47,7 @@ _GROUP = {"offsets": "offset_{}_{}.ecsv", "offsets_txt": "offset_{}_{}.txt", "wc
           "pick": "pick_{}_{}.ecsv", "selection": "select_{}_{}.json",
           "night_catalogue": "cata_{}_{}.fits", "lightcurve": "lc_{}_{}.ecsv", "stars": "stars_{}_{}.ecsv",
           "lc_png": "lc_{}_{}.png", "lc_pdf": "lc_{}_{}.pdf", "chart": "chart_{}_{}.png"}
-_NIGHT = {"config": "config.yaml", "summary": "summary.json", "night_list": "lst/night.ecsv",
+_NIGHT = {"config": "config.yaml", "summary": "summary.json", "night_list": "lst/night.ecsv", "masters": "masters.json",
           "bias": "bias.fits", "dark": "dark.fits"}
 
 #: every product kind :func:`product_path` knows

@@ -171,12 +171,15 @@ class SimOptions:
     #:                                   night whose stars (truth/stars.ecsv) this night observes
     pointing: tuple[float, float] = (0.0, 0.0)   #: with ``field_of``: where that night's base-frame pixel
     #:                                   (0, 0) falls on this night's base frame, px (a different pointing)
+    detector_seed: int | None = None  #: seed of the bias pattern and pixel response (default: ``seed``): nights
+    #:                                   of one camera share it
+    flat_gradient: float = 0.0        #: a bad flat set: illumination changing by this fraction across the frame
 
 
 #: options that change the frames' geometry; left out of ``truth.json`` at their defaults, so nights
 #: simulated without them are byte-identical to those of earlier versions
 _GEOMETRY_DEFAULTS = {"flip_at": None, "flip_offset": (14.0, -9.0), "rotation_deg": 0.0, "scale": 1.0,
-                      "field_of": None, "pointing": (0.0, 0.0)}
+                      "field_of": None, "pointing": (0.0, 0.0), "detector_seed": None, "flat_gradient": 0.0}
 
 
 @dataclass
@@ -297,7 +300,7 @@ def _add_moffat(img: np.ndarray, x: float, y: float, flux: float, alpha: float, 
 
 
 def _bias_pattern(o: SimOptions, size: int, seed: int) -> np.ndarray:
-    rng = _rng(seed, _S_PATTERN, 0)
+    rng = _rng(seed if o.detector_seed is None else o.detector_seed, _S_PATTERN, 0)
     cols = rng.normal(0.0, 2.0, size)
     cols = np.convolve(cols, np.ones(3) / 3.0, mode="same") * 1.5       # correlated column structure
     hot = rng.choice(size, size=max(1, size // 256), replace=False)
@@ -308,7 +311,7 @@ def _bias_pattern(o: SimOptions, size: int, seed: int) -> np.ndarray:
 
 
 def _pixel_response(o: SimOptions, size: int, seed: int) -> tuple[np.ndarray, list[dict]]:
-    rng = _rng(seed, _S_PATTERN, 1)
+    rng = _rng(seed if o.detector_seed is None else o.detector_seed, _S_PATTERN, 1)
     p = 1.0 + rng.normal(0.0, o.pixel_rms, (size, size))
     c = (size - 1) / 2.0
     cx, cy = c + rng.uniform(-0.05, 0.05) * size, c + rng.uniform(-0.05, 0.05) * size
@@ -726,7 +729,10 @@ def _write_flat_frames(o: SimOptions, raw: Path, seed: int, bias: np.ndarray, re
         rng = _rng(seed, _S_FLAT, k)
         exp = round(3.0 * 1.3 ** k, 1)            # the sky fades, the observer lengthens the exposures
         date = _iso_ms(t0 + k * 75.0 * u.s)[0]
-        electrons = rng.poisson((lev * o.gain) * resp.astype(np.float64)).astype(np.float32)
+        light = resp.astype(np.float64)
+        if o.flat_gradient:             # lights on in the dome: an illumination slope the sky does not have
+            light = light * (1.0 + o.flat_gradient * (np.arange(resp.shape[1]) / (resp.shape[1] - 1) - 0.5))[None, :]
+        electrons = rng.poisson((lev * o.gain) * light).astype(np.float32)
         adu = electrons / np.float32(o.gain) + bias + _read_noise(rng, bias.shape, o.rdnoise / o.gain)
         p = raw / f"flat-{k + 1:04d}{o.band}.fit"
         _write_frame(p, adu, _header(o, date, exp, "FLAT", "flat"))

@@ -34,6 +34,9 @@ FREE_KEYS = frozenset({"steps", "workers", "file_log", "scr_log", "mode", "combi
 _DETECTOR = ("gain", "rdnoise", "saturation")
 _TIMES = ("site_lon", "site_lat", "site_ele", "date_key", "time_key", "time_ref", "exptime_key", "ra_key",
           "dec_key", "alt_coord")
+#: what a calibration stage reads to register its master in the library (with QC)
+_LIBRARY = ("calib_library", "calib_dir", "date_key", "calib_qc_bias_level", "calib_qc_bias_structure",
+            "calib_qc_flat_gradient", "calib_qc_flat_structure")
 _PICK = ("pick_err_max", "pick_bad_max", "pick_var_std", "pick_var_rad", "pick_ref_n", "pick_ref_std",
          "pick_ref_dif", "pick_star_n", "pick_var_n", "pick_chk_n")
 
@@ -132,13 +135,14 @@ STAGES: tuple[Stage, ...] = (
           ("patterns", "date_key", "time_key", "exptime_key", "filter_key", "object_key", "imagetyp_key", "obj",
            "band", "site_tz"), enabled_by="*",
           doc="classify the raw files (bias, dark, flat per band, science per object and band)"),
-    Stage("b", "bias", NIGHT, ("bias_files",), (), ("bias",), ("combine_sigma", "use_bias", "alt_bias"),
+    Stage("b", "bias", NIGHT, ("bias_files",), (), ("bias",), ("combine_sigma", "use_bias", "alt_bias", *_LIBRARY),
           doc="master bias (clipped median)"),
-    Stage("b", "dark", NIGHT, ("dark_files", "bias"), (), ("dark",), ("combine_sigma", "use_dark", "exptime_key"),
+    Stage("b", "dark", NIGHT, ("dark_files", "bias"), (), ("dark",),
+          ("combine_sigma", "use_dark", "exptime_key", *_LIBRARY),
           doc="master dark per second, when the night has darks"),
     Stage("f", "flat", BAND, ("flat_files", "bias", "dark"), ("band",), ("flat",),
           ("combine_sigma", "flat_limit_low", "flat_limit_high", "use_flat", "alt_flat", "use_dark",
-           "exptime_key"),
+           "exptime_key", *_LIBRARY),
           doc="master flat of each band in use, normalised to 1"),
     Stage("i", "correct", CHUNK, ("files", "bias", "flat", "dark", "coord_file"), ("obj", "band"), ("corrected",),
           (*_TIMES, *_DETECTOR, "border_cut", "use_dark"),
@@ -165,7 +169,7 @@ STAGES: tuple[Stage, ...] = (
           ("night_catalogue",),
           ("match_max_dis", "starxy", "base_img", "aper"),
           doc="the chosen stars matched across the night's frames (with RA, Dec when step w found a WCS)"),
-    Stage("d", "differential", GROUP, ("night_catalogue",), ("obj", "band", "night"),
+    Stage("d", "differential", GROUP, ("night_catalogue", "masters"), ("obj", "band", "night"),
           ("lightcurve", "stars", "lc_png", "lc_pdf"),
           ("ind_tgt", "ind_ref", "ind_chk", "tel_diameter", "scint_cy", "site_ele", "gain", "rdnoise", "aper",
            "pick_bad_max", "sky_annulus", "ref_var_k"),
@@ -284,7 +288,7 @@ def view(cfg: Config | ConfigView, block_or_stage) -> ConfigView:
 
 
 #: what the drivers themselves read to walk the graph (groups to run, which masters apply)
-WALK_KEYS = ("obj", "band", "field_dir", "target_catalog", *POLICY_KEYS)
+WALK_KEYS = ("obj", "band", "field_dir", "target_catalog", "date_key", *POLICY_KEYS)
 
 
 # ------------------------------------------------------------ documentation

@@ -31,7 +31,6 @@ from . import offset as off_mod
 from . import photometry as phot_mod
 from . import selection as selection_mod
 from ._version import __version__
-from .calibration import choose_master
 from .config import Config
 from .correct import bf_path, correct_frames, group_dir, log_corrected
 from .errors import InputError, MissingInputError
@@ -388,13 +387,26 @@ def provenance(red, cfg: Config, bf_example: str | None) -> dict:
 
         h = read_header(bf_example)
         prov["gain"], prov["rdnoise"] = float(h.get("GAIN", np.nan)), float(h.get("RDNOISE", np.nan))
+        used = _masters_used(red)
         for k, name in (("BIASFILE", "bias"), ("FLATFILE", "flat"), ("DARKFILE", "dark")):
             f = str(h.get(k, "none"))
-            p = Path(red) / f
+            p = next((Path(m["path"]) for m in used.values() if m.get("path") and Path(m["path"]).name == f),
+                     Path(red) / f)
             prov[name] = f
             if f != "none" and p.is_file():
                 prov[f"{name}_sha256"] = file_fingerprint(p)
+                prov[f"{name}_path"] = str(p)
+                prov[f"{name}_source"] = next((m["source"] for m in used.values() if m.get("path") == str(p)),
+                                              "tonight")
     return prov
+
+
+def _masters_used(red) -> dict:
+    p = product_path(red, "masters")
+    try:
+        return json.loads(p.read_text()) if p.is_file() else {}
+    except (OSError, ValueError):
+        return {}
 
 
 def differential_step(red, cfg: Config, obj: str, band: str, cata: str, night: str = "") -> dict:
@@ -473,21 +485,30 @@ def run_list(ctx: RunContext, u: dict, prev: dict) -> dict:
             "outputs": [str(product_path(red, "night_list"))] if "l" in c.steps else []}
 
 
-def _master_result(ctx: RunContext, kind: str, band: str | None = None) -> dict:
-    choice = choose_master(ctx.red, ctx.cfg, kind, band)
-    return {"path": choice.path, "choice": choice.as_dict(), "outputs": [choice.path] if choice.path else []}
+def _master_result(ctx: RunContext, kind: str, band: str | None, inputs: list) -> dict:
+    """Tonight's master of ``kind``, registered in the calibration library (with its QC) when it was
+    made from tonight's frames; which master the night uses is the walk's choice."""
+    made = product_path(ctx.red, kind, band=band)
+    out = {"kind": kind, "band": band, "made": str(made) if made.is_file() else None,
+           "outputs": [str(made)] if made.is_file() else []}
+    if made.is_file() and inputs and ctx.cfg.calib_library:
+        from . import calib_library as L
+
+        e = L.register(L.library_dir(ctx.red, ctx.cfg), made, kind, band, list(inputs), Path(ctx.red).name, ctx.cfg)
+        out["library"] = {"id": e.id, "status": e.status, "qc": e.qc}
+    return out
 
 
 def run_bias(ctx: RunContext, u: dict, prev: dict) -> dict:
     bias_mod.make_master_bias([Path(f) for f in u["bias_files"]], ctx.red, ctx.cfg, ctx.progress)
-    return _master_result(ctx, "bias")
+    return _master_result(ctx, "bias", None, u["bias_files"] if not ctx.cfg.use_bias else [])
 
 
 def run_dark(ctx: RunContext, u: dict, prev: dict) -> dict:
     if u["dark_files"] and not ctx.cfg.use_dark:
         dark_mod.make_master_dark([Path(f) for f in u["dark_files"]], ctx.red, ctx.cfg, _p(u["bias"]),
                                   ctx.progress)
-    return _master_result(ctx, "dark")
+    return _master_result(ctx, "dark", None, u["dark_files"] if not ctx.cfg.use_dark else [])
 
 
 def run_flat(ctx: RunContext, u: dict, prev: dict) -> dict:
@@ -495,7 +516,7 @@ def run_flat(ctx: RunContext, u: dict, prev: dict) -> dict:
     if not ctx.cfg.flat_for("use_flat", b):
         flat_mod.make_master_flat([Path(f) for f in u["flat_files"]], b, ctx.red, ctx.cfg, _p(u["bias"]),
                                   _p(u["dark"]), ctx.progress)
-    return _master_result(ctx, "flat", b)
+    return _master_result(ctx, "flat", b, u["flat_files"] if not ctx.cfg.flat_for("use_flat", b) else [])
 
 
 def _p(v) -> Path | None:

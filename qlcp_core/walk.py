@@ -23,6 +23,7 @@ from pathlib import Path
 from .calibration import choose_master
 from .errors import QLCPError
 from .field import reference_of_other_night
+from .io import write_json
 from .products import product_path
 from .stages import BAND, CHUNK, GROUP, NIGHT, WALK_KEYS, Block, plan, view
 from .steps import catalogue_files, corrected_files
@@ -58,7 +59,9 @@ class NightWalk:
         self.raw_files = raw_files
         self.blocks: list[Block] = plan(cfg.steps)
         self.listing: dict | None = None
-        self.masters: dict = {}
+        self.masters: dict = {}         #: kind (bias, dark, flat_{band}) -> the choice the night uses
+        self.tonight: dict = {}         #: kind -> what tonight's calibration stage made (and its library QC)
+        self._masters_written = False
         self.groups: dict[tuple[str, str], _Group] = {}
         self.summary = NightSummary(night=self.raw.resolve().name, raw_dir=str(self.raw), red_dir=str(self.red),
                                     steps=cfg.steps, config_hash=cfg.hash(), run={"driver": driver, "timings": {}})
@@ -79,6 +82,7 @@ class NightWalk:
             if block.unit == GROUP:
                 out.append((f"{block.label}-{o}-{b}", self._select(block, fields_)))
                 continue
+            self._write_masters()
             key = "files" if "files" in block.files else "corrected"
             items = fields_[key]
             n = chunk or max(1, len(items))
@@ -107,7 +111,19 @@ class NightWalk:
                 "field_reference": lambda: _s(reference_of_other_night(self.red, self.walk_cfg, o)),
                 "target_catalog": self.walk_cfg.target_catalog,
                 **{k: str(product_path(self.red, k, o, b)) for k in ("offsets", "wcs", "night_catalogue", "stars", "selection")},
+                "masters": str(product_path(self.red, "masters")),
                 "pick": str(product_path(self.red, "pick", o, b)) if "K" in self.cfg.steps else None}
+
+    def _write_masters(self) -> None:
+        """``masters.json``: the master of each kind (and band) the night uses, with where it came from
+        (the light curve's provenance reads it)."""
+        if self._masters_written:
+            return
+        for b in self.bands():
+            self.master("flat", b)
+        self.master("bias"), self.master("dark")
+        write_json(product_path(self.red, "masters"), self.masters)
+        self._masters_written = True
 
     def bands(self) -> list[str]:
         return sorted({b for _, b in self.groups})
@@ -117,8 +133,17 @@ class NightWalk:
         asked for) the calibration policy's choice, made once."""
         key = f"flat_{band}" if kind == "flat" else kind
         if key not in self.masters:
-            self.masters[key] = choose_master(self.red, self.walk_cfg, kind, band).as_dict()
+            rejected = (self.tonight.get(key) or {}).get("library", {}).get("status") == "rejected"
+            self.masters[key] = choose_master(self.red, self.walk_cfg, kind, band, self._frame(band),
+                                              tonight_rejected=rejected).as_dict()
         return self.masters[key]["path"]
+
+    def _frame(self, band: str | None) -> dict | None:
+        """The night's first science frame (of ``band`` when given) as the calibration library matches it."""
+        from .calib_library import frame_info
+
+        files = [g.raw[0] for (_, b), g in sorted(self.groups.items()) if g.raw and (band is None or b == band)]
+        return frame_info(files[0], self.walk_cfg.date_key) if files else None
 
     # ---------------------------------------------------------- results
     def record(self, block: Block, label: str, unit: dict, res: dict) -> None:
@@ -130,9 +155,8 @@ class NightWalk:
         if "list" in names:
             self._take_listing(res)
         for kind in ("bias", "dark", "flat"):
-            if kind in names and res.get("choice"):
-                c = res["choice"]
-                self.masters[f"flat_{c['band']}" if kind == "flat" else kind] = c
+            if kind in names and "made" in res:
+                self.tonight[f"flat_{res['band']}" if kind == "flat" else kind] = res
         g = self._group_of(unit)
         if g is None:
             return

@@ -1,0 +1,363 @@
+"""The calibration library: every master a night makes, registered, quality-checked, and reused by
+the nights that have none of their own.
+
+In the spirit of LCO BANZAI's calibration database: each master bias, dark and
+flat is copied, immutable and named by its content hash, into ``calib_dir``
+(``{kind}/{date}_{band}_{sha8}.fits``) and registered in ``calib.sqlite`` with
+its kind, band, detector shape, binning, instrument and telescope, exposure
+(darks), the date range of its inputs, the number of frames, its level and
+noise.  A new master is compared with the previous good one of its kind before
+it is trusted (:func:`qc_bias`, :func:`qc_flat`); one that fails is kept as
+``rejected`` with the numbers and never selected (an operator may override with
+``qlcp calib accept ID``).  A night without a master of a kind uses the nearest
+good one that matches, within ``calib_max_age_days`` (:func:`select`).
+
+The database is an index: :func:`rebuild` makes it again from the files, whose
+headers carry what it holds.  SQLite in WAL mode with a busy timeout; every
+registration is one transaction keyed on the content hash, so two processes
+registering at once neither corrupt it nor register a master twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+from .errors import InputError
+
+log = logging.getLogger("qlcp.calib")
+
+KINDS = ("bias", "dark", "flat")
+DB_NAME = "calib.sqlite"
+#: header cards of a library copy (what :func:`rebuild` reads back)
+_CARDS = {"kind": "CALKIND", "band": "CALBAND", "instrument": "CALINST", "telescope": "CALTEL",
+          "binning": "CALBIN", "exptime": "CALEXPT", "date_start": "CALDATE0", "date_end": "CALDATE1",
+          "jd_mid": "CALJDMID", "n_frames": "CALNFRM", "night": "CALNIGHT", "level": "CALLEVEL",
+          "noise": "CALNOISE"}
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS masters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    sha256 TEXT UNIQUE NOT NULL, path TEXT NOT NULL, kind TEXT NOT NULL, band TEXT,
+    ny INTEGER, nx INTEGER, binning TEXT, instrument TEXT, telescope TEXT, exptime REAL,
+    date_start TEXT, date_end TEXT, jd_mid REAL, n_frames INTEGER, level REAL, noise REAL,
+    night TEXT, status TEXT NOT NULL DEFAULT 'ok', qc TEXT, registered TEXT)
+"""
+
+
+@dataclass
+class Entry:
+    """One registered master (a row of the library)."""
+
+    id: int
+    sha256: str
+    path: str
+    kind: str
+    band: str | None
+    ny: int
+    nx: int
+    binning: str
+    instrument: str
+    telescope: str
+    exptime: float | None
+    date_start: str
+    date_end: str
+    jd_mid: float
+    n_frames: int
+    level: float
+    noise: float
+    night: str
+    status: str
+    qc: str
+    registered: str
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def library_dir(red, cfg) -> Path:
+    """``calib_dir`` of the config, else ``$QLCP_CALIB_DIR``, else ``{red}/../calib`` (shared by the
+    nights under one output root)."""
+    if cfg.calib_dir:
+        return Path(cfg.calib_dir).expanduser()
+    if os.environ.get("QLCP_CALIB_DIR"):
+        return Path(os.environ["QLCP_CALIB_DIR"]).expanduser()
+    return Path(red).resolve().parent / "calib"
+
+
+@contextlib.contextmanager
+def connect(lib: Path):
+    """The library's database (created when absent), WAL mode, waiting up to 60 s for a writer; closed
+    on exit."""
+    lib.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(lib / DB_NAME, timeout=60, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA busy_timeout=60000")
+        db.execute(_SCHEMA)
+        db.row_factory = sqlite3.Row
+        yield db
+    finally:
+        db.close()
+
+
+def entries(lib: Path, kind: str | None = None, band: str | None = None, status: str | None = None) -> list[Entry]:
+    """Registered masters, oldest first, filtered by kind, band and status."""
+    if not (lib / DB_NAME).is_file():
+        return []
+    q, args = "SELECT * FROM masters WHERE 1=1", []
+    for col, v in (("kind", kind), ("band", band), ("status", status)):
+        if v is not None:
+            q += f" AND {col} = ?"
+            args.append(v)
+    with connect(lib) as db:
+        return [Entry(**dict(r)) for r in db.execute(q + " ORDER BY jd_mid, id", args)]
+
+
+# ------------------------------------------------------------------ describe
+def describe(master: Path, kind: str, band: str | None, inputs: list, night: str, date_key: str) -> dict:
+    """What the library records of a master: detector, instrument, dates of its inputs, level, noise."""
+    with fits.open(master, memmap=False) as h:
+        data = np.asarray(h[0].data, dtype=np.float32)
+    sub = data[::4, ::4]
+    level = float(np.nanmedian(sub))
+    noise = float(1.4826 * np.nanmedian(np.abs(sub - level)))
+    heads = [_header(p) for p in (inputs[:1] + inputs[-1:])] if inputs else []
+    h0 = heads[0] if heads else fits.Header()
+    dates = [d for d in (_date(h, date_key) for h in heads) if d is not None]
+    jd = float(np.mean([d.jd for d in dates])) if dates else float("nan")
+    return {"kind": kind, "band": band if kind == "flat" else None, "ny": int(data.shape[0]),
+            "nx": int(data.shape[1]), "binning": binning_of(h0), "instrument": str(h0.get("INSTRUME", "")).strip(),
+            "telescope": str(h0.get("TELESCOP", "")).strip(),
+            "exptime": float(h0.get("EXPTIME", np.nan)) if kind == "dark" else None,
+            "date_start": dates[0].isot if dates else "", "date_end": dates[-1].isot if dates else "",
+            "jd_mid": jd, "n_frames": len(inputs), "level": level, "noise": noise, "night": night}
+
+
+def frame_info(path, date_key: str) -> dict:
+    """What a library master must match of a night's frame: shape, binning, instrument, and its date (JD)."""
+    h = _header(path)
+    d = _date(h, date_key)
+    return {"ny": int(h.get("NAXIS2", 0)), "nx": int(h.get("NAXIS1", 0)), "binning": binning_of(h),
+            "instrument": str(h.get("INSTRUME", "")).strip(), "jd_mid": float(d.jd) if d is not None else float("nan")}
+
+
+def _header(path) -> fits.Header:
+    from .io import read_header
+
+    try:
+        return read_header(path)
+    except Exception:  # an input that vanished: the master still registers
+        return fits.Header()
+
+
+def _date(h: fits.Header, key: str):
+    from astropy.time import Time
+
+    v = h.get(key) or h.get("DATE-OBS")
+    try:
+        return Time(str(v).strip(), scale="utc") if v else None
+    except ValueError:
+        return None
+
+
+def binning_of(h) -> str:
+    """``"bx,by"`` from the common binning keywords (1,1 when none)."""
+    for kx, ky in (("XBINNING", "YBINNING"), ("CCDXBIN", "CCDYBIN"), ("BINX", "BINY")):
+        if kx in h:
+            return f"{int(h[kx])},{int(h.get(ky, h[kx]))}"
+    if "CCDSUM" in h:
+        parts = str(h["CCDSUM"]).split()
+        if len(parts) == 2:
+            return f"{int(parts[0])},{int(parts[1])}"
+    return "1,1"
+
+
+# ------------------------------------------------------------------------ qc
+def qc_bias(new: np.ndarray, prev: np.ndarray, cfg) -> dict:
+    """Compare a new master bias with the previous good one: level shift and structure of the difference."""
+    d = (new - prev)[::2, ::2]
+    shift = float(np.nanmedian(d))
+    struct = float(np.nanstd(_block_medians(d - shift, 32)))
+    ok = abs(shift) <= cfg.calib_qc_bias_level and struct <= cfg.calib_qc_bias_structure
+    return {"ok": ok, "level_shift_adu": shift, "structure_adu": struct,
+            "limits": [cfg.calib_qc_bias_level, cfg.calib_qc_bias_structure]}
+
+
+def qc_flat(new: np.ndarray, prev: np.ndarray, cfg) -> dict:
+    """Compare a new master flat with the previous good one through their ratio.
+
+    ``gradient``: peak to peak over the frame of a plane fitted to the ratio's 32 px block
+    medians (an illumination change: lights on, a twilight gradient); ``structure``: the
+    99.5th percentile of the 4x4-binned ratio less its 32 px block-median map (features of
+    a few to tens of pixels: dust donuts that moved; binning averages the pixel noise away).
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = new / prev
+    r = np.where(np.isfinite(r), r, np.nan)
+    r = r / np.nanmedian(r)
+    grad = _plane_peak_to_peak(_block_medians(r, 32))
+    rb = _block_means(r, 4)
+    smooth = np.kron(_block_medians(rb, 8), np.ones((8, 8)))
+    resid = np.abs(rb[:smooth.shape[0], :smooth.shape[1]] - smooth)
+    small = float(np.nanpercentile(resid, 99.5))
+    ok = grad <= cfg.calib_qc_flat_gradient and small <= cfg.calib_qc_flat_structure
+    return {"ok": ok, "gradient": grad, "structure": small,
+            "limits": [cfg.calib_qc_flat_gradient, cfg.calib_qc_flat_structure]}
+
+
+def _block_means(a: np.ndarray, n: int) -> np.ndarray:
+    ny, nx = (a.shape[0] // n) * n, (a.shape[1] // n) * n
+    return np.nanmean(a[:ny, :nx].reshape(ny // n, n, nx // n, n), axis=(1, 3))
+
+
+def _block_medians(a: np.ndarray, n: int) -> np.ndarray:
+    ny, nx = (a.shape[0] // n) * n, (a.shape[1] // n) * n
+    b = a[:ny, :nx].reshape(ny // n, n, nx // n, n)
+    return np.nanmedian(b, axis=(1, 3))
+
+
+def _plane_peak_to_peak(b: np.ndarray) -> float:
+    yy, xx = np.mgrid[:b.shape[0], :b.shape[1]]
+    ok = np.isfinite(b)
+    if ok.sum() < 3:
+        return 0.0
+    A = np.column_stack([xx[ok], yy[ok], np.ones(ok.sum())])
+    (gx, gy, _), *_ = np.linalg.lstsq(A, b[ok], rcond=None)
+    return float(abs(gx) * (b.shape[1] - 1) + abs(gy) * (b.shape[0] - 1))
+
+
+# ------------------------------------------------------------------ register
+def register(lib: Path, master: Path, kind: str, band: str | None, inputs: list, night: str, cfg) -> Entry:
+    """Register ``master`` (a file of tonight's): copy it into the library, QC it against the previous
+    good master that matches, record it.  The same content registers once."""
+    sha = _sha256(master)
+    with connect(lib) as db:
+        row = db.execute("SELECT * FROM masters WHERE sha256 = ?", (sha,)).fetchone()
+    if row is not None:
+        return Entry(**dict(row))
+    info = describe(master, kind, band, [str(p) for p in inputs], night, cfg.date_key)
+    path = _store(lib, master, info, sha)
+    prev = _previous(lib, info)
+    qc = _qc(master, prev, kind, cfg) if prev is not None else {"ok": True, "note": "first of its kind"}
+    status = "ok" if qc["ok"] else "rejected"
+    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    cols = ["sha256", "path", *info, "status", "qc", "registered"]
+    vals = [sha, str(path), *info.values(), status, json.dumps(qc), now]
+    with connect(lib) as db:
+        db.execute(f"INSERT OR IGNORE INTO masters ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", vals)
+        row = db.execute("SELECT * FROM masters WHERE sha256 = ?", (sha,)).fetchone()
+    e = Entry(**dict(row))
+    (log.info if status == "ok" else log.warning)(
+        "calibration library: %s %s%s registered as #%d, %s%s", kind, f"{band} " if band else "", Path(master).name,
+        e.id, status, f" (QC: {_qc_text(qc)})" if prev is not None else "")
+    return e
+
+
+def _qc(master: Path, prev: Entry, kind: str, cfg) -> dict:
+    new = fits.getdata(master).astype(np.float32)
+    old = fits.getdata(prev.path).astype(np.float32)
+    res = qc_flat(new, old, cfg) if kind == "flat" else qc_bias(new, old, cfg) if kind == "bias" else {"ok": True}
+    res["against"] = prev.id
+    return res
+
+
+def _qc_text(qc: dict) -> str:
+    return ", ".join(f"{k} {v:.4g}" for k, v in qc.items() if isinstance(v, float)) + \
+        f"; limits {qc.get('limits')} against #{qc.get('against')}"
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _store(lib: Path, master: Path, info: dict, sha: str) -> Path:
+    """Copy ``master`` into the library (atomically; content-named, never overwritten) with its description."""
+    from .io import atomic_path
+
+    date = (info["date_start"] or "nodate")[:10].replace("-", "")
+    dest = lib / info["kind"] / f"{date}_{info['band'] or 'all'}_{sha[:8]}.fits"
+    if dest.is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with fits.open(master, memmap=False) as h:
+        hdr, data = h[0].header.copy(), h[0].data
+    hdr["CALSHA"] = (sha, "sha256 of the master as the night wrote it")
+    for k, card in _CARDS.items():
+        v = info[k]
+        if v is not None and not (isinstance(v, float) and not np.isfinite(v)):
+            hdr[card] = v
+    with atomic_path(dest) as tmp:
+        fits.PrimaryHDU(data, hdr).writeto(tmp, overwrite=True)
+    return dest
+
+
+def _previous(lib: Path, info: dict) -> Entry | None:
+    """The latest good master of the same kind, band, detector and instrument before this one."""
+    cands = [e for e in entries(lib, info["kind"], info["band"], "ok") if _matches(e, info)
+             and (not np.isfinite(info["jd_mid"]) or e.jd_mid <= info["jd_mid"])]
+    return cands[-1] if cands else None
+
+
+def _matches(e: Entry, want: dict) -> bool:
+    return (e.ny, e.nx, e.binning) == (want["ny"], want["nx"], want["binning"]) and \
+        (not want["instrument"] or not e.instrument or e.instrument == want["instrument"])
+
+
+# -------------------------------------------------------------------- select
+def select(lib: Path, kind: str, band: str | None, frame: dict, max_age_days: float,
+           prefer_earlier: bool = False) -> Entry | None:
+    """The good master of ``kind`` (and ``band``) matching ``frame`` (``ny, nx, binning, instrument,
+    jd_mid``) nearest in time within ``max_age_days``; with ``prefer_earlier`` only masters made
+    before the frame count."""
+    want = {**frame, "kind": kind, "band": band if kind == "flat" else None}
+    best, best_dt = None, np.inf
+    for e in entries(lib, kind, want["band"], "ok"):
+        if not _matches(e, want) or not np.isfinite(e.jd_mid):
+            continue
+        d = frame["jd_mid"] - e.jd_mid
+        if (prefer_earlier and d < 0) or abs(d) > max_age_days or abs(d) >= best_dt:
+            continue
+        best, best_dt = e, abs(d)
+    return best
+
+
+def set_status(lib: Path, entry_id: int, status: str) -> Entry:
+    """Operator override of QC: ``ok`` (accept) or ``rejected``."""
+    if status not in ("ok", "rejected"):
+        raise InputError(f"status {status!r}: use ok or rejected")
+    with connect(lib) as db:
+        cur = db.execute("UPDATE masters SET status = ? WHERE id = ?", (status, entry_id))
+        if cur.rowcount == 0:
+            raise InputError(f"{lib / DB_NAME}: no master #{entry_id}")
+        return Entry(**dict(db.execute("SELECT * FROM masters WHERE id = ?", (entry_id,)).fetchone()))
+
+
+def rebuild(lib: Path) -> int:
+    """Make the database again from the library's files (their CAL* cards); statuses start as ``ok``.
+    Returns the number of masters registered."""
+    n = 0
+    with connect(lib) as db:
+        for p in sorted(lib.glob("*/*.fits")):
+            h = fits.getheader(p)
+            info = {k: h.get(c) for k, c in _CARDS.items()}
+            if info["kind"] not in KINDS:
+                continue
+            data_shape = (int(h["NAXIS2"]), int(h["NAXIS1"]))
+            cols = ["sha256", "path", "ny", "nx", *info, "status", "registered"]
+            vals = [h.get("CALSHA") or _sha256(p), str(p), *data_shape, *info.values(), "ok",
+                    dt.datetime.now(dt.timezone.utc).isoformat()]
+            n += db.execute(f"INSERT OR IGNORE INTO masters ({', '.join(cols)}) VALUES "
+                            f"({', '.join('?' * len(cols))})", vals).rowcount
+    return n
