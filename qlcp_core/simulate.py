@@ -347,7 +347,7 @@ def _header(o: SimOptions, date_obs: str, exptime: float, imagetyp: str, obj: st
     h["RDNOISE"] = (o.rdnoise, "read noise, e-")
     h["SATURATE"] = (o.saturation, "saturation level, ADU")
     h["TELESCOP"] = (o.telescope, "telescope")
-    h["INSTRUME"] = ("QLCP-SIM", "simulated camera (qlcp.core.simulate)")
+    h["INSTRUME"] = (f"QLCP-SIM-{getattr(o, '_camera', 0)}", "simulated camera: one per detector_seed")
     h["XBINNING"] = 1
     h["YBINNING"] = 1
     return h
@@ -869,6 +869,7 @@ def simulate_night(out_dir, n_frames: int = 60, size: int = 1024, seed: int = 0,
     """
     tic = time.perf_counter()
     o = _options(dict(options), n_frames, size, seed)
+    object.__setattr__(o, "_camera", seed if o.detector_seed is None else o.detector_seed)   # INSTRUME: per camera
     out = Path(out_dir)
     raw, truth = _prepare_dirs(out, overwrite)
 

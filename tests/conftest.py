@@ -52,12 +52,15 @@ def _qlcp_logger_restored():
 
 @pytest.fixture(autouse=True, scope="module")
 def _own_field_dir(tmp_path_factory):
-    """Each test module its own field references (``$QLCP_FIELD_DIR``): reductions in sibling
-    temporary directories would otherwise share ``{red}/../fields`` across unrelated tests."""
-    old = os.environ.get("QLCP_FIELD_DIR")
+    """Each test module its own field references and calibration library (``$QLCP_FIELD_DIR``,
+    ``$QLCP_CALIB_DIR``): reductions in sibling temporary directories would otherwise share
+    ``{red}/../fields`` and ``{red}/../calib`` across unrelated tests."""
+    old = {k: os.environ.get(k) for k in ("QLCP_FIELD_DIR", "QLCP_CALIB_DIR")}
     os.environ["QLCP_FIELD_DIR"] = str(tmp_path_factory.mktemp("fields"))
+    os.environ["QLCP_CALIB_DIR"] = str(tmp_path_factory.mktemp("calib"))
     yield
-    if old is None:
-        os.environ.pop("QLCP_FIELD_DIR", None)
-    else:
-        os.environ["QLCP_FIELD_DIR"] = old
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

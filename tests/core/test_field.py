@@ -82,8 +82,9 @@ def test_a_reference_of_another_field_is_not_used(two_nights, tmp_path):
 def campaign(tmp_path_factory):
     """Two simulated nights of one field: the second pointed ~50 px away and flipped 180 degrees halfway."""
     root = tmp_path_factory.mktemp("campaign")
-    n1 = simulate_small(root / "n1", n_frames=24, size=512, seed=31, thick_cloud=False)
-    n2 = simulate_small(root / "n2", n_frames=24, size=512, seed=32, thick_cloud=False, field_of=str(n1.out_dir),
+    n1 = simulate_small(root / "n1", n_frames=24, size=512, seed=31, thick_cloud=False, detector_seed=5)
+    n2 = simulate_small(root / "n2", n_frames=24, size=512, seed=32, thick_cloud=False, detector_seed=5,
+                        field_of=str(n1.out_dir),
                         pointing=(42.0, -28.0), flip_at=0.5)
     s = n1.stars
     ids = [0, *n1.constant_ids]

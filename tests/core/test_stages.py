@@ -49,7 +49,7 @@ def test_block_files_drop_what_an_earlier_stage_of_the_block_writes():
     lc = S.plan("kcdg")[-1]
     assert "night_catalogue" not in lc.files and "stars" not in lc.files and "selection" in lc.files
     assert "wcs" in lc.files                    # the catalogue reads step w's product (its stars' RA, Dec)
-    assert S.plan("d")[-1].files == ("night_catalogue",)
+    assert S.plan("d")[-1].files == ("night_catalogue", "masters")
 
 
 def test_step_order_is_written_once():
@@ -148,8 +148,12 @@ def test_summary_records_which_masters_were_used(tmp_path):
     s = run(sim.raw_dir, tmp_path / "red", config=_cfg(sim, steps="lbfi"))
     assert s.masters["bias"]["source"] == "tonight" and s.masters["flat_V"]["source"] == "tonight"
     assert s.masters["dark"]["source"] == "none"
-    again = run(sim.raw_dir, tmp_path / "red2", config=_cfg(sim, steps="li", alt_bias=s.masters["bias"]["path"]))
-    assert again.masters["bias"] == {"kind": "bias", "band": None, "path": s.masters["bias"]["path"], "source": "alt"}
+    lib = run(sim.raw_dir, tmp_path / "red2", config=_cfg(sim, steps="li", alt_bias=s.masters["bias"]["path"]))
+    assert lib.masters["bias"]["source"] == "library"          # the library (the first run's master) before alt
+    again = run(sim.raw_dir, tmp_path / "red3", config=_cfg(sim, steps="li", alt_bias=s.masters["bias"]["path"],
+                                                              calib_library=False))
+    assert again.masters["bias"] == {"kind": "bias", "band": None, "path": s.masters["bias"]["path"], "source": "alt",
+                                     "why": ""}
     assert np.isfinite(again.groups[0].corrected)
 
 
