@@ -174,12 +174,15 @@ class SimOptions:
     detector_seed: int | None = None  #: seed of the bias pattern and pixel response (default: ``seed``): nights
     #:                                   of one camera share it
     flat_gradient: float = 0.0        #: a bad flat set: illumination changing by this fraction across the frame
+    wcs: bool = False                 #: write a TAN WCS in every science header (and sky positions in the truth)
+    pixel_scale: float = 1.0          #: arcsec per pixel, with ``wcs`` (north up, east left on the base frame)
 
 
 #: options that change the frames' geometry; left out of ``truth.json`` at their defaults, so nights
 #: simulated without them are byte-identical to those of earlier versions
 _GEOMETRY_DEFAULTS = {"flip_at": None, "flip_offset": (14.0, -9.0), "rotation_deg": 0.0, "scale": 1.0,
-                      "field_of": None, "pointing": (0.0, 0.0), "detector_seed": None, "flat_gradient": 0.0}
+                      "field_of": None, "pointing": (0.0, 0.0), "detector_seed": None, "flat_gradient": 0.0,
+                      "wcs": False, "pixel_scale": 1.0}
 
 
 @dataclass
@@ -783,11 +786,47 @@ def _write_science_frames(o: SimOptions, raw: Path, size: int, seed: int, plan: 
             cr_rows.append((name, hx, hy, he))
         adu = electrons / np.float32(o.gain) + bias + _read_noise(rng, bias.shape, o.rdnoise / o.gain)
         p = raw / name
-        _write_frame(p, adu, _header(o, plan["date_obs"][i], o.exptime, "LIGHT", o.obj, plan["ra_s"], plan["dec_s"]))
+        hdr = _header(o, plan["date_obs"][i], o.exptime, "LIGHT", o.obj, plan["ra_s"], plan["dec_s"])
+        if o.wcs:
+            hdr.update(_wcs_cards(o, plan, stars, i))
+        _write_frame(p, adu, hdr)
         files.append(p)
         if (i + 1) % 20 == 0:
             log.info("simulated %d/%d science frames", i + 1, n)
     return files, cr_rows
+
+
+def _base_to_frame(plan: dict, i: int) -> tuple[np.ndarray, np.ndarray]:
+    """The 2x2 matrix and translation from base-frame to frame-``i`` pixels."""
+    if "mats" in plan:
+        m = np.asarray(plan["mats"][i], float)
+        return m[:, :2], m[:, 2]
+    return np.eye(2), np.array([plan["dx"][i], plan["dy"][i]], float)
+
+
+def _wcs_cards(o: SimOptions, plan: dict, stars: Table, i: int) -> dict:
+    """A TAN WCS of frame ``i``: the target (star 0) at the target's RA/Dec, ``pixel_scale`` arcsec/px,
+    north up and east left on the base frame, turned with the frame."""
+    a, t = _base_to_frame(plan, i)
+    x0, y0 = float(stars["x"][0]), float(stars["y"][0])
+    fx, fy = a @ np.array([x0, y0]) + t
+    s = o.pixel_scale / 3600.0
+    cd = np.array([[-s, 0.0], [0.0, s]]) @ np.linalg.inv(a)
+    return {"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRPIX1": float(fx + 1), "CRPIX2": float(fy + 1),
+            "CRVAL1": float(plan["ra"]), "CRVAL2": float(plan["dec"]), "CD1_1": float(cd[0, 0]),
+            "CD1_2": float(cd[0, 1]), "CD2_1": float(cd[1, 0]), "CD2_2": float(cd[1, 1]), "RADESYS": "ICRS",
+            "CUNIT1": "deg", "CUNIT2": "deg"}
+
+
+def _sky_positions(o: SimOptions, plan: dict, stars: Table) -> Table:
+    """The truth's stars with ``ra``, ``dec`` (deg) through the base frame's WCS."""
+    from astropy.wcs import WCS
+
+    w = WCS(fits.Header(_wcs_cards(o, plan, stars, 0)))
+    ra, dec = w.all_pix2world(np.asarray(stars["x"], float), np.asarray(stars["y"], float), 0)
+    stars = Table(stars, copy=True)
+    stars["ra"], stars["dec"] = ra, dec
+    return stars
 
 
 def _frames_table(o: SimOptions, plan: dict, files: list[Path]) -> Table:
@@ -889,6 +928,8 @@ def simulate_night(out_dir, n_frames: int = 60, size: int = 1024, seed: int = 0,
     sci_files, cr_rows = _write_science_frames(o, raw, size, seed, plan, stars, bias, resp, sky_shape)
 
     fr = _frames_table(o, plan, sci_files)
+    if o.wcs:
+        stars = _sky_positions(o, plan, stars)
     info = _truth_info(o, n_frames, size, seed, plan, bias, sky_ang, donuts,
                        bias_files, flat_files, flat_levels, sci_files)
     write_fits(truth / "bias.fits", bias)
