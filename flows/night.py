@@ -265,6 +265,8 @@ def _frame_table(red: Path, g: dict) -> list[dict]:
                          "airmass": round(float(r["airmass"]), 4), "fwhm": round(float(r["fwhm"]), 2),
                          "sky": round(float(r["sky"]), 1),
                          "stars": int(o["n_matched"]) if o is not None else None,
+                         "rot_deg": round(float(o["rot_deg"]), 2) if o is not None and "rot_deg" in o.colnames
+                         else None,
                          "dx": round(float(o["dx"]), 2) if o is not None and np.isfinite(o["dx"]) else None,
                          "dy": round(float(o["dy"]), 2) if o is not None and np.isfinite(o["dy"]) else None,
                          "ok": bool(r["ok"])})

@@ -353,6 +353,30 @@ def star_radec(wcs_file, starxy) -> tuple[list, list] | None:
     return [round(float(v), 7) for v in ra], [round(float(v), 7) for v in dec]
 
 
+def _frame_radec(table: Table, off: Table, wcs_file) -> None:
+    """Columns ``ra``, ``dec`` (deg, frames x stars) of the night catalogue: each measured position through
+    its frame's WCS (the base frame's composed with the frame's transform, :func:`qlcp.core.offset.frame_to_base`)."""
+    from . import astrometry as ast
+    from .catalogue import _offset_lookup
+    from .io import raw_stem
+
+    w = ast.read_wcs_product(wcs_file).wcs
+    offs = _offset_lookup(off)
+    x, y = np.asarray(table["x"], float), np.asarray(table["y"], float)
+    ra, dec = np.full(x.shape, np.nan), np.full(x.shape, np.nan)
+    for f, name in enumerate(table["file"]):
+        row = offs.get(raw_stem(str(name)))
+        ok = np.isfinite(x[f]) & np.isfinite(y[f])
+        if row is None or not ok.any():
+            continue
+        b = off_mod.frame_to_base(row, np.column_stack([x[f][ok], y[f][ok]]))
+        ra[f, ok], dec[f, ok] = w.all_pix2world(b[:, 0], b[:, 1], 0)
+    table["ra"], table["dec"] = ra, dec
+    table["ra"].unit = table["dec"].unit = "deg"
+    table["ra"].description = "RA of the measured position (frame WCS: base WCS and the frame's transform)"
+    table["dec"].description = "Dec of the measured position (frame WCS: base WCS and the frame's transform)"
+
+
 # ---------------------------------------------------------------- k, c
 selection_for = selection_mod.selection_for
 
@@ -371,6 +395,7 @@ def catalogue_step(red, cfg: Config, obj: str, band: str, cat_files, offsets: st
     radec = star_radec(product_path(red, "wcs", obj, band), selection["starxy"])
     if radec is not None:                       # the stars' sky positions, kept in the catalogue's meta
         table.meta["star_ra"], table.meta["star_dec"] = radec
+        _frame_radec(table, off, product_path(red, "wcs", obj, band))
     out = catalogue_path(red, obj, band)
     cat_mod.write_catalogue(table, out)
     return str(out)

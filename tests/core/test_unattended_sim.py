@@ -78,3 +78,11 @@ def test_second_night_matched_by_wcs_despite_pointing_and_flip(sky_nights):
     assert np.hypot(tx - n2.stars["x"][0], ty - n2.stars["y"][0]) < 1.5       # the same star, tonight
     lc = Table.read(second.groups[0].outputs["lightcurve"], format="ascii.ecsv")
     assert np.asarray(lc["ok"], bool).mean() >= 0.95
+    # every frame's measured positions through its own WCS land on the stars' sky positions, flip or not
+    from qlcp.core.catalogue import read_catalogue
+
+    cata = read_catalogue(Path(second.red_dir) / "cata_SIMV_V.fits")
+    ra0, dec0 = float(n1.stars["ra"][0]), float(n1.stars["dec"][0])
+    t = sel["ind_tgt"][0]
+    sep = np.hypot((np.asarray(cata["ra"])[:, t] - ra0) * np.cos(np.radians(dec0)), np.asarray(cata["dec"])[:, t] - dec0)
+    assert np.nanmax(sep) * 3600 < 0.5 * 1.2 and np.isfinite(sep).mean() >= 0.95
