@@ -115,7 +115,11 @@ def _from_library(red, cfg, kind: str, band: str | None, frame: dict | None) -> 
     from . import calib_library as L
 
     lib = L.library_dir(red, cfg)
-    e = L.select(lib, kind, band, frame, cfg.calib_max_age_days.get(kind, 0.0), cfg.calib_prefer_earlier)
+    try:
+        e = L.select(lib, kind, band, frame, cfg.calib_max_age_days.get(kind, 0.0), cfg.calib_prefer_earlier)
+    except Exception as err:  # noqa: BLE001 - an unreadable library is no library (sqlite3/OS errors)
+        log.warning("calibration library %s not searched: %s", lib, err)
+        return None
     if e is None:
         return None
     age = frame["jd_mid"] - e.jd_mid

@@ -102,9 +102,14 @@ def _write_reference(path: Path, sel: dict, base: "_BaseFrame", obj: str, band: 
         return
     if not ind["ind_ref"] and sel["source"] == "given":          # the given list's other stars compare
         ind["ind_ref"] = [i for i in range(len(sel["starxy"])) if i not in ind["ind_tgt"] + ind["ind_chk"]]
-    field_mod.write_reference(path, {"starxy": sel["starxy"], **ind}, base.xy, base.mag, base.wcs,
-                              {"object": obj, "band": band, "night": Path(red).name, "base_frame": base.name,
-                               "source": sel["source"], "targets": sel.get("targets")})
+    try:
+        field_mod.write_reference(path, {"starxy": sel["starxy"], **ind}, base.xy, base.mag, base.wcs,
+                                  {"object": obj, "band": band, "night": Path(red).name, "base_frame": base.name,
+                                   "source": sel["source"], "targets": sel.get("targets")})
+    except OSError as e:            # an unwritable field directory costs the night nothing but the reference
+        log.warning("%s %s: field reference %s not written (%s)", obj, band, path, e)
+        sel["field_error"] = f"not written: {e}"
+        return
     sel["field_reference"] = str(path)
 
 

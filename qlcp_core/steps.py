@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import sqlite3
 import logging
 import time
 from dataclasses import dataclass, field, replace
@@ -519,8 +520,13 @@ def _master_result(ctx: RunContext, kind: str, band: str | None, inputs: list) -
     if made.is_file() and inputs and ctx.cfg.calib_library:
         from . import calib_library as L
 
-        e = L.register(L.library_dir(ctx.red, ctx.cfg), made, kind, band, list(inputs), Path(ctx.red).name, ctx.cfg)
-        out["library"] = {"id": e.id, "status": e.status, "qc": e.qc}
+        lib = L.library_dir(ctx.red, ctx.cfg)
+        try:
+            e = L.register(lib, made, kind, band, list(inputs), Path(ctx.red).name, ctx.cfg)
+        except (OSError, sqlite3.Error) as err:     # the library is a help; an unwritable one costs no night
+            log.warning("calibration library %s: %s not registered (%s)", lib, made.name, err)
+        else:
+            out["library"] = {"id": e.id, "status": e.status, "qc": e.qc}
     return out
 
 

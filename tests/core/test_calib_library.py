@@ -155,3 +155,13 @@ def test_two_processes_registering_at_once(tmp_path):
     for f in ("calib.sqlite-wal", "calib.sqlite-shm"):
         (lib / f).unlink(missing_ok=True)
     assert L.rebuild(lib) == 30 and len(L.entries(lib, "bias")) == 30         # the files hold the index
+
+
+def test_an_unwritable_library_costs_the_night_nothing(tmp_path):
+    sim = simulate_small(tmp_path / "n", seed=65, night="2024-06-06", **CAM)
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("a file where the library's parent should be")
+    s = run(sim.raw_dir, tmp_path / "red", config=_cfg(sim, blocker / "calib", steps="lbfi",
+                                                      field_dir=str(blocker / "fields")))
+    assert not s.failed and s.groups[0].corrected == 10
+    assert s.masters["flat_V"]["source"] == "tonight"
