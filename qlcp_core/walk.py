@@ -23,6 +23,7 @@ from pathlib import Path
 from .calibration import choose_master
 from .errors import QLCPError
 from .field import reference_of_other_night
+from .nightname import night_name
 from .products import product_path
 from .stages import BAND, CHUNK, GROUP, NIGHT, WALK_KEYS, Block, plan, view
 from .steps import catalogue_files, corrected_files
@@ -60,7 +61,7 @@ class NightWalk:
         self.listing: dict | None = None
         self.masters: dict = {}
         self.groups: dict[tuple[str, str], _Group] = {}
-        self.summary = NightSummary(night=self.raw.resolve().name, raw_dir=str(self.raw), red_dir=str(self.red),
+        self.summary = NightSummary(night=night_name(self.raw, cfg), raw_dir=str(self.raw), red_dir=str(self.red),
                                     steps=cfg.steps, config_hash=cfg.hash(), run={"driver": driver, "timings": {}})
 
     # ------------------------------------------------------------ units
