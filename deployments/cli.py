@@ -191,7 +191,8 @@ def _print_summary(summary: dict, seconds: float) -> None:
         print(f"  {g['obj']} {g['band']}: {g['frames']} frames, {g.get('corrected', 0)} corrected - {state}")
         for n in g.get("noise") or []:
             if n.get("aperture") == 0:
-                print(f"    {n['role']} {n['k']}: scatter {1e3 * n['achieved']:.2f} mmag "
+                star = n.get("label") or f"{n['role']} {n['k']}"
+                print(f"    {star} ({n['role']}): scatter {1e3 * n['achieved']:.2f} mmag "
                       f"(predicted {1e3 * n['predicted']:.2f}){'  NOISY' if n.get('noisy') else ''}")
         for kind in ("lightcurve", "lc_png", "chart"):
             if g["outputs"].get(kind):

@@ -33,6 +33,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from qlcp.core import parallel
 from qlcp.core import steps as core
 from qlcp.core.errors import QLCPError
+from qlcp.core.columns import artifact_columns
 from qlcp.core.nightname import night_name
 from qlcp.core.pipeline import check_dirs, make_config, raw_identities, write_effective_config
 from qlcp.core.products import product_path
@@ -350,7 +351,7 @@ def summary_markdown(summary: dict, cfg) -> str:
         note = g["error"] or ""
         noise = g.get("noise") or [{}]
         for n in noise:
-            star = f"{n.get('role', '')} {n.get('k', '')}".strip()
+            star = n.get("label") or f"{n.get('role', '')} {n.get('k', '')}".strip()
             ach = f"{1e3 * n['achieved']:.2f}" if n.get("achieved") is not None else ""
             pre = f"{1e3 * n['predicted']:.2f}" if n.get("predicted") is not None else ""
             flag = "NOISY (clouds or systematics?)" if n.get("noisy") else ""
@@ -376,7 +377,8 @@ def publish_artifacts(summary: dict, red: Path, cfg) -> None:
         rows = _frame_table(red, g)
         if rows:
             create_table_artifact(table=rows, key=artifact_key("night", night, g["obj"], g["band"], "frames"),
-                                  description=f"per-frame quality, {g['obj']} {g['band']}")
+                                  description=f"per-frame quality, {g['obj']} {g['band']}. Columns: "
+                                              + artifact_columns())
         png = g["outputs"].get("lc_png")
         if png and Path(png).is_file():
             # an offline observatory has no image host: embed the PNG itself as a data URI
