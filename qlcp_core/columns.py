@@ -153,8 +153,8 @@ def spec(kind: str, name: str) -> tuple[str, str] | None:
         return None
     what, role, k, j = m.groups()
     star = f"{'T' if role == 't' else 'C'}{k}"
-    text = "magnitude minus ensemble" if what == "mag" else "error of the differential magnitude"
-    return MAG, f"{star}: differential {text}, aperture {j}" if what == "err" else f"{star}: {text}, aperture {j}"
+    text = "differential magnitude (star minus ensemble)" if what == "mag" else "error of the differential magnitude"
+    return MAG, f"{star}: {text}, aperture {j}"
 
 
 def describe(table, kind: str):
