@@ -69,12 +69,18 @@ def test_recorded_server_is_used_while_it_answers(home, fake_server):
 
 
 def test_cli_target_prefers_prefect_api_url_then_the_record(home, fake_server, monkeypatch):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     from qlcp.deployments.cli import _api_target
 
     ls.record_server("127.0.0.1", fake_server, server_pid=os.getpid())
-    assert _api_target() == f"http://127.0.0.1:{fake_server}/api"
-    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")   # the operator's choice wins
-    assert _api_target() is None
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):     # no API configured (not even a harness)
+        assert _api_target() == f"http://127.0.0.1:{fake_server}/api"
+        monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")   # the operator's choice wins
+        assert _api_target() is None
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):   # e.g. from a profile
+        monkeypatch.delenv("PREFECT_API_URL")
+        assert _api_target() is None
 
 
 def test_silent_or_stale_record_means_embedded_server(home):
