@@ -1,7 +1,7 @@
 """The ``qlcp`` command line.
 
     qlcp run RAW RED [--steps lbfiopkcdg] [--obj NAME]... [--band B]... [--config FILE]... [--set key=value]...
-    qlcp simulate OUT [--frames N] [--size PX] [--seed S]
+    qlcp simulate OUT [--frames N] [--size PX] [--seed S]     (frames in OUT/raw/YYYYMMDD)
     qlcp demo [--workdir DIR]
     qlcp --version
 
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(p)
 
     p = sub.add_parser("simulate", help="write a simulated night (raw frames + truth)")
-    p.add_argument("out", help="output directory: OUT/raw, OUT/truth, OUT/night.yaml")
+    p.add_argument("out", help="output directory: OUT/raw/YYYYMMDD (the frames), OUT/truth, OUT/night.yaml")
     p.add_argument("--frames", type=int, default=60, help="science frames (default 60)")
     p.add_argument("--size", type=int, default=1024, help="frame size in px (default 1024)")
     p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
@@ -145,16 +145,47 @@ def _reduce(raw, red, cfg, no_prefect: bool, refresh: bool = False, runner: str 
         summary = run(raw, red, config=cfg).to_dict()
     else:
         prefect_env()
-        if not os.environ.get("PREFECT_API_URL"):
-            print("starting Prefect's embedded server (set PREFECT_API_URL to use a running one) ...",
-                  file=sys.stderr, flush=True)
+        api = _api_target()
         from qlcp.flows.night import interactive_settings, night_flow
 
-        with interactive_settings():
-            summary = night_flow(runner, dask_address)(raw_dir=str(raw), red_dir=str(red),
+        with interactive_settings(), _api_settings(api):
+            summary = night_flow(runner, dask_address)(raw_dir=str(Path(raw).resolve()),
+                                                       red_dir=str(Path(red).resolve()),
                                                        config=cfg.plain(only_set=True), refresh=refresh)
     _print_summary(summary, time.perf_counter() - t0)
     return 1 if any(g.get("error") for g in summary["groups"]) else 0
+
+
+def _api_target() -> str | None:
+    """The Prefect API ``qlcp run`` talks to: PREFECT_API_URL (environment or profile) wins; else
+    the server ``qlcp up`` recorded in ``$QLCP_HOME/server.json`` when it answers (returned, to be
+    set for the run); else None: Prefect starts its embedded temporary server."""
+    from prefect.settings import PREFECT_API_URL
+
+    from qlcp.deployments.local_server import running_server
+
+    if os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value():
+        return None
+    api = running_server()
+    if api:
+        print(f"using the running qlcp server {api}", file=sys.stderr, flush=True)
+    else:
+        print("starting Prefect's embedded server (qlcp up, or PREFECT_API_URL, to use a running one) ...",
+              file=sys.stderr, flush=True)
+    return api
+
+
+def _api_settings(api: str | None):
+    """Prefect settings pointing this process (and the processes it starts, e.g. Dask workers)
+    at ``api`` (nothing when None)."""
+    import contextlib
+
+    if not api:
+        return contextlib.nullcontext()
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    os.environ["PREFECT_API_URL"] = api
+    return temporary_settings(updates={PREFECT_API_URL: api})
 
 
 def _print_summary(summary: dict, seconds: float) -> None:
@@ -170,7 +201,8 @@ def _print_summary(summary: dict, seconds: float) -> None:
         print(f"  {g['obj']} {g['band']}: {g['frames']} frames, {g.get('corrected', 0)} corrected - {state}")
         for n in g.get("noise") or []:
             if n.get("aperture") == 0:
-                print(f"    {n['role']} {n['k']}: scatter {1e3 * n['achieved']:.2f} mmag "
+                star = n.get("label") or f"{n['role']} {n['k']}"
+                print(f"    {star} ({n['role']}): scatter {1e3 * n['achieved']:.2f} mmag "
                       f"(predicted {1e3 * n['predicted']:.2f}){'  NOISY' if n.get('noisy') else ''}")
         for kind in ("lightcurve", "lc_png", "chart"):
             if g["outputs"].get(kind):
@@ -188,7 +220,7 @@ def cmd_simulate(a) -> int:
     from qlcp.core.simulate import simulate_night
 
     t0 = time.perf_counter()
-    sim = simulate_night(a.out, n_frames=a.frames, size=a.size, seed=a.seed)
+    sim = simulate_night(a.out, n_frames=a.frames, size=a.size, seed=a.seed, dated=True)
     print(f"raw night: {sim.raw_dir}\ntruth: {sim.truth_dir}\nconfig: {sim.config_path}"
           f"\n({time.perf_counter() - t0:.1f} s)")
     return 0
@@ -200,7 +232,7 @@ def cmd_demo(a) -> int:
 
     work = Path(a.workdir)
     print(f"simulating a {a.frames}-frame night in {work / 'raw'} ...", flush=True)
-    sim = simulate_night(work, n_frames=a.frames, size=a.size, seed=1, overwrite=True)
+    sim = simulate_night(work, n_frames=a.frames, size=a.size, seed=1, overwrite=True, dated=True)
     cfg = make_config([sim.config_path], mode=["EXIST_OVER", "MISS_SKIP"])
     rc = _reduce(sim.raw_dir, work / "red", cfg, no_prefect=a.no_prefect)
     red = work / "red"

@@ -208,6 +208,7 @@ def run_up(a) -> int:
         procs.append(subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", a.host,
                                        "--port", str(a.port)], env=env, start_new_session=True))
         wait_healthy(api)
+        _record(a.host, a.port, procs[0].pid)
         print(f"Prefect UI: http://{a.host}:{a.port}  (PREFECT_API_URL={api})", flush=True)
         serve_cmd = [sys.executable, "-m", "qlcp.deployments.cli", "serve", a.raw_root, a.red_root]
         for f in a.config or []:
@@ -218,6 +219,7 @@ def run_up(a) -> int:
 
         return run_watch(a)
     finally:
+        _forget()
         for p in reversed(procs):          # workers before the server
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
@@ -225,3 +227,22 @@ def run_up(a) -> int:
                     p.wait(timeout=20)
                 except subprocess.TimeoutExpired:
                     p.kill()
+
+
+def _record(host: str, port: int, server_pid: int) -> None:
+    """Tell later ``qlcp run`` commands where this server listens (``$QLCP_HOME/server.json``)."""
+    from qlcp.deployments.local_server import record_server
+
+    try:
+        print(f"server recorded in {record_server(host, port, server_pid)} (qlcp run uses it)", flush=True)
+    except OSError as e:             # an unwritable QLCP_HOME only costs qlcp run its embedded server
+        log.warning("cannot record the server for qlcp run: %s", e)
+
+
+def _forget() -> None:
+    from qlcp.deployments.local_server import forget_server
+
+    try:
+        forget_server()
+    except OSError as e:
+        log.warning("cannot remove the server record: %s", e)

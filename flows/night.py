@@ -33,6 +33,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from qlcp.core import parallel
 from qlcp.core import steps as core
 from qlcp.core.errors import QLCPError
+from qlcp.core.columns import artifact_columns
+from qlcp.core.nightname import night_name
 from qlcp.core.pipeline import check_dirs, make_config, raw_identities, write_effective_config
 from qlcp.core.products import product_path
 from qlcp.core.runtime import configure_run
@@ -103,7 +105,61 @@ def _error(state) -> str:
     return state.message or "failed"
 
 
-@flow(name="process-night", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=True)
+def run_labels(raw_dir: str, cfg, objs=None, bands=None) -> tuple[str, list[str]]:
+    """Flow-run name and tags of a night: ``night-20240606[-obj...][-band...]`` and
+    ``night:20240606``, ``obj:...``, ``band:...``.
+
+    Parameters
+    ----------
+    raw_dir : str
+        The night's raw directory (its name, or its evening date when generic:
+        :func:`qlcp.core.nightname.night_name`).
+    cfg : Config
+        Its config; ``cfg.obj`` / ``cfg.band`` (a restricted run) go into the name.
+    objs, bands : list of str, optional
+        Objects and bands for the tags (default: ``cfg.obj``, ``cfg.band``).
+    """
+    night = night_name(raw_dir, cfg)
+    name = "-".join(["night", night, *(cfg.obj or []), *(cfg.band or [])])
+    tags = [f"night:{night}", *(f"obj:{o}" for o in (objs if objs is not None else cfg.obj or [])),
+            *(f"band:{b}" for b in (bands if bands is not None else cfg.band or []))]
+    return name, tags
+
+
+def _flow_run_name() -> str:
+    """Name of a ``process-night`` flow run, from its parameters (any caller: CLI, deployment, UI)."""
+    from prefect.runtime import flow_run
+
+    p = dict(flow_run.parameters or {})
+    try:
+        given = {k: p.get(k) for k in ("steps", "obj", "band") if p.get(k) is not None}
+        cfg = make_config(p.get("config_files"), **{**(p.get("config") or {}), **given})
+        return run_labels(str(p["raw_dir"]), cfg)[0]
+    except Exception as e:  # a bad config fails the run itself, with its message; the name must not
+        log.debug("flow-run name from the directory only: %s", e)
+        return "night-" + Path(str(p.get("raw_dir", "unknown"))).name
+
+
+def _tag_run(walk: NightWalk) -> None:
+    """Add ``night:``, ``obj:``, ``band:`` tags (the night's groups) to this flow run."""
+    from prefect import get_client
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    if ctx is None or ctx.flow_run is None:
+        return
+    groups = list(walk.groups)
+    _, tags = run_labels(str(walk.raw), walk.cfg, sorted({o for o, _ in groups}), sorted({b for _, b in groups}))
+    try:
+        with get_client(sync_client=True) as c:
+            old = list(c.read_flow_run(ctx.flow_run.id).tags or [])
+            c.update_flow_run(ctx.flow_run.id, tags=old + [t for t in tags if t not in old])
+    except Exception as e:  # tags are for the UI's filters: never fail a night for them
+        log.warning("could not tag the flow run: %s", e)
+
+
+@flow(name="process-night", flow_run_name=_flow_run_name, task_runner=ThreadPoolTaskRunner(max_workers=2),
+      log_prints=True)
 def process_night(raw_dir: str, red_dir: str, config: dict | None = None, config_files: list[str] | None = None,
                   steps: str | None = None, obj: list[str] | None = None, band: list[str] | None = None,
                   refresh: bool = False, chunk: int = DEFAULT_CHUNK) -> dict:
@@ -154,6 +210,7 @@ def process_night(raw_dir: str, red_dir: str, config: dict | None = None, config
         _run_block(walk, runner, block, cfg.plain(only_set=True), str(red), chunk, progress)
         if block.name == "list":
             plog.info("night %s: %s", walk.summary.night, walk.summary.listing)
+            _tag_run(walk)
             progress.start(walk)
             if frame_work and runner.by_label.get(block.label) != "Cached":
                 parallel.warm(cfg.workers)  # the night changed: frame workers start while it is calibrated
@@ -296,7 +353,7 @@ def summary_markdown(summary: dict, cfg) -> str:
         note = g["error"] or ""
         noise = g.get("noise") or [{}]
         for n in noise:
-            star = f"{n.get('role', '')} {n.get('k', '')}".strip()
+            star = n.get("label") or f"{n.get('role', '')} {n.get('k', '')}".strip()
             ach = f"{1e3 * n['achieved']:.2f}" if n.get("achieved") is not None else ""
             pre = f"{1e3 * n['predicted']:.2f}" if n.get("predicted") is not None else ""
             flag = "NOISY (clouds or systematics?)" if n.get("noisy") else ""
@@ -336,7 +393,8 @@ def publish_artifacts(summary: dict, red: Path, cfg) -> None:
         rows = _frame_table(red, g)
         if rows:
             create_table_artifact(table=rows, key=artifact_key("night", night, g["obj"], g["band"], "frames"),
-                                  description=f"per-frame quality, {g['obj']} {g['band']}")
+                                  description=f"per-frame quality, {g['obj']} {g['band']}. Columns: "
+                                              + artifact_columns())
         png = g["outputs"].get("lc_png")
         if png and Path(png).is_file():
             # an offline observatory has no image host: embed the PNG itself as a data URI

@@ -37,6 +37,7 @@ from astropy.io import fits
 from astropy.table import Table
 from scipy.spatial import cKDTree
 
+from .columns import describe, fits_column_cards
 from .errors import InputError
 from .io import atomic_path, raw_stem, read_table_fast
 from .offset import as_matrix, base_to_frame
@@ -515,11 +516,12 @@ def write_catalogue(table: Table, path: str | Path) -> Path:
     restores the meta.
     """
     path = Path(path)
-    t = Table(table, copy=False)
+    t = describe(Table(table, copy=False), "night_catalogue")
     t.meta = {}
     hdu = fits.table_to_hdu(t)
     hdu.name = "FRAMES"
     h = hdu.header
+    _column_comments(h, t, "night_catalogue")
     meta = table.meta
     h["NSTAR"] = int(meta.get("n_star", len(meta.get("starxy", []))))
     h["NAPER"] = int(meta.get("n_aper", len(meta.get("apertures", []))))
@@ -536,13 +538,21 @@ def write_catalogue(table: Table, path: str | Path) -> Path:
     if extra:
         h["QLCPMETA"] = json.dumps(extra, default=str)
     sxy = np.asarray(meta.get("starxy", []), dtype=float).reshape(-1, 2)
-    stars = Table({"index": np.arange(len(sxy)), "x": sxy[:, 0], "y": sxy[:, 1]})
+    stars = describe(Table({"index": np.arange(len(sxy)), "x": sxy[:, 0], "y": sxy[:, 1]}), "stars")
     shdu = fits.table_to_hdu(stars)
     shdu.name = "STARS"
+    _column_comments(shdu.header, stars, "stars")
     with atomic_path(path) as tmp:
         fits.HDUList([fits.PrimaryHDU(), hdu, shdu]).writeto(tmp, overwrite=True)
     log.info(f"wrote {path}")
     return path
+
+
+def _column_comments(header, table: Table, kind: str) -> None:
+    """``TCOMMn`` cards (column descriptions; ``TUNITn`` come from the columns' units)."""
+    for key, val in fits_column_cards(table, kind).items():
+        if key.startswith("TCOMM"):
+            header[key] = val
 
 
 def read_catalogue(path: str | Path) -> Table:

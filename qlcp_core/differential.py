@@ -64,6 +64,7 @@ from astropy.table import Table
 from . import noise
 from .catalogue import FLAG_BORDER, FLAG_INVALID, FLAG_MISSING, FLAG_SATURATED
 from .errors import ConfigError
+from .columns import describe
 from .io import write_table, write_text
 from .photometry import SKY_GAP, SKY_THICK
 from .products import product_path
@@ -601,11 +602,11 @@ def _lightcurve_table(cata: Table, d: _Night, ens: _EnsembleCurves, tgt: list[in
                 lc[f"err_{letter}{k}_a{j}"] = np.where(np.isfinite(dm[:, i, j]), de[:, i, j], np.nan)
                 row = _budget(d.nz, d.m, d.flux, i, comps, ens.weights[comps, j] if comps else None, j,
                               dm[:, i, j], ens.ok)
-                row.update(star=int(i), role=role, k=k, aperture=j)
+                row.update(star=int(i), role=role, k=k, label=f"{letter.upper()}{k}", aperture=j)
                 noise_rows.append(row)
                 ens.scatter[i, j] = _clipped_std(dm[:, i, j][:, None])[0]
                 if row["noisy"]:
-                    log.warning(f"{role} {k} (star {i}) aperture {j}: scatter {row['achieved']:.4f} > 2 x "
+                    log.warning(f"{role} {letter.upper()}{k} (star index {i}) aperture {j}: scatter {row['achieved']:.4f} > 2 x "
                                 f"predicted {row['predicted']:.4f} (clouds or systematics?)")
     return lc, noise_rows
 
@@ -628,6 +629,19 @@ def _rejected_scatter(scatter: np.ndarray, m: np.ndarray, ens: np.ndarray, reaso
         for j in range(m.shape[2]):
             if np.isfinite(ens[:, j]).any():
                 scatter[i, j] = _clipped_std((m[:, i, j] - ens[:, j])[:, None])[0]
+
+
+def star_labels(roles: list[str], tgt: list[int], chk: list[int], comps: list[int]) -> np.ndarray:
+    """The one name of each star everywhere (stars table, chart, plots, summary): role letter and
+    rank in that role: ``T{k}`` = ``tgt[k]``, ``C{k}`` = ``chk[k]``, ``R{k}`` = ``comps[k]``, ``X{k}``
+    the k-th rejected star by index; ``""`` for unused stars."""
+    out = [""] * len(roles)
+    for letter, order in (("T", tgt), ("C", chk), ("R", comps),
+                          ("X", [i for i, r in enumerate(roles) if r == "rejected"])):
+        for k, i in enumerate(order):
+            if 0 <= int(i) < len(out):
+                out[int(i)] = f"{letter}{k}"
+    return np.array(out, dtype="U8")
 
 
 def _stars_table(cata: Table, ns: int, tgt: list[int], chk: list[int], comps: list[int], reason: dict,
@@ -653,6 +667,7 @@ def _stars_table(cata: Table, ns: int, tgt: list[int], chk: list[int], comps: li
     src = source or str(cata.meta.get("source", "given"))
     stars = Table()
     stars["index"] = np.arange(ns)
+    stars["label"] = star_labels(roles, tgt, chk, comps)
     stars["x"] = sxy[:, 0]
     stars["y"] = sxy[:, 1]
     stars["role"] = np.array(roles, dtype=str)
@@ -889,13 +904,13 @@ def write_lightcurve(lc: Table, stars: Table, red_dir: str | Path, obj: str, ban
     lc.meta["provenance"] = _plain(dict(provenance or {}))
     lc.meta.update(obj=obj, band=band)
     p = product_path(red, "lightcurve", obj, band)
-    write_table(p, lc)
+    write_table(p, describe(lc, "lightcurve"))
     out.append(p)
     st = Table(stars, copy=True)
     st.meta = _plain(dict(st.meta))
     st.meta.update(obj=obj, band=band)
     p = product_path(red, "stars", obj, band)
-    write_table(p, st)
+    write_table(p, describe(st, "stars"))
     out.append(p)
 
     refs = _refs_label(list(lc.meta.get("ind_ref", [])))

@@ -1252,7 +1252,9 @@ def offset_paths(red_dir, obj: str, band: str) -> tuple[Path, Path]:
 def write_offsets(table: Table, red_dir, obj: str, band: str) -> tuple[Path, Path]:
     """Write the offset table as ECSV (machine-readable) and aligned text, atomically."""
     ecsv, txt = offset_paths(red_dir, obj, band)
-    write_table(ecsv, table)
+    from .columns import describe
+
+    write_table(ecsv, describe(table, "offsets"))
     t = table.copy(copy_data=True)
     t.meta.clear()
     if "bf" in t.colnames:

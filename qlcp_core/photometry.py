@@ -98,6 +98,7 @@ from scipy.spatial import cKDTree
 
 from .correct import corrected_detector
 from .errors import InputError
+from .columns import fits_column_cards
 from .io import raw_stem, read_header, read_image, write_table_fast
 
 log = logging.getLogger("qlcp.photometry")
@@ -1247,6 +1248,7 @@ def photometry_file(bf_path, out_path, cfg, aper=None, key: str | None = None, d
                     meta[f"APER{i}"] = r
         elif not isinstance(val, float) or np.isfinite(val):   # FITS headers hold no NaN
             meta[mkey] = val
+    meta.update(fits_column_cards(tab, "frame_catalogue"))    # TUNITn, TCOMMn: units, descriptions
     tab.meta = meta
     cat = catalogue_path(bf_path, out_path)
     write_table_fast(cat, tab)

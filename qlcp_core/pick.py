@@ -44,6 +44,7 @@ from astropy.table import Table
 from .catalogue import (FLAG_BORDER, FLAG_INVALID, FLAG_SATURATED, _col1d, _meta_float, _offset_lookup,
                         cat_stem, match_stars, read_frame_catalogue)
 from .errors import InputError, MissingInputError
+from .columns import describe
 from .io import raw_stem, write_table
 from .offset import base_to_frame, frame_to_base
 from .products import product_path
@@ -550,7 +551,7 @@ def write_pick(selection: Selection, red_dir: str | Path, obj: str, band: str) -
         if isinstance(v, np.generic):
             t.meta[k] = v.item()
     path = pick_path(red_dir, obj, band)
-    write_table(path, t)
+    write_table(path, describe(t, "pick"))
     log.info(f"wrote {path}")
     return path
 

@@ -58,6 +58,9 @@ ROLE_STYLE = {
     "rejected": ("0.3", "--", "X"),
 }
 
+#: what the panels' sigma means, printed on every light-curve plot
+SIGMA_NOTE = "\u03c3: frame-to-frame scatter (point-to-point, robust), mmag; predicted: CCD equation + scintillation"
+
 _MAG_RE = re.compile(r"^mag_([tc])(\d+)_a(\d+)$")
 
 
@@ -340,7 +343,8 @@ def make_lightcurve_figure(lc: Table, stars: Table | None = None, title: str = "
     if has_cond:
         _conditions_panel(axes[-1], x, ok, airmass, fwhm)
     _time_limits(axes[-1], x, xlabel)
-    fig.suptitle(_lc_header(meta, title, j, header_scatter, ok, len(by_role["comparison"])), fontsize=10.5)
+    fig.suptitle(_lc_header(meta, title, j, header_scatter, ok, len(by_role["comparison"])) + "\n" + SIGMA_NOTE,
+                 fontsize=10.5)
     return fig
 
 
@@ -406,7 +410,7 @@ def _star_panel(ax, lc: Table, kind: str, k: int, j: int, x: np.ndarray, ok: np.
     info = ""
     role_list = by_role["target" if kind == "t" else "check"]
     if k < len(role_list) and np.isfinite(role_list[k]["x"]):
-        info = f"  star {role_list[k]['index']} ({role_list[k]['x']:.0f}, {role_list[k]['y']:.0f})"
+        info = f"  ({role_list[k]['x']:.0f}, {role_list[k]['y']:.0f})"
     box = {"boxstyle": "round,pad=0.2", "facecolor": "white", "edgecolor": "none", "alpha": 0.75}
     ax.text(0.01, 0.95, name + info, transform=ax.transAxes, ha="left", va="top",
             fontsize=9, fontweight="bold", color=colour, bbox=box, zorder=5)

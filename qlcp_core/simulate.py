@@ -5,6 +5,7 @@
     {out_dir}/raw/bias-0001.fit ...        bias frames (EXPTIME 0)
     {out_dir}/raw/flat-0001V.fit ...       evening twilight flats
     {out_dir}/raw/SIMV-0001V.fit ...       science frames (the raw night: nothing else is in raw/)
+                                           (``dated=True``: all in ``{out_dir}/raw/YYYYMMDD/``)
     {out_dir}/night.yaml                   a QLCP config of the night (site, detector)
     {out_dir}/truth/stars.ecsv             every star: id, x, y (0-based, base = first science frame),
                                            mag, flux_e, role ('target'|'constant'|'saturated'|'field'), in_base
@@ -876,7 +877,7 @@ def _cosmics_table(rows: list) -> Table:
 
 
 def simulate_night(out_dir, n_frames: int = 60, size: int = 1024, seed: int = 0, *,
-                   overwrite: bool = False, **options) -> SimulatedNight:
+                   overwrite: bool = False, dated: bool = False, **options) -> SimulatedNight:
     """Write a synthetic night (raw frames, config, truth) under ``out_dir``.
 
     Parameters
@@ -891,6 +892,9 @@ def simulate_night(out_dir, n_frames: int = 60, size: int = 1024, seed: int = 0,
         Seed of every random draw; the same seed gives byte-identical files.
     overwrite : bool
         Allow an existing non-empty ``raw/`` holding only ``*.fit`` files: they are deleted first.
+    dated : bool
+        Put the frames in ``raw/YYYYMMDD/`` (the evening's date, ``options['night']``), as
+        observatories name night directories, instead of ``raw/`` itself.
     **options
         Fields of :class:`SimOptions` (object name, band, detector, site, stars, clouds, eclipse ...).
 
@@ -910,7 +914,7 @@ def simulate_night(out_dir, n_frames: int = 60, size: int = 1024, seed: int = 0,
     o = _options(dict(options), n_frames, size, seed)
     object.__setattr__(o, "_camera", seed if o.detector_seed is None else o.detector_seed)   # INSTRUME: per camera
     out = Path(out_dir)
-    raw, truth = _prepare_dirs(out, overwrite)
+    raw, truth = _prepare_dirs(out, overwrite, o.night.replace("-", "") if dated else "")
 
     plan = _plan(o, n_frames, seed)
     geom = _geometry(o, n_frames, size, plan["dx"], plan["dy"])
@@ -960,16 +964,16 @@ def _shared_field(o: SimOptions) -> Table:
     return stars
 
 
-def _prepare_dirs(out: Path, overwrite: bool) -> tuple[Path, Path]:
-    """Create ``out/raw`` and ``out/truth``; an earlier night's ``*.fit`` frames in ``raw`` are deleted
-    when ``overwrite``.
+def _prepare_dirs(out: Path, overwrite: bool, night: str = "") -> tuple[Path, Path]:
+    """Create ``out/raw`` (``out/raw/{night}`` when ``night`` is given) and ``out/truth``; an earlier
+    night's ``*.fit`` frames in ``raw`` are deleted when ``overwrite``.
 
     Raises
     ------
     InputError
         ``raw/`` is not empty and ``overwrite`` is false, or it holds anything but ``*.fit`` files.
     """
-    raw, truth = out / "raw", out / "truth"
+    raw, truth = (out / "raw" / night if night else out / "raw"), out / "truth"
     if raw.exists() and any(raw.iterdir()):
         if not overwrite:
             raise InputError(f"{raw}: not empty (pass overwrite=True to replace a simulated night)")

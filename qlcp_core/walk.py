@@ -24,6 +24,7 @@ from .calibration import choose_master
 from .errors import QLCPError
 from .field import reference_of_other_night
 from .io import write_json
+from .nightname import night_name
 from .products import product_path
 from .stages import BAND, CHUNK, GROUP, NIGHT, WALK_KEYS, Block, plan, view
 from .steps import catalogue_files, corrected_files
@@ -63,7 +64,7 @@ class NightWalk:
         self.tonight: dict = {}         #: kind -> what tonight's calibration stage made (and its library QC)
         self._masters_written = False
         self.groups: dict[tuple[str, str], _Group] = {}
-        self.summary = NightSummary(night=self.raw.resolve().name, raw_dir=str(self.raw), red_dir=str(self.red),
+        self.summary = NightSummary(night=night_name(self.raw, cfg), raw_dir=str(self.raw), red_dir=str(self.red),
                                     steps=cfg.steps, config_hash=cfg.hash(), run={"driver": driver, "timings": {}})
 
     # ------------------------------------------------------------ units

@@ -111,7 +111,7 @@ say "$VERSION, container user uid $UID_IN"
 T0=$EPOCHREALTIME
 "${RUN[@]}" -v "$SIM:/data/sim$MNT_OPT" "$IMAGE" simulate /data/sim --frames "$FRAMES" --size "$SIZE" \
   >"$WORK/simulate.log" 2>&1 || { tail -20 "$WORK/simulate.log" >&2; fail "qlcp simulate failed in the image"; }
-RAW=$SIM/raw
+RAW=$(ls -d "$SIM"/raw/*/ 2>/dev/null | head -1); RAW=${RAW%/}   # qlcp simulate: OUT/raw/YYYYMMDD
 [ -n "$(ls -A "$RAW" 2>/dev/null)" ] || fail "qlcp simulate wrote no frames into $RAW"
 say "simulated $FRAMES frames of ${SIZE} px in $(elapsed "$T0") s ($(find "$RAW" -type f | wc -l) raw files)"
 

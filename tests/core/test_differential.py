@@ -69,8 +69,11 @@ def test_output_contract(result, night):
     assert roles[TGT] == "target" and roles[CHK] == "check" and roles[VAR_COMP] == "rejected"
     assert {(r["role"], r["k"], r["aperture"]) for r in lc.meta["noise"]} == \
         {(role, 0, j) for role in ("target", "check") for j in range(NA)}
-    assert stars.colnames == ["index", "x", "y", "role", "source", "weight", "scatter", "reason"]
+    assert stars.colnames == ["index", "label", "x", "y", "role", "source", "weight", "scatter", "reason"]
     assert len(stars) == night["ns"]
+    assert stars["label"][TGT] == "T0" and stars["label"][CHK] == "C0"     # as mag_t0_*, mag_c0_*
+    assert stars["label"][VAR_COMP].startswith("X")
+    assert {r["label"] for r in lc.meta["noise"]} == {"T0", "C0"}
     assert set(stars["role"]) == {"target", "comparison", "check", "rejected"}
     assert set(stars["source"]) == {"given"}
     np.testing.assert_allclose(stars["x"], [p[0] for p in night["starxy"]])

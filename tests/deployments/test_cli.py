@@ -72,3 +72,12 @@ def test_deploy_needs_a_server(tmp_path):
     r = subprocess.run([sys.executable, "-m", "qlcp.deployments.cli", "deploy", "--pool", "p"], capture_output=True,
                        text=True, env=env, timeout=120)
     _one_error_line(r, "PREFECT_API_URL")
+
+
+def test_simulate_writes_a_dated_night_directory(tmp_path):
+    r = qlcp("simulate", tmp_path / "out", "--frames", "2", "--size", "96")
+    assert r.returncode == 0, r.stderr
+    night = tmp_path / "out" / "raw" / "20240606"
+    assert f"raw night: {tmp_path / 'out' / 'raw' / '20240606'}" in r.stdout
+    assert sorted(p.name for p in night.glob("SIMV-*.fit")) == ["SIMV-0001V.fit", "SIMV-0002V.fit"]
+    assert [p.name for p in (tmp_path / "out" / "raw").iterdir()] == ["20240606"]
