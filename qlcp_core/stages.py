@@ -284,7 +284,7 @@ def view(cfg: Config | ConfigView, block_or_stage) -> ConfigView:
 
 
 #: what the drivers themselves read to walk the graph (groups to run, which masters apply)
-WALK_KEYS = ("obj", "band", "field_dir", "target_catalog", *POLICY_KEYS)
+WALK_KEYS = ("obj", "band", "field_dir", "target_catalog", "ra_key", "dec_key", *POLICY_KEYS)
 
 
 # ------------------------------------------------------------ documentation

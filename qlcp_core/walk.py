@@ -9,9 +9,11 @@ differ only in how they execute a unit, never in what runs, in which order,
 with which inputs.
 
 A unit is a plain dict holding exactly the fields its block declares (files and
-values), so a Prefect task can key its cache on it; a failed night-level unit
-(listing, bias, dark) stops the night, a failed flat fails the groups of its
-band, and a failed group unit fails that group only.
+values), so a Prefect task can key its cache on it; a failed listing stops the
+night; a failed bias, dark or flat unit, or one left without usable frames,
+leaves the night without that calibration (``alt_*`` when configured) and the
+night goes on, *degraded*: the summary's ``degraded`` says what was lost and
+why; a failed group unit fails that group only.
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ from pathlib import Path
 
 from .calibration import choose_master
 from .errors import QLCPError
+from .io import read_header
 from .field import reference_of_other_night
 from .products import product_path
 from .stages import BAND, CHUNK, GROUP, NIGHT, WALK_KEYS, Block, plan, view
 from .steps import catalogue_files, corrected_files
 from .summary import GroupSummary, NightSummary
+from .timing import target_coord
 
 log = logging.getLogger("qlcp.walk")
 
@@ -36,6 +40,7 @@ class _Group:
     summary: GroupSummary
     raw: list
     corrected: list = field(default_factory=list)
+    coord_file: str | None = None
 
 
 class NightWalk:
@@ -101,13 +106,31 @@ class NightWalk:
 
     def _group_fields(self, o: str, b: str, g: _Group) -> dict:
         return {"obj": o, "band": b, "night": self.summary.night, "files": g.raw,
-                "coord_file": g.raw[0] if g.raw else None, "bias": lambda: self.master("bias"),
+                "coord_file": lambda: self._coord_file(g), "bias": lambda: self.master("bias"),
                 "dark": lambda: self.master("dark"), "flat": lambda: self.master("flat", b),
                 "corrected": g.corrected, "frame_catalogue": lambda: catalogue_files(g.corrected),
                 "field_reference": lambda: _s(reference_of_other_night(self.red, self.walk_cfg, o)),
                 "target_catalog": self.walk_cfg.target_catalog,
                 **{k: str(product_path(self.red, k, o, b)) for k in ("offsets", "wcs", "night_catalogue", "stars", "selection")},
                 "pick": str(product_path(self.red, "pick", o, b)) if "K" in self.cfg.steps else None}
+
+    def _coord_file(self, g: _Group) -> str | None:
+        """The group's frame that gives the target coordinate: the first (time order) whose header
+        has one, read once per group, so every chunk of the group times its frames alike."""
+        if g.coord_file is None and g.raw:
+            g.coord_file = g.raw[0]
+            for f in g.raw:
+                try:
+                    if target_coord(read_header(f), self.walk_cfg) is not None:
+                        g.coord_file = f
+                        break
+                except (QLCPError, ValueError):
+                    continue
+            if g.coord_file != g.raw[0]:
+                log.warning("%s %s: %s has no target coordinate (%s/%s): the group's is that of %s",
+                            g.summary.obj, g.summary.band, Path(g.raw[0]).name, self.walk_cfg.ra_key,
+                            self.walk_cfg.dec_key, Path(g.coord_file).name)
+        return g.coord_file
 
     def bands(self) -> list[str]:
         return sorted({b for _, b in self.groups})
@@ -149,8 +172,12 @@ class NightWalk:
                                                    "ind_tgt", "ind_ref", "ind_chk") if k in sel}
 
     def fail(self, block: Block, label: str, unit: dict, error: str) -> None:
-        """Take one unit's failure: the night stops (night units), or its groups fail."""
+        """Take one unit's failure: a calibration is lost (bias, dark, flat: the night goes on,
+        degraded), the night stops (the listing), or its groups fail."""
         step = "".join(s.letter for s in block.stages)
+        if block.name in _CALIBRATIONS:
+            self._lose(block.name, unit.get("band"), f"step {step} failed: {error}")
+            return
         if block.unit == NIGHT:
             raise QLCPError(f"{self.raw}: step {step} failed: {error}")
         for g in self.groups.values():
@@ -160,9 +187,44 @@ class NightWalk:
                 log.error("%s %s: %s", g.summary.obj, g.summary.band, g.summary.error)
 
     def finish_block(self, block: Block) -> None:
-        """After every unit of ``block``: the groups' corrected frames, once frames were written."""
+        """After every unit of ``block``: the groups' corrected frames, once frames were written;
+        a calibration its stage made none of, said in ``degraded``."""
         if block.unit == CHUNK:
             self._refresh_corrected()
+        if block.name in _CALIBRATIONS:
+            for band in (self.bands() if block.name == "flat" else [None]):
+                self._check_master(block.name, band)
+
+    def _check_master(self, kind: str, band: str | None) -> None:
+        """Say in ``degraded`` when tonight's stage of ``kind`` left the night without that calibration."""
+        L = self.listing or {}
+        files = L.get("flats", {}).get(band, []) if kind == "flat" else L.get(kind, [])
+        c = self.masters.get(f"flat_{band}" if kind == "flat" else kind)
+        if c is None or c.get("path") or (kind == "dark" and not files) or c.get("source") == "failed":
+            return
+        what = f"{kind} for {band}" if band else kind
+        plural = "flats" if kind == "flat" else f"{kind} frames"
+        why = f"{len(files)} of {len(files)} {plural} rejected" if files else f"no {plural} tonight"
+        self._degrade(f"no {what}: {why}")
+
+    def _lose(self, kind: str, band: str | None, why: str) -> None:
+        """A failed calibration unit: the night goes on with ``alt_*`` when configured, else without it."""
+        key = f"flat_{band}" if kind == "flat" else kind
+        alt = {"bias": self.walk_cfg.alt_bias, "flat": self.walk_cfg.flat_for("alt_flat", band) if band else None}
+        use = {"bias": self.walk_cfg.use_bias, "dark": self.walk_cfg.use_dark,
+               "flat": self.walk_cfg.flat_for("use_flat", band) if band else None}
+        given, source = (use.get(kind), "use") if use.get(kind) else (alt.get(kind), "alt")
+        if given and Path(given).is_file():
+            self.masters[key] = {"kind": kind, "band": band, "path": str(given), "source": source}
+            log.warning("%s: %s; using %s_%s %s", key, why, source, kind, given)
+            return
+        self.masters[key] = {"kind": kind, "band": band, "path": None, "source": "failed"}
+        self._degrade(f"no {kind}{f' for {band}' if band else ''}: {why}")
+
+    def _degrade(self, what: str) -> None:
+        if what not in self.summary.degraded:
+            self.summary.degraded.append(what)
+            log.error("night degraded: %s", what)
 
     def _refresh_corrected(self) -> None:
         for (o, b), g in self.groups.items():
@@ -193,6 +255,10 @@ class NightWalk:
         if self.groups and len(failed) == len(self.groups):
             raise QLCPError(f"{self.raw}: every group failed; first: {failed[0].error}")
         return self.summary
+
+
+#: the calibration blocks: a failure loses that calibration, not the night
+_CALIBRATIONS = ("bias", "dark", "flat")
 
 
 def _s(p) -> str | None:
