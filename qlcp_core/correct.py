@@ -415,7 +415,7 @@ def _corrected_header(hdr, f: Path, times: dict, exptime: float, cfg: Config, ke
     out_hdr["GAINSRC"] = (det.gain_source, "GAIN from: config|header|flats|sky|assumed")
     out_hdr["RDNSRC"] = (det.rdnoise_source, "RDNOISE from: config|header|bias|assumed")
     out_hdr["SATURATE"] = ((sat - bias_level - dark_level) / flat_hi, "saturation in corrected ADU")
-    out_hdr["RAWFILE"] = (header_text(f.name), "raw frame (percent-escaped beyond printable ASCII)")
+    out_hdr["RAWFILE"] = (header_text(f.name), "raw frame (%-escaped)")
     out_hdr["BIASFILE"] = (Path(bias).name if bias else "none", "master bias")
     out_hdr["FLATFILE"] = (Path(flat).name if flat else "none", "master flat")
     out_hdr["DARKFILE"] = (Path(dark).name if dark else "none", "master dark (ADU/s)")

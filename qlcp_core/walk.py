@@ -18,7 +18,9 @@ why; a failed group unit fails that group only.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +63,7 @@ class NightWalk:
         self.raw, self.red, self.cfg = Path(raw), Path(red), cfg
         self.walk_cfg = view(cfg, (WALK_KEYS, "walk"))
         self.raw_files = raw_files
+        self._t0 = time.time_ns()               # products newer than this were written by this run
         self.blocks: list[Block] = plan(cfg.steps)
         self.listing: dict | None = None
         self.masters: dict = {}
@@ -185,6 +188,18 @@ class NightWalk:
                     (block.unit == BAND or g.summary.obj == unit.get("obj")):
                 g.summary.error = f"step {step}: {error}"
                 log.error("%s %s: %s", g.summary.obj, g.summary.band, g.summary.error)
+                if block.unit == GROUP:
+                    self._drop_partial(block, g.summary.obj, g.summary.band)
+
+    def _drop_partial(self, block: Block, obj: str, band: str) -> None:
+        """Remove the group products of a failed unit written during this run (e.g. a light curve
+        table whose plot then failed): a failed group leaves no new partial product."""
+        for kind in (k for s in block.stages for k in s.writes if k in GROUP_PRODUCTS):
+            p = product_path(self.red, kind, obj, band)
+            with contextlib.suppress(OSError):
+                if p.stat().st_mtime_ns >= self._t0:
+                    p.unlink()
+                    log.warning("%s %s: removed %s, written by the failed step", obj, band, p.name)
 
     def finish_block(self, block: Block) -> None:
         """After every unit of ``block``: the groups' corrected frames, once frames were written;
@@ -257,6 +272,9 @@ class NightWalk:
         return self.summary
 
 
+#: products of a group (one file each) that a failed group unit must not leave half made
+GROUP_PRODUCTS = frozenset({"offsets", "offsets_txt", "wcs", "pick", "selection", "night_catalogue", "lightcurve",
+                            "stars", "lc_png", "lc_pdf", "chart"})
 #: the calibration blocks: a failure loses that calibration, not the night
 _CALIBRATIONS = ("bias", "dark", "flat")
 
