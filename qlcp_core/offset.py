@@ -996,7 +996,9 @@ def compute_offsets(bf_files, cfg, base_img=None, star_lists=None, map_fn=None, 
     counts: list = []                       # stars per frame, counted once, when a base must be replaced
     try:
         base = _base_stars(bidx, bpath, files, cfg, star_lists)
-    except InputError as e:                 # a base of the list that cannot serve: the group's best frame
+    except InputError as e:                 # the default base (the first frame) cannot serve: the best frame
+        if bidx != 0:                       # a base the operator named is theirs: the error says why
+            raise
         bidx, bpath = _replacement_base(files, bidx, cfg, star_lists, counts, e)
         base = _base_stars(bidx, bpath, files, cfg, star_lists)
 
@@ -1180,7 +1182,7 @@ def _retry_base(run: tuple, files: list[Path], max_dis: float, cfg, star_lists, 
     aligns more frames wins."""
     bidx, bpath, _, frames, _ = run
     n, n_good = len(files), sum(r[2].ok for r in frames)
-    if bidx is None or n <= 2 or n_good >= 0.5 * n:
+    if bidx != 0 or n <= 2 or n_good >= 0.5 * n:     # only the default base, the first frame, is replaced
         return run
     why = InputError(f"{bpath.name}: only {n_good} of {n} frames align with it")
     alt = _replacement_base(files, bidx, cfg, star_lists, counts, why, required=False)
