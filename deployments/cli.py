@@ -21,6 +21,8 @@ from pathlib import Path
 from qlcp.core._version import __version__
 
 EXIT_BAD_INPUT = 2
+#: the night reduced without a calibration it should have had (``degraded`` in summary.json)
+EXIT_DEGRADED = 3
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
@@ -153,7 +155,16 @@ def _reduce(raw, red, cfg, no_prefect: bool, refresh: bool = False, runner: str 
                                                        red_dir=str(Path(red).resolve()),
                                                        config=cfg.plain(only_set=True), refresh=refresh)
     _print_summary(summary, time.perf_counter() - t0)
-    return 1 if any(g.get("error") for g in summary["groups"]) else 0
+    return exit_status(summary)
+
+
+def exit_status(summary: dict) -> int:
+    """0: every group reduced; 1: a group failed; 3 (:data:`EXIT_DEGRADED`): reduced, but without a
+    calibration it should have had (the summary's ``degraded``: a bias, dark or flat failed or
+    had no usable frames); 1 wins over 3."""
+    if any(g.get("error") for g in summary["groups"]):
+        return 1
+    return EXIT_DEGRADED if summary.get("degraded") else 0
 
 
 def _api_target() -> str | None:
@@ -193,6 +204,8 @@ def _print_summary(summary: dict, seconds: float) -> None:
     print(f"night {summary['raw_dir']}: {summary['listing']}")
     for f, why in summary["rejected"]:
         print(f"  rejected {f}: {why}")
+    for what in summary.get("degraded") or []:
+        print(f"  DEGRADED: {what}")
     for kind, m in sorted(summary.get("masters", {}).items()):
         if m.get("source") not in ("tonight", None):
             print(f"  {kind}: {m['path'] or 'none'} ({m['source']})")

@@ -31,7 +31,7 @@ from . import timing
 from .config import Config
 from .errors import InputError, QLCPError
 from .flat import load_flat
-from .io import fingerprint_record, read_header, read_image, write_fits
+from .io import fingerprint_record, header_text, read_header, read_image, write_fits
 from .detector import Detector, header_number, resolve, sky_gain
 from .provenance import file_identity, fits_key, step_key
 from .products import product_path
@@ -164,8 +164,9 @@ def _times(files: list[Path], headers: list, obj: str, cfg: Config, result: Corr
     """Vectorised times for the frames whose date can be read; the others are rejected.
 
     The target coordinate (HJD, BJD, airmass) comes from ``alt_coord``, else from
-    ``coord_header`` (the group's first frame, so times do not depend on how a group is
-    split in chunks), else from the first readable frame here."""
+    ``coord_header`` (the group's first frame with one, chosen by the walk, so times do not
+    depend on how a group is split in chunks), else, only without ``coord_header``, from the
+    first readable frame here."""
     starts, exps, keep = [], [], []
     for f, h in zip(files, headers):
         try:
@@ -187,7 +188,7 @@ def _times(files: list[Path], headers: list, obj: str, cfg: Config, result: Corr
     if coord_header is not None:
         with contextlib.suppress(QLCPError):
             coord = timing.target_coord(coord_header, cfg, alt)
-    if coord is None:
+    if coord is None and coord_header is None:   # the group's frame gives none: none for every chunk
         coord = timing.target_coord(headers[files.index(keep[0])], cfg, alt)
     if coord is None:
         log.warning("%s: no target coordinate (alt_coord or header %s/%s): HJD, BJD, airmass not computed",
@@ -414,7 +415,7 @@ def _corrected_header(hdr, f: Path, times: dict, exptime: float, cfg: Config, ke
     out_hdr["GAINSRC"] = (det.gain_source, "GAIN from: config|header|flats|sky|assumed")
     out_hdr["RDNSRC"] = (det.rdnoise_source, "RDNOISE from: config|header|bias|assumed")
     out_hdr["SATURATE"] = ((sat - bias_level - dark_level) / flat_hi, "saturation in corrected ADU")
-    out_hdr["RAWFILE"] = (f.name, "raw frame")
+    out_hdr["RAWFILE"] = (header_text(f.name), "raw frame (%-escaped)")
     out_hdr["BIASFILE"] = (Path(bias).name if bias else "none", "master bias")
     out_hdr["FLATFILE"] = (Path(flat).name if flat else "none", "master flat")
     out_hdr["DARKFILE"] = (Path(dark).name if dark else "none", "master dark (ADU/s)")

@@ -23,7 +23,9 @@ from astropy.io import fits
 
 from .errors import InputError, TransientIOError
 
-FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.fz", ".fit.fz", ".fz")
+FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.fz", ".fit.fz", ".fz", ".fits.gz", ".fit.gz", ".fts.gz")
+#: gzip-compressed FITS: astropy reads them; the direct readers leave them to it
+GZIP_SUFFIXES = (".fits.gz", ".fit.gz", ".fts.gz")
 
 _umask_lock = threading.Lock()
 
@@ -45,8 +47,10 @@ def current_umask() -> int:
 
 
 def raw_stem(path: str | Path) -> str:
-    """File name without its FITS suffix(es): ``UYUMa-0003I.fit`` -> ``UYUMa-0003I``."""
-    name = Path(path).name
+    """File name without its FITS suffix(es): ``UYUMa-0003I.fit`` -> ``UYUMa-0003I``; beyond printable
+    ASCII percent-escaped (:func:`header_text`), as the RAWFILE card of the frame's products says it,
+    so the stem of every product of a frame is the same whether taken from a path or a header."""
+    name = header_text(Path(path).name)
     low = name.lower()
     for suf in sorted(FITS_SUFFIXES, key=len, reverse=True):
         if low.endswith(suf):
@@ -459,6 +463,16 @@ def read_table_fast(path: str | Path, hdu: int = 1) -> tuple[np.ndarray, dict]:
 _TCODE = {"b": "L", "u1": "B", "i2": "I", "i4": "J", "i8": "K", "f4": "E", "f8": "D"}
 
 
+def header_text(text: str) -> str:
+    """A string as a FITS card value: printable ASCII as it is, every other character
+    percent-escaped as UTF-8 (a raw file name ``SIMV-0016V-ü星.fit`` ->
+    ``SIMV-0016V-%C3%BC%E6%98%9F.fit``).  ``urllib.parse.unquote`` gives the exact text back
+    (unless it held a literal ``%`` and two hex digits), and escaping twice changes nothing."""
+    from urllib.parse import quote
+
+    return "".join(c if " " <= c <= "~" else quote(c, safe="") for c in text)
+
+
 def _card(key: str, value) -> str:
     """The 80-character image of a ``KEY = value`` card, formatted as astropy does for the
     simple cases (fixed format, the value right-aligned to column 30, strings quoted from
@@ -478,6 +492,8 @@ def _card(key: str, value) -> str:
             txt = None
         if txt is not None and len(txt) <= 70:
             return f"{key:<8}= {txt}".ljust(80)
+    if isinstance(value, str) and not (value.isascii() and value.isprintable()):
+        value = header_text(value)              # a FITS card holds printable ASCII only
     return fits.Card(key, value).image
 
 

@@ -16,6 +16,7 @@ one per line, time order) and ``{red}/lst/night.ecsv``.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from astropy.table import Table
 
 from .config import Config
 from .errors import InputError
-from .io import FITS_SUFFIXES, simple_image_header, write_table, write_text
+from .io import FITS_SUFFIXES, GZIP_SUFFIXES, raw_stem, simple_image_header, write_table, write_text
 
 log = logging.getLogger("qlcp.listing")
 
@@ -101,31 +102,41 @@ def _probe(path: Path) -> tuple[fits.Header | None, str]:
     """Header of the first 2-D image HDU and '' or None and the reason it is unusable."""
     try:
         size = path.stat().st_size
-        if size < 2880:
-            return None, f"too small for FITS ({size} bytes)"
-        with open(path, "rb") as f:
-            if not f.read(30).startswith(b"SIMPLE  ="):
-                return None, "not a FITS file (no SIMPLE card)"
-        try:                                    # a plain image: its header blocks, parsed directly
-            simple = simple_image_header(path)
-        except (OSError, ValueError, KeyError, TypeError):
-            simple = None
-        if simple is not None:
-            hdr, need, size = simple
-            return (None, f"truncated ({size} of {need} bytes)") if size < need else (hdr, "")
-        with warnings.catch_warnings(), fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
-            warnings.simplefilter("ignore")     # astropy's truncation warning: we report it ourselves
-            for hdu in hdul:
-                hdr = hdu.header
-                if hdu.is_image and hdr.get("NAXIS", 0) == 2 or hdr.get("ZIMAGE"):
-                    if not hdr.get("ZIMAGE"):
-                        need = hdu._data_offset + hdu._data_size
-                        if size < need:
-                            return None, f"truncated ({size} of {need} bytes)"
-                    return hdr.copy(), ""
-            return None, "no 2-D image in the file"
+        gz = path.name.lower().endswith(GZIP_SUFFIXES)
+        if not gz:
+            if size < 2880:
+                return None, f"too small for FITS ({size} bytes)"
+            with open(path, "rb") as f:
+                if not f.read(30).startswith(b"SIMPLE  ="):
+                    return None, "not a FITS file (no SIMPLE card)"
+            try:                                # a plain image: its header blocks, parsed directly
+                simple = simple_image_header(path)
+            except (OSError, ValueError, KeyError, TypeError):
+                simple = None
+            if simple is not None:
+                hdr, need, size = simple
+                return (None, f"truncated ({size} of {need} bytes)") if size < need else (hdr, "")
+        return _probe_astropy(path, None if gz else size)
     except Exception as e:  # astropy raises many kinds on corrupt files
         return None, f"unreadable FITS ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+
+
+def _probe_astropy(path: Path, size: int | None) -> tuple[fits.Header | None, str]:
+    """:func:`_probe` by astropy (extensions, compression, gzip); ``size`` None: not checked for
+    truncation here (a gzip file's size is not the data's; a truncated one fails to read)."""
+    with warnings.catch_warnings(), fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
+        warnings.simplefilter("ignore")         # astropy's truncation warning: we report it ourselves
+        for hdu in hdul:
+            hdr = hdu.header
+            if hdu.is_image and hdr.get("NAXIS", 0) == 2 or hdr.get("ZIMAGE"):
+                if not hdr.get("ZIMAGE") and size is not None:
+                    need = hdu._data_offset + hdu._data_size
+                    if size < need:
+                        return None, f"truncated ({size} of {need} bytes)"
+                if size is None:
+                    hdu.data                    # a truncated gzip stream fails here
+                return hdr.copy(), ""
+        return None, "no 2-D image in the file"
 
 
 def _hval(hdr, *keys):
@@ -137,6 +148,20 @@ def _hval(hdr, *keys):
             if v not in ("", None):
                 return v
     return None
+
+
+def _shape(hdr) -> tuple:
+    """(rows, columns) of the image a header describes (a compressed image's own size)."""
+    z = "Z" if hdr.get("ZIMAGE") else ""
+    return (int(hdr.get(f"{z}NAXIS2", 0) or 0), int(hdr.get(f"{z}NAXIS1", 0) or 0))
+
+
+def _exptime_problem(exptime: float, kind: str, key: str) -> str:
+    """Why a frame's exposure time makes it unusable, or '': a science frame or dark needs one
+    (times are mid-exposure, darks scale with it), and none may be negative."""
+    if not np.isfinite(exptime):
+        return f"no exposure time ({key} missing or not a number)" if kind in ("science", "dark") else ""
+    return f"negative exposure time ({key} = {exptime:g})" if exptime < 0 else ""
 
 
 def classify(path: Path, rel: str, cfg: Config) -> dict:
@@ -168,6 +193,11 @@ def classify(path: Path, rel: str, cfg: Config) -> dict:
     except (TypeError, ValueError):
         row["exptime"] = np.nan
     row["date"] = str(_hval(hdr, cfg.date_key, "DATE-OBS") or "")
+    row["shape"] = _shape(hdr)
+    why = _exptime_problem(row["exptime"], kind, cfg.exptime_key)
+    if why:
+        row["reason"] = why
+        return row
     if kind == "science":
         obj = name_obj if (name_obj and groups.get("obj")) else _hval(hdr, cfg.object_key)
         if not obj:
@@ -246,16 +276,90 @@ class Night:
         return ", ".join(parts)
 
 
-def scan_files(raw_dir: Path) -> list[Path]:
-    """All regular, non-hidden files under ``raw_dir`` (recursive), sorted."""
+#: completion markers a camera or a transfer leaves in a night directory (the sensor's ``--marker``
+#: default among them): not data, never listed; dot-files are never listed either
+MARKER_NAMES = frozenset({"DONE", "done", "DONE.txt", "done.txt", "COMPLETE", "READY"})
+
+
+def scan_files(raw_dir: Path, dangling: bool = False) -> list[Path]:
+    """All regular, non-hidden files under ``raw_dir`` (recursive), sorted, without marker files
+    (:data:`MARKER_NAMES`); with ``dangling``, also the symbolic links whose target is missing."""
     out = []
     for p in sorted(raw_dir.rglob("*")):
         rel = p.relative_to(raw_dir)
-        if any(part.startswith(".") for part in rel.parts):
+        if any(part.startswith(".") for part in rel.parts) or p.name in MARKER_NAMES:
             continue
-        if p.is_file():
+        if p.is_file() or (dangling and p.is_symlink() and not p.exists()):
             out.append(p)
     return out
+
+
+def _dangling_row(p: Path, rel: str) -> dict:
+    return dict(file=rel, kind="rejected", obj="", band="", exptime=np.nan, date="",
+                reason=f"dangling symlink (its target {os.readlink(p)} does not exist)")
+
+
+def _accepted(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if r["kind"] != "rejected"]
+
+
+def _reject(row: dict, why: str) -> None:
+    row["kind"], row["reason"] = "rejected", why
+
+
+def reject_duplicates(rows: list[dict], raw_dir: Path) -> None:
+    """Reject, in place, every frame with the same content as another (same size, header date and
+    kind, then the same sha256): one exposure counts once; the copy nearest the top of the night
+    directory, then with the shortest name, is kept."""
+    from .io import file_fingerprint
+
+    by_key: dict = {}
+    for r in _accepted(rows):
+        size = (raw_dir / r["file"]).stat().st_size
+        by_key.setdefault((size, r["date"], r["kind"], r["obj"], r["band"], r.get("shape")), []).append(r)
+    for same in (v for v in by_key.values() if len(v) > 1):
+        first: dict = {}
+        for r in sorted(same, key=lambda r: (len(Path(r["file"]).parts), len(r["file"]), r["file"])):
+            h = file_fingerprint(raw_dir / r["file"])
+            if h in first:
+                _reject(r, f"duplicate of {first[h]} (same content)")
+            else:
+                first[h] = r["file"]
+
+
+def reject_same_names(rows: list[dict]) -> None:
+    """Reject, in place, a science frame whose name (without FITS suffix) another frame of its
+    (object, band) group already has, e.g. in a sub-directory: their products would overwrite
+    each other.  The one nearest the top of the night directory is kept."""
+    seen: dict = {}
+    for r in sorted(_accepted(rows), key=lambda r: (len(Path(r["file"]).parts), r["file"])):
+        if r["kind"] != "science":
+            continue
+        key = (r["obj"], r["band"], raw_stem(r["file"]))
+        if key in seen:
+            _reject(r, f"same name as {seen[key]} in group {r['obj']} {r['band']}: their products "
+                       "would overwrite each other (rename one)")
+        else:
+            seen[key] = r["file"]
+
+
+def reject_odd_shapes(rows: list[dict]) -> None:
+    """Reject, in place, calibration frames whose image size is not their kind's majority (bias,
+    dark, flat of each band; a tie goes to the science frames' size): they would spoil the master."""
+    science = [r["shape"] for r in _accepted(rows) if r["kind"] == "science"]
+    common = max(set(science), key=science.count) if science else None
+    kinds: dict = {}
+    for r in _accepted(rows):
+        if r["kind"] in ("bias", "dark", "flat"):
+            kinds.setdefault((r["kind"], r["band"]), []).append(r)
+    for (kind, band), frames in kinds.items():
+        shapes = [r["shape"] for r in frames]
+        best = max(set(shapes), key=lambda s: (shapes.count(s), s == common))
+        label = f"{kind} {band}".strip() if kind == "flat" else kind
+        for r in frames:
+            if r["shape"] != best:
+                _reject(r, f"shape {r['shape'][1]}x{r['shape'][0]} differs from the other {label} frames' "
+                           f"{best[1]}x{best[0]}: left out of the master")
 
 
 def list_night(raw_dir: str | Path, red_dir: str | Path | None, cfg: Config, write: bool = True,
@@ -278,9 +382,13 @@ def list_night(raw_dir: str | Path, red_dir: str | Path | None, cfg: Config, wri
     raw_dir = Path(raw_dir)
     if not raw_dir.is_dir():
         raise InputError(f"{raw_dir}: raw directory not found")
-    files = scan_files(raw_dir)
+    files = scan_files(raw_dir, dangling=True)
     it = progress(files, desc="list") if progress else files
-    rows = [classify(p, str(p.relative_to(raw_dir)), cfg) for p in it]
+    rows = [classify(p, str(p.relative_to(raw_dir)), cfg) if p.exists() else
+            _dangling_row(p, str(p.relative_to(raw_dir))) for p in it]
+    reject_duplicates(rows, raw_dir)
+    reject_same_names(rows)
+    reject_odd_shapes(rows)
     names = ("file", "kind", "obj", "band", "exptime", "date", "reason")
     table = Table(rows=[[r[n] for n in names] for r in rows], names=names,
                   dtype=(str, str, str, str, float, str, str)) if rows else \

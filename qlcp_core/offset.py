@@ -993,14 +993,21 @@ def compute_offsets(bf_files, cfg, base_img=None, star_lists=None, map_fn=None, 
     max_dis = float(getattr(cfg, "offset_max_dis", 250.0))
     spec = getattr(cfg, "base_img", 0) if base_img is None else base_img
     bidx, bpath = _resolve_base(spec, files)
-    bxy, bfl, bhdr = _base_stars(bidx, bpath, files, cfg, star_lists)
+    counts: list = []                       # stars per frame, counted once, when a base must be replaced
+    try:
+        base = _base_stars(bidx, bpath, files, cfg, star_lists)
+    except InputError as e:                 # the default base (the first frame) cannot serve: the best frame
+        if bidx != 0:                       # a base the operator named is theirs: the error says why
+            raise
+        bidx, bpath = _replacement_base(files, bidx, cfg, star_lists, counts, e)
+        base = _base_stars(bidx, bpath, files, cfg, star_lists)
 
     n = len(files)
     t0 = time.perf_counter()
     mapper = map_fn or _serial_map
-    centred = _centred_offsets(files, bidx, bxy, bfl, max_dis, cfg, star_lists, mapper)
-    frames = _chain_offsets(files, bidx, bxy, bfl, bhdr, centred, max_dis, cfg, star_lists)
-    n_sim = _similarity_pass(files, bidx, bxy, bfl, frames, cfg, star_lists, mapper) if similarity else 0
+    run = (bidx, bpath, base, *_align_all(files, bidx, base, max_dis, cfg, star_lists, mapper, similarity))
+    bidx, bpath, base, frames, n_sim = _retry_base(run, files, max_dis, cfg, star_lists, mapper, similarity, counts)
+    bxy, bfl, bhdr = base
     dt = time.perf_counter() - t0
     for f, (_, _, res, _) in zip(files, frames):
         if not res.ok:
@@ -1155,6 +1162,64 @@ def _next_shift_centres(frames: list[list], centre: np.ndarray) -> list:
         if res.ok and res.kind == "shift":
             nxt = _centre_shift(res, centre)
     return out
+
+
+def _align_all(files: list[Path], bidx: int | None, base: tuple, max_dis: float, cfg, star_lists, mapper,
+               similarity: bool) -> tuple[list, int]:
+    """The three phases of :func:`compute_offsets` against ``base`` (xy, flux, header):
+    ``([name, jd, OffsetResult, n_stars] per frame, frames matched by similarity)``."""
+    bxy, bfl, bhdr = base
+    centred = _centred_offsets(files, bidx, bxy, bfl, max_dis, cfg, star_lists, mapper)
+    frames = _chain_offsets(files, bidx, bxy, bfl, bhdr, centred, max_dis, cfg, star_lists)
+    n_sim = _similarity_pass(files, bidx, bxy, bfl, frames, cfg, star_lists, mapper) if similarity else 0
+    return frames, n_sim
+
+
+def _retry_base(run: tuple, files: list[Path], max_dis: float, cfg, star_lists, mapper, similarity: bool,
+                counts: list) -> tuple:
+    """``run`` (bidx, bpath, base, frames, n_sim) again with the group's best frame as base when
+    fewer than half the frames align with its base (a base pointed elsewhere); the run that
+    aligns more frames wins."""
+    bidx, bpath, _, frames, _ = run
+    n, n_good = len(files), sum(r[2].ok for r in frames)
+    if bidx != 0 or n <= 2 or n_good >= 0.5 * n:     # only the default base, the first frame, is replaced
+        return run
+    why = InputError(f"{bpath.name}: only {n_good} of {n} frames align with it")
+    alt = _replacement_base(files, bidx, cfg, star_lists, counts, why, required=False)
+    if alt is None:
+        return run
+    abase = _base_stars(alt[0], alt[1], files, cfg, star_lists)
+    again = (*alt, abase, *_align_all(files, alt[0], abase, max_dis, cfg, star_lists, mapper, similarity))
+    if sum(r[2].ok for r in again[3]) > n_good:
+        return again
+    log.warning("%s: kept as base: %s aligns no more frames", bpath.name, alt[1].name)
+    return run
+
+
+def _star_count(path: Path, cfg, star_lists) -> int:
+    """Good stars of a frame (its catalogue's alignment stars, else a search of the image); -1 unreadable."""
+    try:
+        return len(_load_stars(path, cfg, star_lists)[0])
+    except (InputError, OSError, ValueError):
+        return -1
+
+
+def _replacement_base(files: list[Path], bidx: int | None, cfg, star_lists, counts: list, why: Exception,
+                      required: bool = True) -> tuple[int, Path] | None:
+    """The group's frame with the most good stars, to replace base ``bidx`` that cannot serve
+    (``why``); logged.  ``counts`` caches the star counts.  None (or ``why`` raised, when
+    ``required``) when the base is outside the list or no other frame has enough stars."""
+    if bidx is not None and not counts:
+        counts.extend(_star_count(f, cfg, star_lists) for f in files)
+    ranked = sorted((i for i in range(len(counts)) if i != bidx), key=lambda i: (-counts[i], i))
+    if bidx is None or not ranked or counts[ranked[0]] < MIN_MATCH:
+        if required:
+            raise why
+        return None
+    best = ranked[0]
+    log.warning("base image replaced: %s; using %s (%d stars, the most of the group)", why, files[best].name,
+                counts[best])
+    return best, files[best]
 
 
 def _base_stars(bidx: int | None, bpath: Path, files: list[Path], cfg, star_lists=None):

@@ -70,8 +70,8 @@ def _logs(red: Path, cfg: Config, letters: str):
 
 
 def raw_identities(raw: Path) -> list:
-    """``[path, size, mtime_ns]`` of every file of the night (keys the listing)."""
-    return [[str(p), *file_identity(p)[1:]] for p in scan_files(raw)]
+    """``[path, size, mtime_ns]`` of every file of the night, dangling links too (keys the listing)."""
+    return [[str(p), *file_identity(p)[1:]] for p in scan_files(raw, dangling=True)]
 
 
 def run(raw_dir, red_dir, steps: str | None = None, obj=None, band=None, use_bias=None, use_flat=None,

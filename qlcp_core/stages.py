@@ -152,7 +152,7 @@ STAGES: tuple[Stage, ...] = (
            "phot_back_mesh", "phot_deblend_nthresh", "filter_key", "object_key"),
           doc="detect and measure every source of each frame"),
     Stage("o", "offsets", GROUP, ("corrected", "frame_catalogue"), ("obj", "band"), ("offsets", "offsets_txt"),
-          ("offset_max_dis", "base_img", "saturation", "detect_minarea"),
+          ("offset_max_dis", "base_img", "saturation", "detect_minarea", "gain"),
           doc="offset of each frame against the base frame"),
     Stage("w", "astrometry", GROUP, ("offsets", "frame_catalogue"), ("obj", "band"), ("wcs",),
           ("astrometry_index", "pixel_scale", "solve_timeout", "ra_key", "dec_key"),
@@ -288,7 +288,7 @@ def view(cfg: Config | ConfigView, block_or_stage) -> ConfigView:
 
 
 #: what the drivers themselves read to walk the graph (groups to run, which masters apply)
-WALK_KEYS = ("obj", "band", "field_dir", "target_catalog", "date_key", *POLICY_KEYS)
+WALK_KEYS = ("obj", "band", "field_dir", "target_catalog", "date_key", "ra_key", "dec_key", *POLICY_KEYS)
 
 
 # ------------------------------------------------------------ documentation

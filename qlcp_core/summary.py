@@ -41,7 +41,8 @@ class GroupSummary:
 
 @dataclass
 class NightSummary:
-    """A night: what was found, which masters were used, each group's results, how it ran."""
+    """A night: what was found, which masters were used, each group's results, which calibration
+    it went without (``degraded``), how it ran."""
 
     night: str
     raw_dir: str
@@ -52,6 +53,9 @@ class NightSummary:
     rejected: list = field(default_factory=list)        #: [file, reason] of files not used at all
     masters: dict = field(default_factory=dict)         #: kind (bias, dark, flat_{band}) -> choice
     groups: list = field(default_factory=list)          #: GroupSummary
+    #: calibrations the night went without, each with why, e.g. "no flat for V: 3 of 3 flats rejected";
+    #: the night still reduced, but not as it should be (the CLI's exit status 3)
+    degraded: list = field(default_factory=list)
     run: dict = field(default_factory=dict)             #: driver, seconds, timings, task states
 
     @property

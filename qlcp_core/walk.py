@@ -9,19 +9,24 @@ differ only in how they execute a unit, never in what runs, in which order,
 with which inputs.
 
 A unit is a plain dict holding exactly the fields its block declares (files and
-values), so a Prefect task can key its cache on it; a failed night-level unit
-(listing, bias, dark) stops the night, a failed flat fails the groups of its
-band, and a failed group unit fails that group only.
+values), so a Prefect task can key its cache on it; a failed listing stops the
+night; a failed bias, dark or flat unit, or one left without usable frames,
+leaves the night without that calibration (``alt_*`` when configured) and the
+night goes on, *degraded*: the summary's ``degraded`` says what was lost and
+why; a failed group unit fails that group only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .calibration import choose_master
 from .errors import QLCPError
+from .io import read_header
 from .field import reference_of_other_night
 from .io import write_json
 from .nightname import night_name
@@ -29,6 +34,7 @@ from .products import product_path
 from .stages import BAND, CHUNK, GROUP, NIGHT, WALK_KEYS, Block, plan, view
 from .steps import catalogue_files, corrected_files
 from .summary import GroupSummary, NightSummary
+from .timing import target_coord
 
 log = logging.getLogger("qlcp.walk")
 
@@ -38,6 +44,7 @@ class _Group:
     summary: GroupSummary
     raw: list
     corrected: list = field(default_factory=list)
+    coord_file: str | None = None
 
 
 class NightWalk:
@@ -58,6 +65,7 @@ class NightWalk:
         self.raw, self.red, self.cfg = Path(raw), Path(red), cfg
         self.walk_cfg = view(cfg, (WALK_KEYS, "walk"))
         self.raw_files = raw_files
+        self._t0 = time.time_ns()               # products newer than this were written by this run
         self.blocks: list[Block] = plan(cfg.steps)
         self.listing: dict | None = None
         self.masters: dict = {}         #: kind (bias, dark, flat_{band}) -> the choice the night uses
@@ -106,7 +114,7 @@ class NightWalk:
 
     def _group_fields(self, o: str, b: str, g: _Group) -> dict:
         return {"obj": o, "band": b, "night": self.summary.night, "files": g.raw,
-                "coord_file": g.raw[0] if g.raw else None, "bias": lambda: self.master("bias"),
+                "coord_file": lambda: self._coord_file(g), "bias": lambda: self.master("bias"),
                 "dark": lambda: self.master("dark"), "flat": lambda: self.master("flat", b),
                 "corrected": g.corrected, "frame_catalogue": lambda: catalogue_files(g.corrected),
                 "field_reference": lambda: _s(reference_of_other_night(self.red, self.walk_cfg, o)),
@@ -125,6 +133,24 @@ class NightWalk:
         self.master("bias"), self.master("dark")
         write_json(product_path(self.red, "masters"), self.masters)
         self._masters_written = True
+
+    def _coord_file(self, g: _Group) -> str | None:
+        """The group's frame that gives the target coordinate: the first (time order) whose header
+        has one, read once per group, so every chunk of the group times its frames alike."""
+        if g.coord_file is None and g.raw:
+            g.coord_file = g.raw[0]
+            for f in g.raw:
+                try:
+                    if target_coord(read_header(f), self.walk_cfg) is not None:
+                        g.coord_file = f
+                        break
+                except (QLCPError, ValueError):
+                    continue
+            if g.coord_file != g.raw[0]:
+                log.warning("%s %s: %s has no target coordinate (%s/%s): the group's is that of %s",
+                            g.summary.obj, g.summary.band, Path(g.raw[0]).name, self.walk_cfg.ra_key,
+                            self.walk_cfg.dec_key, Path(g.coord_file).name)
+        return g.coord_file
 
     def bands(self) -> list[str]:
         return sorted({b for _, b in self.groups})
@@ -174,8 +200,12 @@ class NightWalk:
                                                    "ind_tgt", "ind_ref", "ind_chk") if k in sel}
 
     def fail(self, block: Block, label: str, unit: dict, error: str) -> None:
-        """Take one unit's failure: the night stops (night units), or its groups fail."""
+        """Take one unit's failure: a calibration is lost (bias, dark, flat: the night goes on,
+        degraded), the night stops (the listing), or its groups fail."""
         step = "".join(s.letter for s in block.stages)
+        if block.name in _CALIBRATIONS:
+            self._lose(block.name, unit.get("band"), f"step {step} failed: {error}")
+            return
         if block.unit == NIGHT:
             raise QLCPError(f"{self.raw}: step {step} failed: {error}")
         for g in self.groups.values():
@@ -183,11 +213,61 @@ class NightWalk:
                     (block.unit == BAND or g.summary.obj == unit.get("obj")):
                 g.summary.error = f"step {step}: {error}"
                 log.error("%s %s: %s", g.summary.obj, g.summary.band, g.summary.error)
+                if block.unit == GROUP:
+                    self._drop_partial(block, g.summary.obj, g.summary.band)
+
+    def _drop_partial(self, block: Block, obj: str, band: str) -> None:
+        """Remove the group products of a failed unit written during this run (e.g. a light curve
+        table whose plot then failed): a failed group leaves no new partial product."""
+        for kind in (k for s in block.stages for k in s.writes if k in GROUP_PRODUCTS):
+            p = product_path(self.red, kind, obj, band)
+            with contextlib.suppress(OSError):
+                if p.stat().st_mtime_ns >= self._t0:
+                    p.unlink()
+                    log.warning("%s %s: removed %s, written by the failed step", obj, band, p.name)
 
     def finish_block(self, block: Block) -> None:
-        """After every unit of ``block``: the groups' corrected frames, once frames were written."""
+        """After every unit of ``block``: the groups' corrected frames, once frames were written;
+        a calibration its stage made none of, said in ``degraded``."""
         if block.unit == CHUNK:
             self._refresh_corrected()
+        if block.name in _CALIBRATIONS:
+            for band in (self.bands() if block.name == "flat" else [None]):
+                self._check_master(block.name, band)
+
+    def _check_master(self, kind: str, band: str | None) -> None:
+        """Say in ``degraded`` when the night is left without that calibration (none of tonight's and
+        none from ``use_*``, the library or ``alt_*``)."""
+        L = self.listing or {}
+        files = L.get("flats", {}).get(band, []) if kind == "flat" else L.get(kind, [])
+        if kind == "dark" and not files:
+            return
+        self.master(kind, band)
+        c = self.masters[f"flat_{band}" if kind == "flat" else kind]
+        if c.get("path") or c.get("source") == "failed":
+            return
+        what = f"{kind} for {band}" if band else kind
+        plural = "flats" if kind == "flat" else f"{kind} frames"
+        why = f"{len(files)} of {len(files)} {plural} rejected" if files else f"no {plural} tonight"
+        self._degrade(f"no {what}: {why}")
+
+    def _lose(self, kind: str, band: str | None, why: str) -> None:
+        """A failed calibration unit: the night goes on with the policy's next choice (``use_*``, the
+        library, ``alt_*``), else without it, degraded."""
+        key = f"flat_{band}" if kind == "flat" else kind
+        c = choose_master(self.red, self.walk_cfg, kind, band, self._frame(band), tonight_rejected=True).as_dict()
+        if c["path"]:
+            c["why"] = f"tonight's {why}; {c['why'] or c['source']}".strip("; ")
+            self.masters[key] = c
+            log.warning("%s: %s; using %s %s", key, why, c["source"], c["path"])
+            return
+        self.masters[key] = {"kind": kind, "band": band, "path": None, "source": "failed", "why": why}
+        self._degrade(f"no {kind}{f' for {band}' if band else ''}: {why}")
+
+    def _degrade(self, what: str) -> None:
+        if what not in self.summary.degraded:
+            self.summary.degraded.append(what)
+            log.error("night degraded: %s", what)
 
     def _refresh_corrected(self) -> None:
         for (o, b), g in self.groups.items():
@@ -218,6 +298,13 @@ class NightWalk:
         if self.groups and len(failed) == len(self.groups):
             raise QLCPError(f"{self.raw}: every group failed; first: {failed[0].error}")
         return self.summary
+
+
+#: products of a group (one file each) that a failed group unit must not leave half made
+GROUP_PRODUCTS = frozenset({"offsets", "offsets_txt", "wcs", "pick", "selection", "night_catalogue", "lightcurve",
+                            "stars", "lc_png", "lc_pdf", "chart"})
+#: the calibration blocks: a failure loses that calibration, not the night
+_CALIBRATIONS = ("bias", "dark", "flat")
 
 
 def _s(p) -> str | None:

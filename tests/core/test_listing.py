@@ -51,8 +51,8 @@ EXAMPLES = {
 
 def _night(tmp_path, extra=None):
     raw = tmp_path / "raw"
-    for name, (cards, *_rest) in EXAMPLES.items():
-        write_frame(raw / name, EXPTIME=10.0, DATE_OBS="2024-06-06T14:00:00", **cards)
+    for i, (name, (cards, *_rest)) in enumerate(EXAMPLES.items()):     # each its own pixels: not duplicates
+        write_frame(raw / name, np.full((32, 32), 1000.0 + i), EXPTIME=10.0, DATE_OBS="2024-06-06T14:00:00", **cards)
     for name, content in (extra or {}).items():
         (raw / name).write_bytes(content)
     return raw

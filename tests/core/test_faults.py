@@ -1,0 +1,137 @@
+"""One bad file never costs a night: the fault table (``tests/faults.py``) through the plain driver.
+
+Each bad input is injected into a copy of a simulated night and reduced by ``qlcp run --no-prefect``;
+the night must give its light curve, name the bad file with its reason in summary.json, and exit 0,
+or 3 when it lost a calibration (``degraded``).  The same table runs through the Prefect flow in
+``tests/flows/test_faults_prefect.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qlcp.core.config import load_config
+from qlcp.core.simulate import simulate_small
+from tests.faults import FAULTS, NON_ASCII, check_outcome, make_night, together_fault
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory):
+    return simulate_small(tmp_path_factory.mktemp("faults") / "n", n_frames=10, size=128, seed=3, n_bias=3,
+                          n_flats=3)
+
+
+def _snapshot(raw: Path) -> dict:
+    return {str(p.relative_to(raw)): (p.lstat().st_size, p.lstat().st_mtime_ns) for p in raw.rglob("*")}
+
+
+def reduce_cli(sim, raw: Path, red: Path, *extra) -> tuple[int, dict]:
+    """``qlcp run RAW RED --no-prefect`` with the night's config: (exit status, summary.json)."""
+    from qlcp.deployments.cli import main
+
+    rc = main(["run", str(raw), str(red), "--no-prefect", "--config", str(sim.config_path), "--set", "workers=1",
+               "--set", f"field_dir={red / 'fields'}", *extra])
+    summary = json.loads((red / "summary.json").read_text()) if (red / "summary.json").is_file() else {}
+    return rc, summary
+
+
+@pytest.mark.parametrize("fault", FAULTS + [together_fault()], ids=lambda f: f.name)
+def test_fault_gives_the_light_curve_and_names_the_bad_file(sim, tmp_path, fault):
+    raw = make_night(sim.raw_dir, tmp_path / "raw", [fault])
+    before = _snapshot(raw)
+    rc, summary = reduce_cli(sim, raw, tmp_path / "red")
+    assert rc == fault.exit_status, (fault.name, rc, summary.get("degraded"), summary.get("rejected"))
+    check_outcome(fault, summary, tmp_path / "red", raw)
+    assert _snapshot(raw) == before                      # nothing written inside the raw directory
+
+
+def test_non_ascii_name_kept_exactly(sim, tmp_path):
+    """The raw name is in the listing as it is; the corrected frame's RAWFILE escapes it losslessly."""
+    from urllib.parse import unquote
+
+    from astropy.io import fits
+
+    fault = next(f for f in FAULTS if f.name == "non_ascii_name")
+    raw = make_night(sim.raw_dir, tmp_path / "raw", [fault])
+    rc, _ = reduce_cli(sim, raw, tmp_path / "red", "--steps", "lbfi")
+    assert rc == 0
+    assert NON_ASCII in (tmp_path / "red" / "lst" / "SIMV_V.lst").read_text().split("\n")
+    bf = next((tmp_path / "red" / "SIMV_V").glob("SIMV-0016V-*.bf.fits"))
+    assert unquote(fits.getheader(bf)["RAWFILE"]) == NON_ASCII
+
+
+def test_failed_bias_unit_degrades_the_night_and_it_goes_on(sim, tmp_path, monkeypatch):
+    """A bias step that fails (here: its combine raises) loses the bias, not the night: exit 3,
+    the light curve still made, ``degraded`` names the step and its error, no master bias used."""
+    from qlcp.core import bias as bias_mod
+    from qlcp.core.errors import InputError
+
+    def broken(*a, **k):
+        raise InputError("bias-0002.fit: unreadable data (test)")
+
+    monkeypatch.setattr(bias_mod, "make_master_bias", broken)
+    rc, s = reduce_cli(sim, sim.raw_dir, tmp_path / "red")
+    assert rc == 3
+    assert s["degraded"] == ["no bias: step b failed: bias-0002.fit: unreadable data (test)"]
+    assert s["masters"]["bias"]["path"] is None and s["masters"]["bias"]["source"] == "failed"
+    assert s["groups"][0]["outputs"]["lightcurve"] and not s["groups"][0]["error"]
+
+
+def test_stale_master_of_a_failed_step_is_not_used(sim, tmp_path, monkeypatch):
+    """A bias.fits left by an earlier run is not taken for tonight's when tonight's bias step failed."""
+    from qlcp.core import bias as bias_mod
+    from qlcp.core.errors import InputError
+
+    red = tmp_path / "red"
+    assert reduce_cli(sim, sim.raw_dir, red, "--steps", "lb")[0] == 0
+    assert (red / "bias.fits").is_file()
+
+    def broken(*a, **k):
+        raise InputError("combine: test")
+
+    monkeypatch.setattr(bias_mod, "make_master_bias", broken)
+    rc, s = reduce_cli(sim, sim.raw_dir, red, "--steps", "lbfi")
+    assert rc == 3 and s["masters"]["bias"]["path"] is None
+
+
+def test_failed_group_leaves_no_new_partial_product(sim, tmp_path):
+    """A group unit that fails removes the group products it wrote in this run, not older ones."""
+    from qlcp.core.products import product_path
+    from qlcp.core.stages import plan
+    from qlcp.core.walk import NightWalk
+
+    red = tmp_path / "red"
+    red.mkdir()
+    old = product_path(red, "chart", "SIMV", "V")
+    old.write_text("an earlier run's chart")
+    os.utime(old, ns=(1, 1))
+    cfg = load_config([sim.config_path], {"workers": 1})
+    walk = NightWalk(sim.raw_dir, red, cfg, [], driver="plain")
+    walk._take_listing({"summary": "", "rejected": [], "groups": [["SIMV", "V", []]], "bias": [], "flats": {},
+                        "dark": []})
+    lc = product_path(red, "lightcurve", "SIMV", "V")
+    lc.write_text("partial")
+    block = next(b for b in plan(cfg.steps) if b.name == "lc")
+    walk.fail(block, "lc-SIMV-V", {"obj": "SIMV", "band": "V"}, "plot failed")
+    assert not lc.exists() and old.exists()
+    assert walk.groups[("SIMV", "V")].summary.error == "step cdg: plot failed"
+
+
+def test_target_coordinate_does_not_depend_on_chunks(sim, tmp_path):
+    """RA/DEC missing from the first frame: every frame gets BJD, however the group is chunked."""
+    from astropy.io import fits
+
+    from qlcp.core import run
+
+    fault = next(f for f in FAULTS if f.name == "no_radec_in_first_frame")
+    raw = make_night(sim.raw_dir, tmp_path / "raw", [fault])
+    for workers in (1, 2):
+        red = tmp_path / f"red{workers}"
+        run(raw, red, config=load_config([sim.config_path], {"workers": workers, "steps": "lbfi"}))
+        bjd = [float(fits.getheader(f)["BJD"]) for f in sorted((red / "SIMV_V").glob("*.bf.fits"))]
+        assert len(bjd) == 10 and np.all(np.isfinite(bjd)), (workers, bjd)
