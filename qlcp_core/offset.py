@@ -974,18 +974,16 @@ def compute_offsets(bf_files, cfg, base_img=None, star_lists=None, map_fn=None, 
     Raises
     ------
     InputError
-        No frames, an unknown or unusable base image (fewer than 3 stars, or
-        another camera).
+        No frames; an unknown base, or a named one unusable (a default base that
+        cannot serve is replaced by the frame with most stars).
     ConfigError
         A base index out of range.
 
     Notes
     -----
-    Three phases: every frame searched around the base position, in parallel
-    (:func:`_centred_offsets`); a chain out from the base (:func:`_chain_offsets`:
-    ``offset_max_dis`` bounds a frame-to-frame jump, not the drift over the
-    night); similarities for the frames whose shift failed or paired few stars
-    (:func:`_similarity_pass`, in parallel; an ordinary night keeps its shifts).
+    Phases: a search around the base position (:func:`_centred_offsets`), a chain
+    out from the base (:func:`_chain_offsets`), similarities where shifts fail
+    (:func:`_similarity_pass`).
     """
     files = [Path(f) for f in bf_files]
     if not files:
