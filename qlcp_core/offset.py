@@ -1000,21 +1000,24 @@ def compute_offsets(bf_files, cfg, base_img=None, star_lists=None, map_fn=None, 
         bidx, bpath = _replacement_base(files, bidx, cfg, star_lists, counts, e)
         base = _base_stars(bidx, bpath, files, cfg, star_lists)
 
-    n = len(files)
     t0 = time.perf_counter()
     mapper = map_fn or _serial_map
     run = (bidx, bpath, base, *_align_all(files, bidx, base, max_dis, cfg, star_lists, mapper, similarity))
     bidx, bpath, base, frames, n_sim = _retry_base(run, files, max_dis, cfg, star_lists, mapper, similarity, counts)
+    return _finish_table(files, bidx, bpath, base, frames, n_sim, max_dis, time.perf_counter() - t0)
+
+
+def _finish_table(files, bidx, bpath, base, frames, n_sim: int, max_dis: float, dt: float) -> Table:
+    """The offsets table with its meta; the frames that could not be aligned logged."""
     bxy, bfl, bhdr = base
-    dt = time.perf_counter() - t0
     for f, (_, _, res, _) in zip(files, frames):
         if not res.ok:
             log.warning("%s: no offset: %s", f.name, res.reason)
-
     tab = _offsets_table(files, bidx, frames)
     tab.meta.update(base=_rawfile(bhdr, bpath), base_bf=str(bpath), base_index=bidx, base_nstars=len(bxy),
                     method=METHOD, max_dis=max_dis, convention=CONVENTION, n_ok=int(np.sum(tab["ok"])),
                     n_similarity=n_sim)
+    n = len(files)
     log.info("offsets: %d of %d frames ok, %d by similarity (%.3f s/frame)", tab.meta["n_ok"], n, n_sim,
              dt / max(n, 1))
     return tab
