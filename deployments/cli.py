@@ -207,8 +207,9 @@ def _print_summary(summary: dict, seconds: float) -> None:
     for what in summary.get("degraded") or []:
         print(f"  DEGRADED: {what}")
     for kind, m in sorted(summary.get("masters", {}).items()):
-        if m.get("source") not in ("tonight", None):
-            print(f"  {kind}: {m['path'] or 'none'} ({m['source']})")
+        if m.get("source") not in ("tonight", None) and not (kind == "dark" and m.get("source") == "none"):
+            why = f": {m['why']}" if m.get("why") else ""
+            print(f"  {kind}: {m['path'] or 'none'} ({m['source']}{why})")
     for g in summary["groups"]:
         state = f"FAILED: {g['error']}" if g.get("error") else "ok"
         print(f"  {g['obj']} {g['band']}: {g['frames']} frames, {g.get('corrected', 0)} corrected - {state}")
