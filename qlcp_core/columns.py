@@ -136,6 +136,7 @@ SPECS: dict[str, dict[str, tuple[str, str]]] = {
         "stars": (NONE, "stars paired with the base frame"),
         "dx": (PIX, "x shift against the base frame"),
         "dy": (PIX, "y shift against the base frame"),
+        "rot_deg": (DEG, "rotation of the frame against the base frame (180: after a meridian flip)"),
         "ok": (NONE, "true when the frame is usable"),
     },
 }

@@ -31,11 +31,14 @@ def _snapshot(raw: Path) -> dict:
 
 
 def reduce_cli(sim, raw: Path, red: Path, *extra) -> tuple[int, dict]:
-    """``qlcp run RAW RED --no-prefect`` with the night's config: (exit status, summary.json)."""
+    """``qlcp run RAW RED --no-prefect`` with the night's config: (exit status, summary.json).
+
+    Without the calibration library: these faults are about tonight's frames (the library, which would
+    stand in for a lost flat, is tested in test_calib_library.py)."""
     from qlcp.deployments.cli import main
 
     rc = main(["run", str(raw), str(red), "--no-prefect", "--config", str(sim.config_path), "--set", "workers=1",
-               "--set", f"field_dir={red / 'fields'}", *extra])
+               "--set", f"field_dir={red / 'fields'}", "--set", "calib_library=false", *extra])
     summary = json.loads((red / "summary.json").read_text()) if (red / "summary.json").is_file() else {}
     return rc, summary
 
@@ -132,6 +135,7 @@ def test_target_coordinate_does_not_depend_on_chunks(sim, tmp_path):
     raw = make_night(sim.raw_dir, tmp_path / "raw", [fault])
     for workers in (1, 2):
         red = tmp_path / f"red{workers}"
-        run(raw, red, config=load_config([sim.config_path], {"workers": workers, "steps": "lbfi"}))
+        run(raw, red, config=load_config([sim.config_path], {"workers": workers, "steps": "lbfi",
+                                                              "calib_library": False}))
         bjd = [float(fits.getheader(f)["BJD"]) for f in sorted((red / "SIMV_V").glob("*.bf.fits"))]
         assert len(bjd) == 10 and np.all(np.isfinite(bjd)), (workers, bjd)

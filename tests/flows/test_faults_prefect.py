@@ -26,14 +26,16 @@ def _flow(sim, raw, red, chunk=3):
     from qlcp.flows.night import process_night
 
     return process_night(raw_dir=str(raw), red_dir=str(red), config_files=[str(sim.config_path)],
-                         config={"workers": 1, "field_dir": str(red / "fields")}, chunk=chunk)
+                         config={"workers": 1, "field_dir": str(red / "fields"), "calib_library": False},
+                         chunk=chunk)
 
 
 @pytest.mark.parametrize("fault", FAULTS + [together_fault()], ids=lambda f: f.name)
 def test_fault_through_prefect_as_through_the_plain_driver(sim, tmp_path, fault):
     raw = make_night(sim.raw_dir, tmp_path / "raw", [fault])
     plain, flow = tmp_path / "plain", tmp_path / "flow"
-    sp = run(raw, plain, config=load_config([sim.config_path], {"workers": 1, "field_dir": str(plain / "fields")}))
+    sp = run(raw, plain, config=load_config([sim.config_path], {"workers": 1, "field_dir": str(plain / "fields"),
+                                                                 "calib_library": False}))
     sf = _flow(sim, raw, flow)                   # chunks of 3 frames: 4 correct-photometry tasks
     assert exit_status(sf) == exit_status(sp.to_dict()) == fault.exit_status
     check_outcome(fault, json.loads((flow / "summary.json").read_text()), flow, raw)
@@ -51,7 +53,7 @@ def test_failed_flat_task_degrades_the_night_as_in_the_plain_driver(sim, tmp_pat
 
     monkeypatch.setattr(flat_mod, "make_master_flat", broken)
     plain, flow = tmp_path / "plain", tmp_path / "flow"
-    sp = run(sim.raw_dir, plain, config=load_config([sim.config_path], {"workers": 1,
+    sp = run(sim.raw_dir, plain, config=load_config([sim.config_path], {"workers": 1, "calib_library": False,
                                                                          "field_dir": str(plain / "fields")}))
     sf = _flow(sim, sim.raw_dir, flow)
     assert sf["degraded"] == ["no flat for V: step f failed: flat-0002V.fit: unreadable data (test)"]
