@@ -297,14 +297,15 @@ class TransitModel:
         self.m["per"], self.m["linLimb"], self.m["quadLimb"], self.m["b"] = period, ld[0], ld[1], 0.0
         self.period = period
 
-    def flux(self, t, t0: float, p: float, t14: float, b: float) -> np.ndarray:
-        a, inc = _transit_geometry(p, t14, b, self.period)
+    def flux(self, t, t0: float, p: float, t14: float, b2: float) -> np.ndarray:
+        """Relative flux at ``t``; ``b2`` the squared impact parameter (smooth at b = 0, unlike b)."""
+        a, inc = _transit_geometry(p, t14, np.sqrt(max(b2, 0.0)), self.period)
         self.m["T0"], self.m["p"], self.m["a"], self.m["i"] = t0, p, a, inc
         return np.asarray(self.m.evaluate(np.asarray(t, float)), float)
 
-    def depth(self, p: float, t14: float, b: float) -> float:
+    def depth(self, p: float, t14: float, b2: float) -> float:
         """Fractional flux loss at mid-transit."""
-        return float(1.0 - self.flux(np.array([0.0]), 0.0, p, t14, b)[0])
+        return float(1.0 - self.flux(np.array([0.0]), 0.0, p, t14, b2)[0])
 
 
 def fit_transit(t, m, e, guess: dict, period: float, ld=(0.4, 0.25), airmass=None, baseline: str = "time",
@@ -312,7 +313,9 @@ def fit_transit(t, m, e, guess: dict, period: float, ld=(0.4, 0.25), airmass=Non
     """Fit a limb-darkened transit plus baseline to magnitudes.
 
     Parameters: ``t0`` (BJD_TDB), ``p`` (Rp/R*), ``t14`` (days, first to
-    fourth contact), ``b`` (impact parameter), baseline ``c0, c1, ...``;
+    fourth contact), ``b2`` (squared impact parameter: the model is even in b,
+    so b itself has no curvature at 0 and its covariance breaks down there),
+    baseline ``c0, c1, ...``;
     period and limb darkening fixed.  ``guess``: ``t0``, ``depth`` (fraction),
     ``dur`` (days).
 
@@ -327,10 +330,10 @@ def fit_transit(t, m, e, guess: dict, period: float, ld=(0.4, 0.25), airmass=Non
     X = baseline_design(t, airmass, baseline, tref)
     nb = X.shape[1]
     t = t - tref
-    p0 = np.r_[guess["t0"] - tref, np.sqrt(np.clip(guess["depth"], 1e-4, 0.25)), guess["dur"], 0.3,
+    p0 = np.r_[guess["t0"] - tref, np.sqrt(np.clip(guess["depth"], 1e-4, 0.25)), guess["dur"], 0.1,
                np.median(m), np.zeros(nb - 1)]
     lo = np.r_[t.min() - guess["dur"], 0.01, 0.2 * guess["dur"], 0.0, -np.inf * np.ones(nb)]
-    hi = np.r_[t.max() + guess["dur"], 0.5, min(3.0 * guess["dur"], 0.3 * period), 0.95, np.inf * np.ones(nb)]
+    hi = np.r_[t.max() + guess["dur"], 0.5, min(3.0 * guess["dur"], 0.3 * period), 0.9, np.inf * np.ones(nb)]
     p0 = np.clip(p0, lo + 1e-9, hi - 1e-9)
 
     def fun(p, sel):
@@ -342,7 +345,7 @@ def fit_transit(t, m, e, guess: dict, period: float, ld=(0.4, 0.25), airmass=Non
     beta = red_noise_beta(t[used], (m - model)[used], float(np.ptp(t)))
     cov = cov * beta ** 2
     res.x[0] += tref
-    names = ["t0", "p", "t14", "b"] + [f"c{i}" for i in range(nb)]
+    names = ["t0", "p", "t14", "b2"] + [f"c{i}" for i in range(nb)]
     fit = Fit(names, res.x, cov, chi2, dof, float(np.std((m - model)[used])), beta, model, m - model, used)
     grad = np.zeros(len(res.x))
     d0 = tm.depth(*res.x[1:4])
@@ -351,7 +354,7 @@ def fit_transit(t, m, e, guess: dict, period: float, ld=(0.4, 0.25), airmass=Non
         q = res.x.copy()
         q[i] += step
         grad[i] = (tm.depth(*q[1:4]) - d0) / step
-    a_rs, inc = _transit_geometry(*res.x[1:4], period)
+    a_rs, inc = _transit_geometry(res.x[1], res.x[2], float(np.sqrt(max(res.x[3], 0.0))), period)
     fit.extra.update(depth=d0, depth_err=float(np.sqrt(max(grad @ cov @ grad, 0.0))), a_rs=a_rs, inc=inc,
                      tref=tref, baseline=baseline, X=X, period=period, ld=list(ld), model_obj=tm)
     return fit

@@ -267,6 +267,7 @@ def _event_rows(name, k, ev, epoch, kind, fit, t, m, e, entry, s, j) -> tuple[li
         sk, _ = ef.kvw_bootstrap(t[fit.used], (fit.model - base)[fit.used], fit.resid[fit.used], tm, dur / 2,
                                  s["timing_n_boot"], s["timing_seed"])
         if np.isfinite(tk) and np.isfinite(sk):
+            sk *= fit.beta               # the bootstrap resamples white residuals: red noise as for the model
             rows.append(_row(name, k, ev, epoch, label, "kvw", status, tk, sk, depth, derr, dur, fit.error(dcol),
                              fit, snr, j, ""))
     return rows, ""
