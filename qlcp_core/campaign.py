@@ -246,7 +246,7 @@ def period_search(lc: Table, s: dict, dur: float = 0.08) -> tuple[Table, dict] |
     bls = BoxLeastSquares(t, -m, e)      # BLS looks for dips: an eclipse lowers -mag
     durations = np.clip(np.array([0.5, 1.0, 1.5]) * dur, 0.005, 0.9 * pmin)
     res = bls.power(1.0 / freq, durations, objective="snr")
-    best = int(np.argmax(res.power))
+    best = _shortest_harmonic(res.period, res.power, int(np.argmax(res.power)))
     tab = Table({"period": 1.0 / freq, "gls_power": np.asarray(gls.power), "bls_power": np.asarray(res.power)})
     tab["period"].unit = "d"
     out = {"gls_period": float(1.0 / freq[int(np.argmax(gls.power))]), "fap": float(gls.FAP(np.max(gls.power))),
@@ -254,6 +254,19 @@ def period_search(lc: Table, s: dict, dur: float = 0.08) -> tuple[Table, dict] |
            "bls_depth": float(res.depth[best]), "bls_duration": float(res.duration[best])}
     tab.meta.update(out)
     return tab, out
+
+
+def _shortest_harmonic(periods, power, best: int, frac: float = 0.8) -> int:
+    """Index of the shortest P_best / k (k = 2, 3, 4) whose box power is at least ``frac`` of the best:
+    with sparse nightly coverage an eclipse folded on a multiple of its period loses nothing, so
+    the box search cannot prefer the true period; the shortest period the data allow equally is."""
+    for k in (4, 3, 2):
+        i = int(np.argmin(np.abs(periods - periods[best] / k)))
+        lo, hi = max(i - 3, 0), min(i + 4, len(periods))
+        j = lo + int(np.argmax(power[lo:hi]))
+        if abs(periods[j] * k / periods[best] - 1) < 0.01 and power[j] >= frac * power[best]:
+            return j
+    return best
 
 
 # ------------------------------------------------------------------ plots

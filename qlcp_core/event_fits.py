@@ -358,3 +358,20 @@ def fit_transit(t, m, e, guess: dict, period: float, ld=(0.4, 0.25), airmass=Non
     fit.extra.update(depth=d0, depth_err=float(np.sqrt(max(grad @ cov @ grad, 0.0))), a_rs=a_rs, inc=inc,
                      tref=tref, baseline=baseline, X=X, period=period, ld=list(ld), model_obj=tm)
     return fit
+
+
+# ------------------------------------------------------------------ correlated noise
+def prayer_bead(model: np.ndarray, resid: np.ndarray, refit, n_max: int) -> float:
+    """Residual-permutation ("prayer bead") scatter of a fitted time.
+
+    The residuals are shifted cyclically (up to ``n_max`` shifts spread over
+    all of them), added back to the model and the time refitted by ``refit``
+    (a function of the data returning a time, NaN on failure); correlated
+    noise keeps its structure, so the scatter of the refitted times includes
+    it.  Returns NaN with fewer than 5 successful refits.
+    """
+    n = len(resid)
+    shifts = np.unique(np.linspace(1, n - 1, min(n_max, n - 1)).astype(int))
+    out = np.array([refit(model + np.roll(resid, k)) for k in shifts])
+    out = out[np.isfinite(out)]
+    return float(np.std(out, ddof=1)) if len(out) >= 5 else np.nan

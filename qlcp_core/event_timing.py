@@ -46,6 +46,7 @@ DEFAULTS = {
     "timing_clip": 5.0,               # outlier clip, robust sigmas
     "timing_n_boot": 200,             # bootstrap draws of the KvW error
     "timing_seed": 0,                 # seed of the bootstrap
+    "timing_prayer_bead": 100,        # residual shifts of the prayer-bead error of eclipse times (0: off)
     "timing_ld": (0.4, 0.25),         # quadratic limb darkening u1, u2 of transits
     "timing_period": 3.0,             # days: orbital period assumed for a transit without one
     "timing_duration": 0.08,          # days: first guess of an event's duration without a catalogue one
@@ -62,7 +63,8 @@ COLUMNS = {
     "method": ("", "model (symmetric dip + baseline), kvw (Kwee-van Woerden), transit (Mandel-Agol + baseline)"),
     "status": ("", "full: event covered, time trusted; partial: part of the event only, no time given"),
     "time_bjd_tdb": ("d", "time of minimum / mid-transit, BJD_TDB (NaN when partial)"),
-    "time_err_d": ("d", "1-sigma uncertainty of the time (scaled covariance or bootstrap)"),
+    "time_err_d": ("d", "1-sigma uncertainty of the time: max of the scaled covariance (model) or bootstrap "
+                        "(kvw) and the prayer-bead scatter (eclipses)"),
     "depth": ("", "depth: mag for eclipses, fractional flux for transits"),
     "depth_err": ("", "1-sigma uncertainty of the depth, same unit"),
     "duration_d": ("d", "duration: full width of the dip / T14 of the transit"),
@@ -262,15 +264,34 @@ def _event_rows(name, k, ev, epoch, kind, fit, t, m, e, entry, s, j) -> tuple[li
     rows = [_row(name, k, ev, epoch, label, method, status, tm if full else np.nan, fit.error(tcol) if full else np.nan,
                  depth, derr, dur if full else np.nan, fit.error(dcol) if full else np.nan, fit, snr, j, reason)]
     if full and kind != "transit":
-        base = fit.extra["X"] @ fit.p[4:]
-        tk, _ = ef.kwee_van_woerden(t[fit.used], (m - base)[fit.used], tm, dur / 2)
-        sk, _ = ef.kvw_bootstrap(t[fit.used], (fit.model - base)[fit.used], fit.resid[fit.used], tm, dur / 2,
-                                 s["timing_n_boot"], s["timing_seed"])
-        if np.isfinite(tk) and np.isfinite(sk):
-            sk *= fit.beta               # the bootstrap resamples white residuals: red noise as for the model
-            rows.append(_row(name, k, ev, epoch, label, "kvw", status, tk, sk, depth, derr, dur, fit.error(dcol),
-                             fit, snr, j, ""))
+        rows += _kvw_and_prayer_bead(rows[0], fit, t, m, e, s)
     return rows, ""
+
+
+def _kvw_and_prayer_bead(row: dict, fit: ef.Fit, t, m, e, s: dict) -> list[dict]:
+    """The KvW row of a fully covered eclipse; both rows' errors raised to their prayer-bead scatter.
+
+    The model's error is max(scaled covariance, prayer bead); KvW's is max(bootstrap x beta,
+    prayer bead): the bootstrap resamples white residuals, the prayer bead keeps their correlations.
+    """
+    u = fit.used
+    base = fit.extra["X"] @ fit.p[4:]
+    tu, mu, eu, mod, res = t[u], (m - base)[u], e[u], (fit.model - base)[u], fit.resid[u]
+    tm, dur = row["time_bjd_tdb"], row["duration_d"]
+    n_pb = int(s["timing_prayer_bead"])
+    if n_pb > 0:
+        guess = {"tmin": tm, "depth": row["depth"], "dur": dur}
+        pb = ef.prayer_bead(fit.model[u], res, lambda y: ef.fit_dip(tu, y, eu, guess, None, "time", 1e9).value("tmin"),
+                            n_pb)      # refitted with a time baseline: its slope trades with the time
+        row["time_err_d"] = float(np.nanmax([row["time_err_d"], pb]))
+    tk, _ = ef.kwee_van_woerden(tu, mu, tm, dur / 2)
+    sk, _ = ef.kvw_bootstrap(tu, mod, res, tm, dur / 2, s["timing_n_boot"], s["timing_seed"])
+    if not (np.isfinite(tk) and np.isfinite(sk)):
+        return []
+    sk *= fit.beta
+    if n_pb > 0:
+        sk = float(np.nanmax([sk, ef.prayer_bead(mod, res, lambda y: ef.kwee_van_woerden(tu, y, tm, dur / 2)[0], n_pb)]))
+    return [dict(row, method="kvw", time_bjd_tdb=tk, time_err_d=sk, reason="")]
 
 
 def time_target(lc: Table, k: int, name: str, entry: dict, s: dict) -> tuple[list[dict], list[dict], list[str]]:
