@@ -29,7 +29,22 @@ kind                      path under ``red``                  needs
 ``stars``                 ``stars_{obj}_{band}.ecsv``         obj, band
 ``lc_png``, ``lc_pdf``    ``lc_{obj}_{band}.png`` / ``.pdf``  obj, band
 ``chart``                 ``chart_{obj}_{band}.png``          obj, band
+``timing``                ``timing_{obj}_{band}.ecsv``        obj, band (step t: event times)
+``timing_png``            ``timing_{obj}_{band}.png``         obj, band
 ========================  ==================================  ==============
+
+Campaign products live under the output root of all nights (``red`` is then
+``RED_ROOT``), per target ``{obj}`` (a file-safe target name):
+
+========================  ==================================================  ==========
+``campaign_dir``          ``campaign/{obj}/``                                 obj
+``campaign_lc``           ``campaign/{obj}/lc_{obj}_{band}.ecsv`` (``.png``)  obj, band
+``campaign_lc_png``
+``oc``, ``oc_png``        ``campaign/{obj}/oc_{obj}.ecsv`` / ``.png``         obj
+``ephemeris``             ``campaign/{obj}/ephemeris_{obj}.yaml``             obj
+``period``                ``campaign/{obj}/period_{obj}_{band}.ecsv``         obj, band
+``period_png``            ``campaign/{obj}/period_{obj}_{band}.png``          obj, band
+========================  ==================================================  ==========
 """
 
 from __future__ import annotations
@@ -46,12 +61,17 @@ CAT_SUFFIX = ".cat.fits"
 _GROUP = {"offsets": "offset_{}_{}.ecsv", "offsets_txt": "offset_{}_{}.txt", "wcs": "wcs_{}_{}.fits",
           "pick": "pick_{}_{}.ecsv", "selection": "select_{}_{}.json",
           "night_catalogue": "cata_{}_{}.fits", "lightcurve": "lc_{}_{}.ecsv", "stars": "stars_{}_{}.ecsv",
-          "lc_png": "lc_{}_{}.png", "lc_pdf": "lc_{}_{}.pdf", "chart": "chart_{}_{}.png"}
+          "lc_png": "lc_{}_{}.png", "lc_pdf": "lc_{}_{}.pdf", "chart": "chart_{}_{}.png",
+          "timing": "timing_{}_{}.ecsv", "timing_png": "timing_{}_{}.png"}
+_CAMPAIGN = {"campaign_lc": "lc_{0}_{1}.ecsv", "campaign_lc_png": "lc_{0}_{1}.png", "oc": "oc_{0}.ecsv",
+             "oc_png": "oc_{0}.png", "ephemeris": "ephemeris_{0}.yaml", "period": "period_{0}_{1}.ecsv",
+             "period_png": "period_{0}_{1}.png"}
 _NIGHT = {"config": "config.yaml", "summary": "summary.json", "night_list": "lst/night.ecsv", "masters": "masters.json",
           "bias": "bias.fits", "dark": "dark.fits"}
 
 #: every product kind :func:`product_path` knows
-KINDS = frozenset(_GROUP) | frozenset(_NIGHT) | {"log", "flat", "group_dir", "corrected", "frame_catalogue"}
+KINDS = (frozenset(_GROUP) | frozenset(_NIGHT) | frozenset(_CAMPAIGN)
+         | {"log", "flat", "group_dir", "corrected", "frame_catalogue", "campaign_dir"})
 
 
 def frame_stem(path: str | Path) -> str:
@@ -91,6 +111,11 @@ def product_path(red: str | Path | None, kind: str, obj: str | None = None, band
         return red / "log" / f"{step}.log"
     if kind == "flat" and band:
         return red / f"flat_{band}.fits"
+    if obj is not None and (kind == "campaign_dir" or kind in _CAMPAIGN):
+        if kind == "campaign_dir":
+            return red / "campaign" / obj
+        if band is not None or "{1}" not in _CAMPAIGN[kind]:
+            return red / "campaign" / obj / _CAMPAIGN[kind].format(obj, band)
     if obj is not None and band is not None:
         if kind in _GROUP:
             return red / _GROUP[kind].format(obj, band)

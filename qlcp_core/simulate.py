@@ -177,13 +177,15 @@ class SimOptions:
     flat_gradient: float = 0.0        #: a bad flat set: illumination changing by this fraction across the frame
     wcs: bool = False                 #: write a TAN WCS in every science header (and sky positions in the truth)
     pixel_scale: float = 1.0          #: arcsec per pixel, with ``wcs`` (north up, east left on the base frame)
+    ephemeris: tuple[float, float] | None = None   #: (t0 BJD_TDB, period d): the eclipse is the one of this
+    #:                                   ephemeris nearest the middle of the run (nights of one binary)
 
 
 #: options that change the frames' geometry; left out of ``truth.json`` at their defaults, so nights
 #: simulated without them are byte-identical to those of earlier versions
 _GEOMETRY_DEFAULTS = {"flip_at": None, "flip_offset": (14.0, -9.0), "rotation_deg": 0.0, "scale": 1.0,
                       "field_of": None, "pointing": (0.0, 0.0), "detector_seed": None, "flat_gradient": 0.0,
-                      "wcs": False, "pixel_scale": 1.0}
+                      "wcs": False, "pixel_scale": 1.0, "ephemeris": None}
 
 
 @dataclass
@@ -228,8 +230,8 @@ def _options(kw: dict, n_frames: int, size: int, seed: int) -> SimOptions:
         close = difflib.get_close_matches(bad[0], sorted(names), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ConfigError(f"simulate_night: unknown option {bad[0]!r}{hint}")
-    for name in ("jump", "flip_offset", "pointing"):
-        if name in kw:
+    for name in ("jump", "flip_offset", "pointing", "ephemeris"):
+        if name in kw and kw[name] is not None:
             kw = dict(kw, **{name: tuple(float(v) for v in kw[name])})
     o = SimOptions(**kw)
     checks = [
@@ -476,8 +478,13 @@ def _eclipse(o: SimOptions, rng: np.random.Generator, coo: SkyCoord, loc: EarthL
 
     bjd_mid = bjd(t_mid)
     dur_s = o.eclipse_duration if o.eclipse_duration is not None else min(3600.0, span_h * 3600.0 * 2.0 / 3.0)
-    t0_utc = t_start[0] + rng.uniform(0.4, 0.6) * span_h * u.hour
+    t0_utc = t_start[0] + rng.uniform(0.4, 0.6) * span_h * u.hour      # drawn always: the stream stays the same
     t0_bjd = float(bjd(t0_utc))
+    if o.ephemeris is not None:         # the ephemeris' event nearest the middle of the run
+        e0, per = o.ephemeris
+        mid = float(bjd(t_start[0] + 0.5 * span_h * u.hour))
+        t0_bjd = e0 + round((mid - e0) / per) * per
+        t0_utc = t0_utc + (t0_bjd - float(bjd(t0_utc))) * u.day
     delta = 1.0 - 10.0 ** (-0.4 * o.eclipse_depth)
     sub = (np.arange(7) / 6.0 - 0.5) * o.exptime / 86400.0          # samples over the exposure
 
