@@ -26,7 +26,7 @@ EXIT_DEGRADED = 3
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--steps", default=None, help="steps to run (default: all, lbfiopwkcdg)")
+    p.add_argument("--steps", default=None, help="steps to run (default: all, lbfiopwkcdgt)")
     p.add_argument("--obj", action="append", metavar="NAME", help="object to process (repeatable)")
     p.add_argument("--band", action="append", metavar="B", help="band to process (repeatable)")
     p.add_argument("--config", action="append", metavar="FILE", help="YAML or INI config (repeatable; later wins)")
@@ -78,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="pool", help="deployment name: process-night/NAME (default pool)")
     p.add_argument("--config", metavar="FILE", action="append", help="config file(s) the flow runs get")
 
+    p = sub.add_parser("campaign", help="build or rebuild campaign products (multi-night light curve, O-C, "
+                                        "ephemeris, period search) from reduced nights, without Prefect")
+    p.add_argument("red_root", help="output root holding one directory per night")
+    p.add_argument("--target", action="append", metavar="NAME", help="only this target (repeatable; default all)")
+    p.add_argument("--config", action="append", metavar="FILE", help="YAML or INI config (the target catalogue)")
+
     from qlcp.deployments.calib_cli import add_calib_arguments
 
     add_calib_arguments(sub.add_parser("calib", help="the calibration library: list, reject, accept, rebuild"))
@@ -93,6 +99,25 @@ def build_parser() -> argparse.ArgumentParser:
 def _fail(msg: str) -> int:
     print(f"qlcp: error: {msg}", file=sys.stderr)
     return EXIT_BAD_INPUT
+
+
+def cmd_campaign(a) -> int:
+    """``qlcp campaign RED_ROOT [--target NAME]``: the campaign products, printed by target."""
+    from qlcp.core.campaign import build_campaign, campaign_targets
+    from qlcp.core.pipeline import make_config
+
+    cfg = make_config(a.config)
+    names = a.target or campaign_targets(a.red_root)
+    if not names:
+        return _fail(f"{a.red_root}: no reduced night with a light curve")
+    for name in names:
+        res = build_campaign(a.red_root, name, cfg=cfg)
+        print(f"{name}:")
+        for kind, path in sorted((k, v) for k, v in res.items() if k != "notes"):
+            print(f"  {kind}: {path}")
+        for note in res.get("notes", []):
+            print(f"  note: {note}")
+    return 0
 
 
 def _cmd_calib(a) -> int:
@@ -310,7 +335,8 @@ def main(argv=None) -> int:
     os.environ.setdefault("DO_NOT_TRACK", "1")
     try:
         return {"run": cmd_run, "simulate": cmd_simulate, "demo": cmd_demo, "watch": cmd_watch,
-                "serve": cmd_serve, "up": cmd_up, "deploy": cmd_deploy, "calib": _cmd_calib}[a.cmd](a)
+                "serve": cmd_serve, "up": cmd_up, "deploy": cmd_deploy, "calib": _cmd_calib,
+                "campaign": cmd_campaign}[a.cmd](a)
     except QLCPError as e:
         if a.debug:
             raise

@@ -55,9 +55,10 @@ def _config_paths(config_files) -> list[str]:
 
 def build_deployments(raw_root: str, red_root: str, config_files: list[str] | None = None, timezone: str = "UTC",
                       reprocess_cron: str = "0 12 * * *", sweep_cron: str = "0 7 * * *"):
-    """The three deployments, ready for ``prefect.serve``."""
+    """The four deployments (process-night, reprocess, dawn-sweep, campaign), ready for ``prefect.serve``."""
     from prefect.schedules import Cron
 
+    from qlcp.flows.campaign import campaign
     from qlcp.flows.night import dawn_sweep, process_night, reprocess
 
     files = _config_paths(config_files)
@@ -69,6 +70,8 @@ def build_deployments(raw_root: str, red_root: str, config_files: list[str] | No
                                 schedule=Cron(reprocess_cron, timezone=timezone)),
         dawn_sweep.to_deployment(name="dawn-sweep", tags=["qlcp"], parameters=common,
                                  schedule=Cron(sweep_cron, timezone=timezone)),
+        campaign.to_deployment(name="campaign", tags=["qlcp"],
+                               parameters={"red_root": common["red_root"], "config_files": files}),
     ]
 
 

@@ -222,8 +222,27 @@ def process_night(raw_dir: str, red_dir: str, config: dict | None = None, config
                        task_state_by_label=runner.by_label)
     summary.write()
     publish_artifacts(summary.to_dict(), red, cfg)
+    if "t" in cfg.steps:
+        update_campaigns(summary, red, config, config_files)
     walk.result()                       # raises when every group failed (after the summary is written)
     return summary.to_dict()
+
+
+def update_campaigns(summary, red: Path, config: dict | None, config_files: list[str] | None) -> None:
+    """Rebuild the campaign of every target of this night (its subflow, cached on the nights' files);
+    a campaign that fails is logged and costs the night nothing."""
+    from qlcp.flows.campaign import campaign
+
+    names = {}
+    for g in summary.groups:
+        if not g.error and g.outputs.get("lightcurve"):
+            for n in (g.stars or {}).get("targets") or [g.obj]:
+                names.setdefault(n, None)
+    for name in names:
+        st = campaign(red_root=str(Path(red).resolve().parent), target=name, config=config,
+                      config_files=config_files, return_state=True)
+        if st.is_failed():
+            get_run_logger().warning("campaign %s: %s", name, st.message)
 
 
 def _run_block(walk: NightWalk, runner: "_Runner", block, cfgd: dict, red: str, chunk: int, progress) -> None:

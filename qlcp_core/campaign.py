@@ -430,3 +430,31 @@ def _reference(cat, lc, events, s, red_root, name, band, out, notes) -> tuple[tu
                                     f"{name} {band}: period search")
     t0 = float(events["time_bjd_tdb"][0]) if len(events) else best["bls_t0"]
     return (t0, best["bls_period"]), True
+
+
+def campaign_targets(red_root) -> list[str]:
+    """Every target with a light curve under ``red_root``: the names its nights' selections give (targets
+    by sky position), else the nights' objects."""
+    import json
+
+    names: dict[str, str] = {}
+    for sel in sorted(Path(red_root).glob("*/select_*.json")):
+        try:
+            d = json.loads(sel.read_text())
+        except (OSError, ValueError):
+            continue
+        obj = sel.stem[len("select_"):].rsplit("_", 1)[0]
+        for n in d.get("targets") or [obj]:
+            names.setdefault(norm_name(n), n)
+    return sorted(names.values())
+
+
+def campaign_inputs(red_root, target: str) -> list[str]:
+    """The files a target's campaign is made from: its nights' light curves and timing tables."""
+    out = []
+    for en in find_nights(red_root, target):
+        out.append(str(en["lc_path"]))
+        t = Path(en["lc_path"]).with_name(Path(en["lc_path"]).name.replace("lc_", "timing_", 1))
+        if t.is_file():
+            out.append(str(t))
+    return sorted(set(out))

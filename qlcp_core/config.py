@@ -34,7 +34,7 @@ DEFAULT_PATTERNS = [
     r"(?P<date>[0-9]{0,8})(?P<obj>flat)_(?P<band>[a-zA-Z])_(?P<sn>[0-9]{1,2})_[a-zA-Z]_([0-9]{3,6})\.f(it|its|ts)(\.fz)?$",
 ]
 
-ALL_STEPS = "lbfiopwkcdg"
+ALL_STEPS = "lbfiopwkcdgt"
 MAX_APERTURES = 19
 
 _LOG_LEVELS = {"CRITICAL": 50, "ERROR": 40, "WARNING": 30, "WARN": 30, "INFO": 20, "DEBUG": 10, "NOTSET": 0}
@@ -65,7 +65,7 @@ class Config(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
     # ----------------------------------------------------------- run parameters
-    steps: str = Field(ALL_STEPS, description="steps to run, in order (l b f i o p w k c d g; K reuses the last pick)")
+    steps: str = Field(ALL_STEPS, description="steps to run (l b f i o p w k c d g t; K reuses the last pick)")
     obj: list[str] | None = Field(None, description="objects to process (default: all)")
     band: list[str] | None = Field(None, description="bands to process (default: all); 'BVR' means B, V, R")
     use_bias: str | None = Field(None, description="master bias to use instead of tonight's")
@@ -191,6 +191,32 @@ class Config(BaseModel):
     calib_qc_flat_structure: float = Field(0.01, gt=0, description="QC: largest small-scale structure (99.5th "
                                                                    "percentile, 4 px bins) of new / previous "
                                                                    "master flat")
+
+    # ------------------------------------------------------ timing, campaigns
+    timing_aperture: int | None = Field(None, ge=0, description="aperture index timed; None: the one with the "
+                                                                 "least achieved scatter")
+    timing_baseline: Literal["time", "airmass", "both", "none"] = Field("time", description="baseline fitted "
+                                                                                          "with an event")
+    timing_min_points: int = Field(5, ge=2, description="points needed in ingress, in egress and out of the "
+                                                        "event for a full (timed) event")
+    timing_snr_min: float = Field(7.0, gt=0, description="detection: sqrt(delta chi2) of dip vs baseline, in "
+                                                         "reduced-chi2 units")
+    timing_clip: float = Field(5.0, gt=0, description="outlier clip, robust sigmas")
+    timing_n_boot: int = Field(200, ge=0, description="bootstrap draws of the Kwee-van Woerden error (0: no KvW)")
+    timing_seed: int = Field(0, description="seed of the bootstrap")
+    timing_prayer_bead: int = Field(100, ge=0, description="residual shifts of the prayer-bead error of eclipse "
+                                                           "times (0: off)")
+    timing_ld: tuple[float, float] = Field((0.4, 0.25), description="quadratic limb darkening u1, u2 of transits")
+    timing_period: float = Field(3.0, gt=0, description="days: period assumed for a transit without a catalogue one")
+    timing_duration: float = Field(0.08, gt=0, description="days: first guess of an event's duration")
+    timing_window: float = Field(1.5, gt=0, description="with an ephemeris: data within this many durations of "
+                                                        "a predicted event")
+    campaign_method: Literal["model", "kvw"] = Field("model", description="eclipse times in the O-C: model or kvw "
+                                                                          "(transits: the transit fit)")
+    campaign_min_period: float = Field(0.2, gt=0, description="days: shortest period searched")
+    campaign_max_period: float | None = Field(None, gt=0, description="days: longest period searched (None: half "
+                                                                      "the campaign span)")
+    campaign_min_nights: int = Field(2, ge=1, description="nights needed for a period search")
 
     # ------------------------------------------------------------ validators
     @field_validator("file_log", "scr_log", mode="before")

@@ -37,6 +37,9 @@ _TIMES = ("site_lon", "site_lat", "site_ele", "date_key", "time_key", "time_ref"
 #: what a calibration stage reads to register its master in the library (with QC)
 _LIBRARY = ("calib_library", "calib_dir", "date_key", "calib_qc_bias_level", "calib_qc_bias_structure",
             "calib_qc_flat_gradient", "calib_qc_flat_structure")
+_TIMING = ("timing_aperture", "timing_baseline", "timing_min_points", "timing_snr_min", "timing_clip",
+           "timing_n_boot", "timing_seed", "timing_prayer_bead", "timing_ld", "timing_period", "timing_duration",
+           "timing_window")
 _PICK = ("pick_err_max", "pick_bad_max", "pick_var_std", "pick_var_rad", "pick_ref_n", "pick_ref_std",
          "pick_ref_dif", "pick_star_n", "pick_var_n", "pick_chk_n")
 
@@ -52,7 +55,7 @@ class Stage:
     Attributes
     ----------
     letter : str
-        The step letter of the manual (``steps="lbfiopwkcdg"``).
+        The step letter of the manual (``steps="lbfiopwkcdgt"``).
     name : str
         Unique name; the Prefect task of a lone stage has this name, and
         :mod:`qlcp.core.steps` has ``run_{name}``.
@@ -174,6 +177,10 @@ STAGES: tuple[Stage, ...] = (
           ("ind_tgt", "ind_ref", "ind_chk", "tel_diameter", "scint_cy", "site_ele", "gain", "rdnoise", "aper",
            "pick_bad_max", "sky_annulus", "ref_var_k"),
           doc="differential light curves, noise budget, tables and plots"),
+    Stage("t", "timing", GROUP, ("lightcurve", "selection", "target_catalog"), ("obj", "band"),
+          ("timing", "timing_png"), (*_TIMING, "targets", "target_catalog"),
+          doc="times of minima and transits (symmetric model, Kwee-van Woerden, Mandel-Agol), BJD_TDB with "
+              "errors; full, partial or none"),
     Stage("g", "chart", GROUP, ("stars", "offsets"), ("obj", "band"), ("chart",), (),
           doc="finding chart of the base frame with the chosen stars"),
 )

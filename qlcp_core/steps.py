@@ -607,6 +607,15 @@ def run_differential(ctx: RunContext, u: dict, prev: dict) -> dict:
             "noise": res["noise"], "outputs": [res["lc"], res["stars"], res["png"]]}
 
 
+def run_timing(ctx: RunContext, u: dict, prev: dict) -> dict:
+    """Stage t: times of the group's minima and transits (:mod:`qlcp.core.event_timing`)."""
+    from .event_timing import run_timing as time_group
+
+    paths = time_group(ctx.red, u["obj"], u["band"], cfg=ctx.cfg)
+    out = {k: str(v) for k, v in paths.items() if v}
+    return {**out, "outputs": list(out.values())}
+
+
 def run_chart(ctx: RunContext, u: dict, prev: dict) -> dict:
     path = graph_step(ctx.red, ctx.cfg, u["obj"], u["band"])
     return {"chart": path, "outputs": [path]}

@@ -119,7 +119,7 @@ class NightWalk:
                 "corrected": g.corrected, "frame_catalogue": lambda: catalogue_files(g.corrected),
                 "field_reference": lambda: _s(reference_of_other_night(self.red, self.walk_cfg, o)),
                 "target_catalog": self.walk_cfg.target_catalog,
-                **{k: str(product_path(self.red, k, o, b)) for k in ("offsets", "wcs", "night_catalogue", "stars", "selection")},
+                **{k: str(product_path(self.red, k, o, b)) for k in ("offsets", "wcs", "night_catalogue", "stars", "selection", "lightcurve")},
                 "masters": str(product_path(self.red, "masters")),
                 "pick": str(product_path(self.red, "pick", o, b)) if "K" in self.cfg.steps else None}
 
@@ -189,7 +189,8 @@ class NightWalk:
             return
         g.summary.rejected += [list(r) for r in res.get("rejected", [])]
         g.summary.rejected += [[Path(s["bf"]).name, s["error"]] for s in res.get("frames", []) if s.get("error")]
-        for kind in ("offsets", "wcs", "night_catalogue", "lightcurve", "stars", "lc_png", "lc_pdf", "chart"):
+        for kind in ("offsets", "wcs", "night_catalogue", "lightcurve", "stars", "lc_png", "lc_pdf", "chart",
+                     "timing", "timing_png"):
             if res.get(kind):
                 g.summary.outputs[kind] = res[kind]
         if "noise" in res:

@@ -26,7 +26,8 @@ def test_plan_order_and_fusions():
     assert [s.name for s in S.plan("lbfiopwkcdg")[-1].stages] == ["catalogue", "differential", "chart"]
     assert [b.name for b in S.plan("lbfiopkcdg")] == ["list", "bias", "dark", "flat", "ip", "offsets", "select", "lc"]
     assert [b.name for b in S.plan("w")] == ["list", "astrometry"]
-    assert S.plan(Config().steps) == S.plan("lbfiopwkcdg")              # w is in the default chain
+    assert S.plan(Config().steps) == S.plan("lbfiopwkcdgt")             # w and t are in the default chain
+    assert [b.name for b in S.plan("lbfiopwkcdgt")][-2:] == ["lc", "timing"]
     # i alone is not fused; the listing always runs (every stage needs it); c needs a selection
     assert [b.name for b in S.plan("i")] == ["list", "correct"]
     assert [b.name for b in S.plan("p")] == ["list", "photometry"]

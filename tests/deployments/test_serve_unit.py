@@ -25,7 +25,8 @@ def test_three_deployments_with_local_schedules(tmp_path):
     (tmp_path / "raw").mkdir()
     deps = build_deployments(str(tmp_path / "raw"), str(tmp_path / "red"), [], "Etc/GMT-8")
     by = {d.name: d for d in deps}
-    assert set(by) == {"process-night", "reprocess", "dawn-sweep"}
+    assert set(by) == {"process-night", "reprocess", "dawn-sweep", "campaign"}
+    assert by["campaign"].parameters["red_root"] == str((tmp_path / "red").resolve())
     assert not by["process-night"].schedules
     cron = by["reprocess"].schedules[0].schedule
     assert cron.cron == "0 12 * * *" and cron.timezone == "Etc/GMT-8"

@@ -293,11 +293,11 @@ def _deployment_id(name: str = DEPLOYMENT):
 
 
 def wait_deployments(svc: Service, timeout: float = 120.0) -> float:
-    """Wait until ``qlcp serve`` has registered its three deployments; seconds taken."""
+    """Wait until ``qlcp serve`` has registered its deployments; seconds taken."""
     from prefect.exceptions import ObjectNotFound
 
     t0 = time.monotonic()
-    names = [DEPLOYMENT, "reprocess/reprocess", "dawn-sweep/dawn-sweep"]
+    names = [DEPLOYMENT, "reprocess/reprocess", "dawn-sweep/dawn-sweep", "campaign/campaign"]
     while time.monotonic() - t0 < timeout:
         assert svc.serve.alive(), "qlcp serve exited\n" + svc.tails()
         try:

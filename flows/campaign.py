@@ -1,0 +1,68 @@
+"""The campaign flow: a target's products over all its nights (multi-night light curve, O-C, ephemeris,
+period search), rebuilt when a night that contains the target completes (the night flow calls it) or
+from the UI (the ``campaign`` deployment), and published as artifacts with stable keys."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_image_artifact, create_markdown_artifact
+
+from qlcp.core.campaign import campaign_targets
+from qlcp.core.pipeline import make_config
+from qlcp.tasks.campaign import campaign_task
+from qlcp.tasks.common import bridge_logging, results_dir
+
+
+@flow(name="campaign", log_prints=True)
+def campaign(red_root: str, target: str | None = None, config: dict | None = None,
+             config_files: list[str] | None = None, refresh: bool = False) -> dict:
+    """Build (or rebuild) the campaign products of ``target``, or of every target under ``red_root``.
+
+    Each target is one task, cached on the content of its nights' light curves and timing tables
+    and on its settings: a night that changed nothing for a target costs one cache lookup.
+
+    Returns
+    -------
+    dict
+        target -> paths by product kind (and ``notes``: what could not be made, and why).
+    """
+    bridge_logging()
+    plog = get_run_logger()
+    cfg = make_config(config_files, **(config or {}))
+    names = [target] if target else campaign_targets(red_root)
+    out = {}
+    for name in names:
+        t = campaign_task.with_options(refresh_cache=refresh, result_storage=results_dir())
+        res = t(red_root=str(Path(red_root).resolve()), target=name, cfg=cfg.plain(only_set=True))
+        out[name] = res
+        for note in res.get("notes", []):
+            plog.info("campaign %s: %s", name, note)
+        publish_campaign(name, res)
+    return out
+
+
+def publish_campaign(target: str, res: dict) -> None:
+    """Per target: the O-C diagram, the campaign light curve and the period search as images, the
+    ephemeris as markdown; keys ``campaign-{target}-...`` (stable: reruns add versions)."""
+    from qlcp.flows.night import artifact_key
+
+    for kind, what in (("oc_png", "O-C"), ("period_png", "period search")):
+        _image(res.get(kind), artifact_key("campaign", target, kind.replace("_png", "")), f"{target}: {what}")
+    for kind, path in sorted(res.items()):
+        if kind.startswith("campaign_lc_png"):
+            _image(path, artifact_key("campaign", target, "lc", kind[len("campaign_lc_png"):]),
+                   f"{target}: multi-night light curve")
+    eph = res.get("ephemeris")
+    if eph and Path(eph).is_file():
+        create_markdown_artifact(markdown=f"# Ephemeris of {target}\n\n```yaml\n{Path(eph).read_text()}```\n",
+                                 key=artifact_key("campaign", target, "ephemeris"),
+                                 description=f"refined linear ephemeris of {target}")
+
+
+def _image(path, key: str, description: str) -> None:
+    if path and Path(path).is_file():
+        uri = "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()
+        create_image_artifact(image_url=uri, key=key, description=description)
