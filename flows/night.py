@@ -420,6 +420,40 @@ def publish_artifacts(summary: dict, red: Path, cfg) -> None:
             uri = "data:image/png;base64," + base64.b64encode(Path(png).read_bytes()).decode()
             create_image_artifact(image_url=uri, key=artifact_key("night", night, g["obj"], g["band"], "lc"),
                                   description=f"light curve {g['obj']} {g['band']} ({png})")
+        events = _event_rows(g["outputs"].get("timing"))
+        if events:
+            create_table_artifact(table=events, key=artifact_key("night", night, g["obj"], g["band"], "events"),
+                                  description=f"events timed, {g['obj']} {g['band']}: BJD_TDB, error (s), "
+                                              "O-C (min) against the catalogue ephemeris when there is one")
+
+
+def _event_rows(path) -> list[dict]:
+    """The night's timing table as artifact rows: target, method, status, time ± error, O-C."""
+    from astropy.table import Table
+
+    if not path or not Path(path).is_file():
+        return []
+    t = Table.read(path, format="ascii.ecsv")
+    rows = []
+    for r in t:
+        time = float(r["time_bjd_tdb"])
+        rows.append({"target": str(r["target"]), "kind": str(r["kind"]), "method": str(r["method"]),
+                     "status": str(r["status"]), "time_bjd_tdb": round(time, 6) if np.isfinite(time) else None,
+                     "error_s": round(float(r["time_err_d"]) * 86400, 1) if np.isfinite(r["time_err_d"]) else None,
+                     "o_c_min": _o_c_minutes(r), "depth": round(float(r["depth"]), 4)
+                     if np.isfinite(r["depth"]) else None})
+    for st in t.meta.get("targets") or []:
+        name = str(st.get("target", ""))
+        if st.get("status") != "full" and not any(x["target"] == name for x in rows):
+            rows.append({"target": name, "status": st.get("status", "none"), "method": st.get("reason", "")})
+    return rows
+
+
+def _o_c_minutes(r):
+    for col in ("o_c_min", "oc_min", "o_minus_c_min"):
+        if col in r.colnames and np.isfinite(r[col]):
+            return round(float(r[col]), 2)
+    return None
 
 
 def find_nights(raw_root: str, pattern: str = r".*", start: str | None = None, end: str | None = None) -> list[str]:
