@@ -54,7 +54,9 @@ def test_installed_flow_runs_beside_decoys(wheel, tmp_path):
     site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
                           capture_output=True, text=True, check=True).stdout.strip()
     # the dependencies come from this environment (offline); the project itself only from the wheel
-    deps = [p for p in {sysconfig.get_path("purelib"), sysconfig.get_path("platlib")}]
+    # every site directory of this interpreter (a venv whose site-packages only points elsewhere included)
+    deps = list(dict.fromkeys([p for p in sys.path if p.endswith(("site-packages", "dist-packages"))] +
+                              [sysconfig.get_path("purelib"), sysconfig.get_path("platlib")]))
     Path(site, "_deps.pth").write_text("\n".join(deps) + "\n")
     r = subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "--no-index", "-q",
                         str(wheel)], capture_output=True, text=True)
