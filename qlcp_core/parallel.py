@@ -21,14 +21,17 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import importlib
 import itertools
 import logging
 import logging.handlers
 import multiprocessing as mp
 import os
+import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, as_completed, wait
 
@@ -73,7 +76,42 @@ class _TagCaller(logging.Filter):
         return True
 
 
-def _init_worker(level: int, queue, preload: list) -> None:
+PR_SET_PDEATHSIG = 1             # linux/prctl.h
+
+
+def _die_with_parent(creator: int) -> None:
+    """Make this worker end when its parent process does, even on ``kill -9`` of the parent.
+
+    On Linux the kernel sends SIGKILL to the worker when its parent dies
+    (``prctl(PR_SET_PDEATHSIG)``): the run's process for forked workers, the fork
+    server for the others (which exits when the run's process dies, on its
+    "alive" pipe).  A parent that died before the call is seen at once (the
+    worker's parent pid changed); elsewhere a daemon thread watches the parent pid.
+
+    Parameters
+    ----------
+    creator : int
+        Pid of the process that forked this worker (fork start method), else 0.
+    """
+    parent = creator or os.getppid()
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
+    if not sys.platform.startswith("linux"):
+        threading.Thread(target=_watch_parent, args=(parent,), name="qlcp-parent-watch", daemon=True).start()
+
+
+def _watch_parent(parent: int, every: float = 1.0) -> None:
+    """Exit this worker when its parent pid changes (the parent died)."""
+    while os.getppid() == parent:
+        time.sleep(every)
+    os._exit(1)
+
+
+def _init_worker(level: int, queue, preload: list, creator: int = 0) -> None:
+    _die_with_parent(creator)
     configure_run()              # a worker is part of a run (a forked one has it already: no-op)
     lg = logging.getLogger("qlcp")
     h = logging.handlers.QueueHandler(queue)
@@ -125,7 +163,8 @@ def _get_pool(workers: int) -> ProcessPoolExecutor | None:
             ctx.set_forkserver_preload(PRELOAD)
         queue = ctx.Queue()
         _pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                                    initargs=(logging.DEBUG, queue, PRELOAD))
+                                    initargs=(logging.DEBUG, queue, PRELOAD,
+                                              os.getpid() if method == "fork" else 0))
         _pool_size = workers
         if method == "fork":         # fork every worker now, before this process starts a thread
             _pool.submit(_noop)
