@@ -37,6 +37,7 @@ from qlcp.core.pipeline import check_dirs, make_config, raw_identities, write_ef
 from qlcp.core.products import product_path
 from qlcp.core.runtime import configure_run
 from qlcp.core.walk import NightWalk
+from qlcp.flows.guard import guarded_night, stop_on_environment
 from qlcp.tasks import steps as T
 from qlcp.tasks.common import bridge_logging, results_dir
 
@@ -104,6 +105,7 @@ def _error(state) -> str:
 
 
 @flow(name="process-night", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=True)
+@guarded_night                          # the lock of red_dir for the run; a killed run's leftovers cleared
 def process_night(raw_dir: str, red_dir: str, config: dict | None = None, config_files: list[str] | None = None,
                   steps: str | None = None, obj: list[str] | None = None, band: list[str] | None = None,
                   refresh: bool = False, chunk: int = DEFAULT_CHUNK) -> dict:
@@ -178,6 +180,7 @@ def _run_block(walk: NightWalk, runner: "_Runner", block, cfgd: dict, red: str, 
     for label, unit, it in items:
         res, st = runner.result(it)
         if res is None:
+            stop_on_environment(st)     # an unwritable output stops the night, not one group
             walk.fail(block, label, unit, _error(st))
         else:
             walk.record(block, label, unit, res)
