@@ -75,10 +75,17 @@ def output_error(e: BaseException, path=None) -> OutputError | None:
     Returns
     -------
     OutputError or None
-        ``"{path}: cannot write ({cause})"`` when ``e`` is an :class:`OSError` whose errno is
-        one of :data:`ENVIRONMENT_ERRNOS`, else ``None``.
+        ``"{path}: cannot write ({cause})"`` when ``e``, or an error it was raised from or
+        while handling (astropy rewraps a full disk as an ``OSError`` without errno), is an
+        :class:`OSError` whose errno is one of :data:`ENVIRONMENT_ERRNOS`, else ``None``.
     """
-    if not isinstance(e, OSError) or e.errno not in ENVIRONMENT_ERRNOS:
-        return None
-    where = path if path is not None else (e.filename or "output")
-    return OutputError(f"{where}: cannot write ({ENVIRONMENT_ERRNOS[e.errno]})")
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OutputError):
+            return e if path is None else OutputError(str(e))
+        if isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS:
+            where = path if path is not None else (e.filename or "output")
+            return OutputError(f"{where}: cannot write ({ENVIRONMENT_ERRNOS[e.errno]})")
+        e = e.__cause__ or e.__context__
+    return None

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from .errors import InputError, TransientIOError, output_error
+from .errors import InputError, OutputError, TransientIOError, output_error
 
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.fz", ".fit.fz", ".fz")
 
@@ -98,12 +98,30 @@ def atomic_path(dest: str | Path):
         yield tmp
         os.replace(tmp, dest)
     except BaseException as e:
+        env = output_error(e, dest) or _full_disk(e, dest)     # before the unlink frees the space
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-        env = output_error(e, dest)
         if env is not None:
             raise env from e
         raise
+
+
+#: free space (bytes) under which a failed write without an errno is a full disk
+FULL_DISK_BYTES = 1 << 20
+
+
+def _full_disk(e: BaseException, dest: Path) -> OutputError | None:
+    """numpy (``tofile``: "N requested and M written") and astropy report a full disk as an
+    ``OSError`` without errno: one on a file system with (almost) no space left is one."""
+    if not isinstance(e, OSError) or e.errno is not None:
+        return None
+    try:
+        st = os.statvfs(dest.parent)
+    except OSError:
+        return None
+    if st.f_bavail * st.f_frsize >= FULL_DISK_BYTES:
+        return None
+    return OutputError(f"{dest}: cannot write (no space left on device)")
 
 
 def write_text(dest: str | Path, text: str) -> Path:
