@@ -1,8 +1,9 @@
 """The night flow's start and stop: the output directory's lock, runs left Running by a killed process.
 
-:func:`guarded_night` wraps ``process_night``: before the night is walked it
-takes the lock of the output directory (:func:`qlcp.core.runguard.guarded_run`,
-as the plain driver does), so two runs never write one night, and then marks
+:func:`guarded_night` wraps ``process_night`` and :func:`open_night` opens the
+night (once its settings are checked): it takes the lock of the output directory
+for the rest of the run (:func:`qlcp.core.runguard.guarded_run`, as the plain
+driver does), so two runs never write one night, and then marks
 Crashed the earlier flow runs of the same night that the server still lists as
 Running: holding the lock proves their process is gone (the kernel releases a
 dead process's lock).  :func:`stop_on_environment` ends the flow at a task that
@@ -11,9 +12,10 @@ could not write its output (read-only, full disk): the other units would fail al
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import inspect
 import logging
+import threading
 from pathlib import Path
 
 from qlcp.core.errors import OutputError
@@ -77,19 +79,51 @@ def mark_crashed_runs(red: Path) -> list:
     return marked
 
 
+#: the open guarded_night calls of each thread (their exit stacks)
+_scope = threading.local()
+
+
 def guarded_night(fn):
-    """Decorate a night flow function (parameters ``raw_dir``, ``red_dir``): run it holding the
-    lock of ``red_dir``, after removing a killed run's temporaries and marking its flow run Crashed."""
-    sig = inspect.signature(fn)
+    """Decorate a night flow function: what :func:`open_night` takes (the output directory's
+    lock) is held until the function returns or raises."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        bound = sig.bind(*args, **kwargs)
-        with guarded_run(bound.arguments["raw_dir"], bound.arguments["red_dir"]) as (_raw, red):
-            mark_crashed_runs(red)
+        # only importable names here: the Dask runner pickles the flow's function by value
+        with _night_scope():
             return fn(*args, **kwargs)
 
     return wrapper
+
+
+@contextlib.contextmanager
+def _night_scope():
+    stacks = _scope.__dict__.setdefault("stacks", [])
+    with contextlib.ExitStack() as stack:
+        stacks.append(stack)
+        try:
+            yield
+        finally:
+            stacks.pop()
+
+
+def open_night(raw_dir, red_dir) -> tuple[Path, Path]:
+    """In a :func:`guarded_night` function, after its settings are checked: check the directories,
+    lock ``red_dir`` for the rest of the run, remove a killed run's temporaries and mark its
+    flow run Crashed.
+
+    Returns
+    -------
+    (Path, Path)
+        The raw and output directories.
+    """
+    stacks = getattr(_scope, "stacks", None)
+    if not stacks:
+        raise RuntimeError("open_night() outside a @guarded_night function")
+    stack = stacks[-1]
+    raw, red = stack.enter_context(guarded_run(raw_dir, red_dir))
+    mark_crashed_runs(red)
+    return raw, red
 
 
 def stop_on_environment(state) -> None:
