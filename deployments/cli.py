@@ -126,6 +126,17 @@ def _cmd_calib(a) -> int:
     return cmd_calib(a)
 
 
+def _environment_error(e: BaseException) -> bool:
+    """Print one line for an OS error of the environment (read-only, full disk, no permission)
+    in ``e`` or what it was raised from; ``False`` when ``e`` is something else."""
+    from qlcp.core.errors import output_error
+
+    err = output_error(e)
+    if err is not None:
+        _fail(str(err))
+    return err is not None
+
+
 def cmd_run(a) -> int:
     from qlcp.core.config import parse_set
     from qlcp.core.pipeline import make_config
@@ -163,6 +174,38 @@ def prefect_env() -> None:
         Path(os.environ[var]).expanduser().mkdir(parents=True, exist_ok=True)
 
 
+def _preflight(raw, red) -> None:
+    """Before starting Prefect: the directories, the output directory writable and not
+    locked by another run (:func:`~qlcp.core.runguard.guarded_run`, taken and released),
+    so that these stop the command in a second, in one line."""
+    from qlcp.core.runguard import guarded_run
+
+    with guarded_run(raw, red):
+        pass
+
+
+class _NoTracebackForQLCPErrors(logging.Filter):
+    """Prefect logs a failed flow or task run with its traceback; a QLCP error is one line."""
+
+    def filter(self, record):
+        from qlcp.core.errors import QLCPError
+
+        if record.exc_info and isinstance(record.exc_info[1], QLCPError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _one_line_errors_from_prefect() -> None:
+    """Without ``--debug``, Prefect's run loggers show a QLCP error (bad input, an unwritable
+    output) as its message, without the traceback; the error line follows."""
+    if logging.getLogger("qlcp").isEnabledFor(logging.DEBUG):
+        return
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        lg = logging.getLogger(name)
+        if not any(isinstance(f, _NoTracebackForQLCPErrors) for f in lg.filters):
+            lg.addFilter(_NoTracebackForQLCPErrors())
+
+
 def _reduce(raw, red, cfg, no_prefect: bool, refresh: bool = False, runner: str = "thread",
             dask_address: str | None = None) -> int:
     t0 = time.perf_counter()
@@ -172,9 +215,11 @@ def _reduce(raw, red, cfg, no_prefect: bool, refresh: bool = False, runner: str 
         summary = run(raw, red, config=cfg).to_dict()
     else:
         prefect_env()
+        _preflight(raw, red)
         api = _api_target()
         from qlcp.flows.night import interactive_settings, night_flow
 
+        _one_line_errors_from_prefect()
         with interactive_settings(), _api_settings(api):
             summary = night_flow(runner, dask_address)(raw_dir=str(Path(raw).resolve()),
                                                        red_dir=str(Path(red).resolve()),
@@ -347,6 +392,8 @@ def main(argv=None) -> int:
     except Exception as e:  # a bug: one line, and where to look
         if a.debug:
             raise
+        if _environment_error(e):
+            return EXIT_BAD_INPUT
         _fail(f"internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)")
         return 70
 

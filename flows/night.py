@@ -35,10 +35,11 @@ from qlcp.core import steps as core
 from qlcp.core.errors import QLCPError
 from qlcp.core.columns import artifact_columns
 from qlcp.core.nightname import night_name
-from qlcp.core.pipeline import check_dirs, make_config, raw_identities, write_effective_config
+from qlcp.core.pipeline import make_config, raw_identities, write_effective_config
 from qlcp.core.products import product_path
 from qlcp.core.runtime import configure_run
 from qlcp.core.walk import NightWalk
+from qlcp.flows.guard import guarded_night, open_night, stop_on_environment
 from qlcp.tasks import steps as T
 from qlcp.tasks.common import bridge_logging, results_dir
 
@@ -160,6 +161,7 @@ def _tag_run(walk: NightWalk) -> None:
 
 @flow(name="process-night", flow_run_name=_flow_run_name, task_runner=ThreadPoolTaskRunner(max_workers=2),
       log_prints=True)
+@guarded_night                          # holds what open_night takes (red_dir's lock) for the run
 def process_night(raw_dir: str, red_dir: str, config: dict | None = None, config_files: list[str] | None = None,
                   steps: str | None = None, obj: list[str] | None = None, band: list[str] | None = None,
                   refresh: bool = False, chunk: int = DEFAULT_CHUNK) -> dict:
@@ -196,7 +198,7 @@ def process_night(raw_dir: str, red_dir: str, config: dict | None = None, config
     configure_run()                     # this process's settings for a run (no IERS download, ...)
     given = {k: v for k, v in (("steps", steps), ("obj", obj), ("band", band)) if v is not None}
     cfg = make_config(config_files, **{**(config or {}), **given})
-    raw, red = check_dirs(raw_dir, red_dir)
+    raw, red = open_night(raw_dir, red_dir)    # checked, locked for the run, a killed run cleared
     write_effective_config(red, cfg)
     frame_work = any(s in cfg.steps for s in "ip")
     if frame_work and not product_path(red, "night_list").is_file():
@@ -254,6 +256,7 @@ def _run_block(walk: NightWalk, runner: "_Runner", block, cfgd: dict, red: str, 
     for label, unit, it in items:
         res, st = runner.result(it)
         if res is None:
+            stop_on_environment(st)     # an unwritable output stops the night, not one group
             walk.fail(block, label, unit, _error(st))
         else:
             walk.record(block, label, unit, res)

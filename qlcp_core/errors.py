@@ -8,6 +8,8 @@ to decide whether a retry can help.
 
 from __future__ import annotations
 
+import errno
+
 
 class QLCPError(Exception):
     """Base class: a problem with the user's input, stated in one line."""
@@ -36,3 +38,54 @@ class TransientIOError(QLCPError):
     """An I/O error that may go away on retry (busy disk, NFS hiccup)."""
 
     retriable = True
+
+
+class OutputError(InputError):
+    """The output directory cannot be written: read-only, full, no permission.
+
+    Not a fault of one group or frame: a run stops at the first one (the
+    command line exits 2 with the path and the cause).
+    """
+
+
+class RunLockedError(InputError):
+    """Another run holds the output directory's lock."""
+
+
+#: the OS errors that say "the environment", not the data: the cause as the message says it
+ENVIRONMENT_ERRNOS = {
+    errno.EROFS: "read-only file system",
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+}
+
+
+def output_error(e: BaseException, path=None) -> OutputError | None:
+    """The :class:`OutputError` for an OS error of the environment, else ``None``.
+
+    Parameters
+    ----------
+    e : BaseException
+        The error caught while writing.
+    path : str or Path, optional
+        The path being written (named in the message); default the error's own filename.
+
+    Returns
+    -------
+    OutputError or None
+        ``"{path}: cannot write ({cause})"`` when ``e``, or an error it was raised from or
+        while handling (astropy rewraps a full disk as an ``OSError`` without errno), is an
+        :class:`OSError` whose errno is one of :data:`ENVIRONMENT_ERRNOS`, else ``None``.
+    """
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OutputError):
+            return e if path is None else OutputError(str(e))
+        if isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS:
+            where = path if path is not None else (e.filename or "output")
+            return OutputError(f"{where}: cannot write ({ENVIRONMENT_ERRNOS[e.errno]})")
+        e = e.__cause__ or e.__context__
+    return None

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from .errors import InputError, TransientIOError
+from .errors import InputError, OutputError, TransientIOError, output_error
 
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.fz", ".fit.fz", ".fz", ".fits.gz", ".fit.gz", ".fts.gz")
 #: gzip-compressed FITS: astropy reads them; the direct readers leave them to it
@@ -64,27 +64,68 @@ def qlcp_home() -> Path:
     return Path(os.environ.get("QLCP_HOME") or Path.home() / ".qlcp").expanduser()
 
 
+#: marker of :func:`atomic_path`'s temporaries: ``.{name}.{8 random}.qlcp-tmp{suffix}``
+TEMP_MARK = ".qlcp-tmp"
+#: names of temporaries a killed run may leave (``runguard.remove_stale_temps``); the second
+#: form is the one written before the marker existed (``.{name}.{8 random}.tmp{suffix}``)
+TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}(\.qlcp-tmp|\.tmp)(\.[A-Za-z0-9]+){0,2}$")
+
+
 @contextlib.contextmanager
 def atomic_path(dest: str | Path):
     """Yield a temporary path beside ``dest``; rename it onto ``dest`` on success.
 
     The temporary name keeps ``dest``'s suffix so writers that choose a format
-    from the suffix (astropy, matplotlib) still work.
+    from the suffix (astropy, matplotlib) still work, and carries
+    :data:`TEMP_MARK`, so that the next run removes it if this one is killed.
+
+    Raises
+    ------
+    OutputError
+        When the file system refuses (read-only, full, over quota, no permission):
+        naming ``dest`` and the cause.
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(dest.suffixes[-2:]) if dest.name.endswith(".fits.fz") else dest.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=f".tmp{suffix}", dir=dest.parent)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        suffix = "".join(dest.suffixes[-2:]) if dest.name.endswith(".fits.fz") else dest.suffix
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=f"{TEMP_MARK}{suffix}", dir=dest.parent)
+    except OSError as e:
+        env = output_error(e, dest)
+        if env is not None:
+            raise env from e
+        raise
     os.fchmod(fd, 0o666 & ~current_umask())     # mkstemp makes 0600: the usual permissions instead
     os.close(fd)
     tmp = Path(tmp)
     try:
         yield tmp
         os.replace(tmp, dest)
-    except BaseException:
+    except BaseException as e:
+        env = output_error(e, dest) or _full_disk(e, dest)     # before the unlink frees the space
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if env is not None:
+            raise env from e
         raise
+
+
+#: free space (bytes) under which a failed write without an errno is a full disk
+FULL_DISK_BYTES = 1 << 20
+
+
+def _full_disk(e: BaseException, dest: Path) -> OutputError | None:
+    """numpy (``tofile``: "N requested and M written") and astropy report a full disk as an
+    ``OSError`` without errno: one on a file system with (almost) no space left is one."""
+    if not isinstance(e, OSError) or e.errno is not None:
+        return None
+    try:
+        st = os.statvfs(dest.parent)
+    except OSError:
+        return None
+    if st.f_bavail * st.f_frsize >= FULL_DISK_BYTES:
+        return None
+    return OutputError(f"{dest}: cannot write (no space left on device)")
 
 
 def write_text(dest: str | Path, text: str) -> Path:

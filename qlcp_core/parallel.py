@@ -21,14 +21,17 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import importlib
 import itertools
 import logging
 import logging.handlers
 import multiprocessing as mp
 import os
+import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, as_completed, wait
 
@@ -41,6 +44,7 @@ _lock = threading.RLock()     # warm() holds it while creating the pool and its 
 _pool: ProcessPoolExecutor | None = None
 _pool_size = 0
 _listener: logging.handlers.QueueListener | None = None
+_alive_w = None                 # write end of the fork server workers' lifeline (see _die_with_parent)
 PRELOAD = ["qlcp.core._preload"]
 
 
@@ -73,7 +77,57 @@ class _TagCaller(logging.Filter):
         return True
 
 
-def _init_worker(level: int, queue, preload: list) -> None:
+PR_SET_PDEATHSIG = 1             # linux/prctl.h
+
+
+def _die_with_parent(creator: int, alive=None) -> None:
+    """Make this worker end when the run's process does, even on ``kill -9`` of it.
+
+    * A forked worker (``creator``: its parent, the run's process): on Linux the
+      kernel sends it SIGKILL when its parent dies (``prctl(PR_SET_PDEATHSIG)``); a
+      parent already gone is seen at once; elsewhere a thread watches the parent pid.
+    * A worker of the fork server (``alive``: the read end of a pipe whose only write
+      end the run's process holds): a thread exits the worker when the pipe reaches
+      end of file, i.e. when the run's process is gone.  The fork server waits for
+      its clients (the run and the workers) to close its own "alive" pipe, and then
+      exits too; PR_SET_PDEATHSIG covers the worker if the fork server dies first.
+
+    Parameters
+    ----------
+    creator : int
+        Pid of the process that forked this worker (fork start method), else 0.
+    alive : multiprocessing.connection.Connection, optional
+        The read end of the run's pipe (fork server workers).
+    """
+    parent = creator or os.getppid()
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
+    if alive is not None:
+        threading.Thread(target=_watch_pipe, args=(alive,), name="qlcp-run-watch", daemon=True).start()
+    elif not sys.platform.startswith("linux"):
+        threading.Thread(target=_watch_parent, args=(parent,), name="qlcp-parent-watch", daemon=True).start()
+
+
+def _watch_pipe(alive) -> None:
+    """Exit this worker when nobody holds the write end of ``alive`` any more (the run died)."""
+    with contextlib.suppress(EOFError, OSError):
+        while True:
+            alive.recv_bytes()
+    os._exit(1)
+
+
+def _watch_parent(parent: int, every: float = 1.0) -> None:
+    """Exit this worker when its parent pid changes (the parent died)."""
+    while os.getppid() == parent:
+        time.sleep(every)
+    os._exit(1)
+
+
+def _init_worker(level: int, queue, preload: list, creator: int = 0, alive=None) -> None:
+    _die_with_parent(creator, alive)
     configure_run()              # a worker is part of a run (a forked one has it already: no-op)
     lg = logging.getLogger("qlcp")
     h = logging.handlers.QueueHandler(queue)
@@ -125,7 +179,7 @@ def _get_pool(workers: int) -> ProcessPoolExecutor | None:
             ctx.set_forkserver_preload(PRELOAD)
         queue = ctx.Queue()
         _pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                                    initargs=(logging.DEBUG, queue, PRELOAD))
+                                    initargs=(logging.DEBUG, queue, PRELOAD, *_lifeline(method)))
         _pool_size = workers
         if method == "fork":         # fork every worker now, before this process starts a thread
             _pool.submit(_noop)
@@ -133,6 +187,18 @@ def _get_pool(workers: int) -> ProcessPoolExecutor | None:
         _listener.start()
         log.debug("worker pool: %d processes (%s)", workers, method)
         return _pool
+
+
+def _lifeline(method: str) -> tuple:
+    """``(creator, alive)`` for :func:`_die_with_parent`: this pid for forked workers; for the
+    others the read end of a pipe whose write end only this process keeps (for the pool's life)."""
+    global _alive_w
+    if method == "fork":
+        return os.getpid(), None
+    if _alive_w is not None:        # a replaced pool: its workers go
+        _alive_w.close()
+    r, _alive_w = mp.Pipe(duplex=False)
+    return 0, r
 
 
 @atexit.register

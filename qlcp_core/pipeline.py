@@ -17,11 +17,12 @@ from pathlib import Path
 from . import parallel
 from . import steps as _steps
 from .config import Config, load_config
-from .errors import InputError, QLCPError
+from .errors import InputError, OutputError, QLCPError
 from .io import write_text
 from .listing import scan_files
 from .logs import progress_factory, setup_screen, step_log
 from .provenance import file_identity
+from .runguard import guarded_run
 from .stages import CHUNK
 from .summary import NightSummary
 from .walk import NightWalk
@@ -98,7 +99,19 @@ def run(raw_dir, red_dir, steps: str | None = None, obj=None, band=None, use_bia
         alt_flat=alt_flat, alt_coord=alt_coord, base_img=base_img, aper=aper, starxy=starxy, ind_tgt=ind_tgt,
         ind_ref=ind_ref, ind_chk=ind_chk, mode=mode, **kwargs)
     setup_screen(cfg.scr_log)
-    raw, red = check_dirs(raw_dir, red_dir)
+    with guarded_run(raw_dir, red_dir) as (raw, red):      # one run per red: its lock, a clean start
+        summary = _walk(raw, red, cfg, progress)
+        summary.run["seconds"] = round(time.perf_counter() - t0, 2)
+        summary.write()
+    return summary
+
+
+def _walk(raw: Path, red: Path, cfg: Config, progress) -> NightSummary:
+    """Walk the stage graph one unit after another; the summary (raises when every group failed).
+
+    A unit's :class:`QLCPError` is that unit's failure, recorded for its group; an
+    :class:`OutputError` (read-only, full or forbidden output) stops the run.
+    """
     write_effective_config(red, cfg)
     if any(s in cfg.steps for s in "ip"):
         parallel.warm(cfg.workers)          # worker processes start while l, b, f run
@@ -110,10 +123,9 @@ def run(raw_dir, red_dir, steps: str | None = None, obj=None, band=None, use_bia
         for label, unit in walk.units(block):
             try:
                 walk.record(block, label, unit, _steps.run_block(block, cfg, ctx, unit))
+            except OutputError:
+                raise
             except QLCPError as e:
                 walk.fail(block, label, unit, str(e))
         walk.finish_block(block)
-    summary = walk.result()
-    summary.run["seconds"] = round(time.perf_counter() - t0, 2)
-    summary.write()
-    return summary
+    return walk.result()

@@ -1,0 +1,136 @@
+"""The night flow's start and stop: the output directory's lock, runs left Running by a killed process.
+
+:func:`guarded_night` wraps ``process_night`` and :func:`open_night` opens the
+night (once its settings are checked): it takes the lock of the output directory
+for the rest of the run (:func:`qlcp.core.runguard.guarded_run`, as the plain
+driver does), so two runs never write one night, and then marks
+Crashed the earlier flow runs of the same night that the server still lists as
+Running: holding the lock proves their process is gone (the kernel releases a
+dead process's lock).  :func:`stop_on_environment` ends the flow at a task that
+could not write its output (read-only, full disk): the other units would fail alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import threading
+from pathlib import Path
+
+from qlcp.core.errors import OutputError
+from qlcp.core.runguard import guarded_run
+
+log = logging.getLogger("qlcp.flows")
+
+
+def _same_dir(a, b: Path) -> bool:
+    try:
+        return a is not None and Path(a).expanduser().resolve() == b.resolve()
+    except (OSError, TypeError, ValueError):
+        return False
+
+
+def mark_crashed_runs(red: Path) -> list:
+    """Set Crashed the other flow runs of this flow on ``red`` that are still Running.
+
+    Call it while holding ``red``'s lock (no live run of that night can then exist).
+
+    Parameters
+    ----------
+    red : Path
+        The night's output directory (the ``red_dir`` parameter of the runs).
+
+    Returns
+    -------
+    list of UUID
+        The flow runs marked Crashed (empty outside a flow run, or when the API fails:
+        this is housekeeping, never a reason to stop a night).
+    """
+    from prefect import get_client
+    from prefect.client.schemas.filters import (FlowFilter, FlowFilterId, FlowRunFilter, FlowRunFilterId,
+                                                FlowRunFilterState, FlowRunFilterStateType)
+    from prefect.client.schemas.objects import StateType
+    from prefect.context import FlowRunContext
+    from prefect.states import Crashed
+
+    ctx = FlowRunContext.get()
+    me = ctx.flow_run if ctx else None
+    if me is None:
+        return []
+    marked = []
+    try:
+        with get_client(sync_client=True) as client:
+            runs = client.read_flow_runs(
+                flow_filter=FlowFilter(id=FlowFilterId(any_=[me.flow_id])),
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(not_any_=[me.id]),
+                                              state=FlowRunFilterState(type=FlowRunFilterStateType(
+                                                  any_=[StateType.RUNNING]))))
+            for fr in runs:
+                if not _same_dir((fr.parameters or {}).get("red_dir"), red):
+                    continue
+                msg = (f"its process is gone: flow run {me.name} found the lock of {red} free "
+                       f"and took it over")
+                client.set_flow_run_state(fr.id, Crashed(message=msg), force=True)
+                log.warning("flow run %s (%s) was left Running by a killed process: marked Crashed", fr.name, fr.id)
+                marked.append(fr.id)
+    except Exception as e:  # the API down or refusing: the night goes on
+        log.warning("could not check for crashed runs of %s: %s", red, e)
+    return marked
+
+
+#: the open guarded_night calls of each thread (their exit stacks)
+_scope = threading.local()
+
+
+def guarded_night(fn):
+    """Decorate a night flow function: what :func:`open_night` takes (the output directory's
+    lock) is held until the function returns or raises."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        # only importable names here: the Dask runner pickles the flow's function by value
+        with _night_scope():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@contextlib.contextmanager
+def _night_scope():
+    stacks = _scope.__dict__.setdefault("stacks", [])
+    with contextlib.ExitStack() as stack:
+        stacks.append(stack)
+        try:
+            yield
+        finally:
+            stacks.pop()
+
+
+def open_night(raw_dir, red_dir) -> tuple[Path, Path]:
+    """In a :func:`guarded_night` function, after its settings are checked: check the directories,
+    lock ``red_dir`` for the rest of the run, remove a killed run's temporaries and mark its
+    flow run Crashed.
+
+    Returns
+    -------
+    (Path, Path)
+        The raw and output directories.
+    """
+    stacks = getattr(_scope, "stacks", None)
+    if not stacks:
+        raise RuntimeError("open_night() outside a @guarded_night function")
+    stack = stacks[-1]
+    raw, red = stack.enter_context(guarded_run(raw_dir, red_dir))
+    mark_crashed_runs(red)
+    return raw, red
+
+
+def stop_on_environment(state) -> None:
+    """Raise the task's :class:`OutputError` (read-only, full, forbidden output), if that is why it failed."""
+    try:
+        state.result()
+    except OutputError:
+        raise
+    except Exception:  # the task's own failure: recorded for its group by the caller
+        return

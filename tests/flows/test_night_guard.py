@@ -1,0 +1,96 @@
+"""The night flow's clean ends: its workers die with it, its lock, a killed run marked Crashed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from qlcp.core.simulate import simulate_small
+from tests.core.test_runguard import HOLD_LOCK, LOCK_NAME, kill_when_workers_run, linux_only
+
+pytestmark = pytest.mark.usefixtures("prefect_db")
+
+
+@pytest.fixture(scope="module")
+def night(tmp_path_factory):
+    return simulate_small(tmp_path_factory.mktemp("night"), n_frames=40, size=384, seed=6)
+
+
+FLOW_RUN = """import sys
+from qlcp.flows.night import process_night
+process_night(raw_dir=sys.argv[1], red_dir=sys.argv[2], config_files=[sys.argv[3]], config={"workers": 2})
+"""
+
+
+@linux_only
+def test_kill_9_of_a_flow_run_process_kills_its_workers(night, tmp_path):
+    """A flow runs threads, so its workers fork from a fork server: they, and it, go with the run."""
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}     # the harness's server
+    proc = subprocess.Popen([sys.executable, "-c", FLOW_RUN, night.raw_dir, tmp_path / "red", night.config_path],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    kids, seconds = kill_when_workers_run(proc, 3)     # the fork server and (at least) two workers
+    print(f"{len(kids)} processes (fork server, workers, resource tracker) gone {seconds:.2f} s after kill -9")
+
+
+def _running_run(red, raw):
+    """A flow run of process_night on ``red`` left Running (its process killed), as the server sees it."""
+    from prefect import get_client
+    from prefect.states import Running
+
+    from qlcp.flows.night import process_night
+
+    with get_client(sync_client=True) as c:
+        return c.create_flow_run(process_night, parameters={"raw_dir": str(raw), "red_dir": str(red)},
+                                 state=Running()).id
+
+
+def _state(run_id):
+    from prefect import get_client
+
+    with get_client(sync_client=True) as c:
+        return c.read_flow_run(run_id).state
+
+
+def test_a_run_left_running_on_the_same_night_is_marked_crashed(night, tmp_path):
+    from qlcp.flows.night import process_night
+
+    red, other = tmp_path / "red", tmp_path / "other"
+    dead = _running_run(red, night.raw_dir)
+    dead_alias = _running_run(str(tmp_path / "x" / ".." / "red"), night.raw_dir)   # the same directory
+    elsewhere = _running_run(other, night.raw_dir)
+    state = process_night(raw_dir=str(night.raw_dir), red_dir=str(red), config_files=[str(night.config_path)],
+                          steps="l", return_state=True)
+    assert state.is_completed(), state.message
+    for run_id in (dead, dead_alias):
+        st = _state(run_id)
+        assert st.type.value == "CRASHED" and st.name == "Crashed"
+        assert "process is gone" in st.message and str(red) in st.message
+    assert _state(elsewhere).type.value == "RUNNING"        # another night's run: not ours to judge
+
+
+def test_a_flow_run_on_a_locked_night_fails_naming_the_holder(night, tmp_path):
+    from qlcp.core.errors import RunLockedError
+    from qlcp.flows.night import process_night
+
+    red = tmp_path / "red"
+    red.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(red / LOCK_NAME)], stdout=subprocess.PIPE,
+                              text=True)
+    live = _running_run(red, night.raw_dir)             # that holder's flow run: alive, never marked Crashed
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunLockedError, match=f"pid {holder.pid} on "):
+            process_night(raw_dir=str(night.raw_dir), red_dir=str(red), config_files=[str(night.config_path)],
+                          steps="l")
+        assert not (red / "config.yaml").exists()
+        assert _state(live).type.value == "RUNNING"
+    finally:
+        holder.kill()
+        holder.wait()
+    assert isinstance(live, uuid.UUID)
