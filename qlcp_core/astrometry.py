@@ -38,6 +38,8 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning, Sip
 
+from .detector import header_number
+
 log = logging.getLogger("qlcp.astrometry")
 
 #: projections accepted from a header: zenithal ones ("TAN-like"; TPV and SIP are TAN with distortions)
@@ -148,13 +150,9 @@ def scale_hint_of(header: fits.Header, configured: float | None = None) -> float
     IM_SCALE / PIXSCALE / SECPIX, else the scale of a header WCS (CD or CDELT), else None."""
     if configured:
         return float(configured)
-    for k in SCALE_KEYS:
-        try:
-            v = float(header[k])
-        except (KeyError, TypeError, ValueError):
-            continue
-        if np.isfinite(v) and v > 0:
-            return v
+    v = header_number(header, SCALE_KEYS)
+    if v is not None:
+        return v
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
