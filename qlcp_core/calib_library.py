@@ -293,7 +293,7 @@ def _store(lib: Path, master: Path, info: dict, sha: str) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     with fits.open(master, memmap=False) as h:
         hdr, data = h[0].header.copy(), h[0].data
-    hdr["CALSHA"] = (sha, "sha256 of the master as the night wrote it")
+    hdr["CALSHA"] = sha                 # sha256 of the master as the night wrote it (no room for a comment)
     for k, card in _CARDS.items():
         v = info[k]
         if v is not None and not (isinstance(v, float) and not np.isfinite(v)):
