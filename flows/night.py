@@ -217,16 +217,14 @@ def process_night(raw_dir: str, red_dir: str, config: dict | None = None, config
             if frame_work and runner.by_label.get(block.label) != "Cached":
                 parallel.warm(cfg.workers)  # the night changed: frame workers start while it is calibrated
     progress.done()
-    summary = walk.summary
-    summary.groups = [g.summary for g in walk.groups.values()]
-    summary.masters = dict(walk.masters)
+    summary = walk.finish()
     summary.run.update(seconds=round(time.perf_counter() - t_start, 2), task_states=runner.states,
                        task_state_by_label=runner.by_label)
     summary.write()
     publish_artifacts(summary.to_dict(), red, cfg)
     if "t" in cfg.steps:
         update_campaigns(summary, red, config, config_files)
-    walk.result()                       # raises when every group failed (after the summary is written)
+    walk.check()                        # raises when every group failed (after the summary is written)
     return summary.to_dict()
 
 
@@ -427,11 +425,11 @@ def publish_artifacts(summary: dict, red: Path, cfg) -> None:
         if events:
             create_table_artifact(table=events, key=artifact_key("night", night, g["obj"], g["band"], "events"),
                                   description=f"events timed, {g['obj']} {g['band']}: BJD_TDB, error (s), "
-                                              "O-C (min) against the catalogue ephemeris when there is one")
+                                              "status; O-C is in the target's campaign artifacts")
 
 
 def _event_rows(path) -> list[dict]:
-    """The night's timing table as artifact rows: target, method, status, time ± error, O-C."""
+    """The night's timing table as artifact rows: target, method, status, time ± error, depth."""
     from astropy.table import Table
 
     if not path or not Path(path).is_file():
@@ -443,20 +441,13 @@ def _event_rows(path) -> list[dict]:
         rows.append({"target": str(r["target"]), "kind": str(r["kind"]), "method": str(r["method"]),
                      "status": str(r["status"]), "time_bjd_tdb": round(time, 6) if np.isfinite(time) else None,
                      "error_s": round(float(r["time_err_d"]) * 86400, 1) if np.isfinite(r["time_err_d"]) else None,
-                     "o_c_min": _o_c_minutes(r), "depth": round(float(r["depth"]), 4)
+                     "depth": round(float(r["depth"]), 4)
                      if np.isfinite(r["depth"]) else None})
     for st in t.meta.get("targets") or []:
         name = str(st.get("target", ""))
         if st.get("status") != "full" and not any(x["target"] == name for x in rows):
             rows.append({"target": name, "status": st.get("status", "none"), "method": st.get("reason", "")})
     return rows
-
-
-def _o_c_minutes(r):
-    for col in ("o_c_min", "oc_min", "o_minus_c_min"):
-        if col in r.colnames and np.isfinite(r[col]):
-            return round(float(r[col]), 2)
-    return None
 
 
 def find_nights(raw_root: str, pattern: str = r".*", start: str | None = None, end: str | None = None) -> list[str]:

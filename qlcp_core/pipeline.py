@@ -100,14 +100,16 @@ def run(raw_dir, red_dir, steps: str | None = None, obj=None, band=None, use_bia
         ind_ref=ind_ref, ind_chk=ind_chk, mode=mode, **kwargs)
     setup_screen(cfg.scr_log)
     with guarded_run(raw_dir, red_dir) as (raw, red):      # one run per red: its lock, a clean start
-        summary = _walk(raw, red, cfg, progress)
+        walk = _walk(raw, red, cfg, progress)
+        summary = walk.finish()
         summary.run["seconds"] = round(time.perf_counter() - t0, 2)
         summary.write()
+        walk.check()                        # every group failed: an error, after the summary is written
     return summary
 
 
-def _walk(raw: Path, red: Path, cfg: Config, progress) -> NightSummary:
-    """Walk the stage graph one unit after another; the summary (raises when every group failed).
+def _walk(raw: Path, red: Path, cfg: Config, progress) -> NightWalk:
+    """Walk the stage graph one unit after another.
 
     A unit's :class:`QLCPError` is that unit's failure, recorded for its group; an
     :class:`OutputError` (read-only, full or forbidden output) stops the run.
@@ -128,4 +130,4 @@ def _walk(raw: Path, red: Path, cfg: Config, progress) -> NightSummary:
             except QLCPError as e:
                 walk.fail(block, label, unit, str(e))
         walk.finish_block(block)
-    return walk.result()
+    return walk

@@ -11,9 +11,9 @@ with which inputs.
 A unit is a plain dict holding exactly the fields its block declares (files and
 values), so a Prefect task can key its cache on it; a failed listing stops the
 night; a failed bias, dark or flat unit, or one left without usable frames,
-leaves the night without that calibration (``alt_*`` when configured) and the
-night goes on, *degraded*: the summary's ``degraded`` says what was lost and
-why; a failed group unit fails that group only.
+takes the calibration policy's next choice (``use_*``, the library, ``alt_*``) or
+leaves the night without it, *degraded*: the summary's ``degraded`` says what was
+lost and why; a failed group unit fails that group only.
 """
 
 from __future__ import annotations
@@ -26,9 +26,8 @@ from pathlib import Path
 
 from .calibration import choose_master
 from .errors import QLCPError
-from .io import read_header
 from .field import reference_of_other_night
-from .io import write_json
+from .io import read_header, write_json
 from .nightname import night_name
 from .products import product_path
 from .stages import BAND, CHUNK, GROUP, NIGHT, WALK_KEYS, Block, plan, view
@@ -291,14 +290,17 @@ class NightWalk:
                         if self.walk_cfg.obj or self.walk_cfg.band else "")
         self._refresh_corrected()               # frames corrected by an earlier run (steps without i)
 
-    def result(self) -> NightSummary:
-        """The summary, with the groups, after the walk; raises when every group failed."""
+    def finish(self) -> NightSummary:
+        """The summary after the walk, with the groups and the masters used."""
         self.summary.masters = dict(self.masters)
         self.summary.groups = [g.summary for g in self.groups.values()]
+        return self.summary
+
+    def check(self) -> None:
+        """Raise when every group failed (both drivers call it after writing ``summary.json``)."""
         failed = self.summary.failed
         if self.groups and len(failed) == len(self.groups):
             raise QLCPError(f"{self.raw}: every group failed; first: {failed[0].error}")
-        return self.summary
 
 
 #: products of a group (one file each) that a failed group unit must not leave half made
