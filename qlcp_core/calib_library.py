@@ -25,7 +25,6 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,11 +87,9 @@ class Entry:
 def library_dir(red, cfg) -> Path:
     """``calib_dir`` of the config, else ``$QLCP_CALIB_DIR``, else ``{red}/../calib`` (shared by the
     nights under one output root)."""
-    if cfg.calib_dir:
-        return Path(cfg.calib_dir).expanduser()
-    if os.environ.get("QLCP_CALIB_DIR"):
-        return Path(os.environ["QLCP_CALIB_DIR"]).expanduser()
-    return Path(red).resolve().parent / "calib"
+    from .products import shared_dir
+
+    return shared_dir(red, cfg.calib_dir, "QLCP_CALIB_DIR", "calib")
 
 
 @contextlib.contextmanager

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from astropy.table import Table
 
 from .errors import InputError
 from .io import write_table
+from .products import shared_dir
 from .targets import norm_name
 
 log = logging.getLogger("qlcp.field")
@@ -38,11 +38,7 @@ N_PATTERN = 40
 def field_dir(red, cfg) -> Path:
     """Where field references live: ``field_dir`` of the config, else ``$QLCP_FIELD_DIR``, else
     ``{red}/../fields`` (shared by the nights under one output root, as the service lays them out)."""
-    if cfg.field_dir:
-        return Path(cfg.field_dir).expanduser()
-    if os.environ.get("QLCP_FIELD_DIR"):
-        return Path(os.environ["QLCP_FIELD_DIR"]).expanduser()
-    return Path(red).resolve().parent / "fields"
+    return shared_dir(red, cfg.field_dir, "QLCP_FIELD_DIR", "fields")
 
 
 def reference_path(red, cfg, obj: str) -> Path:

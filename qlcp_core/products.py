@@ -49,6 +49,7 @@ Campaign products live under the output root of all nights (``red`` is then
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from .errors import QLCPError
@@ -72,6 +73,16 @@ _NIGHT = {"config": "config.yaml", "summary": "summary.json", "night_list": "lst
 #: every product kind :func:`product_path` knows
 KINDS = (frozenset(_GROUP) | frozenset(_NIGHT) | frozenset(_CAMPAIGN)
          | {"log", "flat", "group_dir", "corrected", "frame_catalogue", "campaign_dir"})
+
+
+def shared_dir(red, configured: str | None, env: str, name: str) -> Path:
+    """A directory shared by the nights under one output root (the field references, the calibration
+    library): ``configured`` (the config's), else ``$env``, else ``{red}/../{name}``."""
+    if configured:
+        return Path(configured).expanduser()
+    if os.environ.get(env):
+        return Path(os.environ[env]).expanduser()
+    return Path(red).resolve().parent / name
 
 
 def frame_stem(path: str | Path) -> str:

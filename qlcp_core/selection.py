@@ -41,7 +41,7 @@ def selection_for(red, cfg, obj: str, band: str, cat_files, offsets: str) -> dic
     if "K" in cfg.steps:
         return _from_pick(pick_mod.read_pick(red, obj, band), "picked")
     off = off_mod.read_offsets(red, obj, band)
-    base = _BaseFrame(off)
+    base = _BaseFrame(off, product_path(red, "wcs", obj, band))
     ref_path = field_mod.reference_path(red, cfg, obj)
     other = field_mod.reference_of_other_night(red, cfg, obj)
     if starxy and not cfg.pick_forced:
@@ -116,25 +116,25 @@ def _write_reference(path: Path, sel: dict, base: "_BaseFrame", obj: str, band: 
 class _BaseFrame:
     """The group's base frame: shape, celestial WCS (if any) and good stars, brightest first."""
 
-    def __init__(self, off: Table):
+    def __init__(self, off: Table, wcs_product: Path):
         bf = off.meta.get("base_bf")
         if not bf or not Path(bf).is_file():
             raise InputError(f"offset table: base image {bf!r} not found")
         self.name = Path(bf).name
         h = read_header(bf)
         self.shape = (int(h["NAXIS2"]), int(h["NAXIS1"]))
-        self.wcs = base_wcs(bf, h)
+        self.wcs = base_wcs(bf, h, wcs_product)
         self.xy, self.mag = _good_stars(bf)
 
 
-def base_wcs(bf, header=None):
-    """The celestial WCS of a group's corrected base frame: step w's (``wcs_{obj}_{band}.fits``; None
-    when it found none or rejected the header's), else, when step w has not run, the frame's own
-    header WCS if it passes :func:`qlcp.core.astrometry.header_wcs`'s checks."""
+def base_wcs(bf, header=None, product: Path | None = None):
+    """The celestial WCS of a group's corrected base frame: step w's (its ``product``,
+    ``wcs_{obj}_{band}.fits``; None when it found none or rejected the header's), else, when step w
+    has not run, the frame's own header WCS if it passes :func:`qlcp.core.astrometry.header_wcs`'s
+    checks."""
     from .astrometry import header_wcs, read_wcs_product
 
-    product = Path(bf).parent.parent / f"wcs_{Path(bf).parent.name}.fits"
-    if product.is_file():
+    if product is not None and product.is_file():
         try:
             return read_wcs_product(product).wcs
         except Exception as e:  # a damaged product: as if step w had not run

@@ -340,28 +340,30 @@ def astrometry_step(red, cfg: Config, obj: str, band: str) -> str:
     return str(out)
 
 
-def star_radec(wcs_file, starxy) -> tuple[list, list] | None:
-    """RA, Dec (degrees) of base-frame positions ``starxy`` under step w's WCS; None without one."""
+def step_w_wcs(wcs_file):
+    """The celestial WCS step w wrote (``wcs_{obj}_{band}.fits``); None without one."""
     from . import astrometry as ast
 
     if not wcs_file or not Path(wcs_file).is_file():
         return None
-    res = ast.read_wcs_product(wcs_file)
-    if res.wcs is None or not len(starxy):
+    return ast.read_wcs_product(wcs_file).wcs
+
+
+def star_radec(w, starxy) -> tuple[list, list] | None:
+    """RA, Dec (degrees) of base-frame positions ``starxy`` under the WCS ``w``; None without one."""
+    if w is None or not len(starxy):
         return None
     xy = np.asarray(starxy, dtype=float).reshape(-1, 2)
-    ra, dec = res.wcs.all_pix2world(xy[:, 0], xy[:, 1], 0)
+    ra, dec = w.all_pix2world(xy[:, 0], xy[:, 1], 0)
     return [round(float(v), 7) for v in ra], [round(float(v), 7) for v in dec]
 
 
-def _frame_radec(table: Table, off: Table, wcs_file) -> None:
+def _frame_radec(table: Table, off: Table, w) -> None:
     """Columns ``ra``, ``dec`` (deg, frames x stars) of the night catalogue: each measured position through
     its frame's WCS (the base frame's composed with the frame's transform, :func:`qlcp.core.offset.frame_to_base`)."""
-    from . import astrometry as ast
     from .catalogue import _offset_lookup
     from .io import raw_stem
 
-    w = ast.read_wcs_product(wcs_file).wcs
     offs = _offset_lookup(off)
     x, y = np.asarray(table["x"], float), np.asarray(table["y"], float)
     ra, dec = np.full(x.shape, np.nan), np.full(x.shape, np.nan)
@@ -393,10 +395,11 @@ def catalogue_step(red, cfg: Config, obj: str, band: str, cat_files, offsets: st
     table = cat_mod.build_catalogue(cat_files, off, selection["starxy"], cfg, base_file=off.meta.get("base"))
     for k in ("ind_tgt", "ind_ref", "ind_chk", "source"):
         table.meta[k] = selection.get(k)
-    radec = star_radec(product_path(red, "wcs", obj, band), selection["starxy"])
+    w = step_w_wcs(product_path(red, "wcs", obj, band))
+    radec = star_radec(w, selection["starxy"])
     if radec is not None:                       # the stars' sky positions, kept in the catalogue's meta
         table.meta["star_ra"], table.meta["star_dec"] = radec
-        _frame_radec(table, off, product_path(red, "wcs", obj, band))
+        _frame_radec(table, off, w)
     out = catalogue_path(red, obj, band)
     cat_mod.write_catalogue(table, out)
     return str(out)
