@@ -107,6 +107,7 @@ def run_child(kind: str, raw: Path, red: Path, config: Path, extra: dict, env=No
         raise SystemExit(f"{kind} run failed:\n{err[-3000:]}")
     res = json.loads(out_path.read_text().strip().splitlines()[-1])
     res["peak_mib"] = usage.ru_maxrss / 1024
+    res["cpu"] = usage.ru_utime + usage.ru_stime      # the child's and its reaped workers'
     return res
 
 

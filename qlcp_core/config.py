@@ -156,7 +156,12 @@ class Config(BaseModel):
     pick_ref_n: int = Field(20, ge=1, description="most comparison stars")
     pick_ref_std: float = Field(0.05, gt=0, description="largest night std of a comparison star, mag")
     pick_ref_dif: float = Field(0.10, gt=0, description="largest max-min range of a comparison star, mag")
-    pick_star_n: int = Field(500, ge=1, description="most stars examined by the automatic pick")
+    pick_star_n: int = Field(500, ge=1, description="most stars examined by the automatic pick (and measured "
+                             "on every frame with frame_catalogues: stars)")
+    frame_catalogues: Literal["stars", "full"] = Field(
+        "stars", description="stars: measure the reference frame in full and, on the others, its pick_star_n "
+                             "brightest stars and starxy, tracked from it (per-frame cost independent of the "
+                             "field's crowding); full: every source of every frame")
     pick_var_n: int = Field(10, ge=1, description="most targets picked")
     pick_chk_n: int = Field(2, ge=0, description="most check stars picked")
     ref_var_k: float = Field(3.0, gt=1, description="a comparison whose scatter against the others exceeds this "

@@ -830,10 +830,15 @@ def _star_fwhm(frame: _Frame, src: _Sources, f_auto) -> np.ndarray:
         return np.where(rh > 0, 2.0 * rh, np.nan)
 
 
+#: the centroid window's FWHM is at most this many times the sources' median FWHM
+_WIN_CAP = 2.0
+
+
 def _centroids(frame: _Frame, src: _Sources, fwhm_star):
     """Windowed centroids (``XWIN_IMAGE``); the given positions in forced mode.
 
-    The window is a Gaussian of the star's FWHM (2 px if unknown); a
+    The window is a Gaussian of the star's FWHM (2 px if unknown, at most
+    :data:`_WIN_CAP` x the median over the sources); a
     centroid that fails or moves by 1 px or more keeps the detection centroid.
 
     Returns
@@ -845,6 +850,9 @@ def _centroids(frame: _Frame, src: _Sources, fwhm_star):
         return src.x0, src.y0
     x0, y0 = src.x0, src.y0
     sig = np.where(np.isfinite(fwhm_star), fwhm_star / _GAUSS_FWHM, 2.0 / _GAUSS_FWHM)
+    fin = np.isfinite(fwhm_star)
+    if fin.any():      # a faint or blended source's half-light radius can be huge: its window costs its area
+        sig = np.minimum(sig, _WIN_CAP * float(np.median(fwhm_star[fin])) / _GAUSS_FWHM)
     # exact pixel overlap of the 4-sigma window (sep's default: 11x11 sub-pixels, ~20x slower;
     # the positions agree to ~1e-5 px, as the Gaussian weight at the window edge is e^-8)
     xw, yw, wf = sep.winpos(frame.sub, x0, y0, sig, mask=frame.mask, subpix=0)
@@ -1096,7 +1104,7 @@ def _no_sources(cfg, aper, stats: dict, gain, rdnoise, saturation) -> tuple[Tabl
 
 
 def measure(data: np.ndarray, cfg, gain: float, rdnoise: float, saturation: float,
-            aper=None, positions=None) -> tuple[Table, dict]:
+            aper=None, positions=None, sources_out: dict | None = None) -> tuple[Table, dict]:
     """Detect (or take) sources and measure AUTO and aperture photometry.
 
     Parameters
@@ -1117,6 +1125,9 @@ def measure(data: np.ndarray, cfg, gain: float, rdnoise: float, saturation: floa
     positions : array (n, 2), optional
         x, y (0-based) for forced photometry: no detection, no recentring,
         rows in the given order.
+    sources_out : dict, optional
+        Receives ``"sources"``: the :class:`_Sources` found (shapes, deblending
+        flags, segmentation map), for a reference frame (:mod:`qlcp.core.forced`).
 
     Returns
     -------
@@ -1133,6 +1144,19 @@ def measure(data: np.ndarray, cfg, gain: float, rdnoise: float, saturation: floa
     aper, rdnoise, saturation = _check_settings(cfg.aper if aper is None else aper, gain, rdnoise, saturation)
     frame = _background(data, cfg)
     src = _find_sources(frame, cfg, positions, gain)
+    if sources_out is not None:
+        sources_out["sources"] = src
+    return measure_sources(frame, src, cfg, aper, gain, rdnoise, saturation)
+
+
+def measure_sources(frame: _Frame, src: _Sources, cfg, aper, gain: float, rdnoise: float,
+                    saturation: float) -> tuple[Table, dict]:
+    """The measurements of :func:`measure` for sources already found (or predicted) on a frame.
+
+    ``aper``, ``rdnoise`` and ``saturation`` as checked by :func:`_check_settings`.
+    Detected (or predicted, ``src.forced`` False) positions are recentred on the
+    windowed centroid; given positions (``src.forced``) are kept.
+    """
     n = len(src.x0)
     stats = {"FWHM": float("nan"), "SKY": frame.sky, "SKYRMS": frame.rms, "NSTARS": n, "NGOOD": 0}
     if n == 0:
@@ -1189,7 +1213,7 @@ def catalogue_path(bf_path, out_path) -> Path:
     return out / f"{stem.removesuffix('.bf')}.cat.fits"
 
 
-def photometry_file(bf_path, out_path, cfg, aper=None, key: str | None = None, data=None) -> dict:
+def photometry_file(bf_path, out_path, cfg, aper=None, key: str | None = None, data=None, stars=None) -> dict:
     """Photometry of one corrected frame into ``{rawstem}.cat.fits`` (and ``.cat.png``).
 
     Parameters
@@ -1211,6 +1235,10 @@ def photometry_file(bf_path, out_path, cfg, aper=None, key: str | None = None, d
     data : ndarray, optional
         The frame's pixels when already in memory (as step i just wrote them);
         only the header is then read from ``bf_path``.
+    stars : qlcp.core.forced.StarSet, optional
+        Measure only these stars, tracked from their reference frame
+        (:func:`qlcp.core.forced.measure_tracked`; ``cfg.offset_max_dis``); every
+        source when the frame does not align.
 
     Returns
     -------
@@ -1221,7 +1249,8 @@ def photometry_file(bf_path, out_path, cfg, aper=None, key: str | None = None, d
     -----
     The catalogue header carries JD, MJD, HJD, BJD, AIRMASS, ALT, AZ, EXPTIME,
     RAWFILE, DATE-OBS and the filter/object keywords of the frame (when
-    present), BFFILE, the measured FWHM, SKY, SKYRMS, NSTARS, the SKYIN/SKYOUT
+    present), BFFILE, PHOTMODE (``full``: every source detected; ``tracked``: the
+    reference PHOTREF's stars), the measured FWHM, SKY, SKYRMS, NSTARS, the SKYIN/SKYOUT
     annulus, the GAIN, RDNOISE, SATURATE used, and NAPER with APER0 ..
     APER{n-1}, the radii in px of the ``Flux`` vector elements (NaN values are
     left out: FITS headers cannot hold them).
@@ -1231,7 +1260,13 @@ def photometry_file(bf_path, out_path, cfg, aper=None, key: str | None = None, d
     else:
         hdr = read_header(bf_path)
     gain, rdnoise, saturation = corrected_detector(hdr, cfg)
-    tab, stats = measure(data, cfg, gain, rdnoise, saturation, aper=aper)
+    res = None
+    if stars is not None:
+        from .forced import measure_tracked
+
+        res = measure_tracked(data, cfg, gain, rdnoise, saturation, stars, aper=aper, max_dis=cfg.offset_max_dis)
+    tab, stats = res if res is not None else measure(data, cfg, gain, rdnoise, saturation, aper=aper)
+    tab.meta.setdefault("PHOTMODE", "full")
 
     meta = {}
     for card in COPY_KEYS + (cfg.filter_key, cfg.object_key):

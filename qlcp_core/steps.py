@@ -106,8 +106,8 @@ def _chunk_jobs(red, cfg: Config, obj: str, band: str, files, bias, flat, dark, 
 
 def _merge_corrected(obj: str, band: str, parts: list[dict]) -> dict:
     """One group's correction result from its chunks', with the group's summary line."""
-    res = {"outputs": sorted(o for p in parts for o in p["outputs"]),
-           "rejected": [r for p in parts for r in p["rejected"]],
+    res = {"outputs": sorted({o for p in parts for o in p["outputs"]}),
+           "rejected": list({r[0]: r for p in parts for r in p["rejected"]}.values()),
            "fingerprints": {k: v for p in parts for k, v in p["fingerprints"].items()}}
     log_corrected(obj, band, sum(p["done"] for p in parts), sum(p["kept"] for p in parts), len(res["rejected"]))
     return res
@@ -201,13 +201,15 @@ def cat_path(bf: str | Path) -> Path:
 
 
 def _photometry_one(args, data=None) -> dict:
-    bf, cfg, fingerprints = args
+    bf, cfg, fingerprints, stars = args
     cp = cat_path(bf)
-    key = step_key(cfg, "photometry", bf)
+    if stars is not None and Path(bf).name == Path(stars.ref).name:
+        stars = None                    # the reference itself: every source, as it was chosen from
+    key = step_key(cfg, "photometry", bf, *([stars.ref] if stars is not None else []))
     if not cfg.mode.should_write(cp, current=(not cp.exists() or fits_key(cp) == key)):
         return {"file": str(cp), "bf": str(bf), "kept": True}
     try:
-        stats = phot_mod.photometry_file(bf, cp, cfg, key=key, data=data)
+        stats = phot_mod.photometry_file(bf, cp, cfg, key=key, data=data, stars=stars)
     except InputError as e:
         return {"file": None, "bf": str(bf), "error": str(e)}
     return {k: (float(v) if isinstance(v, (np.floating, float)) else v)
@@ -215,14 +217,19 @@ def _photometry_one(args, data=None) -> dict:
         "bf": str(bf)} | ({"fingerprint": fingerprint_record(cp)} if fingerprints else {})
 
 
-def photometry_step(red, cfg: Config, bf_files, progress=None, fingerprints: bool = False) -> list[dict]:
+def photometry_step(red, cfg: Config, bf_files, progress=None, fingerprints: bool = False, ref=None,
+                    obj: str = "") -> list[dict]:
     """Step p on (a chunk of) frames, over ``cfg.workers`` processes: one ``.cat.fits`` each.
 
+    ``ref``: the group's reference frame (corrected; :mod:`qlcp.core.forced`): measured
+    in full, and the other frames only at its chosen stars (``frame_catalogues: stars``).
     A frame whose catalogue exists and was made with the same settings from
     the same corrected frame is kept (EXIST_APPEND); an unreadable frame is
     reported with its reason and the others go on.  Returns per-frame stats.
     """
-    out = pmap(_photometry_one, [(str(b), cfg, fingerprints) for b in bf_files], cfg.workers, progress, "photometry")
+    stars = _reference(cfg, ref, obj)
+    out = pmap(_photometry_one, [(str(b), cfg, fingerprints, stars) for b in bf_files], cfg.workers, progress,
+               "photometry")
     _log_photometry(out)
     return out
 
@@ -240,23 +247,34 @@ def _log_photometry(out: list[dict]) -> None:
                  f"; {len(out) - len(made)} kept or failed" if len(out) != len(made) else "")
 
 
+def _reference(cfg: Config, ref, obj: str):
+    """The group's :class:`~qlcp.core.forced.StarSet` from its corrected reference frame ``ref``;
+    None (every source of every frame) with ``frame_catalogues: full`` or without the frame."""
+    if cfg.frame_catalogues == "full" or not ref or not Path(ref).is_file():
+        return None
+    from .forced import reference_of
+
+    with step_tag("p"):
+        return reference_of(ref, cfg, obj)
+
+
 # -------------------------------------------------------------------- i + p
 def _correct_measure_chunk(args) -> dict:
     """Correct a chunk of frames, measuring each as soon as it is written (from memory);
     frames kept from before are measured from their files."""
-    files, obj, band, red, cfg, _bias, _flat, _dark, fingerprints, _coord = args
+    files, obj, band, red, cfg, _bias, _flat, _dark, fingerprints, _coord, stars = args
     phot, t_p = {}, 0.0
 
     def measure(bf, data):
         nonlocal t_p
         t = time.perf_counter()
         with step_tag("p"):
-            phot[str(bf)] = _photometry_one((str(bf), cfg, fingerprints), data)
+            phot[str(bf)] = _photometry_one((str(bf), cfg, fingerprints, stars), data)
         t_p += time.perf_counter() - t
 
     t0 = time.perf_counter()
     with step_tag("i"):
-        res = _correct_chunk(args, written=measure)
+        res = _correct_chunk(args[:10], written=measure)
     t_i = time.perf_counter() - t0 - t_p
     for bf in (str(p) for p in (bf_path(red, obj, band, f) for f in files) if p.is_file()):
         if bf not in phot:
@@ -288,11 +306,19 @@ def correct_photometry_step(red, cfg: Config, obj: str, band: str, files, bias=N
     ``fingerprints``), the per-frame photometry stats (with ``fingerprint``), and
     the seconds the workers spent in each step (``{"i": .., "p": ..}``).
     """
-    parts = pmap(_correct_measure_chunk,
-                 _chunk_jobs(red, cfg, obj, band, files, bias, flat, dark, fingerprints, coord_file),
-                 cfg.workers, progress, f"correct+measure {obj} {band}")
+    jobs = _chunk_jobs(red, cfg, obj, band, files, bias, flat, dark, fingerprints, coord_file)
+    first = []
+    if jobs and cfg.frame_catalogues != "full":      # the reference frame, corrected before the others
+        coord = jobs[0][-1]
+        with step_tag("i"):
+            made = _correct_chunk(([coord], *jobs[0][1:]))
+        if coord in {str(f) for f in files}:        # the job holding it then keeps it: counted once
+            first = [{**made, "kept": made["kept"] - (1 if made["outputs"] else 0)}]
+    stars = _reference(cfg, bf_path(red, obj, band, jobs[0][-1]) if jobs else None, obj)
+    parts = pmap(_correct_measure_chunk, [(*j, stars) for j in jobs], cfg.workers, progress,
+                 f"correct+measure {obj} {band}")
     with step_tag("i"):
-        res = _merge_corrected(obj, band, parts)
+        res = _merge_corrected(obj, band, first + parts)
     phot = [s for p in parts for s in p["photometry"]]
     with step_tag("p"):
         _log_photometry(phot)
@@ -563,7 +589,8 @@ def run_correct(ctx: RunContext, u: dict, prev: dict) -> dict:
 
 
 def run_photometry(ctx: RunContext, u: dict, prev: dict) -> dict:
-    stats = photometry_step(ctx.red, ctx.cfg, u["corrected"], ctx.progress, ctx.fingerprints)
+    ref = bf_path(ctx.red, u["obj"], u["band"], u["coord_file"]) if u.get("coord_file") else None
+    stats = photometry_step(ctx.red, ctx.cfg, u["corrected"], ctx.progress, ctx.fingerprints, ref, u["obj"])
     return {"frames": stats, "outputs": [s["file"] for s in stats if s.get("file")]}
 
 

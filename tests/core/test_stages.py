@@ -74,8 +74,8 @@ def test_view_refuses_undeclared_keys_and_allows_declared_and_free():
     assert v.aper == [4.0] and v.gain == 2.0 and v.workers is None     # declared, declared, free
     with pytest.raises(S.UndeclaredConfigKey, match="pick_ref_n"):
         v.pick_ref_n
-    with pytest.raises(S.UndeclaredConfigKey, match="starxy"):
-        v.for_object("starxy", "X")
+    with pytest.raises(S.UndeclaredConfigKey, match="ind_tgt"):
+        v.for_object("ind_tgt", "X")
     assert v.hash() == cfg.hash(sorted(S.stage("photometry").keys))
 
 

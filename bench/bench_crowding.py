@@ -1,0 +1,72 @@
+"""Cost per frame against the crowding of the field: ``frame_catalogues: stars`` and ``full``.
+
+    python bench/bench_crowding.py [--frames 100] [--levels 450,7000] [--seeds 41,42]
+
+Simulated 1024x1024 nights (seeds other than the tests'), ``n_stars`` per level (450 gives
+~150 detected sources a frame, 7,000 ~1,500), reduced by the plain core (``lbfiopcd``, the
+truth's target and constant stars given), each run from the same state (``bench_pipeline.settle``).
+Prints wall time, CPU seconds per frame (the run and its worker processes), sources per frame
+and the photometric precision of both modes (``bench_pipeline.precision``, mmag).
+Not a test: numbers, no pass/fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import bench_pipeline as B  # noqa: E402
+
+
+def night(work: Path, frames: int, n_stars: int, seed: int) -> Path:
+    from qlcp.core.simulate import simulate_night
+
+    d = work / f"crowd_{frames}_n{n_stars}_s{seed}"
+    if not (d / "truth" / "truth.json").is_file():
+        simulate_night(d, n_frames=frames, size=1024, seed=seed, n_stars=n_stars, overwrite=True)
+    return d
+
+
+def sources_per_frame(red: Path) -> float:
+    from astropy.io import fits
+    import numpy as np
+
+    n = [fits.getheader(c, 1).get("NDETECT", fits.getheader(c, 1).get("NSTARS"))
+         for c in sorted(red.glob("*/*.cat.fits"))[1:]]
+    return float(np.median(n)) if n else float("nan")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--frames", type=int, default=100)
+    ap.add_argument("--levels", default="450,7000")
+    ap.add_argument("--seeds", default="41")
+    ap.add_argument("--modes", default="stars,full")
+    ap.add_argument("--workdir", default=os.environ.get("QLCP_BENCH_DIR", "/tmp/qlcp-bench"))
+    a = ap.parse_args(argv)
+    work = Path(a.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    print("| n_stars | seed | mode | sources/frame | wall s | CPU ms/frame | precision mmag (stars, target, check) |")
+    print("|---|---|---|---|---|---|---|")
+    for seed in (int(s) for s in a.seeds.split(",")):
+        for level in (int(v) for v in a.levels.split(",")):
+            d = night(work, a.frames, level, seed)
+            sx = B.truth_starxy(d)
+            for mode in a.modes.split(","):
+                red = work / f"red_{d.name}_{mode}"
+                res = B.run_child("plain", d / "raw", red, d / "night.yaml",
+                                  {**sx, "frame_catalogues": mode, "steps": "lbfiopcd"})
+                pr = B.precision(d, red)
+                print(f"| {level} | {seed} | {mode} | {sources_per_frame(red):.0f} | {res['wall']:.2f} | "
+                      f"{1e3 * res['cpu'] / a.frames:.0f} | {1e3 * pr['stars']:.2f}, {1e3 * pr['target']:.2f}, "
+                      f"{1e3 * pr['check']:.2f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

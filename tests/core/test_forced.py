@@ -1,0 +1,159 @@
+"""Step p on crowded fields (qlcp.core.forced): the reference's stars tracked on every frame.
+
+Truth: the simulator's frame transforms and stars, a full measurement of the same frame
+(the per-star numbers must be the same), and the real TrES-1 frames' stated drift.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from scipy.spatial import cKDTree
+
+from qlcp.core import forced as F
+from qlcp.core import photometry as P
+from qlcp.core.config import Config, load_config
+from qlcp.core.io import read_image
+from qlcp.core.pipeline import run
+from qlcp.core.simulate import simulate_night, truth_transforms
+
+from .test_alignment import SMALL
+
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "tres1_oscaar_20120617"
+
+
+@pytest.fixture(scope="module")
+def crowded(tmp_path_factory):
+    """A crowded 512 px night (~400 sources a frame) with a jump, drift and a cloudy frame."""
+    root = tmp_path_factory.mktemp("crowded")
+    return simulate_night(root / "night", n_frames=16, size=512, seed=23, n_stars=1600, **SMALL)
+
+
+def _data(path):
+    d, _ = read_image(path)
+    return np.asarray(d, dtype=np.float32)
+
+
+def _same_stars(tracked, full, tol=0.3):
+    """Row pairs of two catalogues of one frame at the same position (within ``tol`` px)."""
+    d, j = cKDTree(np.column_stack([full["X"], full["Y"]])).query(np.column_stack([tracked["X"], tracked["Y"]]))
+    ok = d < tol
+    return np.flatnonzero(ok), j[ok]
+
+
+def test_tracked_frames_measure_the_reference_stars_as_a_full_measurement_does(crowded):
+    cfg = Config(pick_star_n=150)
+    files = sorted(crowded.raw_dir.glob("SIMV-*.fit"))
+    stars = F.star_set(_data(files[0]), cfg, 1.5, 8.0, 60000.0, files[0].name, cfg.pick_star_n)
+    full0, _ = P.measure(_data(files[0]), cfg, 1.5, 8.0, 60000.0)
+    assert stars.n_sources == len(full0) > 300            # crowded: the set is the 150 brightest, not all
+    assert len(stars) == 150
+    fa = np.asarray(full0["FluxAUTO"], float)
+    unsat = (np.asarray(full0["Flags"]) & P.FLAG_SATURATED) == 0
+    chosen = np.isin(np.asarray(full0["X"], float), stars.xy[:, 0])
+    assert chosen.sum() == 150 and fa[chosen & unsat].min() >= np.sort(fa[unsat])[::-1][149]   # the brightest
+    truth = truth_transforms(crowded.frames)
+    n_tracked = 0
+    for k in range(1, len(files)):
+        res = F.measure_tracked(_data(files[k]), cfg, 1.5, 8.0, 60000.0, stars)
+        if crowded.frames["cloudy"][k]:
+            continue
+        assert res is not None, files[k].name
+        tab, st = res
+        n_tracked += 1
+        # the tracked transform is the true one (the base is frame 0)
+        rel = truth[k] @ np.vstack([np.linalg.inv(np.vstack([truth[0], [0, 0, 1]]))[:2], [0, 0, 1]])
+        assert abs(st["TRACKDX"] - rel[0, 2]) < 0.3 and abs(st["TRACKDY"] - rel[1, 2]) < 0.3, (k, st, rel)
+        assert len(tab) <= 150
+        full, fst = P.measure(_data(files[k]), cfg, 1.5, 8.0, 60000.0)
+        clean = tab[np.asarray(tab["Flags"]) == 0]     # blends: deblended centroids differ from tracked ones
+        a, b = _same_stars(clean, full)
+        assert len(a) >= 0.9 * len(clean) > 50, (k, len(a), len(clean))
+        tab = clean
+        flux_t, flux_f = np.asarray(tab["Flux"])[a, 0], np.asarray(full["Flux"])[b, 0]
+        assert np.median(np.abs(flux_t / flux_f - 1)) < 1e-3
+        assert np.median(np.hypot(tab["X"][a] - full["X"][b], tab["Y"][a] - full["Y"][b])) < 0.02
+        assert abs(st["FWHM"] - fst["FWHM"]) < 0.1 * fst["FWHM"]
+    assert n_tracked >= len(files) - 3
+
+
+def test_a_flipped_frame_is_tracked_through_a_similarity_and_a_foreign_frame_not_at_all(tmp_path):
+    sim = simulate_night(tmp_path / "flip", n_frames=6, size=512, seed=5, flip_at=0.5, **SMALL)
+    cfg = Config()
+    files = sorted(sim.raw_dir.glob("SIMV-*.fit"))
+    stars = F.star_set(_data(files[0]), cfg, 1.5, 8.0, 60000.0, files[0].name, cfg.pick_star_n)
+    k = next(i for i in range(len(files)) if sim.frames["rot_deg"][i] == 180.0 and not sim.frames["cloudy"][i])
+    tab, st = F.measure_tracked(_data(files[k]), cfg, 1.5, 8.0, 60000.0, stars)
+    assert st["TRACK"] == "similarity"
+    full, _ = P.measure(_data(files[k]), cfg, 1.5, 8.0, 60000.0)
+    a, _ = _same_stars(tab, full)
+    assert len(a) >= 0.9 * len(tab) > 10
+    assert len(tab) >= 0.6 * len(stars)          # the flip turns the field about the centre: most stay on
+    other = simulate_night(tmp_path / "other", n_frames=1, size=512, seed=77, **SMALL)     # another star field
+    assert F.measure_tracked(_data(sorted(other.raw_dir.glob("SIMV-*.fit"))[0]), cfg, 1.5, 8.0, 60000.0,
+                             stars) is None            # another field: measured in full by the caller
+
+
+def test_given_positions_are_measured_even_below_the_brightest(crowded):
+    files = sorted(crowded.raw_dir.glob("SIMV-*.fit"))
+    cfg = Config(pick_star_n=20)
+    s = crowded.stars
+    faint = s[np.asarray(s["in_base"], bool)]
+    faint = faint[np.argsort(np.asarray(faint["flux_e"], float))][len(faint) // 3]   # a faint star, detected
+    xy = [[float(faint["x"]), float(faint["y"])], [3.0, 3.0]]                       # ... and a blank corner
+    stars = F.star_set(_data(files[0]), cfg, 1.5, 8.0, 60000.0, files[0].name, 20, xy)
+    assert len(stars) == 22
+    assert np.min(np.hypot(*(stars.xy - xy[0]).T)) < 1.5 and np.min(np.hypot(*(stars.xy - xy[1]).T)) < 1e-9
+
+
+def _reduce(sim, red, mode):
+    cfg = load_config([sim.config_path], {"steps": "lbfiopkcd", "frame_catalogues": mode, "pick_star_n": 200})
+    run(sim.raw_dir, red, config=cfg)
+
+
+def test_crowded_night_end_to_end_same_light_curves_as_full_catalogues(crowded, tmp_path):
+    _reduce(crowded, tmp_path / "stars", "stars")
+    _reduce(crowded, tmp_path / "full", "full")
+    cats = sorted((tmp_path / "stars" / "SIMV_V").glob("*.cat.fits"))
+    modes = [fits.getheader(c, 1)["PHOTMODE"] for c in cats]
+    assert modes[0] == "full" and modes.count("tracked") >= len(cats) - 3
+    assert all(len(fits.getdata(c, 1)) <= 200 for c, m in zip(cats, modes) if m == "tracked")
+    from astropy.table import Table
+
+    lcs = {m: Table.read(tmp_path / m / "lc_SIMV_V.ecsv") for m in ("stars", "full")}
+    st = {m: Table.read(tmp_path / m / "stars_SIMV_V.ecsv") for m in ("stars", "full")}
+    tx, ty = [float(crowded.stars[c][crowded.stars["id"] == crowded.target_id][0]) for c in ("x", "y")]
+    for m in ("stars", "full"):              # the eclipsing star is found either way
+        t = st[m][st[m]["role"] == "target"]
+        assert np.min(np.hypot(t["x"] - tx, t["y"] - ty)) < 1.0, m
+    truth = -2.5 * np.log10(np.asarray(crowded.frames["target_rel_flux"], float))
+
+    def scatter(m):
+        t = st[m][st[m]["role"] == "target"]
+        k = int(np.argmin(np.hypot(t["x"] - tx, t["y"] - ty)))
+        lc = lcs[m]
+        v = np.asarray(lc[f"mag_t{k}_a0"], float) - truth
+        v = v[np.asarray(lc["ok"], bool) & np.isfinite(v) & ~np.asarray(crowded.frames["cloudy"], bool)]
+        return np.std(v - np.median(v))
+
+    # clear frames (a cloudy frame's one point would decide a 16-frame scatter); ~5 % noise on 14 points
+    assert scatter("stars") <= 1.15 * scatter("full")
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data not present")
+def test_real_crowded_frames_track_the_stated_drift():
+    """TrES-1 (SBIG, ~800 sources): the field drifts ~+137, -141 px from tres1-020 to tres1-225."""
+    cfg = Config(pick_star_n=200)
+    first, last = _data(SHARED / "tres1-020.fit"), _data(SHARED / "tres1-225.fit")
+    stars = F.star_set(first, cfg, 0.78, 10.0, 60000.0, "tres1-020.fit", 200)
+    assert stars.n_sources > 500 and len(stars) == 200
+    tab, st = F.measure_tracked(last, cfg, 0.78, 10.0, 60000.0, stars)
+    assert abs(st["TRACKDX"] - 137) < 3 and abs(st["TRACKDY"] + 141) < 3
+    full, _ = P.measure(last, cfg, 0.78, 10.0, 60000.0)
+    tab = tab[np.asarray(tab["Flags"]) == 0]          # blends and edges: positions differ between the modes
+    a, b = _same_stars(tab, full)
+    assert len(a) >= 0.9 * len(tab) > 80
+    assert np.median(np.abs(np.asarray(tab["Flux"])[a, 0] / np.asarray(full["Flux"])[b, 0] - 1)) < 1e-3
