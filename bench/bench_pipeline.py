@@ -31,15 +31,16 @@ sys.path.insert(0, str(HERE.parent))
 STEPS = "lbfiopkcdg"
 
 
-def night_dir(work: Path, frames: int, size: int, seed: int) -> Path:
-    """Simulate (once) and return the night's directory."""
+def night_dir(work: Path, frames: int, size: int, seed: int, n_stars: int | None = None) -> Path:
+    """Simulate (once) and return the night's directory (``n_stars``: the field's crowding, simulator default
+    200 per 1024^2, ~85 detected sources a frame; 7000 gives ~1,500)."""
     from qlcp.core.simulate import simulate_night
 
-    d = work / f"night_{frames}x{size}_s{seed}"
+    d = work / (f"night_{frames}x{size}_s{seed}" + (f"_n{n_stars}" if n_stars else ""))
     if not (d / "truth" / "truth.json").is_file():
         shutil.rmtree(d, ignore_errors=True)
         t0 = time.perf_counter()
-        simulate_night(d, n_frames=frames, size=size, seed=seed)
+        simulate_night(d, n_frames=frames, size=size, seed=seed, **({"n_stars": n_stars} if n_stars else {}))
         print(f"simulated {frames} frames of {size}x{size} in {time.perf_counter() - t0:.1f} s", flush=True)
     return d
 
@@ -191,7 +192,8 @@ def precision(night: Path, red: Path, original: bool = False) -> dict:
             "target": _clipped_std(tgt - truth), "check": _clipped_std(chk)}
 
 
-def compare_original(work: Path, seeds: list[int], frames: int, size: int, steps: str) -> None:
+def compare_original(work: Path, seeds: list[int], frames: int, size: int, steps: str,
+                     n_stars: int | None = None) -> None:
     """Ours (plain core) and the original on the same nights, stars and machine, one after the other."""
     import numpy as np
 
@@ -209,8 +211,8 @@ def compare_original(work: Path, seeds: list[int], frames: int, size: int, steps
           f"{'target-truth':>13}   {'check':>13}")
     rows = []
     for seed in seeds:
-        night = night_dir(work, frames, size, seed)
-        red_q, red_o = work / f"red_cmp_ours_s{seed}", work / f"red_cmp_orig_s{seed}"
+        night = night_dir(work, frames, size, seed, n_stars)
+        red_q, red_o = work / f"red_cmp_ours_{night.name}", work / f"red_cmp_orig_{night.name}"
         ours = run_child("plain", night / "raw", red_q, night / "night.yaml", {**truth_starxy(night), "steps": steps})
         st = orig.truth_stars(night, n_check=1)
         settle(night / "raw")
@@ -223,6 +225,7 @@ def compare_original(work: Path, seeds: list[int], frames: int, size: int, steps
         q, o = precision(night, red_q), precision(night, red_o, original=True)
         rows.append([res["seconds"] / ours["wall"]] + [q[k] / o[k] for k in ("stars", "target", "check")])
         print(f"  {seed:>6} {ours['wall']:>7.1f} {res['seconds']:>7.1f} {rows[-1][0]:>7.1f}x   "
+              f"(CPU per frame: ours {1e3 * ours['cpu'] / frames:.0f} ms)   "
               f"{1e3 * q['stars']:>6.2f} / {1e3 * o['stars']:<6.2f}   {1e3 * q['target']:>5.2f} / {1e3 * o['target']:<5.2f}"
               f"   {1e3 * q['check']:>5.2f} / {1e3 * o['check']:<5.2f}", flush=True)
     if rows:
@@ -247,6 +250,7 @@ def main(argv=None) -> int:
     ap.add_argument("--frames", type=int, default=200)
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--n-stars", type=int, default=None, help="simulated stars per 1024^2 (crowding; default 200)")
     ap.add_argument("--workdir", default=os.environ.get("QLCP_BENCH_DIR", "/tmp/qlcp-bench"))
     ap.add_argument("--scaling", default="", help="comma list of frame counts: peak memory per count")
     ap.add_argument("--prefect", action="store_true", help="also run the Prefect flow (needs PREFECT_API_URL)")
@@ -270,7 +274,7 @@ def main(argv=None) -> int:
 
     work = Path(a.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    night = night_dir(work, a.frames, a.size, a.seed)
+    night = night_dir(work, a.frames, a.size, a.seed, a.n_stars)
     stars = {**truth_starxy(night), "steps": a.steps}
     cfg = night / "night.yaml"
     print(f"night: {night} ({a.frames} frames, {a.size}x{a.size}); machine: {os.cpu_count()} cores")
@@ -316,7 +320,7 @@ def main(argv=None) -> int:
                   f"{first:.1f} s with a fresh database, {time.perf_counter() - t0:.1f} s with an existing one")
 
     if a.original:
-        compare_original(work, list(range(a.seed, a.seed + a.seeds)), a.frames, a.size, a.steps)
+        compare_original(work, list(range(a.seed, a.seed + a.seeds)), a.frames, a.size, a.steps, a.n_stars)
     return 0
 
 

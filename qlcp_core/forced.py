@@ -9,7 +9,9 @@ measured on every frame --
 
 * the ``pick_star_n`` brightest unsaturated sources (the candidates the automatic
   pick examines: targets, comparisons and checks come from them), then the
-  saturated ones while room is left, so a sparse field keeps all its sources;
+  saturated ones while room is left, so a sparse field keeps all its sources --
+  unless the stars are given (``starxy``) and no pick is asked for (no ``k`` or
+  ``K`` in ``steps``): then only the alignment stars (below), for step o;
 * the given ``starxy`` positions (a target fainter than that is added even where
   nothing was detected);
 
@@ -33,10 +35,11 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import sep
 
 from . import offset as off_mod
 from . import photometry as P
@@ -48,6 +51,14 @@ log = logging.getLogger("qlcp.photometry")
 ALIGN_N = 60
 #: a given position is that source of the reference when within this many px (or its FWHM)
 GIVEN_MATCH = 3.0
+#: px added to a reference source's footprint radius when it is masked without an extraction
+MASK_GROW = 0.0
+#: a frame is followed from the last transforms when this fraction of the alignment stars recentre
+#: within FOLLOW_TOL px of the prediction, consistently (clipped residuals below FOLLOW_RMS px)
+FOLLOW_FRACTION, FOLLOW_TOL, FOLLOW_RMS = 0.7, 3.0, 0.35
+#: ... and hold a star: flux within 2 FWHM above this S/N (sky-limited)
+FOLLOW_SNR = 10.0
+_GAUSS_SIGMA_TO_FWHM = 2.0 * math.sqrt(2.0 * math.log(2.0))
 #: flags that keep a source out of the alignment stars (border, saturated, blended, bad flux, cosmic)
 _ALIGN_BAD = P.FLAG_BORDER | P.FLAG_SATURATED | P.FLAG_BLENDED | P.FLAG_BADFLUX | P.FLAG_COSMIC
 
@@ -70,6 +81,13 @@ class StarSet:
         The reference's alignment stars (brightest unflagged).
     n_sources : int
         Sources of the reference frame.
+    fwhm : float
+        The reference's FWHM, px (the window of the followed alignment stars).
+    mask_xy : ndarray (n, 2), mask_r : ndarray (n,)
+        Every source of the reference and the radius (px) of its detected footprint: the
+        pixels left out of the sky annuli of a frame followed without an extraction.
+    track : list
+        The transforms of the last frames tracked (this process's; a prior for the next frame).
     """
 
     ref: str
@@ -81,13 +99,17 @@ class StarSet:
     align_xy: np.ndarray
     align_flux: np.ndarray
     n_sources: int
+    fwhm: float = math.nan
+    mask_xy: np.ndarray = None
+    mask_r: np.ndarray = None
+    track: list = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.xy)
 
 
 def star_set(data, cfg, gain: float, rdnoise: float, saturation: float, ref: str, n_max: int,
-             given_xy=(), aper=None) -> StarSet:
+             given_xy=(), aper=None, candidates: bool = True) -> StarSet:
     """Measure the reference frame in full and choose the stars measured on every frame.
 
     Parameters
@@ -106,6 +128,10 @@ def star_set(data, cfg, gain: float, rdnoise: float, saturation: float, ref: str
     given_xy : (n, 2) array-like
         Positions on the reference always measured (``starxy``): the nearest source
         within :data:`GIVEN_MATCH` px (or the FWHM), else the position itself.
+    candidates : bool
+        Measure the ``n_max`` candidates of the automatic pick; False (the stars are
+        given and nothing is picked): only ``given_xy`` and the alignment stars (so step o
+        still aligns on the frames' catalogues).
 
     Raises
     ------
@@ -121,8 +147,14 @@ def star_set(data, cfg, gain: float, rdnoise: float, saturation: float, ref: str
     fa = np.asarray(tab["FluxAUTO"], dtype=float)
     usable = np.isfinite(fa) & (fa > 0)
     sat = (flags & P.FLAG_SATURATED) != 0
-    order = np.lexsort((-np.where(usable, fa, 0.0), sat))          # unsaturated first, then by flux
-    idx = [int(i) for i in order if usable[i]][:max(int(n_max), 1)]
+    good = ((flags & _ALIGN_BAD) == 0) & usable
+    al = np.flatnonzero(good)
+    al = al[np.argsort(-fa[al], kind="stable")][:ALIGN_N]
+    if candidates:
+        order = np.lexsort((-np.where(usable, fa, 0.0), sat))          # unsaturated first, then by flux
+        idx = [int(i) for i in order if usable[i]][:max(int(n_max), 1)]
+    else:
+        idx = [int(i) for i in al]
     xy = np.column_stack([np.asarray(tab["X"], float), np.asarray(tab["Y"], float)])
     a, b, th, bl = src.a, src.b, src.theta, src.merged
     extra = []
@@ -138,16 +170,14 @@ def star_set(data, cfg, gain: float, rdnoise: float, saturation: float, ref: str
     idx = np.asarray(idx, dtype=int)
     sig = (fwhm or 3.0) / P._GAUSS_FWHM
     n_extra = len(extra)
-    good = ((flags & _ALIGN_BAD) == 0) & usable
-    al = np.flatnonzero(good)
-    al = al[np.argsort(-fa[al], kind="stable")][:ALIGN_N]
     return StarSet(ref=ref,
                    xy=np.vstack([xy[idx], np.asarray(extra, float).reshape(-1, 2)]),
                    a=np.concatenate([a[idx], np.full(n_extra, sig)]),
                    b=np.concatenate([b[idx], np.full(n_extra, sig)]),
                    theta=np.concatenate([th[idx], np.zeros(n_extra)]),
                    blended=np.concatenate([bl[idx], np.zeros(n_extra, bool)]),
-                   align_xy=xy[al], align_flux=fa[al], n_sources=len(tab))
+                   align_xy=xy[al], align_flux=fa[al], n_sources=len(tab), fwhm=float(stats["FWHM"]), mask_xy=xy,
+                   mask_r=np.sqrt(np.maximum(src.npix, 1.0) / math.pi) + MASK_GROW)
 
 
 def _align(stars: StarSet, objs, max_dis: float) -> off_mod.OffsetResult:
@@ -173,6 +203,75 @@ def _align(stars: StarSet, objs, max_dis: float) -> off_mod.OffsetResult:
     return best
 
 
+def _follow(stars: StarSet, frame, sig: float):
+    """The transform of a frame from the last ones, without an extraction: the alignment stars
+    recentred (windowed centroids) from where the last transforms (extrapolated) put them,
+    and a shift or similarity fitted to them.  None when too few follow (a jump, a flip, clouds)."""
+    if not stars.track:
+        return None
+    last = stars.track[-1]
+    prior = last.copy()
+    if len(stars.track) > 1:                           # the drift goes on
+        prior[:, 2] += last[:, 2] - stars.track[-2][:, 2]
+    pred = off_mod.base_to_frame(prior, stars.align_xy)
+    ny, nx = frame.sub.shape
+    on = (pred[:, 0] > 5) & (pred[:, 1] > 5) & (pred[:, 0] < nx - 6) & (pred[:, 1] < ny - 6)
+    if on.sum() < max(off_mod.MIN_MATCH + 2, 8):
+        return None
+    px, py = pred[on, 0], pred[on, 1]
+    xw, yw, wf = sep.winpos(frame.sub, px, py, np.full(px.size, sig), mask=frame.mask, subpix=0)
+    d = np.column_stack([xw - px, yw - py])
+    # a star must be there: windows on empty sky (after a jump) also settle near where they start
+    r = 2.0 * _GAUSS_SIGMA_TO_FWHM * sig
+    fl, _e, _f = sep.sum_circle(frame.sub, np.nan_to_num(xw), np.nan_to_num(yw), r, mask=frame.mask, subpix=0)
+    bright = fl > FOLLOW_SNR * frame.rms * math.sqrt(math.pi) * r
+    good = (wf == 0) & np.isfinite(d).all(axis=1) & (np.hypot(*d.T) < FOLLOW_TOL) & bright
+    if good.sum() < FOLLOW_FRACTION * on.sum():
+        return None
+    med = np.median(d[good], axis=0)
+    keep = good & (np.hypot(*(d - med).T) < 3 * FOLLOW_RMS)
+    if keep.sum() < FOLLOW_FRACTION * on.sum():
+        return None
+    b, f = stars.align_xy[on][keep], np.column_stack([xw, yw])[keep]
+    if abs(math.atan2(last[1, 0], last[0, 0])) > 1e-3 or abs(off_mod.scale_of(last) - 1) > 1e-4:
+        m = off_mod._fit_similarity(b, f)
+    else:
+        m = off_mod.shift_matrix(*np.mean(f - b, axis=0))
+    res = np.hypot(*(off_mod.base_to_frame(m, b) - f).T)
+    if np.sqrt(np.mean(res ** 2)) > FOLLOW_RMS:
+        return None
+    return m
+
+
+def _footprints(shape, stars: StarSet, m: np.ndarray) -> np.ndarray:
+    """Pixels of the reference's sources on a frame (their footprints' discs through ``m``)."""
+    ny, nx = shape
+    mask = np.zeros(shape, dtype=bool)
+    xy = off_mod.base_to_frame(m, stars.mask_xy)
+    r = stars.mask_r * off_mod.scale_of(m)
+    h_all = np.ceil(r).astype(int)
+    ix, iy = np.rint(xy[:, 0]).astype(int), np.rint(xy[:, 1]).astype(int)
+    on = (ix >= -h_all) & (iy >= -h_all) & (ix < nx + h_all) & (iy < ny + h_all)
+    for h in np.unique(h_all[on]):
+        sel = on & (h_all == h)
+        o = np.arange(-h, h + 1)
+        oy, ox = np.meshgrid(o, o, indexing="ij")
+        disc = np.hypot(ox, oy) <= h
+        cx = ix[sel, None] + ox[disc]
+        cy = iy[sel, None] + oy[disc]
+        ok = (cx >= 0) & (cy >= 0) & (cx < nx) & (cy < ny)
+        mask[cy[ok], cx[ok]] = True
+    return mask
+
+
+def _detected(frame, x, y, thresh: float) -> np.ndarray:
+    """Whether the detection-filtered image exceeds ``thresh`` at each position (what an extraction
+    would have found there: a star still above the threshold)."""
+    k = P._KERNEL / P._KERNEL.sum()
+    vals, _, _ = P._stamps(frame.sub, np.asarray(x, float), np.asarray(y, float), k.shape[0] // 2)
+    return np.nansum(vals * k, axis=(1, 2)) > thresh
+
+
 def measure_tracked(data, cfg, gain: float, rdnoise: float, saturation: float, stars: StarSet,
                     aper=None, max_dis: float = 250.0) -> tuple | None:
     """Measure the :class:`StarSet` on a frame, at positions tracked from the reference.
@@ -189,12 +288,20 @@ def measure_tracked(data, cfg, gain: float, rdnoise: float, saturation: float, s
     frame = P._background(data, cfg)
     if not (np.isfinite(frame.rms) and frame.rms > 0):
         return None
-    objs, seg = P._extract(frame.sub, cfg.detect_thresh * frame.rms, frame.mask, cfg.detect_minarea, nthresh=1)
-    res = _align(stars, objs, max_dis)
-    if not res.ok:
-        log.debug("not tracked on %s (%s): measured in full", stars.ref, res.reason)
-        return None
-    m = res.matrix()
+    thresh = cfg.detect_thresh * frame.rms
+    sig = stars.fwhm / P._GAUSS_FWHM if np.isfinite(stars.fwhm) else 1.5
+    m = _follow(stars, frame, sig)
+    if m is not None:
+        kind, n_det, seg = "followed", -1, _footprints(frame.sub.shape, stars, m)
+    else:
+        objs, seg = P._extract(frame.sub, thresh, frame.mask, cfg.detect_minarea, nthresh=1)
+        res = _align(stars, objs, max_dis)
+        if not res.ok:
+            log.debug("not tracked on %s (%s): measured in full", stars.ref, res.reason)
+            stars.track.clear()
+            return None
+        m, kind, n_det = res.matrix(), res.kind, int(len(objs))
+    stars.track[:] = [*stars.track[-1:], m]
     pos = off_mod.base_to_frame(m, stars.xy)
     ny, nx = frame.sub.shape
     on = (pos[:, 0] >= -0.5) & (pos[:, 0] <= nx - 0.5) & (pos[:, 1] >= -0.5) & (pos[:, 1] <= ny - 0.5)
@@ -206,17 +313,28 @@ def measure_tracked(data, cfg, gain: float, rdnoise: float, saturation: float, s
     tab, stats = P.measure_sources(frame, src, cfg, aper, gain, rdnoise, saturation)
     # a star counts where full extraction would have found it: inside a detected object (a cloudy
     # frame keeps only the stars still above the threshold, as before, and is judged by them)
-    ix = np.clip(np.rint(np.asarray(tab["X"], float)).astype(int), 0, nx - 1)
-    iy = np.clip(np.rint(np.asarray(tab["Y"], float)).astype(int), 0, ny - 1)
-    found = seg[iy, ix] != 0
+    if n_det >= 0:
+        ix = np.clip(np.rint(np.asarray(tab["X"], float)).astype(int), 0, nx - 1)
+        iy = np.clip(np.rint(np.asarray(tab["Y"], float)).astype(int), 0, ny - 1)
+        found = seg[iy, ix] != 0
+    else:
+        found = _detected(frame, tab["X"], tab["Y"], thresh)
     if not found.all():
         meta = dict(tab.meta)
         tab = tab[found]
         tab.meta.update(meta)
     stats["NSTARS"] = tab.meta["NSTARS"] = int(found.sum())
-    stats.update(NDETECT=int(len(objs)), TRACK=res.kind, TRACKDX=float(m[0, 2]), TRACKDY=float(m[1, 2]))
-    tab.meta.update(PHOTMODE="tracked", PHOTREF=stars.ref, NDETECT=int(len(objs)))
+    stats.update(NDETECT=n_det, TRACK=kind, TRACKDX=float(m[0, 2]), TRACKDY=float(m[1, 2]))
+    tab.meta.update(PHOTMODE="tracked", PHOTREF=stars.ref, PHOTTRK=kind)
+    if n_det >= 0:
+        tab.meta["NDETECT"] = n_det
     return tab, stats
+
+
+def needs_candidates(cfg, given: np.ndarray) -> bool:
+    """Whether the frames must carry the automatic pick's candidates: unless the stars are given
+    (``starxy``) and no pick is asked for (``k``/``K`` not in ``steps``: step c then uses them)."""
+    return not (len(given) and not any(s in cfg.steps for s in "kK"))
 
 
 def given_positions(cfg, obj: str) -> np.ndarray:
@@ -231,11 +349,12 @@ def reference_of(bf: str | Path, cfg, obj: str = "", aper=None) -> StarSet | Non
     from .correct import corrected_detector
     from .io import read_image
 
+    given = given_positions(cfg, obj)
     try:
         data, hdr = read_image(bf)
         gain, rdnoise, saturation = corrected_detector(hdr, cfg)
-        return star_set(data, cfg, gain, rdnoise, saturation, Path(bf).name, cfg.pick_star_n,
-                        given_positions(cfg, obj), aper=aper)
+        return star_set(data, cfg, gain, rdnoise, saturation, Path(bf).name, cfg.pick_star_n, given, aper=aper,
+                        candidates=needs_candidates(cfg, given))
     except (InputError, OSError, ValueError) as e:
         log.warning("%s: cannot be the photometry reference (%s): every frame measured in full", Path(bf).name, e)
         return None

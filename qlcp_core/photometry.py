@@ -653,6 +653,8 @@ class _Sources:
     merged: np.ndarray
     seg: np.ndarray | None
     forced: bool
+    #: detected pixels of each source (isophotal area, px; None in forced mode)
+    npix: np.ndarray | None = None
 
     @property
     def elong(self) -> np.ndarray:
@@ -745,7 +747,7 @@ def _find_sources(frame: _Frame, cfg, positions, gain: float) -> _Sources:
         Empty when no source is found (or the background rms is not positive).
         Shapes: sep's isophotal moments, or windowed moments at given positions.
     """
-    seg = None
+    seg = npix = None
     forced = positions is not None
     if forced:
         pos = np.asarray(positions, dtype=float).reshape(-1, 2) if np.size(positions) else np.zeros((0, 2))
@@ -764,10 +766,11 @@ def _find_sources(frame: _Frame, cfg, positions, gain: float) -> _Sources:
         x0, y0 = objs["x"].astype(float), objs["y"].astype(float)
         merged = (objs["flag"].astype(np.int64) & sep.OBJ_MERGED) != 0
         a, b, theta = objs["a"].astype(float), objs["b"].astype(float), objs["theta"].astype(float)
+        npix = objs["npix"].astype(float)
     b = np.where(np.isfinite(b) & (b > 0.05), b, 0.05)
     a = np.where(np.isfinite(a) & (a >= b), a, b)
     theta = np.where(np.isfinite(theta), np.clip(theta, -np.pi / 2, np.pi / 2), 0.0)
-    return _Sources(x0, y0, a, b, theta, merged, seg, forced)
+    return _Sources(x0, y0, a, b, theta, merged, seg, forced, npix)
 
 
 def _forced_shape(frame: _Frame, x0, y0, gain: float):

@@ -74,10 +74,37 @@ def test_tracked_frames_measure_the_reference_stars_as_a_full_measurement_does(c
         assert len(a) >= 0.9 * len(clean) > 50, (k, len(a), len(clean))
         tab = clean
         flux_t, flux_f = np.asarray(tab["Flux"])[a, 0], np.asarray(full["Flux"])[b, 0]
-        assert np.median(np.abs(flux_t / flux_f - 1)) < 1e-3
+        # the same stars, the same fluxes: no bias, and the bright half agrees star by star (for faint
+        # stars a followed frame's sky comes from a few other annulus pixels: its noise differs, ~sky noise)
+        r = flux_t / flux_f - 1
+        assert abs(np.median(r)) < 1.5e-3, k
+        assert np.median(np.abs(r[flux_f > np.median(flux_f)])) < 1e-3, k
         assert np.median(np.hypot(tab["X"][a] - full["X"][b], tab["Y"][a] - full["Y"][b])) < 0.02
         assert abs(st["FWHM"] - fst["FWHM"]) < 0.1 * fst["FWHM"]
     assert n_tracked >= len(files) - 3
+
+
+@pytest.mark.parametrize("seed", [11, 31])
+def test_a_sparse_night_is_followed_across_its_jump_on_the_true_offsets(tmp_path, seed):
+    """Frames followed from the last ones (no extraction) must not follow empty sky after a re-pointing."""
+    sim = simulate_night(tmp_path / "n", n_frames=48, size=512, seed=seed, n_bias=5, n_flats=5, n_constant=5)
+    cfg = Config()
+    files = sorted(sim.raw_dir.glob("SIMV-*.fit"))
+    stars = F.star_set(_data(files[0]), cfg, 1.5, 8.0, 60000.0, files[0].name, 500, [[50.0, 50.0]],
+                       candidates=False)
+    truth = truth_transforms(sim.frames)
+    kinds = []
+    for k in range(1, len(files)):
+        res = F.measure_tracked(_data(files[k]), cfg, 1.5, 8.0, 60000.0, stars)
+        if sim.frames["cloudy"][k]:
+            continue
+        assert res is not None, files[k].name
+        kinds.append(res[1]["TRACK"])
+        dx, dy = truth[k][0, 2] - truth[0][0, 2], truth[k][1, 2] - truth[0][1, 2]
+        assert abs(res[1]["TRACKDX"] - dx) < 0.3 and abs(res[1]["TRACKDY"] - dy) < 0.3, (k, res[1], dx, dy)
+        assert len(res[0]) >= 0.6 * len(stars)          # some leave the frame after the jump
+    assert abs(np.diff(sim.frames["dx"])).max() > 20              # the jump is in the data
+    assert "followed" in kinds                                    # and most frames need no extraction
 
 
 def test_a_flipped_frame_is_tracked_through_a_similarity_and_a_foreign_frame_not_at_all(tmp_path):
