@@ -655,6 +655,16 @@ class _Sources:
     forced: bool
     #: detected pixels of each source (isophotal area, px; None in forced mode)
     npix: np.ndarray | None = None
+    #: isophotal flux of each source, ADU (None in forced mode)
+    flux: np.ndarray | None = None
+
+    def brightest(self, n: int) -> _Sources:
+        """The ``n`` sources of largest isophotal flux (in their order); all without fluxes."""
+        if self.flux is None or len(self.x0) <= n:
+            return self
+        keep = np.sort(np.argsort(-np.nan_to_num(self.flux, nan=-np.inf), kind="stable")[:n])
+        return _Sources(self.x0[keep], self.y0[keep], self.a[keep], self.b[keep], self.theta[keep],
+                        self.merged[keep], self.seg, self.forced, self.npix[keep], self.flux[keep])
 
     @property
     def elong(self) -> np.ndarray:
@@ -747,7 +757,7 @@ def _find_sources(frame: _Frame, cfg, positions, gain: float) -> _Sources:
         Empty when no source is found (or the background rms is not positive).
         Shapes: sep's isophotal moments, or windowed moments at given positions.
     """
-    seg = npix = None
+    seg = npix = flux = None
     forced = positions is not None
     if forced:
         pos = np.asarray(positions, dtype=float).reshape(-1, 2) if np.size(positions) else np.zeros((0, 2))
@@ -766,11 +776,11 @@ def _find_sources(frame: _Frame, cfg, positions, gain: float) -> _Sources:
         x0, y0 = objs["x"].astype(float), objs["y"].astype(float)
         merged = (objs["flag"].astype(np.int64) & sep.OBJ_MERGED) != 0
         a, b, theta = objs["a"].astype(float), objs["b"].astype(float), objs["theta"].astype(float)
-        npix = objs["npix"].astype(float)
+        npix, flux = objs["npix"].astype(float), objs["flux"].astype(float)
     b = np.where(np.isfinite(b) & (b > 0.05), b, 0.05)
     a = np.where(np.isfinite(a) & (a >= b), a, b)
     theta = np.where(np.isfinite(theta), np.clip(theta, -np.pi / 2, np.pi / 2), 0.0)
-    return _Sources(x0, y0, a, b, theta, merged, seg, forced, npix)
+    return _Sources(x0, y0, a, b, theta, merged, seg, forced, npix, flux)
 
 
 def _forced_shape(frame: _Frame, x0, y0, gain: float):
@@ -1107,7 +1117,8 @@ def _no_sources(cfg, aper, stats: dict, gain, rdnoise, saturation) -> tuple[Tabl
 
 
 def measure(data: np.ndarray, cfg, gain: float, rdnoise: float, saturation: float,
-            aper=None, positions=None, sources_out: dict | None = None) -> tuple[Table, dict]:
+            aper=None, positions=None, sources_out: dict | None = None,
+            max_sources: int | None = None) -> tuple[Table, dict]:
     """Detect (or take) sources and measure AUTO and aperture photometry.
 
     Parameters
@@ -1131,6 +1142,10 @@ def measure(data: np.ndarray, cfg, gain: float, rdnoise: float, saturation: floa
     sources_out : dict, optional
         Receives ``"sources"``: the :class:`_Sources` found (shapes, deblending
         flags, segmentation map), for a reference frame (:mod:`qlcp.core.forced`).
+    max_sources : int, optional
+        Measure only this many detected sources, the largest isophotal fluxes
+        (every detected one still masked in the sky annuli): a frame of a crowded
+        field that could not be tracked (:mod:`qlcp.core.forced`).
 
     Returns
     -------
@@ -1147,6 +1162,8 @@ def measure(data: np.ndarray, cfg, gain: float, rdnoise: float, saturation: floa
     aper, rdnoise, saturation = _check_settings(cfg.aper if aper is None else aper, gain, rdnoise, saturation)
     frame = _background(data, cfg)
     src = _find_sources(frame, cfg, positions, gain)
+    if max_sources is not None:
+        src = src.brightest(int(max_sources))
     if sources_out is not None:
         sources_out["sources"] = src
     return measure_sources(frame, src, cfg, aper, gain, rdnoise, saturation)
@@ -1240,8 +1257,8 @@ def photometry_file(bf_path, out_path, cfg, aper=None, key: str | None = None, d
         only the header is then read from ``bf_path``.
     stars : qlcp.core.forced.StarSet, optional
         Measure only these stars, tracked from their reference frame
-        (:func:`qlcp.core.forced.measure_tracked`; ``cfg.offset_max_dis``); every
-        source when the frame does not align.
+        (:func:`qlcp.core.forced.measure_tracked`; ``cfg.offset_max_dis``); when the
+        frame does not align, its ``max(len(stars), pick_star_n)`` brightest sources.
 
     Returns
     -------
@@ -1268,7 +1285,10 @@ def photometry_file(bf_path, out_path, cfg, aper=None, key: str | None = None, d
         from .forced import measure_tracked
 
         res = measure_tracked(data, cfg, gain, rdnoise, saturation, stars, aper=aper, max_dis=cfg.offset_max_dis)
-    tab, stats = res if res is not None else measure(data, cfg, gain, rdnoise, saturation, aper=aper)
+    if res is None:     # not tracked (the reference, or a frame that does not align): in full, crowding capped
+        cap = None if stars is None else max(len(stars), cfg.pick_star_n)
+        res = measure(data, cfg, gain, rdnoise, saturation, aper=aper, max_sources=cap)
+    tab, stats = res
     tab.meta.setdefault("PHOTMODE", "full")
 
     meta = {}
