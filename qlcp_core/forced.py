@@ -88,6 +88,8 @@ class StarSet:
         pixels left out of the sky annuli of a frame followed without an extraction.
     track : list
         The transforms of the last frames tracked (this process's; a prior for the next frame).
+    made : dict or None
+        Step p's stats of the reference frame when its catalogue was written with the set.
     """
 
     ref: str
@@ -103,6 +105,7 @@ class StarSet:
     mask_xy: np.ndarray = None
     mask_r: np.ndarray = None
     track: list = field(default_factory=list)
+    made: dict | None = None
 
     def __len__(self) -> int:
         return len(self.xy)
@@ -140,7 +143,12 @@ def star_set(data, cfg, gain: float, rdnoise: float, saturation: float, ref: str
     """
     box: dict = {}
     tab, stats = P.measure(data, cfg, gain, rdnoise, saturation, aper=aper, sources_out=box)
-    src = box.get("sources")
+    return choose(tab, stats, box.get("sources"), ref, n_max, given_xy, candidates)
+
+
+def choose(tab, stats: dict, src, ref: str, n_max: int, given_xy=(), candidates: bool = True) -> StarSet:
+    """The :class:`StarSet` from the reference frame's full measurement (:func:`star_set`): its
+    catalogue ``tab``, ``stats`` and sources ``src`` (:func:`qlcp.core.photometry.measure`)."""
     if src is None or len(tab) == 0:
         raise InputError(f"{ref}: no source on the reference frame")
     flags = np.asarray(tab["Flags"])
@@ -340,18 +348,30 @@ def given_positions(cfg, obj: str) -> np.ndarray:
     return np.asarray(xy or [], dtype=float).reshape(-1, 2)
 
 
-def reference_of(bf: str | Path, cfg, obj: str = "", aper=None) -> StarSet | None:
+def reference_of(bf: str | Path, cfg, obj: str = "", aper=None, write=None) -> StarSet | None:
     """The :class:`StarSet` of a group from its reference frame ``bf`` (a corrected frame);
-    None, with a warning, when it cannot serve (then every frame is measured in full)."""
+    None, with a warning, when it cannot serve (then every frame is measured in full).
+
+    ``write``: ``(catalogue path, provenance key)``: also write the reference's catalogue (step p's
+    product for that frame, :func:`qlcp.core.photometry.photometry_file`), whose stats then go in
+    ``StarSet.made``: the frame is measured once."""
     from .correct import corrected_detector
     from .io import read_image
 
     given = given_positions(cfg, obj)
+    cand = needs_candidates(cfg, given)
     try:
+        if write is not None:
+            box: dict = {}
+            made = P.photometry_file(bf, write[0], cfg, aper=aper, key=write[1], sources_out=box)
+            stars = choose(box["table"], box["stats"], box.get("sources"), Path(bf).name, cfg.pick_star_n, given,
+                           cand)
+            stars.made = made
+            return stars
         data, hdr = read_image(bf)
         gain, rdnoise, saturation = corrected_detector(hdr, cfg)
         return star_set(data, cfg, gain, rdnoise, saturation, Path(bf).name, cfg.pick_star_n, given, aper=aper,
-                        candidates=needs_candidates(cfg, given))
+                        candidates=cand)
     except (InputError, OSError, ValueError) as e:
         log.warning("%s: cannot be the photometry reference (%s): every frame measured in full", Path(bf).name, e)
         return None

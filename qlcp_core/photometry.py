@@ -1233,7 +1233,8 @@ def catalogue_path(bf_path, out_path) -> Path:
     return out / f"{stem.removesuffix('.bf')}.cat.fits"
 
 
-def photometry_file(bf_path, out_path, cfg, aper=None, key: str | None = None, data=None, stars=None) -> dict:
+def photometry_file(bf_path, out_path, cfg, aper=None, key: str | None = None, data=None, stars=None,
+                    sources_out: dict | None = None) -> dict:
     """Photometry of one corrected frame into ``{rawstem}.cat.fits`` (and ``.cat.png``).
 
     Parameters
@@ -1259,6 +1260,8 @@ def photometry_file(bf_path, out_path, cfg, aper=None, key: str | None = None, d
         Measure only these stars, tracked from their reference frame
         (:func:`qlcp.core.forced.measure_tracked`; ``cfg.offset_max_dis``); when the
         frame does not align, its ``max(len(stars), pick_star_n)`` brightest sources.
+    sources_out : dict, optional
+        Receives the measured ``table``, ``stats`` and ``sources`` (:func:`measure`).
 
     Returns
     -------
@@ -1287,8 +1290,10 @@ def photometry_file(bf_path, out_path, cfg, aper=None, key: str | None = None, d
         res = measure_tracked(data, cfg, gain, rdnoise, saturation, stars, aper=aper, max_dis=cfg.offset_max_dis)
     if res is None:     # not tracked (the reference, or a frame that does not align): in full, crowding capped
         cap = None if stars is None else max(len(stars), cfg.pick_star_n)
-        res = measure(data, cfg, gain, rdnoise, saturation, aper=aper, max_sources=cap)
+        res = measure(data, cfg, gain, rdnoise, saturation, aper=aper, max_sources=cap, sources_out=sources_out)
     tab, stats = res
+    if sources_out is not None:
+        sources_out.update(table=tab, stats=dict(stats))
     tab.meta.setdefault("PHOTMODE", "full")
 
     meta = {}

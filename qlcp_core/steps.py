@@ -204,6 +204,8 @@ def _photometry_one(args, data=None) -> dict:
     bf, cfg, fingerprints, stars = args
     cp = cat_path(bf)
     if stars is not None and Path(bf).name == Path(stars.ref).name:
+        if stars.made is not None:      # measured (and written) with the set
+            return {**stars.made, "bf": str(bf)}
         stars = None                    # the reference itself: every source, as it was chosen from
     key = step_key(cfg, "photometry", bf, *([stars.ref] if stars is not None else []))
     if not cfg.mode.should_write(cp, current=(not cp.exists() or fits_key(cp) == key)):
@@ -227,7 +229,7 @@ def photometry_step(red, cfg: Config, bf_files, progress=None, fingerprints: boo
     the same corrected frame is kept (EXIST_APPEND); an unreadable frame is
     reported with its reason and the others go on.  Returns per-frame stats.
     """
-    stars = _reference(cfg, ref, obj)
+    stars = _reference(cfg, ref, obj, fingerprints)
     out = pmap(_photometry_one, [(str(b), cfg, fingerprints, stars) for b in bf_files], cfg.workers, progress,
                "photometry")
     _log_photometry(out)
@@ -247,15 +249,23 @@ def _log_photometry(out: list[dict]) -> None:
                  f"; {len(out) - len(made)} kept or failed" if len(out) != len(made) else "")
 
 
-def _reference(cfg: Config, ref, obj: str):
+def _reference(cfg: Config, ref, obj: str, fingerprints: bool = False):
     """The group's :class:`~qlcp.core.forced.StarSet` from its corrected reference frame ``ref``;
-    None (every source of every frame) with ``frame_catalogues: full`` or without the frame."""
+    None (every source of every frame) with ``frame_catalogues: full`` or without the frame.
+    The reference's own catalogue is written here when the work mode asks for it (measured once)."""
     if cfg.frame_catalogues == "full" or not ref or not Path(ref).is_file():
         return None
     from .forced import reference_of
 
+    cp, key = cat_path(ref), step_key(cfg, "photometry", ref)
+    write = (cp, key) if cfg.mode.should_write(cp, current=(not cp.exists() or fits_key(cp) == key)) else None
     with step_tag("p"):
-        return reference_of(ref, cfg, obj)
+        stars = reference_of(ref, cfg, obj, write=write)
+    if stars is not None and stars.made is not None:
+        stars.made = {k: (float(v) if isinstance(v, (np.floating, float)) else v)
+                      for k, v in stars.made.items() if isinstance(v, (str, int, float, np.floating))} | (
+            {"fingerprint": fingerprint_record(cp)} if fingerprints else {})
+    return stars
 
 
 # -------------------------------------------------------------------- i + p
@@ -314,7 +324,7 @@ def correct_photometry_step(red, cfg: Config, obj: str, band: str, files, bias=N
             made = _correct_chunk(([coord], *jobs[0][1:]))
         if coord in {str(f) for f in files}:        # the job holding it then keeps it: counted once
             first = [{**made, "kept": made["kept"] - (1 if made["outputs"] else 0)}]
-    stars = _reference(cfg, bf_path(red, obj, band, jobs[0][-1]) if jobs else None, obj)
+    stars = _reference(cfg, bf_path(red, obj, band, jobs[0][-1]) if jobs else None, obj, fingerprints)
     parts = pmap(_correct_measure_chunk, [(*j, stars) for j in jobs], cfg.workers, progress,
                  f"correct+measure {obj} {band}")
     with step_tag("i"):
