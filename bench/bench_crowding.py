@@ -43,6 +43,40 @@ def sources_per_frame(red: Path) -> tuple[float, float]:
     return (float(n[0]), float(np.median(n[1:]))) if len(n) > 1 else (float("nan"), float("nan"))
 
 
+REAL = HERE.parents[1] / "shared" / "data" / "tres1_oscaar_20120617"
+
+
+def real_night(work: Path, modes: list[str]) -> None:
+    """The real crowded TrES-1 night (42 frames, ~800 sources, darks only): the region file's 17 stars
+    (the first as target, the last as check), both modes; CPU per frame and the achieved scatter."""
+    import re
+    from astropy.table import Table
+
+    if not REAL.is_dir():
+        print(f"\n{REAL}: not present; real night skipped")
+        return
+    xy = [[float(a) - 1, float(b) - 1] for a, b in re.findall(r"^circle\(([\d.]+),([\d.]+),", (REAL / "stars2.reg")
+                                                                 .read_text(), flags=re.M)]
+    cfg = work / "tres1.yaml"
+    cfg.write_text("gain: 0.78\nsite_lon: -76.94\nsite_lat: 38.99\nsite_ele: 50\nsite_tz: -5\n"
+                   "alt_coord: {tres1: ['19:04:09.8', '+36:37:57']}\n")
+    n = len([f for f in REAL.glob("tres1-*.fit") if not f.name.endswith("d.fit")])
+    print(f"\nreal: {REAL.name}, {n} frames; region file's stars, aperture 6 px")
+    print("| mode | sources (first frame) | measured per frame | wall s | CPU ms/frame | achieved scatter, mmag "
+          "(target, check) |")
+    print("|---|---|---|---|---|---|")
+    for mode in modes:
+        red = work / f"red_tres1_{mode}"
+        res = B.run_child("plain", REAL, red, cfg, {"starxy": xy, "ind_tgt": [0], "ind_ref": list(range(1, len(xy) - 1)),
+                                                  "ind_chk": [len(xy) - 1], "aper": [6.0], "steps": "lbfiopcd",
+                                                  "frame_catalogues": mode})
+        lc = Table.read(next(red.glob("lc_*.ecsv")))
+        ach = {f"{x['role']}{x['k']}": 1e3 * x["achieved"] for x in lc.meta["noise"] if x.get("aperture") == 0}
+        n_ref, n_meas = sources_per_frame(red)
+        print(f"| {mode} | {n_ref:.0f} | {n_meas:.0f} | {res['wall']:.2f} | {1e3 * res['cpu'] / n:.0f} | "
+              f"{ach.get('target0', float('nan')):.2f}, {ach.get('check0', float('nan')):.2f} |", flush=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", type=int, default=100)
@@ -51,6 +85,7 @@ def main(argv=None) -> int:
     ap.add_argument("--modes", default="stars,full")
     ap.add_argument("--pick", action="store_true", help="the automatic pick (steps lbfiopkcd, no stars given: "
                     "pick_star_n candidates measured on every frame); no precision column")
+    ap.add_argument("--real", action="store_true", help="also the real TrES-1 night of ../shared/data")
     ap.add_argument("--workdir", default=os.environ.get("QLCP_BENCH_DIR", "/tmp/qlcp-bench"))
     a = ap.parse_args(argv)
     work = Path(a.workdir)
@@ -72,6 +107,8 @@ def main(argv=None) -> int:
                 print(f"| {level} | {seed} | {mode} | {n_ref:.0f} | {n_meas:.0f} | {res['wall']:.2f} | "
                       f"{1e3 * res['cpu'] / a.frames:.0f} | {1e3 * pr['stars']:.2f}, {1e3 * pr['target']:.2f}, "
                       f"{1e3 * pr['check']:.2f} |", flush=True)
+    if a.real:
+        real_night(work, a.modes.split(","))
     return 0
 
 
