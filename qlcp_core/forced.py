@@ -83,6 +83,8 @@ class StarSet:
         Sources of the reference frame.
     fwhm : float
         The reference's FWHM, px (the window of the followed alignment stars).
+    seeing : float
+        :func:`_seeing` of the alignment stars on the reference (px): a frame's shapes grow by its ratio.
     mask_xy : ndarray (n, 2), mask_r : ndarray (n,)
         Every source of the reference and the radius (px) of its detected footprint: the
         pixels left out of the sky annuli of a frame followed without an extraction.
@@ -102,6 +104,7 @@ class StarSet:
     align_flux: np.ndarray
     n_sources: int
     fwhm: float = math.nan
+    seeing: float = math.nan
     mask_xy: np.ndarray = None
     mask_r: np.ndarray = None
     track: list = field(default_factory=list)
@@ -143,10 +146,11 @@ def star_set(data, cfg, gain: float, rdnoise: float, saturation: float, ref: str
     """
     box: dict = {}
     tab, stats = P.measure(data, cfg, gain, rdnoise, saturation, aper=aper, sources_out=box)
-    return choose(tab, stats, box.get("sources"), ref, n_max, given_xy, candidates)
+    return choose(tab, stats, box.get("sources"), ref, n_max, given_xy, candidates, box.get("frame"))
 
 
-def choose(tab, stats: dict, src, ref: str, n_max: int, given_xy=(), candidates: bool = True) -> StarSet:
+def choose(tab, stats: dict, src, ref: str, n_max: int, given_xy=(), candidates: bool = True,
+           frame=None) -> StarSet:
     """The :class:`StarSet` from the reference frame's full measurement (:func:`star_set`): its
     catalogue ``tab``, ``stats`` and sources ``src`` (:func:`qlcp.core.photometry.measure`)."""
     if src is None or len(tab) == 0:
@@ -184,7 +188,8 @@ def choose(tab, stats: dict, src, ref: str, n_max: int, given_xy=(), candidates:
                    b=np.concatenate([b[idx], np.full(n_extra, sig)]),
                    theta=np.concatenate([th[idx], np.zeros(n_extra)]),
                    blended=np.concatenate([bl[idx], np.zeros(n_extra, bool)]),
-                   align_xy=xy[al], align_flux=fa[al], n_sources=len(tab), fwhm=float(stats["FWHM"]), mask_xy=xy,
+                   align_xy=xy[al], align_flux=fa[al], n_sources=len(tab), fwhm=float(stats["FWHM"]),
+                   seeing=_seeing(frame, xy[al], float(stats["FWHM"])) if frame is not None else math.nan, mask_xy=xy,
                    mask_r=np.sqrt(np.maximum(src.npix, 1.0) / math.pi) + MASK_GROW)
 
 
@@ -246,6 +251,28 @@ def _follow(stars: StarSet, frame, sig: float):
     if np.sqrt(np.mean(res ** 2)) > FOLLOW_RMS:
         return None
     return m
+
+
+def _seeing(frame, xy: np.ndarray, fwhm: float) -> float:
+    """Median of twice the half-light radii (within 4 FWHM) of the stars at ``xy``: a seeing measure,
+    the same on the reference and on a frame; NaN without a usable star."""
+    ny, nx = frame.sub.shape
+    r = 4.0 * (fwhm if np.isfinite(fwhm) and fwhm > 0 else 3.0)
+    on = (xy[:, 0] > r) & (xy[:, 1] > r) & (xy[:, 0] < nx - 1 - r) & (xy[:, 1] < ny - 1 - r)
+    if on.sum() < 3:
+        return math.nan
+    rh, fl = sep.flux_radius(frame.sub, xy[on, 0], xy[on, 1], np.full(int(on.sum()), r), 0.5, mask=frame.mask,
+                             subpix=5)
+    ok = np.isfinite(rh) & (rh > 0) & (fl == 0)
+    return float(np.median(2.0 * rh[ok])) if ok.sum() >= 3 else math.nan
+
+
+def _seeing_ratio(frame, stars: StarSet, m: np.ndarray) -> float:
+    """This frame's seeing over the reference's (:func:`_seeing` of the alignment stars), in 0.5 .. 3; 1 when
+    either is unknown."""
+    s = _seeing(frame, off_mod.base_to_frame(m, stars.align_xy), stars.fwhm)
+    ratio = s / stars.seeing if np.isfinite(s) and np.isfinite(stars.seeing) and stars.seeing > 0 else 1.0
+    return float(np.clip(ratio, 0.5, 3.0))
 
 
 def _footprints(shape, stars: StarSet, m: np.ndarray) -> np.ndarray:
@@ -310,11 +337,14 @@ def measure_tracked(data, cfg, gain: float, rdnoise: float, saturation: float, s
     pos = off_mod.base_to_frame(m, stars.xy)
     ny, nx = frame.sub.shape
     on = (pos[:, 0] >= -0.5) & (pos[:, 0] <= nx - 0.5) & (pos[:, 1] >= -0.5) & (pos[:, 1] <= ny - 0.5)
+    x0, y0 = pos[on, 0].copy(), pos[on, 1].copy()
     rot = math.atan2(m[1, 0], m[0, 0])
     theta = (stars.theta[on] + rot + math.pi / 2) % math.pi - math.pi / 2
-    scale = off_mod.scale_of(m)
-    src = P._Sources(pos[on, 0].copy(), pos[on, 1].copy(), stars.a[on] * scale, stars.b[on] * scale, theta,
-                     stars.blended[on].copy(), seg, forced=False)
+    # the reference's shapes, grown or shrunk with this frame's seeing: the AUTO flux integrates out to
+    # 6 a, and a shape from better seeing would cut a star short (the pick judges stars by AUTO fluxes)
+    grow = off_mod.scale_of(m) * _seeing_ratio(frame, stars, m)
+    src = P._Sources(x0, y0, stars.a[on] * grow, stars.b[on] * grow, theta, stars.blended[on].copy(), seg,
+                     forced=False)
     tab, stats = P.measure_sources(frame, src, cfg, aper, gain, rdnoise, saturation)
     # a star counts where full extraction would have found it: inside a detected object (a cloudy
     # frame keeps only the stars still above the threshold, as before, and is judged by them)
@@ -365,7 +395,7 @@ def reference_of(bf: str | Path, cfg, obj: str = "", aper=None, write=None) -> S
             box: dict = {}
             made = P.photometry_file(bf, write[0], cfg, aper=aper, key=write[1], sources_out=box)
             stars = choose(box["table"], box["stats"], box.get("sources"), Path(bf).name, cfg.pick_star_n, given,
-                           cand)
+                           cand, box.get("frame"))
             stars.made = made
             return stars
         data, hdr = read_image(bf)

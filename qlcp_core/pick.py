@@ -91,6 +91,15 @@ def _frames(cat_files, offsets_table):
     return offs, cat_by_stem, stems, usable
 
 
+def _first_aperture_mag(t) -> np.ndarray:
+    """The first aperture's magnitude of every source (what the light curves are made of; AUTO where a
+    catalogue has no aperture column).  AUTO magnitudes hang on each frame's shape ellipses, which a
+    tracked frame (:mod:`qlcp.core.forced`) measures differently from a full one; fixed apertures do not."""
+    if "Mag" not in t.colnames or len(t) == 0:
+        return _col1d(t, "MagAUTO")
+    return np.asarray(t["Mag"], dtype=float).reshape(len(t), -1)[:, 0]
+
+
 def _good_sources(t, err_max: float) -> np.ndarray:
     err = _col1d(t, "ErrAUTO")
     mag = _col1d(t, "MagAUTO")
@@ -268,7 +277,7 @@ def _measure_candidates(base: np.ndarray, usable: list[str], ref: str, tref: Tab
     Returns
     -------
     mags, xb, yb : ndarray (nu, ng)
-        AUTO magnitude (NaN: not found, border or invalid), position in base
+        First-aperture magnitude (NaN: not found, border or invalid), position in base
         coordinates through the frame's offset.
     sat : ndarray of bool (ng,)
         Flagged saturated, or peak + sky >= ``SAT_FRACTION`` of saturation, in any frame.
@@ -289,7 +298,7 @@ def _measure_candidates(base: np.ndarray, usable: list[str], ref: str, tref: Tab
         hit = np.flatnonzero(idx >= 0)
         j = idx[hit]
         fl = _col1d(t, "Flags", dtype=np.int64, fill=0)[j]
-        m = _col1d(t, "MagAUTO")[j]
+        m = _first_aperture_mag(t)[j]
         bad = (fl & (FLAG_BORDER | FLAG_INVALID)) != 0
         mags[f, hit] = np.where(bad, np.nan, m)
         # positions in base coordinates through the offsets of step o (their errors average out
