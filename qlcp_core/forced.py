@@ -83,8 +83,6 @@ class StarSet:
         Sources of the reference frame.
     fwhm : float
         The reference's FWHM, px (the window of the followed alignment stars).
-    seeing : float
-        :func:`_seeing` of the alignment stars on the reference (px): a frame's shapes grow by its ratio.
     mask_xy : ndarray (n, 2), mask_r : ndarray (n,)
         Every source of the reference and the radius (px) of its detected footprint: the
         pixels left out of the sky annuli of a frame followed without an extraction.
@@ -104,7 +102,6 @@ class StarSet:
     align_flux: np.ndarray
     n_sources: int
     fwhm: float = math.nan
-    seeing: float = math.nan
     mask_xy: np.ndarray = None
     mask_r: np.ndarray = None
     track: list = field(default_factory=list)
@@ -189,7 +186,7 @@ def choose(tab, stats: dict, src, ref: str, n_max: int, given_xy=(), candidates:
                    theta=np.concatenate([th[idx], np.zeros(n_extra)]),
                    blended=np.concatenate([bl[idx], np.zeros(n_extra, bool)]),
                    align_xy=xy[al], align_flux=fa[al], n_sources=len(tab), fwhm=float(stats["FWHM"]),
-                   seeing=_seeing(frame, xy[al], float(stats["FWHM"])) if frame is not None else math.nan, mask_xy=xy,
+                   mask_xy=xy,
                    mask_r=np.sqrt(np.maximum(src.npix, 1.0) / math.pi) + MASK_GROW)
 
 
@@ -251,28 +248,6 @@ def _follow(stars: StarSet, frame, sig: float):
     if np.sqrt(np.mean(res ** 2)) > FOLLOW_RMS:
         return None
     return m
-
-
-def _seeing(frame, xy: np.ndarray, fwhm: float) -> float:
-    """Median of twice the half-light radii (within 4 FWHM) of the stars at ``xy``: a seeing measure,
-    the same on the reference and on a frame; NaN without a usable star."""
-    ny, nx = frame.sub.shape
-    r = 4.0 * (fwhm if np.isfinite(fwhm) and fwhm > 0 else 3.0)
-    on = (xy[:, 0] > r) & (xy[:, 1] > r) & (xy[:, 0] < nx - 1 - r) & (xy[:, 1] < ny - 1 - r)
-    if on.sum() < 3:
-        return math.nan
-    rh, fl = sep.flux_radius(frame.sub, xy[on, 0], xy[on, 1], np.full(int(on.sum()), r), 0.5, mask=frame.mask,
-                             subpix=5)
-    ok = np.isfinite(rh) & (rh > 0) & (fl == 0)
-    return float(np.median(2.0 * rh[ok])) if ok.sum() >= 3 else math.nan
-
-
-def _seeing_ratio(frame, stars: StarSet, m: np.ndarray) -> float:
-    """This frame's seeing over the reference's (:func:`_seeing` of the alignment stars), in 0.5 .. 3; 1 when
-    either is unknown."""
-    s = _seeing(frame, off_mod.base_to_frame(m, stars.align_xy), stars.fwhm)
-    ratio = s / stars.seeing if np.isfinite(s) and np.isfinite(stars.seeing) and stars.seeing > 0 else 1.0
-    return float(np.clip(ratio, 0.5, 3.0))
 
 
 def _footprints(shape, stars: StarSet, m: np.ndarray) -> np.ndarray:
@@ -340,9 +315,9 @@ def measure_tracked(data, cfg, gain: float, rdnoise: float, saturation: float, s
     x0, y0 = pos[on, 0].copy(), pos[on, 1].copy()
     rot = math.atan2(m[1, 0], m[0, 0])
     theta = (stars.theta[on] + rot + math.pi / 2) % math.pi - math.pi / 2
-    # the reference's shapes, grown or shrunk with this frame's seeing: the AUTO flux integrates out to
-    # 6 a, and a shape from better seeing would cut a star short (the pick judges stars by AUTO fluxes)
-    grow = off_mod.scale_of(m) * _seeing_ratio(frame, stars, m)
+    # the reference's shapes (AUTO fluxes of a frame of worse seeing are then cut short at 6 a: the pick
+    # judges stars by fixed apertures; growing them with a seeing ratio lost stars on the real XO-1 night)
+    grow = off_mod.scale_of(m)
     src = P._Sources(x0, y0, stars.a[on] * grow, stars.b[on] * grow, theta, stars.blended[on].copy(), seg,
                      forced=False)
     tab, stats = P.measure_sources(frame, src, cfg, aper, gain, rdnoise, saturation)
