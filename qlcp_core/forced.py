@@ -16,14 +16,16 @@ measured on every frame --
   nothing was detected);
 
 and its alignment stars (the brightest unflagged ones).  Every other frame is
-then *tracked* (:func:`measure_tracked`): background, one extraction without
-deblending (its segmentation map masks the sources in the sky annuli, its
-brightest objects align the frame on the reference by shift, or by similarity
-after a meridian flip), and the measurement of the set at the predicted positions,
+then *tracked* (:func:`measure_tracked`): its background; its transform from the
+reference, *followed* from the last frames (the alignment stars recentred where
+the last transforms put them, no extraction; the reference's footprints masked in
+the sky annuli) or else from one extraction without deblending (its brightest
+objects by peak, a shift, or a similarity after a meridian flip; its segmentation
+map masks the annuli); then the measurement of the set at the predicted positions,
 recentred on their windowed centroids, by the same code as the full measurement.
-Per frame this costs the same on a field of 100 or 1,500 sources, less a
-deblending-free extraction; a frame that does not align is measured in full, as
-before, and the alignment step (o) deals with it.
+Per frame this costs the same on a field of 100 or 1,500 sources; a frame that
+aligns neither way is measured at its ``pick_star_n`` brightest sources, and the
+alignment step (o) deals with it.
 
 ``frame_catalogues: full`` measures every source of every frame (the original's
 catalogues); ``stars`` (default) is the above.  A target by sky position that is
@@ -51,14 +53,11 @@ log = logging.getLogger("qlcp.photometry")
 ALIGN_N = 60
 #: a given position is that source of the reference when within this many px (or its FWHM)
 GIVEN_MATCH = 3.0
-#: px added to a reference source's footprint radius when it is masked without an extraction
-MASK_GROW = 0.0
 #: a frame is followed from the last transforms when this fraction of the alignment stars recentre
 #: within FOLLOW_TOL px of the prediction, consistently (clipped residuals below FOLLOW_RMS px)
 FOLLOW_FRACTION, FOLLOW_TOL, FOLLOW_RMS = 0.7, 3.0, 0.35
 #: ... and hold a star: flux within 2 FWHM above this S/N (sky-limited)
 FOLLOW_SNR = 10.0
-_GAUSS_SIGMA_TO_FWHM = 2.0 * math.sqrt(2.0 * math.log(2.0))
 #: flags that keep a source out of the alignment stars (border, saturated, blended, bad flux, cosmic)
 _ALIGN_BAD = P.FLAG_BORDER | P.FLAG_SATURATED | P.FLAG_BLENDED | P.FLAG_BADFLUX | P.FLAG_COSMIC
 
@@ -143,11 +142,10 @@ def star_set(data, cfg, gain: float, rdnoise: float, saturation: float, ref: str
     """
     box: dict = {}
     tab, stats = P.measure(data, cfg, gain, rdnoise, saturation, aper=aper, sources_out=box)
-    return choose(tab, stats, box.get("sources"), ref, n_max, given_xy, candidates, box.get("frame"))
+    return choose(tab, stats, box.get("sources"), ref, n_max, given_xy, candidates)
 
 
-def choose(tab, stats: dict, src, ref: str, n_max: int, given_xy=(), candidates: bool = True,
-           frame=None) -> StarSet:
+def choose(tab, stats: dict, src, ref: str, n_max: int, given_xy=(), candidates: bool = True) -> StarSet:
     """The :class:`StarSet` from the reference frame's full measurement (:func:`star_set`): its
     catalogue ``tab``, ``stats`` and sources ``src`` (:func:`qlcp.core.photometry.measure`)."""
     if src is None or len(tab) == 0:
@@ -158,7 +156,7 @@ def choose(tab, stats: dict, src, ref: str, n_max: int, given_xy=(), candidates:
     sat = (flags & P.FLAG_SATURATED) != 0
     good = ((flags & _ALIGN_BAD) == 0) & usable
     al = np.flatnonzero(good)
-    al = al[np.argsort(-fa[al], kind="stable")][:ALIGN_N]
+    al = al[off_mod._brightest(fa[al], ALIGN_N)]
     if candidates:
         order = np.lexsort((-np.where(usable, fa, 0.0), sat))          # unsaturated first, then by flux
         idx = [int(i) for i in order if usable[i]][:max(int(n_max), 1)]
@@ -187,7 +185,7 @@ def choose(tab, stats: dict, src, ref: str, n_max: int, given_xy=(), candidates:
                    blended=np.concatenate([bl[idx], np.zeros(n_extra, bool)]),
                    align_xy=xy[al], align_flux=fa[al], n_sources=len(tab), fwhm=float(stats["FWHM"]),
                    mask_xy=xy,
-                   mask_r=np.sqrt(np.maximum(src.npix, 1.0) / math.pi) + MASK_GROW)
+                   mask_r=np.sqrt(np.maximum(src.npix, 1.0) / math.pi))
 
 
 def _align(stars: StarSet, objs, max_dis: float) -> off_mod.OffsetResult:
@@ -195,7 +193,7 @@ def _align(stars: StarSet, objs, max_dis: float) -> off_mod.OffsetResult:
     fl = np.asarray(objs["peak"], dtype=float)       # bright stars, not the large blends of faint ones
     ok = np.isfinite(fl) & (fl > 0)
     ix = np.flatnonzero(ok)
-    ix = ix[np.argsort(-fl[ix], kind="stable")][:ALIGN_N]
+    ix = ix[off_mod._brightest(fl[ix], ALIGN_N)]
     fxy = np.column_stack([np.asarray(objs["x"], float)[ix], np.asarray(objs["y"], float)[ix]])
     if len(fxy) < off_mod.MIN_MATCH or len(stars.align_xy) < off_mod.MIN_MATCH:
         return off_mod._fail(f"{len(fxy)} stars on the frame, {len(stars.align_xy)} on the reference")
@@ -229,7 +227,7 @@ def _follow(stars: StarSet, frame, sig: float):
     xw, yw, wf = sep.winpos(frame.sub, px, py, np.full(px.size, sig), mask=frame.mask, subpix=0)
     d = np.column_stack([xw - px, yw - py])
     # a star must be there: windows on empty sky (after a jump) also settle near where they start
-    r = 2.0 * _GAUSS_SIGMA_TO_FWHM * sig
+    r = 2.0 * P._GAUSS_FWHM * sig
     fl, _e, _f = sep.sum_circle(frame.sub, np.nan_to_num(xw), np.nan_to_num(yw), r, mask=frame.mask, subpix=0)
     bright = fl > FOLLOW_SNR * frame.rms * math.sqrt(math.pi) * r
     good = (wf == 0) & np.isfinite(d).all(axis=1) & (np.hypot(*d.T) < FOLLOW_TOL) & bright
@@ -286,9 +284,11 @@ def measure_tracked(data, cfg, gain: float, rdnoise: float, saturation: float, s
     Returns
     -------
     (table, stats) or None
-        As :func:`qlcp.core.photometry.measure`, one row per star of the set that is detected
-        on the frame (its position inside an object of the extraction; reference order); ``stats`` adds ``NDETECT`` (objects found without
-        deblending), ``TRACK`` (``shift`` or ``similarity``) and ``TRACKDX``/``TRACKDY`` (px).
+        As :func:`qlcp.core.photometry.measure`, one row per star of the set still detected on
+        the frame (inside an object of the extraction, or above the threshold in the filtered image
+        when followed; reference order); ``stats`` adds ``NDETECT`` (objects found without
+        deblending; -1 when followed), ``TRACK`` (``followed``, ``shift`` or ``similarity``) and
+        ``TRACKDX``/``TRACKDY`` (px).
         None when the frame does not align on the reference (measure it in full).
     """
     aper, rdnoise, saturation = P._check_settings(cfg.aper if aper is None else aper, gain, rdnoise, saturation)
@@ -370,7 +370,7 @@ def reference_of(bf: str | Path, cfg, obj: str = "", aper=None, write=None) -> S
             box: dict = {}
             made = P.photometry_file(bf, write[0], cfg, aper=aper, key=write[1], sources_out=box)
             stars = choose(box["table"], box["stats"], box.get("sources"), Path(bf).name, cfg.pick_star_n, given,
-                           cand, box.get("frame"))
+                           cand)
             stars.made = made
             return stars
         data, hdr = read_image(bf)

@@ -1141,8 +1141,7 @@ def measure(data: np.ndarray, cfg, gain: float, rdnoise: float, saturation: floa
         rows in the given order.
     sources_out : dict, optional
         Receives ``"sources"``: the :class:`_Sources` found (shapes, deblending
-        flags, segmentation map), and ``"frame"`` (:class:`_Frame`), for a reference
-        frame (:mod:`qlcp.core.forced`).
+        flags, segmentation map), for a reference frame (:mod:`qlcp.core.forced`).
     max_sources : int, optional
         Measure only this many detected sources, the largest isophotal fluxes
         (every detected one still masked in the sky annuli): a frame of a crowded
@@ -1166,7 +1165,7 @@ def measure(data: np.ndarray, cfg, gain: float, rdnoise: float, saturation: floa
     if max_sources is not None:
         src = src.brightest(int(max_sources))
     if sources_out is not None:
-        sources_out.update(sources=src, frame=frame)
+        sources_out["sources"] = src
     return measure_sources(frame, src, cfg, aper, gain, rdnoise, saturation)
 
 

@@ -41,8 +41,8 @@ from pathlib import Path
 import numpy as np
 from astropy.table import Table
 
-from .catalogue import (FLAG_BORDER, FLAG_INVALID, FLAG_SATURATED, _col1d, _meta_float, _offset_lookup,
-                        cat_stem, match_stars, read_frame_catalogue)
+from .catalogue import (FLAG_BORDER, FLAG_INVALID, FLAG_SATURATED, _col1d, _col2d, _meta_float, _n_aper_of,
+                        _offset_lookup, cat_stem, match_stars, read_frame_catalogue)
 from .errors import InputError, MissingInputError
 from .columns import describe
 from .io import raw_stem, write_table
@@ -97,7 +97,7 @@ def _first_aperture_mag(t) -> np.ndarray:
     tracked frame (:mod:`qlcp.core.forced`) measures differently from a full one; fixed apertures do not."""
     if "Mag" not in t.colnames or len(t) == 0:
         return _col1d(t, "MagAUTO")
-    return np.asarray(t["Mag"], dtype=float).reshape(len(t), -1)[:, 0]
+    return _col2d(t, "Mag", _n_aper_of(t))[:, 0]
 
 
 def _good_sources(t, err_max: float) -> np.ndarray:

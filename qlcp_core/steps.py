@@ -317,14 +317,13 @@ def correct_photometry_step(red, cfg: Config, obj: str, band: str, files, bias=N
     the seconds the workers spent in each step (``{"i": .., "p": ..}``).
     """
     jobs = _chunk_jobs(red, cfg, obj, band, files, bias, flat, dark, fingerprints, coord_file)
-    first = []
-    if jobs and cfg.frame_catalogues != "full":      # the reference frame, corrected before the others
-        coord = jobs[0][-1]
+    first, coord = [], jobs[0][-1] if jobs else None    # the group's coordinate frame: the reference
+    if coord and cfg.frame_catalogues != "full":      # corrected before the others
         with step_tag("i"):
             made = _correct_chunk(([coord], *jobs[0][1:]))
         if coord in {str(f) for f in files}:        # the job holding it then keeps it: counted once
             first = [{**made, "kept": made["kept"] - (1 if made["outputs"] else 0)}]
-    stars = _reference(cfg, bf_path(red, obj, band, jobs[0][-1]) if jobs else None, obj, fingerprints)
+    stars = _reference(cfg, bf_path(red, obj, band, coord) if coord else None, obj, fingerprints)
     parts = pmap(_correct_measure_chunk, [(*j, stars) for j in jobs], cfg.workers, progress,
                  f"correct+measure {obj} {band}")
     with step_tag("i"):
