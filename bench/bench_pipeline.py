@@ -70,10 +70,12 @@ def child_plain(raw: str, red: str, config: str, extra: str) -> dict:
 
 
 def child_prefect(raw: str, red: str, config: str, extra: str, refresh: bool = False) -> dict:
-    from qlcp.flows.night import interactive_settings, process_night
+    from qlcp.core.pipeline import make_config
+    from qlcp.flows.night import interactive_settings, process_night, start_workers
 
     t0 = time.perf_counter()
-    with interactive_settings():          # as qlcp run does
+    start_workers(red, make_config([config], **json.loads(extra)))     # as qlcp run does
+    with interactive_settings():
         res = process_night(raw_dir=raw, red_dir=red, config_files=[config], refresh=refresh,
                             config={"mode": ["EXIST_OVER", "MISS_SKIP"], "scr_log": "WARNING", "file_log": "INFO",
                                     **json.loads(extra)})

@@ -217,9 +217,11 @@ def _reduce(raw, red, cfg, no_prefect: bool, refresh: bool = False, runner: str 
         prefect_env()
         _preflight(raw, red)
         api = _api_target()
-        from qlcp.flows.night import interactive_settings, night_flow
+        from qlcp.flows.night import interactive_settings, night_flow, start_workers
 
         _one_line_errors_from_prefect()
+        if runner == "thread":
+            start_workers(red, cfg)     # forked now, before Prefect's threads start
         with interactive_settings(), _api_settings(api):
             summary = night_flow(runner, dask_address)(raw_dir=str(Path(raw).resolve()),
                                                        red_dir=str(Path(red).resolve()),

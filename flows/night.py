@@ -15,11 +15,13 @@ import base64
 import datetime as dt
 import logging
 import re
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 from prefect import flow, get_run_logger
+from prefect.context import FlowRunContext
 from prefect.artifacts import (
     create_image_artifact,
     create_markdown_artifact,
@@ -41,12 +43,16 @@ from qlcp.core.runtime import configure_run
 from qlcp.core.walk import NightWalk
 from qlcp.flows.guard import guarded_night, open_night, stop_on_environment
 from qlcp.tasks import steps as T
-from qlcp.tasks.common import bridge_logging, results_dir
+from qlcp.tasks.common import bridge_logging, results_dir, set_progress_hook, unit_key
 
 log = logging.getLogger("qlcp.flows")
 
-#: frames per correction / photometry task: large enough that Prefect's
-#: per-task cost (~10-30 ms) is small against the science (~0.1 s per frame)
+#: frames per correction / photometry task when tasks run in other processes or on other
+#: machines (a Dask task runner): large enough that Prefect's per-task cost (~10-30 ms)
+#: is small against the science (~0.03-0.1 s per frame).  With the default thread runner
+#: a group is one task: its frames already spread over this machine's worker processes,
+#: and one task measures the group's reference frame once and follows every frame from
+#: the one before (:mod:`qlcp.core.forced`)
 DEFAULT_CHUNK = 100
 
 
@@ -164,7 +170,7 @@ def _tag_run(walk: NightWalk) -> None:
 @guarded_night                          # holds what open_night takes (red_dir's lock) for the run
 def process_night(raw_dir: str, red_dir: str, config: dict | None = None, config_files: list[str] | None = None,
                   steps: str | None = None, obj: list[str] | None = None, band: list[str] | None = None,
-                  refresh: bool = False, chunk: int = DEFAULT_CHUNK) -> dict:
+                  refresh: bool = False, chunk: int | None = None) -> dict:
     """Reduce one night with every unit of the stage graph as a cached, retried Prefect task.
 
     It walks the same graph as the plain driver (:mod:`qlcp.core.stages`, through
@@ -184,8 +190,9 @@ def process_night(raw_dir: str, red_dir: str, config: dict | None = None, config
         As ``qlcp run``.
     refresh : bool
         Recompute every task (ignore the cache).
-    chunk : int
-        Frames per correction/photometry task.
+    chunk : int, optional
+        Frames per correction/photometry task; default: one task per group with the thread
+        task runner, :data:`DEFAULT_CHUNK` frames with another (Dask).
 
     Returns
     -------
@@ -201,21 +208,26 @@ def process_night(raw_dir: str, red_dir: str, config: dict | None = None, config
     raw, red = open_night(raw_dir, red_dir)    # checked, locked for the run, a killed run cleared
     write_effective_config(red, cfg)
     frame_work = any(s in cfg.steps for s in "ip")
-    if frame_work and not product_path(red, "night_list").is_file():
-        parallel.warm(cfg.workers)      # a new night: frame workers start while it is listed and calibrated
+    start_workers(red, cfg)             # a new night: frame workers start while it is listed and calibrated
     walk = NightWalk(raw, red, cfg, raw_identities(raw), driver="prefect")
     runner = _Runner(refresh)
     progress = _Progress(walk.summary.night)
-    for block in walk.blocks:
-        if block is next((b for b in walk.blocks if b.unit == "chunk"), None):
-            core.preload_plotting(cfg)  # overlaps i and p, where this process mostly waits
-        _run_block(walk, runner, block, cfg.plain(only_set=True), str(red), chunk, progress)
-        if block.name == "list":
-            plog.info("night %s: %s", walk.summary.night, walk.summary.listing)
-            _tag_run(walk)
-            progress.start(walk)
-            if frame_work and runner.by_label.get(block.label) != "Cached":
-                parallel.warm(cfg.workers)  # the night changed: frame workers start while it is calibrated
+    if chunk is None and not isinstance(FlowRunContext.get().task_runner, ThreadPoolTaskRunner):
+        chunk = DEFAULT_CHUNK           # tasks spread over processes or machines: several per group
+    set_progress_hook(str(red), progress.partial)
+    try:
+        for block in walk.blocks:
+            if block is next((b for b in walk.blocks if b.unit == "chunk"), None):
+                core.preload_plotting(cfg)  # overlaps i and p, where this process mostly waits
+            _run_block(walk, runner, block, cfg.plain(only_set=True), str(red), chunk, progress)
+            if block.name == "list":
+                plog.info("night %s: %s", walk.summary.night, walk.summary.listing)
+                _tag_run(walk)
+                progress.start(walk)
+                if frame_work and runner.by_label.get(block.label) != "Cached":
+                    parallel.warm(cfg.workers)  # the night changed: frame workers start while it is calibrated
+    finally:
+        set_progress_hook(str(red), None)
     progress.done()
     summary = walk.finish()
     summary.run.update(seconds=round(time.perf_counter() - t_start, 2), task_states=runner.states,
@@ -245,6 +257,17 @@ def update_campaigns(summary, red: Path, config: dict | None, config_files: list
             get_run_logger().warning("campaign %s: %s", name, st.message)
 
 
+def start_workers(red_dir, cfg) -> None:
+    """Start the frame workers of a new night (no night list in ``red_dir`` yet) now.
+
+    Called by the flow at its start, and by ``qlcp run`` before it: in a process that
+    runs no thread yet the workers are forked from it, warm and at no cost; inside the
+    flow (Prefect's threads running) a fork server has to start them (~0.7 s of CPU
+    taken from the night's calibration on a 2-core machine)."""
+    if any(s in cfg.steps for s in "ip") and not product_path(Path(red_dir), "night_list").is_file():
+        parallel.warm(cfg.workers)
+
+
 def _run_block(walk: NightWalk, runner: "_Runner", block, cfgd: dict, red: str, chunk: int, progress) -> None:
     """Every unit of ``block`` as a task, all submitted at once; results and failures to the walk."""
     task = T.task_for(block)
@@ -259,15 +282,34 @@ def _run_block(walk: NightWalk, runner: "_Runner", block, cfgd: dict, red: str, 
         else:
             walk.record(block, label, unit, res)
             if block.unit == "chunk":
-                progress.advance(len(unit.get("files") or unit.get("corrected") or []) * len(block.stages))
+                progress.advance(len(unit.get("files") or unit.get("corrected") or []) * len(block.stages),
+                                 unit_key(block.name, unit))
     walk.finish_block(block)
 
 
 class _Progress:
-    """The night's progress artifact: a unit per frame and frame step (``ip``: two)."""
+    """The night's progress artifact: a unit per frame and frame step (``ip``: two).
+
+    Advanced when a chunk task ends and, while a task runs in this process, by its
+    worker jobs (:meth:`partial`, at most every :data:`EVERY` seconds)."""
+
+    EVERY = 2.0
 
     def __init__(self, night: str):
         self.night, self.id, self.units, self.done_ = night, None, 1, 0
+        self.parts: dict[str, float] = {}
+        self.shown = 0.0
+        self._lock = threading.Lock()
+
+    def partial(self, label: str, units: float) -> None:
+        """``units`` more of task ``label`` done (from the task's thread)."""
+        with self._lock:
+            self.parts[label] = self.parts.get(label, 0.0) + units
+            if self.id is None or time.monotonic() - self.shown < self.EVERY:
+                return
+            self.shown = time.monotonic()
+            value = min(100.0, 100.0 * (self.done_ + sum(self.parts.values())) / self.units)
+        update_progress_artifact(artifact_id=self.id, progress=value)
 
     def start(self, walk: NightWalk) -> None:
         n = sum(len(g.raw) for g in walk.groups.values())
@@ -275,8 +317,10 @@ class _Progress:
         self.id = create_progress_artifact(progress=0.0, key=artifact_key("night", self.night, "progress"),
                                            description=f"frames of {self.night} processed (steps i and p)")
 
-    def advance(self, n: int) -> None:
-        self.done_ += n
+    def advance(self, n: int, label: str = "") -> None:
+        with self._lock:
+            self.parts.pop(label, None)
+            self.done_ += n
         if self.id is not None:
             update_progress_artifact(artifact_id=self.id, progress=min(100.0, 100.0 * self.done_ / self.units))
 

@@ -240,7 +240,8 @@ def correct_frames(files: list[Path], obj: str, band: str, red_dir: str | Path, 
     progress : callable, optional
         Wraps an iterable to show progress.
     fingerprint : bool
-        Also return [size, mtime_ns, sha256] of every frame written (``fingerprints``).
+        Also return [size, mtime_ns, fingerprint] of every frame written (``fingerprints``;
+        :func:`~qlcp.core.io.fingerprint_record` with the frame's provenance key).
     coord_file : Path, optional
         The frame whose header gives the target coordinate (the group's first frame);
         default: the first readable frame of ``files``.
@@ -288,7 +289,7 @@ def correct_frames(files: list[Path], obj: str, band: str, red_dir: str | Path, 
         write_fits(outs[f], data, out_hdr)
         result.outputs.append(str(outs[f]))
         if fingerprint:
-            result.fingerprints[str(outs[f])] = fingerprint_record(outs[f])
+            result.fingerprints[str(outs[f])] = fingerprint_record(outs[f], derived=keys[f])
         n_done += 1
         if written is not None:
             written(outs[f], data)

@@ -69,7 +69,8 @@ class StarSet:
     Attributes
     ----------
     ref : str
-        File name of the reference (corrected) frame.
+        Path of the reference (corrected) frame (its identity is part of the
+        provenance key of every catalogue measured with the set).
     xy : ndarray (m, 2)
         Reference positions (0-based px) of the stars measured.
     a, b, theta : ndarray (m,)
@@ -304,7 +305,7 @@ def measure_tracked(data, cfg, gain: float, rdnoise: float, saturation: float, s
         objs, seg = P._extract(frame.sub, thresh, frame.mask, cfg.detect_minarea, nthresh=1)
         res = _align(stars, objs, max_dis)
         if not res.ok:
-            log.debug("not tracked on %s (%s): measured in full", stars.ref, res.reason)
+            log.debug("not tracked on %s (%s): measured in full", Path(stars.ref).name, res.reason)
             stars.track.clear()
             return None
         m, kind, n_det = res.matrix(), res.kind, int(len(objs))
@@ -335,7 +336,7 @@ def measure_tracked(data, cfg, gain: float, rdnoise: float, saturation: float, s
         tab.meta.update(meta)
     stats["NSTARS"] = tab.meta["NSTARS"] = int(found.sum())
     stats.update(NDETECT=n_det, TRACK=kind, TRACKDX=float(m[0, 2]), TRACKDY=float(m[1, 2]))
-    tab.meta.update(PHOTMODE="tracked", PHOTREF=stars.ref, PHOTTRK=kind)
+    tab.meta.update(PHOTMODE="tracked", PHOTREF=Path(stars.ref).name, PHOTTRK=kind)
     if n_det >= 0:
         tab.meta["NDETECT"] = n_det
     return tab, stats
@@ -369,13 +370,13 @@ def reference_of(bf: str | Path, cfg, obj: str = "", aper=None, write=None) -> S
         if write is not None:
             box: dict = {}
             made = P.photometry_file(bf, write[0], cfg, aper=aper, key=write[1], sources_out=box)
-            stars = choose(box["table"], box["stats"], box.get("sources"), Path(bf).name, cfg.pick_star_n, given,
+            stars = choose(box["table"], box["stats"], box.get("sources"), str(bf), cfg.pick_star_n, given,
                            cand)
             stars.made = made
             return stars
         data, hdr = read_image(bf)
         gain, rdnoise, saturation = corrected_detector(hdr, cfg)
-        return star_set(data, cfg, gain, rdnoise, saturation, Path(bf).name, cfg.pick_star_n, given, aper=aper,
+        return star_set(data, cfg, gain, rdnoise, saturation, str(bf), cfg.pick_star_n, given, aper=aper,
                         candidates=cand)
     except (InputError, OSError, ValueError) as e:
         log.warning("%s: cannot be the photometry reference (%s): every frame measured in full", Path(bf).name, e)

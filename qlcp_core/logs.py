@@ -112,7 +112,7 @@ def progress_factory(enabled: bool | None = None):
         return None
     from tqdm import tqdm
 
-    def bar(iterable, desc=None):
-        return tqdm(iterable, desc=desc, leave=False, file=sys.stderr)
+    def bar(iterable, desc=None, total=None):
+        return tqdm(iterable, desc=desc, total=total, leave=False, file=sys.stderr)
 
     return bar

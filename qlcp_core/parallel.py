@@ -57,10 +57,14 @@ def default_workers() -> int:
 
 
 class _Dispatch(logging.Handler):
-    """In the parent: hand a worker's record to the parent's logger of the same name."""
+    """In the parent: hand a worker's record to the parent's logger of the same name, when
+    that logger takes its level (``Logger.handle`` does not ask: without the check every
+    DEBUG record of the workers reached the handlers, e.g. Prefect's console and API)."""
 
     def emit(self, record):
-        logging.getLogger(record.name).handle(record)
+        lg = logging.getLogger(record.name)
+        if lg.isEnabledFor(record.levelno):
+            lg.handle(record)
 
 
 _caller_thread = 0
@@ -269,8 +273,9 @@ def pmap(fn: Callable, items: Sequence, workers: int | None = None, progress=Non
     """``[fn(x) for x in items]`` over the worker processes, results in order.
 
     ``fn`` must be a module-level function and ``items`` picklable (paths,
-    Config).  Log records of the workers go to their own stderr at the
-    ``qlcp`` level; results carry what the caller needs to log.
+    Config).  ``progress(iterable, desc=, total=)`` wraps the jobs as they end.
+    Log records of the workers go to the parent's loggers (at their levels); results
+    carry what the caller needs to log.
 
     Safe to call from several threads at once: the calls share the process's
     one pool (sized by the first ``workers`` that started it) and each keeps at
@@ -281,7 +286,7 @@ def pmap(fn: Callable, items: Sequence, workers: int | None = None, progress=Non
     workers = workers or default_workers()
     pool = _get_pool(workers) if min(workers, len(items)) > 1 else None
     if pool is None:
-        it = progress(items, desc=desc) if progress else items
+        it = progress(items, desc=desc, total=len(items)) if progress else items
         return [fn(x) for x in it]
     limit = min(workers, len(items))
     caller = threading.get_ident()
@@ -311,7 +316,7 @@ def pmap(fn: Callable, items: Sequence, workers: int | None = None, progress=Non
         submit(limit)
         done = windowed()
     if progress:
-        done = progress(done, desc=desc)
+        done = progress(done, desc=desc, total=len(items))
     try:
         for f in done:
             out[futs[f]] = f.result()

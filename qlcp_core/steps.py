@@ -216,7 +216,7 @@ def _photometry_one(args, data=None) -> dict:
         return {"file": None, "bf": str(bf), "error": str(e)}
     return {k: (float(v) if isinstance(v, (np.floating, float)) else v)
             for k, v in stats.items() if isinstance(v, (str, int, float, np.floating))} | {
-        "bf": str(bf)} | ({"fingerprint": fingerprint_record(cp)} if fingerprints else {})
+        "bf": str(bf)} | ({"fingerprint": fingerprint_record(cp, derived=key)} if fingerprints else {})
 
 
 def photometry_step(red, cfg: Config, bf_files, progress=None, fingerprints: bool = False, ref=None,
@@ -264,7 +264,7 @@ def _reference(cfg: Config, ref, obj: str, fingerprints: bool = False):
     if stars is not None and stars.made is not None:
         stars.made = {k: (float(v) if isinstance(v, (np.floating, float)) else v)
                       for k, v in stars.made.items() if isinstance(v, (str, int, float, np.floating))} | (
-            {"fingerprint": fingerprint_record(cp)} if fingerprints else {})
+            {"fingerprint": fingerprint_record(cp, derived=key)} if fingerprints else {})
     return stars
 
 
@@ -316,19 +316,31 @@ def correct_photometry_step(red, cfg: Config, obj: str, band: str, files, bias=N
     ``fingerprints``), the per-frame photometry stats (with ``fingerprint``), and
     the seconds the workers spent in each step (``{"i": .., "p": ..}``).
     """
-    jobs = _chunk_jobs(red, cfg, obj, band, files, bias, flat, dark, fingerprints, coord_file)
-    first, coord = [], jobs[0][-1] if jobs else None    # the group's coordinate frame: the reference
-    if coord and cfg.frame_catalogues != "full":      # corrected before the others
-        with step_tag("i"):
-            made = _correct_chunk(([coord], *jobs[0][1:]))
-        if coord in {str(f) for f in files}:        # the job holding it then keeps it: counted once
-            first = [{**made, "kept": made["kept"] - (1 if made["outputs"] else 0)}]
-    stars = _reference(cfg, bf_path(red, obj, band, coord) if coord else None, obj, fingerprints)
+    files = [str(f) for f in files]
+    coord = str(coord_file) if coord_file else (files[0] if files else None)  # the group's reference
+    first, phot = [], []
+    if coord and cfg.frame_catalogues != "full":      # corrected and measured before the others
+        job = (coord, obj, band, str(red), cfg, bias, flat, dark, fingerprints, coord)
+        ref = bf_path(red, obj, band, coord)
+        if coord in files:                          # this call's frame: corrected here, not again by a job
+            files = [f for f in files if f != coord]
+            with step_tag("i"):
+                first = [_correct_chunk(([coord], *job[1:]))]
+        elif not (ref.is_file() and fits_key(ref) == step_key(cfg, "correct", coord, bias, flat, dark)):
+            with step_tag("i"):                     # another chunk's frame: only made when not current
+                _correct_chunk(([coord], *job[1:]))
+        stars = _reference(cfg, ref, obj, fingerprints)
+        if first and first[0]["outputs"]:
+            with step_tag("p"):
+                phot = [_photometry_one((str(ref), cfg, fingerprints, stars))]
+    else:
+        stars = None
+    jobs = _chunk_jobs(red, cfg, obj, band, files, bias, flat, dark, fingerprints, coord)
     parts = pmap(_correct_measure_chunk, [(*j, stars) for j in jobs], cfg.workers, progress,
                  f"correct+measure {obj} {band}")
     with step_tag("i"):
         res = _merge_corrected(obj, band, first + parts)
-    phot = [s for p in parts for s in p["photometry"]]
+    phot += [s for p in parts for s in p["photometry"]]
     with step_tag("p"):
         _log_photometry(phot)
     return res, phot, {k: sum(p["seconds"][k] for p in parts) for k in ("i", "p")}

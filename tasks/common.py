@@ -184,6 +184,46 @@ def cache_key(context: TaskRunContext, parameters: dict) -> str:
     return f"qlcp-{block.name}-{digest[:40]}"
 
 
+# ---------------------------------------------------------------------- progress
+_progress_hooks: dict = {}
+
+
+def set_progress_hook(red_dir: str, hook) -> None:
+    """``hook(unit_key, units)`` receives the progress of the frame tasks of ``red_dir`` that
+    run in this process (the flow's progress artifact); None removes it."""
+    key = str(Path(red_dir).resolve())
+    if hook is None:
+        _progress_hooks.pop(key, None)
+    else:
+        _progress_hooks[key] = hook
+
+
+def unit_key(block: str, unit: dict) -> str:
+    """A frame task's name for the progress hook: its block and its first frame."""
+    files = unit.get("files") or unit.get("corrected") or [""]
+    return f"{block}:{files[0]}"
+
+
+def task_progress(red_dir: str, block, unit: dict):
+    """A progress wrapper (``wrap(iterable, desc, total)``) that reports a frame task's worker
+    jobs to the flow's hook, as a share of the task's frames x stages; None without a hook
+    (e.g. a task on a Dask worker) or outside frame blocks."""
+    hook = _progress_hooks.get(str(Path(red_dir).resolve()))
+    if hook is None or block.unit != "chunk":
+        return None
+    units = len(unit.get("files") or unit.get("corrected") or []) * len(block.stages)
+    key = unit_key(block.name, unit)
+
+    def wrap(iterable, desc=None, total=None):
+        share = units / total if total else 0.0
+        for x in iterable:
+            yield x
+            if share:
+                hook(key, share)
+
+    return wrap
+
+
 # ---------------------------------------------------------------------- retries
 def retry_transient(task, task_run, state) -> bool:
     """Retry only what may pass: OS-level I/O errors and QLCP errors marked retriable.

@@ -16,7 +16,7 @@ from qlcp.core import steps as core
 from qlcp.core.runtime import configure_run
 from qlcp.core.stages import FUSIONS, STAGES, plan
 
-from .common import config_of, register_fingerprints, task_log, task_options
+from .common import config_of, register_fingerprints, task_log, task_options, task_progress
 
 
 def block_of(cfg, name: str):
@@ -32,7 +32,8 @@ def _run_stage_block(red_dir: str, cfg: dict, block: str, unit: dict) -> dict:
     configure_run()                     # idempotent; a Dask worker process has not made it yet
     c = config_of(cfg)
     b = block_of(c, block)
-    ctx = core.RunContext(red_dir, c, fingerprints=True, log=lambda letters: task_log(red_dir, letters, c))
+    ctx = core.RunContext(red_dir, c, progress=task_progress(red_dir, b, unit), fingerprints=True,
+                          log=lambda letters: task_log(red_dir, letters, c))
     res = core.run_block(b, c, ctx, unit)
     prints = dict(res.pop("fingerprints", None) or {})
     for s in res.get("frames", []):

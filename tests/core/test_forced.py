@@ -203,3 +203,28 @@ def test_the_automatic_pick_sees_the_same_star_stability_in_tracked_and_full_cat
     assert len(common) >= 15
     ratio = np.array([std["stars"][k] / std["full"][k] for k in common])
     assert np.all(np.abs(np.log(ratio)) < np.log(1.3)), sorted(zip(ratio.round(2), common))[-3:]
+
+
+def test_tracked_catalogues_are_remade_when_their_reference_frame_is(tmp_path):
+    """A tracked catalogue's provenance key holds its reference frame's identity (path, size, mtime):
+    a rewritten reference makes every catalogue measured at its stars stale (it used to hold only
+    the reference's name, so they were kept)."""
+    import os
+
+    from qlcp.core.simulate import simulate_small
+
+    sim = simulate_small(tmp_path / "n", n_frames=5, size=160, seed=54, n_bias=3, n_flats=3, thick_cloud=False)
+    red = tmp_path / "red"
+    run(sim.raw_dir, red, steps="lbfip", ini_file=[sim.config_path], workers=1, scr_log="WARNING")
+    cats = sorted((red / "SIMV_V").glob("*.cat.fits"))
+    assert len(cats) == 5
+    tracked = [c for c in cats if fits.getheader(c, 1).get("PHOTMODE") == "tracked"]
+    assert len(tracked) == 4
+    ref = red / "SIMV_V" / fits.getheader(tracked[0], 1)["PHOTREF"]
+    before = {c: c.stat().st_mtime_ns for c in tracked}
+    run(sim.raw_dir, red, steps="p", ini_file=[sim.config_path], workers=1, scr_log="WARNING")
+    assert {c: c.stat().st_mtime_ns for c in tracked} == before       # nothing changed: all kept
+    st = ref.stat()
+    os.utime(ref, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))        # the reference rewritten
+    run(sim.raw_dir, red, steps="p", ini_file=[sim.config_path], workers=1, scr_log="WARNING")
+    assert all(c.stat().st_mtime_ns != before[c] for c in tracked)

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 from qlcp.core.parallel import pmap
 from qlcp.core.simulate import simulate_small
@@ -182,3 +183,63 @@ def test_pmap_error_cancels_only_its_own_queued_jobs():
     assert not any(t.is_alive() for t in ts)
     assert errs == {"bad": "ValueError"}
     assert out["good"] == [x * x for x in range(12)]
+
+
+def test_the_reference_frame_is_corrected_once_and_counted_once_in_chunks(tmp_path, caplog):
+    """With EXIST_OVER the group's reference frame used to be corrected twice ("N+1 frames corrected,
+    -1 kept"); a chunk that does not hold it must not rewrite it when it is current."""
+    import logging
+
+    from qlcp.core import run
+    from qlcp.core.pipeline import make_config
+    from qlcp.core.steps import correct_photometry_step
+
+    sim = simulate_small(tmp_path / "n", n_frames=8, size=160, seed=53, n_bias=3, n_flats=3, thick_cloud=False)
+    red = tmp_path / "red"
+    run(sim.raw_dir, red, steps="lbf", ini_file=[sim.config_path], workers=2, scr_log="WARNING")
+    cfg = make_config([sim.config_path], mode=["EXIST_OVER", "MISS_SKIP"], workers=2, scr_log="WARNING")
+    raws = sorted(p for p in sim.raw_dir.iterdir() if "SIM" in p.name)
+    assert len(raws) == 8
+    bias, flat = str(red / "bias.fits"), str(red / "flat_V.fits")
+    with caplog.at_level(logging.INFO, logger="qlcp"):
+        res, phot, _ = correct_photometry_step(red, cfg, "SIMV", "V", raws[:4], bias, flat, coord_file=raws[0])
+    assert "4 frames corrected, 0 kept from before" in caplog.text
+    assert len(res["outputs"]) == 4 and len(phot) == 4
+    ref_bf = next((red / "SIMV_V").glob(raws[0].stem + "*.bf.fits"))
+    before = ref_bf.stat().st_mtime_ns
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="qlcp"):
+        res, phot, _ = correct_photometry_step(red, cfg, "SIMV", "V", raws[4:], bias, flat, coord_file=raws[0])
+    assert "4 frames corrected, 0 kept from before" in caplog.text
+    assert ref_bf.stat().st_mtime_ns == before          # the other chunk's frame, current: not rewritten
+    assert sorted(Path(o).name for o in res["outputs"]) == sorted(
+        p.name for p in (red / "SIMV_V").glob("*.bf.fits") if not p.name.startswith(raws[0].stem)
+        and any(p.name.startswith(r.stem) for r in raws[4:]))
+
+
+def test_worker_records_below_the_parent_loggers_level_reach_no_handler():
+    """The pool hands a worker's record to the parent's logger only at that logger's level
+    (a flow's console and API handlers used to get every DEBUG record of every frame)."""
+    import logging
+
+    from qlcp.core.parallel import _Dispatch
+
+    got = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            got.append(record.getMessage())
+
+    lg = logging.getLogger("qlcp.test_dispatch")
+    h = Keep()
+    lg.addHandler(h)
+    try:
+        lg.setLevel(logging.INFO)
+        for level, msg in ((logging.DEBUG, "debug"), (logging.INFO, "info"), (logging.WARNING, "warn")):
+            _Dispatch().emit(logging.LogRecord(lg.name, level, __file__, 1, msg, None, None))
+        assert got == ["info", "warn"]
+        lg.setLevel(logging.DEBUG)
+        _Dispatch().emit(logging.LogRecord(lg.name, logging.DEBUG, __file__, 1, "debug2", None, None))
+        assert got[-1] == "debug2"
+    finally:
+        lg.removeHandler(h)

@@ -74,3 +74,43 @@ def test_free_keys_never_key_a_cache_unless_declared(tmp_path):
     u = {"frame_catalogue": unit["corrected"], "offsets": unit["corrected"][0], "obj": "X", "band": "V",
          "night": "n"}
     assert _key(select, Config(steps="kcd"), u, tmp_path) != _key(select, Config(steps="Kcd"), u, tmp_path)
+
+
+def test_a_product_written_from_known_inputs_is_fingerprinted_by_its_provenance_until_it_changes(tmp_path):
+    """Workers register ``drv:<provenance key>`` for the frames and catalogues they write (no sha256
+    of 4 MB frames); a file changed afterwards (size or mtime) is hashed by content again."""
+    import hashlib
+
+    from qlcp.core.io import fingerprint_record
+    from qlcp.tasks.common import _fingerprints, register_fingerprints
+
+    p = tmp_path / "x.bf.fits"
+    p.write_bytes(b"a" * 2880)
+    rec = fingerprint_record(p, derived="0123456789abcdef")
+    assert rec[2] == "drv:0123456789abcdef" and rec[0] == 2880
+    assert fingerprint_record(p)[2] == hashlib.sha256(b"a" * 2880).hexdigest()
+    register_fingerprints({str(p): rec})
+    assert _fingerprints([str(p)])[0][1] == "drv:0123456789abcdef"
+    p.write_bytes(b"b" * 2880)                         # rewritten by someone else: same size, new mtime
+    os.utime(p, ns=(rec[1] + 10**9, rec[1] + 10**9))
+    assert _fingerprints([str(p)])[0][1] == hashlib.sha256(b"b" * 2880).hexdigest()
+
+
+def test_a_frame_task_reports_its_worker_jobs_to_the_flow_progress(tmp_path):
+    from qlcp.tasks.common import set_progress_hook, task_progress, unit_key
+
+    block = plan("lbfip")[-1]
+    assert block.unit == "chunk" and len(block.stages) == 2
+    unit = {"files": [f"f{i}" for i in range(10)]}
+    assert task_progress(str(tmp_path), block, unit) is None          # no hook: nothing reported
+    got = []
+    set_progress_hook(str(tmp_path), lambda key, units: got.append((key, units)))
+    try:
+        wrap = task_progress(str(tmp_path), block, unit)
+        assert list(wrap(iter("abcd"), desc="x", total=4)) == list("abcd")
+        assert {k for k, _ in got} == {unit_key(block.name, unit)}
+        assert sum(u for _, u in got) == pytest.approx(20.0)           # 10 frames x 2 stages
+        assert task_progress(str(tmp_path), plan("o")[-1], unit) is None   # not a frame block
+    finally:
+        set_progress_hook(str(tmp_path), None)
+    assert task_progress(str(tmp_path), block, unit) is None
