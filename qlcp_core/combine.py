@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +132,18 @@ def combine_files(files: Sequence[str | Path], sigma: float = 3.0, mem_mb: float
                 block[i] = prepare(i, sl, b) if prepare else b
             out[sl] = clipped_median(block, sigma)
     return out
+
+
+def meanwhile(fn: Callable, *args) -> Future:
+    """Start ``fn(*args)`` in a thread while the caller goes on (e.g. a master's photon-transfer
+    estimate from frame pairs while the master is combined: both are numpy work that releases the
+    GIL, so on two cores the estimate costs no wall time).  ``fn`` must not log (the step logs
+    keep their own thread's records): the caller logs its result."""
+    ex = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qlcp-meanwhile")
+    try:
+        return ex.submit(fn, *args)
+    finally:
+        ex.shutdown(wait=False)
 
 
 def frame_median(path: str | Path, sub: np.ndarray | None = None, step: int = 4) -> float:

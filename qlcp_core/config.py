@@ -128,8 +128,10 @@ class Config(BaseModel):
     draw_phot_err: float = Field(0.05, gt=0, description="stars with errors below this are drawn")
     detect_thresh: float = Field(3.0, gt=0, description="source detection threshold, sigma above sky")
     detect_minarea: int = Field(5, ge=1, description="minimum pixels of a source")
-    phot_back_mesh: int = Field(64, ge=16, description="sep background mesh, px (128 is ~5 ms faster per 1024^2 "
-                                                       "frame; AUTO fluxes degrade on structured skies)")
+    phot_back_mesh: int = Field(64, ge=16, description="sep background mesh, px, of frames measured in full "
+                                                       "(tracked frames: at least 128 px while 8 meshes fit a side, "
+                                                       "5 ms faster per 1024^2 frame; AUTO fluxes degrade on "
+                                                       "structured skies)")
     phot_deblend_nthresh: int = Field(32, ge=1, le=64, description="sep deblending levels (16 is faster; may "
                                                                      "differ only for close blends)")
     sky_annulus: tuple[float, float] | None = Field(

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from . import detector
-from .combine import combine_files, frame_median, master_header
+from .combine import combine_files, frame_median, master_header, meanwhile
 from .calibration import choose_master
 from .products import product_path
 from .config import Config
@@ -83,14 +83,21 @@ def make_master_flat(files: list[Path], band: str, red_dir: str | Path, cfg: Con
         return block / levels[i]
 
     log.info("band %s: master flat from %d frames (%d rejected)", band, len(good), len(rejected))
+
+    def subs(i):
+        return _sub(bias_data, dark_data, times[i])
+
+    gain = None
+    if bias_data is not None:
+        gain = meanwhile(detector.flat_gain, good, levels, subs, float(bias_hdr.get("RDNADU", np.nan)))
     data = combine_files(good, cfg.combine_sigma, cfg.combine_mem_mb, prepare=prep, progress=progress)
     norm = float(np.median(data))
     data /= norm
     hdr = master_header("flat", good, FILTER=band, NREJECT=(len(rejected), "flats outside the limits"),
                         BIASFILE=Path(bias).name if bias else "none",
                         DARKFILE=Path(dark).name if dark else "none", QLCPKEY=key)
-    if bias_data is not None:
-        hdr.update(gain_cards(good, levels, lambda i: _sub(bias_data, dark_data, times[i]), bias_hdr))
+    if gain is not None:
+        hdr.update(gain_cards(good, levels, subs, bias_hdr, gain.result()))
     write_fits(out, data.astype(np.float32), hdr)
     log.info("wrote %s", out)
     return out
@@ -101,7 +108,8 @@ def _sub(bias_data, dark_data, t: float):
     return bias_data if dark_data is None else bias_data + dark_data * t
 
 
-def gain_cards(files: list[Path], levels: list[float], subs, bias_hdr) -> dict:
+def gain_cards(files: list[Path], levels: list[float], subs, bias_hdr,
+               estimate: tuple[float, int] | None = None) -> dict:
     """``GAINEST`` (e-/ADU, photon transfer on pairs of flats), ``NGAINPR`` and, when the master
     bias has ``RDNADU``, ``RDNEST`` (e-) for the master flat's header; empty without a pair.
 
@@ -113,9 +121,11 @@ def gain_cards(files: list[Path], levels: list[float], subs, bias_hdr) -> dict:
         What was subtracted from flat ``i`` (bias, plus dark x exposure).
     bias_hdr : Header or dict
         The master bias header (``RDNADU``: read noise, ADU).
+    estimate : (gain, pairs), optional
+        :func:`qlcp.core.detector.flat_gain` of these, when already made.
     """
     rn_adu = float(bias_hdr.get("RDNADU", np.nan))
-    gain, n = detector.flat_gain(files, levels, subs, rn_adu)
+    gain, n = estimate if estimate is not None else detector.flat_gain(files, levels, subs, rn_adu)
     if not n:
         return {}
     cards = {"GAINEST": (round(gain, 4), "gain e-/ADU, from flat pairs"), "NGAINPR": (n, "flat pairs for GAINEST")}

@@ -58,6 +58,10 @@ GIVEN_MATCH = 3.0
 FOLLOW_FRACTION, FOLLOW_TOL, FOLLOW_RMS = 0.7, 3.0, 0.35
 #: ... and hold a star: flux within 2 FWHM above this S/N (sky-limited)
 FOLLOW_SNR = 10.0
+#: background mesh of a tracked frame (px), as long as the frame keeps 8 meshes a side: its stars' sky is
+#: their annulus, the map only takes the large scales off (and costs 4.5 ms a 1024^2 frame, against
+#: 9.5 ms at 64 px); light curves equal within 1 % on a sparse and a crowded 200-frame night
+TRACKED_MESH = 128
 #: flags that keep a source out of the alignment stars (border, saturated, blended, bad flux, cosmic)
 _ALIGN_BAD = P.FLAG_BORDER | P.FLAG_SATURATED | P.FLAG_BLENDED | P.FLAG_BADFLUX | P.FLAG_COSMIC
 
@@ -278,6 +282,13 @@ def _detected(frame, x, y, thresh: float) -> np.ndarray:
     return np.nansum(vals * k, axis=(1, 2)) > thresh
 
 
+def tracked_mesh(cfg, shape) -> int:
+    """Background mesh of a tracked frame: :data:`TRACKED_MESH`, or less on a frame under 8 of them a
+    side, never finer than the configured ``phot_back_mesh`` (the reference's)."""
+    mesh = int(getattr(cfg, "phot_back_mesh", None) or P._BACK_MESH)
+    return max(mesh, min(TRACKED_MESH, min(shape) // 8))
+
+
 def measure_tracked(data, cfg, gain: float, rdnoise: float, saturation: float, stars: StarSet,
                     aper=None, max_dis: float = 250.0) -> tuple | None:
     """Measure the :class:`StarSet` on a frame, at positions tracked from the reference.
@@ -293,7 +304,7 @@ def measure_tracked(data, cfg, gain: float, rdnoise: float, saturation: float, s
         None when the frame does not align on the reference (measure it in full).
     """
     aper, rdnoise, saturation = P._check_settings(cfg.aper if aper is None else aper, gain, rdnoise, saturation)
-    frame = P._background(data, cfg)
+    frame = P._background(data, cfg, tracked_mesh(cfg, np.shape(data)))
     if not (np.isfinite(frame.rms) and frame.rms > 0):
         return None
     thresh = cfg.detect_thresh * frame.rms

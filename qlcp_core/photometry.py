@@ -704,7 +704,7 @@ def _check_settings(aper, gain, rdnoise, saturation) -> tuple[list, float, float
     return aper, rdnoise, saturation
 
 
-def _background(data, cfg) -> _Frame:
+def _background(data, cfg, mesh: int | None = None) -> _Frame:
     """Model the background with :class:`sep.Background` and subtract it.
 
     Parameters
@@ -714,6 +714,8 @@ def _background(data, cfg) -> _Frame:
         pixels are masked.
     cfg : Config
         ``phot_back_mesh`` (px) when set, else :data:`_BACK_MESH`; 3x3 median filter.
+    mesh : int, optional
+        The mesh (px), instead of the config's.
 
     Returns
     -------
@@ -728,7 +730,7 @@ def _background(data, cfg) -> _Frame:
     if mask is not None:
         img = img.copy()
         img[bad] = np.median(img[~bad]) if (~bad).any() else 0.0
-    mesh = int(getattr(cfg, "phot_back_mesh", None) or _BACK_MESH)
+    mesh = int(mesh or getattr(cfg, "phot_back_mesh", None) or _BACK_MESH)
     bkg = sep.Background(img, mask=mask, bw=mesh, bh=mesh, fw=3, fh=3)
     sub = img.copy()                 # float32, C order (made so above)
     bkg.subfrom(sub)                 # in place: no background map array
