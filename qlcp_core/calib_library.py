@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,13 +100,28 @@ def connect(lib: Path):
     lib.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(lib / DB_NAME, timeout=60, isolation_level=None)
     try:
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA busy_timeout=60000")
-        db.execute(_SCHEMA)
+        _setup(db)
         db.row_factory = sqlite3.Row
         yield db
     finally:
         db.close()
+
+
+def _setup(db, patience: float = 60.0) -> None:
+    """WAL mode (kept by the file once set) and the schema.  Switching a new database to WAL needs it
+    alone and SQLite answers "database is locked" at once, without its busy wait, when another
+    process is opening it at the same moment: retried here for up to ``patience`` seconds."""
+    t0 = time.monotonic()
+    while True:
+        try:
+            if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                db.execute("PRAGMA journal_mode=WAL")
+            db.execute(_SCHEMA)
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() - t0 > patience:
+                raise
+            time.sleep(0.05)
 
 
 def entries(lib: Path, kind: str | None = None, band: str | None = None, status: str | None = None) -> list[Entry]:
