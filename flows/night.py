@@ -291,25 +291,16 @@ class _Progress:
     """The night's progress artifact: a unit per frame and frame step (``ip``: two).
 
     Advanced when a chunk task ends and, while a task runs in this process, by its
-    worker jobs (:meth:`partial`, at most every :data:`EVERY` seconds)."""
+    worker jobs (:meth:`partial`, at most every :data:`EVERY` seconds); the value
+    sent never goes back (the groups' tasks run at once, from several threads)."""
 
     EVERY = 2.0
 
     def __init__(self, night: str):
         self.night, self.id, self.units, self.done_ = night, None, 1, 0
         self.parts: dict[str, float] = {}
-        self.shown = 0.0
+        self.shown, self.sent = 0.0, 0.0
         self._lock = threading.Lock()
-
-    def partial(self, label: str, units: float) -> None:
-        """``units`` more of task ``label`` done (from the task's thread)."""
-        with self._lock:
-            self.parts[label] = self.parts.get(label, 0.0) + units
-            if self.id is None or time.monotonic() - self.shown < self.EVERY:
-                return
-            self.shown = time.monotonic()
-            value = min(100.0, 100.0 * (self.done_ + sum(self.parts.values())) / self.units)
-        update_progress_artifact(artifact_id=self.id, progress=value)
 
     def start(self, walk: NightWalk) -> None:
         n = sum(len(g.raw) for g in walk.groups.values())
@@ -317,16 +308,32 @@ class _Progress:
         self.id = create_progress_artifact(progress=0.0, key=artifact_key("night", self.night, "progress"),
                                            description=f"frames of {self.night} processed (steps i and p)")
 
+    def partial(self, label: str, units: float) -> None:
+        """``units`` more of task ``label`` done (from the task's thread)."""
+        with self._lock:
+            self.parts[label] = self.parts.get(label, 0.0) + units
+            if time.monotonic() - self.shown >= self.EVERY:
+                self.shown = time.monotonic()
+                self._send(self._value())
+
     def advance(self, n: int, label: str = "") -> None:
+        """Task ``label`` ended with ``n`` units."""
         with self._lock:
             self.parts.pop(label, None)
             self.done_ += n
-        if self.id is not None:
-            update_progress_artifact(artifact_id=self.id, progress=min(100.0, 100.0 * self.done_ / self.units))
+            self._send(self._value())
 
     def done(self) -> None:
-        if self.id is not None:
-            update_progress_artifact(artifact_id=self.id, progress=100.0)
+        with self._lock:
+            self._send(100.0)
+
+    def _value(self) -> float:
+        return min(100.0, 100.0 * (self.done_ + sum(self.parts.values())) / self.units)
+
+    def _send(self, value: float) -> None:
+        if self.id is not None and value > self.sent:
+            self.sent = value
+            update_progress_artifact(artifact_id=self.id, progress=value)
 
 
 def interactive_settings():

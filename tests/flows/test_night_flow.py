@@ -192,3 +192,30 @@ def test_steps_in_config_and_as_parameter(two_band_night, tmp_path):
                         config={"steps": "lbfi", "band": ["V"]}, steps="lb")
     assert (tmp_path / "red" / "bias.fits").is_file() and not (tmp_path / "red" / "flat_V.fits").exists()
     assert out["groups"][0]["band"] == "V"
+
+
+def test_the_progress_artifact_advances_while_the_frames_task_runs(two_band_night, tmp_path, monkeypatch):
+    """One correct-photometry task per group: the progress bar advances from its worker jobs (the
+    hook), not only when the task ends."""
+    import qlcp.flows.night as N
+
+    raw, v = two_band_night
+    seen = []
+    real = N.update_progress_artifact
+
+    def record(artifact_id, progress):
+        seen.append(float(progress))
+        return real(artifact_id=artifact_id, progress=progress)
+
+    monkeypatch.setattr(N, "update_progress_artifact", record)
+    monkeypatch.setattr(N._Progress, "EVERY", 0.0)
+    from qlcp.flows.night import process_night
+
+    state = process_night(raw_dir=str(raw), red_dir=str(tmp_path / "red"), config_files=[str(v.config_path)],
+                          config={"workers": 2}, return_state=True)
+    summary = state.result()
+    assert state.is_completed()
+    assert summary["run"]["task_states"]["correct-photometry"] == {"Completed": 2}     # one per band
+    assert seen == sorted(set(seen)) and seen[-1] == 100.0          # never back, never the same twice
+    # values other than the groups' ends (50, 100): progress from inside the tasks
+    assert any(p not in (50.0, 100.0) for p in seen), seen
