@@ -365,6 +365,30 @@ def given_positions(cfg, obj: str) -> np.ndarray:
     return np.asarray(xy or [], dtype=float).reshape(-1, 2)
 
 
+def target_positions(bf: str | Path, cfg, obj: str) -> np.ndarray:
+    """Reference-frame pixel positions (n, 2) of the group's targets given by sky position
+    (``targets``, ``target_catalog``; :func:`qlcp.core.targets.targets_for`), through the reference's
+    header WCS when it passes the checks: measured on every frame however faint.  Empty without
+    targets or such a WCS (a WCS that step w solves comes later: then only ``starxy`` and the pick's
+    candidates are measured)."""
+    from . import targets as T
+    from .astrometry import WcsRejected, header_wcs, scale_hint_of
+    from .io import read_header
+
+    none = np.empty((0, 2))
+    try:
+        tg = T.all_targets(cfg)
+        if not tg:
+            return none
+        hdr = read_header(bf)
+        wcs = header_wcs(hdr, scale_hint_of(hdr, getattr(cfg, "pixel_scale", None)))
+        on = T.targets_for(tg, obj, wcs, (int(hdr["NAXIS2"]), int(hdr["NAXIS1"])))
+    except (WcsRejected, InputError, OSError, KeyError, ValueError) as e:
+        log.debug("%s: targets not placed on the reference (%s)", Path(bf).name, e)
+        return none
+    return T.sky_to_pixel(wcs, on).reshape(-1, 2) if on else none
+
+
 def reference_of(bf: str | Path, cfg, obj: str = "", aper=None, write=None) -> StarSet | None:
     """The :class:`StarSet` of a group from its reference frame ``bf`` (a corrected frame);
     None, with a warning, when it cannot serve (then every frame is measured in full).
@@ -377,6 +401,7 @@ def reference_of(bf: str | Path, cfg, obj: str = "", aper=None, write=None) -> S
 
     given = given_positions(cfg, obj)
     cand = needs_candidates(cfg, given)
+    given = np.vstack([given, target_positions(bf, cfg, obj)])
     try:
         if write is not None:
             box: dict = {}

@@ -153,9 +153,9 @@ STAGES: tuple[Stage, ...] = (
     Stage("p", "photometry", CHUNK, ("corrected", "coord_file"), ("obj", "band"), ("frame_catalogue",),
           ("aper", *_DETECTOR, "detect_thresh", "detect_minarea", "sky_annulus", "draw_phot", "draw_phot_err",
            "phot_back_mesh", "phot_deblend_nthresh", "filter_key", "object_key", "frame_catalogues", "pick_star_n",
-           "offset_max_dis", "starxy"),
-          doc="measure the group's reference frame in full; on the others its brightest stars (and starxy), "
-              "tracked from it (frame_catalogues: full, every source of every frame)"),
+           "offset_max_dis", "starxy", "targets", "target_catalog", "pixel_scale"),
+          doc="measure the group's reference frame in full; on the others its brightest stars, starxy and "
+              "the targets on a header WCS, tracked from it (frame_catalogues: full, every source of every frame)"),
     Stage("o", "offsets", GROUP, ("corrected", "frame_catalogue"), ("obj", "band"), ("offsets", "offsets_txt"),
           ("offset_max_dis", "base_img", "saturation", "detect_minarea", "gain"),
           doc="offset of each frame against the base frame"),

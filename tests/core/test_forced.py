@@ -228,3 +228,32 @@ def test_tracked_catalogues_are_remade_when_their_reference_frame_is(tmp_path):
     os.utime(ref, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))        # the reference rewritten
     run(sim.raw_dir, red, steps="p", ini_file=[sim.config_path], workers=1, scr_log="WARNING")
     assert all(c.stat().st_mtime_ns != before[c] for c in tracked)
+
+
+def test_a_faint_target_by_sky_position_is_measured_on_every_tracked_frame(tmp_path):
+    """A target given by RA/Dec and fainter than the ``pick_star_n``-th source is placed on the reference
+    through its header WCS and measured on every frame (it used to be left out of the tracked
+    catalogues: no light curve for it)."""
+    import numpy as np
+    from astropy.table import Table
+
+    from qlcp.core.simulate import simulate_small
+
+    from .test_unattended_sim import DEC, RA, _site_only
+
+    sim = simulate_small(tmp_path / "n", seed=84, size=384, n_frames=16, thick_cloud=False, wcs=True,
+                         pixel_scale=1.2, target_ra=RA, target_dec=DEC, n_bias=0, n_flats=0)
+    s = sim.stars[np.asarray(sim.stars["in_base"], bool) & (sim.stars["role"] != "saturated")]
+    rank = int(np.flatnonzero(np.asarray(s["id"])[np.argsort(-np.asarray(s["flux_e"]))] == sim.target_id)[0])
+    n_pick = rank - 1                                  # the target is not among the pick's candidates
+    assert n_pick >= 3
+    cfg = _site_only(sim, tmp_path / "fields", targets=[{"name": "SIMV", "ra": RA, "dec": DEC}],
+                     pick_star_n=n_pick)
+    summary = run(sim.raw_dir, tmp_path / "red", config=cfg)
+    g = summary.groups[0]
+    assert not g.error and g.stars["source"] == "targets" and g.stars["targets"] == ["SIMV"]
+    tracked = [c for c in sorted((tmp_path / "red" / "SIMV_V").glob("*.cat.fits"))
+               if fits.getheader(c, 1).get("PHOTMODE") == "tracked"]
+    assert len(tracked) >= 10
+    lc = Table.read(g.outputs["lightcurve"])
+    assert np.isfinite(np.asarray(lc["mag_t0_a0"], float)).mean() >= 0.9
