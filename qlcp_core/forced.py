@@ -12,8 +12,9 @@ measured on every frame --
   saturated ones while room is left, so a sparse field keeps all its sources --
   unless the stars are given (``starxy``) and no pick is asked for (no ``k`` or
   ``K`` in ``steps``): then only the alignment stars (below), for step o;
-* the given ``starxy`` positions (a target fainter than that is added even where
-  nothing was detected);
+* the given ``starxy`` positions and the targets given by sky position (``targets``,
+  ``target_catalog``) placed through the reference's header WCS (:func:`target_positions`):
+  a target fainter than the candidates is added even where nothing was detected;
 
 and its alignment stars (the brightest unflagged ones).  Every other frame is
 then *tracked* (:func:`measure_tracked`): its background; its transform from the
@@ -28,9 +29,12 @@ aligns neither way is measured at its ``pick_star_n`` brightest sources, and the
 alignment step (o) deals with it.
 
 ``frame_catalogues: full`` measures every source of every frame (the original's
-catalogues); ``stars`` (default) is the above.  A target by sky position that is
-fainter than the ``pick_star_n``-th brightest source of a crowded reference frame is
-not measured: raise ``pick_star_n`` or give its position (``starxy``).
+catalogues); ``stars`` (default) is the above.  A target by sky position on a frame
+without a usable header WCS (step w solves one later) that is fainter than the
+``pick_star_n``-th brightest source is not measured: raise ``pick_star_n`` or give its
+position (``starxy``).
+The frames are tracked with a coarser background map than the reference's
+(:data:`TRACKED_MESH`): their stars' sky is their annulus.
 """
 
 from __future__ import annotations
