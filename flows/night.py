@@ -43,7 +43,7 @@ from qlcp.core.runtime import configure_run
 from qlcp.core.walk import NightWalk
 from qlcp.flows.guard import guarded_night, open_night, stop_on_environment
 from qlcp.tasks import steps as T
-from qlcp.tasks.common import bridge_logging, results_dir, set_progress_hook, unit_key
+from qlcp.tasks.common import bridge_logging, results_dir, set_progress_hook, unit_frames, unit_key
 
 log = logging.getLogger("qlcp.flows")
 
@@ -282,8 +282,7 @@ def _run_block(walk: NightWalk, runner: "_Runner", block, cfgd: dict, red: str, 
         else:
             walk.record(block, label, unit, res)
             if block.unit == "chunk":
-                progress.advance(len(unit.get("files") or unit.get("corrected") or []) * len(block.stages),
-                                 unit_key(block.name, unit))
+                progress.advance(len(unit_frames(unit)) * len(block.stages), unit_key(block.name, unit))
     walk.finish_block(block)
 
 

@@ -42,17 +42,16 @@ def make_master_bias(files: list[Path], red_dir: str | Path, cfg: Config, progre
     noise = meanwhile(detector.bias_read_noise, files)
     data = combine_files(files, cfg.combine_sigma, cfg.combine_mem_mb, progress=progress)
     hdr = master_header("bias", files, COMBSIG=(cfg.combine_sigma, "clipping sigma"), QLCPKEY=key)
-    hdr.update(read_noise_cards(files, noise.result()))
+    hdr.update(read_noise_cards(noise.result()))
     write_fits(out, data, hdr)
     log.info("wrote %s (median %.1f ADU)", out, float(_median(data)))
     return out
 
 
-def read_noise_cards(files: list[Path], estimate: tuple[float, int] | None = None) -> dict:
-    """``RDNADU`` (read noise, ADU, from pairs of bias frames) and ``NRDNPAIR`` for the master's header;
-    empty with fewer than two frames (``estimate``: :func:`qlcp.core.detector.bias_read_noise` of
-    ``files``, made here when not given)."""
-    rn, n = estimate if estimate is not None else detector.bias_read_noise(files)
+def read_noise_cards(estimate: tuple[float, int]) -> dict:
+    """``RDNADU`` (read noise, ADU, from pairs of bias frames) and ``NRDNPAIR`` for the master's header,
+    from ``estimate`` (:func:`qlcp.core.detector.bias_read_noise`); empty without a pair."""
+    rn, n = estimate
     if not n:
         return {}
     log.info("read noise %.3f ADU from %d pair(s) of bias frames", rn, n)

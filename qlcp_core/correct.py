@@ -221,6 +221,11 @@ def _reject(result: CorrectResult, f: Path, why: str) -> None:
     result.rejected.append((f.name, msg))
 
 
+def correction_key(cfg: Config, raw, bias, flat, dark) -> str:
+    """Provenance key (``QLCPKEY``) of the corrected frame of ``raw`` with these masters."""
+    return step_key(cfg, "correct", raw, bias, flat, dark)
+
+
 def correct_frames(files: list[Path], obj: str, band: str, red_dir: str | Path, cfg: Config,
                    bias: Path | None = None, flat: Path | None = None, dark: Path | None = None,
                    progress=None, fingerprint: bool = False, coord_file: Path | None = None,
@@ -255,7 +260,7 @@ def correct_frames(files: list[Path], obj: str, band: str, red_dir: str | Path, 
     result = CorrectResult()
     files = [Path(f) for f in files]
     outs = {f: bf_path(red_dir, obj, band, f) for f in files}
-    keys = {f: step_key(cfg, "correct", f, bias, flat, dark) for f in files}
+    keys = {f: correction_key(cfg, f, bias, flat, dark) for f in files}
     todo = [f for f in files
             if cfg.mode.should_write(outs[f], current=(not outs[f].exists() or fits_key(outs[f]) == keys[f]))]
     result.outputs = [str(outs[f]) for f in files if f not in todo]

@@ -87,9 +87,9 @@ def make_master_flat(files: list[Path], band: str, red_dir: str | Path, cfg: Con
     def subs(i):
         return _sub(bias_data, dark_data, times[i])
 
-    gain = None
+    gain, rn_adu = None, float(bias_hdr.get("RDNADU", np.nan))
     if bias_data is not None:
-        gain = meanwhile(detector.flat_gain, good, levels, subs, float(bias_hdr.get("RDNADU", np.nan)))
+        gain = meanwhile(detector.flat_gain, good, levels, subs, rn_adu)
     data = combine_files(good, cfg.combine_sigma, cfg.combine_mem_mb, prepare=prep, progress=progress)
     norm = float(np.median(data))
     data /= norm
@@ -97,7 +97,7 @@ def make_master_flat(files: list[Path], band: str, red_dir: str | Path, cfg: Con
                         BIASFILE=Path(bias).name if bias else "none",
                         DARKFILE=Path(dark).name if dark else "none", QLCPKEY=key)
     if gain is not None:
-        hdr.update(gain_cards(good, levels, subs, bias_hdr, gain.result()))
+        hdr.update(gain_cards(gain.result(), rn_adu))
     write_fits(out, data.astype(np.float32), hdr)
     log.info("wrote %s", out)
     return out
@@ -108,24 +108,18 @@ def _sub(bias_data, dark_data, t: float):
     return bias_data if dark_data is None else bias_data + dark_data * t
 
 
-def gain_cards(files: list[Path], levels: list[float], subs, bias_hdr,
-               estimate: tuple[float, int] | None = None) -> dict:
+def gain_cards(estimate: tuple[float, int], rn_adu: float) -> dict:
     """``GAINEST`` (e-/ADU, photon transfer on pairs of flats), ``NGAINPR`` and, when the master
-    bias has ``RDNADU``, ``RDNEST`` (e-) for the master flat's header; empty without a pair.
+    bias has a read noise, ``RDNEST`` (e-) for the master flat's header; empty without a pair.
 
     Parameters
     ----------
-    files, levels : list
-        The flats within the limits and their levels above bias, ADU.
-    subs : callable(i) -> ndarray
-        What was subtracted from flat ``i`` (bias, plus dark x exposure).
-    bias_hdr : Header or dict
-        The master bias header (``RDNADU``: read noise, ADU).
-    estimate : (gain, pairs), optional
-        :func:`qlcp.core.detector.flat_gain` of these, when already made.
+    estimate : (gain, pairs)
+        :func:`qlcp.core.detector.flat_gain` of the flats within the limits.
+    rn_adu : float
+        The master bias's ``RDNADU`` (read noise, ADU; NaN when it has none).
     """
-    rn_adu = float(bias_hdr.get("RDNADU", np.nan))
-    gain, n = estimate if estimate is not None else detector.flat_gain(files, levels, subs, rn_adu)
+    gain, n = estimate
     if not n:
         return {}
     cards = {"GAINEST": (round(gain, 4), "gain e-/ADU, from flat pairs"), "NGAINPR": (n, "flat pairs for GAINEST")}

@@ -220,8 +220,8 @@ def _clipped_mean(v: np.ndarray):
     bright neighbour's wing cannot drag the first centre.  Then each round
     keeps ``|v - mean| <= 3 sigma`` of the whole row and recomputes mean and
     std (no sort: masked sums), until the number kept stops changing (each row
-    on its own; 8 rounds at most).  The std is corrected for the truncation (x 1/0.98658).  For
-    Gaussian noise the mean's variance is ``sigma^2 / n``, against
+    on its own; 8 rounds at most).  The std is corrected for the truncation
+    (x 1/0.98658).  For Gaussian noise the mean's variance is ``sigma^2 / n``, against
     ``(pi/2) sigma^2 / n`` for a median; contamination beyond 3 sigma
     (cosmic rays, hot pixels, faint neighbours' cores) is clipped, and what
     stays below it is the same in every frame, so it cancels in differential

@@ -33,7 +33,7 @@ from . import photometry as phot_mod
 from . import selection as selection_mod
 from ._version import __version__
 from .config import Config
-from .correct import bf_path, correct_frames, group_dir, log_corrected
+from .correct import bf_path, correct_frames, correction_key, group_dir, log_corrected
 from .errors import InputError, MissingInputError
 from .io import file_fingerprint, fingerprint_record, read_image, write_json, read_table_fast
 from .logs import step_tag
@@ -214,9 +214,14 @@ def _photometry_one(args, data=None) -> dict:
         stats = phot_mod.photometry_file(bf, cp, cfg, key=key, data=data, stars=stars)
     except InputError as e:
         return {"file": None, "bf": str(bf), "error": str(e)}
+    return _plain_stats(stats) | {"bf": str(bf)} | (
+        {"fingerprint": fingerprint_record(cp, derived=key)} if fingerprints else {})
+
+
+def _plain_stats(stats: dict) -> dict:
+    """A frame's photometry stats as JSON values (scalars only, floats as float)."""
     return {k: (float(v) if isinstance(v, (np.floating, float)) else v)
-            for k, v in stats.items() if isinstance(v, (str, int, float, np.floating))} | {
-        "bf": str(bf)} | ({"fingerprint": fingerprint_record(cp, derived=key)} if fingerprints else {})
+            for k, v in stats.items() if isinstance(v, (str, int, float, np.floating))}
 
 
 def photometry_step(red, cfg: Config, bf_files, progress=None, fingerprints: bool = False, ref=None,
@@ -262,8 +267,7 @@ def _reference(cfg: Config, ref, obj: str, fingerprints: bool = False):
     with step_tag("p"):
         stars = reference_of(ref, cfg, obj, write=write)
     if stars is not None and stars.made is not None:
-        stars.made = {k: (float(v) if isinstance(v, (np.floating, float)) else v)
-                      for k, v in stars.made.items() if isinstance(v, (str, int, float, np.floating))} | (
+        stars.made = _plain_stats(stars.made) | (
             {"fingerprint": fingerprint_record(cp, derived=key)} if fingerprints else {})
     return stars
 
@@ -320,15 +324,15 @@ def correct_photometry_step(red, cfg: Config, obj: str, band: str, files, bias=N
     coord = str(coord_file) if coord_file else (files[0] if files else None)  # the group's reference
     first, phot = [], []
     if coord and cfg.frame_catalogues != "full":      # corrected and measured before the others
-        job = (coord, obj, band, str(red), cfg, bias, flat, dark, fingerprints, coord)
+        job = ([coord], obj, band, str(red), cfg, bias, flat, dark, fingerprints, coord)
         ref = bf_path(red, obj, band, coord)
         if coord in files:                          # this call's frame: corrected here, not again by a job
             files = [f for f in files if f != coord]
             with step_tag("i"):
-                first = [_correct_chunk(([coord], *job[1:]))]
-        elif not (ref.is_file() and fits_key(ref) == step_key(cfg, "correct", coord, bias, flat, dark)):
+                first = [_correct_chunk(job)]
+        elif not (ref.is_file() and fits_key(ref) == correction_key(cfg, coord, bias, flat, dark)):
             with step_tag("i"):                     # another chunk's frame: only made when not current
-                _correct_chunk(([coord], *job[1:]))
+                _correct_chunk(job)
         stars = _reference(cfg, ref, obj, fingerprints)
         if first and first[0]["outputs"]:
             with step_tag("p"):

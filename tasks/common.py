@@ -198,10 +198,14 @@ def set_progress_hook(red_dir: str, hook) -> None:
         _progress_hooks[key] = hook
 
 
+def unit_frames(unit: dict) -> list:
+    """The frames of a frame task's unit (raw ``files``, or ``corrected`` ones)."""
+    return unit.get("files") or unit.get("corrected") or []
+
+
 def unit_key(block: str, unit: dict) -> str:
     """A frame task's name for the progress hook: its block and its first frame."""
-    files = unit.get("files") or unit.get("corrected") or [""]
-    return f"{block}:{files[0]}"
+    return f"{block}:{(unit_frames(unit) or [''])[0]}"
 
 
 def task_progress(red_dir: str, block, unit: dict):
@@ -211,7 +215,7 @@ def task_progress(red_dir: str, block, unit: dict):
     hook = _progress_hooks.get(str(Path(red_dir).resolve()))
     if hook is None or block.unit != "chunk":
         return None
-    units = len(unit.get("files") or unit.get("corrected") or []) * len(block.stages)
+    units = len(unit_frames(unit)) * len(block.stages)
     key = unit_key(block.name, unit)
 
     def wrap(iterable, desc=None, total=None):
