@@ -6,6 +6,8 @@
     python bench/bench_pipeline.py --prefect           # also through the Prefect flow (PREFECT_API_URL set)
     python bench/bench_pipeline.py --original          # also the original QLCP v2024.6 on the same night
     python bench/bench_pipeline.py --original --seeds 5   # ... on 5 nights: speed and scatter ratios
+    python bench/bench_pipeline.py --original --real all  # ... and on the real frames of ../shared/data
+    python bench/bench_pipeline.py --real all             # only the real frames, ours vs the original
 
 Each reduction runs in its own child process, so its wall time and peak
 resident memory (from the kernel's accounting of that child) are its own;
@@ -111,6 +113,7 @@ def run_child(kind: str, raw: Path, red: Path, config: Path, extra: dict, env=No
     res = json.loads(out_path.read_text().strip().splitlines()[-1])
     res["peak_mib"] = usage.ru_maxrss / 1024
     res["cpu"] = usage.ru_utime + usage.ru_stime      # the child's and its reaped workers'
+    res["majflt"], res["minflt"] = usage.ru_majflt, usage.ru_minflt   # page faults: read from disk; new memory
     return res
 
 
@@ -237,6 +240,166 @@ def compare_original(work: Path, seeds: list[int], frames: int, size: int, steps
               f"(< 1: ours better; one night's ratio scatters by ~5 %)")
 
 
+# ------------------------------------------------------------------ the real nights
+SHARED_DATA = HERE.parents[1] / "shared" / "data"
+
+
+def _region_xy(path: Path) -> list[list[float]]:
+    """Circle centres of a DS9 region file (physical, 1-based) as 0-based x, y; commented lines skipped."""
+    import re
+    return [[float(a) - 1, float(b) - 1]
+            for a, b in re.findall(r"^circle\(([\d.]+),([\d.]+),", path.read_text(), flags=re.M)]
+
+
+#: The real frames of ../shared/data, as both pipelines are given them.  ``stars``: target first, check
+#: last, comparisons between; ``science``/``bias``/``dark``/``flat``: globs; ``site`` in the original's
+#: names; ``ours``: our configuration.  Aperture radius 6 px for both (the original gets 12, a diameter).
+REAL_NIGHTS = {
+    "tres1": {
+        "dir": "tres1_oscaar_20120617", "obj": "tres1", "band": "C",
+        "science": "tres1-[0-9][0-9][0-9].fit", "bias": None, "dark": "tres1-*d.fit", "flat": None,
+        "coord": ("19:04:09.8", "+36:37:57"),
+        "site": {"site_lon": -76.94, "site_lat": 38.99, "site_ele": 50.0, "site_tz": -5.0},
+        "ours": {"gain": 0.78},
+        "stars": lambda d: _region_xy(d / "stars2.reg"),
+    },
+    "xo1": {
+        "dir": "xo1_arcsat_20250601", "obj": "xo1b", "band": "z",
+        "science": "XO1-b_z_*.fits", "bias": "Bias_*.fits", "dark": "Dark_*.fits", "flat": "domeflat_z_*.fits",
+        "coord": ("16:02:11.84", "+28:10:10.4"),
+        "site": {"site_lon": -105.82028, "site_lat": 32.78028, "site_ele": 2788.0, "site_tz": 0.0},
+        "ours": {},
+        "stars": lambda d: [[396.0, 359.0], [274.0, 58.0], [370.0, 464.0]],   # XO-1, C1, C2 (its README)
+    },
+}
+
+
+def real_inputs(name: str, work: Path) -> dict | None:
+    """Raw directory, our configuration file and the stars of one real night (None when absent)."""
+    spec = REAL_NIGHTS[name]
+    raw = SHARED_DATA / spec["dir"]
+    if not (raw / "README.md").is_file():
+        return None
+    cfg = work / f"{name}.yaml"
+    cfg.write_text(json.dumps({**spec["site"], **spec["ours"], "alt_coord": list(spec["coord"])}))  # JSON is YAML
+    xy = spec["stars"](raw)
+    n = len(xy)
+    return {"raw": raw, "config": cfg, "n_frames": len(list(raw.glob(spec["science"]))),
+            "stars": {"starxy": xy, "ind_tgt": [0], "ind_ref": list(range(1, n - 1)), "ind_chk": [n - 1]}}
+
+
+def original_view(name: str, work: Path) -> tuple[Path, dict, str, float]:
+    """What the original is given for a real night: its file names, its calibrations.
+
+    The original reads object, number and band from ``obj-NNN[band].fit`` and knows only bias and
+    flat frames.  So: science, bias and flat frames are symlinked under such names into a new
+    directory (the raw one is never written); a night without bias frames gets the median of its
+    darks as ``use_bias`` (darks of the science exposure time hold bias and dark current, as our
+    dark step subtracts); a night without flats gets a flat of ones as ``use_flat``.  Returns the
+    view, the extra configuration, the original's steps, and the seconds spent making those
+    substitute masters (added to the original's time).
+    """
+    import numpy as np
+    from astropy.io import fits
+
+    spec = REAL_NIGHTS[name]
+    raw = SHARED_DATA / spec["dir"]
+    view = work / f"orig_view_{name}"
+    shutil.rmtree(view, ignore_errors=True)
+    view.mkdir(parents=True)
+    obj, band = spec["obj"], spec["band"]
+    for kind, pattern, stem in (("science", spec["science"], f"{obj}-{{:03d}}{band}"),
+                                ("bias", spec["bias"], "bias-{:03d}"), ("flat", spec["flat"], f"flat-{{:03d}}{band}")):
+        for i, p in enumerate(sorted(raw.glob(pattern)) if pattern else [], 1):
+            (view / (stem.format(i) + p.suffix)).symlink_to(p)
+    conf: dict = {"alt_coord": list(spec["coord"]), **spec["site"]}
+    steps, t0 = "lbfiopcd", time.perf_counter()
+    if not spec["bias"]:
+        darks = np.stack([fits.getdata(p).astype(np.float32) for p in sorted(raw.glob(spec["dark"]))])
+        conf["use_bias"] = str(work / f"orig_master_{name}_bias_from_darks.fits")
+        fits.writeto(conf["use_bias"], np.median(darks, axis=0), overwrite=True)
+        steps = steps.replace("b", "")
+    if not spec["flat"]:
+        shape = fits.getdata(next(raw.glob(spec["science"]))).shape
+        conf["use_flat"] = str(work / f"orig_master_{name}_unit_flat.fits")
+        fits.writeto(conf["use_flat"], np.ones(shape, np.float32), overwrite=True)
+        steps = steps.replace("f", "")
+    return view, conf, steps, time.perf_counter() - t0
+
+
+def real_scatter(red: Path, stars: dict, original: bool, aper: float = 6.0) -> dict:
+    """Scatter (mag) of one pipeline's catalogue on a real night, the same formula for both.
+
+    ``stars``: every non-target star against the equal-weight mean of the *other* comparison stars
+    (5-sigma-clipped std), root mean square over the stars; no astrophysical signal, no truth needed.
+    ``target_p2p``: the target against the mean of the comparisons, point-to-point (robust; a transit's
+    slow signal hardly enters it).
+    """
+    import numpy as np
+    from astropy.io import fits
+
+    sys.path.insert(0, str(HERE))
+    import original_qlcp as orig
+
+    cat = next(red.glob("cata_*.fits"))
+    if original:
+        data = fits.getdata(cat, 1)
+        mags = np.array(data[f"Mag{orig.aper_label(aper)}"], dtype=float)
+        mags[mags == -1] = np.nan
+    else:
+        mags = np.array(fits.getdata(cat, "FRAMES")["mag"], dtype=float)[:, :, 0]
+    ref, chk, tgt = stars["ind_ref"], stars["ind_chk"], stars["ind_tgt"][0]
+    const = [*ref, *chk]
+    per = []
+    for k in const:
+        others = [j for j in ref if j != k] or [j for j in const if j != k]
+        per.append(_clipped_std(mags[:, k] - np.nanmean(mags[:, others], axis=1)))
+    t = mags[:, tgt] - np.nanmean(mags[:, ref], axis=1)
+    return {"stars": float(np.sqrt(np.nanmean(np.square(per)))), "target_p2p": orig.p2p_scatter(t),
+            "valid": float(np.mean(np.isfinite(mags[:, [tgt, *const]])))}
+
+
+def compare_real(work: Path, names: list[str]) -> None:
+    """Ours (plain core) and the original on the real frames of ../shared/data, one after the other."""
+    sys.path.insert(0, str(HERE))
+    import original_qlcp as orig
+
+    try:
+        python = orig.setup_original()
+    except orig.OriginalError as e:
+        print(f"\noriginal QLCP not available: {e}")
+        return
+    print("\nours vs the original QLCP on the real frames (same stars, aperture radius 6 px; scatter in mmag, "
+          "the same formula for both: comparison/check stars leave-one-out, target point-to-point):")
+    print("| night | frames | ours s | original s | speed-up | CPU per frame, ours | stars ours / orig | "
+          "target p2p ours / orig | measured points ours / orig |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name in names:
+        inp = real_inputs(name, work)
+        if inp is None:
+            print(f"| {name} | not present in {SHARED_DATA} | | | | | | | |")
+            continue
+        n = inp["n_frames"]
+        ours = run_child("plain", inp["raw"], work / f"red_real_ours_{name}", inp["config"],
+                         {**inp["stars"], "aper": [6.0], "steps": "lbfiopcd"})
+        view, conf, steps, prep = original_view(name, work)
+        st = inp["stars"]
+        settle(inp["raw"])
+        try:
+            res = orig.run_original(view, work / f"red_real_orig_{name}", python, st["starxy"], st["ind_tgt"],
+                                    st["ind_ref"], st["ind_chk"], aper=6.0, steps=steps, conf=conf)
+        except orig.OriginalError as e:
+            print(f"| {name} | original failed: {str(e).splitlines()[0]} | | | | | | | |")
+            continue
+        q = real_scatter(work / f"red_real_ours_{name}", st, original=False)
+        o = real_scatter(work / f"red_real_orig_{name}", st, original=True)
+        t_orig = res["seconds"] + prep
+        print(f"| {name} | {n} | {ours['wall']:.2f} | {t_orig:.2f} | {t_orig / ours['wall']:.1f}x | "
+              f"{1e3 * ours['cpu'] / n:.0f} ms | {1e3 * q['stars']:.2f} / {1e3 * o['stars']:.2f} | "
+              f"{1e3 * q['target_p2p']:.2f} / {1e3 * o['target_p2p']:.2f} | "
+              f"{100 * q['valid']:.0f} % / {100 * o['valid']:.0f} % |", flush=True)
+
+
 def print_steps(name: str, res: dict, frames: int) -> None:
     print(f"\n{name}: {res['wall']:.1f} s wall, {res['wall'] / frames:.3f} s/frame, peak {res['peak_mib']:.0f} MiB")
     tim = res.get("timings") or {}
@@ -260,6 +423,8 @@ def main(argv=None) -> int:
     ap.add_argument("--original", action="store_true", help="also run the original QLCP on the same night(s)")
     ap.add_argument("--seeds", type=int, default=1, help="with --original: compare on this many nights "
                     "(seeds --seed, --seed + 1, ...)")
+    ap.add_argument("--real", default="", help="also (alone: only) these real nights of ../shared/data "
+                    "(comma list of " + ", ".join(REAL_NIGHTS) + ", or 'all')")
     ap.add_argument("--steps", default="lbfiopcd",
                     help="steps of the plain run (default lbfiopcd, the original's chain for the comparison)")
     ap.add_argument("--child", nargs=5, metavar=("KIND", "RAW", "RED", "CONFIG", "EXTRA"), help=argparse.SUPPRESS)
@@ -276,6 +441,10 @@ def main(argv=None) -> int:
 
     work = Path(a.workdir)
     work.mkdir(parents=True, exist_ok=True)
+    real = list(REAL_NIGHTS) if a.real == "all" else [r for r in a.real.split(",") if r]
+    if real and not a.original:
+        compare_real(work, real)
+        return 0
     night = night_dir(work, a.frames, a.size, a.seed, a.n_stars)
     stars = {**truth_starxy(night), "steps": a.steps}
     cfg = night / "night.yaml"
@@ -323,6 +492,8 @@ def main(argv=None) -> int:
 
     if a.original:
         compare_original(work, list(range(a.seed, a.seed + a.seeds)), a.frames, a.size, a.steps, a.n_stars)
+        if real:
+            compare_real(work, real)
     return 0
 
 

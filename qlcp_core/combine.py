@@ -3,7 +3,8 @@
 Used by the bias, dark and flat steps.  Frames are never all in memory: the
 stack is read ``rows`` at a time through astropy's lazy ``section`` access
 (BZERO/BSCALE applied), so 100 frames of 4096x4096 combine within about
-``mem_mb`` MiB per block plus working copies (measured peak in ``bench/``).
+``mem_mb`` MiB per block plus working copies (measured peak in ``bench/``).  Blocks are small by
+default (8 MiB): faster than large ones, in the CPU caches.
 """
 
 from __future__ import annotations
@@ -71,7 +72,11 @@ def clipped_median(stack: np.ndarray, sigma: float = 3.0, iters: int = 2) -> np.
     return median(lo, hi).astype(np.float32)
 
 
-def combine_files(files: Sequence[str | Path], sigma: float = 3.0, mem_mb: float = 256.0,
+#: fewest rows of a combine block (each block reads a section of every file: per-call overheads)
+MIN_BLOCK_ROWS = 8
+
+
+def combine_files(files: Sequence[str | Path], sigma: float = 3.0, mem_mb: float = 8.0,
                   prepare: Callable[[int, slice, np.ndarray], np.ndarray] | None = None,
                   progress=None) -> np.ndarray:
     """Clipped-median combine of the 2-D images in ``files``.
@@ -83,7 +88,10 @@ def combine_files(files: Sequence[str | Path], sigma: float = 3.0, mem_mb: float
     sigma : float
         Clipping threshold in robust standard deviations.
     mem_mb : float
-        Memory for one block of the stack (all frames x ``rows`` rows), MiB.
+        Memory for one block of the stack (all frames x ``rows`` rows), MiB; at least
+        :data:`MIN_BLOCK_ROWS` rows.  Small blocks are faster: the sort and the order statistics
+        stay in the CPU caches, and little new memory is touched (1024^2 bias frames: 0.21 s
+        with 8 MiB blocks, 0.33-0.54 s with one 256 MiB block).
     prepare : callable(i, rows, block) -> block, optional
         Applied to each frame's block before combining (bias subtraction,
         normalisation); ``i`` is the frame index, ``rows`` the row slice.
@@ -113,7 +121,7 @@ def combine_files(files: Sequence[str | Path], sigma: float = 3.0, mem_mb: float
         if len(shapes) != 1:
             raise InputError(f"combine: frames differ in shape {sorted(shapes)} ({files[0].parent})")
         ny, nx = shapes.pop()
-        rows = max(1, int(mem_mb * 2**20 / (4 * nx * len(files))))
+        rows = max(MIN_BLOCK_ROWS, int(mem_mb * 2**20 / (4 * nx * len(files))))
         out = np.empty((ny, nx), np.float32)
         starts = range(0, ny, rows)
         for r0 in (progress(starts, desc="combine") if progress else starts):

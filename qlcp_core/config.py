@@ -118,7 +118,8 @@ class Config(BaseModel):
 
     # ----------------------------------------------------------- calibration
     combine_sigma: float = Field(3.0, gt=0, description="sigma of the clipped median combine")
-    combine_mem_mb: float = Field(256.0, gt=0, description="memory for one block of the combine, MiB")
+    combine_mem_mb: float = Field(8.0, gt=0, description="memory for one block of the combine, MiB (at least "
+                                  "8 rows a block; small blocks stay in the CPU caches)")
     flat_limit_low: float = Field(5000, description="flats with a median below this are rejected (ADU)")
     flat_limit_high: float = Field(50000, description="flats with a median above this are rejected (ADU)")
     border_cut: int = Field(0, ge=0, description="pixels cut from each edge of corrected frames")

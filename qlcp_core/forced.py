@@ -66,6 +66,10 @@ FOLLOW_SNR = 10.0
 #: their annulus, the map only takes the large scales off (and costs 4.5 ms a 1024^2 frame, against
 #: 9.5 ms at 64 px); light curves equal within 1 % on a sparse and a crowded 200-frame night
 TRACKED_MESH = 128
+#: a tracked frame's background is modelled on every 4th pixel of each axis (the same meshes and per-pixel
+#: rms, 1/16 of the pixels; ``photometry._background``): 1.9 ms a 1024^2 frame with the subtraction,
+#: against 6.9 ms
+TRACKED_STEP = 4
 #: flags that keep a source out of the alignment stars (border, saturated, blended, bad flux, cosmic)
 _ALIGN_BAD = P.FLAG_BORDER | P.FLAG_SATURATED | P.FLAG_BLENDED | P.FLAG_BADFLUX | P.FLAG_COSMIC
 
@@ -308,7 +312,7 @@ def measure_tracked(data, cfg, gain: float, rdnoise: float, saturation: float, s
         None when the frame does not align on the reference (measure it in full).
     """
     aper, rdnoise, saturation = P._check_settings(cfg.aper if aper is None else aper, gain, rdnoise, saturation)
-    frame = P._background(data, cfg, tracked_mesh(cfg, np.shape(data)))
+    frame = P._background(data, cfg, tracked_mesh(cfg, np.shape(data)), step=TRACKED_STEP)
     if not (np.isfinite(frame.rms) and frame.rms > 0):
         return None
     thresh = cfg.detect_thresh * frame.rms

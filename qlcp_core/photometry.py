@@ -620,6 +620,9 @@ class _Frame:
         The background model.
     sky, rms : float
         Global background level and rms, ADU.
+    step : int
+        ``bkg`` models every ``step``-th pixel of each axis: its maps are ``step`` times coarser
+        (pixel ``(y, x)`` is ``(y // step, x // step)`` there).
     """
 
     img: np.ndarray
@@ -629,6 +632,11 @@ class _Frame:
     bkg: sep.Background
     sky: float
     rms: float
+    step: int = 1
+
+    def rms_at(self, iy, ix) -> np.ndarray:
+        """The background rms map at integer pixels ``(iy, ix)``, ADU."""
+        return self.bkg.rms()[np.asarray(iy) // self.step, np.asarray(ix) // self.step]
 
 
 @dataclass
@@ -708,7 +716,11 @@ def _check_settings(aper, gain, rdnoise, saturation) -> tuple[list, float, float
     return aper, rdnoise, saturation
 
 
-def _background(data, cfg, mesh: int | None = None) -> _Frame:
+#: fewest pixels a side of a background mesh on the subsampled image (:func:`_background`'s ``step``)
+_MIN_SUBSAMPLED_MESH = 24
+
+
+def _background(data, cfg, mesh: int | None = None, step: int = 1) -> _Frame:
     """Model the background with :class:`sep.Background` and subtract it.
 
     Parameters
@@ -720,6 +732,12 @@ def _background(data, cfg, mesh: int | None = None) -> _Frame:
         ``phot_back_mesh`` (px) when set, else :data:`_BACK_MESH`; 3x3 median filter.
     mesh : int, optional
         The mesh (px), instead of the config's.
+    step : int
+        Model the background on every ``step``-th pixel of each axis (meshes of ``mesh / step``
+        of those pixels: the same area, the same per-pixel rms as a full model) and subtract the map
+        in ``step`` x ``step`` blocks (for tracked frames, whose map only takes the large scales off
+        before each star's annulus).  Halved while the meshes would hold fewer than
+        :data:`_MIN_SUBSAMPLED_MESH` pixels a side.
 
     Returns
     -------
@@ -735,12 +753,36 @@ def _background(data, cfg, mesh: int | None = None) -> _Frame:
         img = img.copy()
         img[bad] = np.median(img[~bad]) if (~bad).any() else 0.0
     mesh = int(mesh or getattr(cfg, "phot_back_mesh", None) or _BACK_MESH)
-    bkg = sep.Background(img, mask=mask, bw=mesh, bh=mesh, fw=3, fh=3)
-    sub = img.copy()                 # float32, C order (made so above)
-    bkg.subfrom(sub)                 # in place: no background map array
+    step = max(1, int(step))
+    while step > 1 and mesh // step < _MIN_SUBSAMPLED_MESH:
+        step //= 2
+    if step == 1:
+        bkg = sep.Background(img, mask=mask, bw=mesh, bh=mesh, fw=3, fh=3)
+        sub = img.copy()                 # float32, C order (made so above)
+        bkg.subfrom(sub)                 # in place: no background map array
+    else:
+        sample = np.ascontiguousarray(img[::step, ::step])
+        bkg = sep.Background(sample, mask=None if mask is None else np.ascontiguousarray(mask[::step, ::step]),
+                             bw=mesh // step, bh=mesh // step, fw=3, fh=3)
+        sub = _subtract_blocks(img, bkg.back(), step)
     if mask is not None:
         sub[bad] = 0.0
-    return _Frame(img, sub, bad, mask, bkg, float(bkg.globalback), float(bkg.globalrms))
+    return _Frame(img, sub, bad, mask, bkg, float(bkg.globalback), float(bkg.globalrms), step)
+
+
+def _subtract_blocks(img: np.ndarray, back: np.ndarray, step: int) -> np.ndarray:
+    """``img`` minus ``back`` (the map of every ``step``-th pixel), held constant over ``step`` x ``step``
+    blocks; float32, one pass, no full-size map."""
+    ny, nx = img.shape
+    up = np.repeat(back, step, axis=1)[:, :nx]          # (rows of the map, nx)
+    out = np.empty_like(img)
+    full = ny // step
+    if full:
+        np.subtract(img[:full * step].reshape(full, step, nx), up[:full, None, :],
+                    out=out[:full * step].reshape(full, step, nx))
+    if ny > full * step:                                # a last, partial block of rows
+        np.subtract(img[full * step:], up[full], out=out[full * step:])
+    return out
 
 
 def _find_sources(frame: _Frame, cfg, positions, gain: float) -> _Sources:
@@ -1012,7 +1054,7 @@ def _sky(frame: _Frame, seg, x, y, rin: float, rout: float, gain: float, rdnoise
     no_ann = ~np.isfinite(sky_res)
     fallback_var = np.maximum(back_xy, 0) / gain + (rdnoise / gain) ** 2
     if no_ann.any():
-        fallback_var = np.maximum(fallback_var, frame.bkg.rms()[iy, ix] ** 2)
+        fallback_var = np.maximum(fallback_var, frame.rms_at(iy, ix) ** 2)
     sky_res = np.where(no_ann, 0.0, sky_res)
     sky_var = np.where(no_ann, fallback_var, sky_sig ** 2)
     sky_est_var = np.where(no_ann, 0.0, sky_var / np.maximum(nsky, 1))

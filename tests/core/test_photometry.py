@@ -623,6 +623,44 @@ def test_background_level_rms_and_masked_pixels():
         _frame(np.zeros((3, 4, 5)))
 
 
+def test_subsampled_background_has_the_full_models_level_rms_and_map():
+    """A tracked frame's map from every 4th pixel (forced.TRACKED_STEP): the same sky level, per-pixel rms
+    and large-scale map as the full model, against the truth (a tilted sky, stars, masked pixels, odd size)."""
+    rng = np.random.default_rng(43)
+    ny, nx = 515, 770                                       # not multiples of the step
+    yy, xx = np.mgrid[0:ny, 0:nx]
+    sky = SKY + 0.04 * xx - 0.03 * yy                        # ADU: +31 across x, -15 across y
+    xs, ys = rng.uniform(20, nx - 20, 300), rng.uniform(20, ny - 20, 300)
+    img = noisy(sky + model((ny, nx), xs, ys, rng.uniform(2e3, 5e4, 300), 3.0, sky=0.0), rng)
+    img[100:104, 200:230] = np.nan
+    full = P._background(img, Config(), 128)
+    sub4 = P._background(img, Config(), 128, step=4)
+    assert full.step == 1 and sub4.step == 4
+    rms = math.sqrt(SKY / GAIN + (RDN / GAIN) ** 2)
+    assert sub4.rms == pytest.approx(rms, rel=0.05) and sub4.rms == pytest.approx(full.rms, rel=0.02)
+    assert sub4.sky == pytest.approx(full.sky, abs=0.05 * rms)
+    inner = (slice(64, ny - 64), slice(64, nx - 64))         # away from the map's extrapolated edges
+    model4 = (sub4.img - sub4.sub)[inner]                    # the subtracted map, in 4 x 4 blocks
+    err4, err1 = model4 - sky[inner], (full.img - full.sub)[inner] - sky[inner]
+    # a block holds the map of its first pixel: up to 3 px of the tilt (<= 0.2 ADU) on top of the estimate's
+    assert abs(float(np.median(err4))) < 0.1 * rms and float(np.std(err4)) < 0.15 * rms
+    assert float(np.std(err4)) < 2.5 * float(np.std(err1)) + 0.05 * rms
+    assert (sub4.sub[sub4.bad] == 0).all() and sub4.sub.dtype == np.float32
+    assert sub4.rms_at([0, ny - 1], [0, nx - 1]) == pytest.approx([sub4.rms] * 2, rel=0.2)
+    # on meshes under 24 pixels a side the step is halved: 64 px -> every 2nd pixel
+    assert P._background(img, Config(), 64, step=4).step == 2
+    assert P._background(img, Config(), 32, step=4).step == 1
+
+
+@pytest.mark.parametrize("shape", [(28, 36), (27, 35), (25, 33), (4, 4), (3, 9)])
+def test_subtract_blocks_holds_each_map_value_over_its_block(shape):
+    rng = np.random.default_rng(sum(shape))
+    img = rng.normal(size=shape).astype(np.float32)
+    back = rng.normal(size=(-(-shape[0] // 4), -(-shape[1] // 4))).astype(np.float32)
+    want = img - np.repeat(np.repeat(back, 4, axis=0), 4, axis=1)[:shape[0], :shape[1]]
+    np.testing.assert_array_equal(P._subtract_blocks(img, back, 4), want)
+
+
 def test_find_sources_detected_and_forced():
     rng = np.random.default_rng(41)
     xs, ys = np.array([40.2, 120.7, 70.5]), np.array([50.1, 90.4, 130.3])
