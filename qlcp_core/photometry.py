@@ -717,7 +717,7 @@ def _check_settings(aper, gain, rdnoise, saturation) -> tuple[list, float, float
 
 
 #: fewest pixels a side of a background mesh on the subsampled image (:func:`_background`'s ``step``)
-_MIN_SUBSAMPLED_MESH = 24
+_MIN_SUBSAMPLED_MESH = 32
 
 
 def _background(data, cfg, mesh: int | None = None, step: int = 1) -> _Frame:

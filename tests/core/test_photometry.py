@@ -647,9 +647,9 @@ def test_subsampled_background_has_the_full_models_level_rms_and_map():
     assert float(np.std(err4)) < 2.5 * float(np.std(err1)) + 0.05 * rms
     assert (sub4.sub[sub4.bad] == 0).all() and sub4.sub.dtype == np.float32
     assert sub4.rms_at([0, ny - 1], [0, nx - 1]) == pytest.approx([sub4.rms] * 2, rel=0.2)
-    # on meshes under 24 pixels a side the step is halved: 64 px -> every 2nd pixel
+    # on meshes under 32 pixels a side the step is halved: 64 px -> every 2nd pixel
     assert P._background(img, Config(), 64, step=4).step == 2
-    assert P._background(img, Config(), 32, step=4).step == 1
+    assert P._background(img, Config(), 48, step=4).step == 1
 
 
 @pytest.mark.parametrize("shape", [(28, 36), (27, 35), (25, 33), (4, 4), (3, 9)])
