@@ -10,6 +10,7 @@ default (8 MiB): faster than large ones, in the CPU caches.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -72,6 +73,8 @@ def clipped_median(stack: np.ndarray, sigma: float = 3.0, iters: int = 2) -> np.
     return median(lo, hi).astype(np.float32)
 
 
+#: threads combining row blocks at once (numpy's sort and indexing release the GIL)
+COMBINE_THREADS = 2
 #: fewest rows of a combine block (each block reads a section of every file: per-call overheads)
 MIN_BLOCK_ROWS = 8
 
@@ -123,8 +126,9 @@ def combine_files(files: Sequence[str | Path], sigma: float = 3.0, mem_mb: float
         ny, nx = shapes.pop()
         rows = max(MIN_BLOCK_ROWS, int(mem_mb * 2**20 / (4 * nx * len(files))))
         out = np.empty((ny, nx), np.float32)
-        starts = range(0, ny, rows)
-        for r0 in (progress(starts, desc="combine") if progress else starts):
+        starts = list(range(0, ny, rows))
+
+        def one(r0: int) -> int:
             sl = slice(r0, min(ny, r0 + rows))
             block = np.empty((len(files), sl.stop - sl.start, nx), np.float32)
             for i, h in enumerate(hdus):
@@ -139,6 +143,16 @@ def combine_files(files: Sequence[str | Path], sigma: float = 3.0, mem_mb: float
                     raise InputError(f"{files[i]}: unreadable data ({type(e).__name__}: {e})") from None
                 block[i] = prepare(i, sl, b) if prepare else b
             out[sl] = clipped_median(block, sigma)
+            return r0
+
+        # the first block here (it maps every file); the others in COMBINE_THREADS threads (the sort and
+        # the order statistics release the GIL), unless a frame is tile-compressed (one file handle)
+        threads = 1 if any(isinstance(h, fits.CompImageHDU) for h in hdus) else COMBINE_THREADS
+        with ThreadPoolExecutor(max_workers=max(1, min(threads, len(starts) - 1)),
+                                thread_name_prefix="qlcp-combine") as ex:
+            done = itertools.chain([one(starts[0])], ex.map(one, starts[1:]))
+            for _ in (progress(done, desc="combine", total=len(starts)) if progress else done):
+                pass
     return out
 
 
