@@ -43,8 +43,7 @@ from qlcp.core.runtime import configure_run
 from qlcp.core.walk import NightWalk
 from qlcp.flows.guard import guarded_night, open_night, stop_on_environment
 from qlcp.tasks import steps as T
-from qlcp.tasks.common import (bridge_logging, prefetch_fingerprints, results_dir, set_progress_hook, unit_frames,
-                               unit_key)
+from qlcp.tasks.common import bridge_logging, results_dir, set_progress_hook, unit_frames, unit_key
 
 log = logging.getLogger("qlcp.flows")
 
@@ -223,8 +222,6 @@ def process_night(raw_dir: str, red_dir: str, config: dict | None = None, config
             _run_block(walk, runner, block, cfg.plain(only_set=True), str(red), chunk, progress)
             if block.name == "list":
                 plog.info("night %s: %s", walk.summary.night, walk.summary.listing)
-                if frame_work:          # their content keys the frame tasks: hashed while the night is calibrated
-                    prefetch_fingerprints([str(p) for g in walk.groups.values() for p in g.raw])
                 threading.Thread(target=_tag_run, args=(walk,), name="qlcp-tag-run", daemon=True).start()
                 progress.start(walk)
                 if frame_work and runner.by_label.get(block.label) != "Cached":

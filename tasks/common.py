@@ -139,34 +139,8 @@ def fingerprint(path: str | Path | None) -> str | None:
     return None if path is None else _memo.sha(path)
 
 
-_prefetches: list[tuple[threading.Thread, frozenset]] = []
-_prefetch_lock = threading.Lock()
-
-
-def prefetch_fingerprints(paths: list[str]) -> None:
-    """Hash ``paths`` into the memo in a background thread, now: e.g. a new night's raw frames while
-    it is calibrated, so that the frame tasks' cache keys find them (on a 200-frame night that
-    took 0.4 s before the frames' task could start).  A cache key that needs some of these files
-    waits for the thread (no file hashed twice); the others do not."""
-    def run():
-        try:
-            _memo.sha_many(paths)
-        except Exception as e:  # a head start only: the cache key hashes what is missing
-            log.debug("fingerprint prefetch: %s", e)
-
-    t = threading.Thread(target=run, name="qlcp-fingerprints", daemon=True)
-    with _prefetch_lock:
-        _prefetches[:] = [x for x in _prefetches if x[0].is_alive()] + [(t, frozenset(map(str, paths)))]
-    t.start()
-
-
 def _fingerprints(paths: list[str]) -> list[list]:
     """[name, sha256] of each path (memoised; new files hashed by a few threads)."""
-    want = set(map(str, paths))
-    with _prefetch_lock:
-        running = [t for t, ps in _prefetches if not want.isdisjoint(ps)]
-    for t in running:
-        t.join()
     return [[os.path.basename(p), s] for p, s in zip(paths, _memo.sha_many(paths))]
 
 

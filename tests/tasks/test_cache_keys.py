@@ -96,41 +96,6 @@ def test_a_product_written_from_known_inputs_is_fingerprinted_by_its_provenance_
     assert _fingerprints([str(p)])[0][1] == hashlib.sha256(b"b" * 2880).hexdigest()
 
 
-def test_prefetched_fingerprints_are_waited_for_only_by_keys_that_need_them(tmp_path, monkeypatch):
-    """The flow hashes a new night's frames in the background while it is calibrated: a cache key over
-    those frames waits for that thread and finds them memoised (each file hashed once); a key over other
-    files (the bias frames) does not wait."""
-    import hashlib
-    import threading
-
-    from qlcp.tasks import common as C
-
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    frames, other = _files(tmp_path / "a", 4), _files(tmp_path / "b", 2)
-    gate, hashed = threading.Event(), []
-    real = C.file_fingerprint
-
-    def slow(path):
-        hashed.append(os.path.basename(os.path.dirname(path)) + "/" + os.path.basename(path))
-        if os.path.dirname(path) == os.path.realpath(tmp_path / "a"):
-            gate.wait(10)                              # the prefetch holds until released
-        return real(path)
-
-    monkeypatch.setattr(C, "file_fingerprint", slow)
-    C.prefetch_fingerprints(frames)
-    assert C._fingerprints(other)[0][1] == hashlib.sha256(bytes([0]) * 2880).hexdigest()   # no wait
-    got = []
-    t = threading.Thread(target=lambda: got.append(C._fingerprints(frames)))
-    t.start()
-    t.join(0.3)
-    assert t.is_alive() and not got                    # waits for the prefetch of its files
-    gate.set()
-    t.join(10)
-    assert [s for _, s in got[0]] == [hashlib.sha256(bytes([i]) * 2880).hexdigest() for i in range(4)]
-    assert sorted(h for h in hashed if h.startswith("a/")) == [f"a/f{i}.fit" for i in range(4)]   # once each
-
-
 def test_a_frame_task_reports_its_worker_jobs_to_the_flow_progress(tmp_path):
     from qlcp.tasks.common import set_progress_hook, task_progress, unit_key
 
