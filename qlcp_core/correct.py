@@ -31,7 +31,7 @@ from . import timing
 from .config import Config
 from .errors import InputError, QLCPError
 from .flat import load_flat
-from .io import fingerprint_record, header_text, read_header, read_image, write_fits
+from .io import fingerprint_record, header_text, read_header, read_image, write_behind, write_fits
 from .detector import Detector, header_number, resolve, sky_gain
 from .provenance import file_identity, fits_key, step_key
 from .products import product_path
@@ -292,6 +292,7 @@ def correct_frames(files: list[Path], obj: str, band: str, red_dir: str | Path, 
                                     keys[f], cals, masters, sky_frames)
         data = data.astype(np.float32, copy=False)
         write_fits(outs[f], data, out_hdr)
+        write_behind(outs[f])               # not read again in the run: its pages are recycled
         result.outputs.append(str(outs[f]))
         if fingerprint:
             result.fingerprints[str(outs[f])] = fingerprint_record(outs[f], derived=keys[f])

@@ -1,4 +1,9 @@
-"""I/O helpers: atomic writes leave nothing behind; the fast table reader equals astropy's."""
+"""I/O helpers: atomic writes leave nothing behind; the fast table reader equals astropy's; written
+frames leave the page cache once written back."""
+
+import collections
+import os
+import sys
 
 import numpy as np
 import pytest
@@ -357,3 +362,46 @@ def test_every_real_header_is_read_as_astropy_reads_it():
                 cards += 1
                 _assert_fast_is_astropy(_header(card), f"{path.name}: {card}")
     assert headers >= len(files) and cards > 1000
+
+
+def _resident_fraction(path) -> float:
+    """Fraction of a file's pages in the page cache (Linux ``mincore`` on a private mapping)."""
+    import ctypes
+    import mmap
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    size = os.path.getsize(path)
+    n = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+    vec = (ctypes.c_ubyte * n)()
+    with open(path, "rb") as f:
+        mm = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY)
+    try:
+        first = ctypes.c_char.from_buffer(mm)
+        ok = libc.mincore(ctypes.c_void_p(ctypes.addressof(first)), ctypes.c_size_t(size), vec) == 0
+        del first
+    finally:
+        mm.close()
+    if not ok:
+        pytest.skip(f"mincore failed (errno {ctypes.get_errno()})")
+    return sum(v & 1 for v in vec) / n
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise") or sys.platform != "linux", reason="Linux page cache")
+def test_write_behind_recycles_the_pages_of_written_frames_and_keeps_their_content(tmp_path, monkeypatch):
+    from qlcp.core import io as qio
+
+    monkeypatch.setattr(qio, "_WRITTEN", collections.deque())
+    data = np.arange(1024 * 256, dtype=np.float32).reshape(256, 1024)
+    paths = [tmp_path / f"f{i}.bf.fits" for i in range(6)]
+    for p in paths[:5]:
+        qio.write_fits(p, data)
+        qio.write_behind(p)
+    os.sync()                                          # f2 is written back when f5 comes
+    qio.write_fits(paths[5], data)
+    assert _resident_fraction(paths[2]) > 0.9           # still cached: within the lag
+    qio.write_behind(paths[5])
+    assert list(qio._WRITTEN) == [str(p) for p in paths[3:]]
+    assert _resident_fraction(paths[2]) < 0.1 and _resident_fraction(paths[5]) > 0.5
+    for p in paths:                                     # advice only: every byte is there
+        np.testing.assert_array_equal(fits.getdata(p), data)
+    qio.write_behind(tmp_path / "missing.fits")         # a file gone meanwhile: nothing to do
