@@ -139,6 +139,12 @@ def fingerprint(path: str | Path | None) -> str | None:
     return None if path is None else _memo.sha(path)
 
 
+def fingerprint_files(paths: list[str]) -> None:
+    """Hash (and memoise) the files the next tasks' cache keys need, now: e.g. a night's raw frames
+    before its frame tasks are submitted, while nothing else competes for the GIL."""
+    _memo.sha_many(paths)
+
+
 def _fingerprints(paths: list[str]) -> list[list]:
     """[name, sha256] of each path (memoised; new files hashed by a few threads)."""
     return [[os.path.basename(p), s] for p, s in zip(paths, _memo.sha_many(paths))]
