@@ -12,6 +12,7 @@ night/object/band, so reruns add versions rather than clutter.
 from __future__ import annotations
 
 import base64
+import contextvars
 import datetime as dt
 import logging
 import re
@@ -216,6 +217,7 @@ def process_night(raw_dir: str, red_dir: str, config: dict | None = None, config
     if chunk is None and not isinstance(FlowRunContext.get().task_runner, ThreadPoolTaskRunner):
         chunk = DEFAULT_CHUNK           # tasks spread over processes or machines: several per group
     set_progress_hook(str(red), progress.partial)
+    tagging = None
     try:
         for block in walk.blocks:
             if block is next((b for b in walk.blocks if b.unit == "chunk"), None):
@@ -226,12 +228,18 @@ def process_night(raw_dir: str, red_dir: str, config: dict | None = None, config
             _run_block(walk, runner, block, cfg.plain(only_set=True), str(red), chunk, progress)
             if block.name == "list":
                 plog.info("night %s: %s", walk.summary.night, walk.summary.listing)
-                threading.Thread(target=_tag_run, args=(walk,), name="qlcp-tag-run", daemon=True).start()
+                # API calls, in a thread with this one's context (the flow run, the settings): they
+                # overlap the night, and are joined before the run ends
+                tagging = threading.Thread(target=contextvars.copy_context().run, args=(_tag_run, walk),
+                                           name="qlcp-tag-run", daemon=True)
+                tagging.start()
                 progress.start(walk)
                 if frame_work and runner.by_label.get(block.label) != "Cached":
                     parallel.warm(cfg.workers)  # the night changed: frame workers start while it is calibrated
     finally:
         set_progress_hook(str(red), None)
+        if tagging is not None:
+            tagging.join(30)
     progress.done()
     summary = walk.finish()
     summary.run.update(seconds=round(time.perf_counter() - t_start, 2), task_states=runner.states,
