@@ -31,11 +31,7 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import re
-import signal
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -568,68 +564,15 @@ def plot_lightcurve(lc: Table, stars: Table | None, out_png: Path, out_pdf: Path
     ``{red}/lc_{obj}_{band}.png`` and ``.pdf``.
     """
     fig = make_lightcurve_figure(lc, stars, title, aper_index)
-    pdf_child = None
-    if out_pdf is not None:
-        engine = fig.get_layout_engine()
-        if engine is not None:
-            engine.execute(fig)              # the layout once, as the PNG's drawing would; both files keep it
-        fig.set_layout_engine("none")
-        pdf_child = _render_aside(fig, out_pdf, "pdf", LC_DPI)
     png = _png_bytes(fig, LC_DPI)
     with atomic_path(out_png) as tmp:
         tmp.write_bytes(png)
     written = [Path(out_png)]
     if out_pdf is not None:
-        if not _rendered(pdf_child, out_pdf):
-            _save(fig, out_pdf, "pdf", LC_DPI)
-        written.append(Path(out_pdf))
+        fig.set_layout_engine("none")       # keep the layout the PNG's drawing computed
+        written.append(_save(fig, out_pdf, "pdf", LC_DPI))
     log.info("light curve: %s", ", ".join(str(p) for p in written))
     return written
-
-
-#: seconds a forked renderer may take before it is killed and the file is drawn here
-ASIDE_TIMEOUT = 120.0
-
-
-def _render_aside(fig: Figure, dest, fmt: str, dpi: int) -> int | None:
-    """Draw ``fig`` to ``dest`` in a forked copy of this process while this one goes on (the PDF while
-    the PNG is drawn: matplotlib holds the GIL, so a thread would not help): the child's pid, or None
-    where there is no fork (then the caller draws it).  The child only draws and writes (atomically),
-    never logs, and leaves with ``os._exit``."""
-    if not (hasattr(os, "fork") and sys.platform.startswith("linux")):
-        return None
-    try:
-        pid = os.fork()
-    except OSError:
-        return None
-    if pid == 0:                             # the child
-        code = 1
-        try:
-            _save(fig, dest, fmt, dpi)
-            code = 0
-        except BaseException:               # the parent draws it again
-            pass
-        finally:
-            os._exit(code)
-    return pid
-
-
-def _rendered(pid: int | None, dest) -> bool:
-    """Wait for :func:`_render_aside`'s child: whether it wrote ``dest`` (killed after
-    :data:`ASIDE_TIMEOUT`: False)."""
-    if pid is None:
-        return False
-    deadline = time.monotonic() + ASIDE_TIMEOUT
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status) == 0 and Path(dest).is_file()
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            log.warning("%s: its drawing took over %.0f s; drawn again here", dest, ASIDE_TIMEOUT)
-            return False
-        time.sleep(0.005)
 
 
 # ------------------------------------------------------------------ images

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -218,30 +217,6 @@ def test_plot_lightcurve_writes_png_and_pdf(tmp_path):
     png = plotting.render_lightcurve_png(make_lc(), make_stars())
     assert png[:8] == PNG_MAGIC and png == out_png.read_bytes()
     assert plotting.plot_lightcurve(make_lc(), None, tmp_path / "a.png") == [tmp_path / "a.png"]
-
-
-def test_the_pdf_drawn_in_a_forked_child_is_the_one_drawn_here(tmp_path, monkeypatch):
-    """plot_lightcurve draws the PDF in a forked copy of the process while it draws the PNG; the files
-    are the same as when both are drawn here, and a child that fails or writes nothing is replaced."""
-    pngs, pdfs = {}, {}
-    for mode in ("fork", "here"):
-        if mode == "here":
-            monkeypatch.setattr(plotting, "_render_aside", lambda *a: None)
-        d = tmp_path / mode
-        plotting.plot_lightcurve(make_lc(), make_stars(), d / "lc.png", d / "lc.pdf")
-        pngs[mode], pdfs[mode] = (d / "lc.png").read_bytes(), (d / "lc.pdf").read_bytes()
-    assert pngs["fork"] == pngs["here"] and pdfs["fork"] == pdfs["here"] and pdfs["here"][:5] == b"%PDF-"
-    if not hasattr(os, "fork"):
-        return
-    dest = tmp_path / "x.pdf"
-    for code, write in ((1, False), (0, False), (0, True)):
-        pid = os.fork()
-        if pid == 0:
-            if write:
-                dest.write_bytes(b"%PDF-")
-            os._exit(code)
-        assert plotting._rendered(pid, dest) is (code == 0 and write)
-    assert plotting._rendered(None, dest) is False
 
 
 def test_rendering_is_thread_safe_and_never_uses_pyplot():
