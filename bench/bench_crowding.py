@@ -43,33 +43,25 @@ def sources_per_frame(red: Path) -> tuple[float, float]:
     return (float(n[0]), float(np.median(n[1:]))) if len(n) > 1 else (float("nan"), float("nan"))
 
 
-REAL = HERE.parents[1] / "shared" / "data" / "tres1_oscaar_20120617"
-
-
 def real_night(work: Path, modes: list[str]) -> None:
-    """The real crowded TrES-1 night (42 frames, ~800 sources, darks only): the region file's 17 stars
-    (the first as target, the last as check), both modes; CPU per frame and the achieved scatter."""
-    import re
+    """The real crowded TrES-1 night (42 frames, ~800 sources, darks only): the region file's stars
+    (the first as target, the last as check; ``bench_pipeline.REAL_NIGHTS``), both modes; CPU per
+    frame and the achieved scatter."""
     from astropy.table import Table
 
-    if not REAL.is_dir():
-        print(f"\n{REAL}: not present; real night skipped")
+    inp = B.real_inputs("tres1", work)
+    if inp is None:
+        print(f"\n{B.SHARED_DATA / B.REAL_NIGHTS['tres1']['dir']}: not present; real night skipped")
         return
-    xy = [[float(a) - 1, float(b) - 1] for a, b in re.findall(r"^circle\(([\d.]+),([\d.]+),", (REAL / "stars2.reg")
-                                                                 .read_text(), flags=re.M)]
-    cfg = work / "tres1.yaml"
-    cfg.write_text("gain: 0.78\nsite_lon: -76.94\nsite_lat: 38.99\nsite_ele: 50\nsite_tz: -5\n"
-                   "alt_coord: {tres1: ['19:04:09.8', '+36:37:57']}\n")
-    n = len([f for f in REAL.glob("tres1-*.fit") if not f.name.endswith("d.fit")])
-    print(f"\nreal: {REAL.name}, {n} frames; region file's stars, aperture 6 px")
+    n = inp["n_frames"]
+    print(f"\nreal: {inp['raw'].name}, {n} frames; region file's stars, aperture 6 px")
     print("| mode | sources (first frame) | measured per frame | wall s | CPU ms/frame | achieved scatter, mmag "
           "(target, check) |")
     print("|---|---|---|---|---|---|")
     for mode in modes:
         red = work / f"red_tres1_{mode}"
-        res = B.run_child("plain", REAL, red, cfg, {"starxy": xy, "ind_tgt": [0], "ind_ref": list(range(1, len(xy) - 1)),
-                                                  "ind_chk": [len(xy) - 1], "aper": [6.0], "steps": "lbfiopcd",
-                                                  "frame_catalogues": mode})
+        res = B.run_child("plain", inp["raw"], red, inp["config"], {**inp["stars"], "aper": [6.0],
+                                                                    "steps": "lbfiopcd", "frame_catalogues": mode})
         lc = Table.read(next(red.glob("lc_*.ecsv")))
         ach = {f"{x['role']}{x['k']}": 1e3 * x["achieved"] for x in lc.meta["noise"] if x.get("aperture") == 0}
         n_ref, n_meas = sources_per_frame(red)

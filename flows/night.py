@@ -218,14 +218,12 @@ def process_night(raw_dir: str, red_dir: str, config: dict | None = None, config
         chunk = DEFAULT_CHUNK           # tasks spread over processes or machines: several per group
     set_progress_hook(str(red), progress.partial)
     tagging = None
+    first_frames = next((b for b in walk.blocks if b.unit == "chunk"), None)
     try:
         for block in walk.blocks:
-            if block is next((b for b in walk.blocks if b.unit == "chunk"), None):
-                # the frames' content fingerprints (their tasks' cache keys) first, then matplotlib's import
-                # in a thread, which overlaps i and p (it held the GIL against the hashing: 0.4 -> 0.16 s)
-                fingerprint_files([str(p) for g in walk.groups.values() for p in g.raw])
-                core.preload_plotting(cfg)
-            _run_block(walk, runner, block, cfg.plain(only_set=True), str(red), chunk, progress)
+            # matplotlib's import, in a thread, overlaps the frame steps, where this process mostly waits
+            then = (lambda: core.preload_plotting(cfg)) if block is first_frames else None
+            _run_block(walk, runner, block, cfg.plain(only_set=True), str(red), chunk, progress, then)
             if block.name == "list":
                 plog.info("night %s: %s", walk.summary.night, walk.summary.listing)
                 # API calls, in a thread with this one's context (the flow run, the settings): they
@@ -280,11 +278,20 @@ def start_workers(red_dir, cfg) -> None:
         parallel.warm(cfg.workers)
 
 
-def _run_block(walk: NightWalk, runner: "_Runner", block, cfgd: dict, red: str, chunk: int, progress) -> None:
-    """Every unit of ``block`` as a task, all submitted at once; results and failures to the walk."""
+def _run_block(walk: NightWalk, runner: "_Runner", block, cfgd: dict, red: str, chunk: int, progress,
+               then=None) -> None:
+    """Every unit of ``block`` as a task, all submitted at once; results and failures to the walk.
+
+    The frames of a frame block are hashed first (their tasks' cache keys), here, before ``then()``
+    (e.g. matplotlib's import in a thread, which held the GIL against the hashing: 0.4 -> 0.2 s)."""
     task = T.task_for(block)
+    units = walk.units(block, chunk)
+    if block.unit == "chunk":
+        fingerprint_files([str(f) for _, unit in units for f in unit_frames(unit)])
+    if then is not None:
+        then()
     items = [(label, unit, runner.submit(task, label, red_dir=red, cfg=cfgd, block=block.name, unit=unit))
-             for label, unit in walk.units(block, chunk)]
+             for label, unit in units]
     wait([it[2][3] for it in items])
     for label, unit, it in items:
         res, st = runner.result(it)
