@@ -282,11 +282,11 @@ def _run_block(walk: NightWalk, runner: "_Runner", block, cfgd: dict, red: str, 
                then=None) -> None:
     """Every unit of ``block`` as a task, all submitted at once; results and failures to the walk.
 
-    The frames of a frame block are hashed first (their tasks' cache keys), here, before ``then()``
-    (e.g. matplotlib's import in a thread, which held the GIL against the hashing: 0.4 -> 0.2 s)."""
+    The corrected frames a frame block reads are fingerprinted first (their tasks' cache keys), here,
+    before ``then()`` (e.g. matplotlib's import in a thread, which would hold the GIL against it)."""
     task = T.task_for(block)
     units = walk.units(block, chunk)
-    if block.unit == "chunk":
+    if block.unit == "chunk" and "files" not in block.files:     # raw frames are keyed by identity
         fingerprint_files([str(f) for _, unit in units for f in unit_frames(unit)])
     if then is not None:
         then()

@@ -1,8 +1,8 @@
 """The stage graph: the one place that says what a night's reduction does, in which order.
 
 Each :class:`Stage` declares its step letter, its unit of work, the inputs it
-reads (fields of its unit that hold files, hashed by content for caches, and
-plain values), the products it writes (kinds of :func:`qlcp.core.products.product_path`)
+reads (fields of its unit that hold files, known to caches by identity for raw
+frames, :data:`RAW_FIELDS`, by content for the rest, and plain values), the products it writes (kinds of :func:`qlcp.core.products.product_path`)
 and the configuration keys it reads.  Both drivers walk :data:`STAGES` through
 :func:`plan`: the plain driver (:mod:`qlcp.core.pipeline`) runs each unit in
 turn, the Prefect flow (``qlcp.flows.night``) submits each as a task.  Cache
@@ -23,6 +23,13 @@ from dataclasses import dataclass, field
 from .calibration import POLICY_KEYS
 from .config import Config
 from .errors import QLCPError
+
+#: unit fields holding the night's raw files (the camera's; QLCP never writes them): cache keys know
+#: them by identity (name, size, mtime_ns), as the listing's key and the products' provenance keys
+#: (:func:`qlcp.core.provenance.file_identity`) do, so both drivers redo the same work after a raw
+#: frame is rewritten or touched, and a first run hashes no frame.  Other input files are known by
+#: content.
+RAW_FIELDS = frozenset({"files", "bias_files", "dark_files", "flat_files"})
 
 #: units of work: the whole night, one band (flats), a chunk of one group's frames, one (object, band) group
 NIGHT, BAND, CHUNK, GROUP = "night", "band", "chunk", "group"

@@ -53,12 +53,23 @@ def test_correct_key_follows_declared_keys_files_and_values(tmp_path):
     # settings the correction does not read leave the key alone
     for same in ({"aper": [7.0]}, {"pick_ref_n": 3}, {"workers": 1}, {"detect_thresh": 5.0}):
         assert _key(block, Config(steps="lbfi", **same), unit, tmp_path) == k0, same
-    # content of an input file, not its time stamp
+    # a raw frame by its identity, as the plain driver's provenance keys know it: touched, it is new
+    # input (the same bytes under a new mtime); rewritten, its size tells even with the old mtime put back
     os.utime(files[1], ns=(1, 1))
-    assert _key(block, cfg, unit, tmp_path) == k0
+    k1 = _key(block, cfg, unit, tmp_path)
+    assert k1 != k0
     with open(files[1], "r+b") as f:
-        f.write(b"\x07")
-    assert _key(block, cfg, unit, tmp_path) != k0
+        f.write(b"\x07" * 3000)
+    os.utime(files[1], ns=(1, 1))
+    assert _key(block, cfg, unit, tmp_path) not in (k0, k1)
+    # a master (any input QLCP made) by its content, not its time stamp
+    master = tmp_path / "flat.fits"
+    master.write_bytes(b"m" * 2880)
+    k2 = _key(block, cfg, {**unit, "flat": str(master)}, tmp_path)
+    os.utime(master, ns=(5, 5))
+    assert _key(block, cfg, {**unit, "flat": str(master)}, tmp_path) == k2
+    master.write_bytes(b"n" * 2880)
+    assert _key(block, cfg, {**unit, "flat": str(master)}, tmp_path) != k2
     # a declared value
     assert _key(block, cfg, {**unit, "band": "R"}, tmp_path) != _key(block, cfg, unit, tmp_path)
 
