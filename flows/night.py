@@ -460,22 +460,28 @@ def summary_markdown(summary: dict, cfg) -> str:
     return "\n".join(out) + "\n"
 
 
-def publish_calibration_library(red: Path, cfg) -> None:
-    """The calibration library as a table artifact (key ``calib-library``): every master, its QC."""
+def publish_calibration_library(red: Path, cfg, summary: dict) -> None:
+    """The library masters this night registered or used, with their QC, as the table artifact
+    ``night-<night>-calib``.  Not the whole library: it grows by a few masters every night, and a
+    nightly report of all of it would cost more each night (``qlcp calib list`` shows it all)."""
     from qlcp.core import calib_library as L
 
     lib = L.library_dir(red, cfg)
+    used = [m["path"] for m in summary["masters"].values() if m.get("path")]
+    found, total = L.entries_of_night(lib, Path(red).name, used)
     rows = [{"id": e.id, "kind": e.kind, "band": e.band or "", "night": e.night, "date": e.date_start[:10],
              "shape": f"{e.nx}x{e.ny}", "binning": e.binning, "frames": e.n_frames, "status": e.status,
-             "qc": e.qc or ""} for e in L.entries(lib)]
+             "qc": e.qc or ""} for e in found]
     if rows:
-        create_table_artifact(table=rows, key="calib-library", description=f"calibration library {lib}")
+        create_table_artifact(table=rows, key=artifact_key("night", summary["night"], "calib"),
+                              description=f"library masters night {summary['night']} registered or used "
+                                          f"({total} in {lib}: qlcp calib list)")
 
 
 def publish_artifacts(summary: dict, red: Path, cfg) -> None:
     night = summary["night"]
     if cfg.calib_library:
-        publish_calibration_library(red, cfg)
+        publish_calibration_library(red, cfg, summary)
     create_markdown_artifact(markdown=summary_markdown(summary, cfg), key=artifact_key("night", night, "summary"),
                              description=f"QLCP summary of night {night}")
     for g in summary["groups"]:

@@ -117,6 +117,8 @@ def _setup(db, patience: float = 60.0) -> None:
             if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
                 db.execute("PRAGMA journal_mode=WAL")
             db.execute(_SCHEMA)
+            for col in ("night", "path"):           # a night's report reads its own masters by these
+                db.execute(f"CREATE INDEX IF NOT EXISTS masters_{col} ON masters ({col})")
             return
         except sqlite3.OperationalError as e:
             if "locked" not in str(e) or time.monotonic() - t0 > patience:
@@ -135,6 +137,20 @@ def entries(lib: Path, kind: str | None = None, band: str | None = None, status:
             args.append(v)
     with connect(lib) as db:
         return [Entry(**dict(r)) for r in db.execute(q + " ORDER BY jd_mid, id", args)]
+
+
+def entries_of_night(lib: Path, night: str, paths: list) -> tuple[list[Entry], int]:
+    """The masters registered by ``night`` (its output directory's name) or stored at one of
+    ``paths`` (those it used), oldest first, and the number of masters in the library: two indexed
+    queries, whatever the library's size."""
+    if not (lib / DB_NAME).is_file():
+        return [], 0
+    paths = [str(p) for p in paths]
+    q = f"SELECT * FROM masters WHERE night = ? OR path IN ({','.join('?' * len(paths)) or 'NULL'})"
+    with connect(lib) as db:
+        found = [Entry(**dict(r)) for r in db.execute(q + " ORDER BY jd_mid, id", [night, *paths])]
+        total = db.execute("SELECT COUNT(*) FROM masters").fetchone()[0]
+    return found, int(total)
 
 
 # ------------------------------------------------------------------ describe

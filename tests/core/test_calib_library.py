@@ -191,3 +191,21 @@ def test_processes_opening_a_new_library_at_the_same_moment(tmp_path):
             p.join(60)
         res += [q.get(timeout=5) for _ in ps]
     assert res == ["ok"] * 60
+
+
+def test_a_nights_report_reads_its_own_masters_not_the_whole_library(tmp_path):
+    """``entries_of_night``: the masters a night registered or used (by path), and the library's size."""
+    import queue
+
+    lib, src = tmp_path / "lib", tmp_path / "src"
+    src.mkdir()
+    q = queue.Queue()
+    _register_many(lib, src, 0, 12, q)
+    assert q.get() == "ok"
+    every = L.entries(lib)
+    old = next(e for e in every if e.night == "n3")
+    found, total = L.entries_of_night(lib, "n7", [old.path, str(tmp_path / "not-in-the-library.fits")])
+    assert total == 12
+    assert sorted(e.night for e in found) == ["n3", "n7"]
+    assert L.entries_of_night(lib, "n99", []) == ([], 12)
+    assert L.entries_of_night(tmp_path / "none", "n7", []) == ([], 0)

@@ -47,3 +47,10 @@ def test_new_flat_reprocesses_only_the_nights_that_select_it(tmp_path):
     assert "night A" in s_b["masters"]["flat_V"]["why"] and "night E" in s_c["masters"]["flat_V"]["why"]
     assert set(s_b["run"]["task_states"]["correct"]) == {"Cached"}           # still A's flat: nothing to redo
     assert set(s_c["run"]["task_states"]["correct"]) == {"Completed"}        # E's flat now: re-corrected
+    # the night's report lists the library masters it used, not the whole library
+    from prefect.artifacts import Artifact
+
+    art = Artifact.get("night-20240618-calib")
+    rows = json.loads(art.data) if isinstance(art.data, str) else art.data
+    assert sorted((r["kind"], r["night"]) for r in rows) == [("bias", "E"), ("flat", "E")]
+    assert len(L.entries(lib)) == 4                            # A's two masters are not in the report
