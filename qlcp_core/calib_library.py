@@ -269,8 +269,10 @@ def _plane_peak_to_peak(b: np.ndarray) -> float:
 # ------------------------------------------------------------------ register
 def register(lib: Path, master: Path, kind: str, band: str | None, inputs: list, night: str, cfg) -> Entry:
     """Register ``master`` (a file of tonight's): copy it into the library, QC it against the previous
-    good master that matches, record it.  The same content registers once."""
-    sha = _sha256(master)
+    good master that matches, record it.  The same pixels register once: a night reduced again
+    remakes its masters with new header cards (provenance keys hold the inputs' mtimes), and each
+    rerun must not add a copy of the same master (a bench library had 82 of one night's flat)."""
+    sha = _pixel_sha256(master, kind, band)
     with connect(lib) as db:
         row = db.execute("SELECT * FROM masters WHERE sha256 = ?", (sha,)).fetchone()
     if row is not None:
@@ -306,9 +308,13 @@ def _qc_text(qc: dict) -> str:
         f"; limits {qc.get('limits')} against #{qc.get('against')}"
 
 
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+def _pixel_sha256(path: Path, kind: str, band: str | None) -> str:
+    """The identity of a master: sha256 of its kind, band, pixel type, shape and pixels (not of its
+    header, which changes with every remake)."""
+    with fits.open(path, memmap=False) as h:
+        data = np.ascontiguousarray(h[0].data)
+    head = json.dumps([kind, band or "", data.dtype.str, list(data.shape)]).encode()
+    return hashlib.sha256(head + data.tobytes()).hexdigest()
 
 
 def _store(lib: Path, master: Path, info: dict, sha: str) -> Path:
@@ -322,7 +328,7 @@ def _store(lib: Path, master: Path, info: dict, sha: str) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     with fits.open(master, memmap=False) as h:
         hdr, data = h[0].header.copy(), h[0].data
-    hdr["CALSHA"] = sha                 # sha256 of the master as the night wrote it (no room for a comment)
+    hdr["CALSHA"] = sha                 # its identity: sha256 of kind, band and pixels (no room for a comment)
     for k, card in _CARDS.items():
         v = info[k]
         if v is not None and not (isinstance(v, float) and not np.isfinite(v)):
@@ -385,7 +391,7 @@ def rebuild(lib: Path) -> int:
                 continue
             data_shape = (int(h["NAXIS2"]), int(h["NAXIS1"]))
             cols = ["sha256", "path", "ny", "nx", *info, "status", "registered"]
-            vals = [h.get("CALSHA") or _sha256(p), str(p), *data_shape, *info.values(), "ok",
+            vals = [h.get("CALSHA") or _pixel_sha256(p, info["kind"], info["band"]), str(p), *data_shape, *info.values(), "ok",
                     dt.datetime.now(dt.timezone.utc).isoformat()]
             n += db.execute(f"INSERT OR IGNORE INTO masters ({', '.join(cols)}) VALUES "
                             f"({', '.join('?' * len(cols))})", vals).rowcount

@@ -209,3 +209,19 @@ def test_a_nights_report_reads_its_own_masters_not_the_whole_library(tmp_path):
     assert sorted(e.night for e in found) == ["n3", "n7"]
     assert L.entries_of_night(lib, "n99", []) == ([], 12)
     assert L.entries_of_night(tmp_path / "none", "n7", []) == ([], 0)
+
+
+def test_a_night_reduced_again_registers_no_second_copy_of_its_masters(tmp_path):
+    """Remade masters carry new header cards (their provenance keys hold the inputs' mtimes): the
+    library knows a master by kind, band and pixels, so a rerun adds nothing; new pixels do."""
+    sim = simulate_small(tmp_path / "n", seed=66, night="2024-06-06", **CAM)
+    lib = tmp_path / "calib"
+    cfg = _cfg(sim, lib, steps="lbf")
+    run(sim.raw_dir, tmp_path / "red" / "N", config=cfg)
+    first = {(e.kind, e.band): e.id for e in L.entries(lib)}
+    assert set(first) == {("bias", None), ("flat", "V")}
+    shutil.rmtree(tmp_path / "red" / "N")
+    run(sim.raw_dir, tmp_path / "red" / "N", config=cfg)               # the same night, reduced again
+    assert {(e.kind, e.band): e.id for e in L.entries(lib)} == first
+    run(sim.raw_dir, tmp_path / "red" / "N", config=_cfg(sim, lib, steps="lbf", combine_sigma=2.0))
+    assert len(L.entries(lib, "flat")) == 2                             # other settings, other pixels
