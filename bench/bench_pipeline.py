@@ -405,6 +405,27 @@ def compare_real(work: Path, names: list[str]) -> None:
               f"{100 * q['valid']:.0f} % / {100 * o['valid']:.0f} % |", flush=True)
 
 
+def flow_pairs(night: Path, work: Path, cfg: Path, stars: dict, pairs: int, env: dict) -> list[float]:
+    """Flow against plain, ``pairs`` times, alternating (the machine's drift hits both alike): the
+    wall time of each in its own process, imports excluded for both, the flow against a new result
+    store (a new night's first run).  Prints each pair and the median; returns the ratios."""
+    import statistics
+
+    ratios, extra = [], []
+    print(f"\nflow / plain, {pairs} alternating pairs (wall in the run; CPU of the process and its workers):")
+    for i in range(pairs):
+        p = run_child("plain", night / "raw", work / "red_pair_plain", cfg, stars)
+        shutil.rmtree(env["QLCP_RESULTS"], ignore_errors=True)
+        f = run_child("prefect", night / "raw", work / "red_pair_flow", cfg, stars, env=env)
+        ratios.append(f["wall"] / p["wall"])
+        extra.append(f["wall"] - p["wall"])
+        print(f"  {i + 1}: plain {p['wall']:.2f} s (CPU {p['cpu']:.2f} s), flow {f['wall']:.2f} s (CPU {f['cpu']:.2f} s):"
+              f" {ratios[-1]:.3f}", flush=True)
+    print(f"  median {statistics.median(ratios):.3f} (range {min(ratios):.3f}-{max(ratios):.3f}); the flow's extra "
+          f"wall: median {statistics.median(extra):+.2f} s")
+    return ratios
+
+
 def print_steps(name: str, res: dict, frames: int) -> None:
     print(f"\n{name}: {res['wall']:.1f} s wall, {res['wall'] / frames:.3f} s/frame, peak {res['peak_mib']:.0f} MiB")
     tim = res.get("timings") or {}
@@ -425,6 +446,8 @@ def main(argv=None) -> int:
     ap.add_argument("--scaling", default="", help="comma list of frame counts: peak memory per count")
     ap.add_argument("--prefect", action="store_true", help="also run the Prefect flow (needs PREFECT_API_URL)")
     ap.add_argument("--no-embedded", action="store_true", help="with --prefect: skip the embedded start-up timing")
+    ap.add_argument("--pairs", type=int, default=0, help="with --prefect: this many alternating plain/flow runs "
+                    "of a new night (the result store emptied before each flow run); each ratio and the median")
     ap.add_argument("--original", action="store_true", help="also run the original QLCP on the same night(s)")
     ap.add_argument("--seeds", type=int, default=1, help="with --original: compare on this many nights "
                     "(seeds --seed, --seed + 1, ...)")
@@ -481,6 +504,8 @@ def main(argv=None) -> int:
                   f"overhead vs plain {100 * (cold['wall'] / plain['wall'] - 1):+.0f} %, peak {cold['peak_mib']:.0f} MiB")
             print(f"  rerun, nothing changed: {warm['wall']:.1f} s, states {warm['states']}; "
                   f"{cold['wall'] / warm['wall']:.0f}x faster than the first run")
+            if a.pairs:
+                flow_pairs(night, work, cfg, stars, a.pairs, env)
         if not a.no_embedded:
             t0 = time.perf_counter()
             env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
