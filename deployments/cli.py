@@ -222,6 +222,10 @@ def _reduce(raw, red, cfg, no_prefect: bool, refresh: bool = False, runner: str 
         _one_line_errors_from_prefect()
         if runner == "thread":
             start_workers(red, cfg)     # forked now, before Prefect's threads start
+        if api is None and not _configured_api():
+            from qlcp.deployments.local_server import start_embedded_server
+
+            api = start_embedded_server()   # Prefect's temporary server, ended with this run even on kill -9
         with interactive_settings(), _api_settings(api):
             summary = night_flow(runner, dask_address)(raw_dir=str(Path(raw).resolve()),
                                                        red_dir=str(Path(red).resolve()),
@@ -242,12 +246,11 @@ def exit_status(summary: dict) -> int:
 def _api_target() -> str | None:
     """The Prefect API ``qlcp run`` talks to: PREFECT_API_URL (environment or profile) wins; else
     the server ``qlcp up`` recorded in ``$QLCP_HOME/server.json`` when it answers (returned, to be
-    set for the run); else None: Prefect starts its embedded temporary server."""
-    from prefect.settings import PREFECT_API_URL
-
+    set for the run); else None: the run starts Prefect's temporary server
+    (:func:`~qlcp.deployments.local_server.start_embedded_server`)."""
     from qlcp.deployments.local_server import running_server
 
-    if os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value():
+    if _configured_api():
         return None
     api = running_server()
     if api:
@@ -256,6 +259,13 @@ def _api_target() -> str | None:
         print("starting Prefect's embedded server (qlcp up, or PREFECT_API_URL, to use a running one) ...",
               file=sys.stderr, flush=True)
     return api
+
+
+def _configured_api() -> bool:
+    """Whether PREFECT_API_URL is set (environment or profile)."""
+    from prefect.settings import PREFECT_API_URL
+
+    return bool(os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value())
 
 
 def _api_settings(api: str | None):

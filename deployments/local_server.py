@@ -96,3 +96,67 @@ def running_server(timeout: float = HEALTH_TIMEOUT) -> str | None:
         log.info("removing stale %s (process %s is gone)", server_file(), rec.get("pid"))
         server_file().unlink(missing_ok=True)
     return None
+
+
+# ------------------------------------------------------------ the embedded server
+#: the watcher of :func:`end_with_this_process`: waits for EOF on stdin (the process that started it
+#: ended, however), then ends ``pid`` if it is still the process named by ``marker`` (not a reused pid)
+_REAPER = """import os, signal, sys, time
+pid, marker = int(sys.argv[1]), sys.argv[2].encode()
+sys.stdin.buffer.read()
+def ours():
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return marker in f.read()
+    except OSError:
+        return False
+for sig in (signal.SIGTERM, signal.SIGKILL):
+    if not ours():
+        break
+    os.kill(pid, sig)
+    for _ in range(50):
+        time.sleep(0.1)
+        if not ours():
+            break
+"""
+
+#: the watchers' pipes: the write ends stay open for this process's life (never written)
+_LIFELINES: list[int] = []
+
+
+def end_with_this_process(pid: int, marker: str) -> None:
+    """End process ``pid`` (SIGTERM, then SIGKILL after 5 s) when this process ends, even on ``kill -9``.
+
+    A small watcher process reads a pipe whose write end only this process holds; the kernel closes
+    it when this process ends, however it ends.  ``marker`` (a string of ``pid``'s command line)
+    guards against a pid reused meanwhile.  Linux (``/proc``); elsewhere nothing is done.
+    """
+    import subprocess
+    import sys
+
+    if not os.path.exists(f"/proc/{pid}/cmdline"):
+        return
+    r, w = os.pipe()
+    try:
+        subprocess.Popen([sys.executable, "-c", _REAPER, str(pid), marker, "qlcp-reaper"], stdin=r,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    finally:
+        os.close(r)
+    _LIFELINES.append(w)
+
+
+def start_embedded_server() -> str:
+    """Start Prefect's temporary server now, as Prefect would at a flow's first API call, tied to this
+    process; return its API URL.
+
+    Prefect stops it at a normal exit only: each ``qlcp run`` killed with ``kill -9`` (or by the OOM
+    killer) left a server of ~250 MB running, found by this stop's check.  Here a watcher ends it
+    with the run (:func:`end_with_this_process`).
+    """
+    from prefect.server.api.server import SubprocessASGIServer
+
+    srv = SubprocessASGIServer()
+    srv.start()
+    if srv.server_process is not None:
+        end_with_this_process(srv.server_process.pid, "prefect.server.api.server")
+    return srv.api_url

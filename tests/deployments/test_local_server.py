@@ -157,3 +157,85 @@ def test_qlcp_run_uses_the_server_of_qlcp_up(tmp_path):
                 os.killpg(up.pid, signal.SIGKILL)
                 up.wait()
     assert not record.exists()                 # qlcp up removed its record on exit
+
+
+_HOLDER = """import subprocess, sys, time
+from qlcp.deployments.local_server import end_with_this_process
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", sys.argv[1]])
+end_with_this_process(child.pid, sys.argv[2])
+print(child.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def _gone(pid: int, within: float) -> bool:
+    t_end = time.monotonic() + within
+    while time.monotonic() < t_end:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True
+        except OSError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs /proc (Linux)")
+@pytest.mark.parametrize("marker, ends", [("qlcp-test-child", True), ("another-program", False)])
+def test_a_tied_process_ends_with_its_holder_even_on_kill_9(marker, ends):
+    """``end_with_this_process``: the holder killed with SIGKILL, its tied process goes within
+    seconds, unless the pid no longer shows the marker (a reused pid is never signalled)."""
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, "qlcp-test-child", marker], stdout=subprocess.PIPE,
+                              text=True)
+    child = int(holder.stdout.readline())
+    try:
+        assert not _gone(child, 0.5)
+        holder.kill()
+        holder.wait()
+        assert _gone(child, 8) == ends
+    finally:
+        try:
+            os.kill(child, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs /proc (Linux)")
+def test_kill_9_of_qlcp_run_ends_its_embedded_prefect_server(tmp_path):
+    """Prefect stops its temporary server only at a normal exit; ``qlcp run`` ties it to the run."""
+    from qlcp.core.simulate import simulate_small
+    from tests.core.test_runguard import descendants
+
+    sim = simulate_small(tmp_path / "sim", n_frames=40, size=384, seed=43, thick_cloud=False)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and k != "QLCP_RESULTS"}
+    env.update(QLCP_HOME=str(tmp_path / "qlcp"), DO_NOT_TRACK="1", MPLBACKEND="Agg",
+               PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    run = subprocess.Popen([sys.executable, "-m", "qlcp.deployments.cli", "run", str(sim.raw_dir),
+                            str(tmp_path / "red"), "--config", str(sim.config_path)],
+                           env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "run.log", "w"))
+
+    def cmdline(pid):
+        try:
+            return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            return ""
+
+    server = None
+    try:
+        t_end = time.monotonic() + 120
+        while time.monotonic() < t_end and run.poll() is None:
+            kids = {p: cmdline(p) for p in descendants(run.pid)}
+            if any("qlcp-reaper" in c for c in kids.values()):
+                server = next(p for p, c in kids.items() if "prefect.server.api.server" in c)
+                break
+            time.sleep(0.05)
+        assert server is not None, "no embedded server tied to the run: " + (tmp_path / "run.log").read_text()[-2000:]
+        run.kill()
+        run.wait()
+        assert _gone(server, 10), "the embedded Prefect server outlived kill -9 of its run"
+    finally:
+        if run.poll() is None:
+            run.kill()
+        if server is not None and not _gone(server, 0):
+            os.kill(server, signal.SIGKILL)
