@@ -44,8 +44,8 @@ from qlcp.core.runtime import configure_run
 from qlcp.core.walk import NightWalk
 from qlcp.flows.guard import guarded_night, open_night, stop_on_environment
 from qlcp.tasks import steps as T
-from qlcp.tasks.common import (bridge_logging, fingerprint_files, results_dir, set_progress_hook, unit_frames,
-                               unit_key)
+from qlcp.tasks.common import (bridge_logging, content_files, fingerprint_files, results_dir, set_progress_hook,
+                               unit_frames, unit_key)
 
 log = logging.getLogger("qlcp.flows")
 
@@ -282,12 +282,13 @@ def _run_block(walk: NightWalk, runner: "_Runner", block, cfgd: dict, red: str, 
                then=None) -> None:
     """Every unit of ``block`` as a task, all submitted at once; results and failures to the walk.
 
-    The corrected frames a frame block reads are fingerprinted first (their tasks' cache keys), here,
-    before ``then()`` (e.g. matplotlib's import in a thread, which would hold the GIL against it)."""
+    What a frame block's cache keys hash by content (e.g. the corrected frames it reads; raw frames
+    are known by identity) is hashed first, here, before ``then()`` (e.g. matplotlib's import in a
+    thread, which would hold the GIL against it)."""
     task = T.task_for(block)
     units = walk.units(block, chunk)
-    if block.unit == "chunk" and "files" not in block.files:     # raw frames are keyed by identity
-        fingerprint_files([str(f) for _, unit in units for f in unit_frames(unit)])
+    if block.unit == "chunk":
+        fingerprint_files([f for _, unit in units for paths in content_files(block, unit).values() for f in paths])
     if then is not None:
         then()
     items = [(label, unit, runner.submit(task, label, red_dir=red, cfg=cfgd, block=block.name, unit=unit))

@@ -391,8 +391,8 @@ def rebuild(lib: Path) -> int:
                 continue
             data_shape = (int(h["NAXIS2"]), int(h["NAXIS1"]))
             cols = ["sha256", "path", "ny", "nx", *info, "status", "registered"]
-            vals = [h.get("CALSHA") or _pixel_sha256(p, info["kind"], info["band"]), str(p), *data_shape, *info.values(), "ok",
-                    dt.datetime.now(dt.timezone.utc).isoformat()]
+            sha = h.get("CALSHA") or _pixel_sha256(p, info["kind"], info["band"])
+            vals = [sha, str(p), *data_shape, *info.values(), "ok", dt.datetime.now(dt.timezone.utc).isoformat()]
             n += db.execute(f"INSERT OR IGNORE INTO masters ({', '.join(cols)}) VALUES "
                             f"({', '.join('?' * len(cols))})", vals).rowcount
     return n

@@ -2,8 +2,9 @@
 
 Each :class:`Stage` declares its step letter, its unit of work, the inputs it
 reads (fields of its unit that hold files, known to caches by identity for raw
-frames, :data:`RAW_FIELDS`, by content for the rest, and plain values), the products it writes (kinds of :func:`qlcp.core.products.product_path`)
-and the configuration keys it reads.  Both drivers walk :data:`STAGES` through
+frames, :data:`RAW_FIELDS`, by content for the rest, and plain values), the
+products it writes (kinds of :func:`qlcp.core.products.product_path`) and the
+configuration keys it reads.  Both drivers walk :data:`STAGES` through
 :func:`plan`: the plain driver (:mod:`qlcp.core.pipeline`) runs each unit in
 turn, the Prefect flow (``qlcp.flows.night``) submits each as a task.  Cache
 keys (``qlcp.tasks``) and the provenance keys in product headers

@@ -103,7 +103,6 @@ class _FingerprintMemo:
                 stats[r] = (st.st_size, st.st_mtime_ns)
             except OSError:
                 pass
-        known = {}
         with self._lock:
             db = self._conn()
             known = {r: self._mem[r] for r in stats if r in self._mem}
@@ -154,8 +153,8 @@ def fingerprint(path: str | Path | None) -> str | None:
 
 
 def fingerprint_files(paths: list[str]) -> None:
-    """Hash (and memoise) the files the next tasks' cache keys need, now, while nothing else
-    competes for the GIL: e.g. corrected frames of another run before the tasks that read them."""
+    """Hash (and memoise) the files the next tasks' cache keys need (:func:`content_files`), now,
+    while nothing else competes for the GIL: e.g. corrected frames before the tasks that read them."""
     _memo.sha_many(paths)
 
 
@@ -170,6 +169,14 @@ def _identities(paths: list[str]) -> list[list]:
 
 
 # ------------------------------------------------------------------ cache keys
+def content_files(block, unit: dict) -> dict[str, list[str]]:
+    """The unit's declared input files that cache keys know by content, by field: every file
+    field of ``block`` but the raw frames (:data:`qlcp.core.stages.RAW_FIELDS`, known by identity)."""
+    from qlcp.core.stages import RAW_FIELDS
+
+    return {n: _flatten_paths(unit.get(n)) for n in block.files if n not in RAW_FIELDS}
+
+
 def _flatten_paths(v) -> list[str]:
     if v is None:
         return []
@@ -203,8 +210,8 @@ def cache_key(context: TaskRunContext, parameters: dict) -> str:
         "red_dir": str(Path(parameters.get("red_dir", "")).resolve()),
         "stages": [s.name for s in block.stages],
         "cfg": cfg.subset(block.keys),
-        "files": {n: (_identities if n in RAW_FIELDS else _fingerprints)(_flatten_paths(unit.get(n)))
-                  for n in block.files},
+        "files": {**{n: _identities(_flatten_paths(unit.get(n))) for n in block.files if n in RAW_FIELDS},
+                  **{n: _fingerprints(paths) for n, paths in content_files(block, unit).items()}},
         "values": {n: unit.get(n) for n in block.values},
     }
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
