@@ -7,16 +7,17 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 from prefect.artifacts import create_image_artifact, create_markdown_artifact
 
 from qlcp.core.campaign import campaign_targets
 from qlcp.core.pipeline import make_config
+from qlcp.flows.params import json_params_flow
 from qlcp.tasks.campaign import campaign_task
 from qlcp.tasks.common import bridge_logging, results_dir
 
 
-@flow(name="campaign", log_prints=True)
+@json_params_flow(name="campaign", log_prints=True)
 def campaign(red_root: str, target: str | None = None, config: dict | None = None,
              config_files: list[str] | None = None, refresh: bool = False) -> dict:
     """Build (or rebuild) the campaign products of ``target``, or of every target under ``red_root``.

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 from prefect.context import FlowRunContext
 from prefect.artifacts import (
     create_image_artifact,
@@ -43,6 +43,7 @@ from qlcp.core.products import product_path
 from qlcp.core.runtime import configure_run
 from qlcp.core.walk import NightWalk
 from qlcp.flows.guard import guarded_night, open_night, stop_on_environment
+from qlcp.flows.params import json_params_flow
 from qlcp.tasks import steps as T
 from qlcp.tasks.common import (bridge_logging, content_files, fingerprint_files, results_dir, set_progress_hook,
                                unit_frames, unit_key)
@@ -167,8 +168,8 @@ def _tag_run(walk: NightWalk) -> None:
         log.warning("could not tag the flow run: %s", e)
 
 
-@flow(name="process-night", flow_run_name=_flow_run_name, task_runner=ThreadPoolTaskRunner(max_workers=2),
-      log_prints=True)
+@json_params_flow(name="process-night", flow_run_name=_flow_run_name,
+                  task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=True)
 @guarded_night                          # holds what open_night takes (red_dir's lock) for the run
 def process_night(raw_dir: str, red_dir: str, config: dict | None = None, config_files: list[str] | None = None,
                   steps: str | None = None, obj: list[str] | None = None, band: list[str] | None = None,
@@ -541,7 +542,7 @@ def _red_for(night: str, red_root: str | None) -> str:
                                                                        Path(night).name)
 
 
-@flow(name="reprocess", log_prints=True)
+@json_params_flow(name="reprocess", log_prints=True)
 def reprocess(nights: list[str] | None = None, raw_root: str | None = None, red_root: str | None = None,
               start: str | None = None, end: str | None = None, config: dict | None = None,
               config_files: list[str] | None = None, pattern: str = r".*",
@@ -604,7 +605,7 @@ def _wait_runs(runs: dict, timeout_s: float) -> dict:
     return out
 
 
-@flow(name="dawn-sweep", log_prints=True)
+@json_params_flow(name="dawn-sweep", log_prints=True)
 def dawn_sweep(raw_root: str, red_root: str, config: dict | None = None, config_files: list[str] | None = None,
                pattern: str = r".*", max_age_days: float = 30.0) -> dict:
     """The safety net: process every recent night that has FITS files and no up-to-date summary.

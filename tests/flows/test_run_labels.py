@@ -53,3 +53,39 @@ def test_restricted_run_names_its_object_and_band(generic_night, tmp_path):
     fr = _read_run(st.state_details.flow_run_id)
     assert fr.name == "night-20240606_85-SIMV-V"
     assert {"night:20240606_85", "obj:SIMV", "band:V"} <= set(fr.tags)
+
+
+def test_flow_run_records_its_parameters_without_prefects_general_encoder(generic_night, tmp_path, monkeypatch):
+    """The parameters a run shows in the UI are the ones given (non-ASCII names, nested lists, floats),
+    recorded by QLCP's JSON path: Prefect's general encoder (FastAPI's, imported on first use at
+    0.15-0.25 s of CPU per process) is not called for them."""
+    from prefect import Flow
+
+    from qlcp.flows.night import process_night
+
+    general = []
+    real = Flow.serialize_parameters
+    monkeypatch.setattr(Flow, "serialize_parameters", lambda self, p: general.append(p) or real(self, p))
+    sim = generic_night
+    config = {"targets": [{"name": "Ζ Her's neighbour", "ra": "16:41:20.4", "dec": 31.6}], "aper": [4.0, 6.5], "gain": 1.5, "starxy": [[10.5, 20.25]], "rdnoise": None}
+    st = process_night(raw_dir=str(sim.raw_dir), red_dir=str(tmp_path / "red"), config_files=[str(sim.config_path)],
+                       config=config, steps="l", return_state=True)
+    assert st.is_completed()
+    fr = _read_run(st.state_details.flow_run_id)
+    assert fr.parameters["config"] == config
+    assert fr.parameters["raw_dir"] == str(sim.raw_dir)
+    assert fr.parameters["config_files"] == [str(sim.config_path)]
+    assert general == []
+
+
+def test_other_parameters_go_prefects_general_way():
+    from pathlib import Path
+
+    from qlcp.flows.night import night_flow, process_night
+    from qlcp.flows.params import JsonParamsFlow
+
+    assert process_night.serialize_parameters({"raw_dir": Path("/data/raw")}) == {"raw_dir": "/data/raw"}
+    assert process_night.serialize_parameters({"a": (1, 2), "b": {"c": float("inf")}}) == {"a": [1, 2],
+                                                                                           "b": {"c": float("inf")}}
+    assert isinstance(process_night.with_options(name="x"), JsonParamsFlow)
+    assert night_flow("thread") is process_night
