@@ -32,6 +32,7 @@ from prefect.artifacts import (
 )
 from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.utilities.annotations import quote
 
 from qlcp.core import parallel
 from qlcp.core import steps as core
@@ -68,15 +69,16 @@ def artifact_key(*parts: str) -> str:
 class _Runner:
     """Submits tasks, keeps their states, reruns a Cached task whose outputs are gone."""
 
-    def __init__(self, refresh: bool):
+    def __init__(self, refresh: bool, quoted: bool = False):
         self.refresh = refresh
+        self.quoted = quoted            # the thread task runner: big parameters in quote (_quoted)
         self.states: dict[str, dict[str, int]] = {}
         self.by_label: dict[str, str] = {}
 
     def submit(self, task, label: str, **kw):
         # result storage resolved per run (QLCP_RESULTS may be set after import)
         t = task.with_options(refresh_cache=self.refresh, result_storage=results_dir())
-        fut = t.submit(**kw)
+        fut = t.submit(**self._params(kw))
         return (task, label, kw, fut)
 
     def result(self, item):
@@ -89,7 +91,8 @@ class _Runner:
         res = fut.result()
         if state.name == "Cached" and not all(Path(p).exists() for p in res.get("outputs", []) if p):
             log.info("%s: cached result but outputs are missing: recomputing", label)
-            state = task.with_options(refresh_cache=True, result_storage=results_dir())(**kw, return_state=True)
+            state = task.with_options(refresh_cache=True, result_storage=results_dir())(**self._params(kw),
+                                                                                        return_state=True)
             if state.is_failed():
                 self._count(task.name, label, "Failed")
                 return None, state
@@ -97,10 +100,22 @@ class _Runner:
         self._count(task.name, label, state.name)
         return res, state
 
+    def _params(self, kw: dict) -> dict:
+        return _quoted(kw) if self.quoted else kw
+
     def _count(self, name, label, state_name):
         self.states.setdefault(name, {}).setdefault(state_name, 0)
         self.states[name][state_name] += 1
         self.by_label[label] = state_name
+
+
+def _quoted(kw: dict) -> dict:
+    """Task parameters with the large ones (a unit's file lists, the config) in Prefect's ``quote``:
+    passed as they are, not walked item by item looking for futures, twice per task run (~5-10 ms
+    of the flow's CPU for a unit of 200 frames).  QLCP passes results between tasks itself, never
+    as futures.  For the thread task runner only: under prefect-dask a quoted value reached the
+    task and its cache key as a tuple."""
+    return {k: quote(v) if isinstance(v, (dict, list)) else v for k, v in kw.items()}
 
 
 def _chunks(seq, n):
@@ -213,9 +228,10 @@ def process_night(raw_dir: str, red_dir: str, config: dict | None = None, config
     frame_work = any(s in cfg.steps for s in "ip")
     start_workers(red, cfg)             # a new night: frame workers start while it is listed and calibrated
     walk = NightWalk(raw, red, cfg, raw_identities(raw), driver="prefect")
-    runner = _Runner(refresh)
+    threads = isinstance(FlowRunContext.get().task_runner, ThreadPoolTaskRunner)
+    runner = _Runner(refresh, quoted=threads)
     progress = _Progress(walk.summary.night)
-    if chunk is None and not isinstance(FlowRunContext.get().task_runner, ThreadPoolTaskRunner):
+    if chunk is None and not threads:
         chunk = DEFAULT_CHUNK           # tasks spread over processes or machines: several per group
     set_progress_hook(str(red), progress.partial)
     tagging = None
@@ -312,21 +328,29 @@ class _Progress:
 
     Advanced when a chunk task ends and, while a task runs in this process, by its
     worker jobs (:meth:`partial`, at most every :data:`EVERY` seconds); the value
-    sent never goes back (the groups' tasks run at once, from several threads)."""
+    sent never goes back (the groups' tasks run at once, from several threads).
+    The API calls are made by a thread of their own, with the flow run's context:
+    a call (10-50 ms against a busy server) never holds up the flow or a task, and
+    values that arrive while one is under way are sent as one, the latest."""
 
     EVERY = 2.0
 
     def __init__(self, night: str):
-        self.night, self.id, self.units, self.done_ = night, None, 1, 0
+        self.night, self.units, self.done_ = night, 1, 0
         self.parts: dict[str, float] = {}
         self.shown, self.sent = 0.0, 0.0
         self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._pending: float | None = None          # the latest value not yet sent
+        self._closing = False
+        self._thread: threading.Thread | None = None
 
     def start(self, walk: NightWalk) -> None:
         n = sum(len(g.raw) for g in walk.groups.values())
         self.units = max(1, n * sum(len(b.stages) for b in walk.blocks if b.unit == "chunk"))
-        self.id = create_progress_artifact(progress=0.0, key=artifact_key("night", self.night, "progress"),
-                                           description=f"frames of {self.night} processed (steps i and p)")
+        self._thread = threading.Thread(target=contextvars.copy_context().run, args=(self._sender,),
+                                        name="qlcp-progress", daemon=True)
+        self._thread.start()
 
     def partial(self, label: str, units: float) -> None:
         """``units`` more of task ``label`` done (from the task's thread)."""
@@ -344,16 +368,43 @@ class _Progress:
             self._send(self._value())
 
     def done(self) -> None:
+        """100 %, sent before this returns (at most 30 s)."""
         with self._lock:
             self._send(100.0)
+            self._closing = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join(30)
 
     def _value(self) -> float:
         return min(100.0, 100.0 * (self.done_ + sum(self.parts.values())) / self.units)
 
     def _send(self, value: float) -> None:
-        if self.id is not None and value > self.sent:
-            self.sent = value
-            update_progress_artifact(artifact_id=self.id, progress=value)
+        """Queue ``value`` for the sender (the caller holds the lock)."""
+        if value > self.sent:
+            self.sent = self._pending = value
+            self._wake.notify()
+
+    def _sender(self) -> None:
+        try:
+            aid = create_progress_artifact(progress=0.0, key=artifact_key("night", self.night, "progress"),
+                                           description=f"frames of {self.night} processed (steps i and p)")
+        except Exception as e:  # a progress bar is for the UI: never fail a night for it
+            log.warning("could not create the progress artifact: %s", e)
+            aid = None
+        while True:
+            with self._wake:
+                while self._pending is None and not self._closing:
+                    self._wake.wait()
+                value, self._pending = self._pending, None
+                last = self._closing
+            if value is not None and aid is not None:
+                try:
+                    update_progress_artifact(artifact_id=aid, progress=value)
+                except Exception as e:
+                    log.warning("could not update the progress artifact: %s", e)
+            if last:
+                return
 
 
 def interactive_settings():
