@@ -97,10 +97,16 @@ def settle(raw: Path) -> None:
     os.sync()
 
 
+#: output directories this invocation wrote (removed at its end unless --keep-outputs: ~0.8 GB a
+#: 200-frame night; a few hundred of them once filled this machine's /tmp and failed a CI run)
+_WRITTEN: set[Path] = set()
+
+
 def run_child(kind: str, raw: Path, red: Path, config: Path, extra: dict, env=None, keep: bool = False) -> dict:
     """Run one reduction in a child process; add its peak RSS (MiB) from wait4."""
     if not keep:
         shutil.rmtree(red, ignore_errors=True)
+    _WRITTEN.add(Path(red))
     cmd = [sys.executable, __file__, "--child", kind, str(raw), str(red), str(config), json.dumps(extra)]
     out_path = red.parent / f".{red.name}.{kind}.json"
     settle(raw)
@@ -221,6 +227,7 @@ def compare_original(work: Path, seeds: list[int], frames: int, size: int, steps
         ours = run_child("plain", night / "raw", red_q, night / "night.yaml", {**truth_starxy(night), "steps": steps})
         st = orig.truth_stars(night, n_check=1)
         settle(night / "raw")
+        _WRITTEN.add(red_o)
         try:
             res = orig.run_original(night / "raw", red_o, python, st["starxy"], st["ind_tgt"], st["ind_ref"],
                                     st["ind_chk"], aper=5.0, steps="lbfiopcd", site=orig.site_from_night(night))
@@ -389,6 +396,7 @@ def compare_real(work: Path, names: list[str]) -> None:
         view, conf, steps, prep = original_view(name, work)
         st = inp["stars"]
         settle(inp["raw"])
+        _WRITTEN.add(work / f"red_real_orig_{name}")
         try:
             res = orig.run_original(view, work / f"red_real_orig_{name}", python, st["starxy"], st["ind_tgt"],
                                     st["ind_ref"], st["ind_chk"], aper=6.0, steps=steps, conf=conf)
@@ -455,6 +463,8 @@ def main(argv=None) -> int:
                     "(comma list of " + ", ".join(REAL_NIGHTS) + ", or 'all')")
     ap.add_argument("--steps", default="lbfiopcd",
                     help="steps of the plain run (default lbfiopcd, the original's chain for the comparison)")
+    ap.add_argument("--keep-outputs", action="store_true", help="keep the reductions' output directories "
+                    "(default: removed at the end; the simulated nights stay cached)")
     ap.add_argument("--child", nargs=5, metavar=("KIND", "RAW", "RED", "CONFIG", "EXTRA"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.child:
@@ -469,6 +479,18 @@ def main(argv=None) -> int:
 
     work = Path(a.workdir)
     work.mkdir(parents=True, exist_ok=True)
+    try:
+        return measure(a, work)
+    finally:
+        if not a.keep_outputs:
+            for d in sorted(_WRITTEN):
+                shutil.rmtree(d, ignore_errors=True)
+                for j in d.parent.glob(f".{d.name}.*.json"):
+                    j.unlink(missing_ok=True)
+
+
+def measure(a, work: Path) -> int:
+    """Everything main() was asked to measure, in ``work``."""
     real = list(REAL_NIGHTS) if a.real == "all" else [r for r in a.real.split(",") if r]
     if real and not a.original:
         compare_real(work, real)
