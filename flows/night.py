@@ -223,6 +223,7 @@ def process_night(raw_dir: str, red_dir: str, config: dict | None = None, config
     configure_run()                     # this process's settings for a run (no IERS download, ...)
     given = {k: v for k, v in (("steps", steps), ("obj", obj), ("band", band)) if v is not None}
     cfg = make_config(config_files, **{**(config or {}), **given})
+    bridge_logging(cfg.scr_log)         # the console as the config says (the run's logs in the UI keep INFO)
     raw, red = open_night(raw_dir, red_dir)    # checked, locked for the run, a killed run cleared
     write_effective_config(red, cfg)
     frame_work = any(s in cfg.steps for s in "ip")

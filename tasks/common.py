@@ -332,6 +332,7 @@ class _Forward(logging.Handler):
     def __init__(self, targets, level=logging.INFO):
         super().__init__(level)
         self.targets = list(targets)
+        self.console_level = logging.NOTSET     # the run's ``scr_log``, for every target but the API's
 
     def emit(self, record):
         from prefect.context import FlowRunContext, TaskRunContext
@@ -342,23 +343,30 @@ class _Forward(logging.Handler):
             record.flow_run_id, record.task_run_id = ids
         in_run = bool(getattr(record, "flow_run_id", None)) or FlowRunContext.get() or TaskRunContext.get()
         for h in self.targets:
-            if record.levelno >= h.level and (in_run or not isinstance(h, APILogHandler)):
+            api = isinstance(h, APILogHandler)
+            if record.levelno >= h.level and (in_run or not api) and (api or record.levelno >= self.console_level):
                 h.handle(record)
 
 
-def bridge_logging() -> None:
-    """Show ``qlcp`` library log records (INFO and above) in Prefect's run logs and console.
+def bridge_logging(scr_log: int | None = None) -> None:
+    """Show ``qlcp`` library log records (INFO and above) in Prefect's run logs and, from
+    ``scr_log`` up (the run's screen level; default: as Prefect's console), on its console.
 
     Call inside a flow run (Prefect configures its logging lazily, and
-    PREFECT_LOGGING_EXTRA_LOGGERS is read once at import): idempotent.
+    PREFECT_LOGGING_EXTRA_LOGGERS is read once at import): idempotent; a later call
+    sets the screen level.
     """
     from prefect.logging.handlers import APILogHandler
 
     lg = logging.getLogger("qlcp")
-    if any(isinstance(h, _Forward) for h in lg.handlers):
+    fwd = next((h for h in lg.handlers if isinstance(h, _Forward)), None)
+    if fwd is not None:
+        fwd.console_level = scr_log if scr_log is not None else fwd.console_level
         return
     targets = [APILogHandler()] + [h for h in logging.getLogger().handlers if not isinstance(h, APILogHandler)]
-    lg.addHandler(_Forward(targets))
+    fwd = _Forward(targets)
+    fwd.console_level = scr_log or logging.NOTSET
+    lg.addHandler(fwd)
     lg.propagate = False
     if lg.level == logging.NOTSET or lg.level > logging.INFO:
         lg.setLevel(logging.INFO)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import time
 
 import pytest
 
@@ -89,3 +90,37 @@ def test_other_parameters_go_prefects_general_way():
                                                                                            "b": {"c": float("inf")}}
     assert isinstance(process_night.with_options(name="x"), JsonParamsFlow)
     assert night_flow("thread") is process_night
+
+
+def _run_logs(flow_run_id) -> list[str]:
+    from prefect import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    async def read():
+        async with get_client() as c:
+            return await c.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+
+    return [lg.message for lg in asyncio.run(read())]
+
+
+@pytest.mark.parametrize("scr_log", ["WARNING", "INFO"])
+def test_the_console_shows_qlcp_records_from_scr_log_up_the_runs_logs_all(generic_night, tmp_path, monkeypatch,
+                                                                          scr_log):
+    """``scr_log`` is the screen's level on both drivers; the run's logs in the UI keep every INFO record."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    from qlcp.flows.night import process_night
+
+    console = []
+    monkeypatch.setattr(PrefectConsoleHandler, "emit", lambda self, record: console.append(record.getMessage()))
+    sim = generic_night
+    st = process_night(raw_dir=str(sim.raw_dir), red_dir=str(tmp_path / "red"), config_files=[str(sim.config_path)],
+                       config={"scr_log": scr_log}, steps="l", return_state=True)
+    assert st.is_completed()
+    listing = f"{sim.raw_dir}: "                          # qlcp.listing's INFO line: "{raw}: 2 bias, ..."
+    assert any(m.startswith("Beginning flow run") for m in console)          # Prefect's own lines: as they were
+    assert any(m.startswith(listing) for m in console) == (scr_log == "INFO")
+    deadline = time.monotonic() + 20                      # the API's log records arrive in batches, a bit later
+    while not any(m.startswith(listing) for m in _run_logs(st.state_details.flow_run_id)):
+        assert time.monotonic() < deadline, "the listing's record never reached the run's logs"
+        time.sleep(0.5)
