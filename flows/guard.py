@@ -13,6 +13,7 @@ could not write its output (read-only, full disk): the other units would fail al
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import logging
 import threading
@@ -122,7 +123,11 @@ def open_night(raw_dir, red_dir) -> tuple[Path, Path]:
         raise RuntimeError("open_night() outside a @guarded_night function")
     stack = stacks[-1]
     raw, red = stack.enter_context(guarded_run(raw_dir, red_dir))
-    mark_crashed_runs(red)
+    # an API query (10-20 ms) in a thread with this run's context, joined before the lock is let go
+    marking = threading.Thread(target=contextvars.copy_context().run, args=(mark_crashed_runs, red),
+                               name="qlcp-mark-crashed", daemon=True)
+    marking.start()
+    stack.callback(marking.join, 30)
     return raw, red
 
 
