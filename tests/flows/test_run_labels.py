@@ -68,7 +68,8 @@ def test_flow_run_records_its_parameters_without_prefects_general_encoder(generi
     real = Flow.serialize_parameters
     monkeypatch.setattr(Flow, "serialize_parameters", lambda self, p: general.append(p) or real(self, p))
     sim = generic_night
-    config = {"targets": [{"name": "Ζ Her's neighbour", "ra": "16:41:20.4", "dec": 31.6}], "aper": [4.0, 6.5], "gain": 1.5, "starxy": [[10.5, 20.25]], "rdnoise": None}
+    config = {"targets": [{"name": "Ζ Her's neighbour", "ra": "16:41:20.4", "dec": 31.6}], "aper": [4.0, 6.5],
+              "gain": 1.5, "starxy": [[10.5, 20.25]], "rdnoise": None}
     st = process_night(raw_dir=str(sim.raw_dir), red_dir=str(tmp_path / "red"), config_files=[str(sim.config_path)],
                        config=config, steps="l", return_state=True)
     assert st.is_completed()
