@@ -28,9 +28,9 @@ from .errors import QLCPError
 #: unit fields holding the night's raw files (the camera's; QLCP never writes them): cache keys know
 #: them by identity (name, size, mtime_ns), as the listing's key and the products' provenance keys
 #: (:func:`qlcp.core.provenance.file_identity`) do, so both drivers redo the same work after a raw
-#: frame is rewritten or touched, and a first run hashes no frame.  Other input files are known by
-#: content.
-RAW_FIELDS = frozenset({"files", "bias_files", "dark_files", "flat_files"})
+#: frame is rewritten or touched, and a first run hashes no frame (``coord_file``: the group's raw
+#: frame that gives the target's coordinate).  Other input files are known by content.
+RAW_FIELDS = frozenset({"files", "bias_files", "dark_files", "flat_files", "coord_file"})
 
 #: units of work: the whole night, one band (flats), a chunk of one group's frames, one (object, band) group
 NIGHT, BAND, CHUNK, GROUP = "night", "band", "chunk", "group"

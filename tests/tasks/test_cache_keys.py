@@ -62,6 +62,12 @@ def test_correct_key_follows_declared_keys_files_and_values(tmp_path):
         f.write(b"\x07" * 3000)
     os.utime(files[1], ns=(1, 1))
     assert _key(block, cfg, unit, tmp_path) not in (k0, k1)
+    # the group's coordinate frame is a raw frame too (here one outside this chunk): known by identity
+    coord = tmp_path / "coord.fit"
+    coord.write_bytes(b"c" * 2880)
+    k3 = _key(block, cfg, {**unit, "coord_file": str(coord)}, tmp_path)
+    os.utime(coord, ns=(3, 3))
+    assert _key(block, cfg, {**unit, "coord_file": str(coord)}, tmp_path) != k3
     # a master (any input QLCP made) by its content, not its time stamp
     master = tmp_path / "flat.fits"
     master.write_bytes(b"m" * 2880)
