@@ -165,6 +165,9 @@ class Config(BaseModel):
         "stars", description="stars: measure the reference frame in full and, on the others, its pick_star_n "
                              "brightest stars and starxy, tracked from it (per-frame cost independent of the "
                              "field's crowding); full: every source of every frame")
+    keep_corrected: bool = Field(True, description="keep every corrected frame (float32, ~2x the raw night on "
+                                 "disk); false: once a group's light curve is written, remove its corrected frames "
+                                 "but the base frame (a rerun corrects them again)")
     pick_var_n: int = Field(10, ge=1, description="most targets picked")
     pick_chk_n: int = Field(2, ge=0, description="most check stars picked")
     ref_var_k: float = Field(3.0, gt=1, description="a comparison whose scatter against the others exceeds this "

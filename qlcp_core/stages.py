@@ -305,7 +305,8 @@ def view(cfg: Config | ConfigView, block_or_stage) -> ConfigView:
 
 
 #: what the drivers themselves read to walk the graph (groups to run, which masters apply)
-WALK_KEYS = ("obj", "band", "field_dir", "target_catalog", "date_key", "ra_key", "dec_key", *POLICY_KEYS)
+WALK_KEYS = ("obj", "band", "field_dir", "target_catalog", "date_key", "ra_key", "dec_key", "keep_corrected",
+             *POLICY_KEYS)
 
 
 # ------------------------------------------------------------ documentation

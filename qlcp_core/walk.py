@@ -269,6 +269,35 @@ class NightWalk:
             self.summary.degraded.append(what)
             log.error("night degraded: %s", what)
 
+    def _drop_corrected(self, g: _Group) -> int:
+        """Remove ``g``'s corrected frames but its base frame (the chart's, step w's), once this run
+        wrote its light curve; how many.  The frames are products: a later run corrects them again
+        from the raw frames and masters (the same provenance keys, so nothing after step i redoes)."""
+        from . import offset as off_mod
+
+        o, b = g.summary.obj, g.summary.band
+        if g.summary.error or not g.summary.outputs.get("lightcurve"):
+            return 0
+        try:
+            base = Path(off_mod.read_offsets(self.red, o, b).meta["base_bf"]).name
+        except (QLCPError, OSError, KeyError, ValueError) as e:
+            log.warning("%s %s: corrected frames kept (keep_corrected: false), no base frame known: %s", o, b, e)
+            return 0
+        n, size = 0, 0
+        for f in corrected_files(self.red, o, b, g.raw):
+            if Path(f).name == base:
+                continue
+            try:
+                size += Path(f).stat().st_size
+                Path(f).unlink()
+                n += 1
+            except FileNotFoundError:
+                continue
+        if n:
+            log.info("%s %s: %d corrected frames removed (keep_corrected: false; %.0f MB), base frame %s kept",
+                     o, b, n, size / 2**20, base)
+        return n
+
     def _refresh_corrected(self) -> None:
         for (o, b), g in self.groups.items():
             g.corrected = corrected_files(self.red, o, b, g.raw)
@@ -291,7 +320,13 @@ class NightWalk:
         self._refresh_corrected()               # frames corrected by an earlier run (steps without i)
 
     def finish(self) -> NightSummary:
-        """The summary after the walk, with the groups and the masters used."""
+        """The summary after the walk, with the groups and the masters used (and, with
+        ``keep_corrected: false``, the corrected frames of every group whose light curve this run
+        wrote removed, its base frame kept)."""
+        if not self.walk_cfg.keep_corrected:
+            removed = {f"{o} {b}": n for (o, b), g in self.groups.items() if (n := self._drop_corrected(g))}
+            if removed:
+                self.summary.run["corrected_removed"] = removed
         self.summary.masters = dict(self.masters)
         self.summary.groups = [g.summary for g in self.groups.values()]
         return self.summary

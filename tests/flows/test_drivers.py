@@ -78,3 +78,41 @@ def test_detector_settings_rerun_the_correction(night, tmp_path, change):
         assert h[card] < value
     else:
         assert h[card] == value
+
+
+def _lc_equal(a_path, b_path) -> None:
+    a, b = Table.read(a_path, format="ascii.ecsv"), Table.read(b_path, format="ascii.ecsv")
+    assert a.colnames == b.colnames
+    for c in a.colnames:
+        x, y = np.asarray(a[c]), np.asarray(b[c])
+        assert np.array_equal(x, y, equal_nan=x.dtype.kind == "f"), c
+
+
+@pytest.mark.parametrize("driver", ["plain", "prefect"])
+def test_keep_corrected_false_removes_a_nights_corrected_frames_but_its_base_and_a_rerun_makes_them_again(
+        night, tmp_path, driver):
+    """An observatory's disk: the corrected frames (float32, ~2x the raw night) go once the light curve
+    is written; the base frame stays for the chart; a rerun corrects the frames again and gives the same
+    light curve; a run that writes no light curve removes nothing."""
+    keep, lean = tmp_path / "keep", tmp_path / "lean"
+    settings = {"workers": 1}
+
+    def reduce(red, **more):
+        cfg = {**settings, "field_dir": str(red / "fields"), **more}
+        if driver == "plain":
+            return run(night.raw_dir, red, config=load_config([night.config_path], cfg)).to_dict()
+        return _flow(night, red, **cfg)
+
+    reduce(keep)
+    assert reduce(lean, steps="lbfi", keep_corrected=False)["run"].get("corrected_removed") is None
+    assert len(list((lean / "SIMV_V").glob("*.bf.fits"))) == 8           # no light curve yet: all kept
+    s = reduce(lean, keep_corrected=False)
+    left = sorted((lean / "SIMV_V").glob("*.bf.fits"))
+    base = Table.read(lean / "offset_SIMV_V.ecsv", format="ascii.ecsv").meta["base_bf"]
+    assert [p.name for p in left] == [base.split("/")[-1]]
+    assert s["run"]["corrected_removed"] == {"SIMV V": 7}
+    assert (lean / "chart_SIMV_V.png").is_file() and len(list((lean / "SIMV_V").glob("*.cat.fits"))) == 8
+    _lc_equal(keep / "lc_SIMV_V.ecsv", lean / "lc_SIMV_V.ecsv")
+    again = reduce(lean, keep_corrected=False)
+    assert not again["groups"][0]["error"] and again["run"]["corrected_removed"] == {"SIMV V": 7}
+    _lc_equal(keep / "lc_SIMV_V.ecsv", lean / "lc_SIMV_V.ecsv")
