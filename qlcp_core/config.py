@@ -167,7 +167,7 @@ class Config(BaseModel):
                              "field's crowding); full: every source of every frame")
     keep_corrected: bool = Field(True, description="keep every corrected frame (float32, ~2x the raw night on "
                                  "disk); false: once a group's light curve is written, remove its corrected frames "
-                                 "but the base frame (a rerun corrects them again)")
+                                 "but the base frame (a rerun corrects them again and costs about a first run)")
     pick_var_n: int = Field(10, ge=1, description="most targets picked")
     pick_chk_n: int = Field(2, ge=0, description="most check stars picked")
     ref_var_k: float = Field(3.0, gt=1, description="a comparison whose scatter against the others exceeds this "

@@ -272,7 +272,8 @@ class NightWalk:
     def _drop_corrected(self, g: _Group) -> int:
         """Remove ``g``'s corrected frames but its base frame (the chart's, step w's), once this run
         wrote its light curve; how many.  The frames are products: a later run corrects them again
-        from the raw frames and masters (the same provenance keys, so nothing after step i redoes)."""
+        from the raw frames and masters, and, since products know their inputs by identity (a new
+        file is new input), redoes the frame chain after them: a rerun costs about a first run."""
         from . import offset as off_mod
 
         o, b = g.summary.obj, g.summary.band
