@@ -123,12 +123,17 @@ def open_night(raw_dir, red_dir) -> tuple[Path, Path]:
         raise RuntimeError("open_night() outside a @guarded_night function")
     stack = stacks[-1]
     raw, red = stack.enter_context(guarded_run(raw_dir, red_dir))
-    # an API query (10-20 ms) in a thread with this run's context, joined before the lock is let go
-    marking = threading.Thread(target=contextvars.copy_context().run, args=(mark_crashed_runs, red),
-                               name="qlcp-mark-crashed", daemon=True)
-    marking.start()
-    stack.callback(marking.join, 30)
+    # an API query (10-20 ms), off the flow's path; joined before the lock is let go
+    stack.callback(in_run_thread("qlcp-mark-crashed", mark_crashed_runs, red).join, 30)
     return raw, red
+
+
+def in_run_thread(name: str, fn, *args) -> threading.Thread:
+    """Start ``fn(*args)`` in a daemon thread with this thread's context (the flow run, Prefect's
+    settings), e.g. API calls that need not hold up the flow; the caller joins it."""
+    t = threading.Thread(target=contextvars.copy_context().run, args=(fn, *args), name=name, daemon=True)
+    t.start()
+    return t
 
 
 def stop_on_environment(state) -> None:

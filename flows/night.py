@@ -12,7 +12,6 @@ night/object/band, so reruns add versions rather than clutter.
 from __future__ import annotations
 
 import base64
-import contextvars
 import datetime as dt
 import logging
 import re
@@ -43,7 +42,7 @@ from qlcp.core.pipeline import make_config, raw_identities, write_effective_conf
 from qlcp.core.products import product_path
 from qlcp.core.runtime import configure_run
 from qlcp.core.walk import NightWalk
-from qlcp.flows.guard import guarded_night, open_night, stop_on_environment
+from qlcp.flows.guard import guarded_night, in_run_thread, open_night, stop_on_environment
 from qlcp.flows.params import json_params_flow
 from qlcp.tasks import steps as T
 from qlcp.tasks.common import (bridge_logging, content_files, fingerprint_files, results_dir, set_progress_hook,
@@ -246,9 +245,7 @@ def process_night(raw_dir: str, red_dir: str, config: dict | None = None, config
                 plog.info("night %s: %s", walk.summary.night, walk.summary.listing)
                 # API calls, in a thread with this one's context (the flow run, the settings): they
                 # overlap the night, and are joined before the run ends
-                tagging = threading.Thread(target=contextvars.copy_context().run, args=(_tag_run, walk),
-                                           name="qlcp-tag-run", daemon=True)
-                tagging.start()
+                tagging = in_run_thread("qlcp-tag-run", _tag_run, walk)
                 progress.start(walk)
                 if frame_work and runner.by_label.get(block.label) != "Cached":
                     parallel.warm(cfg.workers)  # the night changed: frame workers start while it is calibrated
@@ -349,9 +346,7 @@ class _Progress:
     def start(self, walk: NightWalk) -> None:
         n = sum(len(g.raw) for g in walk.groups.values())
         self.units = max(1, n * sum(len(b.stages) for b in walk.blocks if b.unit == "chunk"))
-        self._thread = threading.Thread(target=contextvars.copy_context().run, args=(self._sender,),
-                                        name="qlcp-progress", daemon=True)
-        self._thread.start()
+        self._thread = in_run_thread("qlcp-progress", self._sender)
 
     def partial(self, label: str, units: float) -> None:
         """``units`` more of task ``label`` done (from the task's thread)."""

@@ -360,13 +360,12 @@ def bridge_logging(scr_log: int | None = None) -> None:
 
     lg = logging.getLogger("qlcp")
     fwd = next((h for h in lg.handlers if isinstance(h, _Forward)), None)
-    if fwd is not None:
-        fwd.console_level = scr_log if scr_log is not None else fwd.console_level
-        return
-    targets = [APILogHandler()] + [h for h in logging.getLogger().handlers if not isinstance(h, APILogHandler)]
-    fwd = _Forward(targets)
-    fwd.console_level = scr_log or logging.NOTSET
-    lg.addHandler(fwd)
-    lg.propagate = False
-    if lg.level == logging.NOTSET or lg.level > logging.INFO:
-        lg.setLevel(logging.INFO)
+    if fwd is None:
+        targets = [APILogHandler()] + [h for h in logging.getLogger().handlers if not isinstance(h, APILogHandler)]
+        fwd = _Forward(targets)
+        lg.addHandler(fwd)
+        lg.propagate = False
+        if lg.level == logging.NOTSET or lg.level > logging.INFO:
+            lg.setLevel(logging.INFO)
+    if scr_log is not None:
+        fwd.console_level = scr_log
