@@ -51,6 +51,8 @@ class CorrectResult:
     #: frames corrected now, and kept from before (EXIST_APPEND, same key)
     n_done: int = 0
     n_kept: int = 0
+    #: what the group went without (:data:`NO_COORD`), for the summary's ``degraded``
+    degraded: list = field(default_factory=list)
 
 
 def group_dir(red_dir: str | Path, obj: str, band: str) -> Path:
@@ -160,13 +162,98 @@ def corrected_detector(header, cfg: Config) -> tuple[float, float, float]:
     return gain, rdn, _header_number(header, "SATURATE") or sat
 
 
-def _times(files: list[Path], headers: list, obj: str, cfg: Config, result: CorrectResult, coord_header=None):
+#: the one line a group without any sky coordinate gets in the summary's ``degraded``
+NO_COORD = "no sky coordinate for BJD/HJD/airmass: give targets or alt_coord"
+
+
+def group_coord(obj: str, cfg: Config, header=None) -> tuple:
+    """The sky coordinate of a group's HJD, BJD_TDB and airmass, and where it came from.
+
+    Order (first found wins):
+
+    1. the configured target (``targets``, then ``target_catalog``) named like the group's object
+       (:func:`qlcp.core.targets.norm_name`: ``tres1`` is ``TrES-1``);
+    2. ``alt_coord`` (one pair, or the object's);
+    3. a configured target when the frames name no object (``header`` has no OBJECT): the one on
+       the frame (the header's celestial WCS), else the only one configured;
+    4. the header's RA/DEC (``ra_key``/``dec_key``, OBJCTRA/OBJCTDEC, a celestial CRVAL): usually
+       the pointing, not the star.
+
+    Parameters
+    ----------
+    obj : str
+        The group's object name.
+    cfg : Config
+    header : Header, optional
+        The group's coordinate frame's header (``coord_file``).
+
+    Returns
+    -------
+    (SkyCoord or None, str)
+        The ICRS coordinate and its source (``target NAME``, ``alt_coord``, ``header``), or
+        ``(None, "")``.
+
+    Raises
+    ------
+    ConfigError
+        A configured coordinate that cannot be read (also caught before any work by
+        :func:`qlcp.core.config.load_config`).
+    """
+    from astropy import units as u
+    from astropy.coordinates import SkyCoord
+
+    from .targets import all_targets, norm_name
+
+    def sky(t):
+        return SkyCoord(t.ra * u.deg, t.dec * u.deg, frame="icrs"), f"target {t.name}"
+
+    targets = all_targets(cfg) if (cfg.targets or cfg.target_catalog) else []
+    own = [t for t in targets if norm_name(obj) in t.names()]
+    if own:
+        return sky(own[0])
+    alt = cfg.for_object("alt_coord", obj)
+    if alt is not None:
+        return timing.target_coord({}, cfg, alt), "alt_coord"
+    if targets and header is not None and not str(header.get(cfg.object_key, "") or "").strip():
+        on = _targets_on_frame(targets, header)
+        if on:
+            return sky(on[0])
+        if len(targets) == 1:
+            return sky(targets[0])
+    if header is not None:
+        c = timing.target_coord(header, cfg)
+        if c is not None:
+            return c, "header"
+    return None, ""
+
+
+def _targets_on_frame(targets: list, header) -> list:
+    """The targets inside the frame through its header's celestial WCS ([] without one)."""
+    import warnings
+
+    from astropy.wcs import WCS
+
+    from .targets import targets_for
+
+    if not str(header.get("CTYPE1", "")).upper().startswith("RA"):
+        return []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            wcs = WCS(header).celestial
+        shape = (int(header["NAXIS2"]), int(header["NAXIS1"]))
+        return targets_for(targets, "", wcs, shape)
+    except Exception:   # a degenerate header WCS: no placement from it  # noqa: BLE001
+        return []
+
+
+def _times(files: list[Path], headers: list, obj: str, cfg: Config, result: CorrectResult, coord_header=None,
+           coord=None):
     """Vectorised times for the frames whose date can be read; the others are rejected.
 
-    The target coordinate (HJD, BJD, airmass) comes from ``alt_coord``, else from
-    ``coord_header`` (the group's first frame with one, chosen by the walk, so times do not
-    depend on how a group is split in chunks), else, only without ``coord_header``, from the
-    first readable frame here."""
+    The coordinate (HJD, BJD, airmass) is ``coord`` (:func:`group_coord` for ``coord_header``,
+    the group's coordinate frame chosen by the walk, so times do not depend on how a group is
+    split in chunks, or for the first readable frame without one); None: no HJD, BJD, airmass."""
     starts, exps, keep = [], [], []
     for f, h in zip(files, headers):
         try:
@@ -183,16 +270,6 @@ def _times(files: list[Path], headers: list, obj: str, cfg: Config, result: Corr
         keep.append(f)
     if not keep:
         return [], {}
-    alt = cfg.for_object("alt_coord", obj)
-    coord = None
-    if coord_header is not None:
-        with contextlib.suppress(QLCPError):
-            coord = timing.target_coord(coord_header, cfg, alt)
-    if coord is None and coord_header is None:   # the group's frame gives none: none for every chunk
-        coord = timing.target_coord(headers[files.index(keep[0])], cfg, alt)
-    if coord is None:
-        log.warning("%s: no target coordinate (alt_coord or header %s/%s): HJD, BJD, airmass not computed",
-                    obj, cfg.ra_key, cfg.dec_key)
     t = dict(timing.frame_times(Time(starts), np.array(exps), coord, cfg))
     t["EXPTIME"] = np.array(exps)
     return keep, t
@@ -266,11 +343,14 @@ def correct_frames(files: list[Path], obj: str, band: str, red_dir: str | Path, 
     result.outputs = [str(outs[f]) for f in files if f not in todo]
     result.n_kept = len(files) - len(todo)
     if not todo:
+        _coord_of(obj, cfg, _coord_header(coord_file), result)
         log_corrected(obj, band, 0, result.n_kept, 0, summary_level)
         return result
     readable, headers, coord_header = _read_headers(todo, coord_file, result)
     hdr_of = dict(zip(readable, headers))
-    keep, times = _times(readable, headers, obj, cfg, result, coord_header)
+    coord = _coord_of(obj, cfg, coord_header if coord_header is not None else (headers[0] if headers else None),
+                      result)
+    keep, times = _times(readable, headers, obj, cfg, result, coord_header, coord)
     masters = _masters(*(str(p) if p else None for p in (bias, dark, flat)),
                        tuple(tuple(file_identity(p) or ()) for p in (bias, dark, flat)))
     cals = (bias, dark, flat)
@@ -303,6 +383,30 @@ def correct_frames(files: list[Path], obj: str, band: str, red_dir: str | Path, 
     result.n_done = n_done
     log_corrected(obj, band, n_done, result.n_kept, len(result.rejected), summary_level)
     return result
+
+
+def _coord_header(coord_file):
+    """``coord_file``'s header, or None (none, or unreadable)."""
+    if coord_file is None:
+        return None
+    with contextlib.suppress(QLCPError):
+        return read_header(coord_file)
+    return None
+
+
+def _coord_of(obj: str, cfg: Config, header, result: CorrectResult):
+    """:func:`group_coord` for the group, logged; without one the group is degraded (:data:`NO_COORD`)."""
+    try:
+        coord, source = group_coord(obj, cfg, header)
+    except InputError:
+        coord, source = None, ""
+    if coord is None:
+        log.warning("%s: %s", obj, NO_COORD)
+        result.degraded.append(f"{obj}: {NO_COORD}")
+    else:
+        log.debug("%s: sky coordinate for BJD/HJD/airmass from %s: %s", obj, source,
+                  coord.to_string("hmsdms", precision=1))
+    return coord
 
 
 def _read_headers(todo: list[Path], coord_file: Path | None,

@@ -41,7 +41,7 @@ FREE_KEYS = frozenset({"steps", "workers", "file_log", "scr_log", "mode", "combi
 
 _DETECTOR = ("gain", "rdnoise", "saturation")
 _TIMES = ("site_lon", "site_lat", "site_ele", "date_key", "time_key", "time_ref", "exptime_key", "ra_key",
-          "dec_key", "alt_coord")
+          "dec_key", "alt_coord", "targets", "target_catalog", "object_key")
 #: what a calibration stage reads to register its master in the library (with QC)
 _LIBRARY = ("calib_library", "calib_dir", "date_key", "calib_qc_bias_level", "calib_qc_bias_structure",
             "calib_qc_flat_gradient", "calib_qc_flat_structure")

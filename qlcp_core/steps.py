@@ -92,7 +92,7 @@ def _correct_chunk(args, written=None) -> dict:
                          coord_file=Path(coord_file) if coord_file else None, summary_level=logging.DEBUG,
                          written=written)
     return {"outputs": list(res.outputs), "rejected": [list(r) for r in res.rejected],
-            "fingerprints": res.fingerprints, "done": res.n_done, "kept": res.n_kept}
+            "fingerprints": res.fingerprints, "done": res.n_done, "kept": res.n_kept, "degraded": res.degraded}
 
 
 def _chunk_jobs(red, cfg: Config, obj: str, band: str, files, bias, flat, dark, fingerprints, coord_file) -> list:
@@ -108,7 +108,8 @@ def _merge_corrected(obj: str, band: str, parts: list[dict]) -> dict:
     """One group's correction result from its chunks', with the group's summary line."""
     res = {"outputs": sorted({o for p in parts for o in p["outputs"]}),
            "rejected": list({r[0]: r for p in parts for r in p["rejected"]}.values()),
-           "fingerprints": {k: v for p in parts for k, v in p["fingerprints"].items()}}
+           "fingerprints": {k: v for p in parts for k, v in p["fingerprints"].items()},
+           "degraded": list(dict.fromkeys(d for p in parts for d in p.get("degraded", [])))}
     log_corrected(obj, band, sum(p["done"] for p in parts), sum(p["kept"] for p in parts), len(res["rejected"]))
     return res
 

@@ -187,6 +187,8 @@ class NightWalk:
         if g is None:
             return
         g.summary.rejected += [list(r) for r in res.get("rejected", [])]
+        for what in res.get("degraded") or []:      # e.g. a group without a sky coordinate (step i)
+            self._degrade(what)
         g.summary.rejected += [[Path(s["bf"]).name, s["error"]] for s in res.get("frames", []) if s.get("error")]
         for kind in ("offsets", "wcs", "night_catalogue", "lightcurve", "stars", "lc_png", "lc_pdf", "chart",
                      "timing", "timing_png"):

@@ -127,6 +127,11 @@ def no_radec_first(raw):
     _rewrite(_frame(raw, 1), drop=("RA", "DEC"))
 
 
+def no_radec_anywhere(raw):
+    for f in sorted(raw.glob("SIMV-*.fit")):
+        _rewrite(f, drop=("RA", "DEC", "OBJCTRA", "OBJCTDEC"))
+
+
 def flats_saturated(raw):
     for f in sorted(raw.glob("flat-*V.fit")):
         _rewrite(f, data=lambda d: np.full_like(d, 64000.0))
@@ -158,10 +163,13 @@ FAULTS = [
     Fault("marker_file", marker),
     Fault("no_radec_in_first_frame", no_radec_first, notes={"bjd_everywhere": True}),
     Fault("all_flats_unusable", flats_saturated, degraded=("no flat for V: 3 of 3 flats rejected",)),
+    Fault("no_sky_coordinate", no_radec_anywhere,
+          degraded=("SIMV: no sky coordinate for BJD/HJD/airmass: give targets or alt_coord",)),
 ]
 
 #: the faults put together into one night (one of each bad file); it loses no calibration
-TOGETHER = [f for f in FAULTS if f.name not in ("all_flats_unusable", "shifted_base_frame", "clouded_base_frame")]
+TOGETHER = [f for f in FAULTS if f.name not in ("all_flats_unusable", "shifted_base_frame", "clouded_base_frame",
+                                                "no_sky_coordinate")]
 
 
 def make_night(src_raw: Path, dest_raw: Path, faults) -> Path:
