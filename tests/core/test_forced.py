@@ -257,3 +257,45 @@ def test_a_faint_target_by_sky_position_is_measured_on_every_tracked_frame(tmp_p
     assert len(tracked) >= 10
     lc = Table.read(g.outputs["lightcurve"])
     assert np.isfinite(np.asarray(lc["mag_t0_a0"], float)).mean() >= 0.9
+
+
+def _numbers(red: Path) -> dict:
+    """Every numeric column of the light curve, the night catalogue and each frame's catalogue."""
+    from astropy.table import Table
+    out = {}
+    for name in ("lc_SIMV_V.ecsv", "cata_SIMV_V.fits"):
+        t = Table.read(red / name, hdu=1) if name.endswith(".fits") else Table.read(red / name)
+        out.update({(name, c): np.asarray(t[c]) for c in t.colnames if t[c].dtype.kind in "fiub"})
+    for c in sorted((red / "SIMV_V").glob("*.cat.fits")):
+        d = fits.getdata(c, 1)
+        out.update({(c.name, k): np.asarray(d[k]) for k in d.names})
+    return out
+
+
+def _assert_bit_identical(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    bad = [k for k in a if not np.array_equal(a[k], b[k], equal_nan=a[k].dtype.kind == "f")]
+    assert not bad, f"{len(bad)} columns differ, e.g. {bad[:4]}"
+
+
+def test_light_curves_are_bit_identical_whatever_the_workers_and_after_a_partial_rerun(tmp_path):
+    """R11: a tracked frame was followed from the transforms of the frames measured before it in the
+    same process, so its catalogue depended on the chunks (the worker count) and on which frames a
+    rerun found done: up to 0.4 mmag between 1 and 2 workers.  Each frame now depends on itself and
+    the reference only."""
+    sim = simulate_night(tmp_path / "n", n_frames=24, size=256, seed=3, **SMALL)
+
+    def reduce(root: Path, workers: int) -> Path:
+        cfg = load_config([sim.config_path], {"workers": workers})
+        run(sim.raw_dir, root / "red", config=cfg)     # roots apart: no field reference shared
+        return root / "red"
+
+    one, two = reduce(tmp_path / "w1", 1), reduce(tmp_path / "w2", 2)
+    first = _numbers(one)
+    assert any(k[0] == "lc_SIMV_V.ecsv" and k[1].startswith("mag_t") for k in first)
+    _assert_bit_identical(first, _numbers(two))
+    # a run killed part way: some frames' catalogues missing, the rest kept and the night finished again
+    for c in sorted((two / "SIMV_V").glob("*.cat.fits"))[3::4]:
+        c.unlink()
+    reduce(tmp_path / "w2", 2)
+    _assert_bit_identical(first, _numbers(two))
