@@ -4,14 +4,22 @@ Three pieces:
 
 * :func:`header_wcs` reads a celestial WCS from a FITS header and checks it
   (:func:`check_wcs`: celestial, a zenithal projection such as TAN, a
-  non-singular matrix with square pixels, a plausible pixel scale, close to
-  the ``pixel_scale`` hint when one is given).  When index files are
-  available, :func:`base_wcs` also solves the frame's own detected stars and
-  rejects a header WCS that disagrees with the solution.
+  non-singular matrix with square pixels, a plausible pixel scale, within 20 %
+  of the configured or header pixel scale); :func:`check_position` checks it
+  against what the night knows (its configured target, its header RA/DEC).
+  When index files fit the field, :func:`base_wcs` also solves the frame's own
+  detected stars and rejects a header WCS that disagrees with the solution.
 * :func:`solve` plate-solves offline with astrometry.net's ``solve-field`` on
   an x, y, flux list from our own source detection (step p's catalogue of the
   frame), in a temporary directory under the output root, with a generated
-  backend configuration naming the index files of ``astrometry_index``.
+  backend configuration naming the index files whose quad sizes fit the field
+  (:func:`indexes_for_field`, from the index headers' SCALE_L/SCALE_U), in its
+  own process group, killed whole at the time limit.  :func:`base_wcs` gives it
+  every hint the night has, best first (:class:`Hints`): the configured
+  targets' positions, the header's RA/DEC, the pixel scale; the budget matches
+  them (``solve_timeout``, 30 s, with a position; at most 10 s without), and a
+  failed field is remembered (:class:`SolveMemory`) and not solved again with
+  the same frame shape, scale, indexes and hints.
 * :func:`frame_wcs` is the WCS of another frame whose pixels relate to the
   base frame's by an affine matrix (base pixel -> frame pixel), as step o
   measures them.
@@ -24,12 +32,17 @@ converted on the way.  Nothing here needs the network.
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import logging
 import os
+import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
+import unicodedata
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +67,22 @@ SCALE_KEYS = ("IM_SCALE", "PIXSCALE", "SECPIX")
 _BAD_FLAGS = 1 | 2 | 4 | 8 | 16
 #: at most this many detected stars (the brightest) go to the solver
 MAX_STARS = 300
+#: wall-time budget of the solves of a frame with a position hint, s (config ``solve_timeout``)
+POSITION_BUDGET = 30.0
+#: the stated cap of a blind solve (no position hint), s (config ``solve_blind_timeout`` may lower it)
+BLIND_CAP = 10.0
+#: at most this many distinct position hints are tried, best first
+MAX_POSITIONS = 3
+#: the Debian Tycho-2 index packages and the field widths (arcmin) they are made for
+DEBIAN_INDEX_PACKAGES = (("astrometry-data-tycho2-07", 22.0, 30.0), ("astrometry-data-tycho2-08", 30.0, 44.0),
+                         ("astrometry-data-tycho2-09", 44.0, 60.0), ("astrometry-data-tycho2-10-19", 60.0, 2000.0))
+#: astrometry.net's index scales: quad diameters (arcmin) of scale number k (4100/4200/5200 series)
+INDEX_SCALES = ((2.0, 2.8), (2.8, 4.0), (4.0, 5.6), (5.6, 8.0), (8.0, 11.0), (11.0, 16.0), (16.0, 22.0),
+                (22.0, 30.0), (30.0, 42.0), (42.0, 60.0), (60.0, 85.0), (85.0, 120.0), (120.0, 170.0),
+                (170.0, 240.0), (240.0, 340.0), (340.0, 480.0), (480.0, 680.0), (680.0, 1000.0),
+                (1000.0, 1400.0), (1400.0, 2000.0))
+#: smallest quad astrometry.net looks for, as a fraction of the field's smaller side (``--quad-size-min``)
+QUAD_MIN_FRACTION = 0.1
 
 
 @dataclass
@@ -77,10 +106,26 @@ class WcsResult:
     source: str
     reason: str
     info: dict = field(default_factory=dict)
+    advice: str = ""              #: without a WCS: what to do to place the target (one line)
 
 
 class WcsRejected(ValueError):
-    """A header WCS that is missing or not usable; the message says why."""
+    """A header WCS that is missing or not usable; the message says why (one line)."""
+
+    def __init__(self, msg):
+        super().__init__(one_line(msg))
+
+
+def one_line(text, limit: int = 400) -> str:
+    """``text`` as one line of printable ASCII (what a FITS card holds), at most ``limit`` characters.
+
+    Library messages (wcslib's) span lines and may carry non-ASCII characters: line breaks become
+    ``"; "``, other characters their closest ASCII (or ``?``), runs of spaces one space."""
+    s = unicodedata.normalize("NFKD", str(text))
+    s = "; ".join(p.strip() for p in s.splitlines() if p.strip())
+    s = "".join(c if " " <= c <= "~" else ("" if unicodedata.combining(c) else "?") for c in s)
+    s = re.sub(r" {2,}", " ", s).strip()
+    return s if len(s) <= limit else s[:limit - 3].rstrip() + "..."
 
 
 # ----------------------------------------------------------------- checking
@@ -97,7 +142,7 @@ def check_wcs(wcs: WCS, scale_hint: float | None = None) -> None:
     ----------
     wcs : astropy.wcs.WCS
     scale_hint : float, optional
-        Expected pixel scale, arcsec/px: the WCS must be within 25 % of it.
+        Expected pixel scale, arcsec/px: the WCS must be within 20 % of it.
 
     Raises
     ------
@@ -110,7 +155,10 @@ def check_wcs(wcs: WCS, scale_hint: float | None = None) -> None:
     proj = wcs.wcs.ctype[0][5:8].strip("-")
     if proj not in ZENITHAL:
         raise WcsRejected(f"projection {proj or 'none'!r} is not a zenithal (TAN-like) one")
-    m = wcs.pixel_scale_matrix
+    try:
+        m = wcs.pixel_scale_matrix
+    except Exception as e:                                   # wcslib refuses a degenerate matrix
+        raise WcsRejected(f"degenerate WCS ({type(e).__name__}: {e})") from None
     if not (np.all(np.isfinite(m)) and np.all(np.isfinite(wcs.wcs.crval)) and np.all(np.isfinite(wcs.wcs.crpix))):
         raise WcsRejected("non-finite CD/CDELT, CRVAL or CRPIX")
     sv = np.linalg.svd(m, compute_uv=False) * 3600.0
@@ -121,8 +169,31 @@ def check_wcs(wcs: WCS, scale_hint: float | None = None) -> None:
     scale = pixel_scale(wcs)
     if not SCALE_RANGE[0] <= scale <= SCALE_RANGE[1]:
         raise WcsRejected(f"implausible pixel scale {scale:.4g} arcsec/px (accepted {SCALE_RANGE[0]}-{SCALE_RANGE[1]})")
-    if scale_hint and not 0.8 <= scale / scale_hint <= 1.25:
-        raise WcsRejected(f"pixel scale {scale:.4g} arcsec/px, expected about {scale_hint:.4g} (pixel_scale)")
+    if scale_hint and not 1 / 1.2 <= scale / scale_hint <= 1.2:
+        raise WcsRejected(f"pixel scale {scale:.4g} arcsec/px, expected about {scale_hint:.4g} (pixel_scale "
+                          f"or the header's IM_SCALE/PIXSCALE/SECPIX; 20 % accepted)")
+
+
+def check_position(wcs: WCS, shape: tuple[int, int], known: list) -> None:
+    """Check a header WCS against the positions known for the field; raise :class:`WcsRejected` if the
+    frame's centre is farther than a field width from any of them.
+
+    Parameters
+    ----------
+    known : list of (label, ra, dec, slack_arcmin)
+        The object's configured target(s) and the header's RA/DEC (degrees); ``slack_arcmin`` is added to
+        the allowed distance (a telescope's pointing keywords are rougher than a catalogue position).
+    """
+    if not known:
+        return
+    ny, nx = shape
+    ra0, dec0 = wcs.all_pix2world((nx - 1) / 2.0, (ny - 1) / 2.0, 0)
+    width = max(shape) * pixel_scale(wcs) / 60.0
+    for label, ra, dec, slack in known:
+        d = float(angular_sep(ra0, dec0, ra, dec)) / 60.0
+        if not np.isfinite(d) or d > width + slack:
+            raise WcsRejected(f"the header WCS's field centre (RA {float(ra0):.4f}, Dec {float(dec0):.4f} deg) is "
+                              f"{d:.1f}' from {label} (RA {ra:.4f}, Dec {dec:.4f}); a field is {width:.1f}' wide")
 
 
 def header_wcs(header: fits.Header, scale_hint: float | None = None) -> WCS:
@@ -137,7 +208,7 @@ def header_wcs(header: fits.Header, scale_hint: float | None = None) -> WCS:
         raise WcsRejected("the header has no WCS (no CTYPE1/CTYPE2)")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FITSFixedWarning)
+            warnings.simplefilter("ignore")
             wcs = WCS(header, naxis=2, relax=True)
     except Exception as e:                                   # astropy raises many types on bad cards
         raise WcsRejected(f"unreadable WCS ({type(e).__name__}: {e})") from None
@@ -145,25 +216,27 @@ def header_wcs(header: fits.Header, scale_hint: float | None = None) -> WCS:
     return wcs.celestial
 
 
-def scale_hint_of(header: fits.Header, configured: float | None = None) -> float | None:
+def scale_hint_of(header: fits.Header, configured: float | None = None, from_wcs: bool = True) -> float | None:
     """The pixel-scale hint, arcsec/px: ``configured`` (config ``pixel_scale``), else header
-    IM_SCALE / PIXSCALE / SECPIX, else the scale of a header WCS (CD or CDELT), else None."""
+    IM_SCALE / PIXSCALE / SECPIX, else (``from_wcs``) the scale of a header WCS (CD or CDELT), else None."""
     if configured:
         return float(configured)
     v = header_number(header, SCALE_KEYS)
     if v is not None:
         return v
+    if not from_wcs:
+        return None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             w = WCS(header, naxis=2, relax=True)
-        s = pixel_scale(w) if w.has_celestial else np.nan
+            s = pixel_scale(w) if w.has_celestial else np.nan
     except Exception:
         return None
     return s if np.isfinite(s) and SCALE_RANGE[0] <= s <= SCALE_RANGE[1] else None
 
 
-# ------------------------------------------------------------------ solving
+# ------------------------------------------------------------ index files
 def index_files(dirs) -> list[Path]:
     """astrometry.net index files (``index*.fits``) in the directories ``dirs`` (sorted, not recursive)."""
     out = []
@@ -174,6 +247,125 @@ def index_files(dirs) -> list[Path]:
     return out
 
 
+_INDEX_SCALE_CACHE: dict = {}
+
+
+def index_scale(path) -> tuple[float, float] | None:
+    """The quad diameters (arcmin, lower and upper) an index file holds: its header's SCALE_L / SCALE_U
+    (radians), None when the header does not say."""
+    p = Path(path)
+    try:
+        st = p.stat()
+    except OSError:
+        return None
+    k = (str(p), st.st_size, st.st_mtime_ns)
+    if k not in _INDEX_SCALE_CACHE:
+        try:
+            h = fits.getheader(p)
+            lo, hi = float(h["SCALE_L"]), float(h["SCALE_U"])
+            _INDEX_SCALE_CACHE[k] = (np.degrees(lo) * 60.0, np.degrees(hi) * 60.0)
+        except Exception:                                    # not an index, or one without the cards
+            _INDEX_SCALE_CACHE[k] = None
+    return _INDEX_SCALE_CACHE[k]
+
+
+def field_size(shape: tuple[int, int], scale: float | None) -> tuple[float, float] | None:
+    """(width, height) of the field in arcmin from its shape (ny, nx) and scale (arcsec/px), None without a scale."""
+    if not scale:
+        return None
+    return shape[1] * scale / 60.0, shape[0] * scale / 60.0
+
+
+def indexes_for_field(indexes: list[Path], shape: tuple[int, int], scale: float | None) -> list[Path]:
+    """The index files whose quads can appear in the field: quad diameters overlapping
+    [``QUAD_MIN_FRACTION`` x the smaller side, the diagonal] (scale within 20 %); all of them when the
+    scale is unknown (or an index does not say its scale)."""
+    size = field_size(shape, scale)
+    if size is None:
+        return list(indexes)
+    qmin, qmax = QUAD_MIN_FRACTION * min(size) / 1.2, float(np.hypot(*size)) * 1.2
+    out = []
+    for p in indexes:
+        r = index_scale(p)
+        if r is None or (r[1] >= qmin and r[0] <= qmax):
+            out.append(p)
+    return out
+
+
+def index_advice(shape: tuple[int, int], scale: float | None) -> str:
+    """What to install to solve a field of this shape and scale: the Debian package when one covers it,
+    else the astrometry.net index series (one sentence)."""
+    size = field_size(shape, scale)
+    if size is None:
+        return ("install astrometry.net and index files for the field's width (the pixel scale is unknown: "
+                "set pixel_scale, arcsec/px, to know which)")
+    w = max(size)
+    pkg = next((p for p, lo, hi in DEBIAN_INDEX_PACKAGES if lo <= w < hi), None)
+    ks = [k for k, (lo, hi) in enumerate(INDEX_SCALES) if hi >= QUAD_MIN_FRACTION * min(size) and lo <= w]
+    series = (f"index files {ks[0]:02d}-{ks[-1]:02d} of the 4100 (Tycho-2, 07-19), 4200 (2MASS) or 5200 "
+              f"(Tycho-2 + Gaia, 00-06) series from data.astrometry.net" if ks else "")
+    head = f"install astrometry.net and index files for a field of {size[0]:.1f}' x {size[1]:.1f}'"
+    if pkg:
+        return f"{head} (Debian: apt install astrometry.net {pkg})"
+    return f"{head}: {series} (no Debian package covers fields under 22')" if w < 22 else f"{head}: {series}"
+
+
+# ------------------------------------------------------------ failure memory
+class SolveMemory:
+    """Solves that failed, per field and configuration, in a small JSON file beside the field references:
+    the next night of the same field with the same frame shape, scale hint, index files and position hints
+    is not solved again (a change in any of them, or ``refresh``, retries)."""
+
+    def __init__(self, path, night: str = ""):
+        self.path, self.night = Path(path), night
+
+    @staticmethod
+    def key(field_name: str, shape, scale, indexes, positions, budget) -> str:
+        idx = []
+        for p in indexes:
+            try:
+                st = Path(p).stat()
+                idx.append([Path(p).name, st.st_size, int(st.st_mtime)])
+            except OSError:
+                idx.append([str(p), -1, -1])
+        doc = {"field": field_name, "shape": list(map(int, shape)), "scale": round(scale, 3) if scale else None,
+               "indexes": idx, "positions": [[round(ra, 3), round(dec, 3)] for _, ra, dec in positions],
+               "budget": round(float(budget), 1)}
+        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:20]
+
+    def _read(self) -> dict:
+        try:
+            d = json.loads(self.path.read_text())
+            return d if isinstance(d, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def failed(self, key: str) -> dict | None:
+        return self._read().get(key)
+
+    def remember(self, key: str, reason: str) -> None:
+        from .io import write_json
+
+        d = self._read()
+        d[key] = {"reason": one_line(reason, 300), "night": self.night,
+                  "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        try:
+            write_json(self.path, d)
+        except Exception as e:                               # an unwritable field directory costs a retry
+            log.warning("%s: failed solve not remembered (%s)", self.path, one_line(e))
+
+    def forget(self, key: str) -> None:
+        from .io import write_json
+
+        d = self._read()
+        if d.pop(key, None) is not None:
+            try:
+                write_json(self.path, d)
+            except Exception as e:
+                log.warning("%s: not updated (%s)", self.path, one_line(e))
+
+
+# ------------------------------------------------------------------ solving
 def solve_field_path() -> str | None:
     """The ``solve-field`` program, or None when astrometry.net is not installed."""
     return shutil.which("solve-field")
@@ -224,9 +416,36 @@ def solve_command(xyls: Path, cfg_file: Path, out_dir: Path, shape: tuple[int, i
     return cmd
 
 
+def run_bounded(cmd: list[str], timeout: float, env: dict | None = None) -> subprocess.CompletedProcess | None:
+    """Run ``cmd`` in its own session (process group); after ``timeout`` seconds of wall time kill the
+    whole group (``solve-field`` is a script that starts ``astrometry-engine`` and others: killing only
+    the script left them running).  None on a timeout."""
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                         start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=timeout)
+        return subprocess.CompletedProcess(cmd, p.returncode, out, err)
+    except subprocess.TimeoutExpired:
+        return None
+    finally:
+        _kill_group(p)
+
+
+def _kill_group(p: subprocess.Popen) -> None:
+    """SIGKILL the process group led by ``p`` (any child still in it) and reap ``p``."""
+    try:
+        os.killpg(p.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        p.communicate(timeout=5)
+    except Exception:                                       # pipes held open by an unkillable child
+        p.kill()
+
+
 def solve(x, y, flux, shape: tuple[int, int], work_root, index_dirs, scale: float | None = None,
           center: tuple[float, float] | None = None, radius: float = 2.0,
-          timeout: float = 60.0) -> tuple[WCS | None, str, dict]:
+          timeout: float = POSITION_BUDGET, indexes: list[Path] | None = None) -> tuple[WCS | None, str, dict]:
     """Plate-solve detected stars offline with ``solve-field``.
 
     Parameters
@@ -244,18 +463,20 @@ def solve(x, y, flux, shape: tuple[int, int], work_root, index_dirs, scale: floa
     center : (ra, dec), optional
         Field-centre hint, degrees, searched within ``radius`` degrees.
     timeout : float
-        CPU limit of the solver, s (the process is killed 30 s after).
+        Wall-time limit, s (also the solver's CPU limit): the solver and its children are killed then.
+    indexes : list of Path, optional
+        The index files to use (default: all of ``index_dirs``).
 
     Returns
     -------
     wcs : WCS or None
         The solution (0-based with ``origin=0``), None when not solved.
     reason : str
-        What happened, in words.
+        What happened, in one line.
     info : dict
         ``n_stars``, ``solve_seconds``, ``match_rms_arcsec`` / ``n_match`` (stars matched to the index).
     """
-    indexes = index_files(index_dirs)
+    indexes = index_files(index_dirs) if indexes is None else list(indexes)
     info = {"n_stars": int(len(x))}
     if solve_field_path() is None:
         return None, "astrometry.net (solve-field) is not installed", info
@@ -270,12 +491,10 @@ def solve(x, y, flux, shape: tuple[int, int], work_root, index_dirs, scale: floa
         cmd = solve_command(xyls, backend_config(tmp / "backend.cfg", indexes, timeout), tmp, shape, timeout,
                             scale, center, radius)
         t0 = time.perf_counter()
-        try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 30, check=False,
-                                  env={**os.environ, "TMPDIR": str(tmp)})
-        except subprocess.TimeoutExpired:
-            return None, f"solve-field did not finish in {timeout + 30:.0f} s", info
+        done = run_bounded(cmd, timeout, env={**os.environ, "TMPDIR": str(tmp)})
         info["solve_seconds"] = round(time.perf_counter() - t0, 3)
+        if done is None:
+            return None, f"solve-field did not finish in {timeout:.0f} s (stopped)", info
         return _read_solution(tmp, done, info, len(indexes))
 
 
@@ -284,7 +503,7 @@ def _read_solution(tmp: Path, done: subprocess.CompletedProcess, info: dict, n_i
     wcs_file = tmp / "solution.wcs"
     if not wcs_file.is_file():
         tail = (done.stderr or done.stdout or "").strip().splitlines()[-1:] or [""]
-        why = f"exit status {done.returncode}: {tail[0]}" if done.returncode else "no match"
+        why = f"exit status {done.returncode}: {one_line(tail[0], 160)}" if done.returncode else "no match"
         return None, f"solve-field found no solution with {n_index} index file(s) ({why})", info
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FITSFixedWarning)
@@ -331,24 +550,40 @@ def compare_wcs(a: WCS, b: WCS, x, y) -> float:
     return float(np.median(angular_sep(ra1, de1, ra2, de2)))
 
 
-def solve_hints(header: fits.Header, scale: float | None, shape, center) -> tuple:
-    """``(center, radius)`` for the solver: the header WCS's centre when it has one (radius 2 fields),
-    else ``center`` (the header's RA/DEC), else none; radius from the field size when the scale is known."""
-    diag = np.hypot(*shape) * scale / 3600.0 if scale else 1.0
-    try:
-        w = header_wcs(header)
-        ra, dec = w.all_pix2world((shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0, 0)
-        return (float(ra), float(dec)), max(0.1, 2 * diag)
-    except WcsRejected:
-        pass
-    return (center, max(0.5, 2 * diag)) if center is not None else (None, 180.0)
+@dataclass
+class Hints:
+    """What a night knows about where its frame points, best first.
+
+    Attributes
+    ----------
+    positions : list of (label, ra, dec)
+        Position hints for the solver, degrees: the object's configured target(s), the header's RA/DEC,
+        then the other configured targets.
+    known : list of (label, ra, dec, slack_arcmin)
+        Positions a header WCS must agree with (:func:`check_position`): the object's own target(s) and
+        the header's RA/DEC.
+    """
+
+    positions: list = field(default_factory=list)
+    known: list = field(default_factory=list)
+
+
+def _distinct(positions: list, sep_deg: float) -> list:
+    """``positions`` without those within ``sep_deg`` of an earlier one, at most :data:`MAX_POSITIONS`."""
+    out = []
+    for p in positions:
+        if all(angular_sep(p[1], p[2], q[1], q[2]) / 3600.0 > sep_deg for q in out):
+            out.append(p)
+    return out[:MAX_POSITIONS]
 
 
 def base_wcs(header: fits.Header, stars: tuple, shape: tuple[int, int], work_root, index_dirs,
              scale_hint: float | None = None, center: tuple[float, float] | None = None,
-             timeout: float = 60.0) -> WcsResult:
+             timeout: float = POSITION_BUDGET, hints: Hints | None = None, blind_timeout: float = BLIND_CAP,
+             memory: SolveMemory | None = None, field_name: str = "", refresh: bool = False) -> WcsResult:
     """The WCS of the base frame: its header's when that is usable (and agrees with a solution
-    of its detected stars when index files are available), else solved, else none.
+    of its detected stars when index files fit the field), else solved with every hint the night has,
+    else none (with the reason in one line).
 
     Parameters
     ----------
@@ -357,20 +592,44 @@ def base_wcs(header: fits.Header, stars: tuple, shape: tuple[int, int], work_roo
     stars : (x, y, flux)
         Its detected stars (:func:`usable_stars`).
     shape : (ny, nx)
-    work_root, index_dirs, timeout
+    work_root, index_dirs
         As in :func:`solve`.
     scale_hint : float, optional
         Configured pixel scale, arcsec/px (else read from the header: :func:`scale_hint_of`).
     center : (ra, dec), optional
-        The header's pointing, degrees: a search hint when the header has no WCS.
+        The header's pointing, degrees (used when ``hints`` is not given).
+    timeout : float
+        Wall-time budget of the solves with a position hint, s (all hints together).
+    hints : Hints, optional
+        Position hints, best first, and the positions a header WCS must agree with.
+    blind_timeout : float
+        Budget of a solve without a position hint, s (capped at :data:`BLIND_CAP`).
+    memory : SolveMemory, optional
+        Failed solves of earlier nights: the same field and configuration is not solved again.
+    field_name : str
+        The field (object) name, part of the memory's key.
+    refresh : bool
+        Solve even when the memory says it failed before.
     """
-    scale = scale_hint_of(header, scale_hint)
+    if hints is None:
+        hints = Hints([("the header's RA/DEC", *center)], [("the header's RA/DEC", *center, 10.0)]) \
+            if center is not None else Hints()
+    known_scale = scale_hint_of(header, scale_hint, from_wcs=False)
     try:
-        hw, why_not = header_wcs(header, scale_hint), ""
+        hw, why_not = header_wcs(header, known_scale), ""
+        check_position(hw, shape, hints.known)
     except WcsRejected as e:
         hw, why_not = None, f"header WCS not used: {e}"
-    c, radius = solve_hints(header, scale, shape, center)
-    sw, why, info = solve(*stars, shape, work_root, index_dirs, scale, c, radius, timeout)
+    scale = known_scale or (pixel_scale(hw) if hw is not None else None)
+    positions = list(hints.positions)
+    if hw is not None:
+        ra, dec = hw.all_pix2world((shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0, 0)
+        positions.insert(0, ("the header WCS's centre", float(ra), float(dec)))
+    size = field_size(shape, scale)
+    diag_deg = float(np.hypot(*size)) / 60.0 if size else None
+    positions = _distinct(positions, 0.5 * diag_deg if diag_deg else 0.1)
+    sw, why, info = _solve_with_hints(stars, shape, work_root, index_dirs, scale, positions, diag_deg, timeout,
+                                      min(blind_timeout, BLIND_CAP), memory, field_name, refresh)
     info["scale"] = round(pixel_scale(hw or sw), 5) if (hw or sw) else scale
     if hw is not None and sw is not None:
         d = compare_wcs(hw, sw, stars[0], stars[1])
@@ -386,6 +645,66 @@ def base_wcs(header: fits.Header, stars: tuple, shape: tuple[int, int], work_roo
     if sw is not None:
         return WcsResult(sw, "solved", f"{why_not}; {why}", info)
     return WcsResult(None, "none", f"{why_not}; {why}: pixel coordinates only", info)
+
+
+def _solve_with_hints(stars, shape, work_root, index_dirs, scale, positions, diag_deg, budget, blind_budget,
+                      memory, field_name, refresh) -> tuple:
+    """Solve with each position hint in turn within ``budget`` s, or blind within ``blind_budget`` s;
+    only with the index files that fit the field; not at all when the memory says this failed before."""
+    info = {"n_stars": int(len(stars[0]))}
+    if solve_field_path() is None:
+        return None, "astrometry.net (solve-field) is not installed", info
+    all_idx = index_files(index_dirs)
+    if not all_idx:
+        return None, f"no astrometry.net index files (index*.fits) in {list(index_dirs or [])}", info
+    idx = indexes_for_field(all_idx, shape, scale)
+    if not idx:
+        size = field_size(shape, scale)
+        have = ", ".join(f"{p.name} ({r[0]:.0f}'-{r[1]:.0f}')" if (r := index_scale(p)) else p.name
+                         for p in all_idx[:4]) + (" ..." if len(all_idx) > 4 else "")
+        info["no_index_for_scale"] = True
+        return None, (f"no index file for a field of {size[0]:.1f}' x {size[1]:.1f}' ({scale:.3g} arcsec/px) "
+                      f"among {len(all_idx)}: {have}"), info
+    if len(stars[0]) < 5:
+        return None, f"only {len(stars[0])} usable stars detected, too few to solve", info
+    key = SolveMemory.key(field_name, shape, scale, idx, positions, budget if positions else blind_budget)
+    if memory is not None and not refresh:
+        prev = memory.failed(key)
+        if prev is not None:
+            info["remembered"] = True
+            return None, (f"not solved again: the same field, indexes and hints failed on "
+                          f"{prev.get('night') or prev.get('when')} ({prev.get('reason', '')}); --refresh retries"), info
+    t0 = time.perf_counter()
+    sw, why, tries = None, "", []
+    if positions:
+        radius = max(0.75 * diag_deg, 0.1) if diag_deg else 2.0
+        for label, ra, dec in positions:
+            left = budget - (time.perf_counter() - t0)
+            if left < 1.0:
+                tries.append(f"{label}: no time left")
+                break
+            sw, w, i = solve(*stars, shape, work_root, index_dirs, scale, (ra, dec), radius, left, indexes=idx)
+            info.update(i)
+            tries.append(f"near {label}: {w}")
+            if sw is not None:
+                why = f"{w} near {label} (radius {radius:.2g} deg, {len(idx)} index file(s))"
+                break
+        info["hint"] = "position"
+    else:
+        sw, w, i = solve(*stars, shape, work_root, index_dirs, scale, None, 180.0, blind_budget, indexes=idx)
+        info.update(i)
+        info["hint"] = "blind"
+        tries.append(f"blind ({'scale ' + format(scale, '.3g') + ' arcsec/px' if scale else 'no scale'}, "
+                     f"no position hint, capped at {blind_budget:.0f} s): {w}")
+        why = w
+    info["solve_seconds"] = round(time.perf_counter() - t0, 3)
+    if sw is None:
+        why = "not solved: " + "; ".join(tries)
+        if memory is not None:
+            memory.remember(key, why)
+    elif memory is not None:
+        memory.forget(key)
+    return sw, one_line(why, 600), info
 
 
 # -------------------------------------------------------------- other frames
@@ -482,7 +801,9 @@ def write_wcs_product(res: WcsResult, path, base_file: str = "", key: str = "") 
 
     h = res.wcs.to_header(relax=True) if res.wcs is not None else fits.Header()
     h["WCSSRC"] = (res.source, "where the WCS comes from: header, solved, none")
-    h["WCSWHY"] = res.reason
+    h["WCSWHY"] = one_line(res.reason, 1000)
+    if res.advice:
+        h["WCSHELP"] = one_line(res.advice, 1000)
     h["BASEFILE"] = (Path(base_file).name, "base frame of the group")
     for k, card in (("scale", "PIXSCALE"), ("agree_arcsec", "WCSAGREE"), ("match_rms_arcsec", "WCSRMS"),
                     ("n_match", "WCSNMAT"), ("n_stars", "WCSNSTAR"), ("solve_seconds", "SOLVESEC")):
@@ -507,4 +828,4 @@ def read_wcs_product(path) -> WcsResult:
     info = {k: h[c] for k, c in (("scale", "PIXSCALE"), ("agree_arcsec", "WCSAGREE"), ("match_rms_arcsec", "WCSRMS"),
                                  ("n_match", "WCSNMAT"), ("n_stars", "WCSNSTAR"), ("solve_seconds", "SOLVESEC"))
             if c in h}
-    return WcsResult(wcs, source, str(h.get("WCSWHY", "")), info)
+    return WcsResult(wcs, source, str(h.get("WCSWHY", "")), info, str(h.get("WCSHELP", "")))

@@ -149,7 +149,10 @@ class Config(BaseModel):
                     "/usr/share/astrometry when it exists")
     pixel_scale: float | None = Field(None, gt=0, description="pixel-scale hint for step w, arcsec/px; None: header "
                                                               "IM_SCALE, PIXSCALE, SECPIX or the header WCS")
-    solve_timeout: float = Field(60.0, gt=0, le=3600, description="CPU-time limit of one plate solve (step w), s")
+    solve_timeout: float = Field(30.0, gt=0, le=3600, description="wall-time budget of step w's plate solves with a "
+                                 "position hint (configured targets, header RA/DEC), s")
+    solve_blind_timeout: float = Field(10.0, gt=0, le=10, description="wall-time budget of a blind plate solve (no "
+                                       "position hint), s; at most 10")
 
     # ---------------------------------------------------------------- picking
     pick_err_max: float = Field(0.02, gt=0, description="AUTO mag error limit of good stars")

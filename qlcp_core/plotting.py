@@ -607,7 +607,37 @@ def _image_axes(image: np.ndarray, width_in: float = 8.0, dpi: int = CHART_DPI, 
     return fig, ax
 
 
-def make_chart_figure(image: np.ndarray, stars: Table, title: str = "", order: dict | None = None) -> Figure:
+def _sky_compass(ax, wcs, shape) -> None:
+    """North and East arrows (gids ``compass:N``, ``compass:E``) and a scale bar (gid ``scalebar``)
+    in the lower left of a chart whose image has the celestial WCS ``wcs`` (0-based pixels)."""
+    ny, nx = shape
+    scale = float(np.sqrt(abs(np.linalg.det(wcs.celestial.pixel_scale_matrix)))) * 3600.0   # arcsec/px
+    x0, y0 = 0.1 * nx, 0.1 * ny
+    ra0, dec0 = wcs.all_pix2world(x0, y0, 0)
+    step = 0.07 * min(nx, ny) * scale / 3600.0           # degrees: arrows ~7 % of the frame
+    tips = {"N": wcs.all_world2pix(ra0, dec0 + step, 0),
+            "E": wcs.all_world2pix(ra0 + step / max(np.cos(np.radians(dec0)), 1e-6), dec0, 0)}
+    halo = [patheffects.withStroke(linewidth=3, foreground="white")]
+    for name, (tx, ty) in tips.items():
+        dx, dy = float(tx) - x0, float(ty) - y0
+        ann = ax.annotate("", xy=(x0 + dx, y0 + dy), xytext=(x0, y0),
+                          arrowprops={"arrowstyle": "-|>", "color": "darkorange", "lw": 1.6})
+        ann.set_gid(f"compass:{name}")
+        ax.text(x0 + 1.3 * dx, y0 + 1.3 * dy, name, color="darkorange", fontsize=9, fontweight="bold",
+                ha="center", va="center", path_effects=halo, gid=f"compass-label:{name}")
+    nice = [1, 2, 5, 10, 15, 20, 30, 60, 120, 300, 600, 900, 1800, 3600]      # arcsec
+    want = 0.2 * nx * scale
+    length = max([v for v in nice if v <= want] or [nice[0]])
+    bx, by = 0.95 * nx - length / scale, 0.05 * ny
+    ax.plot([bx, bx + length / scale], [by, by], color="darkorange", lw=2.5, solid_capstyle="butt",
+            gid="scalebar", path_effects=[patheffects.withStroke(linewidth=4.5, foreground="white")])
+    label = f"{length / 60:g}'" if length >= 60 else f'{length:g}"'
+    ax.text(bx + 0.5 * length / scale, by + 0.015 * ny, label, color="darkorange", fontsize=9, ha="center",
+            va="bottom", fontweight="bold", path_effects=halo, gid="scalebar-label")
+
+
+def make_chart_figure(image: np.ndarray, stars: Table, title: str = "", order: dict | None = None,
+                      wcs=None, target_names: list | None = None) -> Figure:
     """Finding chart: the base image with targets, comparison, check and rejected stars.
 
     Each star is a :class:`~matplotlib.patches.Circle` centred on its (x, y)
@@ -615,7 +645,9 @@ def make_chart_figure(image: np.ndarray, stars: Table, title: str = "", order: d
     and a text label of the same name.  ``Tk`` is target ``k`` of the light
     curve when ``order`` (or ``stars.meta``) has ``ind_tgt``/``ind_ref``/
     ``ind_chk`` (star ``index`` values in light-curve order), else the
-    ``k``-th target row of ``stars``.
+    ``k``-th target row of ``stars``.  ``target_names`` (the configured names
+    of T0, T1, ...) label the targets (``T0 XO-1``); with a celestial ``wcs``
+    the chart has North/East arrows and a scale bar (:func:`_sky_compass`).
     """
     fig, ax = _image_axes(image, extra_width_in=1.6)   # room for the legend on the right
     ny, nx = np.shape(image)
@@ -630,6 +662,8 @@ def make_chart_figure(image: np.ndarray, stars: Table, title: str = "", order: d
                 log.warning("chart: %s %s%d has no finite position, not drawn", role, prefix, i)
                 continue
             label = f"{prefix}{i}"
+            shown = label + (f" {target_names[i]}" if role == "target" and target_names
+                             and i < len(target_names) and target_names[i] else "")
             lw = 1.0 if role == "rejected" else 1.4
             halo = [patheffects.withStroke(linewidth=lw + 1.6, foreground="white"), patheffects.Normal()]
             ax.add_patch(Circle((s["x"], s["y"]), radius, fill=False, edgecolor=colour, linestyle=ls,
@@ -637,7 +671,7 @@ def make_chart_figure(image: np.ndarray, stars: Table, title: str = "", order: d
             right = s["x"] + 4 * radius > nx      # near the right/top edge: label on the inside
             top = s["y"] + 2.5 * radius > ny
             ax.text(s["x"] + (-0.75 if right else 0.75) * radius, s["y"] + (-0.75 if top else 0.75) * radius,
-                    label, color=colour, fontsize=7 if role == "rejected" else 8.5,
+                    shown, color=colour, fontsize=7 if role == "rejected" else 8.5,
                     fontweight="normal" if role == "rejected" else "bold",
                     ha="right" if right else "left", va="top" if top else "bottom", clip_on=True,
                     gid=f"label:{label}",
@@ -648,15 +682,46 @@ def make_chart_figure(image: np.ndarray, stars: Table, title: str = "", order: d
                                   label=f"{role} ({len(entries)})"))
     if handles:
         fig.legend(handles=handles[::-1], loc="outside right upper", fontsize=8, frameon=False)
+    if wcs is not None:
+        _sky_compass(ax, wcs, (ny, nx))
     ax.set_title(title or "finding chart", fontsize=10)
     return fig
 
 
 def plot_chart(image: np.ndarray, stars: Table, out_png: Path, title: str = "",
-               order: dict | None = None) -> Path:
+               order: dict | None = None, wcs=None, target_names: list | None = None) -> Path:
     """Write the finding chart ``chart_{obj}_{band}.png`` (atomic); see :func:`make_chart_figure`."""
-    path = _save(make_chart_figure(image, stars, title, order), out_png, "png", CHART_DPI)
+    path = _save(make_chart_figure(image, stars, title, order, wcs, target_names), out_png, "png", CHART_DPI)
     log.info("finding chart: %s", path)
+    return path
+
+
+def make_numbered_chart_figure(image: np.ndarray, x, y, title: str = "") -> Figure:
+    """Chart for placing a target by hand: the base image with stars ``x``, ``y`` (0-based, brightest
+    first) circled and numbered 0, 1, ... (gids ``"star:{n}"``, labels ``"label:{n}"``): the numbers of
+    the table step w writes beside it (``chart_numbered_{obj}_{band}.txt``)."""
+    fig, ax = _image_axes(image)
+    ny, nx = np.shape(image)
+    radius = max(5.0, 0.01 * max(nx, ny))
+    halo = [patheffects.withStroke(linewidth=2.2, foreground="white")]
+    for n, (xi, yi) in enumerate(zip(np.asarray(x, float), np.asarray(y, float))):
+        if not (np.isfinite(xi) and np.isfinite(yi)):
+            continue
+        ax.add_patch(Circle((xi, yi), radius, fill=False, edgecolor="magenta", linewidth=1.2, gid=f"star:{n}",
+                            path_effects=[patheffects.withStroke(linewidth=2.6, foreground="white"),
+                                          patheffects.Normal()]))
+        right, top = xi + 4 * radius > nx, yi + 2.5 * radius > ny
+        ax.text(xi + (-0.8 if right else 0.8) * radius, yi + (-0.8 if top else 0.8) * radius, str(n),
+                color="magenta", fontsize=8.5, fontweight="bold", ha="right" if right else "left",
+                va="top" if top else "bottom", clip_on=True, gid=f"label:{n}", path_effects=halo)
+    ax.set_title(title or "numbered stars", fontsize=10)
+    return fig
+
+
+def plot_numbered_chart(image: np.ndarray, x, y, out_png: Path, title: str = "") -> Path:
+    """Write the numbered chart (atomic); see :func:`make_numbered_chart_figure`."""
+    path = _save(make_numbered_chart_figure(image, x, y, title), out_png, "png", CHART_DPI)
+    log.info("numbered finding chart: %s", path)
     return path
 
 
@@ -686,9 +751,11 @@ __all__ = [
     "make_chart_figure",
     "make_frame_sources_figure",
     "make_lightcurve_figure",
+    "make_numbered_chart_figure",
     "plot_chart",
     "plot_frame_sources",
     "plot_lightcurve",
+    "plot_numbered_chart",
     "render_lightcurve_png",
     "robust_limits",
 ]

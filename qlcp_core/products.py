@@ -29,6 +29,8 @@ kind                      path under ``red``                  needs
 ``stars``                 ``stars_{obj}_{band}.ecsv``         obj, band
 ``lc_png``, ``lc_pdf``    ``lc_{obj}_{band}.png`` / ``.pdf``  obj, band
 ``chart``                 ``chart_{obj}_{band}.png``          obj, band
+``numbered_chart``        ``chart_numbered_{obj}_{band}.png``  obj, band (step w, a target not placed)
+``numbered_chart_txt``    ``chart_numbered_{obj}_{band}.txt``  obj, band (its numbered stars' positions)
 ``timing``                ``timing_{obj}_{band}.ecsv``        obj, band (step t: event times)
 ``timing_png``            ``timing_{obj}_{band}.png``         obj, band
 ========================  ==================================  ==============
@@ -63,6 +65,7 @@ _GROUP = {"offsets": "offset_{}_{}.ecsv", "offsets_txt": "offset_{}_{}.txt", "wc
           "pick": "pick_{}_{}.ecsv", "selection": "select_{}_{}.json",
           "night_catalogue": "cata_{}_{}.fits", "lightcurve": "lc_{}_{}.ecsv", "stars": "stars_{}_{}.ecsv",
           "lc_png": "lc_{}_{}.png", "lc_pdf": "lc_{}_{}.pdf", "chart": "chart_{}_{}.png",
+          "numbered_chart": "chart_numbered_{}_{}.png", "numbered_chart_txt": "chart_numbered_{}_{}.txt",
           "timing": "timing_{}_{}.ecsv", "timing_png": "timing_{}_{}.png"}
 _CAMPAIGN = {"campaign_lc": "lc_{0}_{1}.ecsv", "campaign_lc_png": "lc_{0}_{1}.png", "oc": "oc_{0}.ecsv",
              "oc_png": "oc_{0}.png", "ephemeris": "ephemeris_{0}.yaml", "period": "period_{0}_{1}.ecsv",

@@ -167,8 +167,9 @@ STAGES: tuple[Stage, ...] = (
     Stage("o", "offsets", GROUP, ("corrected", "frame_catalogue"), ("obj", "band"), ("offsets", "offsets_txt"),
           ("offset_max_dis", "base_img", "saturation", "detect_minarea", "gain"),
           doc="offset of each frame against the base frame"),
-    Stage("w", "astrometry", GROUP, ("offsets", "frame_catalogue"), ("obj", "band"), ("wcs",),
-          ("astrometry_index", "pixel_scale", "solve_timeout", "ra_key", "dec_key"),
+    Stage("w", "astrometry", GROUP, ("offsets", "frame_catalogue", "target_catalog"), ("obj", "band"), ("wcs",),
+          ("astrometry_index", "pixel_scale", "solve_timeout", "solve_blind_timeout", "ra_key", "dec_key",
+           "targets", "target_catalog", "field_dir", "starxy"),
           doc="sky coordinates (WCS) of the base frame: its header's, checked, else solved offline "
               "(astrometry.net), else none"),
     Stage("k", "select", GROUP, ("frame_catalogue", "offsets", "wcs", "field_reference", "target_catalog", "pick"),
@@ -191,7 +192,7 @@ STAGES: tuple[Stage, ...] = (
           ("timing", "timing_png"), (*_TIMING, "targets", "target_catalog"),
           doc="times of minima and transits (symmetric model, Kwee-van Woerden, Mandel-Agol), BJD_TDB with "
               "errors; full, partial or none"),
-    Stage("g", "chart", GROUP, ("stars", "offsets"), ("obj", "band"), ("chart",), (),
+    Stage("g", "chart", GROUP, ("stars", "offsets", "selection", "wcs"), ("obj", "band"), ("chart",), (),
           doc="finding chart of the base frame with the chosen stars"),
 )
 

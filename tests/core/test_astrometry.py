@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -252,3 +253,172 @@ def test_blind_solve_and_a_wrong_header_wcs_is_rejected(tmp_path):
     assert res.source == "solved" and "header WCS rejected" in res.reason and res.info["agree_arcsec"] > 50
     right = A.base_wcs(truth.to_header(), stars, SHAPE, tmp_path, [str(tmp_path / "index")], timeout=60)
     assert right.source == "header" and right.info["agree_arcsec"] < 1.0
+
+
+# ------------------------------------------- issue 24: hints, budgets, memory
+def test_degenerate_header_wcs_rejected_in_one_line_and_the_product_is_written(tmp_path):
+    """R1: a zero or NaN CD matrix or a bad CTYPE is rejected with a one-line reason, and a reason
+    with line breaks and non-ASCII characters (wcslib's) still makes a FITS product."""
+    base = tan_wcs(scale=0.67).to_header()
+    zero = base.copy()
+    for k in ("PC1_1", "PC1_2", "PC2_1", "PC2_2", "CDELT1", "CDELT2"):
+        zero.remove(k, ignore_missing=True)
+    zero.update({"CD1_1": 0.0, "CD1_2": 0.0, "CD2_1": 0.0, "CD2_2": 0.0})
+    nan = fits.Header.fromstring("".join(f"{c.image}" for c in zero.cards if c.keyword not in ("CD1_1", "CD2_2"))
+                                 + "CD1_1   =                  NAN".ljust(80) + "CD2_2   =                  NAN".ljust(80))
+    bad_ctype = base.copy()
+    bad_ctype["CTYPE1"], bad_ctype["CTYPE2"] = "RA---XYZ", "DEC--QQQ"
+    for h in (zero, nan, bad_ctype):
+        with pytest.raises(A.WcsRejected) as e:
+            A.header_wcs(h)
+        msg = str(e.value)
+        assert "\n" not in msg and msg.isascii() and msg.isprintable() and len(msg) <= 400, msg
+        res = A.base_wcs(h, (np.zeros(0), np.zeros(0), np.zeros(0)), SHAPE, tmp_path, [])
+        assert res.wcs is None and res.source == "none"
+        back = A.read_wcs_product(A.write_wcs_product(res, tmp_path / "w.fits"))
+        assert back.source == "none" and "header WCS not used" in back.reason
+    messy = A.WcsResult(None, "none", "wcslib said:\nERROR 3 in wcsset()\n  \u2018singular\u2019 matrix\t", {})
+    back = A.read_wcs_product(A.write_wcs_product(messy, tmp_path / "m.fits"))
+    assert back.reason == "wcslib said:; ERROR 3 in wcsset(); ?singular? matrix"
+
+
+def test_header_wcs_checked_against_target_position_and_scale(tmp_path):
+    """R8: a header WCS 10 deg off the configured target, or with 10x the header's pixel scale, is
+    rejected with the numbers when no solve is possible; the right one is kept."""
+    right = tan_wcs(ra=150.0, dec=20.0, scale=1.0)
+    hints = A.Hints([("target T", 150.01, 20.01)], [("target T", 150.01, 20.01, 0.0)])
+    none = (np.zeros(0),) * 3
+    ok = A.base_wcs(right.to_header(), none, SHAPE, tmp_path, [], hints=hints)
+    assert ok.source == "header"
+    off = A.base_wcs(tan_wcs(ra=160.0, dec=20.0, scale=1.0).to_header(), none, SHAPE, tmp_path, [], hints=hints)
+    assert off.source == "none" and "from target T" in off.reason and "8.5' wide" in off.reason
+    big = tan_wcs(ra=150.0, dec=20.0, scale=10.0).to_header()
+    big["PIXSCALE"] = 1.0
+    res = A.base_wcs(big, none, SHAPE, tmp_path, [], hints=hints)
+    assert res.source == "none" and "pixel scale 10 arcsec/px, expected about 1" in res.reason
+
+
+def fake_solver(tmp_path, monkeypatch, body: str):
+    """A ``solve-field`` on PATH that logs each call to ``calls.log`` and then runs ``body`` (sh)."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir(exist_ok=True)
+    exe = bindir / "solve-field"
+    exe.write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'calls.log'}\n{body}\n")
+    exe.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{__import__('os').environ['PATH']}")
+    return tmp_path / "calls.log"
+
+
+def fake_index(path, lo_arcmin: float, hi_arcmin: float):
+    """An index file's primary header with its quad scale range (SCALE_L, SCALE_U in radians)."""
+    h = fits.Header({"SCALE_L": np.radians(lo_arcmin / 60), "SCALE_U": np.radians(hi_arcmin / 60)})
+    path.parent.mkdir(exist_ok=True)
+    fits.PrimaryHDU(header=h).writeto(path)
+    return path
+
+
+def stars_of(n=30, seed=1):
+    rng = np.random.default_rng(seed)
+    return rng.uniform(10, 500, n), rng.uniform(10, 500, n), rng.uniform(1e3, 1e5, n)
+
+
+def test_timed_out_solver_leaves_no_child_running(tmp_path, monkeypatch):
+    """R10: at the time limit the solver's whole process group is killed, its children too."""
+    import os
+
+    pidfile = tmp_path / "child.pid"
+    fake_solver(tmp_path, monkeypatch, f"sleep 300 &\necho $! > {pidfile}\nsleep 300")
+    fake_index(tmp_path / "idx" / "index-x.fits", 1.0, 10.0)
+    wcs, why, info = A.solve(*stars_of(), SHAPE, tmp_path / "work", [str(tmp_path / "idx")], timeout=1.0)
+    assert wcs is None and "did not finish in 1 s" in why
+    child = int(pidfile.read_text())
+    for _ in range(50):                                 # SIGKILL is asynchronous: reaped by init soon after
+        try:
+            os.kill(child, 0)
+            st = Path(f"/proc/{child}/stat").read_text().split()[2]
+            if st == "Z":
+                break
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(child, 9)
+        pytest.fail(f"child {child} of the timed-out solver still running")
+
+
+def test_failed_field_is_remembered_per_configuration(tmp_path, monkeypatch):
+    """The second night of a field that failed does not call solve-field; a change of hints or
+    indexes, or refresh, does."""
+    calls = fake_solver(tmp_path, monkeypatch, "exit 0")               # never finds a solution
+    idx = fake_index(tmp_path / "idx" / "index-a.fits", 1.0, 10.0)
+    mem = A.SolveMemory(tmp_path / "fields" / "F.solve-failed.json", "night1")
+    hints = A.Hints([("target F", 150.0, 20.0)], [])
+    n_calls = lambda: len(calls.read_text().splitlines()) if calls.is_file() else 0    # noqa: E731
+
+    def night(**kw):
+        args = {"hints": hints, "memory": mem, "field_name": "F", "scale_hint": 1.0} | kw
+        return A.base_wcs(fits.Header(), stars_of(), SHAPE, tmp_path / "w", [str(tmp_path / "idx")], **args)
+
+    first = night()
+    assert first.wcs is None and n_calls() == 1 and "near target F" in first.reason
+    assert "--ra" in calls.read_text() and "--scale-low" in calls.read_text()
+    second = night()
+    assert n_calls() == 1 and second.info.get("remembered") and "not solved again" in second.reason
+    assert "night1" in second.reason and "--refresh retries" in second.reason
+    night(refresh=True)
+    assert n_calls() == 2
+    night(hints=A.Hints([("target F", 151.0, 20.0)], []))            # another position: tried
+    assert n_calls() == 3
+    fake_index(tmp_path / "idx" / "index-b.fits", 2.0, 12.0)           # a new index file: tried
+    night()
+    assert n_calls() == 4
+    blind = night(hints=A.Hints())                                      # no position: blind, capped
+    assert n_calls() == 5 and "--ra" not in calls.read_text().splitlines()[-1]
+    assert "capped at 10 s" in blind.reason
+    idx.unlink()
+
+
+def test_only_index_files_that_fit_the_field_are_used(tmp_path, monkeypatch):
+    """An index whose quads are larger than the field is not given to the solver; with none that fits
+    solve-field is not run and the reason names the field's size."""
+    calls = fake_solver(tmp_path, monkeypatch, "exit 0")
+    small = fake_index(tmp_path / "idx" / "index-small.fits", 2.0, 2.8)
+    fake_index(tmp_path / "idx" / "index-4109.fits", 42.0, 60.0)
+    assert A.indexes_for_field(A.index_files([tmp_path / "idx"]), SHAPE, 1.0) == [small]     # 8.5' field
+    assert len(A.indexes_for_field(A.index_files([tmp_path / "idx"]), SHAPE, None)) == 2     # scale unknown
+    small.unlink()
+    res = A.base_wcs(fits.Header(), stars_of(), SHAPE, tmp_path / "w", [str(tmp_path / "idx")], scale_hint=1.0)
+    assert res.wcs is None and not calls.exists()
+    assert "no index file for a field of 8.5' x 8.5'" in res.reason and "index-4109.fits (42'-60')" in res.reason
+
+
+def test_index_advice_names_the_package_or_series():
+    assert "astrometry-data-tycho2-09" in A.index_advice((512, 512), 6.0)          # 51'
+    assert "astrometry-data-tycho2-08" in A.index_advice((512, 512), 4.0)          # 34'
+    assert "astrometry-data-tycho2-10-19" in A.index_advice((1024, 1024), 6.0)     # 102'
+    small = A.index_advice((736, 1092), 0.66)                                      # TrES-1: 12' x 8'
+    assert "12.0' x 8.1'" in small and "5200" in small and "no Debian package" in small
+    assert "set pixel_scale" in A.index_advice((512, 512), None)
+
+
+@needs_solver
+def test_target_hint_solves_a_field_without_header_coordinates(tmp_path):
+    """A simulated field without RA/DEC or WCS in its header, an index built from its catalogue:
+    solved near the configured target's position (a small radius), the target placed within 2 px."""
+    from qlcp.core.photometry import photometry_file
+
+    truth = tan_wcs(ra=150.0, dec=20.0, scale=1.0, rot_deg=30.0)
+    bf, refcat = synthetic_field(tmp_path, truth, seed=5)
+    with fits.open(bf, mode="update") as hl:
+        del hl[0].header["RA"], hl[0].header["DEC"]
+    build_index(refcat, tmp_path / "index")
+    photometry_file(bf, tmp_path / "c.cat.fits", Config(aper=[4.0]))
+    stars = A.usable_stars(read_table_fast(tmp_path / "c.cat.fits")[0])
+    tx, ty = 100.0, 400.0                                   # the target: a pixel with a sky position
+    tra, tdec = (float(v) for v in truth.all_pix2world(tx, ty, 0))
+    hints = A.Hints([("target T", tra, tdec)], [("target T", tra, tdec, 0.0)])
+    res = A.base_wcs(fits.getheader(bf), stars, SHAPE, tmp_path / "red", [str(tmp_path / "index")],
+                     scale_hint=1.0, hints=hints)
+    assert res.source == "solved" and "near target T" in res.reason and res.info["hint"] == "position"
+    x, y = res.wcs.all_world2pix(tra, tdec, 0)
+    assert abs(x - tx) < 2 and abs(y - ty) < 2
