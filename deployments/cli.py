@@ -3,6 +3,7 @@
     qlcp run RAW RED [--steps lbfiopkcdg] [--obj NAME]... [--band B]... [--config FILE]... [--set key=value]...
     qlcp simulate OUT [--frames N] [--size PX] [--seed S]     (frames in OUT/raw/YYYYMMDD)
     qlcp demo [--workdir DIR]
+    qlcp update-tables FILE...                                (fresh IERS-A / leap-second tables)
     qlcp --version
 
 Bad input (a path, a config key, an empty night) is one line on stderr and
@@ -84,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", action="append", metavar="NAME", help="only this target (repeatable; default all)")
     p.add_argument("--config", action="append", metavar="FILE", help="YAML or INI config (the target catalogue)")
 
+    p = sub.add_parser("update-tables", help="install fresh astropy time tables (IERS-A finals2000A.all, "
+                                             "Leap_Second.dat) copied in from outside, for every later run")
+    p.add_argument("files", nargs="+", metavar="FILE", help="an IERS-A table and/or a leap-second list")
+
     from qlcp.deployments.calib_cli import add_calib_arguments
 
     add_calib_arguments(sub.add_parser("calib", help="the calibration library: list, reject, accept, rebuild"))
@@ -118,6 +123,35 @@ def cmd_campaign(a) -> int:
         for note in res.get("notes", []):
             print(f"  note: {note}")
     return 0
+
+
+def cmd_update_tables(a) -> int:
+    """``qlcp update-tables FILE...``: each file parsed, then copied into QLCP's cache (one line each)."""
+    from qlcp.core.runtime import install_table
+
+    for f in a.files:
+        kind, dest, what = install_table(f)
+        print(f"{kind} ({what}): {f} -> {dest}")
+    return 0
+
+
+def _offline_time() -> None:
+    """Astropy offline with the tables it has, whatever the date, before any sub-command
+    (``qlcp.core.runtime.offline_time``); its one warning shown on stderr as one line."""
+    from qlcp.core.runtime import offline_time
+
+    lg = logging.getLogger("qlcp.time")
+    if logging.getLogger().handlers or logging.getLogger("qlcp").handlers or lg.handlers:
+        offline_time()
+        return
+    h = logging.StreamHandler(sys.stderr)
+    h.setFormatter(logging.Formatter("qlcp: warning: %(message)s"))
+    h.setLevel(logging.WARNING)
+    lg.addHandler(h)
+    try:
+        offline_time()
+    finally:
+        lg.removeHandler(h)
 
 
 def _cmd_calib(a) -> int:
@@ -391,9 +425,10 @@ def main(argv=None) -> int:
         logging.getLogger("qlcp").setLevel(logging.DEBUG)
     os.environ.setdefault("DO_NOT_TRACK", "1")
     try:
+        _offline_time()
         return {"run": cmd_run, "simulate": cmd_simulate, "demo": cmd_demo, "watch": cmd_watch,
                 "serve": cmd_serve, "up": cmd_up, "deploy": cmd_deploy, "calib": _cmd_calib,
-                "campaign": cmd_campaign}[a.cmd](a)
+                "campaign": cmd_campaign, "update-tables": cmd_update_tables}[a.cmd](a)
     except QLCPError as e:
         if a.debug:
             raise

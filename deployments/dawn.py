@@ -14,7 +14,10 @@ Also here: :func:`to_unix`, the one conversion of the sensor's clock values
 Not here: which files a night holds or when they are stable
 (:mod:`qlcp.deployments.scanner`), the other readiness rules (marker, quiet),
 the state database or any triggering (:mod:`qlcp.deployments.sensor`).
-Nothing in this module reads the file system or the clock.
+Nothing in this module reads the file system or the clock (astropy's IERS
+check did: :class:`Dawn` makes it compute offline whatever the date,
+``qlcp.core.runtime.offline_time``, so that a sensor on an installation whose
+bundled tables are months or years old still finds dawn).
 """
 
 from __future__ import annotations
@@ -64,6 +67,9 @@ class Dawn:
         from astropy import units as u
         from astropy.coordinates import EarthLocation
 
+        from qlcp.core.runtime import offline_time
+
+        offline_time()      # whatever the clock says: the tables it has, no download, no error beyond them
         self.location = EarthLocation.from_geodetic(lon=lon * u.deg, lat=lat * u.deg, height=ele * u.m)
         self.altitude = float(altitude)
         self.horizon = float(horizon_days) * 86400.0

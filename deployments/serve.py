@@ -26,6 +26,7 @@ from pathlib import Path
 
 from qlcp.core.config import load_config
 from qlcp.core.errors import ConfigError, InputError
+from qlcp.core.runtime import offline_time
 
 log = logging.getLogger("qlcp.serve")
 
@@ -127,6 +128,7 @@ def _check_roots(a) -> None:
 
 def run_serve(a) -> int:
     """``qlcp serve``: serve the deployments until SIGTERM (needs PREFECT_API_URL)."""
+    offline_time()
     _check_roots(a)
     if not os.environ.get("PREFECT_API_URL"):
         raise ConfigError("PREFECT_API_URL is not set: start a server (prefect server start, or qlcp up) "
@@ -202,6 +204,7 @@ def wait_healthy(api_url: str, timeout: float = 120.0) -> None:
 
 def run_up(a) -> int:
     """``qlcp up``: a local Prefect server (SQLite), the served deployments and the sensor, until SIGTERM."""
+    offline_time()          # before the sensor; its processes inherit that the warning was given
     _check_roots(a)
     api = f"http://{a.host}:{a.port}/api"
     env = dict(os.environ, PREFECT_API_URL=api, PREFECT_SERVER_API_HOST=a.host, PREFECT_SERVER_API_PORT=str(a.port),

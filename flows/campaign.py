@@ -12,6 +12,7 @@ from prefect.artifacts import create_image_artifact, create_markdown_artifact
 
 from qlcp.core.campaign import campaign_targets
 from qlcp.core.pipeline import make_config
+from qlcp.core.runtime import offline_time
 from qlcp.flows.params import json_params_flow
 from qlcp.tasks.campaign import campaign_task
 from qlcp.tasks.common import bridge_logging, results_dir
@@ -30,6 +31,7 @@ def campaign(red_root: str, target: str | None = None, config: dict | None = Non
     dict
         target -> paths by product kind (and ``notes``: what could not be made, and why).
     """
+    offline_time()          # a flow-run process of its own: astropy offline, whatever the date
     bridge_logging()
     plog = get_run_logger()
     cfg = make_config(config_files, **(config or {}))

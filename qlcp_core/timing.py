@@ -113,12 +113,34 @@ def _cache_dir() -> Path:
     return qlcp_home() / "cache"
 
 
+#: names, in the cache directory, of the fresh tables ``qlcp update-tables`` installs
+#: (used instead of the bundled ones when present)
+IERS_A_NAME = "finals2000A.all"
+LEAP_SECONDS_NAME = "Leap_Second.dat"
+
+
+def installed_table(name: str) -> Path | None:
+    """The table ``name`` (:data:`IERS_A_NAME`, :data:`LEAP_SECONDS_NAME`) that
+    ``qlcp update-tables`` installed in the cache directory, or None."""
+    try:
+        path = _cache_dir() / name
+        return path if path.is_file() else None
+    except OSError:
+        return None
+
+
+def _iers_a_file() -> str:
+    """The IERS-A table in use: the installed one (:func:`installed_table`), else astropy's bundled one."""
+    path = installed_table(IERS_A_NAME)
+    return str(path) if path is not None else iers.IERS_A_FILE
+
+
 def _iers_cache_path() -> Path:
-    """Cache file of the bundled tables' parse: named for the astropy and table versions and files."""
+    """Cache file of the tables' parse: named for the astropy and table versions and files."""
     import astropy
 
     ident = [astropy.__version__]
-    for f in (iers.IERS_A_FILE, iers.IERS_B_FILE):
+    for f in (_iers_a_file(), iers.IERS_B_FILE):
         st = os.stat(f)
         ident += [str(f), st.st_size, st.st_mtime_ns]
     h = hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:16]
@@ -136,6 +158,10 @@ def use_cached_iers() -> None:
     ``IERS_Auto`` table, the one it would have built (same values, same
     out-of-range handling).  No cache directory, or an unreadable file: astropy
     parses as usual.  Never downloads anything.
+
+    A fresh IERS-A table installed by ``qlcp update-tables`` (:func:`installed_table`)
+    replaces the bundled one (in the cache's name too); a ``finals2000A.all`` in the
+    current directory, which astropy's own ``open()`` would read, is not used.
 
     Opt-in: :func:`frame_times` calls it only once a run has switched the cache
     on (``qlcp.core.runtime.configure_run``); a direct call installs it at once.
@@ -162,7 +188,8 @@ def use_cached_iers() -> None:
     except Exception as e:  # a damaged cache: parse as usual, and write it again
         log.debug("IERS cache %s unusable (%s): rebuilt", path, e)
     with _offline_iers():
-        table = iers.IERS_Auto.open()
+        # the file named (astropy's open() would prefer a finals2000A.all in the current directory)
+        table = iers.IERS_Auto.iers_table = iers.IERS_Auto.read(file=_iers_a_file())
     try:
         meta = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in table.meta.items()}
         arrays = {c: np.asarray(getattr(table[c], "value", table[c])) for c in _IERS_COLUMNS}
@@ -176,6 +203,11 @@ def use_cached_iers() -> None:
         log.debug("IERS cache not written: %s", e)
 
 
+#: set by ``qlcp.core.runtime.offline_time`` once it has warned that this process computes with
+#: out-of-date tables: times beyond them are then that same news, logged at INFO
+tables_announced = False
+
+
 def _warn_iers_range(t: Time) -> None:
     """Log one warning if some times lie outside the Earth-orientation table."""
     _, status = t.get_delta_ut1_utc(return_status=True)
@@ -183,9 +215,10 @@ def _warn_iers_range(t: Time) -> None:
     out = status < 0    # TIME_BEFORE_IERS_RANGE (-1), TIME_BEYOND_IERS_RANGE (-2)
     if out.any():
         tt = np.sort(np.atleast_1d(t.utc.isot)[out])
-        log.warning("%d time(s) from %s to %s lie outside the bundled IERS table: UT1-UTC and polar motion "
-                    "held at the table's edge (ALT/AZ good to ~0.004 deg; a leap second announced after "
-                    "the tables would shift JD/HJD/BJD by 1 s)", int(out.sum()), tt[0], tt[-1])
+        log.log(logging.INFO if tables_announced else logging.WARNING,
+                "%d time(s) from %s to %s lie outside the bundled IERS table: UT1-UTC and polar motion "
+                "held at the table's edge (ALT/AZ good to ~0.004 deg; a leap second announced after "
+                "the tables would shift JD/HJD/BJD by 1 s)", int(out.sum()), tt[0], tt[-1])
 
 
 # -------------------------------------------------------------- date / time

@@ -412,6 +412,8 @@ def test_recent_and_future_dates_without_network(monkeypatch, caplog):
         raise OSError("no network in tests")
 
     monkeypatch.setattr(iers.iers, "download_file", no_download)
+    # a process that has not yet said its tables are out of date (qlcp.core.runtime.offline_time)
+    monkeypatch.setattr(timing, "tables_announced", False)
     cfg = cfg_()
     coord = SkyCoord(240.549 * u.deg, 28.17 * u.deg)
     with iers.conf.set_temp("auto_download", True), iers.conf.set_temp("auto_max_age", 10.0), \
@@ -426,6 +428,12 @@ def test_recent_and_future_dates_without_network(monkeypatch, caplog):
             assert abs((r["BJD"][0] - r["JD"][0]) * DAY) < 600
             warned = any("outside the bundled IERS table" in m for m in caplog.messages)
             assert warned == beyond, (date, caplog.messages)
+        # once the process has warned that its tables are out of date, the same news is INFO
+        monkeypatch.setattr(timing, "tables_announced", True)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="qlcp.timing"):
+            timing.frame_times(Time("2031-03-01T04:00:00", scale="utc"), 60.0, coord, cfg)
+        assert [r.levelno for r in caplog.records if "outside the bundled" in r.getMessage()] == [logging.INFO]
     assert not tried
 
 

@@ -116,3 +116,56 @@ def test_to_unix():
     assert to_unix(np.float64(t)) == t and to_unix(int(t)) == t
     with pytest.raises(TypeError, match="clock value"):
         to_unix("2024-06-06")
+
+
+# ------------------------------------------------ a clock years past the bundled tables
+def _table_last_unix() -> float:
+    """Unix time of the last date of astropy's bundled Earth-orientation table (IERS-A)."""
+    from astropy.utils import iers
+
+    with iers.conf.set_temp("auto_download", False):
+        return float(Time(iers.IERS_A.open(iers.IERS_A_FILE)["MJD"][-1], format="mjd").unix)
+
+
+@pytest.fixture
+def aged_astropy(monkeypatch):
+    """Astropy as an installation finds it: its own defaults (IERS predictions may be 30 days old,
+    no more; downloads would be tried, but are refused here: no network), and a clock 3 years ahead."""
+    from astropy.utils import iers
+
+    tried = []
+
+    def no_download(*a, **k):
+        tried.append(a)
+        raise OSError("no network")
+
+    ahead = Time.now() + 3 * 365.25 * u.day
+    monkeypatch.setattr(Time, "now", classmethod(lambda cls: ahead.copy()))
+    monkeypatch.setattr(iers.iers, "download_file", no_download)
+    with iers.conf.set_temp("auto_download", True), iers.conf.set_temp("auto_max_age", 30.0), \
+            iers.conf.set_temp("iers_degraded_accuracy", "error"):
+        yield ahead, tried
+
+
+def test_dawn_under_a_clock_years_past_the_tables(aged_astropy):
+    """The dawn rule with its clock (the times it is given, and astropy's own ``now``) three years
+    ahead, and 1000 days past the bundled table's last date: no error, no download, the same Sun
+    altitude as astropy computed offline, dawn at the upward crossing.  (Before, astropy raised
+    'IERS_Auto using predictive values that are more than 30 days old' and the sensor never
+    declared a night ready: issue 24, R3.)"""
+    from astropy.utils import iers
+
+    ahead, tried = aged_astropy
+    site = Dawn(*XINGLONG)                         # makes astropy compute offline, whatever the date
+    for t0 in (float(ahead.unix), _table_last_unix() + 1000 * 86400.0):
+        times = t0 + np.arange(0, 86400, 3 * 3600.0)
+        with iers.conf.set_temp("auto_max_age", None):
+            truth = astropy_alt(XINGLONG, times)
+        np.testing.assert_allclose(site.sun_altitude(times), truth, atol=1e-6)
+        dawn = site.next_dawn(t0)
+        assert dawn is not None and t0 < dawn < t0 + 86400 * 1.01
+        with iers.conf.set_temp("auto_max_age", None):
+            before, after = astropy_alt(XINGLONG, [dawn - 20, dawn + 20])
+        assert before < -12 < after
+        assert site.night_over(None, t0) == dawn
+    assert not tried, "a download was tried"
