@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import hashlib
 import json
 import math
@@ -72,6 +73,56 @@ TEMP_MARK = ".qlcp-tmp"
 TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}(\.qlcp-tmp|\.tmp)(\.[A-Za-z0-9]+){0,2}$")
 
 
+#: the lock file of an output directory (``runguard``): a directory holding one is a run's ``RED``
+LOCK_NAME = ".qlcp.lock"
+
+
+def link_refused(path) -> OutputError:
+    """The one-line error for a symbolic link met where a run writes under its output directory."""
+    return OutputError(f"{path}: is a symbolic link; a run writes nothing through links inside its "
+                       f"output directory (remove the link)")
+
+
+def refuse_linked_dirs(directory: str | Path) -> None:
+    """Refuse to write in ``directory`` when a directory between its nearest output directory
+    (``RED``: the nearest ancestor holding :data:`LOCK_NAME`) and itself is a symbolic link.
+
+    A link planted in a writable ``RED`` (``RED/log -> /elsewhere``) would otherwise take the
+    run's writes outside ``RED``.  ``RED`` itself, and everything above it, may be links (the
+    operator's choice).  Stateless (every process of a run, workers included, checks alike);
+    outside an output directory (no lock file above) it checks nothing.
+
+    Raises
+    ------
+    OutputError
+        Naming the link.
+    """
+    d = Path(os.path.abspath(directory))
+    chain = []
+    while not os.path.lexists(d / LOCK_NAME):
+        if d.parent == d:
+            return
+        chain.append(d)
+        d = d.parent
+    for c in chain:
+        if c.is_symlink():
+            raise link_refused(c)
+
+
+def open_nofollow(path: str | Path, flags: int, mode: int = 0o666) -> int:
+    """``os.open`` that never follows a symbolic link at ``path`` (``O_NOFOLLOW``: a link, even a
+    dangling one, is refused) nor a linked directory under its output directory
+    (:func:`refuse_linked_dirs`).  Raises :class:`OutputError` naming the link."""
+    path = Path(path)
+    refuse_linked_dirs(path.parent)
+    try:
+        return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), mode)
+    except OSError as e:
+        if e.errno == errno.ELOOP or (path.is_symlink() and e.errno in (errno.EEXIST, errno.ENOTDIR)):
+            raise link_refused(path) from None
+        raise
+
+
 @contextlib.contextmanager
 def atomic_path(dest: str | Path):
     """Yield a temporary path beside ``dest``; rename it onto ``dest`` on success.
@@ -84,10 +135,13 @@ def atomic_path(dest: str | Path):
     ------
     OutputError
         When the file system refuses (read-only, full, over quota, no permission):
-        naming ``dest`` and the cause.
+        naming ``dest`` and the cause; when a directory between the output directory and
+        ``dest`` is a symbolic link (:func:`refuse_linked_dirs`).  A link at ``dest`` itself
+        is replaced by the product (``rename`` never follows it); its target is untouched.
     """
     dest = Path(dest)
     try:
+        refuse_linked_dirs(dest.parent)          # a link at dest itself is replaced by the rename, never followed
         dest.parent.mkdir(parents=True, exist_ok=True)
         suffix = "".join(dest.suffixes[-2:]) if dest.name.endswith(".fits.fz") else dest.suffix
         fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=f"{TEMP_MARK}{suffix}", dir=dest.parent)

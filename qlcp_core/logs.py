@@ -74,6 +74,17 @@ class _ThreadFilter(logging.Filter):
         return getattr(record, "qlcp_thread", record.thread) == self.thread
 
 
+class _NoFollowFileHandler(logging.FileHandler):
+    """A step's log file, opened without following a symbolic link planted at its path
+    (:func:`qlcp.core.io.open_nofollow`: one error line naming the link)."""
+
+    def _open(self):
+        from .io import open_nofollow
+
+        return open(self.baseFilename, self.mode, encoding=self.encoding, errors=self.errors,
+                    opener=lambda p, flags: open_nofollow(p, flags, 0o666))
+
+
 @contextlib.contextmanager
 def step_log(red_dir: str | Path, step: str, level: int = logging.DEBUG, thread_only: bool = False,
              tagged: bool = False):
@@ -84,12 +95,15 @@ def step_log(red_dir: str | Path, step: str, level: int = logging.DEBUG, thread_
     ``tagged`` keeps only the records tagged for this step (:func:`step_tag`)
     and the untagged ones: two steps done in one go each keep their own.
     """
+    from .io import refuse_linked_dirs
+
     path = Path(red_dir) / "log" / f"{step}.log"
+    refuse_linked_dirs(path.parent)
     path.parent.mkdir(parents=True, exist_ok=True)
     root = logging.getLogger(ROOT)
     if root.level == logging.NOTSET or root.level > level:
         root.setLevel(level)
-    h = logging.FileHandler(path, encoding="utf-8")
+    h = _NoFollowFileHandler(path, encoding="utf-8")
     h.setFormatter(logging.Formatter(FORMAT))
     h.setLevel(level)
     if thread_only:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import fcntl
 import logging
 import os
@@ -26,11 +27,10 @@ import socket
 from pathlib import Path
 
 from .errors import RunLockedError, output_error
-from .io import TEMP_NAME
+from .io import LOCK_NAME, TEMP_NAME, link_refused
 
 log = logging.getLogger("qlcp.runguard")
 
-LOCK_NAME = ".qlcp.lock"
 
 #: lock file descriptors this process holds (closed in forked children, which must not keep them)
 _held: set[int] = set()
@@ -45,9 +45,13 @@ def _close_in_child() -> None:
 
 
 def _open_lock(path: Path) -> int:
+    """Open (create) the lock file, never through a symbolic link: a link planted at
+    ``RED/.qlcp.lock`` would have the run truncate and write its target."""
     try:
-        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0), 0o644)
     except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise link_refused(path) from None
         err = output_error(e, path.parent)
         if err is not None:
             raise err from e

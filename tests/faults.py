@@ -127,6 +127,33 @@ def no_radec_first(raw):
     _rewrite(_frame(raw, 1), drop=("RA", "DEC"))
 
 
+def unparsable_exptime(raw):
+    """EXPTIME = NAN: a card astropy cannot parse (R2: it aborted the whole listing, naming no file)."""
+    f = _frame(raw, 2)
+    b = bytearray(f.read_bytes())
+    i = b.find(b"EXPTIME =")
+    b[i:i + 80] = b"EXPTIME =                  NAN / exposure time".ljust(80)
+    f.write_bytes(bytes(b))
+
+
+def dated_2099(raw):
+    _rewrite(_frame(raw, 10), **{"DATE-OBS": "2099-01-01T03:00:00"})
+
+
+def zero_exptime(raw):
+    _rewrite(_frame(raw, 3), EXPTIME=0.0)
+
+
+def same_date_obs(raw):
+    """Frame 7 carries frame 3's DATE-OBS (a clock that did not advance)."""
+    _rewrite(_frame(raw, 7), **{"DATE-OBS": fits.getheader(_frame(raw, 3))["DATE-OBS"]})
+
+
+def readme_and_checksums(raw):
+    (raw / "README.md").write_text("# a night\n")
+    (raw / "SHA256SUMS").write_text("0" * 64 + "  SIMV-0001V.fit\n")
+
+
 def no_radec_anywhere(raw):
     for f in sorted(raw.glob("SIMV-*.fit")):
         _rewrite(f, drop=("RA", "DEC", "OBJCTRA", "OBJCTDEC"))
@@ -163,13 +190,22 @@ FAULTS = [
     Fault("marker_file", marker),
     Fault("no_radec_in_first_frame", no_radec_first, notes={"bjd_everywhere": True}),
     Fault("all_flats_unusable", flats_saturated, degraded=("no flat for V: 3 of 3 flats rejected",)),
+    Fault("unparsable_exptime_card", unparsable_exptime,
+          rejected=(("SIMV-0002V.fit", "unparsable header card EXPTIME"),), lc_files=_all_but("SIMV-0002V.fit")),
+    Fault("frame_dated_2099", dated_2099, rejected=(("SIMV-0010V.fit", "days after the night's median"),),
+          lc_files=_all_but("SIMV-0010V.fit")),
+    Fault("zero_exptime", zero_exptime, rejected=(("SIMV-0003V.fit", "zero exposure time"),),
+          lc_files=_all_but("SIMV-0003V.fit")),
+    Fault("duplicate_date_obs", same_date_obs, rejected=(("SIMV-0007V.fit", "same start time as SIMV-0003V.fit"),),
+          lc_files=_all_but("SIMV-0007V.fit")),
+    Fault("readme_and_checksums", readme_and_checksums),
     Fault("no_sky_coordinate", no_radec_anywhere,
           degraded=("SIMV: no sky coordinate for BJD/HJD/airmass: give targets or alt_coord",)),
 ]
 
 #: the faults put together into one night (one of each bad file); it loses no calibration
 TOGETHER = [f for f in FAULTS if f.name not in ("all_flats_unusable", "shifted_base_frame", "clouded_base_frame",
-                                                "no_sky_coordinate")]
+                                                "no_sky_coordinate", "duplicate_date_obs", "zero_exptime")]
 
 
 def make_night(src_raw: Path, dest_raw: Path, faults) -> Path:
@@ -238,3 +274,138 @@ def together_fault() -> Fault:
 
     return Fault("together", inject, rejected=tuple(r for f in TOGETHER for r in f.rejected), lc_files=lc_files,
                  notes={"base_replaced": True, "bjd_everywhere": True})
+
+
+# ------------------------------------------------------------------ links planted in RED (R17)
+@dataclass(frozen=True)
+class PlantedLink:
+    """A symbolic link planted in a writable output directory, pointing outside it: the run must
+    never write through it.  ``refused``: the run stops with one line naming the link (exit 2);
+    else the product replaces the link (an atomic rename never follows it) and the night is reduced."""
+
+    name: str
+    link: str                   #: path of the link, relative to RED
+    to_dir: bool = False        #: the link points at a directory outside (else at a file)
+    refused: bool = True
+
+
+PLANTED_LINKS = [
+    PlantedLink("lock_file", ".qlcp.lock"),
+    PlantedLink("log_file", "log/l.log"),
+    PlantedLink("log_directory", "log", to_dir=True),
+    PlantedLink("group_directory", "SIMV_V", to_dir=True),
+    PlantedLink("product", "summary.json", refused=False),
+    PlantedLink("light_curve", "lc_SIMV_V.ecsv", refused=False),
+]
+
+
+def plant_link(case: PlantedLink, red: Path, outside: Path) -> Path:
+    """Plant ``case``'s link in ``red`` to a file or directory in ``outside``; returns its target."""
+    target = outside / case.name
+    if case.to_dir:
+        (target / "keep").mkdir(parents=True)
+    else:
+        outside.mkdir(parents=True, exist_ok=True)
+        target.write_text("precious\n")
+    link = red / case.link
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(target, target_is_directory=case.to_dir)
+    return target
+
+
+def check_link_untouched(case: PlantedLink, red: Path, target: Path) -> None:
+    """The target outside RED is as planted; the link is still there when refused, else replaced."""
+    if case.to_dir:
+        assert [p.name for p in target.iterdir()] == ["keep"] and not any((target / "keep").iterdir()), case.name
+    else:
+        assert target.read_text() == "precious\n", case.name
+    link = red / case.link
+    assert link.is_symlink() == case.refused, case.name
+    if not case.refused:
+        assert link.is_file() and link.stat().st_size > 0, case.name
+
+
+# ------------------------------------------------------------------ targets and field references
+@dataclass(frozen=True)
+class TargetFault:
+    """A night whose target is missing, or whose field reference is refused: config and output-root
+    faults on the unchanged simulated night (no WCS in its headers, no solver index for it).
+
+    ``outcome``: ``no target`` (exit 4: the comparisons' light curves and the chart written, no field
+    reference from it) or ``bad input`` (exit 2: the group fails in one line naming ``words``; the
+    reference file as it was)."""
+
+    name: str
+    sets: dict                                       #: config settings
+    outcome: str
+    words: tuple                                     #: in the group's note (no target) or error (bad input)
+    red_setup: object = None                         #: callable(red) -> None, before the run
+
+    @property
+    def exit_status(self) -> int:
+        return {"no target": 4, "bad input": 2}[self.outcome]
+
+
+#: the simulated night's target (truth.json of tests' simulate_small): RA 19:31:05.65, Dec +30:23:45.0
+SIM_TARGET = {"name": "SIMV", "ra": "19:31:05.65", "dec": "+30:23:45.0"}
+DAMAGED_REFERENCE = "# %ECSV 1.0\n# ---\n# datatype: [this is not a table\nrole x y\n"
+
+
+def _damaged_reference(red: Path) -> None:
+    (red / "fields").mkdir(parents=True, exist_ok=True)
+    (red / "fields" / "SIMV.ecsv").write_text(DAMAGED_REFERENCE)
+
+
+def _other_field_reference(red: Path) -> None:
+    """A reference written by another night for an automatic pick (no sky positions)."""
+    from astropy.table import Table
+
+    t = Table(rows=[("target", 40.0, 70.0, 13.7), ("comparison", 60.0, 54.0, 13.8),
+                    ("comparison", 31.0, 49.0, 13.4)], names=("role", "x", "y", "mag"))
+    t["ra"], t["dec"] = np.full(3, np.nan), np.full(3, np.nan)
+    t.meta.update(object="SIMV", band="V", night="20240101", source="picked")
+    (red / "fields").mkdir(parents=True, exist_ok=True)
+    t.write(red / "fields" / "SIMV.ecsv", format="ascii.ecsv")
+
+
+TARGET_FAULTS = [
+    TargetFault("no_variable_found", {"pick_var_std": 5.0}, "no target",
+                ("no target configured", "automatic pick found no variable")),
+    TargetFault("target_cannot_be_placed", {"targets": [SIM_TARGET]}, "no target",
+                ("target SIMV at 19:31:05.65 +30:23:45", "cannot be placed", "no celestial WCS")),
+    TargetFault("starxy_target_off_the_frame", {"starxy": [[500.0, 500.0], [59.9, 53.8], [30.7, 48.9],
+                                                           [35.6, 101.2]]}, "no target",
+                ("target starxy[0] (500, 500) off the frame (128 x 128 px)",)),
+    TargetFault("damaged_field_reference", {}, "bad input",
+                ("fields/SIMV.ecsv: unreadable field reference", "--refresh-field"), _damaged_reference),
+    TargetFault("field_reference_disagrees_with_targets", {"targets": [SIM_TARGET]}, "bad input",
+                ("fields/SIMV.ecsv (night 20240101) disagrees with the configured target SIMV at 19:31:05.65",
+                 "--refresh-field"), _other_field_reference),
+]
+
+
+def check_target_outcome(fault: TargetFault, summary: dict, red: Path, reference_before: bytes | None) -> None:
+    """Assert ``fault``'s outcome on a reduced night (``summary`` as in summary.json)."""
+    from astropy.table import Table
+
+    g = summary["groups"][0]
+    ref = red / "fields" / "SIMV.ecsv"
+    if fault.outcome == "bad input":
+        assert all(w in g["error"] for w in fault.words), (fault.name, g["error"])
+        assert "\n" not in g["error"] and g["outcome"] == "failed" and summary["outcome"] == "failed"
+        assert ref.read_bytes() == reference_before, fault.name        # refused, kept as it was
+        return
+    assert not g["error"], (fault.name, g["error"])
+    assert g["outcome"] == "no target" and summary["outcome"] == "no target", (fault.name, g["outcome"])
+    assert all(w in g["note"] for w in fault.words), (fault.name, g["note"])
+    assert g["stars"]["ind_tgt"] == [] and g["stars"]["no_target"] == g["note"]
+    lc = Table.read(g["outputs"]["lightcurve"], format="ascii.ecsv")
+    assert not [c for c in lc.colnames if c.startswith("mag_t")], fault.name
+    comps = [c for c in lc.colnames if c.startswith("mag_r") and c.endswith("_a0")]
+    assert len(comps) >= 2 and lc.meta["no_target"] == g["note"], (fault.name, lc.colnames)
+    for c in comps:                       # the simulated comparison stars are constant: a few mmag
+        m = np.asarray(lc[c], float)[np.asarray(lc["ok"], bool)]
+        assert np.nanstd(m) < 0.03, (fault.name, c, np.nanstd(m))
+    for kind in ("lc_png", "chart", "stars"):
+        assert Path(g["outputs"][kind]).is_file(), (fault.name, kind)
+    assert not ref.exists(), fault.name                        # no field reference from a night without target

@@ -17,7 +17,8 @@ import pytest
 
 from qlcp.core.config import load_config
 from qlcp.core.simulate import simulate_small
-from tests.faults import FAULTS, NON_ASCII, check_outcome, make_night, together_fault
+from tests.faults import (FAULTS, NON_ASCII, PLANTED_LINKS, TARGET_FAULTS, check_link_untouched, check_outcome,
+                          check_target_outcome, make_night, plant_link, together_fault)
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +52,26 @@ def test_fault_gives_the_light_curve_and_names_the_bad_file(sim, tmp_path, fault
     assert rc == fault.exit_status, (fault.name, rc, summary.get("degraded"), summary.get("rejected"))
     check_outcome(fault, summary, tmp_path / "red", raw)
     assert _snapshot(raw) == before                      # nothing written inside the raw directory
+
+
+@pytest.mark.parametrize("fault", TARGET_FAULTS, ids=lambda f: f.name)
+def test_target_fault_gives_its_outcome_and_exit_status(sim, tmp_path, fault, capsys):
+    """A night without a target is its own outcome (exit 4, the comparisons' light curves and the
+    chart kept, no field reference from it); a damaged or disagreeing field reference is refused in
+    one line (exit 2) and kept as it was."""
+    red = tmp_path / "red"
+    red.mkdir()
+    if fault.red_setup:
+        fault.red_setup(red)
+    ref = red / "fields" / "SIMV.ecsv"
+    before = ref.read_bytes() if ref.exists() else None
+    sets = [a for k, v in fault.sets.items() for a in ("--set", f"{k}={json.dumps(v)}")]
+    rc, summary = reduce_cli(sim, sim.raw_dir, red, *sets)
+    assert rc == fault.exit_status, (fault.name, rc, summary.get("groups"))
+    check_target_outcome(fault, summary, red, before)
+    if fault.outcome == "bad input":
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith("qlcp: error: ") and all(w in err for w in fault.words), err
 
 
 def test_non_ascii_name_kept_exactly(sim, tmp_path):
@@ -139,3 +160,23 @@ def test_target_coordinate_does_not_depend_on_chunks(sim, tmp_path):
                                                               "calib_library": False}))
         bjd = [float(fits.getheader(f)["BJD"]) for f in sorted((red / "SIMV_V").glob("*.bf.fits"))]
         assert len(bjd) == 10 and np.all(np.isfinite(bjd)), (workers, bjd)
+
+
+@pytest.mark.parametrize("case", PLANTED_LINKS, ids=lambda c: c.name)
+def test_a_link_planted_in_red_is_never_written_through(sim, tmp_path, capsys, case):
+    """R17: the lock file and the step logs were opened through links planted in a writable RED, and
+    a linked directory took the products outside.  Now: refused with one line naming the link (exit 2),
+    or, for a product, the link replaced by the product; the target outside untouched either way."""
+    red = tmp_path / "red"
+    target = plant_link(case, red, tmp_path / "outside")
+    capsys.readouterr()
+    rc, _ = reduce_cli(sim, sim.raw_dir, red)
+    err = capsys.readouterr().err.strip().splitlines()
+    check_link_untouched(case, red, target)
+    if case.refused:
+        assert rc == 2
+        assert err[-1] == (f"qlcp: error: {red / case.link}: is a symbolic link; a run writes nothing through "
+                           f"links inside its output directory (remove the link)")
+        assert sum("error" in line for line in err) == 1
+    else:
+        assert rc == 0 and (red / "lc_SIMV_V.ecsv").is_file()

@@ -11,7 +11,8 @@ from qlcp.core import run
 from qlcp.core.config import load_config
 from qlcp.core.simulate import simulate_small
 from qlcp.deployments.cli import exit_status
-from tests.faults import FAULTS, check_outcome, comparable, make_night, together_fault
+from tests.faults import (FAULTS, PLANTED_LINKS, check_link_untouched, check_outcome, comparable, make_night,
+                          plant_link, together_fault)
 
 pytestmark = pytest.mark.usefixtures("prefect_db")
 
@@ -22,11 +23,11 @@ def sim(tmp_path_factory):
                           n_flats=3)
 
 
-def _flow(sim, raw, red, chunk=3):
+def _flow(sim, raw, red, chunk=3, **sets):
     from qlcp.flows.night import process_night
 
     return process_night(raw_dir=str(raw), red_dir=str(red), config_files=[str(sim.config_path)],
-                         config={"workers": 1, "field_dir": str(red / "fields"), "calib_library": False},
+                         config={"workers": 1, "field_dir": str(red / "fields"), "calib_library": False, **sets},
                          chunk=chunk)
 
 
@@ -60,3 +61,64 @@ def test_failed_flat_task_degrades_the_night_as_in_the_plain_driver(sim, tmp_pat
     assert exit_status(sf) == exit_status(sp.to_dict()) == 3
     assert sf["groups"][0]["outputs"]["lightcurve"] and not sf["groups"][0]["error"]
     assert comparable(sf, flow) == comparable(sp.to_dict(), plain)
+
+
+@pytest.mark.parametrize("case", [c for c in PLANTED_LINKS if c.name in ("log_file", "group_directory", "product")],
+                         ids=lambda c: c.name)
+def test_a_link_planted_in_red_is_never_written_through_by_the_flow(sim, tmp_path, case):
+    """R17 through the flow: the same refusal (the same one line) or the same replaced link as the
+    plain driver; the target outside RED untouched."""
+    from qlcp.core.errors import OutputError
+
+    red = tmp_path / "flow"
+    target = plant_link(case, red, tmp_path / "outside")
+    if case.refused:
+        with pytest.raises(OutputError) as e:
+            _flow(sim, sim.raw_dir, red)
+        assert str(e.value) == (f"{red / case.link}: is a symbolic link; a run writes nothing through links "
+                                f"inside its output directory (remove the link)")
+    else:
+        assert exit_status(_flow(sim, sim.raw_dir, red)) == 0
+    check_link_untouched(case, red, target)
+
+
+@pytest.mark.parametrize("fault", [f for f in TARGET_FAULTS if f.outcome == "no target"], ids=lambda f: f.name)
+def test_night_without_target_completes_through_prefect(sim, tmp_path, fault):
+    """A night without a target is a Completed flow run whose summary (and artifact) says ``no target``,
+    the same summary as the plain driver's, exit status 4 both ways."""
+    from prefect.client.orchestration import get_client
+
+    from qlcp.flows.night import process_night
+
+    plain, flow = tmp_path / "plain", tmp_path / "flow"
+    sp = run(sim.raw_dir, plain, config=load_config([sim.config_path], {
+        "workers": 1, "field_dir": str(plain / "fields"), "calib_library": False, **fault.sets}))
+    state = process_night(raw_dir=str(sim.raw_dir), red_dir=str(flow), config_files=[str(sim.config_path)],
+                          config={"workers": 1, "field_dir": str(flow / "fields"), "calib_library": False,
+                                  **fault.sets}, chunk=3, return_state=True)
+    assert state.is_completed(), state
+    sf = state.result()
+    assert exit_status(sf) == exit_status(sp.to_dict()) == 4
+    check_target_outcome(fault, json.loads((flow / "summary.json").read_text()), flow, None)
+    assert comparable(sf, flow) == comparable(sp.to_dict(), plain)
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs()
+        arts = client.read_artifacts()
+    md = [a.data for a in arts if a.key and a.key.endswith("-summary") and a.flow_run_id == state.state_details.flow_run_id]
+    assert md and "outcome: **no target**" in md[0], md
+
+
+@pytest.mark.parametrize("fault", [f for f in TARGET_FAULTS if f.outcome == "bad input"], ids=lambda f: f.name)
+def test_refused_field_reference_through_prefect(sim, tmp_path, fault):
+    """A damaged or disagreeing field reference: the flow fails with the plain driver's one line, the
+    file kept as it was."""
+    from qlcp.core.errors import QLCPError
+
+    red = tmp_path / "flow"
+    red.mkdir()
+    fault.red_setup(red)
+    before = (red / "fields" / "SIMV.ecsv").read_bytes()
+    with pytest.raises(QLCPError) as e:
+        _flow(sim, sim.raw_dir, red, **fault.sets)
+    assert all(w in str(e.value) for w in fault.words), str(e.value)
+    check_target_outcome(fault, json.loads((red / "summary.json").read_text()), red, before)
