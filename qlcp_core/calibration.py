@@ -42,9 +42,15 @@ class MasterChoice:
     path: str | None
     source: str                 #: "use", "tonight", "library", "alt" or "none"
     why: str = ""               #: for the library: its id, night and age; for none: what was looked for
+    epoch: int | None = None    #: the library's epoch of the camera the master belongs to (when registered)
+    camera: str = ""            #: the library's camera key (:func:`qlcp.core.calib_library.camera_key`)
+    library_error: str = ""     #: the library could not be read (corrupt index): one line, said in ``degraded``
 
     def as_dict(self) -> dict:
-        return {"kind": self.kind, "band": self.band, "path": self.path, "source": self.source, "why": self.why}
+        d = {"kind": self.kind, "band": self.band, "path": self.path, "source": self.source, "why": self.why}
+        d.update({k: v for k, v in (("epoch", self.epoch), ("camera", self.camera),
+                                    ("library_error", self.library_error)) if v})
+        return d
 
 
 def _given(cfg, key: str | None, band: str | None) -> str | None:
@@ -95,37 +101,47 @@ def choose_master(red, cfg, kind: str, band: str | None = None, frame: dict | No
     tonight = product_path(red, kind, band=band)
     if tonight.is_file() and not tonight_rejected:
         return MasterChoice(kind, band, str(tonight), "tonight")
-    lib = _from_library(red, cfg, kind, band, frame)
+    lib, notes, error = _from_library(red, cfg, kind, band, frame)
     if lib is not None:
         return lib
+    skipped = "; ".join(notes)
     alt = _given(cfg, alt_key, band)
     if alt:
         path = _existing(alt_key, band, alt)
         log.warning("%s: none of tonight: using %s %s", _label(kind, band), alt_key, path)
-        return MasterChoice(kind, band, path, "alt")
+        return MasterChoice(kind, band, path, "alt", skipped, library_error=error)
     if kind != "dark":                  # no dark is the usual case; no bias or flat is worth a word
         cfg.mode.missing(f"master {_label(kind, band)} (tonight's, {use_key} or {alt_key})")
         log.warning("no %s at all: frames are not corrected for it", _label(kind, band))
-    return MasterChoice(kind, band, None, "none")
+    return MasterChoice(kind, band, None, "none", skipped, library_error=error)
 
 
-def _from_library(red, cfg, kind: str, band: str | None, frame: dict | None) -> MasterChoice | None:
+def _from_library(red, cfg, kind: str, band: str | None, frame: dict | None) -> tuple:
+    """``(choice or None, notes on masters skipped, the library's error or "")``."""
     if not cfg.calib_library or frame is None:
-        return None
+        return None, [], ""
     from . import calib_library as L
 
     lib = L.library_dir(red, cfg)
+    notes: list = []
     try:
-        e = L.select(lib, kind, band, frame, cfg.calib_max_age_days.get(kind, 0.0), cfg.calib_prefer_earlier)
+        e = L.select(lib, kind, band, frame, cfg.calib_max_age_days.get(kind, 0.0), cfg.calib_prefer_earlier,
+                     notes=notes)
+    except L.LibraryError as err:       # a corrupt index: the night goes on without the library, degraded
+        log.error("%s", err)
+        return None, notes, str(err)
     except Exception as err:  # noqa: BLE001 - an unreadable library is no library (sqlite3/OS errors)
         log.warning("calibration library %s not searched: %s", lib, err)
-        return None
+        return None, notes, ""
     if e is None:
-        return None
+        return None, notes, ""
     age = frame["jd_mid"] - e.jd_mid
-    why = f"library #{e.id} of night {e.night}, {abs(age):.1f} days {'before' if age >= 0 else 'after'}"
+    why = f"library #{e.id} of night {e.night}, {abs(age):.1f} days {'before' if age >= 0 else 'after'}, " \
+          f"epoch {e.epoch}"
+    if notes:
+        why += f" ({'; '.join(notes)})"
     log.warning("%s: none of tonight's: using the %s", _label(kind, band), why)
-    return MasterChoice(kind, band, e.path, "library", why)
+    return MasterChoice(kind, band, e.path, "library", why, e.epoch, e.camera), notes, ""
 
 
 def _label(kind: str, band: str | None) -> str:

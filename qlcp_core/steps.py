@@ -677,16 +677,24 @@ def _master_result(ctx: RunContext, kind: str, band: str | None, inputs: list) -
         lib = L.library_dir(ctx.red, ctx.cfg)
         try:
             e = L.register(lib, made, kind, band, list(inputs), Path(ctx.red).name, ctx.cfg)
+        except L.LibraryError as err:               # a corrupt index: tonight's masters, no library, degraded
+            log.error("%s", err)
+            out["library_error"] = str(err)
         except (OSError, sqlite3.Error) as err:     # the library is a help; an unwritable one costs no night
             log.warning("calibration library %s: %s not registered (%s)", lib, made.name, err)
         else:
-            out["library"] = {"id": e.id, "status": e.status, "qc": e.qc}
+            qc = json.loads(e.qc or "{}")
+            out["library"] = {"id": e.id, "status": e.status, "qc": e.qc, "epoch": e.epoch, "camera": e.camera,
+                              **({"new_epoch": qc["new_epoch"]} if qc.get("new_epoch") else {})}
     return out
 
 
 def run_bias(ctx: RunContext, u: dict, prev: dict) -> dict:
-    bias_mod.make_master_bias([Path(f) for f in u["bias_files"]], ctx.red, ctx.cfg, ctx.progress)
-    return _master_result(ctx, "bias", None, u["bias_files"] if not ctx.cfg.use_bias else [])
+    rejected: list = []
+    bias_mod.make_master_bias([Path(f) for f in u["bias_files"]], ctx.red, ctx.cfg, ctx.progress, rejected)
+    gone = {r[0] for r in rejected}
+    used = [f for f in u["bias_files"] if str(f) not in gone] if not ctx.cfg.use_bias else []
+    return {**_master_result(ctx, "bias", None, used), "rejected": rejected}
 
 
 def run_dark(ctx: RunContext, u: dict, prev: dict) -> dict:

@@ -159,17 +159,46 @@ class NightWalk:
         asked for) the calibration policy's choice, made once."""
         key = f"flat_{band}" if kind == "flat" else kind
         if key not in self.masters:
-            rejected = (self.tonight.get(key) or {}).get("library", {}).get("status") == "rejected"
-            self.masters[key] = choose_master(self.red, self.walk_cfg, kind, band, self._frame(band),
-                                              tonight_rejected=rejected).as_dict()
+            lib = (self.tonight.get(key) or {}).get("library") or {}
+            c = choose_master(self.red, self.walk_cfg, kind, band, self._frame(band),
+                              tonight_rejected=lib.get("status") == "rejected").as_dict()
+            self.masters[key] = self._with_epoch(c, lib)
         return self.masters[key]["path"]
 
+    def _with_epoch(self, c: dict, lib: dict) -> dict:
+        """Tonight's master as the library registered it: its camera's epoch, and, when it started a
+        new epoch (a large change against the library: a new camera or set-point), that news."""
+        if c.get("library_error"):
+            self._degrade(f"calibration library not used: {c['library_error']}")
+        if c["source"] != "tonight" or not lib:
+            return c
+        c = {**c, "epoch": lib.get("epoch"), "camera": lib.get("camera", "")}
+        if lib.get("new_epoch"):
+            import json
+
+            from .calib_library import _qc_text
+
+            c["epoch_change"] = f"new epoch {lib['new_epoch']} of camera {lib.get('camera')}: tonight's master " \
+                                f"differs from the library's ({_qc_text(json.loads(lib.get('qc') or '{}'))}); " \
+                                "used for tonight, the earlier epoch's masters are not offered to this night"
+            log.warning("%s: %s", c["kind"], c["epoch_change"])
+        return c
+
     def _frame(self, band: str | None) -> dict | None:
-        """The night's first science frame (of ``band`` when given) as the calibration library matches it."""
+        """The night's first science frame (of ``band`` when given) as the calibration library matches it,
+        with the epoch of tonight's own masters when the library registered one (the library then
+        offers only that epoch's masters)."""
         from .calib_library import frame_info
 
         files = [g.raw[0] for (_, b), g in sorted(self.groups.items()) if g.raw and (band is None or b == band)]
-        return frame_info(files[0], self.walk_cfg.date_key) if files else None
+        if not files:
+            return None
+        info = frame_info(files[0], self.walk_cfg.date_key)
+        epochs = [lib["epoch"] for r in self.tonight.values() if (lib := r.get("library"))
+                  and lib.get("status") == "ok" and lib.get("camera") == info["camera"]]
+        if epochs:
+            info["epoch"] = max(epochs)
+        return info
 
     # ---------------------------------------------------------- results
     def record(self, block: Block, label: str, unit: dict, res: dict) -> None:
@@ -183,6 +212,9 @@ class NightWalk:
         for kind in ("bias", "dark", "flat"):
             if kind in names and "made" in res:
                 self.tonight[f"flat_{res['band']}" if kind == "flat" else kind] = res
+                if res.get("library_error"):
+                    self._degrade(f"calibration library not used: {res['library_error']}")
+                self.summary.rejected += [[_rel(f, self.raw), why] for f, why in res.get("rejected", [])]
         g = self._group_of(unit)
         if g is None:
             return
@@ -258,6 +290,8 @@ class NightWalk:
         library, ``alt_*``), else without it, degraded."""
         key = f"flat_{band}" if kind == "flat" else kind
         c = choose_master(self.red, self.walk_cfg, kind, band, self._frame(band), tonight_rejected=True).as_dict()
+        if c.get("library_error"):
+            self._degrade(f"calibration library not used: {c['library_error']}")
         if c["path"]:
             c["why"] = f"tonight's {why}; {c['why'] or c['source']}".strip("; ")
             self.masters[key] = c
@@ -350,3 +384,11 @@ _CALIBRATIONS = ("bias", "dark", "flat")
 
 def _s(p) -> str | None:
     return None if p is None else str(p)
+
+
+def _rel(f, raw: Path) -> str:
+    """A raw file as the listing names it: relative to the raw directory."""
+    try:
+        return str(Path(f).relative_to(raw))
+    except ValueError:
+        return str(f)

@@ -225,3 +225,92 @@ def test_a_night_reduced_again_registers_no_second_copy_of_its_masters(tmp_path)
     assert {(e.kind, e.band): e.id for e in L.entries(lib)} == first
     run(sim.raw_dir, tmp_path / "red" / "N", config=_cfg(sim, lib, steps="lbf", combine_sigma=2.0))
     assert len(L.entries(lib, "flat")) == 2                             # other settings, other pixels
+
+
+# ------------------------------------------------- cameras and epochs (issue #24 item 2)
+def _blank_camera(sim):
+    """The night's frames without INSTRUME and TELESCOP (a camera the headers do not name)."""
+    from astropy.io import fits
+
+    for p in sorted(sim.raw_dir.rglob("*.fit")):
+        with fits.open(p, mode="update") as h:
+            h[0].header["INSTRUME"] = ""
+            h[0].header["TELESCOP"] = ""
+
+
+def _quick(sim, lib, steps="lb", **kw):
+    return load_config([sim.config_path], {"workers": 1, "calib_dir": str(lib), "steps": steps, **kw})
+
+
+def test_real_xo1_and_a_simulated_camera_of_its_size_each_use_their_own_bias(xo1_dir, tmp_path):
+    """Issue #24: under one output root, the XO-1 night (512x512, bias ~1360 ADU) and a simulated camera
+    of the same size with no INSTRUME/TELESCOP, a few nights later (bias ~1000 ADU): each uses its own
+    bias; a science-only night of each camera is offered only its own camera's."""
+    lib = tmp_path / "calib"
+    x = run(xo1_dir, tmp_path / "red" / "20250601", config=Config(steps="lb", workers=1, calib_dir=str(lib)))
+    sim = simulate_small(tmp_path / "S", seed=81, night="2025-06-05", size=512, n_frames=2, thick_cloud=False)
+    _blank_camera(sim)
+    s = run(sim.raw_dir, tmp_path / "red" / "20250605", config=_quick(sim, lib))
+    assert x.masters["bias"]["source"] == "tonight" and s.masters["bias"]["source"] == "tonight"
+    biases = L.entries(lib, "bias")
+    assert [e.status for e in biases] == ["ok", "ok"] and len({e.camera for e in biases}) == 2
+    levels = {e.night: e.level for e in biases}
+    assert 1350 < levels["20250601"] < 1370 and 990 < levels["20250605"] < 1010
+    sci = _science_only(sim, tmp_path / "rawS2" / "20250606")
+    s2 = run(sci, tmp_path / "red" / "20250606", config=_quick(sim, lib))
+    assert s2.masters["bias"]["source"] == "library" and "night 20250605" in s2.masters["bias"]["why"]
+    xsci = tmp_path / "rawX2" / "20250602"
+    xsci.mkdir(parents=True)
+    for p in sorted(xo1_dir.glob("XO1-b_*.fits"))[:2]:
+        shutil.copy2(p, xsci / p.name)
+    x2 = run(xsci, tmp_path / "red" / "20250602", config=Config(steps="lb", workers=1, calib_dir=str(lib)))
+    assert x2.masters["bias"]["source"] == "library" and "night 20250601" in x2.masters["bias"]["why"]
+
+
+def test_a_camera_level_change_is_a_new_epoch_and_the_night_uses_its_own_master(tmp_path):
+    """One camera (detector_seed, no INSTRUME/TELESCOP) whose bias level moves from 1000 to 1400 ADU
+    between nights A and B: B's bias starts epoch 2 (reported in masters.json and the summary) and B
+    uses it; a later night without calibration frames is offered only epoch 2's masters, a night
+    between A and B only epoch 1's."""
+    lib = tmp_path / "calib"
+    cam = dict(size=192, detector_seed=11, thick_cloud=False, n_frames=3)
+    a = simulate_small(tmp_path / "A", seed=91, night="2024-06-06", **cam)
+    b = simulate_small(tmp_path / "B", seed=92, night="2024-06-10", bias_level=1400.0, **cam)
+    c = simulate_small(tmp_path / "C", seed=93, night="2024-06-12", bias_level=1400.0, **cam)
+    d = simulate_small(tmp_path / "D", seed=94, night="2024-06-08", **cam)
+    for sim in (a, b, c, d):
+        _blank_camera(sim)
+    run(a.raw_dir, tmp_path / "red" / "A", config=_quick(a, lib, "lbf"))
+    sb = run(b.raw_dir, tmp_path / "red" / "B", config=_quick(b, lib, "lbfi"))
+    mb = sb.masters["bias"]
+    assert mb["source"] == "tonight" and mb["epoch"] == 2 and "new epoch 2" in mb["epoch_change"]
+    assert "level_shift_adu" in mb["epoch_change"]
+    on_disk = json.loads((tmp_path / "red" / "B" / "masters.json").read_text())
+    assert on_disk["bias"]["epoch"] == 2 and "new epoch 2" in on_disk["bias"]["epoch_change"]
+    summary = json.loads((tmp_path / "red" / "B" / "summary.json").read_text())
+    assert "new epoch 2" in summary["masters"]["bias"]["epoch_change"] and not summary["degraded"]
+    assert sb.masters["flat_V"]["source"] == "tonight" and sb.masters["flat_V"]["epoch"] == 2
+    got = {(e.kind, e.night): (e.status, e.epoch) for e in L.entries(lib)}
+    assert got == {("bias", "A"): ("ok", 1), ("flat", "A"): ("ok", 1),
+                   ("bias", "B"): ("ok", 2), ("flat", "B"): ("ok", 2)}
+    sc = run(_science_only(c, tmp_path / "rawC" / "20240612"), tmp_path / "red" / "C", config=_quick(c, lib, "lbf"))
+    assert "night B" in sc.masters["bias"]["why"] and "night B" in sc.masters["flat_V"]["why"]
+    assert sc.masters["bias"]["epoch"] == 2
+    sd = run(_science_only(d, tmp_path / "rawD" / "20240608"), tmp_path / "red" / "D", config=_quick(d, lib, "lbf"))
+    assert "night A" in sd.masters["bias"]["why"] and "night A" in sd.masters["flat_V"]["why"]
+
+
+def test_a_library_db_of_the_old_schema_is_migrated(tmp_path):
+    """A calib.sqlite made before cameras and epochs: its masters become epoch 1 of their camera."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    with sqlite3.connect(lib / L.DB_NAME) as db:
+        db.execute("""CREATE TABLE masters (id INTEGER PRIMARY KEY AUTOINCREMENT, sha256 TEXT UNIQUE NOT NULL,
+            path TEXT NOT NULL, kind TEXT NOT NULL, band TEXT, ny INTEGER, nx INTEGER, binning TEXT, instrument TEXT,
+            telescope TEXT, exptime REAL, date_start TEXT, date_end TEXT, jd_mid REAL, n_frames INTEGER, level REAL,
+            noise REAL, night TEXT, status TEXT NOT NULL DEFAULT 'ok', qc TEXT, registered TEXT)""")
+        db.execute("INSERT INTO masters (sha256, path, kind, ny, nx, binning, instrument, telescope, jd_mid, "
+                   "n_frames, level, noise, night) VALUES ('x', '/nowhere.fits', 'bias', 64, 32, '1,1', 'CAM', '', "
+                   "2460000.5, 5, 1000, 3, 'old')")
+    (e,) = L.entries(lib)
+    assert (e.camera, e.epoch) == ("64x32|1,1|CAM|", 1)
