@@ -445,7 +445,7 @@ def _placement_advice(red, obj, band, base, header, shape, stars, cfg: Config, t
     own = [t.name for t in targets if norm_name(obj) in t.names()] or [t.name for t in targets][:3]
     scale = ast.scale_hint_of(header, cfg.pixel_scale)
     why = ("astrometry.net (solve-field) is not installed" if ast.solve_field_path() is None
-           else res.reason.split("; ", 1)[-1])
+           else res.reason.split("; ", 1)[-1].removesuffix(": pixel coordinates only"))
     chart, table = _numbered_chart(red, obj, band, base, stars, own)
     todo = ast.index_advice(shape, scale)
     if ast.solve_field_path() is not None and ast.indexes_for_field(ast.index_files(cfg.astrometry_index), shape,

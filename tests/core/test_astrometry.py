@@ -422,3 +422,33 @@ def test_target_hint_solves_a_field_without_header_coordinates(tmp_path):
     assert res.source == "solved" and "near target T" in res.reason and res.info["hint"] == "position"
     x, y = res.wcs.all_world2pix(tra, tdec, 0)
     assert abs(x - tx) < 2 and abs(y - ty) < 2
+
+
+def test_tres1_target_without_usable_index_gets_one_message_and_a_numbered_chart(tmp_path):
+    """TrES-1 (no RA/DEC/OBJECT in its headers) given by name and coordinates, with no index file for
+    its ~12' field: step w says in one line that the target cannot be placed and what to do, and
+    writes a numbered chart and its position table (pixel scale 0.66"/px assumed: 13.6 um binned)."""
+    from tests.conftest import SHARED_DATA
+    from qlcp.core import run
+    from qlcp.core.config import load_config
+
+    raw = SHARED_DATA / "tres1_oscaar_20120617"
+    if not raw.is_dir():
+        pytest.skip(f"real data {raw} not present")
+    idx = fake_index(tmp_path / "idx" / "index-4109.fits", 42.0, 60.0)     # as astrometry-data-tycho2-09
+    cfg = load_config([], {"workers": 2, "steps": "lbfiopw", "field_dir": str(tmp_path / "fields"),
+                           "pixel_scale": 0.66, "astrometry_index": [str(idx.parent)],
+                           "targets": [{"name": "TrES-1", "ra": "19:04:09.8", "dec": "+36:37:57"}]})
+    s = run(raw, tmp_path / "red", config=cfg)
+    g = s.groups[0]
+    res = A.read_wcs_product(g.outputs["wcs"])
+    assert res.wcs is None and "no index file for a field of 12.0' x 8.1'" in res.reason
+    help_ = res.advice
+    assert "\n" not in help_ and help_.startswith("target TrES-1 cannot be placed")
+    assert "5200" in help_ and "chart_numbered_tres1_Filter_2.png" in help_
+    rows = [ln.split() for ln in (tmp_path / "red" / "chart_numbered_tres1_Filter_2.txt").read_text().splitlines()
+            if not ln.startswith("#")]
+    assert len(rows) == 30 and rows[0][0] == "0"
+    x0, y0 = float(rows[0][1]), float(rows[0][2])
+    assert 0 <= x0 < 1092 and 0 <= y0 < 736
+    assert (tmp_path / "red" / "chart_numbered_tres1_Filter_2.png").stat().st_size > 10_000
