@@ -164,6 +164,17 @@ def flats_saturated(raw):
         _rewrite(f, data=lambda d: np.full_like(d, 64000.0))
 
 
+def science_as_bias(raw):
+    """R13: a science frame whose IMAGETYP says BIAS (listed as a bias by its header): a copy of frame 9
+    (its pixels + 1 ADU: no duplicate), so the night keeps every science frame."""
+    with fits.open(_frame(raw, 9)) as h:
+        hdr, data = h[0].header.copy(), h[0].data.astype(np.float32) + 1
+    hdr["IMAGETYP"] = "BIAS"
+    for k in ("BZERO", "BSCALE"):
+        hdr.remove(k, ignore_missing=True)
+    fits.PrimaryHDU(data, hdr).writeto(raw / "bias-0098.fit")
+
+
 def _all_but(*gone):
     return lambda names: [n for n in names if n not in gone]
 
@@ -201,6 +212,7 @@ FAULTS = [
     Fault("readme_and_checksums", readme_and_checksums),
     Fault("no_sky_coordinate", no_radec_anywhere,
           degraded=("SIMV: no sky coordinate for BJD/HJD/airmass: give targets or alt_coord",)),
+    Fault("science_frame_as_bias", science_as_bias, rejected=(("bias-0098.fit", "not a bias"),)),
 ]
 
 #: the faults put together into one night (one of each bad file); it loses no calibration
