@@ -24,6 +24,10 @@ from qlcp.core._version import __version__
 EXIT_BAD_INPUT = 2
 #: the night reduced without a calibration it should have had (``degraded`` in summary.json)
 EXIT_DEGRADED = 3
+#: the night reduced, but a group has no target: none configured and no variable found, a configured
+#: target not on the frames or not placeable, ``starxy`` targets off the frame (outcome ``no target``
+#: in summary.json; the comparisons' light curves and the chart are written)
+EXIT_NO_TARGET = 4
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
@@ -269,11 +273,14 @@ def _reduce(raw, red, cfg, no_prefect: bool, refresh: bool = False, runner: str 
 
 
 def exit_status(summary: dict) -> int:
-    """0: every group reduced; 1: a group failed; 3 (:data:`EXIT_DEGRADED`): reduced, but without a
+    """0: every group reduced; 1: a group failed; 4 (:data:`EXIT_NO_TARGET`): reduced, but a group
+    has no target (outcome ``no target``); 3 (:data:`EXIT_DEGRADED`): reduced, but without a
     calibration it should have had (the summary's ``degraded``: a bias, dark or flat failed or
-    had no usable frames); 1 wins over 3."""
+    had no usable frames); 1 wins over 4, 4 over 3."""
     if any(g.get("error") for g in summary["groups"]):
         return 1
+    if any(g.get("outcome") == "no target" for g in summary["groups"]):
+        return EXIT_NO_TARGET
     return EXIT_DEGRADED if summary.get("degraded") else 0
 
 
@@ -327,7 +334,10 @@ def _print_summary(summary: dict, seconds: float) -> None:
             why = f": {m['why']}" if m.get("why") else ""
             print(f"  {kind}: {m['path'] or 'none'} ({m['source']}{why})")
     for g in summary["groups"]:
-        state = f"FAILED: {g['error']}" if g.get("error") else "ok"
+        state = f"FAILED: {g['error']}" if g.get("error") else \
+            f"NO TARGET: {g.get('note', '')}" if g.get("outcome") == "no target" else "ok"
+        if (g.get("stars") or {}).get("targets"):
+            state += f" (target {', '.join(g['stars']['targets'])})"
         print(f"  {g['obj']} {g['band']}: {g['frames']} frames, {g.get('corrected', 0)} corrected - {state}")
         for n in g.get("noise") or []:
             if n.get("aperture") == 0:

@@ -481,17 +481,24 @@ def summary_markdown(summary: dict, cfg) -> str:
            f"* config hash `{summary['config_hash']}`, steps `{cfg.steps}`, apertures {cfg.aper} px",
            f"* finished {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC in {summary['run']['seconds']} s",
            "* masters: " + (", ".join(f"{k} `{Path(m['path']).name if m['path'] else 'none'}` ({m['source']})"
-                                      for k, m in sorted(summary["masters"].items())) or "none"), ""]
+                                      for k, m in sorted(summary["masters"].items())) or "none"),
+           f"* outcome: **{summary.get('outcome') or 'ok'}**"]
+    out += [f"* {g['obj']} {g['band']}: **no target**: {g.get('note', '')}" for g in summary["groups"]
+            if g.get("outcome") == "no target"]
+    out += [""]
     states = ", ".join(f"{name}: " + "/".join(f"{n} {s}" for s, n in sorted(c.items()))
                        for name, c in sorted(summary["run"]["task_states"].items()))
     out += [f"**Tasks** — {states}", ""]
     out += ["## Targets", "", "| object | band | frames | corrected | light curve | star | aperture | "
             "achieved (mmag) | predicted (mmag) | note |", "|---|---|---|---|---|---|---|---|---|---|"]
     for g in summary["groups"]:
-        note = g["error"] or ""
+        note = g["error"] or ("no target" if g.get("outcome") == "no target" else "")
+        names = (g.get("stars") or {}).get("targets") or []
         noise = g.get("noise") or [{}]
         for n in noise:
             star = n.get("label") or f"{n.get('role', '')} {n.get('k', '')}".strip()
+            if n.get("role") == "target" and isinstance(n.get("k"), int) and n["k"] < len(names):
+                star += f" {names[n['k']]}"         # the configured name (XO-1), not only T0
             ach = f"{1e3 * n['achieved']:.2f}" if n.get("achieved") is not None else ""
             pre = f"{1e3 * n['predicted']:.2f}" if n.get("predicted") is not None else ""
             flag = "NOISY (clouds or systematics?)" if n.get("noisy") else ""

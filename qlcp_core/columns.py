@@ -141,7 +141,7 @@ SPECS: dict[str, dict[str, tuple[str, str]]] = {
     },
 }
 
-_LC_STAR = re.compile(r"^(mag|err)_([tc])(\d+)_a(\d+)$")
+_LC_STAR = re.compile(r"^(mag|err)_([tcr])(\d+)_a(\d+)$")
 
 
 def spec(kind: str, name: str) -> tuple[str, str] | None:
@@ -153,8 +153,10 @@ def spec(kind: str, name: str) -> tuple[str, str] | None:
     if m is None:
         return None
     what, role, k, j = m.groups()
-    star = f"{'T' if role == 't' else 'C'}{k}"
+    star = f"{role.upper()}{k}"
     text = "differential magnitude (star minus ensemble)" if what == "mag" else "error of the differential magnitude"
+    if role == "r":
+        text += " of the other comparisons (a night without target)"
     return MAG, f"{star}: {text}, aperture {j}"
 
 

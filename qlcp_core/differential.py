@@ -331,6 +331,8 @@ def differential(cata: Table, ind_tgt=None, ind_ref=None, ind_chk=None, cfg=None
         log.warning("no usable comparison star: every frame is marked not ok")
     ens = _ensemble_curves(d.m, d.nz.err, d.frame_ok, comps, fits)
     lc, noise_rows = _lightcurve_table(cata, d, ens, tgt, chk, comps)
+    if not tgt and comps:                   # no target: what the night measured is its comparisons
+        noise_rows += _comparison_curves(lc, d, ens, comps, fits)
     _rejected_scatter(ens.scatter, d.m, ens.mag, reason)
     stars, roles, sxy = _stars_table(cata, d.ns, tgt, chk, comps, reason, ens, source)
     lc.meta.update(_lc_meta(cata, cfg, d, roles, sxy, tgt, ref, chk, comps, noise_rows))
@@ -609,6 +611,37 @@ def _lightcurve_table(cata: Table, d: _Night, ens: _EnsembleCurves, tgt: list[in
                     log.warning(f"{role} {letter.upper()}{k} (star index {i}) aperture {j}: scatter {row['achieved']:.4f} > 2 x "
                                 f"predicted {row['predicted']:.4f} (clouds or systematics?)")
     return lc, noise_rows
+
+
+def _comparison_curves(lc: Table, d: _Night, ens: _EnsembleCurves, comps: list[int],
+                       fits: list[dict]) -> list[dict]:
+    """Columns ``mag_r{k}_a{j}``, ``err_r{k}_a{j}`` (in place): comparison ``comps[k]`` against the
+    ensemble of the other comparisons (its leave-one-out light curve, the zero points and weights
+    of the fit); the noise budget of each.  Written for a group without a target, whose
+    comparisons are then what the night measured.  A single comparison has no other to compare with.
+
+    Returns
+    -------
+    list of dict
+        :func:`_budget` rows with ``star, role='comparison', k, label='R{k}', aperture``.
+    """
+    rows = []
+    if len(comps) < 2:
+        return rows
+    for k, i in enumerate(comps):
+        others = [p for p in range(len(comps)) if p != k]
+        idx = [comps[p] for p in others]
+        for j in range(d.na):
+            ft = fits[j]
+            w = np.asarray(ft["w"], float)[others]
+            e_mag, e_sig = _ensemble(d.m[:, idx, j], d.nz.err[:, idx, j], np.asarray(ft["c"], float)[others], w)
+            dm = np.where(ens.ok, d.m[:, i, j] - e_mag, np.nan)
+            de = np.where(np.isfinite(dm), np.sqrt(d.nz.err[:, i, j] ** 2 + e_sig ** 2), np.nan)
+            lc[f"mag_r{k}_a{j}"], lc[f"err_r{k}_a{j}"] = dm, de
+            row = _budget(d.nz, d.m, d.flux, i, idx, w / np.sum(w), j, dm, ens.ok)
+            row.update(star=int(i), role="comparison", k=k, label=f"R{k}", aperture=j)
+            rows.append(row)
+    return rows
 
 
 def _rejected_scatter(scatter: np.ndarray, m: np.ndarray, ens: np.ndarray, reason: dict) -> None:
@@ -922,13 +955,13 @@ def write_lightcurve(lc: Table, stars: Table, red_dir: str | Path, obj: str, ban
     apertures = lc.meta.get("apertures", [])
     for j in range(len(apertures)):
         d = red / f"cali_{obj}_AP{_aper_label(apertures[j])}"
-        for letter, stem in (("t", "vc"), ("c", "chk")):
+        for letter, stem in (("t", "vc"), ("c", "chk"), ("r", "ref")):
             k = 0
             while f"mag_{letter}{k}_a{j}" in lc.colnames:
                 mg = np.asarray(lc[f"mag_{letter}{k}_a{j}"], dtype=float)
                 er = np.asarray(lc[f"err_{letter}{k}_a{j}"], dtype=float)
                 use = ok & np.isfinite(mg) & np.isfinite(t)
-                who = "target" if letter == "t" else "check"
+                who = {"t": "target", "c": "check", "r": "comparison"}[letter]
                 lines = [f"# {tname} mag err   ({obj} {band} {who} {k}, aperture {apertures[j]:g}, comparisons {refs})"]
                 lines += [f"{t[f]:.7f} {mg[f]:8.5f} {er[f]:7.5f}" for f in np.flatnonzero(use)]
                 p = d / f"{obj}_{band}_{stem}{k}_{refs}.txt"

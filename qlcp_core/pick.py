@@ -110,7 +110,7 @@ def _good_sources(t, err_max: float) -> np.ndarray:
 
 
 def pick_stars(cat_files: Sequence[str | Path], offsets_table: Table, cfg,
-               image_shape: tuple[int, int], targets_xy=None) -> Selection:
+               image_shape: tuple[int, int], targets_xy=None, no_targets: bool = False) -> Selection:
     """Choose targets, comparisons and checks from the night's frame catalogues.
 
     Parameters
@@ -129,6 +129,10 @@ def pick_stars(cat_files: Sequence[str | Path], offsets_table: Table, cfg,
         Known targets' positions on the base image (from their sky positions): they
         are the targets, whatever their scatter, and comparisons and checks are
         chosen for them (:func:`_classify_for_targets`).
+    no_targets : bool
+        Comparisons and checks only, as the automatic pick chooses them; the variable
+        stars it finds are not made targets (a configured target that is not on the
+        frames is not replaced by another star).
 
     Returns
     -------
@@ -154,9 +158,13 @@ def pick_stars(cat_files: Sequence[str | Path], offsets_table: Table, cfg,
     st = _night_statistics(mags, xb, yb)
     log.info(f"pick: {st.n_frames} of {len(usable)} frames aligned "
              f"({len(usable) - st.n_frames} with too few stars left out)")
-    if targets_xy is None:
+    if targets_xy is None or no_targets:
         cls = _classify(st, sat, cfg, image_shape)
         role, reason = _roles_and_reasons(st, sat, cls, cfg)
+        if no_targets:
+            for i in cls.var_ix:
+                role[i], reason[i] = "rejected", f"variable (std {st.std[i]:.3f}), not made a target: no_targets"
+            cls.var_ix, cls.no_targets = np.zeros(0, dtype=int), True
     else:
         n_t = int(np.sum(tgt_src >= 0))
         cls = _classify_for_targets(st, sat, cfg, np.arange(n_t), _isolated(tref, good, cfg))
@@ -375,6 +383,7 @@ class _Classes:
     var_ix: np.ndarray     #: targets, most variable first
     ref_ix: np.ndarray     #: comparisons, most stable first
     chk_ix: np.ndarray     #: checks
+    no_targets: bool = False   #: targets not wanted (:func:`pick_stars`'s ``no_targets``)
 
 
 def _classify(st: _NightStats, sat: np.ndarray, cfg, image_shape: tuple[int, int]) -> _Classes:
@@ -512,7 +521,7 @@ def _selection(st: _NightStats, sat: np.ndarray, cls: _Classes, role: np.ndarray
                              np.sum(np.isfinite(st.magc), axis=0), role, star, reason),
     )
     sel.report.meta.update(ref_frame=ref, n_frames=st.n_frames)
-    if nt == 0:
+    if nt == 0 and not cls.no_targets:
         log.warning(f"pick: no variable star found (std > {cfg.pick_var_std} in the central region); "
                     "target list empty, give starxy/ind_tgt by hand")
     for k, i in enumerate(var_ix):

@@ -61,7 +61,10 @@ ROLE_STYLE = {
 #: what the panels' sigma means, printed on every light-curve plot
 SIGMA_NOTE = "\u03c3: frame-to-frame scatter (point-to-point, robust), mmag; predicted: CCD equation + scintillation"
 
-_MAG_RE = re.compile(r"^mag_([tc])(\d+)_a(\d+)$")
+_MAG_RE = re.compile(r"^mag_([tcr])(\d+)_a(\d+)$")
+#: panel letter -> role of the stars table (``r``: a comparison against the others, written for a
+#: light curve without a target)
+_PANEL_ROLE = {"t": "target", "c": "check", "r": "comparison"}
 
 
 # ------------------------------------------------------------------ helpers
@@ -107,15 +110,16 @@ def _fmt_num(v) -> str:
 
 
 def _lc_stars(lc: Table) -> tuple[list[tuple[str, int]], int]:
-    """Star panels ``[("t", 0), ..., ("c", 0), ...]`` and the number of apertures."""
+    """Star panels ``[("t", 0), ..., ("c", 0), ..., ("r", 0), ...]`` and the number of apertures.
+    A light curve without a target (``no_target`` in its meta) has check and comparison panels."""
     found: dict[tuple[str, int], set[int]] = {}
     for name in lc.colnames:
         m = _MAG_RE.match(name)
         if m:
             found.setdefault((m.group(1), int(m.group(2))), set()).add(int(m.group(3)))
-    if not any(kind == "t" for kind, _ in found):
-        raise InputError("light-curve table: no mag_t{k}_a{j} column (no target)")
-    panels = sorted(found, key=lambda s: (s[0] != "t", s[1]))
+    if not found:
+        raise InputError("light-curve table: no mag_t{k}_a{j}, mag_c{k}_a{j} or mag_r{k}_a{j} column (no star)")
+    panels = sorted(found, key=lambda s: ("tcr".index(s[0]), s[1]))
     naper = 1 + max(max(js) for js in found.values())
     return panels, naper
 
@@ -145,11 +149,11 @@ def _noise_key(d: dict) -> tuple[str, int] | None:
         aper = d.get("aper", d.get("aperture"))
         j = int(aper)
         star = d.get("star")
-        if isinstance(star, str) and re.fullmatch(r"[tc]\d+", star):
+        if isinstance(star, str) and re.fullmatch(r"[tcr]\d+", star):
             return star, j
         role = str(d.get("role", ""))
-        if role in ("target", "check") and d.get("k") is not None:
-            return f"{role[0]}{int(d['k'])}", j
+        if role in ("target", "check", "comparison") and d.get("k") is not None:
+            return f"{'r' if role == 'comparison' else role[0]}{int(d['k'])}", j
     except (TypeError, ValueError):
         pass
     return None
@@ -166,18 +170,19 @@ def choose_aperture(lc: Table) -> int:
     """Aperture index with the smallest achieved scatter of target 0.
 
     Uses ``lc.meta["noise"]`` (entries for target 0: ``star="t0", aper=j`` or
-    ``role="target", k=0, aperture=j``); falls back to aperture 0 when that
-    information is missing.
+    ``role="target", k=0, aperture=j``; without a target, those of the first panel's star);
+    falls back to aperture 0 when that information is missing.
     """
-    _, naper = _lc_stars(lc)
+    panels, naper = _lc_stars(lc)
+    first = f"{panels[0][0]}{panels[0][1]}"
     best, best_val = 0, np.inf
     for d in _noise_entries(lc):
         key = _noise_key(d)
-        if key is None or key[0] != "t0":
+        if key is None or key[0] != first:
             continue
         j = key[1]
         val = _noise_value(d, "achieved")
-        if 0 <= j < naper and f"mag_t0_a{j}" in lc.colnames and np.isfinite(val) and val < best_val:
+        if 0 <= j < naper and f"mag_{first}_a{j}" in lc.colnames and np.isfinite(val) and val < best_val:
             best, best_val = j, val
     return best
 
@@ -338,7 +343,7 @@ def make_lightcurve_figure(lc: Table, stars: Table | None = None, title: str = "
     for ax, (kind, k) in zip(axes, panels):
         sc = _star_panel(ax, lc, kind, k, j, x, ok, by_role)
         if not header_scatter:
-            header_scatter = f"{'T' if kind == 't' else 'C'}{k} {sc}"
+            header_scatter = f"{kind.upper()}{k} {sc}"
     _lc_legend(fig, axes[: len(panels)])
     if has_cond:
         _conditions_panel(axes[-1], x, ok, airmass, fwhm)
@@ -392,7 +397,7 @@ def _star_panel(ax, lc: Table, kind: str, k: int, j: int, x: np.ndarray, ok: np.
     """
     n = len(lc)
     star = f"{kind}{k}"
-    name = f"{'T' if kind == 't' else 'C'}{k}"
+    name = f"{kind.upper()}{k}"
     ax.set_label(f"star:{star}")
     mag = _col(lc, f"mag_{star}_a{j}", n)
     err = _col(lc, f"err_{star}_a{j}", n)
@@ -401,16 +406,21 @@ def _star_panel(ax, lc: Table, kind: str, k: int, j: int, x: np.ndarray, ok: np.
     if err is None:
         err = np.full(n, np.nan)
     good = ok & np.isfinite(mag) & np.isfinite(x)
-    colour = "black" if kind == "t" else "tab:blue"
+    colour = {"t": "black", "c": "tab:blue", "r": "#009e00"}[kind]
     _star_points(ax, star, x, mag, err, ok, colour)
-    if kind == "c" and good.any():
-        ax.axhline(np.nanmedian(mag[good]), color="tab:blue", lw=0.6, ls=":", zorder=1)
+    if kind != "t" and good.any():
+        ax.axhline(np.nanmedian(mag[good]), color=colour, lw=0.6, ls=":", zorder=1)
 
-    # left: star name and position; right: scatter achieved vs predicted
+    # left: star name (a target's configured name) and position; right: scatter achieved vs predicted
     info = ""
-    role_list = by_role["target" if kind == "t" else "check"]
+    role_list = by_role[_PANEL_ROLE[kind]]
+    names = (lc.meta or {}).get("targets") or []
+    if kind == "t" and k < len(names) and names[k]:
+        info = f" {names[k]}"
+    if kind == "r":
+        info = " vs the other comparisons"
     if k < len(role_list) and np.isfinite(role_list[k]["x"]):
-        info = f"  ({role_list[k]['x']:.0f}, {role_list[k]['y']:.0f})"
+        info += f"  ({role_list[k]['x']:.0f}, {role_list[k]['y']:.0f})"
     box = {"boxstyle": "round,pad=0.2", "facecolor": "white", "edgecolor": "none", "alpha": 0.75}
     ax.text(0.01, 0.95, name + info, transform=ax.transAxes, ha="left", va="top",
             fontsize=9, fontweight="bold", color=colour, bbox=box, zorder=5)
@@ -521,10 +531,12 @@ def _time_limits(ax, x: np.ndarray, xlabel: str) -> None:
 def _lc_header(meta: dict, title: str, j: int, header_scatter: str, ok: np.ndarray, ncomp: int) -> str:
     """Two-line figure title: object/band/night (or ``title``), then aperture, scatter, frames, comparisons.
 
+    A light curve without a target (``no_target`` in the meta) says so on a third line.
+
     Parameters
     ----------
     meta : dict
-        Light-curve meta (``object, band, night, apertures, aper_radius``).
+        Light-curve meta (``object, band, night, apertures, aper_radius``, ``no_target``).
     title : str
         First line instead of the meta's; "light curve" when both are empty.
     j : int
@@ -547,7 +559,11 @@ def _lc_header(meta: dict, title: str, j: int, header_scatter: str, ok: np.ndarr
     ap = _aperture_label(meta, j)
     frames = f"{int(ok.sum())}/{n} frames" + (f", {bad_n} rejected" if bad_n else "")
     parts = [ap, header_scatter, frames] + ([f"{ncomp} comparison stars"] if ncomp else [])
-    return f"{line1}\n" + "   |   ".join(p for p in parts if p)
+    out = f"{line1}\n" + "   |   ".join(p for p in parts if p)
+    if meta.get("no_target"):
+        why = _meta_str(meta, "no_target").split(";")[0]
+        out += f"\nno target: {why[:97] + '...' if len(why) > 100 else why}"
+    return out
 
 
 def render_lightcurve_png(lc: Table, stars: Table | None = None, title: str = "",

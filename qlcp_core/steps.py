@@ -531,8 +531,9 @@ def catalogue_step(red, cfg: Config, obj: str, band: str, cat_files, offsets: st
         raise InputError(f"{obj} {band}: no stars to catalogue (no starxy given and none picked)")
     off = off_mod.read_offsets(red, obj, band)
     table = cat_mod.build_catalogue(cat_files, off, selection["starxy"], cfg, base_file=off.meta.get("base"))
-    for k in ("ind_tgt", "ind_ref", "ind_chk", "source"):
-        table.meta[k] = selection.get(k)
+    for k in ("ind_tgt", "ind_ref", "ind_chk", "source", "targets", "no_target"):
+        if k in selection or k.startswith("ind_") or k == "source":
+            table.meta[k] = selection.get(k)
     w = step_w_wcs(product_path(red, "wcs", obj, band))
     radec = star_radec(w, selection["starxy"])
     if radec is not None:                       # the stars' sky positions, kept in the catalogue's meta
@@ -588,13 +589,21 @@ def differential_step(red, cfg: Config, obj: str, band: str, cata: str, night: s
         stars["ra"].unit = stars["dec"].unit = "deg"
     bf0 = next(iter(sorted(group_dir(red, obj, band).glob("*.bf.fits"))), None)
     lc.meta.update(object=obj, band=band, night=night)
+    names = [str(n) for n in (m.get("targets") or [])][:len(lc.meta.get("ind_tgt", []))]
+    if names:
+        lc.meta["targets"] = names                  # the configured names of targets T0, T1, ...
+    if m.get("no_target") and not lc.meta.get("ind_tgt"):
+        lc.meta["no_target"] = str(m["no_target"])
     files = diff_mod.write_lightcurve(lc, stars, red, obj, band, provenance(red, cfg, _s(bf0)))
     from . import plotting          # matplotlib: imported only when plotting
 
     png, pdf = product_path(red, "lc_png", obj, band), product_path(red, "lc_pdf", obj, band)
-    plotting.plot_lightcurve(lc, stars, png, pdf, title=f"{obj} {band} {night}".strip())
-    log.info("%s %s: light curve of %d target(s), %d check(s) (%s stars)", obj, band,
-             len(lc.meta.get("ind_tgt", [])), len(lc.meta.get("ind_chk", [])), "given" if given else "picked")
+    title = f"{obj} {band} {night}".strip() + (f"   target {', '.join(names)}" if names else
+                                                "   NO TARGET" if lc.meta.get("no_target") else "")
+    plotting.plot_lightcurve(lc, stars, png, pdf, title=title)
+    log.info("%s %s: light curve of %d target(s)%s, %d check(s) (%s stars)", obj, band,
+             len(lc.meta.get("ind_tgt", [])), f" ({', '.join(names)})" if names else "",
+             len(lc.meta.get("ind_chk", [])), "given" if given else "picked")
     return {"lc": str(files[0]), "stars": str(product_path(red, "stars", obj, band)), "png": str(png),
             "pdf": str(pdf), "noise": lc.meta.get("noise", [])}
 

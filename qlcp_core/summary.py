@@ -16,6 +16,25 @@ from .io import write_json
 from .products import product_path
 
 
+#: a night's outcomes, worst first, with the CLI's exit status of each (documented in the README)
+OUTCOMES = {"failed": 1, "no target": 4, "degraded": 3, "ok": 0}
+
+
+def group_outcome(g: "GroupSummary") -> tuple[str, str]:
+    """``(outcome, note)`` of a group: failed (its error), no target (why), else ok."""
+    if g.error:
+        return "failed", g.error
+    if g.stars.get("no_target"):
+        return "no target", str(g.stars["no_target"])
+    return "ok", ""
+
+
+def night_outcome(s: "NightSummary") -> str:
+    """The night's outcome: the worst of its groups' (failed, no target), else degraded, else ok."""
+    found = {g.outcome or group_outcome(g)[0] for g in s.groups} | ({"degraded"} if s.degraded else set())
+    return next((o for o in OUTCOMES if o in found), "ok")
+
+
 @dataclass
 class GroupSummary:
     """One (object, band) group.
@@ -24,8 +43,10 @@ class GroupSummary:
     ``night_catalogue``, ...; see :mod:`qlcp.core.products`) to paths; ``noise`` lists, per
     star and aperture, the scatter achieved and predicted (mag); ``stars`` says how the
     stars were chosen (``source``: given, field, targets or picked; the field reference
-    and the stars lost tonight); ``rejected`` holds
-    ``[file, reason]`` of frames dropped; ``error`` is empty unless the group failed.
+    and the stars lost tonight; ``targets``: the configured targets measured; ``no_target``: why
+    there is none); ``rejected`` holds ``[file, reason]`` of frames dropped; ``error`` is empty
+    unless the group failed; ``outcome`` is ``ok``, ``no target`` (reduced, with the comparisons'
+    light curves and the chart, but no target measured: ``note`` says why) or ``failed``.
     """
 
     obj: str
@@ -37,6 +58,8 @@ class GroupSummary:
     noise: list = field(default_factory=list)
     stars: dict = field(default_factory=dict)           #: how the stars were chosen (source, field reference, lost)
     error: str = ""
+    outcome: str = ""                                   #: ok, no target, failed (set when the walk ends)
+    note: str = ""                                      #: why the outcome is not ok
 
 
 @dataclass
@@ -57,6 +80,8 @@ class NightSummary:
     #: the night still reduced, but not as it should be (the CLI's exit status 3)
     degraded: list = field(default_factory=list)
     run: dict = field(default_factory=dict)             #: driver, seconds, timings, task states
+    #: the night's outcome (:data:`OUTCOMES`): the worst of its groups' and ``degraded``
+    outcome: str = ""
 
     @property
     def failed(self) -> list[GroupSummary]:

@@ -32,7 +32,7 @@ from .nightname import night_name
 from .products import product_path
 from .stages import BAND, CHUNK, GROUP, NIGHT, WALK_KEYS, Block, plan, view
 from .steps import catalogue_files, corrected_files
-from .summary import GroupSummary, NightSummary
+from .summary import GroupSummary, NightSummary, group_outcome, night_outcome
 from .timing import target_coord
 
 log = logging.getLogger("qlcp.walk")
@@ -231,7 +231,8 @@ class NightWalk:
         if res.get("selection"):
             sel = res["selection"]
             g.summary.stars = {k: sel[k] for k in ("source", "targets", "field_reference", "field_match", "field_error", "lost",
-                                                   "ind_tgt", "ind_ref", "ind_chk") if k in sel}
+                                                   "ind_tgt", "ind_ref", "ind_chk", "no_target", "targets_missing",
+                                                   "targets_missing_why") if k in sel}
 
     def fail(self, block: Block, label: str, unit: dict, error: str) -> None:
         """Take one unit's failure: a calibration is lost (bias, dark, flat: the night goes on,
@@ -366,6 +367,11 @@ class NightWalk:
                 self.summary.run["corrected_removed"] = removed
         self.summary.masters = dict(self.masters)
         self.summary.groups = [g.summary for g in self.groups.values()]
+        for g in self.summary.groups:
+            g.outcome, g.note = group_outcome(g)
+            if g.outcome == "no target":
+                log.warning("%s %s: no target: %s", g.obj, g.band, g.note)
+        self.summary.outcome = night_outcome(self.summary)
         return self.summary
 
     def check(self) -> None:
