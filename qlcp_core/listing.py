@@ -26,13 +26,17 @@ import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 
+from . import timing
 from .config import Config
 from .errors import InputError
 from .io import FITS_SUFFIXES, GZIP_SUFFIXES, raw_stem, simple_image_header, write_table, write_text
 
 log = logging.getLogger("qlcp.listing")
 
-KINDS = ("bias", "dark", "flat", "science", "rejected")
+KINDS = ("bias", "dark", "flat", "science", "rejected", "not FITS")
+#: a science frame whose time is further than this from the median of the night's science frames is
+#: rejected (a camera clock reset or set to another year): a night is shorter than a day
+MAX_TIME_FROM_MEDIAN_DAYS = 1.0
 UNKNOWN_BAND = "X"
 
 #: header frame-type values -> kind
@@ -158,10 +162,17 @@ def _shape(hdr) -> tuple:
 
 def _exptime_problem(exptime: float, kind: str, key: str) -> str:
     """Why a frame's exposure time makes it unusable, or '': a science frame or dark needs one
-    (times are mid-exposure, darks scale with it), and none may be negative."""
+    (times are mid-exposure, darks scale with it), none may be negative, and a science frame's is
+    not zero (no light: a bias taken for a science frame, or a broken card)."""
     if not np.isfinite(exptime):
         return f"no exposure time ({key} missing or not a number)" if kind in ("science", "dark") else ""
+    if exptime == 0 and kind == "science":
+        return f"zero exposure time ({key} = 0) on a science frame"
     return f"negative exposure time ({key} = {exptime:g})" if exptime < 0 else ""
+
+
+#: the reason of a file that is not a FITS file by its name: listed at INFO, not among the rejected frames
+NOT_FITS = "not a FITS file name"
 
 
 def classify(path: Path, rel: str, cfg: Config) -> dict:
@@ -169,12 +180,22 @@ def classify(path: Path, rel: str, cfg: Config) -> dict:
     row = dict(file=rel, kind="rejected", obj="", band="", exptime=np.nan, date="", reason="")
     name = path.name
     if not _is_fits_name(name):
-        row["reason"] = "not a FITS file name"
+        row.update(kind="not FITS", reason=NOT_FITS)       # a README, checksums, region files: not a frame
         return row
     hdr, why = _probe(path)
     if hdr is None:
         row["reason"] = why
         return row
+    try:
+        return _classify(hdr, name, row, cfg)
+    except fits.VerifyError as e:      # one unparsable card (EXPTIME = NAN): this file, not the night
+        key = re.search(r"\(([^)]+)\)", str(e))
+        row.update(kind="rejected", obj="", band="",
+                   reason=f"unparsable header card {key.group(1) if key else '?'}: not a FITS value")
+        return row
+
+
+def _classify(hdr, name: str, row: dict, cfg: Config) -> dict:
     groups = match_name(name, cfg.patterns)
     name_obj = groups.get("obj", "")
     htype = _hval(hdr, cfg.imagetyp_key, "IMAGETYP", "OBSTYPE", "FRAMETYP")
@@ -205,6 +226,11 @@ def classify(path: Path, rel: str, cfg: Config) -> dict:
             return row
         row["obj"] = safe_name(obj)
         row["band"] = band or UNKNOWN_BAND
+        try:                            # its time: readable (else rejected, naming the keyword and value)
+            row["time"] = float(timing.obs_start(hdr, cfg).jd)
+        except InputError as e:
+            row["reason"] = str(e)
+            return row
     elif kind == "flat":
         row["obj"] = "flat"
         row["band"] = band or UNKNOWN_BAND
@@ -263,6 +289,22 @@ class Night:
             pairs = [p for p in pairs if p[1] in set(band)]
         return pairs
 
+    def selected_groups(self, obj=None, band=None) -> list[tuple[str, str]]:
+        """:meth:`science_groups`, but a selection (``obj``, ``band``) that matches no group of a
+        night that has science frames raises :class:`InputError` naming what the night has."""
+        pairs = self.science_groups(obj, band)
+        every = self.science_groups()
+        t = self.table
+        lost = t[(np.asarray(t["kind"]) == "rejected") & (np.asarray(t["obj"]) != "")]
+        if not every and len(lost):         # science frames, every one rejected: nothing to reduce
+            raise InputError(f"every science frame was rejected ({len(lost)}); the first, {lost['file'][0]}: "
+                             f"{lost['reason'][0]}")
+        if pairs or not every or not (obj or band):
+            return pairs
+        asked = " and ".join(f"--{k} {', '.join(v)}" for k, v in (("obj", obj), ("band", band)) if v)
+        has = ", ".join(f"{o} {b}" for o, b in every)
+        raise InputError(f"{asked} matches no science group of this night; it has (object band): {has}")
+
     def science(self, obj: str, band: str) -> list[Path]:
         return self.files("science", obj, band)
 
@@ -272,7 +314,7 @@ class Night:
 
     def summary(self) -> str:
         t = self.table
-        parts = [f"{int(np.sum(t['kind'] == k))} {k}" for k in KINDS]
+        parts = [f"{n} {k}" for k in KINDS if (n := int(np.sum(t['kind'] == k))) or k != "not FITS"]
         return ", ".join(parts)
 
 
@@ -325,6 +367,33 @@ def reject_duplicates(rows: list[dict], raw_dir: Path) -> None:
                 _reject(r, f"duplicate of {first[h]} (same content)")
             else:
                 first[h] = r["file"]
+
+
+def reject_odd_times(rows: list[dict]) -> None:
+    """Reject, in place, science frames whose time cannot belong to the night (further than
+    :data:`MAX_TIME_FROM_MEDIAN_DAYS` from the median of the night's science frames: a clock reset or
+    set to another year), then every frame of an (object, band) group whose start time another of its
+    frames already has (the first by name is kept): one of the two has a wrong time, and equal times
+    would spoil a light curve's timing."""
+    from astropy.time import Time
+
+    sci = [r for r in _accepted(rows) if r["kind"] == "science" and "time" in r]
+    if not sci:
+        return
+    mid = float(np.median([r["time"] for r in sci]))
+    for r in sci:
+        off = r["time"] - mid
+        if abs(off) > MAX_TIME_FROM_MEDIAN_DAYS:
+            when = Time(r["time"], format="jd", scale="utc").isot[:19]
+            _reject(r, f"dated {when} UTC, {abs(off):.1f} days {'after' if off > 0 else 'before'} the night's "
+                       f"median ({Time(mid, format='jd', scale='utc').isot[:19]}): a wrong clock?")
+    seen: dict = {}
+    for r in sorted(_accepted(sci), key=lambda r: r["file"]):
+        key = (r["obj"], r["band"], round(r["time"] * 86400e3))     # the same start to the millisecond
+        if key in seen:
+            _reject(r, f"same start time as {seen[key]} ({r['date']}): one of them has a wrong time")
+        else:
+            seen[key] = r["file"]
 
 
 def reject_same_names(rows: list[dict]) -> None:
@@ -387,6 +456,7 @@ def list_night(raw_dir: str | Path, red_dir: str | Path | None, cfg: Config, wri
     rows = [classify(p, str(p.relative_to(raw_dir)), cfg) if p.exists() else
             _dangling_row(p, str(p.relative_to(raw_dir))) for p in it]
     reject_duplicates(rows, raw_dir)
+    reject_odd_times(rows)
     reject_same_names(rows)
     reject_odd_shapes(rows)
     names = ("file", "kind", "obj", "band", "exptime", "date", "reason")
@@ -397,6 +467,10 @@ def list_night(raw_dir: str | Path, red_dir: str | Path | None, cfg: Config, wri
     night = Night(raw_dir, table)
     for r in night.rejected:
         log.warning("%s: rejected: %s", r["file"], r["reason"])
+    others = [str(f) for f in table["file"][table["kind"] == "not FITS"]]
+    if others:
+        log.info("%s: %d file(s) not FITS by name, not listed: %s", raw_dir, len(others),
+                 ", ".join(others[:8]) + (", ..." if len(others) > 8 else ""))
     log.info("%s: %s", raw_dir, night.summary())
     if write and red_dir is not None:
         write_lists(night, Path(red_dir))

@@ -144,7 +144,7 @@ class Block:
 STAGES: tuple[Stage, ...] = (
     Stage("l", "list", NIGHT, (), ("raw_dir", "raw_files"), ("night_list",),
           ("patterns", "date_key", "time_key", "exptime_key", "filter_key", "object_key", "imagetyp_key", "obj",
-           "band", "site_tz"), enabled_by="*",
+           "band", "site_tz", "time_ref"), enabled_by="*",
           doc="classify the raw files (bias, dark, flat per band, science per object and band)"),
     Stage("b", "bias", NIGHT, ("bias_files",), (), ("bias",),
           ("combine_sigma", "use_bias", "alt_bias", "exptime_key", *_LIBRARY),

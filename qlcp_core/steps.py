@@ -666,7 +666,7 @@ def run_list(ctx: RunContext, u: dict, prev: dict) -> dict:
         night = list_night(u["raw_dir"], red, c, write="l" in c.steps, progress=ctx.progress)
     else:
         night = read_night(red, u["raw_dir"])
-    groups = night.science_groups(c.obj, c.band)
+    groups = night.selected_groups(c.obj, c.band)      # a selection matching nothing: exit 2, naming what exists
     return {"summary": night.summary(), "bias": [str(p) for p in night.bias], "dark": [str(p) for p in night.dark],
             "flats": {b: [str(p) for p in night.flat(b)] for b in sorted({b for _, b in groups})},
             "groups": [[o, b, [str(p) for p in night.science(o, b)]] for o, b in groups],

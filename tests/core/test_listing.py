@@ -91,12 +91,14 @@ def test_junk_truncated_and_non_fits_are_rejected_not_fatal(tmp_path):
     })
     night = list_night(raw, tmp_path / "red", Config())
     rej = {r["file"]: r["reason"] for r in night.rejected}
-    assert set(rej) == {"notes.txt", "broken-0001V.fit", "short-0002V.fit", "tiny-0003V.fit", "empty-0004V.fits"}
+    # a file not FITS by its name (notes, README, checksums) is no rejected frame: an INFO line
+    assert set(rej) == {"broken-0001V.fit", "short-0002V.fit", "tiny-0003V.fit", "empty-0004V.fits"}
+    assert list(night.table["file"][night.table["kind"] == "not FITS"]) == ["notes.txt"]
     assert "truncated" in rej["short-0002V.fit"]
-    assert "not a FITS" in rej["notes.txt"] and "not a FITS" in rej["broken-0001V.fit"]
+    assert "not a FITS" in rej["broken-0001V.fit"]
     assert len(night.table) == len(EXAMPLES) + 5
     # the good frames are all still classified
-    assert sum(night.table["kind"] != "rejected") == len(EXAMPLES)
+    assert sum(~np.isin(night.table["kind"], ["rejected", "not FITS"])) == len(EXAMPLES)
 
 
 def test_real_night_listing(xo1_dir, tmp_path):
@@ -106,7 +108,8 @@ def test_real_night_listing(xo1_dir, tmp_path):
     assert counts == {"bias": 5, "dark": 5, "flat": 5, "science": 30}      # README: 5/5/5/30
     assert night.science_groups() == [("XO1-b", "z")]
     assert night.flat_bands == ["z"]
-    assert set(night.rejected["file"]) == {"README.md", "SHA256SUMS"}
+    assert len(night.rejected) == 0        # README.md, SHA256SUMS: not FITS by name, not rejected frames
+    assert set(t["file"][t["kind"] == "not FITS"]) == {"README.md", "SHA256SUMS"}
 
 
 def test_header_comments_with_apostrophes_do_not_leak_into_values(tmp_path):
