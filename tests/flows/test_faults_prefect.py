@@ -11,8 +11,8 @@ from qlcp.core import run
 from qlcp.core.config import load_config
 from qlcp.core.simulate import simulate_small
 from qlcp.deployments.cli import exit_status
-from tests.faults import (FAULTS, PLANTED_LINKS, check_link_untouched, check_outcome, comparable, make_night,
-                          plant_link, together_fault)
+from tests.faults import (FAULTS, PLANTED_LINKS, TARGET_FAULTS, check_link_untouched, check_outcome,
+                          check_target_outcome, comparable, make_night, plant_link, together_fault)
 
 pytestmark = pytest.mark.usefixtures("prefect_db")
 
