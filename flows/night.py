@@ -524,10 +524,15 @@ def publish_calibration_library(red: Path, cfg, summary: dict) -> None:
 
     lib = L.library_dir(red, cfg)
     used = [m["path"] for m in summary["masters"].values() if m.get("path")]
-    found, total = L.entries_of_night(lib, Path(red).name, used)
+    try:
+        found, total = L.entries_of_night(lib, Path(red).name, used)
+    except (L.LibraryError, sqlite3.Error, OSError) as e:   # the summary's degraded says it: no second failure
+        get_run_logger().warning("calibration library not reported: %s", e)
+        return
+    changes = [m["epoch_change"] for m in summary["masters"].values() if m.get("epoch_change")]
     rows = [{"id": e.id, "kind": e.kind, "band": e.band or "", "night": e.night, "date": e.date_start[:10],
-             "shape": f"{e.nx}x{e.ny}", "binning": e.binning, "frames": e.n_frames, "status": e.status,
-             "qc": e.qc or ""} for e in found]
+             "shape": f"{e.nx}x{e.ny}", "binning": e.binning, "camera": e.camera, "epoch": e.epoch,
+             "frames": e.n_frames, "status": e.status, "qc": e.qc or ""} for e in found]
     if rows:
         create_table_artifact(table=rows, key=artifact_key("night", summary["night"], "calib"),
                               description=f"library masters night {summary['night']} registered or used "

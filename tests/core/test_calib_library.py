@@ -7,6 +7,7 @@ import json
 import multiprocessing as mp
 import shutil
 import sqlite3
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -314,3 +315,97 @@ def test_a_library_db_of_the_old_schema_is_migrated(tmp_path):
                    "2460000.5, 5, 1000, 3, 'old')")
     (e,) = L.entries(lib)
     assert (e.camera, e.epoch) == ("64x32|1,1|CAM|", 1)
+
+
+# ------------------------------------------- a library damaged on disk (R4, R5, R12)
+def _bias_master(src, name, level, date, n=3):
+    """A 64x64 master bias of ``level`` and its ``n`` input frames dated ``date`` (one camera)."""
+    from astropy.io import fits
+
+    src.mkdir(exist_ok=True)
+    frames = []
+    for i in range(n):
+        p = src / f"{name}-in{i}.fits"
+        fits.PrimaryHDU(np.zeros((64, 64), np.float32),
+                        fits.Header({"DATE-OBS": f"{date}T20:00:0{i}", "INSTRUME": "CAM", "TELESCOP": "T"})).writeto(p)
+        frames.append(p)
+    m = src / f"{name}.fits"
+    rng = np.random.default_rng(abs(hash(name)) % 1000)
+    fits.PrimaryHDU((level + rng.normal(0, 2, (64, 64))).astype(np.float32)).writeto(m)
+    return m, frames
+
+
+def _reg(lib, m, frames, night, cfg):
+    return L.register(lib, m, "bias", None, frames, night, cfg)
+
+
+def test_a_library_master_deleted_from_disk_is_skipped_and_rebuild_drops_it(tmp_path):
+    """R4: the nearest master's file is gone: the next one is selected, the skip said; rebuild drops it."""
+    lib, src, cfg = tmp_path / "lib", tmp_path / "src", Config()
+    ea = _reg(lib, *_bias_master(src, "a", 1000, "2024-06-01"), "A", cfg)
+    eb = _reg(lib, *_bias_master(src, "b", 1001, "2024-06-03"), "B", cfg)
+    assert (ea.status, eb.status, ea.epoch, eb.epoch) == ("ok", "ok", 1, 1)
+    frame = {"ny": 64, "nx": 64, "binning": "1,1", "instrument": "CAM", "telescope": "T", "jd_mid": eb.jd_mid - 0.1}
+    assert L.select(lib, "bias", None, frame, 30).id == eb.id
+    Path(eb.path).unlink()
+    notes: list = []
+    assert L.select(lib, "bias", None, frame, 30, notes=notes).id == ea.id
+    assert len(notes) == 1 and "file missing" in notes[0] and "qlcp calib rebuild" in notes[0]
+    dropped: list = []
+    assert L.rebuild(lib, dropped) == 0 and [e.id for e in dropped] == [eb.id]
+    assert [e.id for e in L.entries(lib)] == [ea.id]
+
+
+def test_a_library_master_changed_on_disk_is_refused(tmp_path, monkeypatch):
+    """R5: pixels changed after registration: refused with one line; an unchanged file is not hashed
+    again (size and mtime memo)."""
+    from astropy.io import fits
+
+    lib, src, cfg = tmp_path / "lib", tmp_path / "src", Config()
+    ea = _reg(lib, *_bias_master(src, "a", 1000, "2024-06-01"), "A", cfg)
+    frame = {"ny": 64, "nx": 64, "binning": "1,1", "instrument": "CAM", "telescope": "T", "jd_mid": ea.jd_mid + 1}
+    calls = []
+    real = L._pixel_sha256
+    monkeypatch.setattr(L, "_pixel_sha256", lambda *a: calls.append(a) or real(*a))
+    assert L.select(lib, "bias", None, frame, 30).id == ea.id and calls == []      # the memo: no hashing
+    with fits.open(ea.path, mode="update") as h:
+        h[0].data[10, 10] += 5.0
+    notes: list = []
+    assert L.select(lib, "bias", None, frame, 30, notes=notes) is None and len(calls) == 1
+    assert len(notes) == 1 and "changed on disk since it was registered" in notes[0] and "\n" not in notes[0]
+
+
+def _corrupt(lib):
+    db = lib / L.DB_NAME
+    data = db.read_bytes()
+    db.write_bytes(data[:100] + b"\xff" * 200 + data[300:len(data) // 2])     # a damaged, truncated index
+    for f in ("calib.sqlite-wal", "calib.sqlite-shm"):
+        (lib / f).unlink(missing_ok=True)
+
+
+def test_a_corrupt_library_index_costs_the_night_only_the_library(tmp_path, capsys):
+    """R12: calib.sqlite damaged: a night with its own calibration frames reduces with tonight's masters,
+    degraded with one line naming the file and `qlcp calib rebuild` (exit 3, not 70); `qlcp calib list`
+    says the same in one line, exit 2; rebuild sets the index aside and indexes the files again."""
+    from qlcp.deployments.cli import main
+
+    lib = tmp_path / "calib"
+    a = simulate_small(tmp_path / "A", seed=95, night="2024-06-06", size=128, n_frames=3, thick_cloud=False)
+    b = simulate_small(tmp_path / "B", seed=96, night="2024-06-07", size=128, n_frames=3, thick_cloud=False)
+    run(a.raw_dir, tmp_path / "red" / "A", config=_quick(a, lib, "lbf"))
+    _corrupt(lib)
+    capsys.readouterr()
+    rc = main(["run", str(b.raw_dir), str(tmp_path / "red" / "B"), "--no-prefect", "--config", str(b.config_path),
+               "--set", "steps=lbfi", "--set", f"calib_dir={lib}", "--set", "workers=1"])
+    s = json.loads((tmp_path / "red" / "B" / "summary.json").read_text())
+    assert rc == 3 and s["masters"]["bias"]["source"] == "tonight" and s["masters"]["flat_V"]["source"] == "tonight"
+    assert s["groups"][0]["corrected"] == 3
+    assert len(s["degraded"]) == 1 and str(lib / L.DB_NAME) in s["degraded"][0]
+    assert "corrupt or truncated" in s["degraded"][0] and "qlcp calib rebuild" in s["degraded"][0]
+    capsys.readouterr()
+    assert main(["calib", "list", "--dir", str(lib)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and str(lib / L.DB_NAME) in err and "qlcp calib rebuild" in err
+    assert main(["calib", "rebuild", "--dir", str(lib)]) == 0
+    assert sorted(e.kind for e in L.entries(lib)) == ["bias", "flat"]
+    assert list(lib.glob(f"{L.DB_NAME}.corrupt-*"))
