@@ -520,6 +520,8 @@ def publish_calibration_library(red: Path, cfg, summary: dict) -> None:
     """The library masters this night registered or used, with their QC, as the table artifact
     ``night-<night>-calib``.  Not the whole library: it grows by a few masters every night, and a
     nightly report of all of it would cost more each night (``qlcp calib list`` shows it all)."""
+    import sqlite3
+
     from qlcp.core import calib_library as L
 
     lib = L.library_dir(red, cfg)
@@ -536,7 +538,8 @@ def publish_calibration_library(red: Path, cfg, summary: dict) -> None:
     if rows:
         create_table_artifact(table=rows, key=artifact_key("night", summary["night"], "calib"),
                               description=f"library masters night {summary['night']} registered or used "
-                                          f"({total} in {lib}: qlcp calib list)")
+                                          f"({total} in {lib}: qlcp calib list)"
+                                          + "".join(f". NEW EPOCH: {c}" for c in changes))
 
 
 def publish_artifacts(summary: dict, red: Path, cfg) -> None:
