@@ -578,14 +578,16 @@ def _event_rows(path) -> list[dict]:
     for r in t:
         time = float(r["time_bjd_tdb"])
         rows.append({"target": str(r["target"]), "kind": str(r["kind"]), "method": str(r["method"]),
-                     "status": str(r["status"]), "time_bjd_tdb": round(time, 6) if np.isfinite(time) else None,
+                     "status": str(r["status"]), "reason": str(r["reason"]) if "reason" in t.colnames else "",
+                     "time_bjd_tdb": round(time, 6) if np.isfinite(time) else None,
                      "error_s": round(float(r["time_err_d"]) * 86400, 1) if np.isfinite(r["time_err_d"]) else None,
                      "depth": round(float(r["depth"]), 4)
                      if np.isfinite(r["depth"]) else None})
     for st in t.meta.get("targets") or []:
         name = str(st.get("target", ""))
         if st.get("status") != "full" and not any(x["target"] == name for x in rows):
-            rows.append({"target": name, "status": st.get("status", "none"), "method": st.get("reason", "")})
+            rows.append({"target": name, "kind": "", "method": "", "status": st.get("status", "none"),
+                         "reason": st.get("reason", ""), "time_bjd_tdb": None, "error_s": None, "depth": None})
     return rows
 
 

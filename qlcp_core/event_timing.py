@@ -53,12 +53,15 @@ DEFAULTS = {
     "timing_window": 1.5,             # with an ephemeris: data within this many durations of a predicted event
 }
 
+#: the epoch of an event without an ephemeris: stored masked in the table (unknown)
+NO_EPOCH = -999999
+
 #: columns of the timing table: name -> (unit, description)
 COLUMNS = {
     "target": ("", "target name (catalogue name, else the object)"),
     "star": ("", "light-curve target index k (mag_t{k}_*)"),
     "event": ("", "event number within the night"),
-    "epoch": ("", "epoch against the catalogue ephemeris (-999999 without one)"),
+    "epoch": ("", "epoch against the catalogue ephemeris (masked, i.e. unknown, without one)"),
     "kind": ("", "eclipse or transit"),
     "method": ("", "model (symmetric dip + baseline), kvw (Kwee-van Woerden), transit (Mandel-Agol + baseline)"),
     "status": ("", "full: event covered, time trusted; partial: part of the event only, no time given"),
@@ -195,7 +198,7 @@ def event_windows(t, entry: dict, s: dict) -> tuple[list[tuple[int, float, float
             gap = min(abs(t0 + e * per - t.min()), abs(t0 + e * per - t.max())) * 24
             return [], f"the ephemeris predicts no event in the night (nearest, epoch {e}, {gap:.1f} h from the data)"
         return wins, ""
-    return [(-999999, float("nan"), float("inf"))], ""
+    return [(NO_EPOCH, float("nan"), float("inf"))], ""
 
 
 def _faintest(t, m) -> float:
@@ -329,6 +332,7 @@ def time_target(lc: Table, k: int, name: str, entry: dict, s: dict) -> tuple[lis
         plots.append({"t": t[w], "m": m[w], "fit": fit, "title": f"{name} a{j} ev{ev}"})
         if snr < s["timing_snr_min"] or (fit.extra.get("depth_mag", fit.extra.get("depth", 0)) <= 0):
             notes.append(f"{name}: no significant event (S/N {snr:.1f} < {s['timing_snr_min']:g})")
+            plots[-1]["note"] = f"no significant event: S/N {snr:.1f} < {s['timing_snr_min']:g}"
             continue
         r, note = _event_rows(name, k, ev, epoch, "transit" if kind == "transit" else "eclipse",
                               fit, t[w], m[w], e[w], entry, s, j)
@@ -386,6 +390,8 @@ def timing_table(rows: list[dict], s: dict, summary: list[dict], lc_meta: dict |
     t = Table()
     for c, (unit, desc) in COLUMNS.items():
         t[c] = np.array([r[c] for r in rows], dtype=dtypes.get(c, float))
+        if c == "epoch":                     # unknown without an ephemeris: masked, not a number
+            t[c] = np.ma.MaskedArray(t[c], mask=np.asarray(t[c]) == NO_EPOCH)
         t[c].unit = unit or None
         t[c].description = desc
     lc_meta = lc_meta or {}
@@ -404,7 +410,9 @@ def timing_table(rows: list[dict], s: dict, summary: list[dict], lc_meta: dict |
 
 # ------------------------------------------------------------------ products
 def timing_figure(plots: list[dict], table: Table, title: str = ""):
-    """Data, model and residuals of every fitted event (one column each); a note when there is none."""
+    """Data, model and residuals of every fitted event (one column each); a note when there is none.
+    A window whose status is ``none`` (no significant event) shows its data and why, no model: a
+    drawn model would read as a detection."""
     from .plotting import _new_figure
 
     n = max(len(plots), 1)
@@ -424,8 +432,18 @@ def timing_figure(plots: list[dict], table: Table, title: str = ""):
         top, bot = fig.add_subplot(gs[0, i]), fig.add_subplot(gs[1, i])
         top.plot(x[fit.used], m[fit.used], ".", ms=3, color="0.3", label="data")
         top.plot(x[~fit.used], m[~fit.used], "x", ms=4, color="r", label="clipped")
+        status = p.get("status", "none")
         o = np.argsort(x)
-        top.plot(x[o], fit.model[o], "-", color="C0", lw=1.2, label="model")
+        if status == "none":
+            top.invert_yaxis()
+            top.set_ylabel("differential mag")
+            top.set_title(f"{p['title']}: none", fontsize=9)
+            top.text(0.5, 0.05, p.get("note") or "no event timed", transform=top.transAxes, ha="center",
+                     va="bottom", fontsize=7, color="0.3")
+            bot.axis("off")
+            bot.set_label("no model")
+            continue
+        top.plot(x[o], fit.model[o], "-", color="C0", lw=1.2, label="model", gid="model")
         for r in table[(table["target"] == p["title"].split(" a")[0])] if len(table) else []:
             if np.isfinite(r["time_bjd_tdb"]):
                 top.axvline(r["time_bjd_tdb"] - t_ref, color="C1" if r["method"] == "kvw" else "C2", lw=0.8,

@@ -182,3 +182,46 @@ def test_real_xo1_night_never_a_confident_time(tmp_path):
         assert not np.any(t["status"] == "full"), t
         st = t.meta["targets"][0]
         assert st["target"] == "XO-1" and st["status"] in ("partial", "none") and st["reason"], st
+
+
+def _synthetic_lc(depth: float, seed: int = 3) -> Table:
+    """120 points over 0.2 d, 2 mmag noise, a symmetric dip of ``depth`` mag at the middle (0: none)."""
+    rng = np.random.default_rng(seed)
+    t = 2460000.4 + np.linspace(0, 0.2, 120)
+    m = depth * np.exp(-0.5 * ((t - t.mean()) / 0.008) ** 2) + rng.normal(0, 0.002, t.size)
+    lc = Table({"bjd_tdb": t, "jd": t, "airmass": np.ones(t.size), "ok": np.ones(t.size, bool),
+                "mag_t0_a0": m, "err_t0_a0": np.full(t.size, 0.002)})
+    lc.meta.update(object="SIMV", band="V", ind_tgt=[0])
+    return lc
+
+
+def test_no_event_plot_draws_no_model():
+    """A window fitted but with no significant event (status none) shows its data and why, and no
+    fitted model (one reads as a detection); a detected event still shows its model."""
+    from qlcp.core.event_timing import _time_all, timing_figure
+
+    def model_drawn(lc):
+        table, plots = _time_all(lc)
+        assert len(plots) == 1
+        model = np.sort(np.asarray(plots[0]["fit"].model, float))
+        fig = timing_figure(plots, table)
+        lines = [ln for ax in fig.axes for ln in ax.get_lines()]
+        return table, fig, any(len(ln.get_ydata()) == len(model) and
+                               np.allclose(np.sort(np.asarray(ln.get_ydata(), float)), model) for ln in lines)
+
+    table, fig, drawn = model_drawn(_synthetic_lc(0.0))
+    assert table.meta["targets"][0]["status"] == "none" and not drawn
+    assert any("no significant event" in t.get_text() for ax in fig.axes for t in ax.texts)
+    table, _, drawn = model_drawn(_synthetic_lc(0.1))
+    assert set(table["status"]) == {"full"} and drawn
+
+
+def test_epoch_without_ephemeris_is_masked(tmp_path):
+    """Without an ephemeris the epoch is unknown: masked in the table and empty in the ECSV (it was
+    -999999, a number)."""
+    t = time_events(_synthetic_lc(0.1))
+    assert len(t) >= 1 and np.all(np.ma.getmaskarray(t["epoch"]))
+    t.write(tmp_path / "t.ecsv", format="ascii.ecsv")
+    assert "-999999" not in (tmp_path / "t.ecsv").read_text()
+    back = Table.read(tmp_path / "t.ecsv", format="ascii.ecsv")
+    assert np.all(np.ma.getmaskarray(back["epoch"]))

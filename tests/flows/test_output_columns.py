@@ -100,3 +100,24 @@ def test_one_star_name_everywhere(reduced):
     assert {n["label"] for n in noise} == {"T0", "C0"}
     for n in noise:
         assert stars["label"][n["star"]] == n["label"]
+
+
+def test_events_artifact_gives_the_reason_its_own_column(tmp_path):
+    """The events artifact's rows: a target with no event says why under ``reason`` (it was put under
+    ``method``), with the same keys as a timed event's rows."""
+    from qlcp.core.event_timing import timing_table, timing_settings
+    from qlcp.flows.night import _event_rows
+
+    row = {"target": "SIMV", "star": 0, "event": 0, "epoch": -999999, "kind": "eclipse", "method": "model",
+           "status": "full", "time_bjd_tdb": 2460000.5, "time_err_d": 1e-4, "depth": 0.1, "depth_err": 0.01,
+           "duration_d": 0.02, "duration_err_d": 0.001, "n_points": 100, "rms": 0.002, "chi2_red": 1.0,
+           "beta": 1.0, "snr": 40.0, "aperture": 0, "reason": ""}
+    summary = [{"target": "SIMV", "star": 0, "kind": "eclipse", "status": "full", "reason": ""},
+               {"target": "OTHER", "star": 1, "kind": "eclipse", "status": "none",
+                "reason": "OTHER: no significant event (S/N 2.0 < 7)"}]
+    t = timing_table([row], timing_settings(None), summary)
+    t.write(tmp_path / "timing.ecsv", format="ascii.ecsv")
+    rows = _event_rows(tmp_path / "timing.ecsv")
+    assert [r["target"] for r in rows] == ["SIMV", "OTHER"]
+    assert rows[1]["reason"] == "OTHER: no significant event (S/N 2.0 < 7)" and rows[1]["method"] == ""
+    assert rows[0]["method"] == "model" and set(rows[0]) == set(rows[1])
