@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("campaign", help="build or rebuild campaign products (multi-night light curve, O-C, "
                                         "ephemeris, period search) from reduced nights, without Prefect")
-    p.add_argument("red_root", help="output root holding one directory per night")
+    p.add_argument("red_root", nargs="?", default=None,
+                   help="output root holding one directory per night (default: $RED_ROOT)")
     p.add_argument("--target", action="append", metavar="NAME", help="only this target (repeatable; default all)")
     p.add_argument("--config", action="append", metavar="FILE", help="YAML or INI config (the target catalogue)")
 
@@ -116,11 +117,17 @@ def cmd_campaign(a) -> int:
     from qlcp.core.pipeline import make_config
 
     cfg = make_config(a.config)
-    names = a.target or campaign_targets(a.red_root)
+    red_root = a.red_root or os.environ.get("RED_ROOT")
+    if not red_root:
+        return _fail("campaign: no output root: give RED_ROOT (the service's, as given to qlcp up) or set $RED_ROOT")
+    if not Path(red_root).expanduser().is_dir():
+        return _fail(f"{red_root}: output root not found")
+    red_root = str(Path(red_root).expanduser())
+    names = a.target or campaign_targets(red_root)
     if not names:
-        return _fail(f"{a.red_root}: no reduced night with a light curve")
+        return _fail(f"{red_root}: no reduced night with a target's light curve")
     for name in names:
-        res = build_campaign(a.red_root, name, cfg=cfg)
+        res = build_campaign(red_root, name, cfg=cfg)
         print(f"{name}:")
         for kind, path in sorted((k, v) for k, v in res.items() if k != "notes"):
             print(f"  {kind}: {path}")

@@ -73,11 +73,7 @@ def find_nights(red_root, target: str, band: str | None = None) -> list[dict]:
         except (OSError, ValueError) as e:
             log.warning("%s: unreadable light curve (%s)", p, e)
             continue
-        obj = lc.meta.get("object") or lc.meta.get("obj")
-        b = lc.meta.get("band")
-        if obj is None or b is None:
-            m = re.match(r"lc_(.+)_([^_]+)\.ecsv$", p.name)
-            obj, b = (m.group(1), m.group(2)) if m else (p.stem, "")
+        obj, b = _object_band(lc.meta, p)
         if band is not None and b != band:
             continue
         names = et.target_names(lc, p.parent, obj, b)
@@ -87,6 +83,38 @@ def find_nights(red_root, target: str, band: str | None = None) -> list[dict]:
                             "lc_path": p, "lc": lc, "names": names})
                 break
     return out
+
+
+def _object_band(meta: dict, path: Path) -> tuple[str, str]:
+    """A light curve's object and band: its table's metadata (``obj``/``band`` of step d); the file
+    name only for a table without them, and then only when it splits one way (a band such as
+    ``Filter_2`` holds the separator: ``lc_{obj}_{band}.ecsv`` does not say which ``_`` it is)."""
+    obj, b = meta.get("obj") or meta.get("object"), meta.get("band")
+    if obj is not None and b is not None:
+        return str(obj), str(b)
+    m = re.match(r"lc_([^_]+)_([^_]+)\.ecsv$", path.name)
+    if m:
+        return m.group(1), m.group(2)
+    log.warning("%s: no object and band in its metadata, and its name does not say which is which", path)
+    return path.stem[3:], ""
+
+
+def _lc_meta(path: Path) -> dict:
+    """The metadata of an ECSV light curve, from its header only (not its rows)."""
+    lines = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.startswith("#"):
+                break
+            lines.append(line.rstrip("\n"))
+    try:
+        from astropy.io.ascii.ecsv import EcsvHeader
+
+        h = EcsvHeader()
+        h.get_cols(lines)               # parses the YAML header: meta and columns
+        return dict(h.table_meta or {})
+    except Exception:  # an odd header: the whole table
+        return dict(Table.read(path, format="ascii.ecsv").meta)
 
 
 def night_timing(entry: dict, cfg=None, targets=None) -> Table:
@@ -438,13 +466,20 @@ def campaign_targets(red_root) -> list[str]:
     import json
 
     names: dict[str, str] = {}
-    for sel in sorted(Path(red_root).glob("*/select_*.json")):
+    for p in sorted(Path(red_root).glob("*/lc_*.ecsv")):
         try:
-            d = json.loads(sel.read_text())
-        except (OSError, ValueError):
+            meta = _lc_meta(p)
+        except (OSError, ValueError) as e:
+            log.warning("%s: unreadable light curve (%s)", p, e)
             continue
-        obj = sel.stem[len("select_"):].rsplit("_", 1)[0]
-        for n in d.get("targets") or [obj]:
+        obj, band = _object_band(meta, p)
+        if not meta.get("ind_tgt") and "ind_tgt" in meta:
+            continue                                # a night without a target: nothing of it to follow
+        try:
+            d = json.loads(product_path(p.parent, "selection", obj, band).read_text())
+        except (OSError, ValueError):
+            d = {}
+        for n in meta.get("targets") or d.get("targets") or [obj]:
             names.setdefault(norm_name(n), n)
     return sorted(names.values())
 

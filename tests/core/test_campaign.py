@@ -119,3 +119,40 @@ def test_period_search_then_refined_ephemeris_without_a_known_period(tmp_path):
     oc = Table.read(out["oc"], format="ascii.ecsv")                   # the cycle count is right
     assert list(oc["epoch"]) == list(np.round((oc["time_bjd_tdb"] - oc["time_bjd_tdb"][0]) / P_SYN).astype(int))
     assert abs(eph["period"] - P_SYN) < 3 * eph["period_err"], eph
+
+
+def _night_lc(red, obj: str, band: str, ind_tgt: list, targets=None) -> None:
+    """A reduced night's light curve and selection, as step d and step k write them."""
+    import json
+
+    lc = Table({"bjd_tdb": 2460000.5 + np.arange(20) / 200, "ok": np.ones(20, bool)})
+    for k in range(len(ind_tgt)):
+        lc[f"mag_t{k}_a0"], lc[f"err_t{k}_a0"] = np.zeros(20), np.full(20, 0.002)
+    lc["mag_r0_a0"], lc["err_r0_a0"] = np.zeros(20), np.full(20, 0.002)
+    lc.meta.update(obj=obj, object=obj, band=band, ind_tgt=ind_tgt)
+    red.mkdir(parents=True)
+    write_table(product_path(red, "lightcurve", obj, band), lc)
+    product_path(red, "selection", obj, band).write_text(json.dumps({"ind_tgt": ind_tgt, "targets": targets or []}))
+
+
+def test_campaign_names_come_from_the_tables_not_the_file_names(tmp_path):
+    """A band with an underscore (``Filter_2``) is not part of the target: object and band come from
+    the light curve's metadata; a night without target adds no target; ``qlcp campaign`` takes its
+    output root from $RED_ROOT (one line, exit 2, without one)."""
+    from qlcp.core.campaign import campaign_targets
+    from qlcp.deployments.cli import main
+
+    root = tmp_path / "red"
+    _night_lc(root / "20240601", "XO-1", "Filter_2", [0])
+    _night_lc(root / "20240602", "XO-1", "Filter_2", [0])
+    _night_lc(root / "20240603", "EMPTY", "V", [])                # a night without target
+    assert campaign_targets(root) == ["XO-1"]
+    assert [(n["night"], n["obj"], n["band"]) for n in find_nights(root, "XO-1")] == \
+        [("20240601", "XO-1", "Filter_2"), ("20240602", "XO-1", "Filter_2")]
+    mp = pytest.MonkeyPatch()
+    with mp.context() as m:
+        m.delenv("RED_ROOT", raising=False)
+        assert main(["campaign"]) == 2
+        m.setenv("RED_ROOT", str(root))
+        assert main(["campaign", "--target", "XO-1"]) == 0
+    assert (root / "campaign").is_dir()
