@@ -94,7 +94,10 @@ class Config(BaseModel):
     site_lon: float = Field(117.57722, ge=-180, le=360, description="site longitude, degrees east")
     site_lat: float = Field(40.395833, ge=-90, le=90, description="site latitude, degrees")
     site_ele: float = Field(960.0, ge=-500, le=6000, description="site height above sea level, m")
-    site_tz: float = Field(8, ge=-12, le=14, description="site time zone, hours from UTC")
+    site_tz: float = Field(8, ge=-12, le=14, description="site time zone, hours from UTC; an IANA name "
+                           "(America/Phoenix) is accepted too: it sets site_timezone and these hours (standard time)")
+    site_timezone: str | None = Field(None, description="site time zone as an IANA name (America/Phoenix); "
+                                      "schedules use it; default: from site_tz hours")
     tel_diameter: float = Field(0.85, gt=0, le=50, description="telescope aperture diameter, m (scintillation)")
     scint_cy: float = Field(1.5, gt=0, description="Young's scintillation coefficient C_Y (Osborn et al. 2015)")
 
@@ -313,6 +316,79 @@ class Config(BaseModel):
         except ConfigError as e:   # re-raised by load_config with the key and file
             raise ValueError(str(e).removeprefix("mode: ")) from None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _v_timezone(cls, data):
+        """``site_tz: America/Phoenix`` -> ``site_timezone`` and the zone's standard hours in ``site_tz``;
+        ``site_timezone`` alone gives ``site_tz``."""
+        if not isinstance(data, dict):
+            return data
+        tz = data.get("site_tz")
+        if isinstance(tz, str):
+            try:
+                float(tz)
+            except ValueError:
+                data = {**data, "site_timezone": tz, "site_tz": _zone_hours("site_tz", tz)}
+        elif data.get("site_timezone") and "site_tz" not in data:
+            data = {**data, "site_tz": _zone_hours("site_timezone", data["site_timezone"])}
+        return data
+
+    @field_validator("site_timezone")
+    @classmethod
+    def _v_zone(cls, v):
+        if v is not None:
+            tz_hours(v)
+        return v
+
+    @field_validator("targets")
+    @classmethod
+    def _v_targets(cls, v):
+        from .targets import make_target
+
+        for i, d in enumerate(v or []):
+            if not isinstance(d, dict):
+                raise ValueError(f"targets[{i}]: a mapping {{name, ra, dec}}, got {d!r}")
+            try:
+                make_target(d)
+            except ConfigError as e:
+                raise ValueError(f"targets[{i}] ({d.get('name', '?')}): {e}") from None
+        return v
+
+    @field_validator("alt_coord")
+    @classmethod
+    def _v_alt_coord(cls, v):
+        from .timing import target_coord
+
+        pairs = v.items() if isinstance(v, dict) else [("", v)] if v is not None else []
+        for obj, pair in pairs:
+            try:
+                target_coord({}, None, pair)
+            except ConfigError as e:
+                raise ValueError(f"{obj + ': ' if obj else ''}{e}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _v_indexes(self):
+        """``ind_tgt``, ``ind_ref``, ``ind_chk`` index ``starxy``: each within its list."""
+        if self.starxy is None:
+            return self
+        for name in ("ind_tgt", "ind_ref", "ind_chk"):
+            v = getattr(self, name)
+            if v is None:
+                continue
+            objs = list(v) if isinstance(v, dict) else (list(self.starxy) if isinstance(self.starxy, dict) else [None])
+            for obj in objs:
+                idx = v.get(obj) if isinstance(v, dict) else v
+                xy = self.starxy.get(obj) if isinstance(self.starxy, dict) else self.starxy
+                if idx is None or xy is None:
+                    continue
+                bad = [i for i in idx if not -len(xy) <= i < len(xy)]
+                if bad:
+                    where = f" for {obj}" if obj else ""
+                    raise ValueError(f"{name}{where}: index {bad[0]} outside starxy's {len(xy)} star(s) "
+                                     f"(0..{len(xy) - 1})")
+        return self
+
     @model_validator(mode="after")
     def _v_limits(self):
         if self.flat_limit_low >= self.flat_limit_high:
@@ -378,6 +454,78 @@ RUN_KEYS = ("steps", "obj", "band", "use_bias", "use_flat", "use_dark", "alt_bia
 
 
 # ------------------------------------------------------------------- loading
+def tz_hours(name: str) -> float:
+    """Standard-time offset from UTC, hours, of an IANA time zone (``America/Phoenix`` -> -7).
+
+    The smaller of the offsets on 1 January and 1 July (summer time only ever adds), so the
+    value does not depend on today's date."""
+    import datetime as dt
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        zone = ZoneInfo(str(name))
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name!r} (an IANA name such as 'America/Phoenix', or hours "
+                         "from UTC such as -7)") from None
+    offs = [dt.datetime(2021, m, 1, tzinfo=zone).utcoffset().total_seconds() / 3600 for m in (1, 7)]
+    return min(offs)
+
+
+def _zone_hours(key: str, name) -> float:
+    try:
+        return tz_hours(name)
+    except ValueError as e:
+        raise ValueError(f"{key}: {e}") from None
+
+
+class Sexagesimal(str):
+    """A plain scalar that YAML 1.1 reads as a base-60 number (``16:02:11.84``): kept as its text,
+    so that :func:`load_config` can refuse it with "quote it" naming the key and the file."""
+
+
+def _keep_base60(kind):
+    def construct(loader, node):
+        if ":" in str(node.value):
+            return Sexagesimal(node.value)
+        return kind(loader, node)
+    return construct
+
+
+class _Loader(yaml.SafeLoader):
+    """:class:`yaml.SafeLoader` that keeps base-60 scalars as text (:class:`Sexagesimal`)."""
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _keep_base60(yaml.SafeLoader.construct_yaml_int))
+_Loader.add_constructor("tag:yaml.org,2002:float", _keep_base60(yaml.SafeLoader.construct_yaml_float))
+
+
+def yaml_load(text: str):
+    """``yaml.safe_load`` but base-60 numbers stay text (:class:`Sexagesimal`)."""
+    return yaml.load(text, Loader=_Loader)    # noqa: S506 - a SafeLoader subclass
+
+
+def _sexagesimal_key(v, path: str) -> tuple[str, str] | None:
+    """``(key path, text)`` of the first :class:`Sexagesimal` in ``v`` (key ``path``), else None."""
+    if isinstance(v, Sexagesimal):
+        return path, str(v)
+    if isinstance(v, dict):
+        items = ((f"{path}.{k}" if path else str(k), x) for k, x in v.items())
+    elif isinstance(v, (list, tuple)):
+        items = ((f"{path}[{i}]", x) for i, x in enumerate(v))
+    else:
+        return None
+    return next((hit for p, x in items if (hit := _sexagesimal_key(x, p))), None)
+
+
+def _refuse_base60(data: dict, where: str) -> None:
+    """ConfigError naming the key and ``where`` for a base-60 number YAML made of a sexagesimal text."""
+    for k, v in data.items():
+        hit = _sexagesimal_key(v, str(k))
+        if hit is not None:
+            raise ConfigError(f"{where}: key {hit[0]!r}: {hit[1]} unquoted is a base-60 number in YAML: "
+                              f"quote it ('{hit[1]}')")
+
+
 def _read_ini(path: Path) -> dict:
     out = {}
     for n, line in enumerate(path.read_text().splitlines(), 1):
@@ -407,7 +555,7 @@ def read_config_file(path: str | Path) -> dict:
         if path.suffix.lower() in (".ini", ".cfg", ".conf"):
             data = _read_ini(path)
         else:
-            data = yaml.safe_load(path.read_text())
+            data = yaml_load(path.read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
@@ -429,7 +577,7 @@ def parse_set(items: list[str] | None) -> dict:
             raise ConfigError(f"--set {it!r}: expected key=value")
         k, v = it.split("=", 1)
         try:
-            out[k.strip()] = yaml.safe_load(v)
+            out[k.strip()] = yaml_load(v)
         except yaml.YAMLError:
             out[k.strip()] = v
     return out
@@ -455,11 +603,13 @@ def load_config(files=None, overrides: dict | None = None) -> Config:
     fields = set(Config.model_fields)
     for f in files:
         data = read_config_file(f)
+        _refuse_base60(data, str(f))
         for k, v in data.items():
             if k not in fields:
                 raise ConfigError(f"{f}: unknown key {k!r}{_suggest(k, fields)}")
             merged[k] = v
             source[k] = str(f)
+    _refuse_base60({k: v for k, v in (overrides or {}).items() if v is not None}, "argument")
     for k, v in (overrides or {}).items():
         if v is None:
             continue
@@ -468,7 +618,7 @@ def load_config(files=None, overrides: dict | None = None) -> Config:
         merged[k] = v
         source[k] = "argument"
     try:
-        return Config(**merged)
+        cfg = Config(**merged)
     except ValidationError as e:
         err = e.errors()[0]
         key = str(err["loc"][0]) if err["loc"] else None
@@ -479,6 +629,11 @@ def load_config(files=None, overrides: dict | None = None) -> Config:
         named = [k for k in re.findall(r"[a-z_]+", msg) if k in fields]
         where = source.get(named[0], "default") if named else (", ".join(sorted(set(source.values()))) or "config")
         return _raise(f"{where}: {msg}")
+    if cfg.target_catalog:                      # readable, every row a usable target: before any work
+        from .targets import read_catalog
+
+        read_catalog(cfg.target_catalog)
+    return cfg
 
 
 def _raise(msg: str):

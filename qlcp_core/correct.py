@@ -351,6 +351,7 @@ def correct_frames(files: list[Path], obj: str, band: str, red_dir: str | Path, 
     coord = _coord_of(obj, cfg, coord_header if coord_header is not None else (headers[0] if headers else None),
                       result)
     keep, times = _times(readable, headers, obj, cfg, result, coord_header, coord)
+    _check_altitude(obj, times, result)
     masters = _masters(*(str(p) if p else None for p in (bias, dark, flat)),
                        tuple(tuple(file_identity(p) or ()) for p in (bias, dark, flat)))
     cals = (bias, dark, flat)
@@ -400,6 +401,11 @@ def _coord_of(obj: str, cfg: Config, header, result: CorrectResult):
         coord, source = group_coord(obj, cfg, header)
     except InputError:
         coord, source = None, ""
+    if header is not None:
+        site = timing.site_disagreement(header, cfg)
+        if site:
+            log.warning("%s: %s", obj, site)
+            result.degraded.append(f"{obj}: {site}")
     if coord is None:
         log.warning("%s: %s", obj, NO_COORD)
         result.degraded.append(f"{obj}: {NO_COORD}")
@@ -407,6 +413,22 @@ def _coord_of(obj: str, cfg: Config, header, result: CorrectResult):
         log.debug("%s: sky coordinate for BJD/HJD/airmass from %s: %s", obj, source,
                   coord.to_string("hmsdms", precision=1))
     return coord
+
+
+#: the line a group gets when its target is below the horizon in frames of the night
+BELOW_HORIZON = ("the target is below the horizon (ALT < 0) in frames of this night: check site_lat, site_lon "
+                 "(east positive) and the target's coordinates")
+
+
+def _check_altitude(obj: str, times: dict, result: CorrectResult) -> None:
+    """A target below the horizon cannot have been observed: a wrong site or coordinate (the group is
+    degraded with :data:`BELOW_HORIZON`; airmass is NaN there)."""
+    alt = np.asarray(times.get("ALT", []), float)
+    low = np.isfinite(alt) & (alt < 0)
+    if low.any():
+        log.warning("%s: %d of %d frames: %s (ALT down to %.1f deg)", obj, int(low.sum()), alt.size,
+                    BELOW_HORIZON, float(alt[low].min()))
+        result.degraded.append(f"{obj}: {BELOW_HORIZON}")
 
 
 def _read_headers(todo: list[Path], coord_file: Path | None,

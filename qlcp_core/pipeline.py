@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import time
 from pathlib import Path
 
@@ -42,6 +43,11 @@ def check_dirs(raw_dir: str | Path, red_dir: str | Path) -> tuple[Path, Path]:
     red = Path(red_dir).expanduser()
     if not raw.is_dir():
         raise InputError(f"{raw}: raw directory not found")
+    nights = nights_inside(raw)
+    if nights:
+        shown = ", ".join(nights[:5]) + (f", ... ({len(nights)} in all)" if len(nights) > 5 else "")
+        raise InputError(f"{raw}: a directory of nights, not one night (no FITS frame at its top; nights "
+                         f"inside: {shown}): give one night's directory, e.g. {raw / nights[0]}")
     r_raw, r_red = raw.resolve(), red.resolve()
     if r_red == r_raw or r_raw in r_red.parents:
         raise InputError(f"{red}: the output directory must not be the raw directory or inside it")
@@ -52,9 +58,48 @@ def check_dirs(raw_dir: str | Path, red_dir: str | Path) -> tuple[Path, Path]:
     return raw, red
 
 
+#: a sub-directory named like a night: 20250601, 2025-06-01, 2025_06_01 (possibly with a prefix or suffix)
+_NIGHT_DIR = re.compile(r"(?<!\d)(19|20)\d\d[-_]?(0[1-9]|1[0-2])[-_]?(0[1-9]|[12]\d|3[01])(?!\d)")
+
+
+def nights_inside(raw: Path) -> list[str]:
+    """Sub-directories of ``raw`` named like nights and holding FITS frames, when ``raw`` itself holds
+    none at its top: a directory of nights given as one night (``[]`` otherwise)."""
+    from .io import FITS_SUFFIXES
+
+    def fits_in(d: Path, deep: bool) -> bool:
+        it = d.rglob("*") if deep else d.iterdir()
+        return any(p.name.lower().endswith(FITS_SUFFIXES) and not p.name.startswith(".") for p in it)
+
+    try:
+        if fits_in(raw, deep=False):
+            return []
+        subs = sorted(d for d in raw.iterdir() if d.is_dir() and _NIGHT_DIR.search(d.name))
+        return [d.name for d in subs if fits_in(d, deep=True)]
+    except OSError:
+        return []
+
+
+_SITE_WARNED: set = set()
+
+
+def check_site(cfg: Config) -> None:
+    """Warn (once per process) when no site is configured: the default (Xinglong) is then used for
+    airmass, altitude and BJD."""
+    if {"site_lat", "site_lon"} & cfg.model_fields_set or "site" in _SITE_WARNED:
+        return
+    _SITE_WARNED.add("site")
+    log.warning("no site configured (site_lat, site_lon, site_ele, site_tz): the default, Xinglong "
+                "(%.4f N, %.4f E, %g m), is used for airmass and BJD; see examples/site.yaml",
+                cfg.site_lat, cfg.site_lon, cfg.site_ele)
+
+
 def make_config(ini_file=None, **params) -> Config:
-    """Config from files (``ini_file``) and call arguments; ``None`` arguments are 'not given'."""
-    return load_config(ini_file, {k: v for k, v in params.items() if v is not None})
+    """Config from files (``ini_file``) and call arguments; ``None`` arguments are 'not given'
+    (checked before any work: :func:`~qlcp.core.config.load_config`; no site is a warning)."""
+    cfg = load_config(ini_file, {k: v for k, v in params.items() if v is not None})
+    check_site(cfg)
+    return cfg
 
 
 def write_effective_config(red: Path, cfg: Config) -> Path:
@@ -99,6 +144,7 @@ def run(raw_dir, red_dir, steps: str | None = None, obj=None, band=None, use_bia
         alt_flat=alt_flat, alt_coord=alt_coord, base_img=base_img, aper=aper, starxy=starxy, ind_tgt=ind_tgt,
         ind_ref=ind_ref, ind_chk=ind_chk, mode=mode, **kwargs)
     setup_screen(cfg.scr_log)
+    check_site(cfg)
     with guarded_run(raw_dir, red_dir) as (raw, red):      # one run per red: its lock, a clean start
         walk = _walk(raw, red, cfg, progress)
         summary = walk.finish()

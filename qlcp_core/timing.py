@@ -524,6 +524,46 @@ def target_coord(header, cfg, alt_coord=None) -> SkyCoord | None:
     return None
 
 
+#: header keywords of the site's latitude and longitude, in the pairs cameras write
+SITE_KEYS = (("SITELAT", "SITELONG"), ("LAT-OBS", "LONG-OBS"), ("OBSLAT", "OBSLONG"), ("LATITUDE", "LONGITUD"))
+
+
+def header_site(header) -> tuple[float, float, str] | None:
+    """``(lat, lon, 'KEYS')`` of the site a header states (degrees; sexagesimal ``'32 46 49'``,
+    ``'-105:49:13'`` or numbers), else None.  The longitude is as written (east or west positive:
+    :func:`site_disagreement` tries both)."""
+    for lk, ok in SITE_KEYS:
+        lat, lon = _text(header, lk), _text(header, ok)
+        if lat is None or lon is None:
+            continue
+        try:
+            la, lo = _angle(lat, False), _angle(lon, False)
+        except (ValueError, TypeError, u.UnitsError):
+            continue
+        if la is not None and lo is not None and -90 <= la <= 90:
+            return la, lo, f"{lk}/{ok}"
+    return None
+
+
+def site_disagreement(header, cfg, limit_deg: float = 0.5) -> str:
+    """'' when the configured site agrees with the header's (:func:`header_site`; none is agreement),
+    else one line naming both: a site off by more than ``limit_deg`` in latitude or longitude (a
+    longitude written west-positive agrees when its negation does)."""
+    got = header_site(header)
+    if got is None:
+        return ""
+    lat, lon, keys = got
+
+    def dlon(a):
+        return abs((a - cfg.site_lon + 180.0) % 360.0 - 180.0)
+
+    if abs(lat - cfg.site_lat) <= limit_deg and min(dlon(lon), dlon(-lon)) <= limit_deg:
+        return ""
+    return (f"the configured site (site_lat {cfg.site_lat:.4f}, site_lon {cfg.site_lon:.4f}) disagrees with the "
+            f"header's {keys} ({lat:.4f}, {lon:.4f}) by more than {limit_deg:g} deg: airmass and BJD use the "
+            "configured site (check site_lat, site_lon; east longitude positive)")
+
+
 # -------------------------------------------------------------------- times
 def site_location(cfg) -> EarthLocation:
     """The observatory (``cfg.site_lon`` east, ``site_lat`` geodetic WGS84, ``site_ele`` m)."""

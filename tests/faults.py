@@ -421,3 +421,60 @@ def check_target_outcome(fault: TargetFault, summary: dict, red: Path, reference
     for kind in ("lc_png", "chart", "stars"):
         assert Path(g["outputs"][kind]).is_file(), (fault.name, kind)
     assert not ref.exists(), fault.name                        # no field reference from a night without target
+
+
+# --------------------------------------------------------------- bad input: exit 2, before the work
+@dataclass(frozen=True)
+class BadInput:
+    """A mistake in the configuration or the command (issue #24 item 5, R16): one line naming the key
+    or what exists, exit status 2 on both drivers, no master made (``config`` YAML text is added as a
+    config file after the night's; ``raw`` makes the raw directory from the simulated one)."""
+
+    name: str
+    config: str
+    words: tuple
+    raw: object = None                               #: callable(sim_raw, tmp) -> raw directory
+
+
+def _directory_of_nights(src: Path, tmp: Path) -> Path:
+    root = tmp / "nights"
+    shutil.copytree(src, root / "20240606")
+    shutil.copytree(src, root / "20240607")
+    return root
+
+
+def _dated_with_slashes(src: Path, tmp: Path) -> Path:
+    raw = tmp / "raw"
+    shutil.copytree(src, raw)
+    for f in sorted(raw.glob("SIMV-*.fit")):
+        _rewrite(f, **{"DATE-OBS": "2024/06/06"})
+    return raw
+
+
+BAD_INPUTS = [
+    BadInput("sexagesimal_unquoted", "targets: [{name: SIMV, ra: 19:31:05.65, dec: '+30:23:45'}]\n",
+             ("key 'targets[0].ra'", "19:31:05.65 unquoted is a base-60 number in YAML: quote it")),
+    BadInput("target_ra_impossible", "targets: [{name: SIMV, ra: '25:31:05', dec: '+30:23:45'}]\n",
+             ("key 'targets'", "targets[0] (SIMV)", "25:31:05")),
+    BadInput("target_catalog_missing", "target_catalog: /nonexistent/targets.ecsv\n",
+             ("target_catalog", "/nonexistent/targets.ecsv: file not found")),
+    BadInput("ind_tgt_out_of_range", "starxy: [[40.0, 70.0], [60.0, 54.0]]\nind_tgt: [5]\n",
+             ("ind_tgt: index 5 outside starxy's 2 star(s)",)),
+    BadInput("unknown_time_zone", "site_tz: Mars/Olympus_Mons\n", ("site_tz", "unknown time zone 'Mars/Olympus_Mons'")),
+    BadInput("obj_matches_nothing", "obj: [NOPE]\n", ("--obj NOPE matches no science group", "SIMV V")),
+    BadInput("band_matches_nothing", "band: [Q]\n", ("--band Q matches no science group", "SIMV V")),
+    BadInput("directory_of_nights", "", ("a directory of nights, not one night", "20240606, 20240607"),
+             _directory_of_nights),
+    BadInput("every_frame_dated_with_slashes", "", ("every science frame was rejected",
+                                                    "DATE-OBS = '2024/06/06': not a date/time"), _dated_with_slashes),
+]
+
+
+def bad_input_setup(case: BadInput, sim, tmp: Path) -> tuple[Path, list[str]]:
+    """The raw directory and config files of ``case``."""
+    raw = case.raw(sim.raw_dir, tmp) if case.raw else sim.raw_dir
+    files = [str(sim.config_path)]
+    if case.config:
+        (tmp / "bad.yaml").write_text(case.config)
+        files.append(str(tmp / "bad.yaml"))
+    return raw, files

@@ -17,8 +17,9 @@ import pytest
 
 from qlcp.core.config import load_config
 from qlcp.core.simulate import simulate_small
-from tests.faults import (FAULTS, NON_ASCII, PLANTED_LINKS, TARGET_FAULTS, check_link_untouched, check_outcome,
-                          check_target_outcome, make_night, plant_link, together_fault)
+from tests.faults import (BAD_INPUTS, FAULTS, NON_ASCII, PLANTED_LINKS, TARGET_FAULTS, bad_input_setup,
+                          check_link_untouched, check_outcome, check_target_outcome, make_night, plant_link,
+                          together_fault)
 
 
 @pytest.fixture(scope="module")
@@ -180,3 +181,20 @@ def test_a_link_planted_in_red_is_never_written_through(sim, tmp_path, capsys, c
         assert sum("error" in line for line in err) == 1
     else:
         assert rc == 0 and (red / "lc_SIMV_V.ecsv").is_file()
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=lambda c: c.name)
+def test_bad_input_is_one_line_and_exit_2_before_the_work(sim, tmp_path, capsys, case):
+    """Issue #24 item 5, R16: a mistake in the config or the command stops the run with one line naming
+    the key (or what the night has) and exit status 2, before any master is made."""
+    from qlcp.deployments.cli import main
+
+    raw, files = bad_input_setup(case, sim, tmp_path)
+    red = tmp_path / "red"
+    capsys.readouterr()
+    rc = main(["run", str(raw), str(red), "--no-prefect", *[a for f in files for a in ("--config", f)],
+               "--set", "workers=1", "--set", "calib_library=false"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("qlcp: error:")]
+    assert rc == 2 and len(err) == 1, (case.name, rc, err)
+    assert all(w in err[0] for w in case.words), (case.name, err[0])
+    assert not (red / "bias.fits").exists()

@@ -117,3 +117,42 @@ def test_no_coordinate_at_all_degrades_the_night(tmp_path):
     s = json.loads((red2 / "summary.json").read_text())
     assert rc == 0 and s["degraded"] == []
     assert all(np.isfinite(fits.getheader(f)["BJD"]) for f in (red2 / "SIMV_V").glob("*.bf.fits"))
+
+
+def test_site_checked_against_the_headers_sitelat_sitelong(xo1_dir, tmp_path):
+    """XO-1 (ARCSAT: SITELAT '32 46 49', SITELONG '-105 49 13'): the right site passes; a latitude of the
+    wrong sign is named with the header's values, and the group is degraded (it was silent)."""
+    files = sorted(xo1_dir.glob("XO1-b_z_*.fits"))[:2]
+    good = {"site_lat": 32.78028, "site_lon": -105.82028, "site_ele": 2788.0}
+    res = correct_frames(files, "XO1-b", "z", tmp_path / "a", load_config(None, good), coord_file=files[0])
+    assert res.degraded == []
+    res = correct_frames(files, "XO1-b", "z", tmp_path / "b", load_config(None, {**good, "site_lat": -32.78028}),
+                         coord_file=files[0])
+    assert len(res.degraded) == 1 and "site_lat -32.7803" in res.degraded[0], res.degraded
+    assert "SITELAT/SITELONG (32.7803, -105.8203)" in res.degraded[0]
+
+
+def test_header_site_forms():
+    from qlcp.core.timing import header_site
+
+    assert header_site(_hdr(SITELAT="32 46 49", SITELONG="-105 49 13"))[:2] == pytest.approx((32.78028, -105.82028),
+                                                                                              abs=1e-4)
+    assert header_site(_hdr(**{"LAT-OBS": 40.3958, "LONG-OBS": 117.5772}))[2] == "LAT-OBS/LONG-OBS"
+    assert header_site(_hdr(**{"LAT-OBS": "-31:16:24", "LONG-OBS": "149:03:40"}))[0] == pytest.approx(-31.2733,
+                                                                                                   abs=1e-4)
+    assert header_site(_hdr()) is None
+
+
+def test_target_below_the_horizon_degrades_the_group(tmp_path):
+    """A latitude of the wrong sign (and no site in the headers to compare with): the simulated target
+    is below the horizon, airmass NaN; the group says so in one line (it was silent)."""
+    from qlcp.core.correct import BELOW_HORIZON
+    from qlcp.core.simulate import simulate_small
+
+    sim = simulate_small(tmp_path / "n", n_frames=3, size=96, seed=3, n_bias=2, n_flats=2)
+    cfg = load_config([sim.config_path])
+    files = list(sim.science_files)
+    assert correct_frames(files, "SIMV", "V", tmp_path / "a", cfg, coord_file=files[0]).degraded == []
+    far = load_config([sim.config_path], {"site_lat": -cfg.site_lat})
+    res = correct_frames(files, "SIMV", "V", tmp_path / "b", far, coord_file=files[0])
+    assert res.degraded == [f"SIMV: {BELOW_HORIZON}"]

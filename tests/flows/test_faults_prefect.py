@@ -11,8 +11,8 @@ from qlcp.core import run
 from qlcp.core.config import load_config
 from qlcp.core.simulate import simulate_small
 from qlcp.deployments.cli import exit_status
-from tests.faults import (FAULTS, PLANTED_LINKS, TARGET_FAULTS, check_link_untouched, check_outcome,
-                          check_target_outcome, comparable, make_night, plant_link, together_fault)
+from tests.faults import (BAD_INPUTS, FAULTS, PLANTED_LINKS, TARGET_FAULTS, bad_input_setup, check_link_untouched,
+                          check_outcome, check_target_outcome, comparable, make_night, plant_link, together_fault)
 
 pytestmark = pytest.mark.usefixtures("prefect_db")
 
@@ -122,3 +122,20 @@ def test_refused_field_reference_through_prefect(sim, tmp_path, fault):
         _flow(sim, sim.raw_dir, red, **fault.sets)
     assert all(w in str(e.value) for w in fault.words), str(e.value)
     check_target_outcome(fault, json.loads((red / "summary.json").read_text()), red, before)
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=lambda c: c.name)
+def test_bad_input_through_prefect_as_through_the_plain_driver(sim, tmp_path, case):
+    """The bad-input table: the flow stops with the plain driver's one line (a QLCPError, which the
+    CLI turns into exit status 2), before any master is made."""
+    from qlcp.core.errors import QLCPError
+    from qlcp.flows.night import process_night
+
+    raw, files = bad_input_setup(case, sim, tmp_path)
+    red = tmp_path / "flow"
+    with pytest.raises(QLCPError) as e:
+        process_night(raw_dir=str(raw), red_dir=str(red), config_files=files,
+                      config={"workers": 1, "calib_library": False})
+    msg = str(e.value)
+    assert "\n" not in msg and all(w in msg for w in case.words), (case.name, msg)
+    assert not (red / "bias.fits").exists()
