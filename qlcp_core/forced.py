@@ -81,6 +81,9 @@ TRACKED_STEP = 4
 #: 4th pixel, that stays below the full map's on 64 px meshes (a 256^2 test night with 64 px meshes
 #: sampled every 2nd pixel moved a target by 2.7 mmag; 1024^2 nights at 128 px: light curves within 0.5 %)
 SUBSAMPLE_MESH_PER_ANNULUS = 2.5
+#: a frame sharing less of the reference's field than this is measured in full (a reference pointed
+#: off, e.g. a first frame taken before the telescope settled: the stars only it lacks are measured too)
+TRACK_MIN_OVERLAP = 0.5
 #: flags that keep a source out of the alignment stars (border, saturated, blended, bad flux, cosmic)
 _ALIGN_BAD = P.FLAG_BORDER | P.FLAG_SATURATED | P.FLAG_BLENDED | P.FLAG_BADFLUX | P.FLAG_COSMIC
 
@@ -331,6 +334,10 @@ def measure_tracked(data, cfg, gain: float, rdnoise: float, saturation: float, s
             log.debug("not tracked on %s (%s): measured in full", Path(stars.ref).name, res.reason)
             return None
         m, kind, n_det = res.matrix(), res.kind, int(len(objs))
+    if off_mod.overlap(m, frame.sub.shape) < TRACK_MIN_OVERLAP:    # its stars are not all the reference's
+        log.debug("%s field shared with the reference %s: measured in full",
+                  f"{off_mod.overlap(m, frame.sub.shape):.0%}", Path(stars.ref).name)
+        return None
     pos = off_mod.base_to_frame(m, stars.xy)
     ny, nx = frame.sub.shape
     on = (pos[:, 0] >= -0.5) & (pos[:, 0] <= nx - 0.5) & (pos[:, 1] >= -0.5) & (pos[:, 1] <= ny - 0.5)

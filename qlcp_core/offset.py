@@ -1055,6 +1055,37 @@ def _similarity_chunk(args) -> list[OffsetResult]:
     return out
 
 
+#: a base whose field the group's frames share less than this fraction of (median over the aligned
+#: frames, :func:`overlap`) is replaced by the group's best frame when that aligns as many frames
+MIN_BASE_OVERLAP = 0.5
+
+
+def overlap(t, shape) -> float:
+    """Fraction of a frame's field inside the base image's (both ``shape`` (ny, nx)), from its
+    transform ``t``: the frame's centre mapped to the base, as a box of the same size (rotation
+    ignored); 0 when ``t`` is not finite."""
+    ny, nx = shape
+    c = frame_to_base(t, [((nx - 1) / 2, (ny - 1) / 2)])[0]
+    if not np.all(np.isfinite(c)):
+        return 0.0
+    return max(0.0, 1 - abs(c[0] - (nx - 1) / 2) / nx) * max(0.0, 1 - abs(c[1] - (ny - 1) / 2) / ny)
+
+
+def _image_shape(path: Path) -> tuple[int, int]:
+    """(ny, nx) of an image from its header; (0, 0) when unreadable."""
+    try:
+        hdr = read_header(path)
+        return int(hdr.get("NAXIS2", 0) or 0), int(hdr.get("NAXIS1", 0) or 0)
+    except (InputError, OSError, ValueError, TypeError):
+        return 0, 0
+
+
+def _median_overlap(frames: list[list], bidx: int | None, shape) -> float:
+    """Median :func:`overlap` of the aligned frames but the base (1 without any)."""
+    ov = [overlap(r[2].matrix(), shape) for i, r in enumerate(frames) if r[2].ok and i != bidx]
+    return float(np.median(ov)) if ov else 1.0
+
+
 def _poor(res: OffsetResult, n_stars: int, n_base: int) -> bool:
     """Whether a shift result should be tried again as a similarity: failed, or paired few of the stars."""
     return n_stars >= MIN_MATCH and (not res.ok or res.n_matched < POOR_FRACTION * min(n_stars, n_base))
@@ -1179,19 +1210,26 @@ def _align_all(files: list[Path], bidx: int | None, base: tuple, max_dis: float,
 def _retry_base(run: tuple, files: list[Path], max_dis: float, cfg, star_lists, mapper, similarity: bool,
                 counts: list) -> tuple:
     """``run`` (bidx, bpath, base, frames, n_sim) again with the group's best frame as base when
-    fewer than half the frames align with its base (a base pointed elsewhere); the run that
-    aligns more frames wins."""
+    fewer than half the frames align with its base (a base pointed elsewhere), or when the frames
+    share less than :data:`MIN_BASE_OVERLAP` of its field (a base pointed a few hundred px off: the
+    stars the pick and the light curves can use are those of the base's field); the run that aligns
+    more frames wins, and of two that align as many, the one whose field the frames share more."""
     bidx, bpath, _, frames, _ = run
     n, n_good = len(files), sum(r[2].ok for r in frames)
-    if bidx != 0 or n <= 2 or n_good >= 0.5 * n:     # only the default base, the first frame, is replaced
+    shape = _image_shape(bpath)
+    ov = _median_overlap(frames, bidx, shape) if min(shape) > 0 else 1.0
+    if bidx != 0 or n <= 2 or (n_good >= 0.5 * n and ov >= MIN_BASE_OVERLAP):  # only the default base
         return run
-    why = InputError(f"{bpath.name}: only {n_good} of {n} frames align with it")
+    why = InputError(f"{bpath.name}: only {n_good} of {n} frames align with it" if n_good < 0.5 * n else
+                     f"{bpath.name}: the frames share {ov:.0%} of its field (median)")
     alt = _replacement_base(files, bidx, cfg, star_lists, counts, why, required=False)
     if alt is None:
         return run
     abase = _base_stars(alt[0], alt[1], files, cfg, star_lists)
     again = (*alt, abase, *_align_all(files, alt[0], abase, max_dis, cfg, star_lists, mapper, similarity))
-    if sum(r[2].ok for r in again[3]) > n_good:
+    a_good = sum(r[2].ok for r in again[3])
+    if a_good > n_good or (a_good == n_good and min(shape) > 0
+                           and _median_overlap(again[3], alt[0], shape) > ov):
         return again
     log.warning("%s: kept as base: %s aligns no more frames", bpath.name, alt[1].name)
     return run

@@ -90,6 +90,18 @@ def base_shifted(raw):
     _rewrite(_frame(raw, 1), data=lambda d: np.roll(np.roll(d, d.shape[0] // 2, 0), d.shape[1] // 2, 1)[::-1])
 
 
+def base_off_field(raw):
+    """D7: the first frame pointed 40 % of a side off in x and y (taken before the telescope settled):
+    it aligns with the others, but they share ~36 % of its field, and the stars the pick could use were
+    only those of that corner (the target lost)."""
+    def off(d):
+        k = int(0.4 * d.shape[0])
+        out = np.full_like(d, np.median(d))
+        out[k:, k:] = d[:-k, :-k]
+        return out
+    _rewrite(_frame(raw, 1), data=off)
+
+
 def no_exptime(raw):
     _rewrite(_frame(raw, 4), drop=("EXPTIME",))
 

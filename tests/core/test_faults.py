@@ -198,3 +198,27 @@ def test_bad_input_is_one_line_and_exit_2_before_the_work(sim, tmp_path, capsys,
     assert rc == 2 and len(err) == 1, (case.name, rc, err)
     assert all(w in err[0] for w in case.words), (case.name, err[0])
     assert not (red / "bias.fits").exists()
+
+
+def test_a_base_frame_pointed_off_field_is_replaced_and_the_target_kept(tmp_path):
+    """D7: a first frame pointed 40 % of a side off in x and y aligns with the others, so it stayed the
+    base, but they share ~36 % of its field: the pick saw only that corner's stars and the night ended
+    'no target' (256 px, seed 3).  Now the base is the group's best frame, the tracked photometry
+    measures the frames that share little of the reference's field in full, and the target is found."""
+    import shutil
+
+    from astropy.table import Table
+
+    from qlcp.core.simulate import simulate_night
+    from tests.faults import base_off_field
+
+    sim = simulate_night(tmp_path / "n", n_frames=16, size=256, seed=3, n_bias=3, n_flats=3, n_constant=5)
+    raw = tmp_path / "raw"
+    shutil.copytree(sim.raw_dir, raw)
+    base_off_field(raw)
+    rc, summary = reduce_cli(sim, raw, tmp_path / "red")
+    assert rc == 0 and summary.get("outcome") != "no target"
+    off = Table.read(tmp_path / "red" / "offset_SIMV_V.ecsv", format="ascii.ecsv")
+    assert off.meta["base"] != "SIMV-0001V.fit" and int(np.sum(off["ok"])) == len(off)
+    lc = Table.read(tmp_path / "red" / "lc_SIMV_V.ecsv", format="ascii.ecsv")
+    assert "mag_t0_a0" in lc.colnames and np.isfinite(np.asarray(lc["mag_t0_a0"], float)).sum() >= 15
