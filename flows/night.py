@@ -272,7 +272,7 @@ def update_campaigns(summary, red: Path, config: dict | None, config_files: list
 
     names = {}
     for g in summary.groups:
-        if not g.error and g.outputs.get("lightcurve"):
+        if not g.error and g.outputs.get("lightcurve") and g.outcome != "no target":   # nothing to follow
             for n in (g.stars or {}).get("targets") or [g.obj]:
                 names.setdefault(n, None)
     for name in names:
