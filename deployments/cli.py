@@ -379,6 +379,8 @@ def cmd_demo(a) -> int:
 
     work = Path(a.workdir)
     print(f"simulating a {a.frames}-frame night in {work / 'raw'} ...", flush=True)
+    print("  (on purpose, its first flat is saturated and its last too faint: the two 'rejected' flat "
+          "warnings below are expected)", flush=True)
     sim = simulate_night(work, n_frames=a.frames, size=a.size, seed=1, overwrite=True, dated=True)
     cfg = make_config([sim.config_path], mode=["EXIST_OVER", "MISS_SKIP"])
     rc = _reduce(sim.raw_dir, work / "red", cfg, no_prefect=a.no_prefect)

@@ -55,6 +55,8 @@ def check_dirs(raw_dir: str | Path, red_dir: str | Path) -> tuple[Path, Path]:
         red.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise InputError(f"{red}: cannot create output directory ({e.strerror})") from None
+    # absolute, as on the Prefect path (the CLI resolves them): summary.json's paths are one form on both
+    raw, red = r_raw, r_red
     return raw, red
 
 

@@ -85,3 +85,22 @@ def test_no_site_configured_is_a_warning_once(caplog, monkeypatch):
         pipeline.make_config(None, site_lat=32.78, site_lon=-105.82)
     lines = [r.getMessage() for r in caplog.records if "no site configured" in r.getMessage()]
     assert len(lines) == 1 and "Xinglong" in lines[0] and "examples/site.yaml" in lines[0]
+
+
+def test_summary_paths_are_absolute_on_the_plain_path_as_on_prefect(tmp_path, monkeypatch):
+    """Relative RAW and RED on the command line: summary.json's paths were relative to the current
+    directory on the plain path and absolute on the Prefect path; now absolute on both."""
+    import json
+
+    from qlcp.core.simulate import simulate_small
+    from qlcp.deployments.cli import main
+
+    sim = simulate_small(tmp_path / "n", n_frames=6, size=128, seed=3, n_bias=2, n_flats=2)
+    monkeypatch.chdir(tmp_path)
+    rc = main(["run", str(sim.raw_dir.relative_to(tmp_path)), "red", "--no-prefect", "--steps", "lbfiop",
+               "--config", str(sim.config_path), "--set", "workers=1", "--set", "calib_library=false"])
+    s = json.loads((tmp_path / "red" / "summary.json").read_text())
+    assert rc == 0 and s["red_dir"] == str(tmp_path / "red") and s["raw_dir"] == str(sim.raw_dir)
+    paths = [p for g in s["groups"] for p in g["outputs"].values()] + [m["path"] for m in s["masters"].values()
+                                                                        if m.get("path")]
+    assert paths and all(Path(p).is_absolute() and Path(p).is_file() for p in paths), paths
