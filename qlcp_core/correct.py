@@ -300,7 +300,8 @@ def _reject(result: CorrectResult, f: Path, why: str) -> None:
 
 def correction_key(cfg: Config, raw, bias, flat, dark) -> str:
     """Provenance key (``QLCPKEY``) of the corrected frame of ``raw`` with these masters."""
-    return step_key(cfg, "correct", raw, bias, flat, dark)
+    extra = (cfg.target_catalog,) if cfg.target_catalog else ()   # its coordinates time the frames
+    return step_key(cfg, "correct", raw, bias, flat, dark, *extra)
 
 
 def correct_frames(files: list[Path], obj: str, band: str, red_dir: str | Path, cfg: Config,

@@ -156,3 +156,21 @@ def test_target_below_the_horizon_degrades_the_group(tmp_path):
     far = load_config([sim.config_path], {"site_lat": -cfg.site_lat})
     res = correct_frames(files, "SIMV", "V", tmp_path / "b", far, coord_file=files[0])
     assert res.degraded == [f"SIMV: {BELOW_HORIZON}"]
+
+
+def test_a_changed_target_catalog_retimes_the_frames(tmp_path):
+    """The catalogue's coordinates time the frames: an edited catalogue changes the corrected frames'
+    provenance key, so a rerun (EXIST_APPEND) corrects them again with the new BJD."""
+    import os
+
+    from qlcp.core.correct import correction_key
+
+    cat = tmp_path / "targets.csv"
+    cat.write_text("name,ra,dec\nSIMV,19:31:05.65,+30:23:45\n")
+    raw = tmp_path / "SIMV-0001V.fit"
+    raw.write_bytes(b"raw")
+    cfg = load_config(None, {"target_catalog": str(cat)})
+    before = correction_key(cfg, raw, None, None, None)
+    cat.write_text("name,ra,dec\nSIMV,19:31:06.65,+30:23:45\n")
+    os.utime(cat, ns=(1, 1))
+    assert correction_key(cfg, raw, None, None, None) != before
