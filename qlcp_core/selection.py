@@ -149,8 +149,9 @@ def _radec_str(ra: float, dec: float) -> str:
 
 
 def _given(cfg, obj: str, band: str, starxy, base: "_BaseFrame") -> dict:
-    """Step 2: ``starxy`` and ``ind_*`` of the config; stars off the base frame are dropped (a target
-    said so by position: with none left the group has no target)."""
+    """Step 2: ``starxy`` and ``ind_*`` of the config, indexes as given.  Stars off the base frame are
+    named; a comparison or check there is rejected later, a target there is no target (with none
+    left the group has no target)."""
     xy = [list(map(float, p)) for p in starxy]
     tgt, ref, chk = (cfg.for_object(k, obj) for k in ("ind_tgt", "ind_ref", "ind_chk"))
     sel = {"starxy": xy, "ind_tgt": tgt, "ind_ref": ref, "ind_chk": chk, "source": "given"}
@@ -166,17 +167,17 @@ def _given(cfg, obj: str, band: str, starxy, base: "_BaseFrame") -> dict:
     bad = [i for i in tgt_l + ref_l + chk_l if not 0 <= i < len(xy)]
     if bad:                                   # the differential step names the index out of range
         return sel
-    keep = [i for i in range(len(xy)) if i not in off]
-    new = {old: k for k, old in enumerate(keep)}
     lost = []
     for i in off:
         role = "target" if i in tgt_l else "check" if i in chk_l else "comparison"
         lost.append(f"{role} starxy[{i}] ({xy[i][0]:g}, {xy[i][1]:g})")
     msg = f"{', '.join(lost)} off the frame ({nx} x {ny} px)"
-    log.warning("%s %s: %s: dropped", obj, band, msg)
-    sel = {"starxy": [xy[i] for i in keep], "ind_tgt": [new[i] for i in tgt_l if i in new],
-           "ind_ref": [new[i] for i in ref_l if i in new], "ind_chk": [new[i] for i in chk_l if i in new],
-           "source": "given", "lost": [[m] for m in lost]}
+    # indexes stay those the observer gave (the stars table's `index` is the number to give back):
+    # a comparison or check off the base frame stays in the list and is rejected by the differential
+    # step with its reason; a target off it is no target
+    log.warning("%s %s: %s", obj, band, msg)
+    sel = {**sel, "ind_tgt": [i for i in tgt_l if i not in off], "ind_ref": ref_l, "ind_chk": chk_l,
+           "lost": [[m] for m in lost]}
     if not sel["ind_tgt"]:
         sel["no_target"] = f"{msg}: give starxy on the finding chart's pixels (0-based) of the base frame"
     return sel
