@@ -47,8 +47,9 @@ ARG QLCP_UID=1000
 ARG QLCP_GID=1000
 # astrometry.net index packages to add for step w's offline plate solving, e.g.
 # --build-arg ASTROMETRY_INDEX=astrometry-data-tycho2-10-19 (Tycho-2, fields of 1-33 deg: 22 MB download,
-# 37 MB installed). None by default: small-telescope fields (5-30') need 4100/5200-series index files of the
-# site's scale, too large to ship; mount them at /usr/share/astrometry (or set astrometry_index).
+# 37 MB installed). The image has astrometry-data-tycho2-09-littleendian (27 MB download, 40 MB installed);
+# small-telescope fields (5-30') need 4100/5200-series index files of the site's scale, too large to ship;
+# mount them at /usr/share/astrometry (or set astrometry_index).
 ARG ASTROMETRY_INDEX=""
 
 LABEL org.opencontainers.image.title="qlcp" \
@@ -71,10 +72,13 @@ ENV PATH=/opt/qlcp/bin:$PATH \
     PREFECT_SERVER_ANALYTICS_ENABLED=false \
     MPLBACKEND=Agg
 
-# astrometry.net's solve-field (step w solves offline when a frame has no usable WCS), no recommends
+# astrometry.net's solve-field (step w solves offline when a frame has no usable WCS) with the Tycho-2 09
+# index; faketime (200 kB) to rehearse the service under a clock years ahead of the image's time tables
+# (README: "Time tables age"); no recommends
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends astrometry.net ${ASTROMETRY_INDEX} \
+ && apt-get install -y --no-install-recommends astrometry.net astrometry-data-tycho2-09-littleendian \
+        faketime libfaketime ${ASTROMETRY_INDEX} \
  && rm -rf /var/lib/apt/lists/* \
  && solve-field --help > /dev/null
 

@@ -168,9 +168,10 @@ _FAKETIME_LIBS = ("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1", "/usr/l
 
 
 def faketime_env(offset: str = "+1000d", base: dict | None = None) -> dict:
-    """An environment whose processes see the clock ``offset`` ahead (libfaketime: the time calls and
-    file times), the flag of an earlier warning removed; skips the test when libfaketime is absent
-    (Debian: apt-get install faketime libfaketime)."""
+    """An environment whose processes see the wall clock ``offset`` ahead (libfaketime: the time calls
+    and file times; the monotonic clock left alone, see ``tests/faketime_site/sitecustomize.py``), the
+    flag of an earlier warning removed; skips the test when libfaketime is absent (Debian: apt-get
+    install faketime libfaketime)."""
     lib = next((p for p in _FAKETIME_LIBS if os.path.isfile(p)), None)
     if lib is None:
         import pytest
@@ -179,7 +180,9 @@ def faketime_env(offset: str = "+1000d", base: dict | None = None) -> dict:
     from qlcp.core.runtime import ANNOUNCED_ENV
 
     env = {k: v for k, v in (base or os.environ).items() if k != ANNOUNCED_ENV}
-    env.update(LD_PRELOAD=lib, FAKETIME=offset, FAKETIME_DONT_RESET="1")
+    site = str(REPO / "tests" / "faketime_site")
+    env.update(LD_PRELOAD=lib, FAKETIME=offset, FAKETIME_DONT_FAKE_MONOTONIC="1",
+               PYTHONPATH=os.pathsep.join([site] + [p for p in [env.get("PYTHONPATH")] if p]))
     return env
 
 
