@@ -581,3 +581,49 @@ def test_max_age_skips_old_nights_until_they_change(roots, site_cfg, caplog):
         Sensor(raw, roots[1], site_cfg, watch=False, max_age=0)
     args = add_watch_arguments(argparse.ArgumentParser()).parse_args([str(raw), str(roots[1]), "--max-age", "3"])
     assert args.max_age == 3.0
+
+
+# ------------------------------------------ a clock years past astropy's bundled tables
+def test_sensor_under_a_clock_years_past_the_tables(roots, site_cfg, monkeypatch):
+    """Astropy with its own defaults (predictions refused once 30 days old) and its clock 3 years
+    ahead, the sensor's clock too, a night already waiting from two days before: the sensor starts
+    (``qlcp up`` exited with 'internal error: ValueError' here) and triggers it once (catch-up),
+    then a night copied in the dark once at its dawn, as astropy computes it; no download tried
+    (issue 24, R3)."""
+    from astropy.utils import iers
+
+    tried = []
+    ahead = Time.now() + 3 * 365.25 * u.day
+    monkeypatch.setattr(Time, "now", classmethod(lambda cls: ahead.copy()))
+    monkeypatch.setattr(iers.iers, "download_file", lambda *a, **k: tried.append(a) or (_ for _ in ()).throw(
+        OSError("no network")))
+    raw, _ = roots
+    t0 = ahead.to_datetime(timezone=UTC)
+    put(raw / "n1" / "a.fits", mtime=t0 - timedelta(days=2))
+    clock = Clock(t0)
+    trig = FakeTrigger()
+    with iers.conf.set_temp("auto_download", True), iers.conf.set_temp("auto_max_age", 30.0), \
+            iers.conf.set_temp("iers_degraded_accuracy", "error"):
+        s = make(roots, site_cfg, clock, trig)
+        try:
+            assert s.poll_once() == ["n1"] and s.state()[0]["reason"] == "catch-up"
+            while sun_alt(clock.t) > -13:            # into the night, 3 years ahead
+                clock.advance(minutes=20)
+                assert s.poll_once() == []
+            put(raw / "n2" / "b.fits")
+            s.poll_once()
+            clock.advance(minutes=1)
+            s.poll_once()
+            due = s.dawn_due("n2")
+            assert due is not None and 0 < due - clock.t.timestamp() < 86400
+            got = []
+            while not got:
+                clock.advance(minutes=5)
+                got = s.poll_once()
+            assert got == ["n2"] and {r["name"]: r["reason"] for r in s.state()}["n2"] == "dawn"
+            decided = trig.calls[-1]["when"]
+            with iers.conf.set_temp("auto_max_age", None):
+                assert sun_alt(decided) > -12.0 > sun_alt(decided - timedelta(minutes=10))
+        finally:
+            s.stop()
+    assert trig.nights == ["n1", "n2"] and not tried
