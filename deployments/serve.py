@@ -10,7 +10,8 @@ Deployments (served by one process with ``prefect.serve``):
   night left pending (the sensor was down) is processed.
 
 Cron times are local to the site: ``--timezone`` (an IANA name) or, by default, the
-config's ``site_tz`` hours as ``Etc/GMT±N``.
+config's ``site_tz`` hours as ``Etc/GMT±N`` (printed as the offset the operator gave: ``UTC-7``, not
+POSIX's inverted ``Etc/GMT+7``).
 """
 
 from __future__ import annotations
@@ -47,6 +48,17 @@ def site_timezone(config_files: list[str] | None, override: str | None = None) -
         return "UTC" if n == 0 else f"Etc/GMT{'-' if n > 0 else '+'}{abs(n)}"
     log.warning("site_tz %s is not whole hours: schedules use UTC (give --timezone)", tz)
     return "UTC"
+
+
+def timezone_label(tz: str) -> str:
+    """The time zone as the operator gave it: ``Etc/GMT+7`` (POSIX's inverted sign) is ``UTC-7``,
+    ``Etc/GMT-8`` is ``UTC+8``; IANA names and ``UTC`` unchanged."""
+    import re
+
+    m = re.fullmatch(r"Etc/GMT([+-])(\d{1,2})", tz)
+    if not m:
+        return tz
+    return f"UTC{'-' if m.group(1) == '+' else '+'}{int(m.group(2))}"
 
 
 def _config_paths(config_files) -> list[str]:
@@ -139,8 +151,9 @@ def run_serve(a) -> int:
     api = os.environ["PREFECT_API_URL"]
     while True:
         deps = build_deployments(a.raw_root, a.red_root, a.config, tz, a.reprocess_cron, a.sweep_cron)
-        print(f"serving process-night, reprocess ({a.reprocess_cron} {tz}), dawn-sweep ({a.sweep_cron} {tz}) "
-              f"on {api}", flush=True)
+        label = timezone_label(tz)
+        print(f"serving process-night, reprocess ({a.reprocess_cron} {label}), dawn-sweep ({a.sweep_cron} "
+              f"{label}) on {api}", flush=True)
         try:
             serve(*deps, limit=a.limit, pause_on_shutdown=False)   # a restart must not leave them paused
             return 0                    # SIGTERM / SIGINT: Prefect's graceful shutdown

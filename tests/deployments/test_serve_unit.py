@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from qlcp.deployments.serve import build_deployments, site_timezone
+from qlcp.deployments.serve import build_deployments, site_timezone, timezone_label
 from qlcp.flows.night import _in_range, find_nights
 from qlcp.core.errors import ConfigError
 
@@ -19,6 +19,34 @@ def test_site_timezone(tmp_path):
     assert site_timezone([str(f)], "America/Phoenix") == "America/Phoenix"
     with pytest.raises(ConfigError, match="Mars/Olympus"):
         site_timezone([], "Mars/Olympus")
+
+
+def test_timezone_label_is_the_offset_the_operator_gave():
+    """Schedules are printed with the site's offset, not POSIX's inverted Etc/GMT sign."""
+    assert timezone_label("Etc/GMT+7") == "UTC-7" and timezone_label("Etc/GMT-8") == "UTC+8"
+    assert timezone_label("Etc/GMT-14") == "UTC+14"
+    assert timezone_label("America/Phoenix") == "America/Phoenix" and timezone_label("UTC") == "UTC"
+
+
+def test_serve_prints_the_schedules_in_the_operators_offset(tmp_path, monkeypatch, capsys):
+    """``qlcp serve`` for a UTC-7 site (site_tz: -7) prints ``UTC-7``, never ``Etc/GMT+7``."""
+    import argparse
+
+    import prefect
+
+    from qlcp.deployments import serve as serve_mod
+
+    (tmp_path / "raw").mkdir()
+    cfg = tmp_path / "site.yaml"
+    cfg.write_text("site_tz: -7\n")
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+    monkeypatch.setattr(prefect, "serve", lambda *deps, **kw: None)
+    ap = argparse.ArgumentParser()
+    serve_mod.add_serve_arguments(ap)
+    assert serve_mod.run_serve(ap.parse_args([str(tmp_path / "raw"), str(tmp_path / "red"), "--config",
+                                              str(cfg)])) == 0
+    out = capsys.readouterr().out
+    assert "(0 12 * * * UTC-7)" in out and "(0 7 * * * UTC-7)" in out and "Etc/GMT" not in out, out
 
 
 def test_three_deployments_with_local_schedules(tmp_path):
