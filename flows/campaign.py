@@ -18,7 +18,14 @@ from qlcp.tasks.campaign import campaign_task
 from qlcp.tasks.common import bridge_logging, results_dir
 
 
-@json_params_flow(name="campaign", log_prints=True)
+def _flow_run_name() -> str:
+    """``campaign-<target>`` (``campaign-all`` for every target), not one of Prefect's random names."""
+    from prefect.runtime import flow_run
+
+    return f"campaign-{(flow_run.parameters or {}).get('target') or 'all'}"
+
+
+@json_params_flow(name="campaign", flow_run_name=_flow_run_name, log_prints=True)
 def campaign(red_root: str, target: str | None = None, config: dict | None = None,
              config_files: list[str] | None = None, refresh: bool = False) -> dict:
     """Build (or rebuild) the campaign products of ``target``, or of every target under ``red_root``.

@@ -54,3 +54,22 @@ def test_night_flow_updates_the_campaign_which_is_cached_when_nothing_changed(tm
     keys = _artifact_keys()
     assert any(k.startswith("campaign-simv-lc") for k in keys)
     assert "campaign-simv-oc" in keys or "campaign-simv-period" in keys
+
+
+def test_campaign_runs_are_named_after_their_target(tmp_path):
+    """A campaign flow run (the night flow's subflow, or the deployment's) is ``campaign-<target>``,
+    ``campaign-all`` without one, never one of Prefect's random adjective-animal names."""
+    from prefect import get_client
+
+    from qlcp.flows.campaign import campaign
+
+    red = tmp_path / "red"
+    red.mkdir()
+    ids = [campaign(red_root=str(red), target=t, return_state=True).state_details.flow_run_id
+           for t in ("XO-1", None)]
+
+    async def names():
+        async with get_client() as c:
+            return [(await c.read_flow_run(i)).name for i in ids]
+
+    assert asyncio.run(names()) == ["campaign-XO-1", "campaign-all"]
