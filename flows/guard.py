@@ -3,7 +3,8 @@
 :func:`guarded_night` wraps ``process_night`` and :func:`open_night` opens the
 night (once its settings are checked): it takes the lock of the output directory
 for the rest of the run (:func:`qlcp.core.runguard.guarded_run`, as the plain
-driver does), so two runs never write one night, and then marks
+driver does), so two runs never write one night (a run that finds it locked ends Cancelled,
+naming the holder, not Failed), and then marks
 Crashed the earlier flow runs of the same night that the server still lists as
 Running: holding the lock proves their process is gone (the kernel releases a
 dead process's lock).  :func:`stop_on_environment` ends the flow at a task that
@@ -19,7 +20,7 @@ import logging
 import threading
 from pathlib import Path
 
-from qlcp.core.errors import OutputError
+from qlcp.core.errors import OutputError, RunLockedError
 from qlcp.core.runguard import guarded_run
 
 log = logging.getLogger("qlcp.flows")
@@ -91,10 +92,26 @@ def guarded_night(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         # only importable names here: the Dask runner pickles the flow's function by value
-        with _night_scope():
-            return fn(*args, **kwargs)
+        try:
+            with _night_scope():
+                return fn(*args, **kwargs)
+        except RunLockedError as e:
+            return _not_run(e)
 
     return wrapper
+
+
+def _not_run(e: RunLockedError):
+    """A flow run that found its night locked by another run (e.g. a second trigger of the same
+    night) did nothing wrong: it ends Cancelled, its message naming the holder, instead of Failed;
+    a caller asking for the result still gets the :class:`RunLockedError` (one line, exit 2)."""
+    from prefect.context import FlowRunContext
+    from prefect.states import Cancelled
+
+    if FlowRunContext.get() is None:
+        raise e
+    log.warning("not run: %s", e)
+    return Cancelled(message=f"not run: {e}", data=e)
 
 
 @contextlib.contextmanager

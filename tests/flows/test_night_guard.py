@@ -74,7 +74,9 @@ def test_a_run_left_running_on_the_same_night_is_marked_crashed(night, tmp_path)
     assert _state(elsewhere).type.value == "RUNNING"        # another night's run: not ours to judge
 
 
-def test_a_flow_run_on_a_locked_night_fails_naming_the_holder(night, tmp_path):
+def test_a_flow_run_on_a_locked_night_is_cancelled_naming_the_holder(night, tmp_path):
+    """A second run of a night in progress (e.g. a second trigger) ends Cancelled, not Failed (the UI
+    showed a Failed run for it), its message naming the holder; the caller still gets the error."""
     from qlcp.core.errors import RunLockedError
     from qlcp.flows.night import process_night
 
@@ -88,6 +90,13 @@ def test_a_flow_run_on_a_locked_night_fails_naming_the_holder(night, tmp_path):
         with pytest.raises(RunLockedError, match=f"pid {holder.pid} on "):
             process_night(raw_dir=str(night.raw_dir), red_dir=str(red), config_files=[str(night.config_path)],
                           steps="l")
+        state = process_night(raw_dir=str(night.raw_dir), red_dir=str(red), config_files=[str(night.config_path)],
+                              steps="l", return_state=True)
+        assert state.is_cancelled() and not state.is_failed(), state
+        assert state.message.startswith("not run: ") and f"pid {holder.pid} on " in state.message
+        assert _state(state.state_details.flow_run_id).type.value == "CANCELLED"     # as the server has it
+        with pytest.raises(RunLockedError):
+            state.result()
         assert not (red / "config.yaml").exists()
         assert _state(live).type.value == "RUNNING"
     finally:
