@@ -92,6 +92,7 @@ def guarded_night(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         # only importable names here: the Dask runner pickles the flow's function by value
+        one_line_console()
         try:
             with _night_scope():
                 return fn(*args, **kwargs)
@@ -99,6 +100,32 @@ def guarded_night(fn):
             return _not_run(e)
 
     return wrapper
+
+
+class _OneLineForQLCPErrors(logging.Filter):
+    """On the console only: a flow run that failed on a QLCP error (bad input, a data problem) is
+    one line; Prefect logged it twice with its traceback ("Encountered exception during execution",
+    "Engine execution exited with unexpected exception").  The run's own log in the UI (Prefect's
+    API handler, which sees each record first) keeps the traceback."""
+
+    def filter(self, record):
+        from qlcp.core.errors import QLCPError
+
+        if record.exc_info and isinstance(record.exc_info[1], QLCPError):
+            if record.getMessage().startswith("Engine execution exited"):
+                return False
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def one_line_console() -> None:
+    """Add :class:`_OneLineForQLCPErrors` to this process's console handlers (the root logger's,
+    where Prefect's run loggers propagate; not its API handler); idempotent."""
+    for h in logging.getLogger().handlers:
+        if "APILogHandler" in type(h).__name__:
+            continue
+        if not any(isinstance(f, _OneLineForQLCPErrors) for f in h.filters):
+            h.addFilter(_OneLineForQLCPErrors())
 
 
 def _not_run(e: RunLockedError):

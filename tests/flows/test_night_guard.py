@@ -103,3 +103,38 @@ def test_a_flow_run_on_a_locked_night_is_cancelled_naming_the_holder(night, tmp_
         holder.kill()
         holder.wait()
     assert isinstance(live, uuid.UUID)
+
+
+JUNK_RUN = """import sys
+from qlcp.flows.night import process_night
+st = process_night(raw_dir=sys.argv[1], red_dir=sys.argv[2], return_state=True)
+print("STATE", st.type.value, st.state_details.flow_run_id)
+"""
+
+
+def test_a_night_failing_on_bad_input_is_one_line_on_the_console_and_a_traceback_in_its_log(tmp_path):
+    """A flow run (here in a process of its own, as ``qlcp serve`` runs them) that fails on a data
+    problem: the console (the ``qlcp up`` log) has no traceback (Prefect printed two), the run's log
+    on the server keeps it."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.settings import PREFECT_API_URL
+
+    raw = tmp_path / "raw" / "20240606"
+    raw.mkdir(parents=True)
+    for i in range(3):
+        (raw / f"junk{i}.fits").write_bytes(os.urandom(4000))
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_LOGGING_LEVEL": "INFO"}
+    r = subprocess.run([sys.executable, "-c", JUNK_RUN, str(raw), str(tmp_path / "red")], capture_output=True,
+                       text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    _, state, run_id = r.stdout.strip().splitlines()[-1].split()
+    assert state == "FAILED"
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    errors = [ln for ln in r.stderr.splitlines() if "no usable FITS frames" in ln]
+    assert errors and any("Encountered exception" in ln for ln in errors), r.stderr[-3000:]
+    assert not any("Engine execution exited" in ln for ln in r.stderr.splitlines())
+    with get_client(sync_client=True) as c:
+        logs = c.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[uuid.UUID(run_id)])))
+    assert any("Traceback" in lg.message and "no usable FITS frames" in lg.message for lg in logs), \
+        [lg.message[:200] for lg in logs]
