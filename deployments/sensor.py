@@ -308,6 +308,7 @@ class Sensor:
         self._last_full = -np.inf
         self._awaiting = False                  # some file awaits its second check
         self._root_error: str | None = None
+        self._dawn_errors: set[str] = set()     # nights whose dawn rule failed (logged once)
 
     # ---------------------------------------------------------- lifecycle
     def start(self) -> Sensor:
@@ -617,7 +618,10 @@ class Sensor:
         new_arrivals = night.update(found, now, use_mtime=use_mtime)
         night.marker = has_marker(night.path, self.marker)
         night.scanned_poll = self._poll
-        night.first_dark = self.dawn.first_dark(new_arrivals, night.first_dark)
+        try:
+            night.first_dark = self.dawn.first_dark(new_arrivals, night.first_dark)
+        except Exception as e:  # noqa: BLE001 - the dawn rule must not stop the sensor (issue 24, R3)
+            self._dawn_failed(night, e)
         saved = (len(night.files), to_iso(night.last_change), to_iso(night.first_dark))
         if saved != night.saved:
             self._db.update(night.name, n_files=saved[0], last_file=saved[1], first_dark=saved[2])
@@ -629,7 +633,21 @@ class Sensor:
         return None if night is None else self._dawn_due(night)
 
     def _dawn_due(self, night: _Night) -> float | None:
-        return self.dawn.night_over(night.first_dark, night.newest_arrival())
+        try:
+            return self.dawn.night_over(night.first_dark, night.newest_arrival())
+        except Exception as e:  # noqa: BLE001 - no dawn: the marker and quiet rules still apply
+            self._dawn_failed(night, e)
+            return None
+
+    def _dawn_failed(self, night: _Night, e: BaseException) -> None:
+        """Log (once per night) that the dawn rule failed for ``night``: it then waits for its
+        marker or quiet time (or the next poll, when the failure passes) instead of stopping the
+        sensor (``qlcp up`` exited with 'internal error: ValueError' on an aged IERS table)."""
+        if night.name not in self._dawn_errors:
+            self._dawn_errors.add(night.name)
+            log.error("night %s: the dawn rule failed (%s); it waits for its marker or quiet time "
+                      "(--marker, --quiet) meanwhile", night.name, _one_line(e))
+            log.debug("dawn rule failure", exc_info=True)
 
     def _ready_reason(self, night: _Night, now: float) -> str | None:
         return ready_reason(night, now, settle=self.settle, quiet=self.quiet,

@@ -627,3 +627,33 @@ def test_sensor_under_a_clock_years_past_the_tables(roots, site_cfg, monkeypatch
         finally:
             s.stop()
     assert trig.nights == ["n1", "n2"] and not tried
+
+
+def test_a_failing_dawn_rule_never_stops_the_sensor(roots, site_cfg, caplog):
+    """Whatever makes the Sun's altitude fail (it was an aged IERS table: R3), the sensor starts with
+    a night waiting, logs it once per night, and the marker rule still triggers the night."""
+    caplog.set_level(logging.INFO, logger="qlcp.sensor")
+    raw, _ = roots
+    put(raw / "n1" / "a.fits", mtime=NIGHT - timedelta(minutes=30))
+    clock = Clock(NIGHT)
+    trig = FakeTrigger()
+    trig.clock = clock
+    s = Sensor(raw, roots[1], site_cfg, clock=clock, trigger=trig, watch=False, settle=0.0, marker="DONE")
+
+    def broken(*a, **k):
+        raise ValueError("interpolating from IERS_Auto using predictive values that are more\nthan 30 days old")
+
+    s.dawn.sun_altitude = broken
+    s.start()
+    try:
+        for _ in range(3):
+            clock.advance(minutes=5)
+            assert s.poll_once() == []
+        (raw / "n1" / "DONE").write_text("")
+        clock.advance(minutes=1)
+        assert s.poll_once() == ["n1"] and s.state()[0]["reason"] == "marker"
+    finally:
+        s.stop()
+    failed = [r for r in caplog.records if "the dawn rule failed" in r.getMessage()]
+    assert len(failed) == 1 and "n1" in failed[0].getMessage() and "\n" not in failed[0].getMessage()
+    assert not any("poll failed" in r.getMessage() for r in caplog.records)
