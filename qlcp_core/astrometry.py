@@ -71,6 +71,8 @@ MAX_STARS = 300
 POSITION_BUDGET = 30.0
 #: the stated cap of a blind solve (no position hint), s (config ``solve_blind_timeout`` may lower it)
 BLIND_CAP = 10.0
+#: what a blind solve leaves of its cap for the rest of step w (a crowded 1024² night: step w 10.05 s at a 10 s solve)
+BLIND_MARGIN = 0.5
 #: at most this many distinct position hints are tried, best first
 MAX_POSITIONS = 3
 #: the Debian Tycho-2 index packages and the field widths (arcmin) they are made for
@@ -299,15 +301,18 @@ def index_advice(shape: tuple[int, int], scale: float | None) -> str:
     if size is None:
         return ("install astrometry.net and index files for the field's width (the pixel scale is unknown: "
                 "set pixel_scale, arcsec/px, to know which)")
-    w = max(size)
-    pkg = next((p for p, lo, hi in DEBIAN_INDEX_PACKAGES if lo <= w < hi), None)
-    ks = [k for k, (lo, hi) in enumerate(INDEX_SCALES) if hi >= QUAD_MIN_FRACTION * min(size) and lo <= w]
+    # astrometry.net's rule: index files whose quads are 10-100 % of the field (its smaller side); a
+    # Debian package is named by its quads' size, not by the field it solves (index 09, quads 44'-60',
+    # solved a 60' field of Tycho-2 stars reliably and a 43' one never: measured)
+    w_min = min(size)
+    pkgs = [p for p, lo, hi in DEBIAN_INDEX_PACKAGES if hi >= QUAD_MIN_FRACTION * w_min and lo <= w_min]
+    ks = [k for k, (lo, hi) in enumerate(INDEX_SCALES) if hi >= QUAD_MIN_FRACTION * w_min and lo <= w_min]
     series = (f"index files {ks[0]:02d}-{ks[-1]:02d} of the 4100 (Tycho-2, 07-19), 4200 (2MASS) or 5200 "
               f"(Tycho-2 + Gaia, 00-06) series from data.astrometry.net" if ks else "")
     head = f"install astrometry.net and index files for a field of {size[0]:.1f}' x {size[1]:.1f}'"
-    if pkg:
-        return f"{head} (Debian: apt install astrometry.net {pkg})"
-    return f"{head}: {series} (no Debian package covers fields under 22')" if w < 22 else f"{head}: {series}"
+    if pkgs:
+        return f"{head} (Debian: apt install astrometry.net {' '.join(pkgs)})"
+    return f"{head}: {series} (no Debian package: its Tycho-2 index files hold quads of 22' and more, too large for this field)"
 
 
 # ------------------------------------------------------------ failure memory
@@ -691,7 +696,9 @@ def _solve_with_hints(stars, shape, work_root, index_dirs, scale, positions, dia
                 break
         info["hint"] = "position"
     else:
-        sw, w, i = solve(*stars, shape, work_root, index_dirs, scale, None, 180.0, blind_budget, indexes=idx)
+        # the cap is the step's: the solver stops BLIND_MARGIN s earlier for reading the solution and the product
+        sw, w, i = solve(*stars, shape, work_root, index_dirs, scale, None, 180.0,
+                         max(1.0, blind_budget - BLIND_MARGIN), indexes=idx)
         info.update(i)
         info["hint"] = "blind"
         tries.append(f"blind ({'scale ' + format(scale, '.3g') + ' arcsec/px' if scale else 'no scale'}, "

@@ -394,9 +394,13 @@ def test_only_index_files_that_fit_the_field_are_used(tmp_path, monkeypatch):
 
 
 def test_index_advice_names_the_package_or_series():
-    assert "astrometry-data-tycho2-09" in A.index_advice((512, 512), 6.0)          # 51'
-    assert "astrometry-data-tycho2-08" in A.index_advice((512, 512), 4.0)          # 34'
+    # quads 10-100 % of the field's smaller side (astrometry.net's rule), by the packages' quad sizes
+    advice = A.index_advice((512, 512), 6.0)                                       # 51'
+    assert all(f"astrometry-data-tycho2-{k}" in advice for k in ("07", "08", "09")) and "10-19" not in advice
+    advice = A.index_advice((512, 512), 5.0)                                       # 43': quads up to 43'
+    assert "tycho2-07" in advice and "tycho2-08" in advice and "tycho2-09" not in advice
     assert "astrometry-data-tycho2-10-19" in A.index_advice((1024, 1024), 6.0)     # 102'
+    assert "tycho2" not in A.index_advice((512, 512), 2.4)                         # 20': quads >= 22' too big
     small = A.index_advice((736, 1092), 0.66)                                      # TrES-1: 12' x 8'
     assert "12.0' x 8.1'" in small and "5200" in small and "no Debian package" in small
     assert "set pixel_scale" in A.index_advice((512, 512), None)
