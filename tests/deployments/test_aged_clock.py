@@ -26,7 +26,18 @@ from qlcp.core.simulate import simulate_small
 from tests.core.test_runtime import faketime_env
 from tests.deployments.test_service import REPO, SERVER_START_TIMEOUT, Proc, _free_port, _healthy
 
-AHEAD = "+1000d"
+
+def _ahead(days: int = 1000, utc_hour: float = 12.0) -> str:
+    """libfaketime's offset (s) to a clock at least ``days`` ahead, at ``utc_hour`` UTC now: far from the
+    served schedules that could start runs during the test (the simulated site's reprocess at local noon,
+    04:00 UTC, and dawn sweep, 23:00 UTC), whatever the hour the test runs at."""
+    now = time.time()
+    target = now + days * 86400.0
+    target += (utc_hour * 3600.0 - target % 86400.0) % 86400.0
+    return f"+{int(target - now)}"
+
+
+AHEAD = _ahead()
 NIGHT = "20240606"
 #: lines of a process's output that are about time tables, from QLCP, astropy or ERFA
 TIME_NEWS = re.compile(r"time tables|IERS|leap.second|dubious year|polar motion", re.I)
