@@ -432,7 +432,9 @@ def test_target_hint_solves_a_field_without_header_coordinates(tmp_path):
 def test_tres1_target_without_usable_index_gets_one_message_and_a_numbered_chart(tmp_path):
     """TrES-1 (no RA/DEC/OBJECT in its headers) given by name and coordinates, with no index file for
     its ~12' field: step w says in one line that the target cannot be placed and what to do, and
-    writes a numbered chart and its position table (pixel scale 0.66"/px assumed: 13.6 um binned)."""
+    writes a numbered chart and its position table (pixel scale 0.66"/px assumed: 13.6 um binned); the
+    night's outcome is ``no target`` (not a failure) with the comparison stars' light
+    curves (each against the others) and the finding chart (issue 24, done-when)."""
     from tests.conftest import SHARED_DATA
     from qlcp.core import run
     from qlcp.core.config import load_config
@@ -441,7 +443,7 @@ def test_tres1_target_without_usable_index_gets_one_message_and_a_numbered_chart
     if not raw.is_dir():
         pytest.skip(f"real data {raw} not present")
     idx = fake_index(tmp_path / "idx" / "index-4109.fits", 42.0, 60.0)     # as astrometry-data-tycho2-09
-    cfg = load_config([], {"workers": 2, "steps": "lbfiopw", "field_dir": str(tmp_path / "fields"),
+    cfg = load_config([], {"workers": 2, "steps": "lbfiopwkcdg", "field_dir": str(tmp_path / "fields"),
                            "pixel_scale": 0.66, "astrometry_index": [str(idx.parent)],
                            "targets": [{"name": "TrES-1", "ra": "19:04:09.8", "dec": "+36:37:57"}]})
     s = run(raw, tmp_path / "red", config=cfg)
@@ -457,6 +459,19 @@ def test_tres1_target_without_usable_index_gets_one_message_and_a_numbered_chart
     x0, y0 = float(rows[0][1]), float(rows[0][2])
     assert 0 <= x0 < 1092 and 0 <= y0 < 736
     assert (tmp_path / "red" / "chart_numbered_tres1_Filter_2.png").stat().st_size > 10_000
+    # the rest of the night: no target, but the comparisons' light curves and the chart
+    from astropy.table import Table
+
+    d = s.to_dict()
+    assert d["outcome"] == "no target" and not g.error          # the CLI's exit status 4 (test_faults)
+    assert "TrES-1" in d["groups"][0]["note"]
+    lc = Table.read(g.outputs["lightcurve"], format="ascii.ecsv")
+    assert not [c for c in lc.colnames if c.startswith("mag_t")]
+    comps = [c for c in lc.colnames if c.startswith("mag_r") and c.endswith("_a0")]
+    assert len(comps) >= 2 and int(np.sum(lc["ok"])) >= 30
+    for kind in ("lc_png", "chart"):
+        assert Path(g.outputs[kind]).is_file(), kind
+    assert not list((tmp_path / "fields").glob("*.ecsv"))        # no field reference without a target
 
 
 # ------------------------- issue 24: a realistic field from the Debian Tycho-2 index (4109)
