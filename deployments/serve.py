@@ -33,7 +33,8 @@ log = logging.getLogger("qlcp.serve")
 
 
 def site_timezone(config_files: list[str] | None, override: str | None = None) -> str:
-    """IANA time zone of the site: ``override``, else ``Etc/GMT-N`` from ``site_tz`` (UTC when fractional)."""
+    """IANA time zone of the site: ``override``, else the config's IANA name (``site_tz: America/New_York``,
+    daylight saving followed), else ``Etc/GMT-N`` from ``site_tz`` hours (UTC when fractional)."""
     if override:
         from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -42,7 +43,10 @@ def site_timezone(config_files: list[str] | None, override: str | None = None) -
         except (ZoneInfoNotFoundError, ValueError):
             raise ConfigError(f"--timezone {override!r}: not a known IANA time zone") from None
         return override
-    tz = load_config(config_files or []).site_tz
+    cfg = load_config(config_files or [])
+    if cfg.site_timezone:
+        return cfg.site_timezone
+    tz = cfg.site_tz
     if float(tz).is_integer():
         n = int(tz)
         return "UTC" if n == 0 else f"Etc/GMT{'-' if n > 0 else '+'}{abs(n)}"

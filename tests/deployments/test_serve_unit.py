@@ -17,6 +17,8 @@ def test_site_timezone(tmp_path):
     f.write_text(yaml.safe_dump({"site_tz": 5.5}))
     assert site_timezone([str(f)]) == "UTC"
     assert site_timezone([str(f)], "America/Phoenix") == "America/Phoenix"
+    f.write_text("site_tz: America/New_York\n")         # an IANA name in the config: schedules follow its DST
+    assert site_timezone([str(f)]) == "America/New_York"
     with pytest.raises(ConfigError, match="Mars/Olympus"):
         site_timezone([], "Mars/Olympus")
 
