@@ -19,9 +19,12 @@ NIGHT = dict(size=256, n_frames=40, thick_cloud=False, detector_seed=3, target_r
 def _artifact_keys():
     from prefect import get_client
 
-    async def read():
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    async def read():       # the campaign's artifacts only: the server's list is paged (200 a page)
         async with get_client() as c:
-            return {a.key for a in await c.read_artifacts()}
+            f = ArtifactFilter(key=ArtifactFilterKey(like_="campaign-"))
+            return {a.key for a in await c.read_artifacts(artifact_filter=f)}
 
     return asyncio.run(read())
 
