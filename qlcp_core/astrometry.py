@@ -36,13 +36,11 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import signal
 import subprocess
 import tempfile
 import time
-import unicodedata
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +50,7 @@ from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning, Sip
 
 from .detector import header_number
+from .errors import one_line
 
 log = logging.getLogger("qlcp.astrometry")
 
@@ -75,7 +74,8 @@ BLIND_CAP = 10.0
 BLIND_MARGIN = 0.5
 #: at most this many distinct position hints are tried, best first
 MAX_POSITIONS = 3
-#: the Debian Tycho-2 index packages and the field widths (arcmin) they are made for
+#: the Debian Tycho-2 index packages and their quad diameters (arcmin): not the fields they solve
+#: (:func:`index_advice`)
 DEBIAN_INDEX_PACKAGES = (("astrometry-data-tycho2-07", 22.0, 30.0), ("astrometry-data-tycho2-08", 30.0, 44.0),
                          ("astrometry-data-tycho2-09", 44.0, 60.0), ("astrometry-data-tycho2-10-19", 60.0, 2000.0))
 #: astrometry.net's index scales: quad diameters (arcmin) of scale number k (4100/4200/5200 series)
@@ -116,18 +116,6 @@ class WcsRejected(ValueError):
 
     def __init__(self, msg):
         super().__init__(one_line(msg))
-
-
-def one_line(text, limit: int = 400) -> str:
-    """``text`` as one line of printable ASCII (what a FITS card holds), at most ``limit`` characters.
-
-    Library messages (wcslib's) span lines and may carry non-ASCII characters: line breaks become
-    ``"; "``, other characters their closest ASCII (or ``?``), runs of spaces one space."""
-    s = unicodedata.normalize("NFKD", str(text))
-    s = "; ".join(p.strip() for p in s.splitlines() if p.strip())
-    s = "".join(c if " " <= c <= "~" else ("" if unicodedata.combining(c) else "?") for c in s)
-    s = re.sub(r" {2,}", " ", s).strip()
-    return s if len(s) <= limit else s[:limit - 3].rstrip() + "..."
 
 
 # ----------------------------------------------------------------- checking

@@ -9,6 +9,8 @@ to decide whether a retry can help.
 from __future__ import annotations
 
 import errno
+import re
+import unicodedata
 
 
 class QLCPError(Exception):
@@ -89,3 +91,15 @@ def output_error(e: BaseException, path=None) -> OutputError | None:
             return OutputError(f"{where}: cannot write ({ENVIRONMENT_ERRNOS[e.errno]})")
         e = e.__cause__ or e.__context__
     return None
+
+
+def one_line(text, limit: int = 400) -> str:
+    """``text`` as one line of printable ASCII (what a FITS card holds), at most ``limit`` characters.
+
+    Library messages (wcslib's) span lines and may carry non-ASCII characters: line breaks become
+    ``"; "``, other characters their closest ASCII (or ``?``), runs of spaces one space."""
+    s = unicodedata.normalize("NFKD", str(text))
+    s = "; ".join(p.strip() for p in s.splitlines() if p.strip())
+    s = "".join(c if " " <= c <= "~" else ("" if unicodedata.combining(c) else "?") for c in s)
+    s = re.sub(r" {2,}", " ", s).strip()
+    return s if len(s) <= limit else s[:limit - 3].rstrip() + "..."

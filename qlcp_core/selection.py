@@ -35,6 +35,7 @@ from astropy.table import Table
 from . import field as field_mod
 from . import offset as off_mod
 from . import pick as pick_mod
+from .astrometry import angular_sep
 from .catalogue import FLAG_BORDER, FLAG_INVALID, FLAG_SATURATED, read_frame_catalogue
 from .errors import InputError
 from .io import read_header
@@ -119,7 +120,7 @@ def _check_reference_targets(ref: Table, path: Path, own: list, obj: str, band: 
     names = {norm_name(n) for n in (ref.meta.get("targets") or [])}
     for t in own:
         if sky.any():
-            d = 3600.0 * _sep_deg(t.ra, t.dec, ra[sky], dec[sky])
+            d = angular_sep(t.ra, t.dec, ra[sky], dec[sky])      # arcsec
             if d.min() <= TARGET_AGREE_ARCSEC:
                 continue
             theirs = ", ".join(f"at {_radec_str(a, b)}" for a, b in zip(ra[sky], dec[sky]))
@@ -132,12 +133,6 @@ def _check_reference_targets(ref: Table, path: Path, own: list, obj: str, band: 
         raise InputError(f"{obj} {band}: field reference {path} (night {ref.meta.get('night', '?')}) disagrees "
                          f"with the configured target {t.name} at {_radec_str(t.ra, t.dec)}: {what}; run with "
                          "--refresh-field to rebuild it from tonight")
-
-
-def _sep_deg(ra0, dec0, ra, dec) -> np.ndarray:
-    r = np.radians
-    c = np.sin(r(dec0)) * np.sin(r(dec)) + np.cos(r(dec0)) * np.cos(r(dec)) * np.cos(r(ra - ra0))
-    return np.degrees(np.arccos(np.clip(c, -1.0, 1.0)))
 
 
 def _radec_str(ra: float, dec: float) -> str:

@@ -34,7 +34,7 @@ from . import selection as selection_mod
 from ._version import __version__
 from .config import Config
 from .correct import bf_path, correct_frames, correction_key, group_dir, log_corrected
-from .errors import InputError, MissingInputError
+from .errors import InputError, MissingInputError, one_line
 from .io import file_fingerprint, fingerprint_record, read_image, write_json, read_table_fast
 from .logs import step_tag
 from .parallel import default_workers, pmap
@@ -451,7 +451,7 @@ def _placement_advice(red, obj, band, base, header, shape, stars, cfg: Config, t
     if ast.solve_field_path() is not None and ast.indexes_for_field(ast.index_files(cfg.astrometry_index), shape,
                                                                     scale) and not res.info.get("no_index_for_scale"):
         todo += " (the index files there did not solve it: check pixel_scale and the targets' coordinates)"
-    return (f"target {', '.join(own)} cannot be placed: no WCS for the base frame ({ast.one_line(why, 200)}). "
+    return (f"target {', '.join(own)} cannot be placed: no WCS for the base frame ({one_line(why, 200)}). "
             f"To place it: {todo}; or give starxy once (the target's position first, then comparison stars') "
             f"from the numbered finding chart {chart.name} (positions in {table.name})")
 
