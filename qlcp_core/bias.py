@@ -10,14 +10,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from astropy.io import fits
-
 from . import detector
 from .combine import combine_files, master_header, meanwhile
 from .calibration import choose_master
 from .products import product_path
 from .config import Config
-from .io import first_image_hdu, write_fits
+from .io import image_sample, write_fits
 from .provenance import fits_key, step_key
 
 log = logging.getLogger("qlcp.bias")
@@ -81,12 +79,8 @@ def check_bias_frames(files: list[Path], cfg: Config) -> tuple[list[Path], list[
     stats = []
     for f in files:
         try:
-            with fits.open(f, memmap=True, do_not_scale_image_data=True) as hdul:
-                hdu = first_image_hdu(hdul)
-                h = hdu.header
-                a = np.asarray(hdu.data[::2, ::2], dtype=np.float32) * np.float32(h.get("BSCALE", 1.0)) \
-                    + np.float32(h.get("BZERO", 0.0))
-                t = h.get(cfg.exptime_key, h.get("EXPTIME", 0.0))
+            a, h = image_sample(f, 2)
+            t = h.get(cfg.exptime_key, h.get("EXPTIME", 0.0))
         except Exception as e:  # noqa: BLE001 - the combine step names an unreadable frame
             raise InputError(f"{f}: unreadable bias frame ({type(e).__name__}: {e})") from None
         try:

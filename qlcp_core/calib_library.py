@@ -255,14 +255,10 @@ def frame_info(path, date_key: str) -> dict:
 
 
 def _floor(path) -> float:
-    from .combine import _image_hdu
+    from .io import image_sample
 
     try:
-        with fits.open(path, memmap=True, do_not_scale_image_data=True) as hdul:
-            hdu = _image_hdu(hdul)
-            a = np.asarray(hdu.data[::4, ::4], dtype=np.float32)
-            a = a * np.float32(hdu.header.get("BSCALE", 1.0)) + np.float32(hdu.header.get("BZERO", 0.0))
-        return float(np.nanpercentile(a, 0.5))
+        return float(np.nanpercentile(image_sample(path, 4)[0], 0.5))
     except Exception:  # noqa: BLE001 - an unreadable frame: no floor (its listing says why)
         return float("nan")
 

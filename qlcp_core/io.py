@@ -257,6 +257,20 @@ def first_image_hdu(hdul):
     return None
 
 
+def image_sample(path: str | Path, step: int) -> tuple[np.ndarray, fits.Header]:
+    """Every ``step``-th pixel in each axis of the first 2-D image, in physical units (BZERO, BSCALE
+    applied; float32), and its header: a frame's level, noise and floor without reading it whole.
+    Raises :class:`InputError` for a file without a 2-D image; other read errors propagate."""
+    with fits.open(path, memmap=True, do_not_scale_image_data=True) as hdul:
+        hdu = first_image_hdu(hdul)
+        if hdu is None:
+            raise InputError(f"{path}: no 2-D image")
+        h = hdu.header
+        a = np.asarray(hdu.data[::step, ::step], dtype=np.float32) * np.float32(h.get("BSCALE", 1.0)) \
+            + np.float32(h.get("BZERO", 0.0))
+        return a, h.copy()
+
+
 def read_header(path: str | Path) -> fits.Header:
     """Header of the first 2-D image HDU (the primary one, or a compressed extension)."""
     try:                               # a plain primary image: its header blocks only
