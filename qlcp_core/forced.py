@@ -334,9 +334,9 @@ def measure_tracked(data, cfg, gain: float, rdnoise: float, saturation: float, s
             log.debug("not tracked on %s (%s): measured in full", Path(stars.ref).name, res.reason)
             return None
         m, kind, n_det = res.matrix(), res.kind, int(len(objs))
-    if off_mod.overlap(m, frame.sub.shape) < TRACK_MIN_OVERLAP:    # its stars are not all the reference's
-        log.debug("%s field shared with the reference %s: measured in full",
-                  f"{off_mod.overlap(m, frame.sub.shape):.0%}", Path(stars.ref).name)
+    shared = off_mod.overlap(m, frame.sub.shape)
+    if shared < TRACK_MIN_OVERLAP:                                  # its stars are not all the reference's
+        log.debug("%.0f%% field shared with the reference %s: measured in full", 100 * shared, Path(stars.ref).name)
         return None
     pos = off_mod.base_to_frame(m, stars.xy)
     ny, nx = frame.sub.shape
