@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_watch_arguments(p)
     p.add_argument("--host", default="127.0.0.1", help="address of the Prefect server (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=4200, help="port of the Prefect server (default 4200)")
+    p.add_argument("--retention-days", type=float, default=365, metavar="DAYS",
+                   help="Prefect deletes flow runs (task runs, logs, artifacts) that ended more than DAYS ago, "
+                        "never products on disk (default 365; 0: keep all)")
 
     p = sub.add_parser("deploy", help="register process-night on a Prefect work pool (for workers)")
     p.add_argument("--pool", required=True, metavar="NAME", help="work pool (a process pool is created if missing)")

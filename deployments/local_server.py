@@ -26,6 +26,28 @@ log = logging.getLogger("qlcp.server")
 HEALTH_TIMEOUT = 1.0
 
 
+#: days ``qlcp up`` keeps a flow run in Prefect's database after it ended (``--retention-days``)
+RETENTION_DAYS = 365
+
+
+def retention_env(days: float | None, environ=None) -> dict:
+    """Settings of Prefect's own retention for a server: its ``db_vacuum`` service deletes the
+    terminal flow runs that ended more than ``days`` ago, with their task runs, states, logs and
+    artifacts (hourly, in batches); events are kept 7 days whatever ``days``.  Products on disk are
+    unknown to Prefect and never touched.  ``days`` 0 or None: keep every run.  A setting already in
+    ``environ`` (the operator's) is left as it is.  Prefect needs more than one hour."""
+    from qlcp.core.errors import ConfigError
+
+    environ = os.environ if environ is None else environ
+    if not days:
+        return {}
+    if days * 86400 <= 3600:
+        raise ConfigError(f"retention of {days} days: Prefect keeps a flow run more than 1 hour (0: keep all)")
+    out = {"PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED": "events,flow_runs",
+           "PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD": str(int(days * 86400))}
+    return {k: v for k, v in out.items() if k not in environ}
+
+
 def server_file() -> Path:
     """The record of the running ``qlcp up`` server: ``$QLCP_HOME/server.json``."""
     return qlcp_home() / "server.json"

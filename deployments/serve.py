@@ -226,6 +226,9 @@ def run_up(a) -> int:
     api = f"http://{a.host}:{a.port}/api"
     env = dict(os.environ, PREFECT_API_URL=api, PREFECT_SERVER_API_HOST=a.host, PREFECT_SERVER_API_PORT=str(a.port),
                PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS="2", PREFECT_RUNNER_POLL_FREQUENCY="5")
+    from qlcp.deployments.local_server import RETENTION_DAYS, retention_env
+
+    env.update(retention_env(getattr(a, "retention_days", RETENTION_DAYS)))   # Prefect's; never products
     procs = []
     try:
         procs.append(subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", a.host,
