@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_watch_arguments(p)
     p.add_argument("--host", default="127.0.0.1", help="address of the Prefect server (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=4200, help="port of the Prefect server (default 4200)")
+    p.add_argument("--results-port", type=int, metavar="PORT",
+                   help="port of the read-only HTTP server of RED_ROOT that the UI's images link to, on --host "
+                        "(default: --port + 1; 0: none)")
     p.add_argument("--retention-days", type=float, default=365, metavar="DAYS",
                    help="Prefect deletes flow runs (task runs, logs, artifacts) that ended more than DAYS ago, "
                         "never products on disk (default 365; 0: keep all)")

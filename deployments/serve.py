@@ -230,7 +230,12 @@ def run_up(a) -> int:
 
     env.update(retention_env(getattr(a, "retention_days", RETENTION_DAYS)))   # Prefect's; never products
     procs = []
+    results, results_url = start_results(a)      # first: a port in use stops qlcp up before Prefect starts
+    env.update(results_url)
     try:
+        if results is not None:
+            print(f"results: {results.url}  (read-only: {results.root}; the runs' images link "
+                  f"{'here' if results_url else 'to the results_url the operator set'})", flush=True)
         procs.append(subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", a.host,
                                        "--port", str(a.port)], env=env, start_new_session=True))
         wait_healthy(api)
@@ -253,6 +258,28 @@ def run_up(a) -> int:
                     p.wait(timeout=20)
                 except subprocess.TimeoutExpired:
                     p.kill()
+        if results is not None:
+            results.stop()
+
+
+def start_results(a, environ=None):
+    """``qlcp up``'s read-only HTTP server of ``RED_ROOT`` (:mod:`qlcp.deployments.results_server`) on
+    ``a.host``, port ``--results-port`` (default the Prefect port + 1; 0: none), started, and the
+    environment that gives its flow runs ``results_url`` pointing at it (empty when the operator set
+    ``$QLCP_RESULTS_URL`` or ``results_url`` in a config file).  ``(None, {})`` when disabled."""
+    from qlcp.deployments.results_server import ResultsServer, results_env
+
+    port = getattr(a, "results_port", None)
+    port = a.port + 1 if port is None else port
+    if port == 0:
+        return None, {}
+    Path(a.red_root).mkdir(parents=True, exist_ok=True)
+    srv = ResultsServer(a.red_root, a.host, port).start()
+    try:
+        return srv, results_env(srv.url, a.config, environ)
+    except BaseException:
+        srv.stop()
+        raise
 
 
 def _record(host: str, port: int, server_pid: int) -> None:
