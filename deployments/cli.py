@@ -273,6 +273,8 @@ def _reduce(raw, red, cfg, no_prefect: bool, refresh: bool = False, runner: str 
         _one_line_errors_from_prefect()
         if runner == "thread":
             start_workers(red, cfg)     # forked now, before Prefect's threads start
+        if api is not None:
+            _served_results(red, cfg)
         if api is None and not _configured_api():
             from qlcp.deployments.local_server import start_embedded_server
 
@@ -283,6 +285,18 @@ def _reduce(raw, red, cfg, no_prefect: bool, refresh: bool = False, runner: str 
                                                        config=cfg.plain(only_set=True), refresh=refresh)
     _print_summary(summary, time.perf_counter() - t0)
     return exit_status(summary)
+
+
+def _served_results(red, cfg) -> None:
+    """A run on the ``qlcp up`` server whose output directory is a night of the RED_ROOT it serves
+    links its images there too (``$QLCP_RESULTS_URL``), unless a ``results_url`` is set."""
+    from qlcp.deployments.local_server import read_record
+    from qlcp.deployments.results_server import RESULTS_URL_ENV
+
+    rec = read_record() or {}
+    url, root = rec.get("results_url"), rec.get("results_root")
+    if cfg.results_url is None and url and root and Path(red).resolve().parent == Path(root):
+        os.environ[RESULTS_URL_ENV] = url
 
 
 def exit_status(summary: dict) -> int:

@@ -58,12 +58,16 @@ def client_host(host: str) -> str:
     return "127.0.0.1" if host in ("", "0.0.0.0", "::", "[::]") else host
 
 
-def record_server(host: str, port: int, server_pid: int) -> Path:
-    """Write ``server.json`` for a server listening on ``host:port``; return its path."""
+def record_server(host: str, port: int, server_pid: int, results_url: str | None = None,
+                  results_root: str | None = None) -> Path:
+    """Write ``server.json`` for a server listening on ``host:port`` (and the ``results_url`` its runs
+    get for products under ``results_root``, when ``qlcp up`` serves them); return its path."""
     h = client_host(host)
     h = f"[{h}]" if ":" in h else h
     rec = {"api_url": f"http://{h}:{port}/api", "ui_url": f"http://{h}:{port}", "pid": os.getpid(),
            "server_pid": int(server_pid), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if results_url and results_root:
+        rec.update(results_url=results_url, results_root=str(Path(results_root).resolve()))
     path = server_file()
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_json(path, rec)

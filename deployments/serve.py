@@ -239,7 +239,7 @@ def run_up(a) -> int:
         procs.append(subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", a.host,
                                        "--port", str(a.port)], env=env, start_new_session=True))
         wait_healthy(api)
-        _record(a.host, a.port, procs[0].pid)
+        _record(a.host, a.port, procs[0].pid, results_url.get("QLCP_RESULTS_URL"), a.red_root)
         print(f"Prefect UI: http://{a.host}:{a.port}  (PREFECT_API_URL={api})", flush=True)
         serve_cmd = [sys.executable, "-m", "qlcp.deployments.cli", "serve", a.raw_root, a.red_root]
         for f in a.config or []:
@@ -282,12 +282,14 @@ def start_results(a, environ=None):
         raise
 
 
-def _record(host: str, port: int, server_pid: int) -> None:
-    """Tell later ``qlcp run`` commands where this server listens (``$QLCP_HOME/server.json``)."""
+def _record(host: str, port: int, server_pid: int, results_url: str | None = None, red_root: str | None = None) -> None:
+    """Tell later ``qlcp run`` commands where this server listens, and its results server
+    (``$QLCP_HOME/server.json``)."""
     from qlcp.deployments.local_server import record_server
 
     try:
-        print(f"server recorded in {record_server(host, port, server_pid)} (qlcp run uses it)", flush=True)
+        path = record_server(host, port, server_pid, results_url, red_root)
+        print(f"server recorded in {path} (qlcp run uses it)", flush=True)
     except OSError as e:             # an unwritable QLCP_HOME only costs qlcp run its embedded server
         log.warning("cannot record the server for qlcp run: %s", e)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import json
 import os
 import signal
 import socket
@@ -115,6 +116,26 @@ def test_results_url_unless_the_operator_set_one(tmp_path, monkeypatch):
     assert load_config([str(other)]).results_url is None
 
 
+def test_qlcp_run_on_the_up_server_links_to_its_results(tmp_path, monkeypatch):
+    """``qlcp run`` using the recorded ``qlcp up`` server: a night under the served RED_ROOT gets its
+    results_url; one elsewhere, or with the operator's results_url, does not."""
+    from qlcp.deployments.cli import _served_results
+    from qlcp.deployments.local_server import record_server
+
+    monkeypatch.setenv("QLCP_HOME", str(tmp_path / "qlcp"))
+    monkeypatch.delenv(RESULTS_URL_ENV, raising=False)
+    url = "http://127.0.0.1:4201/"
+    record_server("127.0.0.1", 4200, os.getpid(), url, str(tmp_path / "red"))
+    _served_results(tmp_path / "elsewhere" / "20240606", load_config([]))
+    assert RESULTS_URL_ENV not in os.environ
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("results_url: http://obs.example/qlcp/\n")
+    _served_results(tmp_path / "red" / "20240606", load_config([str(mine)]))
+    assert RESULTS_URL_ENV not in os.environ
+    _served_results(tmp_path / "red" / "20240606", load_config([]))
+    assert os.environ[RESULTS_URL_ENV] == url and load_config([]).results_url == url
+
+
 def _up_args(tmp_path, **kw) -> argparse.Namespace:
     (tmp_path / "raw").mkdir(exist_ok=True)
     a = dict(raw_root=str(tmp_path / "raw"), red_root=str(tmp_path / "red"), config=None, host="127.0.0.1",
@@ -210,6 +231,8 @@ def test_qlcp_up_serves_results_and_stops_with_them(tmp_path):
         with urllib.request.urlopen(url + "20240606/lc.png", timeout=10) as r:
             assert r.read() == PNG and r.headers["Content-Type"] == "image/png"
         assert f"results: {url}" in up.log_path.read_text()
+        rec = json.loads((tmp_path / "qlcp-home" / "server.json").read_text())      # for qlcp run
+        assert (rec["results_url"], rec["results_root"]) == (url, str((tmp_path / "red").resolve()))
         children = _descendants(up.popen.pid)
         os.kill(up.popen.pid, signal.SIGTERM)
         assert up.popen.wait(timeout=60) == 0, up.tail()
