@@ -77,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_watch_arguments(p)
     p.add_argument("--host", default="127.0.0.1", help="address of the Prefect server (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=4200, help="port of the Prefect server (default 4200)")
+    p.add_argument("--results-port", type=int, metavar="PORT",
+                   help="port of the read-only HTTP server of RED_ROOT that the UI's images link to, on --host "
+                        "(default: --port + 1; 0: none)")
+    p.add_argument("--retention-days", type=float, default=365, metavar="DAYS",
+                   help="Prefect deletes flow runs (task runs, logs, artifacts) that ended more than DAYS ago, "
+                        "never products on disk (default 365; 0: keep all)")
 
     p = sub.add_parser("deploy", help="register process-night on a Prefect work pool (for workers)")
     p.add_argument("--pool", required=True, metavar="NAME", help="work pool (a process pool is created if missing)")
@@ -267,6 +273,8 @@ def _reduce(raw, red, cfg, no_prefect: bool, refresh: bool = False, runner: str 
         _one_line_errors_from_prefect()
         if runner == "thread":
             start_workers(red, cfg)     # forked now, before Prefect's threads start
+        if api is not None:
+            _served_results(red, cfg)
         if api is None and not _configured_api():
             from qlcp.deployments.local_server import start_embedded_server
 
@@ -277,6 +285,18 @@ def _reduce(raw, red, cfg, no_prefect: bool, refresh: bool = False, runner: str 
                                                        config=cfg.plain(only_set=True), refresh=refresh)
     _print_summary(summary, time.perf_counter() - t0)
     return exit_status(summary)
+
+
+def _served_results(red, cfg) -> None:
+    """A run on the ``qlcp up`` server whose output directory is a night of the RED_ROOT it serves
+    links its images there too (``$QLCP_RESULTS_URL``), unless a ``results_url`` is set."""
+    from qlcp.deployments.local_server import read_record
+    from qlcp.deployments.results_server import RESULTS_URL_ENV
+
+    rec = read_record() or {}
+    url, root = rec.get("results_url"), rec.get("results_root")
+    if cfg.results_url is None and url and root and Path(red).resolve().parent == Path(root):
+        os.environ[RESULTS_URL_ENV] = url
 
 
 def exit_status(summary: dict) -> int:

@@ -26,6 +26,28 @@ log = logging.getLogger("qlcp.server")
 HEALTH_TIMEOUT = 1.0
 
 
+#: days ``qlcp up`` keeps a flow run in Prefect's database after it ended (``--retention-days``)
+RETENTION_DAYS = 365
+
+
+def retention_env(days: float | None, environ=None) -> dict:
+    """Settings of Prefect's own retention for a server: its ``db_vacuum`` service deletes the
+    terminal flow runs that ended more than ``days`` ago, with their task runs, states, logs and
+    artifacts (hourly, in batches); events are kept 7 days whatever ``days``.  Products on disk are
+    unknown to Prefect and never touched.  ``days`` 0 or None: keep every run.  A setting already in
+    ``environ`` (the operator's) is left as it is.  Prefect needs more than one hour."""
+    from qlcp.core.errors import ConfigError
+
+    environ = os.environ if environ is None else environ
+    if not days:
+        return {}
+    if days * 86400 <= 3600:
+        raise ConfigError(f"retention of {days} days: Prefect keeps a flow run more than 1 hour (0: keep all)")
+    out = {"PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED": "events,flow_runs",
+           "PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD": str(int(days * 86400))}
+    return {k: v for k, v in out.items() if k not in environ}
+
+
 def server_file() -> Path:
     """The record of the running ``qlcp up`` server: ``$QLCP_HOME/server.json``."""
     return qlcp_home() / "server.json"
@@ -36,12 +58,16 @@ def client_host(host: str) -> str:
     return "127.0.0.1" if host in ("", "0.0.0.0", "::", "[::]") else host
 
 
-def record_server(host: str, port: int, server_pid: int) -> Path:
-    """Write ``server.json`` for a server listening on ``host:port``; return its path."""
+def record_server(host: str, port: int, server_pid: int, results_url: str | None = None,
+                  results_root: str | None = None) -> Path:
+    """Write ``server.json`` for a server listening on ``host:port`` (and the ``results_url`` its runs
+    get for products under ``results_root``, when ``qlcp up`` serves them); return its path."""
     h = client_host(host)
     h = f"[{h}]" if ":" in h else h
     rec = {"api_url": f"http://{h}:{port}/api", "ui_url": f"http://{h}:{port}", "pid": os.getpid(),
            "server_pid": int(server_pid), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if results_url and results_root:
+        rec.update(results_url=results_url, results_root=str(Path(results_root).resolve()))
     path = server_file()
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_json(path, rec)

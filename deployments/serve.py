@@ -226,12 +226,20 @@ def run_up(a) -> int:
     api = f"http://{a.host}:{a.port}/api"
     env = dict(os.environ, PREFECT_API_URL=api, PREFECT_SERVER_API_HOST=a.host, PREFECT_SERVER_API_PORT=str(a.port),
                PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS="2", PREFECT_RUNNER_POLL_FREQUENCY="5")
+    from qlcp.deployments.local_server import RETENTION_DAYS, retention_env
+
+    env.update(retention_env(getattr(a, "retention_days", RETENTION_DAYS)))   # Prefect's; never products
     procs = []
+    results, results_url = start_results(a)      # first: a port in use stops qlcp up before Prefect starts
+    env.update(results_url)
     try:
+        if results is not None:
+            print(f"results: {results.url}  (read-only: {results.root}; the runs' images link "
+                  f"{'here' if results_url else 'to the results_url the operator set'})", flush=True)
         procs.append(subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", a.host,
                                        "--port", str(a.port)], env=env, start_new_session=True))
         wait_healthy(api)
-        _record(a.host, a.port, procs[0].pid)
+        _record(a.host, a.port, procs[0].pid, results_url.get("QLCP_RESULTS_URL"), a.red_root)
         print(f"Prefect UI: http://{a.host}:{a.port}  (PREFECT_API_URL={api})", flush=True)
         serve_cmd = [sys.executable, "-m", "qlcp.deployments.cli", "serve", a.raw_root, a.red_root]
         for f in a.config or []:
@@ -250,14 +258,38 @@ def run_up(a) -> int:
                     p.wait(timeout=20)
                 except subprocess.TimeoutExpired:
                     p.kill()
+        if results is not None:
+            results.stop()
 
 
-def _record(host: str, port: int, server_pid: int) -> None:
-    """Tell later ``qlcp run`` commands where this server listens (``$QLCP_HOME/server.json``)."""
+def start_results(a, environ=None):
+    """``qlcp up``'s read-only HTTP server of ``RED_ROOT`` (:mod:`qlcp.deployments.results_server`) on
+    ``a.host``, port ``--results-port`` (default the Prefect port + 1; 0: none), started, and the
+    environment that gives its flow runs ``results_url`` pointing at it (empty when the operator set
+    ``$QLCP_RESULTS_URL`` or ``results_url`` in a config file).  ``(None, {})`` when disabled."""
+    from qlcp.deployments.results_server import ResultsServer, results_env
+
+    port = getattr(a, "results_port", None)
+    port = a.port + 1 if port is None else port
+    if port == 0:
+        return None, {}
+    Path(a.red_root).mkdir(parents=True, exist_ok=True)
+    srv = ResultsServer(a.red_root, a.host, port).start()
+    try:
+        return srv, results_env(srv.url, a.config, environ)
+    except BaseException:
+        srv.stop()
+        raise
+
+
+def _record(host: str, port: int, server_pid: int, results_url: str | None = None, red_root: str | None = None) -> None:
+    """Tell later ``qlcp run`` commands where this server listens, and its results server
+    (``$QLCP_HOME/server.json``)."""
     from qlcp.deployments.local_server import record_server
 
     try:
-        print(f"server recorded in {record_server(host, port, server_pid)} (qlcp run uses it)", flush=True)
+        path = record_server(host, port, server_pid, results_url, red_root)
+        print(f"server recorded in {path} (qlcp run uses it)", flush=True)
     except OSError as e:             # an unwritable QLCP_HOME only costs qlcp run its embedded server
         log.warning("cannot record the server for qlcp run: %s", e)
 

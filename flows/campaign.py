@@ -4,11 +4,10 @@ from the UI (the ``campaign`` deployment), and published as artifacts with stabl
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 
 from prefect import get_run_logger
-from prefect.artifacts import create_image_artifact, create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact
 
 from qlcp.core.campaign import campaign_targets
 from qlcp.core.pipeline import make_config
@@ -50,29 +49,26 @@ def campaign(red_root: str, target: str | None = None, config: dict | None = Non
         out[name] = res
         for note in res.get("notes", []):
             plog.info("campaign %s: %s", name, note)
-        publish_campaign(name, res)
+        publish_campaign(name, res, red_root, cfg.results_url)
     return out
 
 
-def publish_campaign(target: str, res: dict) -> None:
-    """Per target: the O-C diagram, the campaign light curve and the period search as images, the
-    ephemeris as markdown; keys ``campaign-{target}-...`` (stable: reruns add versions)."""
-    from qlcp.flows.night import artifact_key
+def publish_campaign(target: str, res: dict, red_root: str, results_url: str | None = None) -> None:
+    """Per target: the O-C diagram, the campaign light curve and the period search as images (linked,
+    :func:`qlcp.flows.night.publish_image`), the ephemeris as markdown; keys ``campaign-{target}-...``
+    (stable: reruns add versions)."""
+    from qlcp.flows.night import artifact_key, publish_image
 
     for kind, what in (("oc_png", "O-C"), ("period_png", "period search")):
-        _image(res.get(kind), artifact_key("campaign", target, kind.replace("_png", "")), f"{target}: {what}")
+        publish_image(res.get(kind), Path(red_root), results_url,
+                      artifact_key("campaign", target, kind.replace("_png", "")), f"{target}: {what}")
     for kind, path in sorted(res.items()):
         if kind.startswith("campaign_lc_png"):
-            _image(path, artifact_key("campaign", target, "lc", kind[len("campaign_lc_png"):]),
-                   f"{target}: multi-night light curve")
+            publish_image(path, Path(red_root), results_url,
+                          artifact_key("campaign", target, "lc", kind[len("campaign_lc_png"):]),
+                          f"{target}: multi-night light curve")
     eph = res.get("ephemeris")
     if eph and Path(eph).is_file():
         create_markdown_artifact(markdown=f"# Ephemeris of {target}\n\n```yaml\n{Path(eph).read_text()}```\n",
                                  key=artifact_key("campaign", target, "ephemeris"),
                                  description=f"refined linear ephemeris of {target}")
-
-
-def _image(path, key: str, description: str) -> None:
-    if path and Path(path).is_file():
-        uri = "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()
-        create_image_artifact(image_url=uri, key=key, description=description)

@@ -17,6 +17,7 @@ import logging
 import re
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from prefect import get_run_logger
 from prefect.context import FlowRunContext
 from prefect.artifacts import (
     create_image_artifact,
+    create_link_artifact,
     create_markdown_artifact,
     create_progress_artifact,
     create_table_artifact,
@@ -554,17 +556,38 @@ def publish_artifacts(summary: dict, red: Path, cfg) -> None:
             create_table_artifact(table=rows, key=artifact_key("night", night, g["obj"], g["band"], "frames"),
                                   description=f"per-frame quality, {g['obj']} {g['band']}. Columns: "
                                               + artifact_columns())
-        png = g["outputs"].get("lc_png")
-        if png and Path(png).is_file():
-            # an offline observatory has no image host: embed the PNG itself as a data URI
-            uri = "data:image/png;base64," + base64.b64encode(Path(png).read_bytes()).decode()
-            create_image_artifact(image_url=uri, key=artifact_key("night", night, g["obj"], g["band"], "lc"),
-                                  description=f"light curve {g['obj']} {g['band']} ({png})")
+        publish_image(g["outputs"].get("lc_png"), Path(red).parent, cfg.results_url,
+                      artifact_key("night", night, g["obj"], g["band"], "lc"), f"light curve {g['obj']} {g['band']}")
         events = _event_rows(g["outputs"].get("timing"))
         if events:
             create_table_artifact(table=events, key=artifact_key("night", night, g["obj"], g["band"], "events"),
                                   description=f"events timed, {g['obj']} {g['band']}: BJD_TDB, error (s), "
                                               "status; O-C is in the target's campaign artifacts")
+
+
+def publish_image(path, root: Path, results_url: str | None, key: str, description: str) -> None:
+    """An image product in the UI, without the image in Prefect's database: an image artifact at
+    ``results_url`` + its path under ``root`` (the output root a web server serves); without
+    ``results_url`` a link artifact to its file:// path (the UI shows the path; browsers do not load
+    file:// images into an http page); ``results_url: embed``: the PNG as a data URI, as before
+    (~0.2 MB a night in the artifact and again in its key's latest version, for years)."""
+    if not path or not Path(path).is_file():
+        return
+    path = Path(path).resolve()
+    description = f"{description} ({path})"
+    if results_url == "embed":
+        uri = "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+        create_image_artifact(image_url=uri, key=key, description=description)
+    elif results_url:
+        try:
+            rel = path.relative_to(Path(root).resolve()).as_posix()
+        except ValueError:                    # not under the served root: the file's path is all there is
+            create_link_artifact(link=path.as_uri(), link_text=path.name, key=key, description=description)
+            return
+        create_image_artifact(image_url=results_url.rstrip("/") + "/" + urllib.parse.quote(rel), key=key,
+                              description=description)
+    else:
+        create_link_artifact(link=path.as_uri(), link_text=path.name, key=key, description=description)
 
 
 def _event_rows(path) -> list[dict]:

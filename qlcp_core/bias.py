@@ -54,7 +54,7 @@ def make_master_bias(files: list[Path], red_dir: str | Path, cfg: Config, progre
     hdr = master_header("bias", files, COMBSIG=(cfg.combine_sigma, "clipping sigma"), QLCPKEY=key)
     hdr.update(read_noise_cards(noise.result()))
     write_fits(out, data, hdr)
-    log.info("wrote %s (median %.1f ADU)", out, float(_median(data)))
+    log.debug("wrote %s (median %.1f ADU)", out, float(_median(data)))
     return out
 
 

@@ -544,7 +544,7 @@ def write_catalogue(table: Table, path: str | Path) -> Path:
     _column_comments(shdu.header, stars, "stars")
     with atomic_path(path) as tmp:
         fits.HDUList([fits.PrimaryHDU(), hdu, shdu]).writeto(tmp, overwrite=True)
-    log.info(f"wrote {path}")
+    log.debug(f"wrote {path}")
     return path
 
 

@@ -17,6 +17,7 @@ import ast
 import hashlib
 import json
 import logging
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -174,6 +175,13 @@ class Config(BaseModel):
     keep_corrected: bool = Field(True, description="keep every corrected frame (float32, ~2x the raw night on "
                                  "disk); false: once a group's light curve is written, remove its corrected frames "
                                  "but the base frame (a rerun corrects them again and costs about a first run)")
+    results_url: str | None = Field(
+        default_factory=lambda: os.environ.get("QLCP_RESULTS_URL") or None,
+        description="how the Prefect UI shows the light-curve and campaign images: the URL at which a web "
+                    "server serves the output root (the parent of a night's output directory), e.g. "
+                    "http://obs.example/qlcp/; unset: $QLCP_RESULTS_URL (qlcp up sets it to its own results "
+                    "server), else a link artifact with the PNG's file:// path; 'embed': the PNG itself in the "
+                    "database (~0.2 MB a night, twice)")
     pick_var_n: int = Field(10, ge=1, description="most targets picked")
     pick_chk_n: int = Field(2, ge=0, description="most check stars picked")
     ref_var_k: float = Field(3.0, gt=1, description="a comparison whose scatter against the others exceeds this "

@@ -66,7 +66,7 @@ def make_master_dark(files: list[Path], red_dir: str | Path, cfg: Config, bias: 
     hdr = master_header("dark", files, BUNIT="ADU/s", BIASFILE=Path(bias).name if bias else "none",
                         QLCPKEY=key)
     write_fits(out, data, hdr)
-    log.info("wrote %s (median %.3g ADU/s)", out, float(np.median(data[::4, ::4])))
+    log.debug("wrote %s (median %.3g ADU/s)", out, float(np.median(data[::4, ::4])))
     return out
 
 

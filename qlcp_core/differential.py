@@ -968,5 +968,5 @@ def write_lightcurve(lc: Table, stars: Table, red_dir: str | Path, obj: str, ban
                 write_text(p, "\n".join(lines) + "\n")
                 out.append(p)
                 k += 1
-    log.info(f"wrote light curves of {obj} {band}: {len(out)} files")
+    log.debug(f"wrote light curves of {obj} {band}: {len(out)} files")
     return out

@@ -99,7 +99,7 @@ def make_master_flat(files: list[Path], band: str, red_dir: str | Path, cfg: Con
     if gain is not None:
         hdr.update(gain_cards(gain.result(), rn_adu))
     write_fits(out, data.astype(np.float32), hdr)
-    log.info("wrote %s", out)
+    log.debug("wrote %s", out)
     return out
 
 

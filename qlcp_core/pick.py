@@ -570,7 +570,7 @@ def write_pick(selection: Selection, red_dir: str | Path, obj: str, band: str) -
             t.meta[k] = v.item()
     path = pick_path(red_dir, obj, band)
     write_table(path, describe(t, "pick"))
-    log.info(f"wrote {path}")
+    log.debug(f"wrote {path}")
     return path
 
 

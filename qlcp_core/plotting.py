@@ -587,7 +587,7 @@ def plot_lightcurve(lc: Table, stars: Table | None, out_png: Path, out_pdf: Path
     if out_pdf is not None:
         fig.set_layout_engine("none")       # keep the layout the PNG's drawing computed
         written.append(_save(fig, out_pdf, "pdf", LC_DPI))
-    log.info("light curve: %s", ", ".join(str(p) for p in written))
+    log.debug("light curve: %s", ", ".join(str(p) for p in written))
     return written
 
 
@@ -708,7 +708,7 @@ def plot_chart(image: np.ndarray, stars: Table, out_png: Path, title: str = "",
                order: dict | None = None, wcs=None, target_names: list | None = None) -> Path:
     """Write the finding chart ``chart_{obj}_{band}.png`` (atomic); see :func:`make_chart_figure`."""
     path = _save(make_chart_figure(image, stars, title, order, wcs, target_names), out_png, "png", CHART_DPI)
-    log.info("finding chart: %s", path)
+    log.debug("finding chart: %s", path)
     return path
 
 

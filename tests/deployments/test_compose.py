@@ -62,3 +62,15 @@ def test_the_server_and_its_clients_share_one_auth_string():
     assert sv["server"]["environment"]["PREFECT_SERVER_API_AUTH_STRING"] == "admin:pw"
     for name in ("serve", "sensor", "worker", "deploy-pool"):
         assert sv[name]["environment"]["PREFECT_API_AUTH_STRING"] == "admin:pw", name
+
+
+def test_results_are_served_read_only_beside_the_ui():
+    ports = _published({"QLCP_UI_BIND": "192.0.2.7", "QLCP_RESULTS_PORT": "4301"})
+    assert ("results", "192.0.2.7", "4301") in ports          # the server's address, its own port
+    assert ("results", "127.0.0.1", "4201") in _published({})
+    spec = yaml.safe_load(_defaults(COMPOSE.read_text(), {}))
+    sv = spec["services"]
+    assert sv["results"]["command"][:1] == ["/data/red"]
+    assert [v["read_only"] for v in sv["results"]["volumes"] if v["target"] == "/data/red"] == [True]
+    for name in ("serve", "worker"):                          # the flow runs link their images there
+        assert sv[name]["environment"]["QLCP_RESULTS_URL"] == "http://localhost:4201/", name

@@ -70,8 +70,9 @@ def test_flow_outputs_artifacts_then_everything_cached(two_band_night, tmp_path)
     assert "SIMV" in arts[f"night-{night}-summary"].data
     assert arts[f"night-{night}-simv-v-frames"].type == "table"
     assert '"airmass"' in arts[f"night-{night}-simv-v-frames"].data
-    assert arts[f"night-{night}-simv-r-lc"].type == "image"
-    assert arts[f"night-{night}-simv-r-lc"].data.startswith("data:image/png;base64,")
+    # the light curve linked (no results_url: its file:// path), not its PNG stored in Prefect's database
+    lc_art = arts[f"night-{night}-simv-r-lc"]
+    assert lc_art.data == f"[lc_SIMV_R.png]({(red / 'lc_SIMV_R.png').resolve().as_uri()})", lc_art.data
     assert arts[f"night-{night}-progress"].type == "progress"
     assert float(arts[f"night-{night}-progress"].data) == 100.0
     assert all(s == "Completed" for s in summary["run"]["task_state_by_label"].values())
