@@ -255,7 +255,8 @@ def _align(stars: StarSet, objs, max_dis: float, shape=None) -> off_mod.OffsetRe
     # the usual box first (the vote's cost grows with the box: 2.5 ms against 7 on 60 stars of 768^2)
     reach = max(max_dis, (1 - TRACK_MIN_OVERLAP) * max(shape)) if shape is not None else max_dis
     for box in dict.fromkeys((max_dis, reach)):
-        res = off_mod.refine_turn(off_mod.find_offset(bxy, bfl, fxy, fl[ix], max_dis=box), bxy, fxy)
+        res = off_mod.refine_turn(off_mod.find_offset(bxy, bfl, fxy, fl[ix], max_dis=box), bxy, fxy,
+                                  min_turn=off_mod.TURN_PX)     # smaller turns: _refined, on the measured stars
         res = off_mod.with_shared(res, bxy, fxy)
         if not off_mod._poor(res, len(fxy), n_ref):
             break
