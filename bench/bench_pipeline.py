@@ -8,6 +8,9 @@
     python bench/bench_pipeline.py --original --seeds 5   # ... on 5 nights: speed and scatter ratios
     python bench/bench_pipeline.py --original --real all  # ... and on the real frames of ../shared/data
     python bench/bench_pipeline.py --real all             # only the real frames, ours vs the original
+    python bench/bench_pipeline.py --drift --frames 200 --size 768 --n-stars 5000 --original
+                                                       # a night drifting like a real one, vs the same night
+                                                       # without drift (CPU, astroalign calls), and the original
 
 Each reduction runs in its own child process, so its wall time and peak
 resident memory (from the kernel's accounting of that child) are its own;
@@ -33,16 +36,26 @@ sys.path.insert(0, str(HERE.parent))
 STEPS = "lbfiopkcdg"
 
 
-def night_dir(work: Path, frames: int, size: int, seed: int, n_stars: int | None = None) -> Path:
+#: a night drifting like a real one (a 0.15 m telescope's 142 frames: 273 of 650 px in x, 62 of 500 in y,
+#: <= 0.13 deg of rotation): the drift as fractions of the frame over the night, and the total turn (deg)
+DRIFT = (0.42, 0.12)
+DRIFT_ROTATION = 0.13
+
+
+def night_dir(work: Path, frames: int, size: int, seed: int, n_stars: int | None = None, drift: bool = False) -> Path:
     """Simulate (once) and return the night's directory (``n_stars``: the field's crowding, simulator default
-    200 per 1024^2, ~85 detected sources a frame; 7000 gives ~1,500)."""
+    200 per 1024^2, ~85 detected sources a frame; 7000 gives ~1,500); ``drift``: the night drifts by
+    :data:`DRIFT` of the frame and turns by :data:`DRIFT_ROTATION` deg."""
     from qlcp.core.simulate import simulate_night
 
-    d = work / (f"night_{frames}x{size}_s{seed}" + (f"_n{n_stars}" if n_stars else ""))
+    d = work / (f"night_{frames}x{size}_s{seed}" + (f"_n{n_stars}" if n_stars else "") + ("_drift" if drift else ""))
     if not (d / "truth" / "truth.json").is_file():
         shutil.rmtree(d, ignore_errors=True)
         t0 = time.perf_counter()
-        simulate_night(d, n_frames=frames, size=size, seed=seed, **({"n_stars": n_stars} if n_stars else {}))
+        geometry = {"drift_total": (DRIFT[0] * size, DRIFT[1] * size), "rotation_total_deg": DRIFT_ROTATION} \
+            if drift else {}
+        simulate_night(d, n_frames=frames, size=size, seed=seed, **({"n_stars": n_stars} if n_stars else {}),
+                       **geometry)
         print(f"simulated {frames} frames of {size}x{size} in {time.perf_counter() - t0:.1f} s", flush=True)
     return d
 
@@ -228,14 +241,10 @@ def compare_original(work: Path, seeds: list[int], frames: int, size: int, steps
     """Ours (plain core) and the original on the same nights, stars and machine, one after the other."""
     import numpy as np
 
-    sys.path.insert(0, str(HERE))
-    import original_qlcp as orig
-
-    try:
-        python = orig.setup_original()
-    except orig.OriginalError as e:  # the original is optional: say why and go on
-        print(f"\noriginal QLCP not available: {e}")
+    got = _original()
+    if got is None:
         return
+    orig, python = got
     print(f"\nours vs the original QLCP (lbfiopcd, SExtractor, single-threaded) on {len(seeds)} night(s), "
           f"same stars (truth's target, 5 comparisons, 1 check), aperture 5 px; scatter in mmag:")
     print(f"  {'night':>6} {'ours s':>7} {'orig s':>7} {'speed-up':>8}   {'stars ours/orig':>15}   "
@@ -245,12 +254,8 @@ def compare_original(work: Path, seeds: list[int], frames: int, size: int, steps
         night = night_dir(work, frames, size, seed, n_stars)
         red_q, red_o = work / f"red_cmp_ours_{night.name}", work / f"red_cmp_orig_{night.name}"
         ours = run_child("plain", night / "raw", red_q, night / "night.yaml", {**truth_starxy(night), "steps": steps})
-        st = orig.truth_stars(night, n_check=1)
-        settle(night / "raw")
-        _WRITTEN.add(red_o)
         try:
-            res = orig.run_original(night / "raw", red_o, python, st["starxy"], st["ind_tgt"], st["ind_ref"],
-                                    st["ind_chk"], aper=5.0, steps="lbfiopcd", site=orig.site_from_night(night))
+            res = _run_original(orig, python, night, red_o)
         except orig.OriginalError as e:
             print(f"  seed {seed}: original failed: {e}")
             continue
@@ -265,6 +270,58 @@ def compare_original(work: Path, seeds: list[int], frames: int, size: int, steps
         print(f"  mean over nights: speed-up {r[:, 0].mean():.1f}x; scatter ours/original: stars "
               f"{r[:, 1].mean():.3f}, target-truth {r[:, 2].mean():.3f}, check {r[:, 3].mean():.3f} "
               f"(< 1: ours better; one night's ratio scatters by ~5 %)")
+
+
+def astroalign_calls(red: Path) -> int:
+    """astroalign searches a reduction made (steps p and o log one INFO line each: offset._astroalign_matrix)."""
+    return sum(f.read_text().count("astroalign.find_transform") for f in (red / "log").glob("[po].log"))
+
+
+def compare_drift(work: Path, a) -> None:
+    """A drifting night against the same night without drift (``pairs`` alternating runs each: CPU per
+    frame, its ratio, astroalign calls, frames aligned by step p's transform), then the original on the
+    drifting night (wall time, as :func:`compare_original`)."""
+    import numpy as np
+
+    nights = {k: night_dir(work, a.frames, a.size, a.seed, a.n_stars, drift=k == "drift") for k in ("still", "drift")}
+    print(f"\ndrifting night ({DRIFT[0]:.0%} of the frame in x, {DRIFT[1]:.0%} in y, {DRIFT_ROTATION} deg) vs the "
+          f"same night without drift: {a.frames} frames of {a.size}^2, seed {a.seed}, n_stars {a.n_stars}; "
+          f"{max(a.pairs, 1)} alternating pair(s), CPU of the reduction's processes")
+    cpu: dict = {"still": [], "drift": []}
+    wall: dict = {"still": [], "drift": []}
+    for _ in range(max(a.pairs, 1)):
+        for k, night in nights.items():
+            red = work / f"red_drift_{k}"
+            r = run_child("plain", night / "raw", red, night / "night.yaml", {**truth_starxy(night), "steps": a.steps})
+            cpu[k].append(r["cpu"] / a.frames)
+            wall[k].append(r["wall"])
+            calls = astroalign_calls(red)
+            off = _read_offsets(red)
+            given = int(sum("step p's" in str(x) for x in off["reason"])) if off is not None else -1
+            print(f"  {k:>5}: {1e3 * cpu[k][-1]:6.1f} ms CPU/frame, {r['wall']:6.1f} s wall, astroalign {calls} "
+                  f"({100 * calls / a.frames:.1f} % of frames), step o used step p's transform on {given} frames",
+                  flush=True)
+    ratio = np.array(cpu["drift"]) / np.array(cpu["still"])
+    print(f"  CPU per frame drift/still: {', '.join(f'{x:.2f}' for x in ratio)} (median {np.median(ratio):.2f}x)")
+    got = _original() if a.original else None
+    if got is None:
+        return
+    orig, python = got
+    try:
+        res = _run_original(orig, python, nights["drift"], work / "red_drift_orig")
+    except orig.OriginalError as e:
+        print(f"  original failed on the drifting night: {e}")
+        return
+    ours = min(wall["drift"])
+    print(f"  the original on the drifting night: {res['seconds']:.1f} s, ours {ours:.1f} s (best of "
+          f"{len(wall['drift'])}): {res['seconds'] / ours:.1f}x")
+
+
+def _read_offsets(red: Path):
+    from astropy.table import Table
+
+    f = next(red.glob("offset_*.ecsv"), None)
+    return Table.read(f, format="ascii.ecsv") if f is not None else None
 
 
 # ------------------------------------------------------------------ the real nights
@@ -389,16 +446,34 @@ def real_scatter(red: Path, stars: dict, original: bool, aper: float = 6.0) -> d
             "valid": float(np.mean(np.isfinite(mags[:, [tgt, *const]])))}
 
 
-def compare_real(work: Path, names: list[str]) -> None:
-    """Ours (plain core) and the original on the real frames of ../shared/data, one after the other."""
+def _original():
+    """(the ``original_qlcp`` module, the original's Python) or None, having said why it is not available."""
     sys.path.insert(0, str(HERE))
     import original_qlcp as orig
 
     try:
-        python = orig.setup_original()
-    except orig.OriginalError as e:
+        return orig, orig.setup_original()
+    except orig.OriginalError as e:  # the original is optional: say why and go on
         print(f"\noriginal QLCP not available: {e}")
+        return None
+
+
+def _run_original(orig, python: str, night: Path, red_o: Path) -> dict:
+    """The original's lbfiopcd on a simulated night, the truth's stars (target, comparisons, one check),
+    aperture 5 px, from the same state as ours (:func:`settle`); raises ``orig.OriginalError``."""
+    st = orig.truth_stars(night, n_check=1)
+    settle(night / "raw")
+    _WRITTEN.add(red_o)
+    return orig.run_original(night / "raw", red_o, python, st["starxy"], st["ind_tgt"], st["ind_ref"], st["ind_chk"],
+                             aper=5.0, steps="lbfiopcd", site=orig.site_from_night(night))
+
+
+def compare_real(work: Path, names: list[str]) -> None:
+    """Ours (plain core) and the original on the real frames of ../shared/data, one after the other."""
+    got = _original()
+    if got is None:
         return
+    orig, python = got
     print("\nours vs the original QLCP on the real frames (same stars, aperture radius 6 px; scatter in mmag, "
           "the same formula for both: comparison/check stars leave-one-out (median; stars lost: > 5x it), "
           "target point-to-point):")
@@ -476,7 +551,10 @@ def main(argv=None) -> int:
     ap.add_argument("--prefect", action="store_true", help="also run the Prefect flow (needs PREFECT_API_URL)")
     ap.add_argument("--no-embedded", action="store_true", help="with --prefect: skip the embedded start-up timing")
     ap.add_argument("--pairs", type=int, default=0, help="with --prefect: this many alternating plain/flow runs "
-                    "of a new night (the result store emptied before each flow run); each ratio and the median")
+                    "of a new night (the result store emptied before each flow run); each ratio and the median; "
+                    "with --drift: alternating drifting/still runs")
+    ap.add_argument("--drift", action="store_true", help="only the drifting night (and the same night without "
+                    "drift; with --original also the original on it)")
     ap.add_argument("--original", action="store_true", help="also run the original QLCP on the same night(s)")
     ap.add_argument("--seeds", type=int, default=1, help="with --original: compare on this many nights "
                     "(seeds --seed, --seed + 1, ...)")
@@ -513,6 +591,9 @@ def main(argv=None) -> int:
 def measure(a, work: Path) -> int:
     """Everything main() was asked to measure, in ``work``."""
     real = list(REAL_NIGHTS) if a.real == "all" else [r for r in a.real.split(",") if r]
+    if a.drift:
+        compare_drift(work, a)
+        return 0
     if real and not a.original:
         compare_real(work, real)
         return 0

@@ -21,9 +21,13 @@ then *tracked* (:func:`measure_tracked`): its background; its transform from the
 reference, *followed* (the alignment stars recentred from their reference positions, no
 extraction; the reference's footprints masked in the sky annuli: a frame within a few px of
 the reference) or else from one extraction without deblending (its brightest
-objects by peak, a shift, or a similarity after a meridian flip; its segmentation
-map masks the annuli); then the measurement of the set at the predicted positions,
-recentred on their windowed centroids, by the same code as the full measurement.
+objects by peak: a shift searched within 60 % of the frame from the reference, so a night's drift
+needs no other frame, refined as a similarity on its pairs when the field turns; the reference
+turned by each of :data:`TURN_VOTES` (a meridian flip first) when it fails; a similarity search
+(astroalign, :data:`SIM_N` stars) only when all fail; its segmentation map masks the annuli); then
+the measurement of the set at the predicted positions, recentred on their windowed centroids, by
+the same code as the full measurement.  The transform, refitted on those centroids, goes in the catalogue's header
+(:data:`TRANSFORM_CARDS`): step o checks it instead of searching again (one alignment a frame).
 A frame's measurement depends on that frame and the reference only, never on the frames
 measured before it in the same process: the catalogues, and so the light curves, are the same
 bit for bit whatever the number of workers, the split of a group in chunks, or which frames a
@@ -61,6 +65,12 @@ log = logging.getLogger("qlcp.photometry")
 
 #: most alignment stars per frame (the reference's and each frame's brightest)
 ALIGN_N = 60
+#: turns (deg, about the frame's centre) of the reference tried by a shift search when a plain shift fails
+#: or pairs few (a meridian flip first; ~1.5 ms each on 60 stars): astroalign only when all fail
+TURN_VOTES = (180.0, 0.7, -0.7, 1.5, -1.5, 3.0, -3.0)
+#: brightest stars of each list given to astroalign when a frame aligns neither by a shift nor a flip
+#: (its cost grows with the triangles of these: 25 stars, ~0.1 s a frame; 50, ~1 s)
+SIM_N = 25
 #: a given position is that source of the reference when within this many px (or its FWHM)
 GIVEN_MATCH = 3.0
 #: a frame is followed from the last transforms when this fraction of the alignment stars recentre
@@ -68,6 +78,9 @@ GIVEN_MATCH = 3.0
 FOLLOW_FRACTION, FOLLOW_TOL, FOLLOW_RMS = 0.7, 3.0, 0.35
 #: ... and hold a star: flux within 2 FWHM above this S/N (sky-limited)
 FOLLOW_SNR = 10.0
+#: the recorded transform is refitted on the measured stars weighted by (S/N)^2, S/N capped at this (a bright
+#: star's centroid error is then set by the PSF's sampling and the seeing, not its photons)
+REFIT_SNR_CAP = 200.0
 #: background mesh of a tracked frame (px), as long as the frame keeps 8 meshes a side: its stars' sky is
 #: their annulus, the map only takes the large scales off (and costs 4.5 ms a 1024^2 frame, against
 #: 9.5 ms at 64 px); light curves equal within 1 % on a sparse and a crowded 200-frame night
@@ -82,8 +95,10 @@ TRACKED_STEP = 4
 #: sampled every 2nd pixel moved a target by 2.7 mmag; 1024^2 nights at 128 px: light curves within 0.5 %)
 SUBSAMPLE_MESH_PER_ANNULUS = 2.5
 #: a frame sharing less of the reference's field than this is measured in full (a reference pointed
-#: off, e.g. a first frame taken before the telescope settled: the stars only it lacks are measured too)
-TRACK_MIN_OVERLAP = 0.5
+#: off, e.g. a first frame taken before the telescope settled: the frames share ~36 % of it, and the
+#: stars only it lacks are measured too); a drifting night's frames are tracked down to this (a drift
+#: of 42 % of the frame in x and 12 % in y with a 5 % jump leaves 48 %; 0.5 measured those in full)
+TRACK_MIN_OVERLAP = 0.4
 #: flags that keep a source out of the alignment stars (border, saturated, blended, bad flux, cosmic)
 _ALIGN_BAD = P.FLAG_BORDER | P.FLAG_SATURATED | P.FLAG_BLENDED | P.FLAG_BADFLUX | P.FLAG_COSMIC
 
@@ -212,24 +227,58 @@ def choose(tab, stats: dict, src, ref: str, n_max: int, given_xy=(), candidates:
                    mask_r=np.sqrt(np.maximum(src.npix, 1.0) / math.pi))
 
 
-def _align(stars: StarSet, objs, max_dis: float) -> off_mod.OffsetResult:
-    """The reference -> frame transform from the frame's brightest objects: a shift, else a similarity."""
+def _align(stars: StarSet, objs, max_dis: float, shape=None) -> off_mod.OffsetResult:
+    """The reference -> frame transform from the frame's brightest objects (``objs``), from the
+    reference and this frame only (no other frame's solution: see the module docstring).
+
+    1. a shift searched within ``max_dis`` of the reference, then (when that fails or pairs few)
+       within ``1 - TRACK_MIN_OVERLAP`` of the frame: a night's drift of half the frame and more,
+       with a jump, while the frame is still tracked;
+    2. the shift refined as a similarity on the stars it pairs (no search: least squares, the pairs
+       regathered through each fit), kept when it pairs clearly more stars or turns the field by more
+       than ``offset.TURN_PX`` at its edge (a field turning over the night);
+    3. when the shift fails or pairs few: the same search against the reference turned about the
+       frame's centre by each of :data:`TURN_VOTES` (a meridian flip; a field turned by a degree or
+       two, sparse, where a shift pairs too few stars), refined the same way, until one pairs enough;
+    4. only when all fail: a similarity search (``astroalign``) on the :data:`SIM_N` brightest
+       stars of each."""
     fl = np.asarray(objs["peak"], dtype=float)       # bright stars, not the large blends of faint ones
     ok = np.isfinite(fl) & (fl > 0)
     ix = np.flatnonzero(ok)
     ix = ix[off_mod._brightest(fl[ix], ALIGN_N)]
     fxy = np.column_stack([np.asarray(objs["x"], float)[ix], np.asarray(objs["y"], float)[ix]])
-    if len(fxy) < off_mod.MIN_MATCH or len(stars.align_xy) < off_mod.MIN_MATCH:
-        return off_mod._fail(f"{len(fxy)} stars on the frame, {len(stars.align_xy)} on the reference")
-    n_ref = len(stars.align_xy)
-    res = off_mod.find_offset(stars.align_xy, stars.align_flux, fxy, fl[ix], max_dis=max_dis)
-    if not off_mod._poor(res, len(fxy), n_ref):
-        return res
-    # as step o does: a poor shift is tried as a similarity (a meridian flip, a turned camera), which
-    # replaces it when it pairs clearly more stars; a shift that is still ok stands (a crowded field's
-    # undeblended brightest objects pair fewer of the reference's stars)
-    sim = off_mod.find_similarity(stars.align_xy, stars.align_flux, fxy, fl[ix])
-    return sim if off_mod._better(sim, res, stars.align_xy) else res
+    bxy, bfl = stars.align_xy, stars.align_flux
+    if len(fxy) < off_mod.MIN_MATCH or len(bxy) < off_mod.MIN_MATCH:
+        return off_mod._fail(f"{len(fxy)} stars on the frame, {len(bxy)} on the reference")
+    n_ref = len(bxy)
+    # every shift at which the frame still shares TRACK_MIN_OVERLAP of the reference's field (an axis's at most);
+    # the usual box first (the vote's cost grows with the box: 2.5 ms against 7 on 60 stars of 768^2)
+    reach = max(max_dis, (1 - TRACK_MIN_OVERLAP) * max(shape)) if shape is not None else max_dis
+    for box in dict.fromkeys((max_dis, reach)):
+        res = off_mod.refine_turn(off_mod.find_offset(bxy, bfl, fxy, fl[ix], max_dis=box), bxy, fxy,
+                                  min_turn=off_mod.TURN_PX)     # smaller turns: _refined, on the measured stars
+        res = off_mod.with_shared(res, bxy, fxy)
+        if not off_mod._poor(res, len(fxy), n_ref):
+            break
+    if shape is not None:
+        c = np.array([(shape[1] - 1) / 2, (shape[0] - 1) / 2])
+        for ang in TURN_VOTES:
+            if not off_mod._poor(res, len(fxy), n_ref):
+                break
+            th = math.radians(ang)
+            lin = np.array([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]])
+            turn = np.column_stack([lin, c - lin @ c])                  # about the frame's centre
+            r = off_mod.find_offset(off_mod.base_to_frame(turn, bxy), bfl, fxy, fl[ix], max_dis=reach)
+            if r.ok:
+                m = np.column_stack([lin, turn[:, 2] + (r.dx, r.dy)])
+                cand = off_mod.refine_turn(off_mod.similarity_result(m, r.n_matched, r.rms, f"shift searched with "
+                                                                     f"the reference turned {ang:g} deg"), bxy, fxy)
+                if off_mod._better(cand, res, bxy):
+                    res = off_mod.with_shared(cand, bxy, fxy)
+    if res.ok:      # a shift that pairs few but is ok stands (a crowded field's undeblended brightest objects
+        return res  # pair fewer of the reference's stars; a drifting frame shares part of its field)
+    sim = off_mod.find_similarity(bxy, bfl, fxy, fl[ix], n_ctrl=SIM_N)
+    return sim if off_mod._better(sim, res, bxy) else res
 
 
 def _follow(stars: StarSet, frame, sig: float):
@@ -264,6 +313,44 @@ def _follow(stars: StarSet, frame, sig: float):
     if np.sqrt(np.mean(res ** 2)) > FOLLOW_RMS:
         return None
     return m
+
+
+def _refined(m: np.ndarray, kind: str, ref_xy: np.ndarray, tab, found: np.ndarray) -> np.ndarray:
+    """The transform ``m`` refitted on the measured stars (their windowed centroids, ~0.01 px for the bright
+    ones, against the extraction's barycentres' few tenths and the followed alignment stars' ~0.03),
+    weighted by (S/N)^2: a shift (their mean difference), then a rotation, then a scale, each kept
+    when significant (:func:`_significant`: a field turned by 0.01 deg moves a 768 px frame's corners
+    by 0.1 px, lost in the barycentres' noise); a frame aligned turned (``kind`` similarity) keeps its turn.
+    ``m`` when fewer than ``offset.CLIP_MIN_N`` unflagged stars were measured."""
+    xy = np.column_stack([np.asarray(tab["X"], float), np.asarray(tab["Y"], float)])
+    snr = np.asarray(tab["FluxAUTO"], float) / np.asarray(tab["FErrAUTO"], float)
+    use = found & ((np.asarray(tab["Flags"]) & _ALIGN_BAD) == 0) & np.isfinite(xy).all(axis=1) & (snr > 0)
+    if use.sum() < off_mod.CLIP_MIN_N:
+        return m
+    # a centroid's error goes as 1 / (S/N): weights (S/N)^2, capped where other errors take over
+    b, f, w = ref_xy[use], xy[use], np.minimum(snr[use], REFIT_SNR_CAP) ** 2
+    # outliers (a blend, a cosmic ray) clipped about the fullest fit, so a turn is not clipped away
+    _, keep = off_mod._clipped_mean(f - off_mod.base_to_frame(off_mod._fit_similarity(b, f, w), b))
+    if keep.sum() < off_mod.CLIP_MIN_N:
+        return m
+    b, f, w = b[keep], f[keep], w[keep]
+    fits = [off_mod.shift_matrix(*(w @ (f - b) / w.sum())), off_mod.fit_rigid(b, f, w),
+            off_mod._fit_similarity(b, f, w)]
+    ss = [float(w @ np.sum((f - off_mod.base_to_frame(t, b)) ** 2, axis=1)) for t in fits]
+    best = 1 if kind == "similarity" else 0       # a turned frame stays turned
+    for k in (1, 2):                              # a turn, then a scale: each kept when significant
+        if k > best and _significant(ss[best], ss[k], k - best, 2 * len(b) - 2 - k):
+            best = k
+    return fits[best]
+
+
+def _significant(ss0: float, ss1: float, extra: int, dof: int) -> bool:
+    """Whether a fit with ``extra`` more parameters, leaving the residual sum of squares ``ss1`` on ``dof``
+    degrees of freedom, explains the data better than one leaving ``ss0``: an F test above
+    :data:`offset.TURN_F`."""
+    if dof <= 0 or ss1 >= ss0:
+        return False
+    return ss1 <= 0 or ((ss0 - ss1) / extra) / (ss1 / dof) > off_mod.TURN_F
 
 
 def _footprints(shape, stars: StarSet, m: np.ndarray) -> np.ndarray:
@@ -329,7 +416,7 @@ def measure_tracked(data, cfg, gain: float, rdnoise: float, saturation: float, s
         kind, n_det, seg = "followed", -1, _footprints(frame.sub.shape, stars, m)
     else:
         objs, seg = P._extract(frame.sub, thresh, frame.mask, cfg.detect_minarea, nthresh=1)
-        res = _align(stars, objs, max_dis)
+        res = _align(stars, objs, max_dis, frame.sub.shape)
         if not res.ok:
             log.debug("not tracked on %s (%s): measured in full", Path(stars.ref).name, res.reason)
             return None
@@ -358,6 +445,8 @@ def measure_tracked(data, cfg, gain: float, rdnoise: float, saturation: float, s
         found = seg[iy, ix] != 0
     else:
         found = _detected(frame, tab["X"], tab["Y"], thresh)
+    m = _refined(m, kind, stars.xy[on], tab, found & ((tab["X"] != x0) | (tab["Y"] != y0)))   # not left where
+    # predicted (a windowed centroid moving >= 1 px keeps the prediction): the recentred stars refine m
     if not found.all():
         meta = dict(tab.meta)
         tab = tab[found]
@@ -365,9 +454,29 @@ def measure_tracked(data, cfg, gain: float, rdnoise: float, saturation: float, s
     stats["NSTARS"] = tab.meta["NSTARS"] = int(found.sum())
     stats.update(NDETECT=n_det, TRACK=kind, TRACKDX=float(m[0, 2]), TRACKDY=float(m[1, 2]))
     tab.meta.update(PHOTMODE="tracked", PHOTREF=Path(stars.ref).name, PHOTTRK=kind)
+    tab.meta.update(transform_cards(m))            # step o uses it (offset.verify_transform): aligned once
     if n_det >= 0:
         tab.meta["NDETECT"] = n_det
     return tab, stats
+
+
+#: catalogue header keywords of a tracked frame's transform reference pixel -> frame pixel (0-based):
+#: x' = PHOTM00 x + PHOTM01 y + PHOTM02, y' = PHOTM10 x + PHOTM11 y + PHOTM12
+TRANSFORM_CARDS = tuple(f"PHOTM{r}{k}" for r in range(2) for k in range(3))
+
+
+def transform_cards(m: np.ndarray) -> dict:
+    """The header cards (:data:`TRANSFORM_CARDS`) of a transform (2, 3)."""
+    return {c: float(v) for c, v in zip(TRANSFORM_CARDS, np.asarray(m, float).ravel())}
+
+
+def transform_of(header) -> np.ndarray | None:
+    """The transform (2, 3) a tracked frame's catalogue header records, or None."""
+    try:
+        m = np.array([float(header[c]) for c in TRANSFORM_CARDS]).reshape(2, 3)
+    except (KeyError, TypeError, ValueError):
+        return None
+    return m if np.isfinite(m).all() else None
 
 
 def needs_candidates(cfg, given: np.ndarray) -> bool:

@@ -61,6 +61,11 @@ Method
    sparse for asterisms (clouds) is searched again as a shift against the
    base stars turned as the last frame aligned by a similarity.
 
+Step p's transforms: a frame that step p tracked from this very base (its catalogue's
+``PHOTREF`` and ``PHOTM00..PHOTM12``, :func:`qlcp.core.forced.transform_of`) is not searched: the
+transform is checked by pairing the frame's stars through it (:func:`verify_transform`) and
+used as is; only frames without one, or whose transform fails the check, are searched as below.
+
 Drift and jumps (:func:`compute_offsets`): every frame is matched against the
 base star list, never chained frame to frame, so errors do not accumulate.
 Every frame is first searched in a box centred on the base position (the
@@ -81,7 +86,7 @@ import logging
 import math
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +130,12 @@ POOR_FRACTION = 0.4
 N_SIM = 50
 #: a similarity pairing as many stars as a shift replaces it when its turn moves a base star by more, px
 TURN_PX = 0.5
+#: a similarity refined from an accepted shift replaces it, pairing as many stars, when the shift's rms is
+#: this many times the similarity's (a turn of a fraction of a pixel at the field's edge)
+TURN_RMS_RATIO = 1.5
+#: a fit with more parameters (a turn; a scale) replaces the simpler one when it lowers the sum of squared
+#: residuals this significantly: F = (drop / extra) / (residual / dof) above this (F(1, 60) > 25: p < 1e-5)
+TURN_F = 25.0
 #: fewest pairs for refitting the rotation of a shift searched with a neighbour's rotation
 REFIT_MIN = 6
 #: largest accepted departure of a similarity's scale from 1 (a focus or temperature change, not another camera)
@@ -138,7 +149,8 @@ CLIP_MIN_N = 6
 #: that fixed clipping distance from the median, px
 CLIP_FIXED = 1.0
 
-METHOD = ("sep stars (winpos) + 2-D pair-difference vote (+qmatch.offset1d candidate) "
+METHOD = ("step p's transform from the base, checked on the catalogue's stars, else: "
+          "sep stars (winpos) + 2-D pair-difference vote (+qmatch.offset1d candidate) "
           "+ one-to-one nearest match, 3-sigma-clipped mean; search box at the base, "
           "else at the previous good frame's offset; frames failing it or pairing < 40 % of their stars: "
           "similarity transform (astroalign asterisms, refined by least squares on every star)")
@@ -165,6 +177,11 @@ class OffsetResult:
         similarity match; None for a shift (the matrix is then :func:`shift_matrix` of dx, dy).
     kind : str
         ``"shift"`` (:func:`find_offset`) or ``"similarity"`` (:func:`find_similarity`).
+    given : bool
+        Step p's transform, checked (:func:`verify_transform`), not searched.
+    shared : int
+        Stars of the smaller list inside the other's field through the transform (:func:`with_shared`;
+        -1 unknown): the stars that could pair on a frame that shares part of the base's field.
     """
 
     dx: float
@@ -175,6 +192,8 @@ class OffsetResult:
     rms: float = math.nan
     mat: tuple | None = None
     kind: str = "shift"
+    given: bool = False
+    shared: int = -1
 
     def matrix(self) -> np.ndarray:
         """The (2, 3) transform base pixel -> frame pixel (NaN when not ok)."""
@@ -519,13 +538,27 @@ def find_offset(base_xy, base_flux, frame_xy, frame_flux, max_dis: float = 250.0
 
 
 # ------------------------------------------------------- similarity match
-def _fit_similarity(b: np.ndarray, f: np.ndarray) -> np.ndarray:
-    """Least-squares similarity (rotation, scale, shift) taking points ``b`` onto ``f``; (2, 3) matrix."""
-    bc, fc = b.mean(axis=0), f.mean(axis=0)
+def _fit_similarity(b: np.ndarray, f: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
+    """Least-squares similarity (rotation, scale, shift) taking points ``b`` onto ``f`` (weights ``w``,
+    default equal); (2, 3) matrix."""
+    w = np.ones(len(b)) if w is None else np.asarray(w, float)
+    bc, fc = w @ b / w.sum(), w @ f / w.sum()
     zb = (b[:, 0] - bc[0]) + 1j * (b[:, 1] - bc[1])
     zf = (f[:, 0] - fc[0]) + 1j * (f[:, 1] - fc[1])
-    den = np.vdot(zb, zb).real
-    a = np.vdot(zb, zf) / den if den > 0 else 1.0 + 0j
+    den = float(np.sum(w * np.abs(zb) ** 2))
+    a = np.sum(w * np.conj(zb) * zf) / den if den > 0 else 1.0 + 0j
+    lin = np.array([[a.real, -a.imag], [a.imag, a.real]])
+    return np.column_stack([lin, fc - lin @ bc])
+
+
+def fit_rigid(b: np.ndarray, f: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
+    """Least-squares rotation and shift (scale 1) taking points ``b`` onto ``f`` (weights ``w``); (2, 3) matrix."""
+    w = np.ones(len(b)) if w is None else np.asarray(w, float)
+    bc, fc = w @ b / w.sum(), w @ f / w.sum()
+    zb = (b[:, 0] - bc[0]) + 1j * (b[:, 1] - bc[1])
+    zf = (f[:, 0] - fc[0]) + 1j * (f[:, 1] - fc[1])
+    a = np.sum(w * np.conj(zb) * zf)
+    a = a / abs(a) if abs(a) > 0 else 1.0 + 0j
     lin = np.array([[a.real, -a.imag], [a.imag, a.real]])
     return np.column_stack([lin, fc - lin @ bc])
 
@@ -580,14 +613,80 @@ def false_alarm_similarity(n: int, rms: float, n_frame: int, base_xy: np.ndarray
     return float(min(1.0, n_rot * false_alarm(n, rms, n_frame, base_xy, max(half, tol), tol)))
 
 
+def similarity_result(mat: np.ndarray, n: int, rms: float, how: str) -> OffsetResult:
+    """An accepted :class:`OffsetResult` of kind ``similarity`` for the transform ``mat`` (``how`` in its reason)."""
+    mat = np.asarray(mat, float).reshape(2, 3)
+    return OffsetResult(float(mat[0, 2]), float(mat[1, 2]), int(n), True,
+                        f"ok (similarity: rotation {rotation_deg(mat):.3f} deg, scale {scale_of(mat):.5f}, {how})",
+                        float(rms), tuple(float(v) for v in mat.ravel()), "similarity")
+
+
+def refine_turn(res: OffsetResult, base_xy, frame_xy, tol: float = MATCH_TOL, min_turn: float = 0.0) -> OffsetResult:
+    """``res`` (an accepted shift or flip) refined as a similarity on the stars it pairs, no search: the
+    pairs regathered through each least-squares fit (:func:`_refine_similarity`), so a field turned by a
+    fraction of a degree pairs out to its edges.  The similarity replaces ``res`` when it is
+    :func:`_better`, or pairs 80 % as many stars within ``tol`` with an rms below ``res``'s by
+    :data:`TURN_RMS_RATIO` (a turn that moves the edge stars by a fraction of a pixel); ``res``
+    otherwise (and when not ok).  ``min_turn`` (px): ``res`` as it is when one fit on its pairs moves no
+    base star by that much (a caller that refines small turns itself skips the iterations)."""
+    if not res.ok:
+        return res
+    bxy, fxy = _as_xy(base_xy, "base_xy"), _as_xy(frame_xy, "frame_xy")
+    if min_turn > 0:
+        i, j = _pair_mapped(fxy, base_to_frame(res.matrix(), bxy), tol)
+        if len(i) < MIN_MATCH or np.abs(base_to_frame(_fit_similarity(bxy[j], fxy[i]), bxy)
+                                        - base_to_frame(res.matrix(), bxy)).max() < min_turn:
+            return res
+    mat, n, rms = _refine_similarity(fxy, bxy, res.matrix(), tol)
+    if n < MIN_MATCH or not np.isfinite(rms) or abs(scale_of(mat) - 1.0) > SCALE_TOL:
+        return res
+    sim = similarity_result(mat, n, rms, "refined on the pairs")
+    if _better(sim, res, bxy):
+        return sim
+    # nearly as many stars within tol of either transform (the fit's clipping keeps fewer; a loose shift
+    # gathers a chance pair or two), far tighter
+    reach = len(_pair_mapped(fxy, base_to_frame(mat, bxy), tol)[0])
+    tight = np.isfinite(res.rms) and res.rms > TURN_RMS_RATIO * rms
+    return sim if tight and reach >= 0.8 * len(_pair_mapped(fxy, base_to_frame(res.matrix(), bxy), tol)[0]) else res
+
+
+def verify_transform(mat, base_xy, frame_xy, tol: float = MATCH_TOL) -> OffsetResult:
+    """A transform found elsewhere (step p's, from the same base), checked on these star lists without a
+    search: the base stars mapped through ``mat`` paired one-to-one with the frame's within ``tol``.
+    Accepted with at least :data:`MIN_MATCH` pairs that are not chance (:func:`false_alarm` over a
+    box of ``tol``), and with at least :data:`POOR_FRACTION` of the base stars that land on the frame's
+    stars' extent; ``mat`` itself is returned (a shift when it is one)."""
+    mat = np.asarray(mat, float).reshape(2, 3)
+    bxy, fxy = _as_xy(base_xy, "base_xy"), _as_xy(frame_xy, "frame_xy")
+    if not np.isfinite(mat).all() or len(bxy) < MIN_MATCH or len(fxy) < MIN_MATCH:
+        return _fail("the given transform cannot be checked (too few stars)")
+    mapped = base_to_frame(mat, bxy)
+    i, j = _pair_mapped(fxy, mapped, tol)
+    lo, hi = fxy.min(axis=0) - tol, fxy.max(axis=0) + tol
+    n_in = int(np.sum(((mapped >= lo) & (mapped <= hi)).all(axis=1)))
+    d = fxy[i] - mapped[j]
+    rms = float(np.sqrt(np.mean(np.sum(d ** 2, axis=1)))) if len(i) else math.nan
+    n = len(i)
+    if n < MIN_MATCH or n < POOR_FRACTION * min(n_in, len(fxy)) \
+            or false_alarm(n, rms, len(fxy), bxy, tol, tol) > FAP_MAX:
+        return _fail(f"the given transform pairs {n} of {min(n_in, len(fxy))} stars", n)
+    shift = mat[0, 0] == 1.0 and mat[1, 1] == 1.0 and mat[0, 1] == 0.0 and mat[1, 0] == 0.0
+    if shift:
+        return OffsetResult(float(mat[0, 2]), float(mat[1, 2]), n, True, "ok (step p's shift)", rms, given=True)
+    return replace(similarity_result(mat, n, rms, "step p's transform"), given=True)
+
+
 def _astroalign_matrix(bb: np.ndarray, fb: np.ndarray) -> tuple[np.ndarray | None, str]:
-    """astroalign's transform base -> frame from the two (brightest first) point lists, or None and why."""
+    """astroalign's transform base -> frame from the two (brightest first) point lists, or None and why.
+    Each call logs one INFO line ``astroalign.find_transform`` (the benchmark and the tests count them
+    in the steps' logs: 1 s a call on 50 stars, the cost a night must not pay frame after frame)."""
     import astroalign
 
+    log.info("astroalign.find_transform on %d and %d stars", len(bb), len(fb))
     try:
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore")
-            t, _ = astroalign.find_transform(bb, fb, max_control_points=N_SIM)
+            t, _ = astroalign.find_transform(bb, fb, max_control_points=max(len(bb), len(fb)))
     except (astroalign.MaxIterError, ValueError, TypeError, IndexError) as e:
         return None, f"astroalign found no transform ({type(e).__name__})"
     return np.asarray(t.params, float)[:2], ""
@@ -922,7 +1021,7 @@ def _centred_chunk(args) -> list[tuple]:
     One job of the parallel phase of :func:`compute_offsets`:
     ``[(rawfile, jd, OffsetResult, n_stars), ...]`` (``n_stars`` -1: unreadable).
     """
-    files, bxy, bfl, max_dis, cfg, star_lists = args
+    files, bxy, bfl, max_dis, cfg, star_lists, base_name, turn = args
     out = []
     for f in files:
         f = Path(f)
@@ -931,8 +1030,35 @@ def _centred_chunk(args) -> list[tuple]:
         except InputError as e:
             out.append((_rawfile(None, f), math.nan, _fail(f"unreadable: {e}"), -1))
             continue
-        out.append((_rawfile(hdr, f), _jd(hdr), find_offset(bxy, bfl, fxy, ffl, max_dis, (0.0, 0.0)), len(fxy)))
+        res = _given_transform(hdr, base_name, bxy, fxy)
+        if res is None or not res.ok or (res.kind != "shift" and not turn):     # turn False: shifts only
+            res = _searched(bxy, bfl, fxy, ffl, max_dis, (0.0, 0.0), turn)
+        out.append((_rawfile(hdr, f), _jd(hdr), res, len(fxy)))
     return out
+
+
+def _searched(bxy, bfl, fxy, ffl, max_dis: float, prior, turn: bool = True) -> OffsetResult:
+    """A frame's shift searched around ``prior`` (:func:`find_offset`), refined as a similarity when the
+    field turns (:func:`refine_turn`; not when ``turn`` is False: shifts only), with its stars inside both
+    fields counted (:func:`with_shared`)."""
+    res = find_offset(bxy, bfl, fxy, ffl, max_dis, tuple(prior))
+    return with_shared(refine_turn(res, bxy, fxy) if turn else res, bxy, fxy)
+
+
+def _given_transform(hdr, base_name: str, bxy, fxy) -> OffsetResult | None:
+    """Step p's transform of a frame (its catalogue's header, :func:`qlcp.core.forced.transform_of`),
+    checked, when step p tracked it from this very base (``PHOTREF``); None without one."""
+    from .forced import transform_of
+
+    if hdr is None or not base_name or str(hdr.get("PHOTREF", "")).strip() != base_name:
+        return None
+    m = transform_of(hdr)
+    if m is None:
+        return None
+    res = verify_transform(m, bxy, fxy)
+    if not res.ok:
+        log.debug("step p's transform of %s not used: %s", hdr.get("RAWFILE", "a frame"), res.reason)
+    return res
 
 
 def compute_offsets(bf_files, cfg, base_img=None, star_lists=None, map_fn=None, *,
@@ -1003,23 +1129,25 @@ def compute_offsets(bf_files, cfg, base_img=None, star_lists=None, map_fn=None, 
     t0 = time.perf_counter()
     mapper = map_fn or _serial_map
     run = (bidx, bpath, base, *_align_all(files, bidx, base, max_dis, cfg, star_lists, mapper, similarity))
-    bidx, bpath, base, frames, n_sim = _retry_base(run, files, max_dis, cfg, star_lists, mapper, similarity, counts)
-    return _finish_table(files, bidx, bpath, base, frames, n_sim, max_dis, time.perf_counter() - t0)
+    bidx, bpath, base, frames, _ = _retry_base(run, files, max_dis, cfg, star_lists, mapper, similarity, counts)
+    return _finish_table(files, bidx, bpath, base, frames, max_dis, time.perf_counter() - t0)
 
 
-def _finish_table(files, bidx, bpath, base, frames, n_sim: int, max_dis: float, dt: float) -> Table:
+def _finish_table(files, bidx, bpath, base, frames, max_dis: float, dt: float) -> Table:
     """The offsets table with its meta; the frames that could not be aligned logged."""
     bxy, bfl, bhdr = base
     for f, (_, _, res, _) in zip(files, frames):
         if not res.ok:
             log.warning("%s: no offset: %s", f.name, res.reason)
     tab = _offsets_table(files, bidx, frames)
+    n_given = sum(1 for r in frames if r[2].ok and r[2].given)
+    n_sim = int(np.sum(tab["align"] == "similarity"))       # searched here (the pass), or step p's
     tab.meta.update(base=_rawfile(bhdr, bpath), base_bf=str(bpath), base_index=bidx, base_nstars=len(bxy),
                     method=METHOD, max_dis=max_dis, convention=CONVENTION, n_ok=int(np.sum(tab["ok"])),
                     n_similarity=n_sim)
     n = len(files)
-    log.info("offsets: %d of %d frames ok, %d by similarity (%.3f s/frame)", tab.meta["n_ok"], n, n_sim,
-             dt / max(n, 1))
+    log.info("offsets: %d of %d frames ok, %d by similarity, %d step p's transforms checked (%.3f s/frame)",
+             tab.meta["n_ok"], n, n_sim, n_given, dt / max(n, 1))
     return tab
 
 
@@ -1087,8 +1215,26 @@ def _median_overlap(frames: list[list], bidx: int | None, shape) -> float:
 
 
 def _poor(res: OffsetResult, n_stars: int, n_base: int) -> bool:
-    """Whether a shift result should be tried again as a similarity: failed, or paired few of the stars."""
-    return n_stars >= MIN_MATCH and (not res.ok or res.n_matched < POOR_FRACTION * min(n_stars, n_base))
+    """Whether a shift result should be tried again as a similarity: failed, or paired few of the stars
+    (of those inside both fields, :attr:`OffsetResult.shared`, when known: a drifting frame's others
+    cannot pair)."""
+    n = min(n_stars, n_base) if res.shared < 0 else min(n_stars, n_base, res.shared)
+    return n_stars >= MIN_MATCH and (not res.ok or res.n_matched < POOR_FRACTION * n)
+
+
+def with_shared(res: OffsetResult, base_xy, frame_xy, tol: float = MATCH_TOL) -> OffsetResult:
+    """``res`` with :attr:`OffsetResult.shared`: the fewer of the base stars mapped into the frame stars'
+    extent and the frame stars mapped back into the base stars' extent (``tol`` margin)."""
+    if not res.ok:
+        return res
+    bxy, fxy = _as_xy(base_xy, "base_xy"), _as_xy(frame_xy, "frame_xy")
+    if not len(bxy) or not len(fxy):
+        return res
+    m = res.matrix()
+
+    def inside(xy, ref):
+        return int(np.sum(((xy >= ref.min(axis=0) - tol) & (xy <= ref.max(axis=0) + tol)).all(axis=1)))
+    return replace(res, shared=min(inside(base_to_frame(m, bxy), fxy), inside(frame_to_base(m, fxy), bxy)))
 
 
 def _similarity_pass(files: list[Path], bidx: int | None, bxy, bfl, frames: list[list], cfg, star_lists,
@@ -1104,7 +1250,7 @@ def _similarity_pass(files: list[Path], bidx: int | None, bxy, bfl, frames: list
     base, the previous aligned frame or the next frame aligned by a shift
     (:func:`_reach`).  When all fail, the reason names each.
     """
-    todo = [i for i, (_, _, res, ns) in enumerate(frames) if i != bidx and _poor(res, ns, len(bxy))]
+    todo = [i for i, (_, _, res, ns) in enumerate(frames) if i != bidx and not res.given and _poor(res, ns, len(bxy))]
     if not todo:
         return 0
     size = max(1, -(-len(todo) // 16))
@@ -1201,8 +1347,8 @@ def _align_all(files: list[Path], bidx: int | None, base: tuple, max_dis: float,
     """The three phases of :func:`compute_offsets` against ``base`` (xy, flux, header):
     ``([name, jd, OffsetResult, n_stars] per frame, frames matched by similarity)``."""
     bxy, bfl, bhdr = base
-    centred = _centred_offsets(files, bidx, bxy, bfl, max_dis, cfg, star_lists, mapper)
-    frames = _chain_offsets(files, bidx, bxy, bfl, bhdr, centred, max_dis, cfg, star_lists)
+    centred = _centred_offsets(files, bidx, bxy, bfl, max_dis, cfg, star_lists, mapper, similarity)
+    frames = _chain_offsets(files, bidx, bxy, bfl, bhdr, centred, max_dis, cfg, star_lists, similarity)
     n_sim = _similarity_pass(files, bidx, bxy, bfl, frames, cfg, star_lists, mapper) if similarity else 0
     return frames, n_sim
 
@@ -1288,8 +1434,9 @@ def _base_stars(bidx: int | None, bpath: Path, files: list[Path], cfg, star_list
 
 
 def _centred_offsets(files: list[Path], bidx: int | None, bxy, bfl, max_dis: float, cfg, star_lists,
-                     map_fn) -> dict:
-    """Every frame but the base, searched around the base position, in 16 jobs through ``map_fn``.
+                     map_fn, turn: bool = True) -> dict:
+    """Every frame but the base, searched around the base position, in 16 jobs through ``map_fn``
+    (``turn``: shifts refined as similarities, :func:`_searched`; step p's transforms checked instead).
 
     Returns
     -------
@@ -1299,13 +1446,14 @@ def _centred_offsets(files: list[Path], bidx: int | None, bxy, bfl, max_dis: flo
     others = [i for i in range(len(files)) if i != bidx]
     size = max(1, -(-len(others) // 16))            # 16 jobs: balanced over the workers
     jobs = [others[k:k + size] for k in range(0, len(others), size)]
-    parts = map_fn(_centred_chunk, [([str(files[i]) for i in job], bxy, bfl, max_dis, cfg, star_lists)
-                                    for job in jobs])
+    base_name = files[bidx].name if bidx is not None else ""
+    parts = map_fn(_centred_chunk, [([str(files[i]) for i in job], bxy, bfl, max_dis, cfg, star_lists, base_name,
+                                     turn) for job in jobs])
     return {i: r for job, part in zip(jobs, parts) for i, r in zip(job, part)}
 
 
 def _chain_offsets(files: list[Path], bidx: int | None, bxy, bfl, bhdr, centred: dict, max_dis: float, cfg,
-                   star_lists) -> list[tuple]:
+                   star_lists, similarity: bool = True) -> list[tuple]:
     """Walk outwards from the base keeping the last good offset as the prior.
 
     The chain runs base..last, then base-1..first (the prior restarting at
@@ -1335,10 +1483,10 @@ def _chain_offsets(files: list[Path], bidx: int | None, bxy, bfl, bhdr, centred:
             res = OffsetResult(0.0, 0.0, len(bxy), True, "ok (base image)", 0.0)
         else:
             name, jd, res, nstars = centred[i]
-            near = res.ok and (np.abs(np.array([res.dx, res.dy]) - prior) <= max_dis).all()
+            near = res.ok and (res.given or (np.abs(np.array([res.dx, res.dy]) - prior) <= max_dis).all())
             if nstars >= MIN_MATCH and prior.any() and not near:
                 fxy, ffl, _ = _load_stars(f, cfg, star_lists)
-                again = find_offset(bxy, bfl, fxy, ffl, max_dis, tuple(prior))
+                again = _searched(bxy, bfl, fxy, ffl, max_dis, prior, similarity)
                 if again.ok or not res.ok:
                     res = again
         if res.ok:

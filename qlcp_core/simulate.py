@@ -82,7 +82,10 @@ Geometry (off by default): ``flip_at`` turns the field 180 deg about the
 detector centre from that fraction of the night on, with a pointing offset
 ``flip_offset`` (a German-equatorial meridian flip); ``rotation_deg`` and
 ``scale`` turn and scale every frame after the first against the first (a
-camera rotated after the base frame, a focus change).  Frame i then sees a
+camera rotated after the base frame, a focus change); ``rotation_total_deg`` turns the field
+gradually, from 0 at the first frame to that angle at the last, and ``drift_total`` replaces the
+per-frame ``drift`` by a linear drift of that many (dx, dy) px over the night (a real night's
+polar misalignment and guiding drift; the jump still applies).  Frame i then sees a
 base position p at ``s R(theta) (p - c) + c + (dx, dy)``, c the detector
 centre; ``frames.ecsv`` gives the matrix.  With the options off, every file is
 byte-identical to that of a version without them.
@@ -167,6 +170,10 @@ class SimOptions:
     #:                                   180 deg about the detector centre (and re-pointed by ``flip_offset``)
     flip_offset: tuple[float, float] = (14.0, -9.0)   #: pointing offset (px) added at the flip
     rotation_deg: float = 0.0         #: camera turned by this angle (deg, counter-clockwise) after the first frame
+    drift_total: tuple[float, float] | None = None   #: a drifting night: the field moves by this (dx, dy) px from
+    #:                                   the first frame to the last, linearly (replaces ``drift``; jumps still apply)
+    rotation_total_deg: float = 0.0   #: a field turning over the night: this angle (deg, counter-clockwise) at the last
+    #:                                   frame, growing linearly from 0 at the first (a mount's polar misalignment)
     scale: float = 1.0                #: plate scale of the frames after the first, relative to the first
     field_of: str | None = None       #: another night of the same field: the directory of an earlier simulated
     #:                                   night whose stars (truth/stars.ecsv) this night observes
@@ -184,6 +191,7 @@ class SimOptions:
 #: options that change the frames' geometry; left out of ``truth.json`` at their defaults, so nights
 #: simulated without them are byte-identical to those of earlier versions
 _GEOMETRY_DEFAULTS = {"flip_at": None, "flip_offset": (14.0, -9.0), "rotation_deg": 0.0, "scale": 1.0,
+                      "drift_total": None, "rotation_total_deg": 0.0,
                       "field_of": None, "pointing": (0.0, 0.0), "detector_seed": None, "flat_gradient": 0.0,
                       "wcs": False, "pixel_scale": 1.0, "ephemeris": None}
 
@@ -230,7 +238,7 @@ def _options(kw: dict, n_frames: int, size: int, seed: int) -> SimOptions:
         close = difflib.get_close_matches(bad[0], sorted(names), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ConfigError(f"simulate_night: unknown option {bad[0]!r}{hint}")
-    for name in ("jump", "flip_offset", "pointing", "ephemeris"):
+    for name in ("jump", "flip_offset", "pointing", "ephemeris", "drift_total"):
         if name in kw and kw[name] is not None:
             kw = dict(kw, **{name: tuple(float(v) for v in kw[name])})
     o = SimOptions(**kw)
@@ -249,6 +257,9 @@ def _options(kw: dict, n_frames: int, size: int, seed: int) -> SimOptions:
         (0 <= o.eclipse_depth < 5, "option eclipse_depth: 0 to 5 mag"),
         (o.flip_at is None or 0 < o.flip_at < 1, f"option flip_at: a fraction of the night, got {o.flip_at!r}"),
         (0.5 < o.scale < 2 and abs(o.rotation_deg) <= 180, "options scale (0.5 to 2) and rotation_deg (+-180)"),
+        (abs(o.rotation_total_deg) <= 180, "option rotation_total_deg (+-180)"),
+        (o.drift_total is None or (len(o.drift_total) == 2 and all(map(math.isfinite, o.drift_total))),
+         f"option drift_total: (dx, dy) px, got {o.drift_total!r}"),
     ]
     for ok, msg in checks:
         if not ok:
@@ -543,6 +554,12 @@ def _pointing_offsets(o: SimOptions, rng: np.random.Generator, n: int) -> tuple[
     i = np.arange(n)
     jump_on = (i >= n // 2) & (n >= 2)
     jit_xy = np.vstack([np.zeros((1, 2)), rng.normal(0, 0.05, (n - 1, 2))])
+    if o.drift_total is not None:            # a fixed direction and total (the angle is drawn all the same)
+        frac = i / max(n - 1, 1)
+        ang = math.atan2(o.drift_total[1], o.drift_total[0])
+        dx = o.drift_total[0] * frac + o.jump[0] * jump_on + jit_xy[:, 0]
+        dy = o.drift_total[1] * frac + o.jump[1] * jump_on + jit_xy[:, 1]
+        return dx, dy, ang
     dx = o.drift * i * math.cos(ang) + o.jump[0] * jump_on + jit_xy[:, 0]
     dy = o.drift * i * math.sin(ang) + o.jump[1] * jump_on + jit_xy[:, 1]
     return dx, dy, ang
@@ -550,7 +567,7 @@ def _pointing_offsets(o: SimOptions, rng: np.random.Generator, n: int) -> tuple[
 
 def _transformed(o: SimOptions) -> bool:
     """Whether the frames differ from the base by more than a shift (flip, rotation or scale)."""
-    return o.flip_at is not None or o.rotation_deg != 0.0 or o.scale != 1.0
+    return o.flip_at is not None or o.rotation_deg != 0.0 or o.scale != 1.0 or o.rotation_total_deg != 0.0
 
 
 def _geometry(o: SimOptions, n: int, size: int, dx: np.ndarray, dy: np.ndarray) -> dict | None:
@@ -558,7 +575,8 @@ def _geometry(o: SimOptions, n: int, size: int, dx: np.ndarray, dy: np.ndarray) 
 
     Frame ``i`` sees a base position ``p`` at ``s_i R(theta_i) (p - c) + c + (dx_i, dy_i)``: ``c`` the
     detector centre, ``theta_i`` = ``rotation_deg`` (frames 1..) + 180 deg (from the flip frame,
-    ``round(flip_at * n)``, on), ``s_i`` = ``scale`` (frames 1..), and ``dx, dy`` the pointing offsets
+    ``round(flip_at * n)``, on) + ``rotation_total_deg * i / (n - 1)``, ``s_i`` = ``scale``
+    (frames 1..), and ``dx, dy`` the pointing offsets
     (plus ``flip_offset`` from the flip on).
 
     Returns
@@ -572,7 +590,7 @@ def _geometry(o: SimOptions, n: int, size: int, dx: np.ndarray, dy: np.ndarray) 
     i = np.arange(n)
     flip = None if o.flip_at is None else max(1, int(round(o.flip_at * n)))
     flipped = (i >= flip) if flip is not None else np.zeros(n, bool)
-    rot = np.where(i >= 1, o.rotation_deg, 0.0) + 180.0 * flipped
+    rot = np.where(i >= 1, o.rotation_deg, 0.0) + o.rotation_total_deg * i / max(n - 1, 1) + 180.0 * flipped
     sc = np.where(i >= 1, o.scale, 1.0)
     dx = dx + o.flip_offset[0] * flipped
     dy = dy + o.flip_offset[1] * flipped

@@ -163,7 +163,9 @@ def catalogue_stars(bf: str | Path, n_max: int = 60):
     """Alignment stars of a frame from its photometry catalogue: (xy, flux, header) or None.
 
     Used by step o when step p has run (the driver runs p first when both are
-    asked for): aligning then costs a table read, not an image search.  Only
+    asked for): aligning then costs a table read, not an image search; the header
+    carries JD, RAWFILE and, of a tracked frame, its reference PHOTREF and transform
+    (``PHOTM00`` .. ``PHOTM12``), which step o checks instead of searching.  Only
     a catalogue made from this very corrected frame (same provenance key) counts.
     """
     from astropy.io import fits
@@ -181,7 +183,9 @@ def catalogue_stars(bf: str | Path, n_max: int = 60):
         ix = np.flatnonzero(good)
         ix = ix[np.argsort(-flux[ix], kind="stable")][:n_max]
         xy = np.column_stack([np.asarray(d["X"], float)[ix], np.asarray(d["Y"], float)[ix]])
-        header = fits.Header({k: hdr[k] for k in ("JD", "RAWFILE") if k in hdr})
+        from .forced import TRANSFORM_CARDS     # step p's transform from its reference: step o checks, not searches
+
+        header = fits.Header({k: hdr[k] for k in ("JD", "RAWFILE", "PHOTREF", *TRANSFORM_CARDS) if k in hdr})
         return xy, flux[ix], header
     except Exception as e:  # unreadable catalogue: fall back to the image
         log.debug("%s: %s", cp, e)
