@@ -669,9 +669,8 @@ class _Sources:
     npix: np.ndarray | None = None
     #: isophotal flux of each source, ADU (None in forced mode)
     flux: np.ndarray | None = None
-    #: sources measured only for the automatic pick (tracked frames, :mod:`qlcp.core.forced`): no AUTO
-    #: flux, no half-light radius, centroid window of ``win`` (the reference's), out of the frame FWHM
-    #: and the neighbour distances (None: every source in full)
+    #: sources measured only as the automatic pick reads them (tracked frames, :mod:`qlcp.core.forced`;
+    #: :func:`_measure_light`): no AUTO flux, no half-light radius, out of the frame FWHM (None: all in full)
     light: np.ndarray | None = None
     #: FWHM (px) of each source's centroid window where it is not measured on the frame (``light``)
     win: np.ndarray | None = None
@@ -1310,12 +1309,11 @@ def _measure_light(frame: _Frame, src: _Sources, light: np.ndarray, cfg, aper, g
 
     The other (``~light``) sources are measured by :func:`measure_sources` alone, so their rows and the
     frame's FWHM are what a set of only them gives (the same as with the stars given).  The light ones
-    get their windowed centroid (a window of the full ones' median FWHM), peak, local sky, aperture
-    fluxes and flags (bad flux: an aperture flux not positive), at their positions mapped as the full ones
-    recentred (:func:`_follow_full`), else recentred on a window of FWHM ``src.win`` (their half-light
-    FWHM on the reference, capped as :func:`_centroids` caps it); no AUTO flux and no
-    FWHM (NaN): the pick reads their first aperture's magnitude, position, flags, peak and sky.  Rows in
-    ``src`` order.
+    get peak, local sky, aperture fluxes and flags (bad flux: an aperture flux not positive; no
+    single-pixel test, the sharp-pixel one stays) at their positions mapped as the full ones recentred
+    (:func:`_follow_full`), else recentred on a window of FWHM ``src.win`` (their half-light FWHM on the
+    reference, capped as :func:`_centroids` caps it); no AUTO flux and no FWHM (NaN): the pick reads their
+    first aperture's magnitude, position, flags, peak and sky.  Rows in ``src`` order.
     """
     full = ~light
     tab_f, stats = measure_sources(frame, _subset(src, full), cfg, aper, gain, rdnoise, saturation)
