@@ -1,6 +1,7 @@
 """Cost per frame against the crowding of the field: ``frame_catalogues: stars`` and ``full``.
 
     python bench/bench_crowding.py [--frames 100] [--levels 450,7000] [--seeds 41,42]
+    python bench/bench_crowding.py --unattended --levels 7000 [--real] [--repeat 2]
 
 Simulated 1024x1024 nights (seeds other than the tests'), ``n_stars`` per level (450 gives
 ~150 detected sources a frame, 7,000 ~1,500), reduced by the plain core (``lbfiopcd``, the
@@ -69,6 +70,54 @@ def real_night(work: Path, modes: list[str]) -> None:
               f"{ach.get('target0', float('nan')):.2f}, {ach.get('check0', float('nan')):.2f} |", flush=True)
 
 
+def _ratio_rows(label: str, raw: Path, config: Path, stars: dict, n: int, work: Path, repeat: int,
+                extra: dict) -> None:
+    """Given stars (``lbfiopcd``), unattended (``lbfiopkcd``, no stars: the automatic pick) and the stars
+    the unattended run chose given back (the same light curves to make), alternating ``repeat`` times;
+    CPU ms per frame and the ratios of each repetition (same state, one after the other)."""
+    import json
+
+    for rep in range(repeat):
+        cpu = {}
+        for mode in ("given", "unattended", "given_picked"):
+            red = work / f"red_{label}_{mode}"
+            if mode == "given":
+                st = stars
+            elif mode == "unattended":
+                st = {}
+            else:
+                sel = json.loads(next((work / f"red_{label}_unattended").glob("select_*.json")).read_text())
+                st = {k: sel[k] for k in ("starxy", "ind_tgt", "ind_ref", "ind_chk")}
+            steps = "lbfiopkcd" if mode == "unattended" else "lbfiopcd"
+            res = B.run_child("plain", raw, red, config, {**extra, **st, "steps": steps,
+                                                          "field_dir": str(red / "fields")})
+            cpu[mode] = 1e3 * res["cpu"] / n
+            if mode == "unattended":
+                sel = json.loads(next(red.glob("select_*.json")).read_text())
+                picked = f"{len(sel['ind_tgt'])}/{len(sel['ind_ref'])}/{len(sel['ind_chk'])}"
+        print(f"| {label} | {rep + 1} | {cpu['given']:.0f} | {cpu['unattended']:.0f} | {cpu['given_picked']:.0f} | "
+              f"{picked} | {cpu['unattended'] / cpu['given']:.2f} | {cpu['unattended'] / cpu['given_picked']:.2f} |",
+              flush=True)
+
+
+def unattended(work: Path, frames: int, levels: list[int], seeds: list[int], real: bool, repeat: int) -> None:
+    """CPU per frame of the unattended path (no ``starxy``: the automatic pick) against the same night
+    with stars given: the truth's (the region file's on TrES-1), and the stars the unattended run chose."""
+    print("| night | rep | given ms/frame | unattended ms/frame | given the picked stars ms/frame | "
+          "picked (targets/comparisons/checks) | unattended / given | unattended / given picked |")
+    print("|---|---|---|---|---|---|---|---|")
+    for seed in seeds:
+        for level in levels:
+            d = night(work, frames, level, seed)
+            _ratio_rows(d.name, d / "raw", d / "night.yaml", B.truth_starxy(d), frames, work, repeat, {})
+    if real:
+        inp = B.real_inputs("tres1", work)
+        if inp is None:
+            print(f"{B.SHARED_DATA / B.REAL_NIGHTS['tres1']['dir']}: not present; real night skipped")
+            return
+        _ratio_rows("tres1", inp["raw"], inp["config"], inp["stars"], inp["n_frames"], work, repeat, {"aper": [6.0]})
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", type=int, default=100)
@@ -78,10 +127,17 @@ def main(argv=None) -> int:
     ap.add_argument("--pick", action="store_true", help="the automatic pick (steps lbfiopkcd, no stars given: "
                     "pick_star_n candidates measured on every frame); no precision column")
     ap.add_argument("--real", action="store_true", help="also the real TrES-1 night of ../shared/data")
+    ap.add_argument("--unattended", action="store_true", help="CPU per frame without starxy (the automatic "
+                    "pick) against the same night with stars given, and their ratio (with --real: TrES-1 too)")
+    ap.add_argument("--repeat", type=int, default=2, help="--unattended: alternating repetitions")
     ap.add_argument("--workdir", default=os.environ.get("QLCP_BENCH_DIR", "/tmp/qlcp-bench"))
     a = ap.parse_args(argv)
     work = Path(a.workdir)
     work.mkdir(parents=True, exist_ok=True)
+    if a.unattended:
+        unattended(work, a.frames, [int(v) for v in a.levels.split(",")], [int(s) for s in a.seeds.split(",")],
+                   a.real, a.repeat)
+        return 0
     print("| n_stars | seed | mode | sources (first frame) | measured per frame | wall s | CPU ms/frame | "
           "precision mmag (stars, target, check) |")
     print("|---|---|---|---|---|---|---|---|")

@@ -26,7 +26,14 @@ needs no other frame, refined as a similarity on its pairs when the field turns;
 turned by each of :data:`TURN_VOTES` (a meridian flip first) when it fails; a similarity search
 (astroalign, :data:`SIM_N` stars) only when all fail; its segmentation map masks the annuli); then
 the measurement of the set at the predicted positions, recentred on their windowed centroids, by
-the same code as the full measurement.  The transform, refitted on those centroids, goes in the catalogue's header
+the same code as the full measurement -- but for the
+pick's candidates that are neither alignment nor given stars (``StarSet.light``): those are measured
+only as step k reads them (:func:`qlcp.core.photometry._measure_light`: first-aperture flux, position,
+peak, sky, flags; no AUTO flux, no half-light radius, placed by the alignment stars' recentring), so a
+night without ``starxy`` costs little more per frame than one with them (issue #25: a tracked 1024^2
+frame with 500 candidates 88 ms against 145 ms measured in full and 40 ms with the stars given), and the
+alignment and given stars are measured exactly as when the stars are given.
+The transform, refitted on the measured stars' centroids, goes in the catalogue's header
 (:data:`TRANSFORM_CARDS`): step o checks it instead of searching again (one alignment a frame).
 A frame's measurement depends on that frame and the reference only, never on the frames
 measured before it in the same process: the catalogues, and so the light curves, are the same
@@ -129,6 +136,12 @@ class StarSet:
         pixels left out of the sky annuli of a frame followed without an extraction.
     made : dict or None
         Step p's stats of the reference frame when its catalogue was written with the set.
+    light : ndarray (m,) of bool or None
+        The candidates measured on tracked frames only as the automatic pick reads them (neither
+        alignment stars nor given); None: every star in full.
+    win : ndarray (m,) or None
+        The reference's FWHM of each star (px, capped at ``photometry._WIN_CAP`` x the median): the
+        centroid window of a light star when the alignment stars cannot place it.
     """
 
     ref: str
@@ -144,6 +157,11 @@ class StarSet:
     mask_xy: np.ndarray = None
     mask_r: np.ndarray = None
     made: dict | None = None
+    #: stars measured on the tracked frames only as the automatic pick reads them (the candidates that are
+    #: neither alignment stars nor given): :class:`qlcp.core.photometry._Sources` ``light``; None: none
+    light: np.ndarray | None = None
+    #: the reference's FWHM of each star, px (capped): the centroid window of a ``light`` star
+    win: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.xy)
@@ -203,16 +221,24 @@ def choose(tab, stats: dict, src, ref: str, n_max: int, given_xy=(), candidates:
         idx = [int(i) for i in al]
     xy = np.column_stack([np.asarray(tab["X"], float), np.asarray(tab["Y"], float)])
     a, b, th, bl = src.a, src.b, src.theta, src.merged
-    extra = []
+    extra, given_ix = [], set()
     fwhm = stats["FWHM"] if np.isfinite(stats["FWHM"]) else 0.0
     for gx, gy in np.asarray(given_xy, dtype=float).reshape(-1, 2):
         d = np.hypot(xy[:, 0] - gx, xy[:, 1] - gy)
         j = int(np.argmin(d))
         if d[j] <= max(GIVEN_MATCH, fwhm):
+            given_ix.add(j)
             if j not in idx:
                 idx.append(j)
         else:
             extra.append((gx, gy))
+    full = set(int(i) for i in al) | given_ix
+    light = np.array([int(i) not in full for i in idx] + [False] * len(extra), dtype=bool)
+    fw_src = np.asarray(tab["FWHM"], float)
+    fin = np.isfinite(fw_src)
+    win = np.concatenate([fw_src[np.asarray(idx, dtype=int)], np.full(len(extra), np.nan)])
+    if fin.any():      # as photometry._centroids caps a window: at _WIN_CAP x the sources' median FWHM
+        win = np.minimum(win, P._WIN_CAP * float(np.median(fw_src[fin])))
     idx = np.asarray(idx, dtype=int)
     sig = (fwhm or 3.0) / P._GAUSS_FWHM
     n_extra = len(extra)
@@ -224,7 +250,8 @@ def choose(tab, stats: dict, src, ref: str, n_max: int, given_xy=(), candidates:
                    blended=np.concatenate([bl[idx], np.zeros(n_extra, bool)]),
                    align_xy=xy[al], align_flux=fa[al], n_sources=len(tab), fwhm=float(stats["FWHM"]),
                    mask_xy=xy,
-                   mask_r=np.sqrt(np.maximum(src.npix, 1.0) / math.pi))
+                   mask_r=np.sqrt(np.maximum(src.npix, 1.0) / math.pi),
+                   light=light if light.any() else None, win=win)
 
 
 def _align(stars: StarSet, objs, max_dis: float, shape=None) -> off_mod.OffsetResult:
@@ -435,7 +462,8 @@ def measure_tracked(data, cfg, gain: float, rdnoise: float, saturation: float, s
     # judges stars by fixed apertures; growing them with a seeing ratio lost stars on the real XO-1 night)
     grow = off_mod.scale_of(m)
     src = P._Sources(x0, y0, stars.a[on] * grow, stars.b[on] * grow, theta, stars.blended[on].copy(), seg,
-                     forced=False)
+                     forced=False, light=None if stars.light is None else stars.light[on],
+                     win=None if stars.win is None else stars.win[on] * grow)
     tab, stats = P.measure_sources(frame, src, cfg, aper, gain, rdnoise, saturation)
     # a star counts where full extraction would have found it: inside a detected object (a cloudy
     # frame keeps only the stars still above the threshold, as before, and is judged by them)

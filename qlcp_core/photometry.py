@@ -669,6 +669,11 @@ class _Sources:
     npix: np.ndarray | None = None
     #: isophotal flux of each source, ADU (None in forced mode)
     flux: np.ndarray | None = None
+    #: sources measured only as the automatic pick reads them (tracked frames, :mod:`qlcp.core.forced`;
+    #: :func:`_measure_light`): no AUTO flux, no half-light radius, out of the frame FWHM (None: all in full)
+    light: np.ndarray | None = None
+    #: FWHM (px) of each source's centroid window where it is not measured on the frame (``light``)
+    win: np.ndarray | None = None
 
     def brightest(self, n: int) -> _Sources:
         """The ``n`` sources of largest isophotal flux (in their order); all without fluxes."""
@@ -1229,6 +1234,9 @@ def measure_sources(frame: _Frame, src: _Sources, cfg, aper, gain: float, rdnois
     stats = {"FWHM": float("nan"), "SKY": frame.sky, "SKYRMS": frame.rms, "NSTARS": n, "NGOOD": 0}
     if n == 0:
         return _no_sources(cfg, aper, stats, gain, rdnoise, saturation)
+    light = src.light if src.light is not None and src.light.any() and not src.light.all() else None
+    if light is not None:              # the pick's candidates: what the pick reads, measured alone
+        return _measure_light(frame, src, light, cfg, aper, gain, rdnoise, saturation)
 
     f_auto, fl_auto, area_auto = _auto_photometry(frame, src)
     fwhm_star = _star_fwhm(frame, src, f_auto)
@@ -1261,6 +1269,80 @@ def measure_sources(frame: _Frame, src: _Sources, cfg, aper, gain: float, rdnois
                         flags, _meta(stats, gain, rdnoise, saturation))
     log.debug("%d sources, FWHM %.2f px from %d stars, sky %.1f +- %.2f", n, fwhm, stats["NGOOD"],
               frame.sky, frame.rms)
+    return tab, stats
+
+
+def _subset(src: _Sources, keep: np.ndarray) -> _Sources:
+    return _Sources(src.x0[keep], src.y0[keep], src.a[keep], src.b[keep], src.theta[keep], src.merged[keep],
+                    src.seg, src.forced)
+
+
+#: light sources follow the full ones' recentring when at least this many unflagged full sources moved
+#: less than LIGHT_MOVE_MAX px; the affine fit's clipped rms must stay below LIGHT_RMS_MAX px
+LIGHT_MIN_FIT, LIGHT_MOVE_MAX, LIGHT_RMS_MAX = 8, 1.0, 0.25
+
+
+def _follow_full(pred_full: np.ndarray, tab_full: Table, pred_light: np.ndarray) -> np.ndarray | None:
+    """Positions of the light sources through the affine map from the full sources' predicted positions
+    to their windowed centroids (least squares, one 3-sigma clip): a transform fitted to a few dozen bright
+    stars places a faint star better than its own windowed centroid, at no cost.  None when too few full
+    sources recentred (then the light ones are recentred one by one)."""
+    got = np.column_stack([np.asarray(tab_full["X"], float), np.asarray(tab_full["Y"], float)])
+    d = np.hypot(*(got - pred_full).T)
+    ok = (np.asarray(tab_full["Flags"]) == 0) & np.isfinite(d) & (d < LIGHT_MOVE_MAX)
+    for _ in range(2):
+        if ok.sum() < LIGHT_MIN_FIT:
+            return None
+        a = np.column_stack([pred_full[ok], np.ones(int(ok.sum()))])
+        coef, *_ = np.linalg.lstsq(a, got[ok], rcond=None)
+        res = np.hypot(*(np.column_stack([pred_full, np.ones(len(pred_full))]) @ coef - got).T)
+        rms = float(np.sqrt(np.mean(res[ok] ** 2)))
+        ok &= res < max(3.0 * rms, 1e-3)
+    if not rms < LIGHT_RMS_MAX:
+        return None
+    return np.column_stack([pred_light, np.ones(len(pred_light))]) @ coef
+
+
+def _measure_light(frame: _Frame, src: _Sources, light: np.ndarray, cfg, aper, gain: float, rdnoise: float,
+                   saturation: float) -> tuple[Table, dict]:
+    """:func:`measure_sources` with ``src.light`` sources measured only as the automatic pick reads them.
+
+    The other (``~light``) sources are measured by :func:`measure_sources` alone, so their rows and the
+    frame's FWHM are what a set of only them gives (the same as with the stars given).  The light ones
+    get peak, local sky, aperture fluxes and flags (bad flux: an aperture flux not positive; no
+    single-pixel test, the sharp-pixel one stays) at their positions mapped as the full ones recentred
+    (:func:`_follow_full`), else recentred on a window of FWHM ``src.win`` (their half-light FWHM on the
+    reference, capped as :func:`_centroids` caps it); no AUTO flux and no FWHM (NaN): the pick reads their
+    first aperture's magnitude, position, flags, peak and sky.  Rows in ``src`` order.
+    """
+    full = ~light
+    tab_f, stats = measure_sources(frame, _subset(src, full), cfg, aper, gain, rdnoise, saturation)
+    lt = _subset(src, light)
+    xy = _follow_full(np.column_stack([src.x0[full], src.y0[full]]), tab_f, np.column_stack([lt.x0, lt.y0]))
+    if xy is None or lt.forced:
+        x, y = _centroids(frame, lt, src.win[light])
+    else:
+        x, y = xy[:, 0], xy[:, 1]
+    peak = _peaks(frame, x, y)
+    saturated = peak >= saturation
+    radii = np.asarray(stats["APER"], float)
+    rin, rout = stats["SKYANN"]
+    rmax = float(np.nanmax(radii)) if np.isfinite(radii).any() else 0.0
+    back_xy, sky_res, sky_var, sky_est_var = _sky(frame, src.seg, x, y, rin, rout, gain, rdnoise)
+    flux, ferr, aflag = _aperture_photometry(frame, x, y, radii, sky_res, sky_var, sky_est_var, gain)
+    sharp = _SharpPixels(frame.sub, stats["FWHM"], frame.rms, x, y)
+    blended = _nn_dist(x, y) < max(rmax, 1.0) if lt.forced else lt.merged
+    nan = np.full(len(x), np.nan)
+    flags = _flags(frame.sub.shape, x, y, rmax, saturated, blended, flux, np.ones(len(x)), aflag,
+                   sharp.near(max(rmax, 1.5)))
+    tab_l = _output_table(x, y, lt.elong, nan, nan, nan, flux, ferr, back_xy + sky_res, peak, flags, {})
+    tab = Table()
+    for c in tab_f.colnames:
+        col = np.empty((len(src.x0),) + tab_f[c].shape[1:], dtype=tab_f[c].dtype)
+        col[full], col[light] = tab_f[c], tab_l[c]
+        tab[c] = col
+    tab.meta.update(tab_f.meta)
+    stats["NSTARS"] = tab.meta["NSTARS"] = len(tab)
     return tab, stats
 
 
