@@ -625,22 +625,9 @@ def reprocess(nights: list[str] | None = None, raw_root: str | None = None, red_
     todo = list(nights or []) + (find_nights(raw_root, pattern, start, end) if raw_root else [])
     params = {"config": config, "config_files": config_files}
     results: dict[str, str] = {}
-    runs = {}
-    if deployment and todo:
-        from prefect.deployments import run_deployment
-        from prefect.exceptions import ObjectNotFound
-
-        try:
-            for n in todo:
-                runs[n] = run_deployment(deployment, parameters={"raw_dir": n, "red_dir": _red_for(n, red_root),
-                                                                 **params},
-                                         timeout=0, tags=["reprocess", Path(n).name])
-                plog.info("night %s: flow run %s submitted", n, runs[n].name)
-        except ObjectNotFound:
-            plog.warning("deployment %s not found: reprocessing here, one night after another", deployment)
-            runs = {}
-    if runs:
-        results = _wait_runs(runs, timeout_s)
+    batch = _submit_runs(deployment, todo, red_root, params, plog) if deployment and todo else None
+    if batch is not None:
+        results = _wait_runs(*batch, timeout_s)
     else:
         for n in todo:
             state = process_night(raw_dir=n, red_dir=_red_for(n, red_root), **params, return_state=True)
@@ -650,22 +637,71 @@ def reprocess(nights: list[str] | None = None, raw_root: str | None = None, red_
     return results
 
 
-def _wait_runs(runs: dict, timeout_s: float) -> dict:
-    """Poll the flow runs until each is final (or the timeout); their state names."""
-    from prefect import get_client
+def _submit_runs(deployment: str, todo: list[str], red_root: str | None, params: dict,
+                 plog) -> tuple[str, dict] | None:
+    """One flow run of ``deployment`` per night (the deployment read once, one API call a night), all
+    tagged with the batch's tag (:func:`_wait_runs` follows them by it); the tag and ``{run id: night}``,
+    or None when the deployment does not exist."""
+    import uuid
 
+    from prefect import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    ctx = FlowRunContext.get()
+    batch = f"reprocess:{ctx.flow_run.id if ctx and ctx.flow_run else uuid.uuid4()}"
+    runs: dict = {}
+    with get_client(sync_client=True) as c:
+        try:
+            dep = c.read_deployment_by_name(deployment)
+        except ObjectNotFound:
+            plog.warning("deployment %s not found: reprocessing here, one night after another", deployment)
+            return None
+        for n in todo:
+            fr = c.create_flow_run_from_deployment(dep.id, parameters={"raw_dir": n, "red_dir": _red_for(n, red_root),
+                                                                       **params},
+                                                   tags=["reprocess", batch, Path(n).name])
+            runs[fr.id] = n
+            plog.info("night %s: flow run %s submitted", n, fr.name)
+    return batch, runs
+
+
+#: a run that ended this long before a poll is still looked for (the server's clock, commit lag)
+_END_MARGIN_S = 120.0
+
+
+def _wait_runs(batch: str, runs: dict, timeout_s: float, every: float = 5.0, page: int = 200) -> dict:
+    """Wait until the flow runs ``runs`` (``{id: night}``, tagged ``batch``) are final (or the timeout);
+    ``{night: state name}``.
+
+    Each poll asks for the batch's runs that *ended* since the previous poll (less a margin), a page
+    of ``page`` at a time: its cost follows the runs that just ended, not the size of the batch (a
+    backlog of 1,000 nights polled run by run would cost 1,000 calls every poll)."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterEndTime, FlowRunFilterTags
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    runs = dict(runs)
     t_end = time.monotonic() + timeout_s
-    out = {}
+    out: dict[str, str] = {}
+    since = None
     with get_client(sync_client=True) as c:
         while runs and time.monotonic() < t_end:
-            for n, fr in list(runs.items()):
-                st = c.read_flow_run(fr.id).state
-                if st is not None and st.is_final():
-                    out[n] = st.name
-                    del runs[n]
+            now = dt.datetime.now(dt.timezone.utc)
+            flt = FlowRunFilter(tags=FlowRunFilterTags(all_=[batch]),
+                                end_time=FlowRunFilterEndTime(is_null_=False, **({"after_": since} if since else {})))
+            offset = 0
+            while True:
+                got = c.read_flow_runs(flow_run_filter=flt, sort=FlowRunSort.END_TIME_DESC, limit=page, offset=offset)
+                for fr in got:
+                    if fr.id in runs and fr.state is not None and fr.state.is_final():
+                        out[runs.pop(fr.id)] = fr.state.name
+                if len(got) < page:
+                    break
+                offset += page
+            since = now - dt.timedelta(seconds=_END_MARGIN_S)
             if runs:
-                time.sleep(5)
-    out.update({n: "Timeout" for n in runs})
+                time.sleep(every)
+    out.update({n: "Timeout" for n in runs.values()})
     return out
 
 
