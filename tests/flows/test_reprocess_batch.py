@@ -73,3 +73,17 @@ def test_reprocess_without_the_deployment_runs_the_nights_here(tmp_path, monkeyp
                       deployment="no-such/deployment")
     assert sorted(out.values()) == ["Completed", "Completed"]
     assert [r[1] for r in ran] == [str(tmp_path / "red" / "20250101"), str(tmp_path / "red" / "20250102")]
+
+
+def test_deploy_to_pool_gives_each_run_its_frame_workers():
+    """``qlcp deploy --frame-workers 1``: QLCP_WORKERS=1 in the environment of the deployment's runs;
+    without it the job environment is left alone (all the CPUs)."""
+    from prefect import get_client
+
+    from qlcp.deployments.serve import deploy_to_pool
+
+    with get_client(sync_client=True) as c:
+        one = c.read_deployment(deploy_to_pool("qlcp-test-pool", name="one", frame_workers=1))
+        dflt = c.read_deployment(deploy_to_pool("qlcp-test-pool", name="dflt"))
+    assert one.job_variables["env"] == {"QLCP_WORKERS": "1"}
+    assert "QLCP_WORKERS" not in (dflt.job_variables or {}).get("env", {})
