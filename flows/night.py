@@ -187,7 +187,7 @@ def _tag_run(walk: NightWalk) -> None:
 @guarded_night                          # holds what open_night takes (red_dir's lock) for the run
 def process_night(raw_dir: str, red_dir: str, config: dict | None = None, config_files: list[str] | None = None,
                   steps: str | None = None, obj: list[str] | None = None, band: list[str] | None = None,
-                  refresh: bool = False, chunk: int | None = None) -> dict:
+                  refresh: bool = False, chunk: int | None = None, campaigns: bool = True) -> dict:
     """Reduce one night with every unit of the stage graph as a cached, retried Prefect task.
 
     It walks the same graph as the plain driver (:mod:`qlcp.core.stages`, through
@@ -210,6 +210,10 @@ def process_night(raw_dir: str, red_dir: str, config: dict | None = None, config
     chunk : int, optional
         Frames per correction/photometry task; default: one task per group with the thread
         task runner, :data:`DEFAULT_CHUNK` frames with another (Dask).
+    campaigns : bool
+        With step ``t``, rebuild the campaign of every target of the night at its end.  ``reprocess``
+        gives False and rebuilds each campaign once after all its nights (per night, a backlog of N
+        nights of a target would read its 1, 2, ... N nights: O(N^2)).
 
     Returns
     -------
@@ -259,7 +263,7 @@ def process_night(raw_dir: str, red_dir: str, config: dict | None = None, config
                        task_state_by_label=runner.by_label)
     summary.write()
     publish_artifacts(summary.to_dict(), red, cfg)
-    if "t" in cfg.steps:
+    if "t" in cfg.steps and campaigns:
         update_campaigns(summary, red, config, config_files)
     walk.check()                        # raises when every group failed (after the summary is written)
     return summary.to_dict()
@@ -623,7 +627,7 @@ def reprocess(nights: list[str] | None = None, raw_root: str | None = None, red_
     """
     plog = get_run_logger()
     todo = list(nights or []) + (find_nights(raw_root, pattern, start, end) if raw_root else [])
-    params = {"config": config, "config_files": config_files}
+    params = {"config": config, "config_files": config_files, "campaigns": False}
     results: dict[str, str] = {}
     batch = _submit_runs(deployment, todo, red_root, params, plog) if deployment and todo else None
     if batch is not None:
@@ -634,7 +638,20 @@ def reprocess(nights: list[str] | None = None, raw_root: str | None = None, red_
             results[n] = state.name
     for n, s in results.items():
         plog.info("night %s: %s", n, s)
+    if todo and "t" in make_config(config_files, **(config or {})).steps:
+        _rebuild_campaigns(sorted({str(Path(_red_for(n, red_root)).parent) for n in todo}), config, config_files)
     return results
+
+
+def _rebuild_campaigns(red_roots: list[str], config: dict | None, config_files: list[str] | None) -> None:
+    """Every campaign under each red root, once after a batch of nights (its subflow; a target whose
+    nights did not change costs a cache lookup); a failure is logged and costs the nights nothing."""
+    from qlcp.flows.campaign import campaign
+
+    for root in red_roots:
+        st = campaign(red_root=root, config=config, config_files=config_files, return_state=True)
+        if st.is_failed():
+            get_run_logger().warning("campaigns under %s: %s", root, st.message)
 
 
 def _submit_runs(deployment: str, todo: list[str], red_root: str | None, params: dict,

@@ -54,25 +54,37 @@ def test_wait_runs_reports_each_final_state_and_times_out_the_rest(monkeypatch):
 
 
 def test_reprocess_without_the_deployment_runs_the_nights_here(tmp_path, monkeypatch):
-    """A deployment that does not exist: nothing submitted, the nights run in this process."""
+    """A deployment that does not exist: nothing submitted, the nights run in this process, without
+    their campaigns; the campaigns are rebuilt once after the nights (not once per night: O(N^2))."""
+    from qlcp.flows import campaign as C
     from qlcp.flows import night as N
 
-    ran = []
+    ran, camps = [], []
 
     class _State:
         name = "Completed"
 
+        def is_failed(self):
+            return False
+
     def fake_night(raw_dir, red_dir, **kw):
-        ran.append((raw_dir, red_dir))
+        ran.append((raw_dir, red_dir, kw["campaigns"]))
+        return _State()
+
+    def fake_campaign(red_root, **kw):
+        camps.append(red_root)
         return _State()
 
     monkeypatch.setattr(N, "process_night", fake_night)
+    monkeypatch.setattr(C, "campaign", fake_campaign)
     for d in ("20250101", "20250102"):
         (tmp_path / "raw" / d).mkdir(parents=True)
     out = N.reprocess(raw_root=str(tmp_path / "raw"), red_root=str(tmp_path / "red"),
                       deployment="no-such/deployment")
     assert sorted(out.values()) == ["Completed", "Completed"]
-    assert [r[1] for r in ran] == [str(tmp_path / "red" / "20250101"), str(tmp_path / "red" / "20250102")]
+    assert ran == [(str((tmp_path / "raw" / "20250101").resolve()), str(tmp_path / "red" / "20250101"), False),
+                   (str((tmp_path / "raw" / "20250102").resolve()), str(tmp_path / "red" / "20250102"), False)]
+    assert camps == [str(tmp_path / "red")]
 
 
 def test_deploy_to_pool_gives_each_run_its_frame_workers():
