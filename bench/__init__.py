@@ -1,0 +1,1 @@
+"""QLCP benchmarks, runnable as modules: ``python -m bench.backlog``."""

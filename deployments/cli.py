@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pool", required=True, metavar="NAME", help="work pool (a process pool is created if missing)")
     p.add_argument("--name", default="pool", help="deployment name: process-night/NAME (default pool)")
     p.add_argument("--config", metavar="FILE", action="append", help="config file(s) the flow runs get")
+    p.add_argument("--frame-workers", type=int, metavar="N", help="frame worker processes of each flow run "
+                   "(default all CPUs; 1 when a machine runs a worker per core)")
 
     p = sub.add_parser("campaign", help="build or rebuild campaign products (multi-night light curve, O-C, "
                                         "ephemeris, period search) from reduced nights, without Prefect")
@@ -439,9 +441,10 @@ def cmd_deploy(a) -> int:
     if not PREFECT_API_URL.value():
         raise ConfigError("qlcp deploy: set PREFECT_API_URL to the server the workers poll "
                           "(without it the deployment would go to a temporary server and vanish)")
-    dep_id = deploy_to_pool(a.pool, a.config, a.name)
+    dep_id = deploy_to_pool(a.pool, a.config, a.name, frame_workers=a.frame_workers)
     print(f"deployment process-night/{a.name} on work pool {a.pool}: {dep_id}")
-    print(f"start workers with: prefect worker start --pool {a.pool}")
+    print(f"start workers with: PREFECT_WORKER_QUERY_SECONDS=2 prefect worker start --pool {a.pool} --limit 1"
+          + (" (one per core)" if a.frame_workers == 1 else ""))
     return 0
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from qlcp.core.config import load_config
 from qlcp.core.errors import ConfigError, InputError
+from qlcp.core.parallel import WORKERS_ENV
 from qlcp.core.runtime import offline_time
 
 log = logging.getLogger("qlcp.serve")
@@ -93,7 +94,7 @@ def build_deployments(raw_root: str, red_root: str, config_files: list[str] | No
 
 
 def deploy_to_pool(pool: str, config_files: list[str] | None = None, name: str = "pool",
-                   pool_type: str = "process") -> str:
+                   pool_type: str = "process", frame_workers: int | None = None) -> str:
     """Register ``process-night/<name>`` on work pool ``pool`` (created if missing); return its id.
 
     For observatories that run flows on Prefect workers (``prefect worker start --pool
@@ -101,6 +102,11 @@ def deploy_to_pool(pool: str, config_files: list[str] | None = None, name: str =
     serve``.  The flow is referenced by module path (``qlcp.flows.night``), so a worker needs
     this package installed (the image), not a copy of the source.  Idempotent: running it
     again updates the deployment.
+
+    ``frame_workers``: the frame worker processes of each flow run (``QLCP_WORKERS`` in its
+    environment; default: all the CPUs of the machine it runs on).  Where a machine runs several
+    nights at once (one worker per core, ``--limit 1`` each), give 1: every night with a pool of
+    all the cores would make the nights fight for them.
     """
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
@@ -120,7 +126,8 @@ def deploy_to_pool(pool: str, config_files: list[str] | None = None, name: str =
             pass
     d = process_night.to_deployment(name=name, work_pool_name=pool, tags=["qlcp"],
                                     entrypoint_type=EntrypointType.MODULE_PATH,
-                                    parameters={"config_files": files})
+                                    parameters={"config_files": files},
+                                    job_variables={"env": {WORKERS_ENV: str(frame_workers)}} if frame_workers else None)
     return str(d.apply())
 
 

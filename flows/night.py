@@ -189,7 +189,7 @@ def _tag_run(walk: NightWalk) -> None:
 @guarded_night                          # holds what open_night takes (red_dir's lock) for the run
 def process_night(raw_dir: str, red_dir: str, config: dict | None = None, config_files: list[str] | None = None,
                   steps: str | None = None, obj: list[str] | None = None, band: list[str] | None = None,
-                  refresh: bool = False, chunk: int | None = None) -> dict:
+                  refresh: bool = False, chunk: int | None = None, campaigns: bool = True) -> dict:
     """Reduce one night with every unit of the stage graph as a cached, retried Prefect task.
 
     It walks the same graph as the plain driver (:mod:`qlcp.core.stages`, through
@@ -212,6 +212,10 @@ def process_night(raw_dir: str, red_dir: str, config: dict | None = None, config
     chunk : int, optional
         Frames per correction/photometry task; default: one task per group with the thread
         task runner, :data:`DEFAULT_CHUNK` frames with another (Dask).
+    campaigns : bool
+        With step ``t``, rebuild the campaign of every target of the night at its end.  ``reprocess``
+        gives False and rebuilds each campaign once after all its nights (per night, a backlog of N
+        nights of a target would read its 1, 2, ... N nights: O(N^2)).
 
     Returns
     -------
@@ -261,7 +265,7 @@ def process_night(raw_dir: str, red_dir: str, config: dict | None = None, config
                        task_state_by_label=runner.by_label)
     summary.write()
     publish_artifacts(summary.to_dict(), red, cfg)
-    if "t" in cfg.steps:
+    if "t" in cfg.steps and campaigns:
         update_campaigns(summary, red, config, config_files)
     walk.check()                        # raises when every group failed (after the summary is written)
     return summary.to_dict()
@@ -646,49 +650,98 @@ def reprocess(nights: list[str] | None = None, raw_root: str | None = None, red_
     """
     plog = get_run_logger()
     todo = list(nights or []) + (find_nights(raw_root, pattern, start, end) if raw_root else [])
-    params = {"config": config, "config_files": config_files}
+    params = {"config": config, "config_files": config_files, "campaigns": False}
     results: dict[str, str] = {}
-    runs = {}
-    if deployment and todo:
-        from prefect.deployments import run_deployment
-        from prefect.exceptions import ObjectNotFound
-
-        try:
-            for n in todo:
-                runs[n] = run_deployment(deployment, parameters={"raw_dir": n, "red_dir": _red_for(n, red_root),
-                                                                 **params},
-                                         timeout=0, tags=["reprocess", Path(n).name])
-                plog.info("night %s: flow run %s submitted", n, runs[n].name)
-        except ObjectNotFound:
-            plog.warning("deployment %s not found: reprocessing here, one night after another", deployment)
-            runs = {}
-    if runs:
-        results = _wait_runs(runs, timeout_s)
+    batch = _submit_runs(deployment, todo, red_root, params, plog) if deployment and todo else None
+    if batch is not None:
+        results = _wait_runs(*batch, timeout_s)
     else:
         for n in todo:
             state = process_night(raw_dir=n, red_dir=_red_for(n, red_root), **params, return_state=True)
             results[n] = state.name
     for n, s in results.items():
         plog.info("night %s: %s", n, s)
+    if todo and "t" in make_config(config_files, **(config or {})).steps:
+        _rebuild_campaigns(sorted({str(Path(_red_for(n, red_root)).parent) for n in todo}), config, config_files)
     return results
 
 
-def _wait_runs(runs: dict, timeout_s: float) -> dict:
-    """Poll the flow runs until each is final (or the timeout); their state names."""
-    from prefect import get_client
+def _rebuild_campaigns(red_roots: list[str], config: dict | None, config_files: list[str] | None) -> None:
+    """Every campaign under each red root, once after a batch of nights (its subflow; a target whose
+    nights did not change costs a cache lookup); a failure is logged and costs the nights nothing."""
+    from qlcp.flows.campaign import campaign
 
+    for root in red_roots:
+        st = campaign(red_root=root, config=config, config_files=config_files, return_state=True)
+        if st.is_failed():
+            get_run_logger().warning("campaigns under %s: %s", root, st.message)
+
+
+def _submit_runs(deployment: str, todo: list[str], red_root: str | None, params: dict,
+                 plog) -> tuple[str, dict] | None:
+    """One flow run of ``deployment`` per night (the deployment read once, one API call a night), all
+    tagged with the batch's tag (:func:`_wait_runs` follows them by it); the tag and ``{run id: night}``,
+    or None when the deployment does not exist."""
+    import uuid
+
+    from prefect import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    ctx = FlowRunContext.get()
+    batch = f"reprocess:{ctx.flow_run.id if ctx and ctx.flow_run else uuid.uuid4()}"
+    runs: dict = {}
+    with get_client(sync_client=True) as c:
+        try:
+            dep = c.read_deployment_by_name(deployment)
+        except ObjectNotFound:
+            plog.warning("deployment %s not found: reprocessing here, one night after another", deployment)
+            return None
+        for n in todo:
+            fr = c.create_flow_run_from_deployment(dep.id, parameters={"raw_dir": n, "red_dir": _red_for(n, red_root),
+                                                                       **params},
+                                                   tags=["reprocess", batch, Path(n).name])
+            runs[fr.id] = n
+            plog.info("night %s: flow run %s submitted", n, fr.name)
+    return batch, runs
+
+
+#: a run that ended this long before a poll is still looked for (the server's clock, commit lag)
+_END_MARGIN_S = 120.0
+
+
+def _wait_runs(batch: str, runs: dict, timeout_s: float, every: float = 5.0, page: int = 200) -> dict:
+    """Wait until the flow runs ``runs`` (``{id: night}``, tagged ``batch``) are final (or the timeout);
+    ``{night: state name}``.
+
+    Each poll asks for the batch's runs that *ended* since the previous poll (less a margin), a page
+    of ``page`` at a time: its cost follows the runs that just ended, not the size of the batch (a
+    backlog of 1,000 nights polled run by run would cost 1,000 calls every poll)."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterEndTime, FlowRunFilterTags
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    runs = dict(runs)
     t_end = time.monotonic() + timeout_s
-    out = {}
+    out: dict[str, str] = {}
+    since = None
     with get_client(sync_client=True) as c:
         while runs and time.monotonic() < t_end:
-            for n, fr in list(runs.items()):
-                st = c.read_flow_run(fr.id).state
-                if st is not None and st.is_final():
-                    out[n] = st.name
-                    del runs[n]
+            now = dt.datetime.now(dt.timezone.utc)
+            flt = FlowRunFilter(tags=FlowRunFilterTags(all_=[batch]),
+                                end_time=FlowRunFilterEndTime(is_null_=False, **({"after_": since} if since else {})))
+            offset = 0
+            while True:
+                got = c.read_flow_runs(flow_run_filter=flt, sort=FlowRunSort.END_TIME_DESC, limit=page, offset=offset)
+                for fr in got:
+                    if fr.id in runs and fr.state is not None and fr.state.is_final():
+                        out[runs.pop(fr.id)] = fr.state.name
+                if len(got) < page:
+                    break
+                offset += page
+            since = now - dt.timedelta(seconds=_END_MARGIN_S)
             if runs:
-                time.sleep(5)
-    out.update({n: "Timeout" for n in runs})
+                time.sleep(every)
+    out.update({n: "Timeout" for n in runs.values()})
     return out
 
 

@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, as_completed, wait
 
+from .errors import ConfigError
 from .logs import current_step
 from .runtime import configure_run
 
@@ -48,8 +49,20 @@ _alive_w = None                 # write end of the fork server workers' lifeline
 PRELOAD = ["qlcp.core._preload"]
 
 
+#: environment variable: frame worker processes of a run whose config does not set ``workers``.  A
+#: host running several nights at once (e.g. two Prefect workers on two cores) sets it to 1, so that
+#: the nights share the cores instead of each starting a pool of them all
+WORKERS_ENV = "QLCP_WORKERS"
+
+
 def default_workers() -> int:
-    """The CPUs this process may use."""
+    """``$QLCP_WORKERS`` (:data:`WORKERS_ENV`) when set, else the CPUs this process may use."""
+    given = os.environ.get(WORKERS_ENV, "").strip()
+    if given:
+        try:
+            return max(1, int(given))
+        except ValueError:
+            raise ConfigError(f"{WORKERS_ENV}={given!r}: expected a whole number of processes") from None
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux

@@ -36,6 +36,7 @@ import json
 import logging
 import os
 import re
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -182,6 +183,7 @@ def use_cached_iers() -> None:
         iers.IERS_Auto.iers_table = iers.IERS_Auto(cols, meta=meta)
         iers_source = "cache"
         log.debug("IERS table from %s", path)
+        _mark_used(path)
         return
     except FileNotFoundError:
         pass
@@ -196,11 +198,35 @@ def use_cached_iers() -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, meta=np.array(json.dumps(meta)), **arrays)
-        for old in path.parent.glob("iers-*.npz"):    # those of earlier astropy or table versions
-            if old != path:
-                old.unlink(missing_ok=True)
+        _prune_unused(path)
     except (OSError, TypeError, ValueError) as e:   # read-only home, odd meta: no cache
         log.debug("IERS cache not written: %s", e)
+
+
+#: an IERS cache of another astropy or table version is removed once unused this long (days).  Not at
+#: once: several installations (venvs, images) sharing one home each have their own, and removing each
+#: other's made every process of each parse the tables again (0.7-3.7 s a flow run)
+IERS_CACHE_UNUSED_DAYS = 30.0
+
+
+def _mark_used(path: Path) -> None:
+    """Touch the cache ``path`` when loaded, at most once a day, so that it is not pruned as unused."""
+    try:
+        if time.time() - path.stat().st_mtime > 86400:
+            os.utime(path)
+    except OSError:
+        pass
+
+
+def _prune_unused(keep: Path) -> None:
+    """Remove the IERS caches beside ``keep`` unused for :data:`IERS_CACHE_UNUSED_DAYS`."""
+    limit = time.time() - IERS_CACHE_UNUSED_DAYS * 86400
+    for old in keep.parent.glob("iers-*.npz"):
+        try:
+            if old != keep and old.stat().st_mtime < limit:
+                old.unlink(missing_ok=True)
+        except OSError:
+            pass
 
 
 #: set by ``qlcp.core.runtime.offline_time`` once it has warned that this process computes with

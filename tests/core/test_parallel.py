@@ -8,6 +8,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from qlcp.core.parallel import pmap
 from qlcp.core.simulate import simulate_small
 
@@ -243,3 +245,20 @@ def test_worker_records_below_the_parent_loggers_level_reach_no_handler():
         assert got[-1] == "debug2"
     finally:
         lg.removeHandler(h)
+
+
+def test_default_workers_follows_qlcp_workers(monkeypatch):
+    """``QLCP_WORKERS`` (a host running several nights at once) sets the frame workers of a run whose
+    config does not; a bad value is a one-line ConfigError naming the variable."""
+    from qlcp.core.errors import ConfigError
+    from qlcp.core.parallel import default_workers
+
+    monkeypatch.delenv("QLCP_WORKERS", raising=False)
+    cpus = default_workers()
+    monkeypatch.setenv("QLCP_WORKERS", "1")
+    assert default_workers() == 1
+    monkeypatch.setenv("QLCP_WORKERS", str(cpus + 3))
+    assert default_workers() == cpus + 3
+    monkeypatch.setenv("QLCP_WORKERS", "two")
+    with pytest.raises(ConfigError, match="QLCP_WORKERS"):
+        default_workers()

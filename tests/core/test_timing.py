@@ -25,6 +25,8 @@ time machinery (which ``timing`` uses):
 from __future__ import annotations
 
 import logging
+import os
+import time
 import warnings
 from pathlib import Path
 
@@ -513,10 +515,13 @@ def test_iers_cache_gives_astropys_own_table(tmp_path):
     parsed = _probe(blocked / "sub")                 # no cache possible: astropy parses
     cache = tmp_path / "cache"
     cache.mkdir()
-    (cache / "iers-0123456789abcdef.npz").write_bytes(b"an earlier version's")
+    old, other = cache / "iers-0123456789abcdef.npz", cache / "iers-fedcba9876543210.npz"
+    old.write_bytes(b"an earlier version's, unused for 31 days")
+    os.utime(old, (time.time() - 31 * 86400,) * 2)
+    other.write_bytes(b"another installation's, in use")      # sharing the directory: kept
     made = _probe(cache)                             # parses, writes the cache
-    files = list(cache.glob("iers-*.npz"))
-    assert len(files) == 1 and files[0].name != "iers-0123456789abcdef.npz"      # the old one pruned
+    files = [f for f in cache.glob("iers-*.npz") if f != other]
+    assert len(files) == 1 and files[0] != old and other.is_file()      # only the unused one pruned
     loaded = _probe(cache)                           # loads the cache
     assert (parsed.pop("source"), made.pop("source"), loaded.pop("source")) == ("parsed", "parsed", "cache")
     assert parsed == made == loaded
