@@ -123,7 +123,8 @@ def test_qlcp_run_on_the_up_server_links_to_its_results(tmp_path, monkeypatch):
     from qlcp.deployments.local_server import record_server
 
     monkeypatch.setenv("QLCP_HOME", str(tmp_path / "qlcp"))
-    monkeypatch.delenv(RESULTS_URL_ENV, raising=False)
+    monkeypatch.setenv(RESULTS_URL_ENV, "")      # recorded, so the value the code sets is undone after the test
+    monkeypatch.delenv(RESULTS_URL_ENV)
     url = "http://127.0.0.1:4201/"
     record_server("127.0.0.1", 4200, os.getpid(), url, str(tmp_path / "red"))
     _served_results(tmp_path / "elsewhere" / "20240606", load_config([]))
@@ -169,7 +170,8 @@ def _fake_up(monkeypatch, seen: dict):
     monkeypatch.setattr(serve, "_record", lambda *a: None)
     monkeypatch.setattr(serve, "_forget", lambda: None)
     monkeypatch.setattr(sensor, "run_watch", run_watch)
-    monkeypatch.delenv(RESULTS_URL_ENV, raising=False)
+    monkeypatch.setenv(RESULTS_URL_ENV, "")      # recorded, so the value the code sets is undone after the test
+    monkeypatch.delenv(RESULTS_URL_ENV)
 
 
 def test_up_serves_red_root_and_points_the_runs_at_it(tmp_path, monkeypatch, capsys):
