@@ -21,8 +21,8 @@ def _cfg(sim, root, **kw):
 
 
 def _reduce(sim, red, cfg):
-    s = run(sim.raw_dir, red, config=cfg)
-    F.record(red, raw_identities(sim.raw_dir.resolve()), cfg, s.to_dict())
+    s = run(sim.raw_dir, red, config=cfg)              # records the fingerprint when it ends well
+    assert (red / F.FILE_NAME).is_file()
     return s
 
 
