@@ -15,7 +15,9 @@ default 30 x 384 px) of ``--fields`` fields seen by one camera (``simulate_night
   out to ``process-night/pool`` on a process work pool served by 1 or 2 ``prefect worker start``
   processes (``--limit 1`` each, ``QLCP_WORKERS=1`` when there are 2) against a Prefect server it
   starts (port ``--port``, PREFECT_HOME under ``--workdir``);
-* ``cached``: ``reprocess`` again on pool2's outputs and results: nothing changed, every task Cached.
+* ``cached``: ``reprocess`` again on pool2's outputs and results: nothing changed, so no night gets a
+  run (its fingerprint, :mod:`qlcp.core.fingerprint`, equals its last run's: state ``Skipped``);
+* ``forced``: the same with ``force=True``: one run per night, every task Cached (the cost before).
 
 Every process uses ``WORKDIR/cache`` for QLCP's IERS cache (``QLCP_CACHE_DIR``), its own.
 CPU is the kernel's accounting of the reaped children (workers, their flow-run processes and frame
@@ -196,12 +198,13 @@ class Service:
             self.server.wait()
 
 
-def child_reprocess(nights: list[str], red_root: str, config: str) -> None:
+def child_reprocess(nights: list[str], red_root: str, config: str, force: bool = False) -> None:
     """The reprocess flow, as the served deployment runs it (in its own process)."""
     from qlcp.flows.night import reprocess
 
     t0 = time.perf_counter()
-    res = reprocess(nights=nights, red_root=red_root, config_files=[config], deployment="process-night/pool")
+    res = reprocess(nights=nights, red_root=red_root, config_files=[config], deployment="process-night/pool",
+                    force=force)
     print(json.dumps({"wall": time.perf_counter() - t0, "states": res}))
 
 
@@ -229,7 +232,8 @@ def flow_run_timeline(since: dt.datetime) -> dict:
             "running_s": round(sum((r.end_time - r.start_time).total_seconds() for r in rows) / n, 2)}
 
 
-def run_pool(svc: Service, nights: list[str], red_root: Path, workers: int, fresh: bool = True) -> dict:
+def run_pool(svc: Service, nights: list[str], red_root: Path, workers: int, fresh: bool = True,
+             force: bool = False) -> dict:
     """``reprocess`` over ``nights`` on ``workers`` pool workers; times, CPU, the nights' task states."""
     if fresh:
         shutil.rmtree(red_root, ignore_errors=True)
@@ -238,7 +242,7 @@ def run_pool(svc: Service, nights: list[str], red_root: Path, workers: int, fres
     s0, o0, t0 = _proc_cpu(svc.server.pid), _own_cpu(), time.perf_counter()
     since = dt.datetime.now(dt.timezone.utc)
     p = subprocess.run([sys.executable, "-m", "bench.backlog", "--child-reprocess", json.dumps(nights),
-                        str(red_root), str(svc.work / "night.yaml")], cwd=HERE.parent, env=svc.env,
+                        str(red_root), str(svc.work / "night.yaml")] + (["--force"] if force else []), cwd=HERE.parent, env=svc.env,
                        capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if p.returncode:
@@ -254,7 +258,7 @@ def run_pool(svc: Service, nights: list[str], red_root: Path, workers: int, fres
         st = res["states"].get(n, "missing")
         states[st] = states.get(st, 0) + 1
         sj = Path(red_root) / Path(n).name / "summary.json"
-        if sj.is_file():
+        if sj.is_file() and st != "Skipped":            # a skipped night's summary is an earlier run's
             run = json.loads(sj.read_text()).get("run", {})
             secs.append(run.get("seconds", 0.0))
             for by in (run.get("task_states") or {}).values():
@@ -337,17 +341,19 @@ def main(argv=None) -> int:
     ap.add_argument("--fields", type=int, default=3)
     ap.add_argument("--port", type=int, default=4310)
     ap.add_argument("--query-seconds", type=float, default=1.0, help="PREFECT_WORKER_QUERY_SECONDS of the workers")
-    ap.add_argument("--only", default="plain,pool1,pool2,cached", help="phases, comma-separated")
+    ap.add_argument("--only", default="plain,pool1,pool2,cached", help="phases, comma-separated (also: forced, "
+                    "cached with force=True: a run per night, every task Cached)")
     ap.add_argument("--dawn", action="store_true", help="the dawn scenario instead of the backlog")
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--child-plain", nargs=3, help=argparse.SUPPRESS)
     ap.add_argument("--child-reprocess", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--force", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.child_plain:
         child_plain(json.loads(a.child_plain[0]), a.child_plain[1], a.child_plain[2])
         return 0
     if a.child_reprocess:
-        child_reprocess(json.loads(a.child_reprocess[0]), a.child_reprocess[1], a.child_reprocess[2])
+        child_reprocess(json.loads(a.child_reprocess[0]), a.child_reprocess[1], a.child_reprocess[2], a.force)
         return 0
     work = a.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -377,15 +383,15 @@ def main(argv=None) -> int:
         if "plain" in phases:
             plain = out["plain"] = run_plain(work, nights, work / "red-plain")
             print(_fmt("plain", plain), flush=True)
-        if any(p.startswith("pool") or p == "cached" for p in phases):
+        if any(p.startswith("pool") or p in ("cached", "forced") for p in phases):
             shutil.rmtree(work / "prefect", ignore_errors=True)
             svc = Service(work, a.port, a.query_seconds)
             try:
                 for p in phases:
                     if p in ("pool1", "pool2"):
                         r = out[p] = run_pool(svc, nights, work / f"red-{p}", int(p[-1]))
-                    elif p == "cached":
-                        r = out[p] = run_pool(svc, nights, work / "red-pool2", 2, fresh=False)
+                    elif p in ("cached", "forced"):
+                        r = out[p] = run_pool(svc, nights, work / "red-pool2", 2, fresh=False, force=p == "forced")
                     else:
                         continue
                     print(_fmt(p, r, plain) + f"  states {r['states']} tasks {r['tasks']}  "

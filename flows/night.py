@@ -35,6 +35,7 @@ from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
+from qlcp.core import fingerprint as night_fp
 from qlcp.core import parallel
 from qlcp.core import steps as core
 from qlcp.core.errors import QLCPError
@@ -230,10 +231,12 @@ def process_night(raw_dir: str, red_dir: str, config: dict | None = None, config
     cfg = make_config(config_files, **{**(config or {}), **given})
     bridge_logging(cfg.scr_log)         # the console as the config says (the run's logs in the UI keep INFO)
     raw, red = open_night(raw_dir, red_dir)    # checked, locked for the run, a killed run cleared
+    night_fp.forget(red)                # until this run ends well, reprocess runs the night again
     write_effective_config(red, cfg)
     frame_work = any(s in cfg.steps for s in "ip")
     start_workers(red, cfg)             # a new night: frame workers start while it is listed and calibrated
-    walk = NightWalk(raw, red, cfg, raw_identities(raw), driver="prefect")
+    raw_ids = raw_identities(raw)
+    walk = NightWalk(raw, red, cfg, raw_ids, driver="prefect")
     threads = isinstance(FlowRunContext.get().task_runner, ThreadPoolTaskRunner)
     runner = _Runner(refresh, quoted=threads)
     progress = _Progress(walk.summary.night)
@@ -268,6 +271,7 @@ def process_night(raw_dir: str, red_dir: str, config: dict | None = None, config
     if "t" in cfg.steps and campaigns:
         update_campaigns(summary, red, config, config_files)
     walk.check()                        # raises when every group failed (after the summary is written)
+    night_fp.record(red, raw_ids, cfg, summary.to_dict())    # what reprocess compares to skip the night
     return summary.to_dict()
 
 
@@ -637,7 +641,8 @@ def _red_for(night: str, red_root: str | None) -> str:
 def reprocess(nights: list[str] | None = None, raw_root: str | None = None, red_root: str | None = None,
               start: str | None = None, end: str | None = None, config: dict | None = None,
               config_files: list[str] | None = None, pattern: str = r".*",
-              deployment: str | None = "process-night/process-night", timeout_s: float = 6 * 3600) -> dict:
+              deployment: str | None = "process-night/process-night", timeout_s: float = 6 * 3600,
+              force: bool = False) -> dict:
     """Run the night flow for many nights.
 
     The nights are ``nights`` plus every night under ``raw_root`` that matches
@@ -646,17 +651,21 @@ def reprocess(nights: list[str] | None = None, raw_root: str | None = None, red_
     share the campaign; when the deployment does not exist (a plain Python call)
     the nights run here, one after another.  Since every task is keyed on the
     content of its inputs, its settings and the code version, an unchanged night
-    costs one cache lookup per task.
+    costs one cache lookup per task.  Before that, a night whose fingerprint
+    (:mod:`qlcp.core.fingerprint`: its raw files, settings, code version, library, fields, targets)
+    equals the one its last successful run recorded gets no run at all: its result is
+    ``"Skipped"``.  ``force`` runs every night.
     """
     plog = get_run_logger()
     todo = list(nights or []) + (find_nights(raw_root, pattern, start, end) if raw_root else [])
     params = {"config": config, "config_files": config_files, "campaigns": False}
     results: dict[str, str] = {}
-    batch = _submit_runs(deployment, todo, red_root, params, plog) if deployment and todo else None
+    run = todo if force else _changed(todo, red_root, make_config(config_files, **(config or {})), results, plog)
+    batch = _submit_runs(deployment, run, red_root, params, plog) if deployment and run else None
     if batch is not None:
-        results = _wait_runs(*batch, timeout_s)
+        results.update(_wait_runs(*batch, timeout_s))
     else:
-        for n in todo:
+        for n in run:
             state = process_night(raw_dir=n, red_dir=_red_for(n, red_root), **params, return_state=True)
             results[n] = state.name
     for n, s in results.items():
@@ -664,6 +673,20 @@ def reprocess(nights: list[str] | None = None, raw_root: str | None = None, red_
     if todo and "t" in make_config(config_files, **(config or {})).steps:
         _rebuild_campaigns(sorted({str(Path(_red_for(n, red_root)).parent) for n in todo}), config, config_files)
     return results
+
+
+def _changed(todo: list[str], red_root: str | None, cfg, results: dict, plog) -> list[str]:
+    """The nights of ``todo`` whose fingerprint changed since their last successful run; the others
+    are logged and marked ``"Skipped"`` in ``results``."""
+    run = []
+    for n in todo:
+        since = night_fp.unchanged(n, _red_for(n, red_root), cfg)
+        if since is None:
+            run.append(n)
+        else:
+            results[n] = "Skipped"
+            plog.info("night %s unchanged since %s: skipped", n, since)
+    return run
 
 
 def _rebuild_campaigns(red_roots: list[str], config: dict | None, config_files: list[str] | None) -> None:

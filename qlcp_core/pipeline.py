@@ -15,6 +15,7 @@ import re
 import time
 from pathlib import Path
 
+from . import fingerprint as night_fp
 from . import parallel
 from . import steps as _steps
 from .config import Config, load_config
@@ -148,11 +149,13 @@ def run(raw_dir, red_dir, steps: str | None = None, obj=None, band=None, use_bia
     setup_screen(cfg.scr_log)
     check_site(cfg)
     with guarded_run(raw_dir, red_dir) as (raw, red):      # one run per red: its lock, a clean start
+        night_fp.forget(red)                # until this run ends well, reprocess runs the night again
         walk = _walk(raw, red, cfg, progress)
         summary = walk.finish()
         summary.run["seconds"] = round(time.perf_counter() - t0, 2)
         summary.write()
         walk.check()                        # every group failed: an error, after the summary is written
+        night_fp.record(red, walk.raw_files, cfg, summary.to_dict())    # what reprocess compares to skip it
     return summary
 
 
