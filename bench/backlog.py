@@ -66,8 +66,10 @@ def make_backlog(work: Path, n: int, frames: int, size: int, fields: int = 3, ca
         opts = dict(n_frames=frames, size=size, seed=1000 + i, dated=True, night=date.isoformat(),
                     obj=FIELDS[k], n_bias=5, n_flats=5, n_constant=4, detector_seed=camera, wcs=True)
         if i >= fields:         # later nights of a field: its stars, pointed a little elsewhere
-            first = sim / (FIRST_NIGHT + dt.timedelta(days=k)).strftime("%Y%m%d")
-            opts.update(field_of=str(first), pointing=(float((i * 7) % 11 - 5), float((i * 5) % 9 - 4)))
+            first_date = FIRST_NIGHT + dt.timedelta(days=k)
+            first = sim / first_date.strftime("%Y%m%d")
+            opts.update(field_of=str(first), pointing=(float((i * 7) % 11 - 5), float((i * 5) % 9 - 4)),
+                        **_same_sky(first, first_date, date))
         s = simulate_night(out, **opts)
         s.raw_dir.rename(raw_root / name)
         (raw_root / name / ".complete").touch()
@@ -78,6 +80,34 @@ def make_backlog(work: Path, n: int, frames: int, size: int, fields: int = 3, ca
         print(f"simulated {made} nights ({frames} frames of {size}^2) in {time.perf_counter() - t0:.0f} s",
               flush=True)
     return raw_root
+
+
+#: a sidereal day in solar days: a field returns to the same hour angle this much earlier each night
+SIDEREAL_DAY = 0.9972695663
+
+
+def _same_sky(first: Path, first_date: dt.date, date: dt.date) -> dict:
+    """Options that put a later night (``date``) of a field on the same sky as its first night (``first``,
+    a simulated night's directory, of ``first_date``): its target's RA and Dec, and a start at the same
+    sidereal time (so the same airmasses).  Without them each night's default RA is the one rising at
+    22:00 local that date, ~1 deg a day further east: the header WCS of the same stars moved by degrees
+    from night to night and the field reference placed its comparisons thousands of px away (every
+    frame not ok)."""
+    import astropy.units as u
+    from astropy.time import Time
+
+    truth = json.loads((first / "truth" / "truth.json").read_text())
+    days = (date - first_date).days
+    start = Time(_first_start(first), scale="utc") + round(days / SIDEREAL_DAY) * SIDEREAL_DAY * u.day
+    return dict(target_ra=float(truth["target"]["ra_deg"]), target_dec=float(truth["target"]["dec_deg"]),
+                start_utc=start.isot)
+
+
+def _first_start(night: Path) -> str:
+    """DATE-OBS of a simulated night's first science frame (its truth's frames table)."""
+    from astropy.table import Table
+
+    return str(Table.read(night / "truth" / "frames.ecsv", format="ascii.ecsv")["date_obs"][0])
 
 
 def nights_of(raw_root: Path, n: int) -> list[str]:
