@@ -27,9 +27,11 @@ from .config import Config
 from .io import write_json
 from .products import product_path
 from .provenance import file_identity
+from .stages import FREE_KEYS
 
-#: settings that change neither what a run writes nor whether it writes it
-_RUN_ONLY = frozenset({"workers", "file_log", "scr_log", "combine_mem_mb"})
+#: settings that change neither what a run writes nor whether it writes it: the stage graph's run-only
+#: keys, but ``steps`` (which products a night has) and ``mode``
+_RUN_ONLY = FREE_KEYS - {"steps", "mode"}
 #: the file a successful run leaves in its output directory
 FILE_NAME = "fingerprint.json"
 #: outcomes whose fingerprint is recorded: a failed night always runs again

@@ -361,7 +361,7 @@ def _refined(m: np.ndarray, kind: str, ref_xy: np.ndarray, tab, found: np.ndarra
     if keep.sum() < off_mod.CLIP_MIN_N:
         return m
     b, f, w = b[keep], f[keep], w[keep]
-    fits = [off_mod.shift_matrix(*(w @ (f - b) / w.sum())), off_mod.fit_rigid(b, f, w),
+    fits = [off_mod.shift_matrix(*(w @ (f - b) / w.sum())), off_mod._fit_similarity(b, f, w, scale=False),
             off_mod._fit_similarity(b, f, w)]
     ss = [float(w @ np.sum((f - off_mod.base_to_frame(t, b)) ** 2, axis=1)) for t in fits]
     best = 1 if kind == "similarity" else 0       # a turned frame stays turned

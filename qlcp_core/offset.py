@@ -538,27 +538,19 @@ def find_offset(base_xy, base_flux, frame_xy, frame_flux, max_dis: float = 250.0
 
 
 # ------------------------------------------------------- similarity match
-def _fit_similarity(b: np.ndarray, f: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
+def _fit_similarity(b: np.ndarray, f: np.ndarray, w: np.ndarray | None = None, scale: bool = True) -> np.ndarray:
     """Least-squares similarity (rotation, scale, shift) taking points ``b`` onto ``f`` (weights ``w``,
-    default equal); (2, 3) matrix."""
+    default equal); ``scale`` False: rotation and shift only (scale 1).  (2, 3) matrix."""
     w = np.ones(len(b)) if w is None else np.asarray(w, float)
     bc, fc = w @ b / w.sum(), w @ f / w.sum()
     zb = (b[:, 0] - bc[0]) + 1j * (b[:, 1] - bc[1])
     zf = (f[:, 0] - fc[0]) + 1j * (f[:, 1] - fc[1])
-    den = float(np.sum(w * np.abs(zb) ** 2))
-    a = np.sum(w * np.conj(zb) * zf) / den if den > 0 else 1.0 + 0j
-    lin = np.array([[a.real, -a.imag], [a.imag, a.real]])
-    return np.column_stack([lin, fc - lin @ bc])
-
-
-def fit_rigid(b: np.ndarray, f: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
-    """Least-squares rotation and shift (scale 1) taking points ``b`` onto ``f`` (weights ``w``); (2, 3) matrix."""
-    w = np.ones(len(b)) if w is None else np.asarray(w, float)
-    bc, fc = w @ b / w.sum(), w @ f / w.sum()
-    zb = (b[:, 0] - bc[0]) + 1j * (b[:, 1] - bc[1])
-    zf = (f[:, 0] - fc[0]) + 1j * (f[:, 1] - fc[1])
-    a = np.sum(w * np.conj(zb) * zf)
-    a = a / abs(a) if abs(a) > 0 else 1.0 + 0j
+    c = np.sum(w * np.conj(zb) * zf)
+    if scale:
+        den = float(np.sum(w * np.abs(zb) ** 2))
+        a = c / den if den > 0 else 1.0 + 0j
+    else:
+        a = c / abs(c) if abs(c) > 0 else 1.0 + 0j
     lin = np.array([[a.real, -a.imag], [a.imag, a.real]])
     return np.column_stack([lin, fc - lin @ bc])
 
