@@ -660,7 +660,8 @@ def reprocess(nights: list[str] | None = None, raw_root: str | None = None, red_
     todo = list(nights or []) + (find_nights(raw_root, pattern, start, end) if raw_root else [])
     params = {"config": config, "config_files": config_files, "campaigns": False}
     results: dict[str, str] = {}
-    run = todo if force else _changed(todo, red_root, make_config(config_files, **(config or {})), results, plog)
+    cfg = make_config(config_files, **(config or {}))
+    run = todo if force else _changed(todo, red_root, cfg, results, plog)
     batch = _submit_runs(deployment, run, red_root, params, plog) if deployment and run else None
     if batch is not None:
         results.update(_wait_runs(*batch, timeout_s))
@@ -670,7 +671,7 @@ def reprocess(nights: list[str] | None = None, raw_root: str | None = None, red_
             results[n] = state.name
     for n, s in results.items():
         plog.info("night %s: %s", n, s)
-    if todo and "t" in make_config(config_files, **(config or {})).steps:
+    if todo and "t" in cfg.steps:
         _rebuild_campaigns(sorted({str(Path(_red_for(n, red_root)).parent) for n in todo}), config, config_files)
     return results
 
