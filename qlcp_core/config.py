@@ -66,45 +66,71 @@ class Config(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
     # ----------------------------------------------------------- run parameters
-    steps: str = Field(ALL_STEPS, description="steps to run (l b f i o p w k c d g t; K reuses the last pick)")
-    obj: list[str] | None = Field(None, description="objects to process (default: all)")
+    steps: str = Field(ALL_STEPS, description="steps to run, the manual's letters: l list, b bias and dark, f flat, "
+                                              "i correct, p photometry, o offsets, w astrometry, k pick the stars, "
+                                              "c catalogue, d differential photometry, g finding chart, t event "
+                                              "timing; K reuses the last pick")
+    obj: list[str] | None = Field(None, description="objects to process (default: all); a name or a list")
     band: list[str] | None = Field(None, description="bands to process (default: all); 'BVR' means B, V, R")
-    use_bias: str | None = Field(None, description="master bias to use instead of tonight's")
-    use_flat: dict[str, str] | None = Field(None, description="master flat per band to use instead of tonight's")
-    use_dark: str | None = Field(None, description="master dark (per second of exposure) to use")
-    alt_bias: str | None = Field(None, description="master bias used when tonight has none")
-    alt_flat: dict[str, str] | None = Field(None, description="master flat per band used when tonight has none")
+    use_bias: str | None = Field(None, description="master bias (FITS path) to use instead of tonight's")
+    use_flat: dict[str, str] | None = Field(None, description="master flat to use instead of tonight's: per band "
+                                                              "{V: path}, or one path for every band")
+    use_dark: str | None = Field(None, description="master dark (ADU per second of exposure) to use instead of "
+                                                   "tonight's darks")
+    alt_bias: str | None = Field(None, description="master bias used when tonight has none and the calibration "
+                                                   "library none either")
+    alt_flat: dict[str, str] | None = Field(None, description="master flat used when tonight has none and the "
+                                                              "calibration library none either: per band {V: path}, "
+                                                              "or one path for every band")
     alt_coord: dict[str, tuple[str, str]] | tuple[str, str] | None = Field(
-        None, description="target RA, Dec (hh:mm:ss, +dd:mm:ss or degrees); one pair for all or per object")
-    base_img: int | str | None = Field(0, description="alignment base: index from 0 or a file name")
-    aper: list[float] = Field([5.0], description="aperture radii in px (negative: multiple of FWHM), up to 19")
+        None, description="sky position for HJD, BJD_TDB and airmass when no configured target is named like the "
+                          "group: [ra, dec] (hh:mm:ss, +dd:mm:ss or degrees), one pair for all or per object {obj: "
+                          "[ra, dec]}; default: a target on the frame, else the header RA/DEC")
+    base_img: int | str | None = Field(0, description="alignment base: index from 0 or a file name/path (same "
+                                                      "telescope); the default first frame is replaced, with a "
+                                                      "warning, by the group's frame with most stars when it has "
+                                                      "too few stars, aligns with under half the frames or shares "
+                                                      "under half their field; a base given here is kept")
+    aper: list[float] = Field([5.0], description="aperture radii in px, 1 to 19 of them; a negative radius is a "
+                                                 "multiple of the frame's FWHM")
     starxy: dict[str, list[tuple[float, float]]] | list[tuple[float, float]] | None = Field(
         None, description="star positions (x, y, 0-based) in the base image; list for all or per object")
-    ind_tgt: dict[str, list[int]] | list[int] | None = Field(None, description="indexes of targets in starxy (default 0)")
-    ind_ref: dict[str, list[int]] | list[int] | None = Field(None, description="indexes of comparison stars")
-    ind_chk: dict[str, list[int]] | list[int] | None = Field(None, description="indexes of check stars")
-    mode: Any = Field(default_factory=workmode, description="work mode, e.g. [EXIST_APPEND, MISS_SKIP]")
+    ind_tgt: dict[str, list[int]] | list[int] | None = Field(None,
+        description="indexes into starxy of the targets; list for all or per object (default: 0)")
+    ind_ref: dict[str, list[int]] | list[int] | None = Field(None,
+        description="indexes into starxy of the comparison stars; list for all or per object (default: the stars "
+                    "that are neither target nor check)")
+    ind_chk: dict[str, list[int]] | list[int] | None = Field(None,
+        description="indexes into starxy of the check stars; list for all or per object (default: none)")
+    mode: Any = Field(default_factory=workmode, description="work mode: one EXIST_* choice (SKIP, OVER, APPEND, "
+                                                            "ERROR) and one MISS_* choice (SKIP, ERROR), as names "
+                                                            "or the manual's workmode sum; see Work modes")
 
     workers: int | None = Field(None, ge=1, description="processes for frame-level work (default: all CPUs)")
 
     # ----------------------------------------------------------------- logging
-    file_log: int = Field(logging.DEBUG, description="level of {red}/log/{step}.log")
-    scr_log: int = Field(logging.INFO, description="level of screen logging")
+    file_log: int = Field(logging.DEBUG, description="level of {red}/log/{step}.log (a name such as DEBUG, or a "
+                                                     "number), on both drivers")
+    scr_log: int = Field(logging.INFO, description="level of screen logging, on both drivers (a flow run's logs in "
+                                                   "the UI keep every INFO record)")
 
     # -------------------------------------------------------------------- site
-    site_lon: float = Field(117.57722, ge=-180, le=360, description="site longitude, degrees east")
-    site_lat: float = Field(40.395833, ge=-90, le=90, description="site latitude, degrees")
+    site_lon: float = Field(117.57722, ge=-180, le=360, description="site longitude, degrees east (default: "
+                                                                    "Xinglong)")
+    site_lat: float = Field(40.395833, ge=-90, le=90, description="site latitude, degrees north (default: Xinglong)")
     site_ele: float = Field(960.0, ge=-500, le=6000, description="site height above sea level, m")
     site_tz: float = Field(8, ge=-12, le=14, description="site time zone, hours from UTC; an IANA name "
                            "(America/Phoenix) is accepted too: it sets site_timezone and these hours (standard time)")
     site_timezone: str | None = Field(None, description="site time zone as an IANA name (America/Phoenix); "
                                       "schedules use it; default: from site_tz hours")
-    tel_diameter: float = Field(0.85, gt=0, le=50, description="telescope aperture diameter, m (scintillation)")
+    tel_diameter: float = Field(0.85, gt=0, le=50, description="telescope aperture diameter, m (the scintillation "
+                                                               "term of the noise budget)")
     scint_cy: float = Field(1.5, gt=0, description="Young's scintillation coefficient C_Y (Osborn et al. 2015)")
 
     # ------------------------------------------------------ file names, headers
     patterns: list[str] = Field(default_factory=lambda: list(DEFAULT_PATTERNS),
-                                description="file-name regexes with groups obj, band, sn (re.search)")
+                                description="file-name regexes (re.search) with named groups obj, band, sn; the "
+                                            "FITS header decides when no pattern matches")
     date_key: str = Field("DATE-OBS", description="header keyword of the observation date(-time)")
     time_key: str | None = Field("TIME-OBS", description="keyword with the time when date_key holds only a date")
     time_ref: Literal["start", "mid"] = Field("start", description="what the date keyword marks: exposure start or mid")
@@ -116,23 +142,32 @@ class Config(BaseModel):
     dec_key: str = Field("DEC", description="target Dec keyword (OBJCTDEC is also tried)")
 
     # ------------------------------------------------------------- detector
-    gain: float | None = Field(None, gt=0, description="e-/ADU; None: header GAIN, else 1.0")
-    rdnoise: float | None = Field(None, ge=0, description="read noise, e-; None: header RDNOISE, else 0")
-    saturation: float | None = Field(None, gt=0, description="saturation level, ADU; None: header SATURATE, else 60000")
+    gain: float | None = Field(None, gt=0, description="e-/ADU; None: header GAIN, else the master flat's "
+                                                       "photon-transfer estimate, else the sky of two science "
+                                                       "frames, else 1 (the corrected frames' GAINSRC says which)")
+    rdnoise: float | None = Field(None, ge=0, description="read noise, e-; None: header RDNOISE, else the bias "
+                                                          "pairs' estimate, else 0 (the corrected frames' RDNSRC "
+                                                          "says which)")
+    saturation: float | None = Field(None, gt=0, description="saturation level of the raw frames, ADU; None: header "
+                                                             "SATURATE (or DATAMAX, SATLEVEL), else 65535 for 8- "
+                                                             "and 16-bit frames (the automatic pick assumes 60000 "
+                                                             "when a catalogue names none)")
 
     # ----------------------------------------------------------- calibration
-    combine_sigma: float = Field(3.0, gt=0, description="sigma of the clipped median combine")
+    combine_sigma: float = Field(3.0, gt=0, description="sigma of the clipped median combine of bias, dark and flat "
+                                                        "frames")
     combine_mem_mb: float = Field(8.0, gt=0, description="memory for one block of the combine, MiB (at least "
                                   "8 rows a block; small blocks stay in the CPU caches)")
     flat_limit_low: float = Field(5000, description="flats with a median below this are rejected (ADU)")
     flat_limit_high: float = Field(50000, description="flats with a median above this are rejected (ADU)")
-    border_cut: int = Field(0, ge=0, description="pixels cut from each edge of corrected frames")
+    border_cut: int = Field(0, ge=0, description="pixels cut from each edge of the corrected frames (step i)")
 
     # ------------------------------------------------------------ photometry
-    draw_phot: bool = Field(False, description="draw a PNG of each frame with its stars marked")
-    draw_phot_err: float = Field(0.05, gt=0, description="stars with errors below this are drawn")
+    draw_phot: bool = Field(False, description="draw a PNG of each frame with its good stars marked (step p)")
+    draw_phot_err: float = Field(0.05, gt=0, description="stars with magnitude errors below this are drawn on "
+                                                         "draw_phot's PNGs")
     detect_thresh: float = Field(3.0, gt=0, description="source detection threshold, sigma above sky")
-    detect_minarea: int = Field(5, ge=1, description="minimum pixels of a source")
+    detect_minarea: int = Field(5, ge=1, description="minimum pixels of a detected source")
     phot_back_mesh: int = Field(64, ge=16, description="sep background mesh, px, of frames measured in full "
                                                        "(tracked frames: at least 128 px while 8 meshes fit a side, "
                                                        "5 ms faster per 1024^2 frame; AUTO fluxes degrade on "
@@ -143,8 +178,11 @@ class Config(BaseModel):
         None, description="local sky annulus inner, outer radius (px); None: largest aperture + 4 .. + 28 px")
 
     # -------------------------------------------------------------- alignment
-    offset_max_dis: float = Field(250, gt=0, description="largest offset searched, px")
-    match_max_dis: float = Field(10.0, gt=0, description="largest star match distance, px")
+    offset_max_dis: float = Field(250, gt=0, description="largest offset searched around the base frame's position, "
+                                                         "px (a walk out from the base frame follows larger drifts "
+                                                         "over a night)")
+    match_max_dis: float = Field(10.0, gt=0, description="largest distance at which a star is matched across "
+                                                         "frames, px")
 
     # ------------------------------------------------------------- astrometry
     astrometry_index: list[str] = Field(
@@ -159,19 +197,27 @@ class Config(BaseModel):
                                        "position hint), s; at most 10")
 
     # ---------------------------------------------------------------- picking
-    pick_err_max: float = Field(0.02, gt=0, description="AUTO mag error limit of good stars")
+    pick_err_max: float = Field(0.02, gt=0, description="largest AUTO magnitude error of a star the automatic pick "
+                                                        "counts as good")
     pick_bad_max: float = Field(0.2, ge=0, le=1, description="largest fraction of frames a star may miss")
-    pick_var_std: float = Field(0.05, gt=0, description="smallest std of a variable candidate, mag")
-    pick_var_rad: float = Field(0.5, gt=0, le=1, description="variables must lie within this fraction of the half-size from centre")
-    pick_ref_n: int = Field(20, ge=1, description="most comparison stars")
+    pick_var_std: float = Field(0.05, gt=0, description="smallest night std of a variable candidate, mag")
+    pick_var_rad: float = Field(0.5, gt=0, le=1, description="variable candidates must lie within this fraction of "
+                                                             "the half-size from the frame's centre")
+    pick_ref_n: int = Field(20, ge=1, description="most comparison stars picked")
     pick_ref_std: float = Field(0.05, gt=0, description="largest night std of a comparison star, mag")
     pick_ref_dif: float = Field(0.10, gt=0, description="largest max-min range of a comparison star, mag")
     pick_star_n: int = Field(500, ge=1, description="most stars examined by the automatic pick (and measured "
                              "on every frame with frame_catalogues: stars)")
     frame_catalogues: Literal["stars", "full"] = Field(
-        "stars", description="stars: measure the reference frame in full and, on the others, its pick_star_n "
-                             "brightest stars and starxy, tracked from it (per-frame cost independent of the "
-                             "field's crowding); full: every source of every frame")
+        "stars", description="step p: 'stars' measures each group's reference frame (its first) in full and, on "
+                             "every other frame, only the reference's pick_star_n brightest unsaturated sources and "
+                             "the starxy positions, tracked from it (shift, or similarity after a flip) and "
+                             "recentred, so the per-frame cost no longer grows with the field's crowding; a frame "
+                             "that does not align, and the reference, keep every source. Targets by sky position "
+                             "(targets, target_catalog) are placed on the reference through its header WCS and "
+                             "measured on every frame however faint; without a header WCS a target fainter than the "
+                             "pick_star_n-th source needs 'full', a larger pick_star_n or its starxy. 'full': every "
+                             "source of every frame (the original's catalogues)")
     keep_corrected: bool = Field(True, description="keep every corrected frame (float32, ~2x the raw night on "
                                  "disk); false: once a group's light curve is written, remove its corrected frames "
                                  "but the base frame (a rerun corrects them again and costs about a first run)")
@@ -189,39 +235,58 @@ class Config(BaseModel):
 
     # ------------------------------------------------------- targets, fields
     targets: list[dict] | None = Field(
-        None, description="targets by sky position: [{name, ra, dec}] (ra in hours as hh:mm:ss or degrees; "
-                          "optional aliases, t0, period, duration, depth, kind); every one on the frame is a target")
-    target_catalog: str | None = Field(None, description="ECSV or CSV file of targets (columns as `targets`)")
-    field_dir: str | None = Field(None, description="where field references live (one per field, shared by "
-                                                    "nights); None: {red}/../fields")
-    refresh_field: bool = Field(False, description="rebuild the field reference of this night's fields")
-    pick_cmp_dmag: float = Field(1.5, gt=0, description="comparisons for a known target: at most this many "
-                                                         "magnitudes from the target's brightness, nearest first")
+        None, description="targets by sky position: [{name, ra, dec}] (ra hh:mm:ss or degrees, dec +dd:mm:ss or "
+                          "degrees; optional aliases, t0, period, duration, depth, kind); every one that falls on "
+                          "the base frame (through its WCS) is a target, with comparisons and checks chosen for it. "
+                          "A frame's OBJECT matches a name ignoring case, spaces, dashes and underscores (HATP-32 = "
+                          "HAT-P-32)")
+    target_catalog: str | None = Field(None, description="ECSV or CSV file of targets with the columns of `targets` "
+                                                         "(aliases separated by ';'); `targets` wins on a name")
+    field_dir: str | None = Field(None, description="where field references live (one ECSV per field, named after "
+                                                    "the object, shared by its nights): the first night of a field "
+                                                    "writes its target, comparisons, checks and pattern stars; "
+                                                    "later nights use them, matched by WCS or by star pattern "
+                                                    "(shifts, rotations, meridian flips); a star lost tonight is "
+                                                    "dropped and reported, never replaced. None: $QLCP_FIELD_DIR, "
+                                                    "else {red}/../fields")
+    refresh_field: bool = Field(False, description="rebuild the field reference of this night's fields from "
+                                                   "tonight's choice")
+    pick_cmp_dmag: float = Field(1.5, gt=0, description="comparisons for a known target: within this many "
+                                                        "magnitudes of the target's brightness, nearest in "
+                                                        "brightness first (stable, isolated, unsaturated, present "
+                                                        "in at least 1 - pick_bad_max of the frames)")
 
     # ---------------------------------------------------- calibration library
     calib_library: bool = Field(True, description="register every master in the calibration library and use "
                                                   "its nearest good master when a night has none")
     calib_dir: str | None = Field(None, description="the calibration library (masters + calib.sqlite); None: "
-                                                    "$QLCP_CALIB_DIR, else {red}/../calib")
+                                                    "$QLCP_CALIB_DIR, else {red}/../calib (the service: "
+                                                    "RED_ROOT/calib, shared by all nights)")
     calib_max_age_days: dict[str, float] = Field(
         default_factory=lambda: {"bias": 30.0, "dark": 30.0, "flat": 14.0},
         description="how far in time a library master may be from the night, days, per kind")
     calib_prefer_earlier: bool = Field(False, description="use only library masters made before the night")
     calib_qc_bias_level: float = Field(50.0, gt=0, description="QC: largest level change of a new master bias "
-                                                               "against the previous one, ADU")
+                                                               "against the previous good one, ADU (beyond it: a "
+                                                               "new epoch of the camera); also each bias frame's "
+                                                               "level against the night's others")
     calib_qc_bias_structure: float = Field(3.0, gt=0, description="QC: largest rms of the 32 px block medians of "
-                                                                  "(new - previous) master bias, ADU")
-    calib_qc_flat_gradient: float = Field(0.02, gt=0, description="QC: largest peak-to-peak plane of new / "
-                                                                  "previous master flat over the frame")
-    calib_qc_flat_structure: float = Field(0.01, gt=0, description="QC: largest small-scale structure (99.5th "
-                                                                   "percentile, 4 px bins) of new / previous "
-                                                                   "master flat")
+                                                                  "(new - previous) master bias, ADU (beyond it: a "
+                                                                  "new epoch of the camera)")
+    calib_qc_flat_gradient: float = Field(0.02, gt=0, description="QC: largest peak-to-peak plane of new / previous "
+                                                                  "master flat over the frame (beyond it, lights on "
+                                                                  "or a twilight gradient: the new master is "
+                                                                  "rejected)")
+    calib_qc_flat_structure: float = Field(0.01, gt=0, description="QC: largest small-scale structure of new / "
+                                                                   "previous master flat: 99.5th percentile of the "
+                                                                   "4 px-binned ratio less its 32 px map (beyond "
+                                                                   "it, dust that moved: a new epoch of the camera)")
 
     # ------------------------------------------------------ timing, campaigns
     timing_aperture: int | None = Field(None, ge=0, description="aperture index timed; None: the one with the "
                                                                  "least achieved scatter")
-    timing_baseline: Literal["time", "airmass", "both", "none"] = Field("time", description="baseline fitted "
-                                                                                          "with an event")
+    timing_baseline: Literal["time", "airmass", "both", "none"] = Field("time",
+        description="baseline fitted with an event: time, airmass, both or none")
     timing_min_points: int = Field(5, ge=2, description="points needed in ingress, in egress and out of the "
                                                         "event for a full (timed) event")
     timing_snr_min: float = Field(7.0, gt=0, description="detection: sqrt(delta chi2) of dip vs baseline, in "

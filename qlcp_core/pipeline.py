@@ -129,8 +129,8 @@ def run(raw_dir, red_dir, steps: str | None = None, obj=None, band=None, use_bia
         config: Config | None = None, **kwargs) -> NightSummary:
     """Reduce one night: the manual's ``qlcp.run``.
 
-    Parameters are those of QLCP v2024.6 (see the configuration reference in
-    the README); any other keyword is a configuration setting.  ``config``
+    Parameters are those of QLCP v2024.6 (see the configuration reference,
+    ``docs/configuration.md``); any other keyword is a configuration setting.  ``config``
     passes a ready :class:`Config` instead (then the other settings are ignored).
 
     It walks the stage graph (:mod:`qlcp.core.stages`), one unit of work after

@@ -14,7 +14,7 @@ the declarations cannot silently fall behind the code.
 
 A new stage is one more entry in :data:`STAGES` (and its ``run_*`` function in
 :mod:`qlcp.core.steps`).  ``python -m qlcp.core.stages`` prints the graph as a
-Markdown table (the README's design section shows it).
+Markdown table (``docs/design.md`` shows it; ``python -m qlcp.core.docgen`` writes it there).
 """
 
 from __future__ import annotations
@@ -313,7 +313,7 @@ WALK_KEYS = ("obj", "band", "field_dir", "target_catalog", "date_key", "ra_key",
 
 # ------------------------------------------------------------ documentation
 def markdown_table() -> str:
-    """The graph as a Markdown table (README design section)."""
+    """The graph as a Markdown table (``docs/design.md``, written by :mod:`qlcp.core.docgen`)."""
     rows = ["| # | step | stage | unit of work | reads | writes | config keys |", "|---|---|---|---|---|---|---|"]
     for i, s in enumerate(STAGES, 1):
         rows.append(f"| {i} | `{s.letter}` | **{s.name}**: {s.doc} | {s.unit} | {', '.join(s.files + s.values)} | "
@@ -322,24 +322,5 @@ def markdown_table() -> str:
     return "\n".join(rows) + f"\n\nFused when more than one of them runs: {fused} (i and p only together).\n"
 
 
-def update_readme(path) -> bool:
-    """Replace the table between the ``stage-graph`` markers of ``path``; True when it changed."""
-    import re
-    from pathlib import Path
-
-    p = Path(path)
-    text = p.read_text()
-    new = re.sub(r"(<!-- stage-graph:start[^\n]*-->\n).*?(<!-- stage-graph:end -->)",
-                 lambda m: m.group(1) + markdown_table() + m.group(2), text, count=1, flags=re.S)
-    if new != text:
-        p.write_text(new)
-    return new != text
-
-
 if __name__ == "__main__":
-    import sys
-
-    if sys.argv[1:2] == ["--readme"]:
-        print("updated" if update_readme(sys.argv[2]) else "unchanged")
-    else:
-        print(markdown_table())
+    print(markdown_table())

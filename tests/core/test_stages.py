@@ -156,9 +156,3 @@ def test_summary_records_which_masters_were_used(tmp_path):
     assert again.masters["bias"] == {"kind": "bias", "band": None, "path": s.masters["bias"]["path"], "source": "alt",
                                      "why": ""}
     assert np.isfinite(again.groups[0].corrected)
-
-
-def test_readme_shows_the_current_graph():
-    """The README's design table is the one the declarations generate (``python -m qlcp.core.stages``)."""
-    readme = (REPO / "README.md").read_text()
-    assert S.markdown_table().strip() in readme
