@@ -41,7 +41,8 @@ from qlcp.core import steps as core
 from qlcp.core.errors import QLCPError
 from qlcp.core.columns import artifact_columns
 from qlcp.core.nightname import night_name
-from qlcp.core.pipeline import make_config, raw_identities, write_effective_config
+from qlcp.core.listing import raw_identities
+from qlcp.core.pipeline import make_config, write_effective_config
 from qlcp.core.products import product_path
 from qlcp.core.runtime import configure_run
 from qlcp.core.walk import NightWalk
