@@ -59,7 +59,7 @@ log = logging.getLogger("qlcp.flows")
 #: is small against the science (~0.03-0.1 s per frame).  With the default thread runner
 #: a group is one task: its frames already spread over this machine's worker processes,
 #: and one task measures the group's reference frame once and follows every frame from
-#: the one before (:mod:`qlcp.core.forced`)
+#: the one before (:mod:`qlcp.core.photometry.forced`)
 DEFAULT_CHUNK = 100
 
 
