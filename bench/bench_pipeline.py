@@ -273,7 +273,7 @@ def compare_original(work: Path, seeds: list[int], frames: int, size: int, steps
 
 
 def astroalign_calls(red: Path) -> int:
-    """astroalign searches a reduction made (steps p and o log one INFO line each: offset._astroalign_matrix)."""
+    """astroalign searches a reduction made (steps p and o log one INFO line each: offset.matching._astroalign_matrix)."""
     return sum(f.read_text().count("astroalign.find_transform") for f in (red / "log").glob("[po].log"))
 
 

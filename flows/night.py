@@ -41,7 +41,8 @@ from qlcp.core import steps as core
 from qlcp.core.errors import QLCPError
 from qlcp.core.columns import artifact_columns
 from qlcp.core.nightname import night_name
-from qlcp.core.pipeline import make_config, raw_identities, write_effective_config
+from qlcp.core.listing import raw_identities
+from qlcp.core.pipeline import make_config, write_effective_config
 from qlcp.core.products import product_path
 from qlcp.core.runtime import configure_run
 from qlcp.core.walk import NightWalk
@@ -58,7 +59,7 @@ log = logging.getLogger("qlcp.flows")
 #: is small against the science (~0.03-0.1 s per frame).  With the default thread runner
 #: a group is one task: its frames already spread over this machine's worker processes,
 #: and one task measures the group's reference frame once and follows every frame from
-#: the one before (:mod:`qlcp.core.forced`)
+#: the one before (:mod:`qlcp.core.photometry.forced`)
 DEFAULT_CHUNK = 100
 
 

@@ -30,6 +30,7 @@ from . import timing
 from .config import Config
 from .errors import InputError
 from .io import FITS_SUFFIXES, GZIP_SUFFIXES, raw_stem, simple_image_header, write_table, write_text
+from .provenance import file_identity
 
 log = logging.getLogger("qlcp.listing")
 
@@ -334,6 +335,11 @@ def scan_files(raw_dir: Path, dangling: bool = False) -> list[Path]:
         if p.is_file() or (dangling and p.is_symlink() and not p.exists()):
             out.append(p)
     return out
+
+
+def raw_identities(raw: Path) -> list:
+    """``[path, size, mtime_ns]`` of every file of the night, dangling links too (keys the listing)."""
+    return [[str(p), *file_identity(p)[1:]] for p in scan_files(raw, dangling=True)]
 
 
 def _dangling_row(p: Path, rel: str) -> dict:

@@ -94,7 +94,8 @@ def _frames(cat_files, offsets_table):
 def _first_aperture_mag(t) -> np.ndarray:
     """The first aperture's magnitude of every source (what the light curves are made of; AUTO where a
     catalogue has no aperture column).  AUTO magnitudes hang on each frame's shape ellipses, which a
-    tracked frame (:mod:`qlcp.core.forced`) measures differently from a full one; fixed apertures do not."""
+    tracked frame (:mod:`qlcp.core.photometry.forced`) measures differently from a full one; fixed apertures
+    do not."""
     if "Mag" not in t.colnames or len(t) == 0:
         return _col1d(t, "MagAUTO")
     return _col2d(t, "Mag", _n_aper_of(t))[:, 0]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import time
 from pathlib import Path
 
@@ -19,11 +18,10 @@ from . import fingerprint as night_fp
 from . import parallel
 from . import steps as _steps
 from .config import Config, load_config
-from .errors import InputError, OutputError, QLCPError
+from .errors import OutputError, QLCPError
 from .io import write_text
-from .listing import scan_files
+from .listing import raw_identities
 from .logs import progress_factory, setup_screen, step_log
-from .provenance import file_identity
 from .runguard import guarded_run
 from .stages import CHUNK
 from .summary import NightSummary
@@ -36,51 +34,6 @@ log = logging.getLogger("qlcp.pipeline")
 
 #: the summary of a run (kept under its old name for callers)
 RunSummary = NightSummary
-
-
-def check_dirs(raw_dir: str | Path, red_dir: str | Path) -> tuple[Path, Path]:
-    """Validate the directories: raw exists; red is neither raw nor inside it."""
-    raw = Path(raw_dir).expanduser()
-    red = Path(red_dir).expanduser()
-    if not raw.is_dir():
-        raise InputError(f"{raw}: raw directory not found")
-    nights = nights_inside(raw)
-    if nights:
-        shown = ", ".join(nights[:5]) + (f", ... ({len(nights)} in all)" if len(nights) > 5 else "")
-        raise InputError(f"{raw}: a directory of nights, not one night (no FITS frame at its top; nights "
-                         f"inside: {shown}): give one night's directory, e.g. {raw / nights[0]}")
-    r_raw, r_red = raw.resolve(), red.resolve()
-    if r_red == r_raw or r_raw in r_red.parents:
-        raise InputError(f"{red}: the output directory must not be the raw directory or inside it")
-    try:
-        red.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise InputError(f"{red}: cannot create output directory ({e.strerror})") from None
-    # absolute, as on the Prefect path (the CLI resolves them): summary.json's paths are one form on both
-    raw, red = r_raw, r_red
-    return raw, red
-
-
-#: a sub-directory named like a night: 20250601, 2025-06-01, 2025_06_01 (possibly with a prefix or suffix)
-_NIGHT_DIR = re.compile(r"(?<!\d)(19|20)\d\d[-_]?(0[1-9]|1[0-2])[-_]?(0[1-9]|[12]\d|3[01])(?!\d)")
-
-
-def nights_inside(raw: Path) -> list[str]:
-    """Sub-directories of ``raw`` named like nights and holding FITS frames, when ``raw`` itself holds
-    none at its top: a directory of nights given as one night (``[]`` otherwise)."""
-    from .io import FITS_SUFFIXES
-
-    def fits_in(d: Path, deep: bool) -> bool:
-        it = d.rglob("*") if deep else d.iterdir()
-        return any(p.name.lower().endswith(FITS_SUFFIXES) and not p.name.startswith(".") for p in it)
-
-    try:
-        if fits_in(raw, deep=False):
-            return []
-        subs = sorted(d for d in raw.iterdir() if d.is_dir() and _NIGHT_DIR.search(d.name))
-        return [d.name for d in subs if fits_in(d, deep=True)]
-    except OSError:
-        return []
 
 
 _SITE_WARNED: set = set()
@@ -116,11 +69,6 @@ def _logs(red: Path, cfg: Config, letters: str):
         for s in letters:
             stack.enter_context(step_log(red, s, cfg.file_log, tagged=len(letters) > 1))
         yield
-
-
-def raw_identities(raw: Path) -> list:
-    """``[path, size, mtime_ns]`` of every file of the night, dangling links too (keys the listing)."""
-    return [[str(p), *file_identity(p)[1:]] for p in scan_files(raw, dangling=True)]
 
 
 def run(raw_dir, red_dir, steps: str | None = None, obj=None, band=None, use_bias=None, use_flat=None,

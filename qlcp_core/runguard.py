@@ -3,7 +3,7 @@
 Both drivers (``qlcp.core.pipeline.run`` and the Prefect flow
 ``qlcp.flows.night.process_night``) open their night with :func:`guarded_run`:
 
-* the directories are checked (:func:`qlcp.core.pipeline.check_dirs`: nothing is
+* the directories are checked (:func:`check_dirs`: nothing is
   created inside the raw directory);
 * ``{red}/.qlcp.lock`` is locked (``flock``, exclusive, held until the run ends)
   and says who holds it: pid, host, start time.  A second run on the same output
@@ -23,10 +23,11 @@ import errno
 import fcntl
 import logging
 import os
+import re
 import socket
 from pathlib import Path
 
-from .errors import RunLockedError, output_error
+from .errors import InputError, RunLockedError, output_error
 from .io import LOCK_NAME, TEMP_NAME, link_refused
 
 log = logging.getLogger("qlcp.runguard")
@@ -164,6 +165,51 @@ def remove_stale_temps(red: str | Path, keep_out=()) -> list[Path]:
     return removed
 
 
+def check_dirs(raw_dir: str | Path, red_dir: str | Path) -> tuple[Path, Path]:
+    """Validate the directories: raw exists; red is neither raw nor inside it."""
+    raw = Path(raw_dir).expanduser()
+    red = Path(red_dir).expanduser()
+    if not raw.is_dir():
+        raise InputError(f"{raw}: raw directory not found")
+    nights = nights_inside(raw)
+    if nights:
+        shown = ", ".join(nights[:5]) + (f", ... ({len(nights)} in all)" if len(nights) > 5 else "")
+        raise InputError(f"{raw}: a directory of nights, not one night (no FITS frame at its top; nights "
+                         f"inside: {shown}): give one night's directory, e.g. {raw / nights[0]}")
+    r_raw, r_red = raw.resolve(), red.resolve()
+    if r_red == r_raw or r_raw in r_red.parents:
+        raise InputError(f"{red}: the output directory must not be the raw directory or inside it")
+    try:
+        red.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"{red}: cannot create output directory ({e.strerror})") from None
+    # absolute, as on the Prefect path (the CLI resolves them): summary.json's paths are one form on both
+    raw, red = r_raw, r_red
+    return raw, red
+
+
+#: a sub-directory named like a night: 20250601, 2025-06-01, 2025_06_01 (possibly with a prefix or suffix)
+_NIGHT_DIR = re.compile(r"(?<!\d)(19|20)\d\d[-_]?(0[1-9]|1[0-2])[-_]?(0[1-9]|[12]\d|3[01])(?!\d)")
+
+
+def nights_inside(raw: Path) -> list[str]:
+    """Sub-directories of ``raw`` named like nights and holding FITS frames, when ``raw`` itself holds
+    none at its top: a directory of nights given as one night (``[]`` otherwise)."""
+    from .io import FITS_SUFFIXES
+
+    def fits_in(d: Path, deep: bool) -> bool:
+        it = d.rglob("*") if deep else d.iterdir()
+        return any(p.name.lower().endswith(FITS_SUFFIXES) and not p.name.startswith(".") for p in it)
+
+    try:
+        if fits_in(raw, deep=False):
+            return []
+        subs = sorted(d for d in raw.iterdir() if d.is_dir() and _NIGHT_DIR.search(d.name))
+        return [d.name for d in subs if fits_in(d, deep=True)]
+    except OSError:
+        return []
+
+
 @contextlib.contextmanager
 def guarded_run(raw_dir: str | Path, red_dir: str | Path):
     """Check the directories, lock the output directory, remove a killed run's temporaries.
@@ -171,10 +217,8 @@ def guarded_run(raw_dir: str | Path, red_dir: str | Path):
     Yields
     ------
     (Path, Path)
-        The raw and output directories (as :func:`qlcp.core.pipeline.check_dirs` returns them).
+        The raw and output directories (as :func:`check_dirs` returns them).
     """
-    from .pipeline import check_dirs
-
     raw, red = check_dirs(raw_dir, red_dir)
     with run_lock(red):
         remove_stale_temps(red, keep_out=[raw])

@@ -183,7 +183,7 @@ def catalogue_stars(bf: str | Path, n_max: int = 60):
         ix = np.flatnonzero(good)
         ix = ix[np.argsort(-flux[ix], kind="stable")][:n_max]
         xy = np.column_stack([np.asarray(d["X"], float)[ix], np.asarray(d["Y"], float)[ix]])
-        from .forced import TRANSFORM_CARDS     # step p's transform from its reference: step o checks, not searches
+        from .offset import TRANSFORM_CARDS     # step p's transform from its reference: step o checks, not searches
 
         header = fits.Header({k: hdr[k] for k in ("JD", "RAWFILE", "PHOTREF", *TRANSFORM_CARDS) if k in hdr})
         return xy, flux[ix], header
@@ -265,7 +265,7 @@ def _reference(cfg: Config, ref, obj: str, fingerprints: bool = False):
     The reference's own catalogue is written here when the work mode asks for it (measured once)."""
     if cfg.frame_catalogues == "full" or not ref or not Path(ref).is_file():
         return None
-    from .forced import reference_of
+    from .photometry import reference_of
 
     cp, key = cat_path(ref), step_key(cfg, "photometry", ref)
     write = (cp, key) if cfg.mode.should_write(cp, current=(not cp.exists() or fits_key(cp) == key)) else None

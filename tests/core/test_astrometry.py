@@ -567,7 +567,7 @@ def test_tycho2_hopeless_blind_solve_is_capped_and_remembered(tmp_path, monkeypa
     def no_solver(*a, **k):
         raise AssertionError("solve-field started for a remembered field")
 
-    monkeypatch.setattr(A, "run_bounded", no_solver)
+    monkeypatch.setattr(A.solve_field, "run_bounded", no_solver)
     second = night()
     assert second.wcs is None and second.info.get("remembered") and "not solved again" in second.reason
     assert "night1" in second.reason

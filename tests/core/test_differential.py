@@ -13,8 +13,8 @@ import pytest
 from astropy.table import Table
 
 from qlcp.core.catalogue import FLAG_MISSING, FLAG_SATURATED, build_catalogue
-from qlcp.core.differential import (_reject_unusable, _reject_variable, differential, resolve_indexes,
-                                    robust_scatter, write_lightcurve)
+from qlcp.core.differential import differential, resolve_indexes, robust_scatter, write_lightcurve
+from qlcp.core.differential.lightcurves import _reject_unusable, _reject_variable
 from qlcp.core.errors import ConfigError
 
 try:

@@ -21,7 +21,7 @@ from astropy.table import Table
 
 from qlcp.core import run
 from qlcp.core.config import load_config
-from qlcp.core.forced import TRACK_MIN_OVERLAP
+from qlcp.core.photometry.forced import TRACK_MIN_OVERLAP
 from qlcp.core.offset import as_matrix, base_to_frame, overlap, read_offsets
 from qlcp.core.simulate import simulate_night, truth_transforms
 

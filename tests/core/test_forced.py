@@ -1,4 +1,4 @@
-"""Step p on crowded fields (qlcp.core.forced): the reference's stars tracked on every frame.
+"""Step p on crowded fields (qlcp.core.photometry.forced): the reference's stars tracked on every frame.
 
 Truth: the simulator's frame transforms and stars, a full measurement of the same frame
 (the per-star numbers must be the same), and the real TrES-1 frames' stated drift.
@@ -13,8 +13,8 @@ import pytest
 from astropy.io import fits
 from scipy.spatial import cKDTree
 
-from qlcp.core import forced as F
 from qlcp.core import photometry as P
+from qlcp.core.photometry import forced as F
 from qlcp.core.config import Config, load_config
 from qlcp.core.io import read_image
 from qlcp.core.pipeline import run

@@ -406,7 +406,7 @@ def test_write_offsets_roundtrip(night, tmp_path):
 
 
 def test_detection_image_masks_non_finite_pixels_and_fixes_byte_order():
-    from qlcp.core.offset import _detection_image
+    from qlcp.core.offset.detection import _detection_image
     d = np.arange(12.0).reshape(3, 4).astype(">f8")
     d[1, 2] = np.nan
     img, mask, bad = _detection_image(d)

@@ -18,6 +18,9 @@ from scipy.spatial import cKDTree
 from scipy.special import ndtr
 
 from qlcp.core import photometry as P
+from qlcp.core.photometry import frame as FR
+from qlcp.core.photometry import measurement as M
+from qlcp.core.photometry import pixels as PX
 from qlcp.core.config import Config
 from qlcp.core.errors import InputError
 
@@ -171,7 +174,7 @@ def test_clipped_mean_sky_estimator():
     rng = np.random.default_rng(6)
     rows, npx, sig = 4000, 300, 10.0
     v = rng.normal(0.0, sig, (rows, npx))
-    med, s, n = P._clipped_mean(v)
+    med, s, n = PX._clipped_mean(v)
     assert abs(np.mean(s) / sig - 1) < 0.01                  # truncation-corrected clipped std
     assert abs(np.var(med) / (sig ** 2 / np.mean(n)) - 1) < 0.1   # a median would give pi/2
     assert np.mean(n) > 0.995 * npx and n.min() > 0.95 * npx
@@ -180,11 +183,11 @@ def test_clipped_mean_sky_estimator():
     hit = rng.random(w.shape) < 0.1
     w[hit] += rng.uniform(50, 5000, hit.sum())
     w[:, :40] = np.nan
-    med2, s2, n2 = P._clipped_mean(w)
+    med2, s2, n2 = PX._clipped_mean(w)
     assert abs(np.mean(med2)) < 0.05 * sig and abs(np.mean(s2) / sig - 1) < 0.02
     assert (n2 <= npx - 40).all()
     # fewer than the minimum usable pixels: no estimate
-    med3, s3, _ = P._clipped_mean(np.full((2, 50), np.nan))
+    med3, s3, _ = PX._clipped_mean(np.full((2, 50), np.nan))
     assert np.isnan(med3).all() and np.isnan(s3).all()
 
 
@@ -386,7 +389,7 @@ def test_full_frame_200_stars_found():
 def _clipped_mean_reference(row):
     """Plain 3-sigma clipping of one row as documented: robust start from every k-th value
     (median, IQR), then rounds of mean and std of the kept values until the count is stable."""
-    sub = row[:: max(1, -(-row.size // P._SKY_START))]
+    sub = row[:: max(1, -(-row.size // PX._SKY_START))]
     sub = np.sort(sub[np.isfinite(sub)])
     v = row[np.isfinite(row)]
     if sub.size == 0:
@@ -416,7 +419,7 @@ def test_clipped_mean_matches_plain_reference():
     v[0, 5:] = np.nan                                     # too few pixels
     v[1] = np.nan                                         # none
     for arr in (v, v.astype(np.float32)):
-        got = P._clipped_mean(arr)
+        got = PX._clipped_mean(arr)
         ref = np.array([_clipped_mean_reference(r.astype(float)) for r in arr.astype(float)])
         # a value right at 3 sigma may go either way with rounding (one-pass vs two-pass
         # variance): then one value is swapped for another, a shift of ~6 sigma / n
@@ -450,8 +453,8 @@ def test_local_sky_selects_the_annulus_pixels():
             ref = np.full((len(rows), width), np.nan)
             for k, r in enumerate(rows):
                 ref[k, : len(r)] = r
-            want = P._clipped_mean(ref)
-            got = P._local_sky(sub, exclude, x, y, rin, rout)
+            want = PX._clipped_mean(ref)
+            got = PX._local_sky(sub, exclude, x, y, rin, rout)
             np.testing.assert_array_equal(got[2], want[2])          # the same pixels
             for g, w in zip(got[:2], want[:2]):                      # float32 vs float64 sums
                 np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
@@ -469,12 +472,12 @@ def test_half_light_radius_matches_sep_flux_radius():
     flux = sep.sum_circle(img, xs, ys, 8.0, subpix=0)[0]
     flux = np.where(flux > 0, flux, 1e3)
     want = sep.flux_radius(img, xs, ys, rmax, 0.5, normflux=flux, subpix=5)[0]
-    got = P._half_light_radius(img, xs, ys, rmax, flux, None)
+    got = PX._half_light_radius(img, xs, ys, rmax, flux, None)
     np.testing.assert_allclose(got, want, rtol=1e-12)
     mask = np.zeros(img.shape, dtype=bool)
     mask[60:64, 60:64] = True
     want_m = sep.flux_radius(img, xs, ys, rmax, 0.5, normflux=flux, mask=mask, subpix=5)[0]
-    np.testing.assert_array_equal(P._half_light_radius(img, xs, ys, rmax, flux, mask), want_m)
+    np.testing.assert_array_equal(PX._half_light_radius(img, xs, ys, rmax, flux, mask), want_m)
 
 
 def test_sharp_pixels_near_sources_are_those_of_the_whole_image():
@@ -492,7 +495,7 @@ def test_sharp_pixels_near_sources_are_those_of_the_whole_image():
     assert len(every) > 1000
     src = np.column_stack([np.append(xs, 0.4), np.append(ys, 100.0)])
     for r in (1.5, 6.0, 11.5):
-        gx, gy = P._sharp_pixels(sub, 3.5, rms, src[:, 0], src[:, 1], r)
+        gx, gy = PX._sharp_pixels(sub, 3.5, rms, src[:, 0], src[:, 1], r)
         got = set(zip(gx.tolist(), gy.tolist()))
         assert got <= every
         near = {p for p in every if np.hypot(src[:, 0] - p[0], src[:, 1] - p[1]).min() <= r}
@@ -553,7 +556,7 @@ def test_measure_equals_an_independent_recomputation():
     ref = np.full((n, max(len(r) for r in rows)), np.nan)
     for k, r in enumerate(rows):
         ref[k, : len(r)] = r
-    sky_res, sky_sig, nsky = P._clipped_mean(ref)
+    sky_res, sky_sig, nsky = PX._clipped_mean(ref)
     assert np.isfinite(sky_res).all()
     ix, iy = np.clip(np.rint(x).astype(int), 0, 255), np.clip(np.rint(y).astype(int), 0, 255)
     np.testing.assert_allclose(tab["Sky"], back[iy, ix] + sky_res, rtol=0, atol=1e-3)
@@ -597,14 +600,14 @@ def test_measure_equals_an_independent_recomputation():
 
 # ------------------------------------------------------------------ the steps of measure
 def _frame(img, **cfg):
-    return P._background(img, Config(**cfg) if cfg else Config())
+    return FR._background(img, Config(**cfg) if cfg else Config())
 
 
 def test_check_settings_rejects_bad_apertures_and_gain():
-    assert P._check_settings((3, -1.5), 1.2, None, None) == ([3, -1.5], 0.0, math.inf)
+    assert FR._check_settings((3, -1.5), 1.2, None, None) == ([3, -1.5], 0.0, math.inf)
     for aper, gain in (([], 1.0), ([0.0], 1.0), ([np.nan], 1.0), ([1.0] * 20, 1.0), ([3.0], 0.0), ([3.0], None)):
         with pytest.raises(InputError):
-            P._check_settings(aper, gain, 8.0, 6e4)
+            FR._check_settings(aper, gain, 8.0, 6e4)
 
 
 def test_background_level_rms_and_masked_pixels():
@@ -633,8 +636,8 @@ def test_subsampled_background_has_the_full_models_level_rms_and_map():
     xs, ys = rng.uniform(20, nx - 20, 300), rng.uniform(20, ny - 20, 300)
     img = noisy(sky + model((ny, nx), xs, ys, rng.uniform(2e3, 5e4, 300), 3.0, sky=0.0), rng)
     img[100:104, 200:230] = np.nan
-    full = P._background(img, Config(), 128)
-    sub4 = P._background(img, Config(), 128, step=4)
+    full = FR._background(img, Config(), 128)
+    sub4 = FR._background(img, Config(), 128, step=4)
     assert full.step == 1 and sub4.step == 4
     rms = math.sqrt(SKY / GAIN + (RDN / GAIN) ** 2)
     assert sub4.rms == pytest.approx(rms, rel=0.05) and sub4.rms == pytest.approx(full.rms, rel=0.02)
@@ -648,8 +651,8 @@ def test_subsampled_background_has_the_full_models_level_rms_and_map():
     assert (sub4.sub[sub4.bad] == 0).all() and sub4.sub.dtype == np.float32
     assert sub4.rms_at([0, ny - 1], [0, nx - 1]) == pytest.approx([sub4.rms] * 2, rel=0.2)
     # on meshes under 32 pixels a side the step is halved: 64 px -> every 2nd pixel
-    assert P._background(img, Config(), 64, step=4).step == 2
-    assert P._background(img, Config(), 48, step=4).step == 1
+    assert FR._background(img, Config(), 64, step=4).step == 2
+    assert FR._background(img, Config(), 48, step=4).step == 1
 
 
 @pytest.mark.parametrize("shape", [(28, 36), (27, 35), (25, 33), (4, 4), (3, 9)])
@@ -658,7 +661,7 @@ def test_subtract_blocks_holds_each_map_value_over_its_block(shape):
     img = rng.normal(size=shape).astype(np.float32)
     back = rng.normal(size=(-(-shape[0] // 4), -(-shape[1] // 4))).astype(np.float32)
     want = img - np.repeat(np.repeat(back, 4, axis=0), 4, axis=1)[:shape[0], :shape[1]]
-    np.testing.assert_array_equal(P._subtract_blocks(img, back, 4), want)
+    np.testing.assert_array_equal(FR._subtract_blocks(img, back, 4), want)
 
 
 def test_find_sources_detected_and_forced():
@@ -666,7 +669,7 @@ def test_find_sources_detected_and_forced():
     xs, ys = np.array([40.2, 120.7, 70.5]), np.array([50.1, 90.4, 130.3])
     img = noisy(model((180, 180), xs, ys, [1e5, 5e4, 2e4], 4.0), rng)
     fr = _frame(img)
-    src = P._find_sources(fr, Config(), None, GAIN)
+    src = FR._find_sources(fr, Config(), None, GAIN)
     assert not src.forced and src.seg is not None and len(src.x0) == 3
     d, _ = cKDTree(np.column_stack([src.x0, src.y0])).query(np.column_stack([xs, ys]))
     assert d.max() < 0.1
@@ -675,48 +678,48 @@ def test_find_sources_detected_and_forced():
     assert ((src.a > 0.9 * sigma) & (src.a < 1.3 * sigma)).all()
     assert (src.elong < 1.15).all() and not src.merged.any()
     pos = np.column_stack([xs[::-1], ys[::-1]])
-    forced = P._find_sources(fr, Config(), pos, GAIN)
+    forced = FR._find_sources(fr, Config(), pos, GAIN)
     assert forced.forced and forced.seg is None
     np.testing.assert_array_equal(forced.x0, xs[::-1])                # the given order, not recentred
     np.testing.assert_allclose(forced.a, sigma, rtol=0.1)           # windowed moments: sigma itself
     np.testing.assert_allclose(forced.b, sigma, rtol=0.1)
-    assert len(P._find_sources(fr, Config(), np.zeros((0, 2)), GAIN).x0) == 0
+    assert len(FR._find_sources(fr, Config(), np.zeros((0, 2)), GAIN).x0) == 0
     with pytest.raises(InputError):
-        P._find_sources(fr, Config(), [[1.0, np.nan]], GAIN)
-    assert len(P._find_sources(_frame(np.full((60, 60), 5.0)), Config(), None, GAIN).x0) == 0
+        FR._find_sources(fr, Config(), [[1.0, np.nan]], GAIN)
+    assert len(FR._find_sources(_frame(np.full((60, 60), 5.0)), Config(), None, GAIN).x0) == 0
 
 
 def _one_star(flux=8e4, x=60.3, y=55.8, fwhm=4.0, size=120, seed=42):
     rng = np.random.default_rng(seed)
     fr = _frame(noisy(model((size, size), [x], [y], [flux], fwhm), rng))
-    return fr, P._find_sources(fr, Config(), None, GAIN)
+    return fr, FR._find_sources(fr, Config(), None, GAIN)
 
 
 def test_auto_fwhm_and_centroid_of_a_known_star():
     fr, src = _one_star()
     assert len(src.x0) == 1
-    f_auto, sep_flags, area = P._auto_photometry(fr, src)
+    f_auto, sep_flags, area = M._auto_photometry(fr, src)
     assert sep_flags[0] == 0 and area[0] >= math.pi * 3.5 ** 2 * src.a[0] * src.b[0]
     err = math.sqrt(8e4 / GAIN + area[0] * fr.rms ** 2)
     assert abs(f_auto[0] - 8e4) < 4 * err
-    fw = P._star_fwhm(fr, src, f_auto)
+    fw = M._star_fwhm(fr, src, f_auto)
     assert 4.0 < fw[0] < 4.3                       # +3 % expected at 4 px (module doc)
-    assert np.isnan(P._star_fwhm(fr, src, np.array([-5.0]))[0])
-    x, y = P._centroids(fr, src, fw)
+    assert np.isnan(M._star_fwhm(fr, src, np.array([-5.0]))[0])
+    x, y = M._centroids(fr, src, fw)
     assert abs(x[0] - 60.3) < 0.02 and abs(y[0] - 55.8) < 0.02
-    forced = P._find_sources(fr, Config(), [[60.0, 56.0]], GAIN)
-    assert P._centroids(fr, forced, fw) == (forced.x0, forced.y0)
+    forced = FR._find_sources(fr, Config(), [[60.0, 56.0]], GAIN)
+    assert M._centroids(fr, forced, fw) == (forced.x0, forced.y0)
 
 
 def test_aperture_photometry_of_a_known_star_within_its_error():
     fr, src = _one_star(flux=3e4)
     x, y = np.array([60.3]), np.array([55.8])
     radii = np.array([3.0, 12.0, np.nan])
-    back, resid, var, est_var = P._sky(fr, src.seg, x, y, 16.0, 40.0, GAIN, RDN)
+    back, resid, var, est_var = M._sky(fr, src.seg, x, y, 16.0, 40.0, GAIN, RDN)
     assert back[0] + resid[0] == pytest.approx(SKY, abs=1.0)
     rms = math.sqrt(SKY / GAIN + (RDN / GAIN) ** 2)
     assert math.sqrt(var[0]) == pytest.approx(rms, rel=0.05) and 0 < est_var[0] < var[0] / 1000
-    flux, ferr, sep_flags = P._aperture_photometry(fr, x, y, radii, resid, var, est_var, GAIN)
+    flux, ferr, sep_flags = M._aperture_photometry(fr, x, y, radii, resid, var, est_var, GAIN)
     for k, r in enumerate(radii[:2]):
         want = 3e4 * enclosed(r, 4.0)
         assert abs(flux[0, k] - want) < 3.5 * ferr[0, k]
@@ -727,14 +730,14 @@ def test_aperture_photometry_of_a_known_star_within_its_error():
 def test_sky_without_annulus_falls_back_to_the_ccd_equation():
     xy = np.array([20.0])
     fr = _frame(np.full((40, 40), SKY, dtype=np.float32) + np.float32(0.5) * (np.arange(40) % 2))
-    back, resid, var, est_var = P._sky(fr, None, xy, xy, 100.0, 120.0, GAIN, RDN)
+    back, resid, var, est_var = M._sky(fr, None, xy, xy, 100.0, 120.0, GAIN, RDN)
     assert resid[0] == 0 and est_var[0] == 0                           # no pixel in the annulus
     assert back[0] == pytest.approx(SKY, abs=0.5)
     assert var[0] == pytest.approx(back[0] / GAIN + (RDN / GAIN) ** 2)
     # a sky noisier than the CCD equation says: the background map's rms is the floor
     rng = np.random.default_rng(44)
     fr = _frame(rng.normal(SKY, 30.0, (64, 64)).astype(np.float32))
-    back, resid, var, est_var = P._sky(fr, None, xy, xy, 100.0, 120.0, GAIN, RDN)
+    back, resid, var, est_var = M._sky(fr, None, xy, xy, 100.0, 120.0, GAIN, RDN)
     assert math.sqrt(var[0]) == pytest.approx(30.0, rel=0.1)
 
 
@@ -742,11 +745,11 @@ def test_peaks_of_raw_pixels_near_the_position():
     img = np.zeros((30, 30), dtype=np.float32)
     img[10, 12] = 500.0
     img[20, 20] = np.nan
-    fr = P._background(img + 100, Config())
-    pk = P._peaks(fr, np.array([10.4, 14.0, 15.0, 20.0, 28.9]), np.array([9.6, 10.0, 10.0, 20.0, 28.9]))
+    fr = FR._background(img + 100, Config())
+    pk = M._peaks(fr, np.array([10.4, 14.0, 15.0, 20.0, 28.9]), np.array([9.6, 10.0, 10.0, 20.0, 28.9]))
     assert pk[0] == 600.0 and pk[1] == 600.0 and pk[2] == 100.0      # the 5x5 box: 2 px, not 3
     assert pk[3] == 100.0 and pk[4] == 100.0                          # the NaN is skipped; corners clip
-    assert np.isnan(P._peaks(fr, np.array([-10.0]), np.array([5.0]))[0])
+    assert np.isnan(M._peaks(fr, np.array([-10.0]), np.array([5.0]))[0])
 
 
 def test_flags_bits():
@@ -761,12 +764,12 @@ def test_flags_bits():
     f_auto = np.ones(n)
     sep_flags = np.zeros(n, dtype=np.int64)
     sep_flags[6] = sep.APER_HASMASKED
-    fl = P._flags((100, 100), x, y, 3.0, sat, bl, flux, f_auto, sep_flags, sh)
+    fl = M._flags((100, 100), x, y, 3.0, sat, bl, flux, f_auto, sep_flags, sh)
     assert list(fl) == [0, P.FLAG_BORDER, P.FLAG_SATURATED, P.FLAG_BLENDED, P.FLAG_BADFLUX, P.FLAG_COSMIC,
                         P.FLAG_BORDER | P.FLAG_COSMIC]
     f_auto[0] = np.nan
     flux[1, 0] = np.nan
-    fl = P._flags((100, 100), x, y, 1.0, no, no, flux, f_auto, np.zeros(n, dtype=np.int64), no)
+    fl = M._flags((100, 100), x, y, 1.0, no, no, flux, f_auto, np.zeros(n, dtype=np.int64), no)
     assert list(fl) == [P.FLAG_BADFLUX, P.FLAG_BADFLUX, 0, 0, P.FLAG_BADFLUX, 0, 0]
     assert fl.dtype == np.int32
 
@@ -783,34 +786,34 @@ def test_good_stars_drop_sharp_crowded_and_elongated_candidates():
     elong[2] = 2.5
     fw = np.full(n, 3.0)
     sat = np.zeros(n, dtype=bool)
-    good = P._good_stars(cand, sharp, nn, elong, fw, sat, 3.0)
+    good = M._good_stars(cand, sharp, nn, elong, fw, sat, 3.0)
     assert list(np.flatnonzero(good)) == [3, 4, 5, 6]
     # fewer than 3 isolated round ones: all candidates that are not sharp
     nn[3:] = 1.0
-    assert list(np.flatnonzero(P._good_stars(cand, sharp, nn, elong, fw, sat, 3.0))) == [1, 2, 3, 4, 5, 6]
+    assert list(np.flatnonzero(M._good_stars(cand, sharp, nn, elong, fw, sat, 3.0))) == [1, 2, 3, 4, 5, 6]
     # no candidate FWHM: every unsaturated source with a FWHM
     fw[4], sat[5] = np.nan, True
-    assert list(np.flatnonzero(P._good_stars(cand, sharp, nn, elong, fw, sat, np.nan))) == [0, 1, 2, 3, 6, 7]
+    assert list(np.flatnonzero(M._good_stars(cand, sharp, nn, elong, fw, sat, np.nan))) == [0, 1, 2, 3, 6, 7]
 
 
 def test_fwhm_candidates():
-    src = P._Sources(*(np.zeros(5),) * 2, np.full(5, 2.0), np.full(5, 2.0), np.zeros(5),
+    src = FR._Sources(*(np.zeros(5),) * 2, np.full(5, 2.0), np.full(5, 2.0), np.zeros(5),
                      np.array([False, True, False, False, False]), None, False)
     x = np.array([50.0, 50.0, 50.0, 5.0, 50.0])
-    ok = P._fwhm_candidates((100, 100), x, np.full(5, 50.0), src, np.array([3.0, 3.0, np.nan, 3.0, 3.0]),
+    ok = M._fwhm_candidates((100, 100), x, np.full(5, 50.0), src, np.array([3.0, 3.0, np.nan, 3.0, 3.0]),
                             np.array([30.0, 30.0, 30.0, 30.0, 10.0]), np.zeros(5, dtype=bool))
     assert list(ok) == [True, False, False, False, False]     # merged, no FWHM, 6 px inside < 3 a, S/N
 
 
 def test_apertures_relative_radii_and_warnings(caplog):
-    radii, rin, rout, rmax = P._apertures(Config(), [3.0, -2.0], 4.0)
+    radii, rin, rout, rmax = M._apertures(Config(), [3.0, -2.0], 4.0)
     assert list(radii) == [3.0, 8.0] and rmax == 8.0 and (rin, rout) == (12.0, 36.0)
     with caplog.at_level("WARNING", logger="qlcp.photometry"):
-        radii, rin, rout, rmax = P._apertures(Config(), [5.0, -2.0], np.nan)
+        radii, rin, rout, rmax = M._apertures(Config(), [5.0, -2.0], np.nan)
     assert np.isnan(radii[1]) and rmax == 5.0 and rin == 9.0 and "FWHM unknown" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING", logger="qlcp.photometry"):
-        P._apertures(Config(aper=[6.0], sky_annulus=[4.0, 10.0]), [6.0], 3.0)
+        M._apertures(Config(aper=[6.0], sky_annulus=[4.0, 10.0]), [6.0], 3.0)
     assert "starts inside the largest aperture" in caplog.text
 
 
@@ -821,14 +824,14 @@ def test_sharp_pixels_found_once_as_the_radius_grows():
     hits = rng.integers(1, 119, (300, 2))
     sub[hits[:, 1], hits[:, 0]] += np.float32(2000.0)
     rms = math.sqrt(SKY / GAIN + (RDN / GAIN) ** 2)
-    sp = P._SharpPixels(sub, 3.5, rms, xs, ys)
+    sp = PX._SharpPixels(sub, 3.5, rms, xs, ys)
     for r in (1.5, 6.0, 6.0, 2.0, 9.5):
         got = sp.near(r)
-        gx, gy = P._sharp_pixels(sub, 3.5, rms, xs, ys, r)
+        gx, gy = PX._sharp_pixels(sub, 3.5, rms, xs, ys, r)
         want = np.array([np.hypot(gx - xi, gy - yi).min() <= r if gx.size else False for xi, yi in zip(xs, ys)])
         np.testing.assert_array_equal(got, want)
     assert sp.r == 9.5
-    once = P._sharp_index(sub, 3.5, rms, xs, ys, 9.5)
+    once = PX._sharp_index(sub, 3.5, rms, xs, ys, 9.5)
     np.testing.assert_array_equal(sp.index, once)     # 1.5, then the ring to 6, then to 9.5: the same pixels
     assert once.size > 10
-    assert not P._SharpPixels(sub, np.nan, rms, xs, ys).near(5.0).any()
+    assert not PX._SharpPixels(sub, np.nan, rms, xs, ys).near(5.0).any()

@@ -284,7 +284,8 @@ def test_bad_input(tmp_path):
 
 # ------------------------------------------------------- pieces of the night plan, on their own
 def test_pointing_offsets_drift_jump_and_jitter():
-    from qlcp.core.simulate import SimOptions, _pointing_offsets
+    from qlcp.core.simulate import SimOptions
+    from qlcp.core.simulate.plan import _pointing_offsets
     o = SimOptions(drift=0.5, jump=(30.0, -10.0))
     dx, dy, ang = _pointing_offsets(o, np.random.default_rng(1), 20)
     assert dx[0] == 0 and dy[0] == 0                                    # no jitter in the first frame
@@ -298,7 +299,8 @@ def test_pointing_offsets_drift_jump_and_jitter():
 
 
 def test_conditions_clouds_and_seeing_limits():
-    from qlcp.core.simulate import SimOptions, _conditions
+    from qlcp.core.simulate import SimOptions
+    from qlcp.core.simulate.plan import _conditions
     o = SimOptions(n_thin_clouds=4, fwhm_min=2.0, fwhm_max=3.0)
     t = Time("2024-06-06T14:00:00") + np.arange(40) * 90 * u.s
     fwhm, sky, transp = _conditions(o, np.random.default_rng(2), t, 40)
@@ -310,7 +312,8 @@ def test_conditions_clouds_and_seeing_limits():
 
 
 def test_start_time_default_is_22h_local_and_bad_dates_are_config_errors():
-    from qlcp.core.simulate import SimOptions, _start_time
+    from qlcp.core.simulate import SimOptions
+    from qlcp.core.simulate.plan import _start_time
     assert _start_time(SimOptions(night="2024-06-06", site_tz=8.0)).isot == "2024-06-06T14:00:00.000"
     assert _start_time(SimOptions(start_utc="2024-06-07T01:02:03")).isot == "2024-06-07T01:02:03.000"
     with pytest.raises(ConfigError, match="night/start_utc"):

@@ -1,6 +1,6 @@
 """Step p on crowded fields: measure on every frame only the stars that matter, tracked from a reference.
 
-A field with 1,500 sources costs the full measurement (:func:`qlcp.core.photometry.measure`:
+A field with 1,500 sources costs the full measurement (:func:`qlcp.core.photometry.measurement.measure`:
 deblending, windowed centroids, half-light radii, annulus skies) of every one of
 them, on every frame, though a light curve needs a few dozen.  So the group's
 *reference frame* (its first frame, the one whose coordinates time the group)
@@ -28,7 +28,7 @@ turned by each of :data:`TURN_VOTES` (a meridian flip first) when it fails; a si
 the measurement of the set at the predicted positions, recentred on their windowed centroids, by
 the same code as the full measurement -- but for the
 pick's candidates that are neither alignment nor given stars (``StarSet.light``): those are measured
-only as step k reads them (:func:`qlcp.core.photometry._measure_light`: first-aperture flux, position,
+only as step k reads them (:func:`qlcp.core.photometry.measurement._measure_light`: first-aperture flux, position,
 peak, sky, flags; no AUTO flux, no half-light radius, placed by the alignment stars' recentring), so a
 night without ``starxy`` costs little more per frame than one with them (issue #25: a tracked 1024^2
 frame with 500 candidates 88 ms against 145 ms measured in full and 40 ms with the stars given), and the
@@ -64,9 +64,15 @@ from pathlib import Path
 import numpy as np
 import sep
 
-from . import offset as off_mod
-from . import photometry as P
-from .errors import InputError
+from ..errors import InputError
+from ..offset.matching import (CLIP_MIN_N, MIN_MATCH, OffsetResult, TURN_F, TURN_PX, _better, _brightest,
+                               _clipped_mean, _fail, _fit_similarity, _poor, find_offset, find_similarity,
+                               refine_turn, similarity_result, with_shared)
+from ..offset.transforms import base_to_frame, overlap, scale_of, shift_matrix, transform_cards
+from .frame import _Sources, _background, _check_settings
+from .measurement import _WIN_CAP, measure, measure_sources
+from .pixels import (FLAG_BADFLUX, FLAG_BLENDED, FLAG_BORDER, FLAG_COSMIC, FLAG_SATURATED, _BACK_MESH, _GAUSS_FWHM,
+                     _KERNEL, _extract, _stamps, aperture_radii, sky_annulus)
 
 log = logging.getLogger("qlcp.photometry")
 
@@ -93,7 +99,7 @@ REFIT_SNR_CAP = 200.0
 #: 9.5 ms at 64 px); light curves equal within 1 % on a sparse and a crowded 200-frame night
 TRACKED_MESH = 128
 #: a tracked frame's background is modelled on every 4th pixel of each axis (the same meshes and per-pixel
-#: rms, 1/16 of the pixels; ``photometry._background``): 1.4 ms a 1024^2 frame with the subtraction,
+#: rms, 1/16 of the pixels; ``photometry.frame._background``): 1.4 ms a 1024^2 frame with the subtraction,
 #: against 6.7 ms; only on meshes of at least :data:`SUBSAMPLE_MESH_PER_ANNULUS` sky-annulus radii
 TRACKED_STEP = 4
 #: a sparser map is noisier per mesh, and its noise reaches a star's sky through the map's curvature
@@ -107,7 +113,7 @@ SUBSAMPLE_MESH_PER_ANNULUS = 2.5
 #: of 42 % of the frame in x and 12 % in y with a 5 % jump leaves 48 %; 0.5 measured those in full)
 TRACK_MIN_OVERLAP = 0.4
 #: flags that keep a source out of the alignment stars (border, saturated, blended, bad flux, cosmic)
-_ALIGN_BAD = P.FLAG_BORDER | P.FLAG_SATURATED | P.FLAG_BLENDED | P.FLAG_BADFLUX | P.FLAG_COSMIC
+_ALIGN_BAD = FLAG_BORDER | FLAG_SATURATED | FLAG_BLENDED | FLAG_BADFLUX | FLAG_COSMIC
 
 
 @dataclass
@@ -140,7 +146,7 @@ class StarSet:
         The candidates measured on tracked frames only as the automatic pick reads them (neither
         alignment stars nor given); None: every star in full.
     win : ndarray (m,) or None
-        The reference's FWHM of each star (px, capped at ``photometry._WIN_CAP`` x the median): the
+        The reference's FWHM of each star (px, capped at ``photometry.measurement._WIN_CAP`` x the median): the
         centroid window of a light star when the alignment stars cannot place it.
     """
 
@@ -158,7 +164,7 @@ class StarSet:
     mask_r: np.ndarray = None
     made: dict | None = None
     #: stars measured on the tracked frames only as the automatic pick reads them (the candidates that are
-    #: neither alignment stars nor given): :class:`qlcp.core.photometry._Sources` ``light``; None: none
+    #: neither alignment stars nor given): :class:`qlcp.core.photometry.frame._Sources` ``light``; None: none
     light: np.ndarray | None = None
     #: the reference's FWHM of each star, px (capped): the centroid window of a ``light`` star
     win: np.ndarray | None = None
@@ -198,7 +204,7 @@ def star_set(data, cfg, gain: float, rdnoise: float, saturation: float, ref: str
         The reference frame has no source (a frame cannot be tracked on it).
     """
     box: dict = {}
-    tab, stats = P.measure(data, cfg, gain, rdnoise, saturation, aper=aper, sources_out=box)
+    tab, stats = measure(data, cfg, gain, rdnoise, saturation, aper=aper, sources_out=box)
     return choose(tab, stats, box.get("sources"), ref, n_max, given_xy, candidates)
 
 
@@ -210,10 +216,10 @@ def choose(tab, stats: dict, src, ref: str, n_max: int, given_xy=(), candidates:
     flags = np.asarray(tab["Flags"])
     fa = np.asarray(tab["FluxAUTO"], dtype=float)
     usable = np.isfinite(fa) & (fa > 0)
-    sat = (flags & P.FLAG_SATURATED) != 0
+    sat = (flags & FLAG_SATURATED) != 0
     good = ((flags & _ALIGN_BAD) == 0) & usable
     al = np.flatnonzero(good)
-    al = al[off_mod._brightest(fa[al], ALIGN_N)]
+    al = al[_brightest(fa[al], ALIGN_N)]
     if candidates:
         order = np.lexsort((-np.where(usable, fa, 0.0), sat))          # unsaturated first, then by flux
         idx = [int(i) for i in order if usable[i]][:max(int(n_max), 1)]
@@ -237,10 +243,10 @@ def choose(tab, stats: dict, src, ref: str, n_max: int, given_xy=(), candidates:
     fw_src = np.asarray(tab["FWHM"], float)
     fin = np.isfinite(fw_src)
     win = np.concatenate([fw_src[np.asarray(idx, dtype=int)], np.full(len(extra), np.nan)])
-    if fin.any():      # as photometry._centroids caps a window: at _WIN_CAP x the sources' median FWHM
-        win = np.minimum(win, P._WIN_CAP * float(np.median(fw_src[fin])))
+    if fin.any():      # as measure._centroids caps a window: at _WIN_CAP x the sources' median FWHM
+        win = np.minimum(win, _WIN_CAP * float(np.median(fw_src[fin])))
     idx = np.asarray(idx, dtype=int)
-    sig = (fwhm or 3.0) / P._GAUSS_FWHM
+    sig = (fwhm or 3.0) / _GAUSS_FWHM
     n_extra = len(extra)
     return StarSet(ref=ref,
                    xy=np.vstack([xy[idx], np.asarray(extra, float).reshape(-1, 2)]),
@@ -254,7 +260,7 @@ def choose(tab, stats: dict, src, ref: str, n_max: int, given_xy=(), candidates:
                    light=light if light.any() else None, win=win)
 
 
-def _align(stars: StarSet, objs, max_dis: float, shape=None) -> off_mod.OffsetResult:
+def _align(stars: StarSet, objs, max_dis: float, shape=None) -> OffsetResult:
     """The reference -> frame transform from the frame's brightest objects (``objs``), from the
     reference and this frame only (no other frame's solution: see the module docstring).
 
@@ -272,40 +278,40 @@ def _align(stars: StarSet, objs, max_dis: float, shape=None) -> off_mod.OffsetRe
     fl = np.asarray(objs["peak"], dtype=float)       # bright stars, not the large blends of faint ones
     ok = np.isfinite(fl) & (fl > 0)
     ix = np.flatnonzero(ok)
-    ix = ix[off_mod._brightest(fl[ix], ALIGN_N)]
+    ix = ix[_brightest(fl[ix], ALIGN_N)]
     fxy = np.column_stack([np.asarray(objs["x"], float)[ix], np.asarray(objs["y"], float)[ix]])
     bxy, bfl = stars.align_xy, stars.align_flux
-    if len(fxy) < off_mod.MIN_MATCH or len(bxy) < off_mod.MIN_MATCH:
-        return off_mod._fail(f"{len(fxy)} stars on the frame, {len(bxy)} on the reference")
+    if len(fxy) < MIN_MATCH or len(bxy) < MIN_MATCH:
+        return _fail(f"{len(fxy)} stars on the frame, {len(bxy)} on the reference")
     n_ref = len(bxy)
     # every shift at which the frame still shares TRACK_MIN_OVERLAP of the reference's field (an axis's at most);
     # the usual box first (the vote's cost grows with the box: 2.5 ms against 7 on 60 stars of 768^2)
     reach = max(max_dis, (1 - TRACK_MIN_OVERLAP) * max(shape)) if shape is not None else max_dis
     for box in dict.fromkeys((max_dis, reach)):
-        res = off_mod.refine_turn(off_mod.find_offset(bxy, bfl, fxy, fl[ix], max_dis=box), bxy, fxy,
-                                  min_turn=off_mod.TURN_PX)     # smaller turns: _refined, on the measured stars
-        res = off_mod.with_shared(res, bxy, fxy)
-        if not off_mod._poor(res, len(fxy), n_ref):
+        res = refine_turn(find_offset(bxy, bfl, fxy, fl[ix], max_dis=box), bxy, fxy,
+                                  min_turn=TURN_PX)     # smaller turns: _refined, on the measured stars
+        res = with_shared(res, bxy, fxy)
+        if not _poor(res, len(fxy), n_ref):
             break
     if shape is not None:
         c = np.array([(shape[1] - 1) / 2, (shape[0] - 1) / 2])
         for ang in TURN_VOTES:
-            if not off_mod._poor(res, len(fxy), n_ref):
+            if not _poor(res, len(fxy), n_ref):
                 break
             th = math.radians(ang)
             lin = np.array([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]])
             turn = np.column_stack([lin, c - lin @ c])                  # about the frame's centre
-            r = off_mod.find_offset(off_mod.base_to_frame(turn, bxy), bfl, fxy, fl[ix], max_dis=reach)
+            r = find_offset(base_to_frame(turn, bxy), bfl, fxy, fl[ix], max_dis=reach)
             if r.ok:
                 m = np.column_stack([lin, turn[:, 2] + (r.dx, r.dy)])
-                cand = off_mod.refine_turn(off_mod.similarity_result(m, r.n_matched, r.rms, f"shift searched with "
+                cand = refine_turn(similarity_result(m, r.n_matched, r.rms, f"shift searched with "
                                                                      f"the reference turned {ang:g} deg"), bxy, fxy)
-                if off_mod._better(cand, res, bxy):
-                    res = off_mod.with_shared(cand, bxy, fxy)
+                if _better(cand, res, bxy):
+                    res = with_shared(cand, bxy, fxy)
     if res.ok:      # a shift that pairs few but is ok stands (a crowded field's undeblended brightest objects
         return res  # pair fewer of the reference's stars; a drifting frame shares part of its field)
-    sim = off_mod.find_similarity(bxy, bfl, fxy, fl[ix], n_ctrl=SIM_N)
-    return sim if off_mod._better(sim, res, bxy) else res
+    sim = find_similarity(bxy, bfl, fxy, fl[ix], n_ctrl=SIM_N)
+    return sim if _better(sim, res, bxy) else res
 
 
 def _follow(stars: StarSet, frame, sig: float):
@@ -318,13 +324,13 @@ def _follow(stars: StarSet, frame, sig: float):
     pred = np.asarray(stars.align_xy, dtype=float)
     ny, nx = frame.sub.shape
     on = (pred[:, 0] > 5) & (pred[:, 1] > 5) & (pred[:, 0] < nx - 6) & (pred[:, 1] < ny - 6)
-    if on.sum() < max(off_mod.MIN_MATCH + 2, 8):
+    if on.sum() < max(MIN_MATCH + 2, 8):
         return None
     px, py = pred[on, 0], pred[on, 1]
     xw, yw, wf = sep.winpos(frame.sub, px, py, np.full(px.size, sig), mask=frame.mask, subpix=0)
     d = np.column_stack([xw - px, yw - py])
     # a star must be there: windows on empty sky (after a jump) also settle near where they start
-    r = 2.0 * P._GAUSS_FWHM * sig
+    r = 2.0 * _GAUSS_FWHM * sig
     fl, _e, _f = sep.sum_circle(frame.sub, np.nan_to_num(xw), np.nan_to_num(yw), r, mask=frame.mask, subpix=0)
     bright = fl > FOLLOW_SNR * frame.rms * math.sqrt(math.pi) * r
     good = (wf == 0) & np.isfinite(d).all(axis=1) & (np.hypot(*d.T) < FOLLOW_TOL) & bright
@@ -335,8 +341,8 @@ def _follow(stars: StarSet, frame, sig: float):
     if keep.sum() < FOLLOW_FRACTION * on.sum():
         return None
     b, f = stars.align_xy[on][keep], np.column_stack([xw, yw])[keep]
-    m = off_mod.shift_matrix(*np.mean(f - b, axis=0))
-    res = np.hypot(*(off_mod.base_to_frame(m, b) - f).T)
+    m = shift_matrix(*np.mean(f - b, axis=0))
+    res = np.hypot(*(base_to_frame(m, b) - f).T)
     if np.sqrt(np.mean(res ** 2)) > FOLLOW_RMS:
         return None
     return m
@@ -352,18 +358,18 @@ def _refined(m: np.ndarray, kind: str, ref_xy: np.ndarray, tab, found: np.ndarra
     xy = np.column_stack([np.asarray(tab["X"], float), np.asarray(tab["Y"], float)])
     snr = np.asarray(tab["FluxAUTO"], float) / np.asarray(tab["FErrAUTO"], float)
     use = found & ((np.asarray(tab["Flags"]) & _ALIGN_BAD) == 0) & np.isfinite(xy).all(axis=1) & (snr > 0)
-    if use.sum() < off_mod.CLIP_MIN_N:
+    if use.sum() < CLIP_MIN_N:
         return m
     # a centroid's error goes as 1 / (S/N): weights (S/N)^2, capped where other errors take over
     b, f, w = ref_xy[use], xy[use], np.minimum(snr[use], REFIT_SNR_CAP) ** 2
     # outliers (a blend, a cosmic ray) clipped about the fullest fit, so a turn is not clipped away
-    _, keep = off_mod._clipped_mean(f - off_mod.base_to_frame(off_mod._fit_similarity(b, f, w), b))
-    if keep.sum() < off_mod.CLIP_MIN_N:
+    _, keep = _clipped_mean(f - base_to_frame(_fit_similarity(b, f, w), b))
+    if keep.sum() < CLIP_MIN_N:
         return m
     b, f, w = b[keep], f[keep], w[keep]
-    fits = [off_mod.shift_matrix(*(w @ (f - b) / w.sum())), off_mod._fit_similarity(b, f, w, scale=False),
-            off_mod._fit_similarity(b, f, w)]
-    ss = [float(w @ np.sum((f - off_mod.base_to_frame(t, b)) ** 2, axis=1)) for t in fits]
+    fits = [shift_matrix(*(w @ (f - b) / w.sum())), _fit_similarity(b, f, w, scale=False),
+            _fit_similarity(b, f, w)]
+    ss = [float(w @ np.sum((f - base_to_frame(t, b)) ** 2, axis=1)) for t in fits]
     best = 1 if kind == "similarity" else 0       # a turned frame stays turned
     for k in (1, 2):                              # a turn, then a scale: each kept when significant
         if k > best and _significant(ss[best], ss[k], k - best, 2 * len(b) - 2 - k):
@@ -377,15 +383,15 @@ def _significant(ss0: float, ss1: float, extra: int, dof: int) -> bool:
     :data:`offset.TURN_F`."""
     if dof <= 0 or ss1 >= ss0:
         return False
-    return ss1 <= 0 or ((ss0 - ss1) / extra) / (ss1 / dof) > off_mod.TURN_F
+    return ss1 <= 0 or ((ss0 - ss1) / extra) / (ss1 / dof) > TURN_F
 
 
 def _footprints(shape, stars: StarSet, m: np.ndarray) -> np.ndarray:
     """Pixels of the reference's sources on a frame (their footprints' discs through ``m``)."""
     ny, nx = shape
     mask = np.zeros(shape, dtype=bool)
-    xy = off_mod.base_to_frame(m, stars.mask_xy)
-    r = stars.mask_r * off_mod.scale_of(m)
+    xy = base_to_frame(m, stars.mask_xy)
+    r = stars.mask_r * scale_of(m)
     h_all = np.ceil(r).astype(int)
     ix, iy = np.rint(xy[:, 0]).astype(int), np.rint(xy[:, 1]).astype(int)
     on = (ix >= -h_all) & (iy >= -h_all) & (ix < nx + h_all) & (iy < ny + h_all)
@@ -404,15 +410,15 @@ def _footprints(shape, stars: StarSet, m: np.ndarray) -> np.ndarray:
 def _detected(frame, x, y, thresh: float) -> np.ndarray:
     """Whether the detection-filtered image exceeds ``thresh`` at each position (what an extraction
     would have found there: a star still above the threshold)."""
-    k = P._KERNEL / P._KERNEL.sum()
-    vals, _, _ = P._stamps(frame.sub, np.asarray(x, float), np.asarray(y, float), k.shape[0] // 2)
+    k = _KERNEL / _KERNEL.sum()
+    vals, _, _ = _stamps(frame.sub, np.asarray(x, float), np.asarray(y, float), k.shape[0] // 2)
     return np.nansum(vals * k, axis=(1, 2)) > thresh
 
 
 def tracked_mesh(cfg, shape) -> int:
     """Background mesh of a tracked frame: :data:`TRACKED_MESH`, or less on a frame under 8 of them a
     side, never finer than the configured ``phot_back_mesh`` (the reference's)."""
-    mesh = int(getattr(cfg, "phot_back_mesh", None) or P._BACK_MESH)
+    mesh = int(getattr(cfg, "phot_back_mesh", None) or _BACK_MESH)
     return max(mesh, min(TRACKED_MESH, min(shape) // 8))
 
 
@@ -430,29 +436,29 @@ def measure_tracked(data, cfg, gain: float, rdnoise: float, saturation: float, s
         ``TRACKDX``/``TRACKDY`` (px).
         None when the frame does not align on the reference (measure it in full).
     """
-    aper, rdnoise, saturation = P._check_settings(cfg.aper if aper is None else aper, gain, rdnoise, saturation)
+    aper, rdnoise, saturation = _check_settings(cfg.aper if aper is None else aper, gain, rdnoise, saturation)
     mesh = tracked_mesh(cfg, np.shape(data))
-    rout = P.sky_annulus(cfg, P.aperture_radii(aper, stars.fwhm if np.isfinite(stars.fwhm) else 3.0))[1]
-    frame = P._background(data, cfg, mesh, step=TRACKED_STEP if mesh >= SUBSAMPLE_MESH_PER_ANNULUS * rout else 1)
+    rout = sky_annulus(cfg, aperture_radii(aper, stars.fwhm if np.isfinite(stars.fwhm) else 3.0))[1]
+    frame = _background(data, cfg, mesh, step=TRACKED_STEP if mesh >= SUBSAMPLE_MESH_PER_ANNULUS * rout else 1)
     if not (np.isfinite(frame.rms) and frame.rms > 0):
         return None
     thresh = cfg.detect_thresh * frame.rms
-    sig = stars.fwhm / P._GAUSS_FWHM if np.isfinite(stars.fwhm) else 1.5
+    sig = stars.fwhm / _GAUSS_FWHM if np.isfinite(stars.fwhm) else 1.5
     m = _follow(stars, frame, sig)
     if m is not None:
         kind, n_det, seg = "followed", -1, _footprints(frame.sub.shape, stars, m)
     else:
-        objs, seg = P._extract(frame.sub, thresh, frame.mask, cfg.detect_minarea, nthresh=1)
+        objs, seg = _extract(frame.sub, thresh, frame.mask, cfg.detect_minarea, nthresh=1)
         res = _align(stars, objs, max_dis, frame.sub.shape)
         if not res.ok:
             log.debug("not tracked on %s (%s): measured in full", Path(stars.ref).name, res.reason)
             return None
         m, kind, n_det = res.matrix(), res.kind, int(len(objs))
-    shared = off_mod.overlap(m, frame.sub.shape)
+    shared = overlap(m, frame.sub.shape)
     if shared < TRACK_MIN_OVERLAP:                                  # its stars are not all the reference's
         log.debug("%.0f%% field shared with the reference %s: measured in full", 100 * shared, Path(stars.ref).name)
         return None
-    pos = off_mod.base_to_frame(m, stars.xy)
+    pos = base_to_frame(m, stars.xy)
     ny, nx = frame.sub.shape
     on = (pos[:, 0] >= -0.5) & (pos[:, 0] <= nx - 0.5) & (pos[:, 1] >= -0.5) & (pos[:, 1] <= ny - 0.5)
     x0, y0 = pos[on, 0].copy(), pos[on, 1].copy()
@@ -460,11 +466,11 @@ def measure_tracked(data, cfg, gain: float, rdnoise: float, saturation: float, s
     theta = (stars.theta[on] + rot + math.pi / 2) % math.pi - math.pi / 2
     # the reference's shapes (AUTO fluxes of a frame of worse seeing are then cut short at 6 a: the pick
     # judges stars by fixed apertures; growing them with a seeing ratio lost stars on the real XO-1 night)
-    grow = off_mod.scale_of(m)
-    src = P._Sources(x0, y0, stars.a[on] * grow, stars.b[on] * grow, theta, stars.blended[on].copy(), seg,
+    grow = scale_of(m)
+    src = _Sources(x0, y0, stars.a[on] * grow, stars.b[on] * grow, theta, stars.blended[on].copy(), seg,
                      forced=False, light=None if stars.light is None else stars.light[on],
                      win=None if stars.win is None else stars.win[on] * grow)
-    tab, stats = P.measure_sources(frame, src, cfg, aper, gain, rdnoise, saturation)
+    tab, stats = measure_sources(frame, src, cfg, aper, gain, rdnoise, saturation)
     # a star counts where full extraction would have found it: inside a detected object (a cloudy
     # frame keeps only the stars still above the threshold, as before, and is judged by them)
     if n_det >= 0:
@@ -488,25 +494,6 @@ def measure_tracked(data, cfg, gain: float, rdnoise: float, saturation: float, s
     return tab, stats
 
 
-#: catalogue header keywords of a tracked frame's transform reference pixel -> frame pixel (0-based):
-#: x' = PHOTM00 x + PHOTM01 y + PHOTM02, y' = PHOTM10 x + PHOTM11 y + PHOTM12
-TRANSFORM_CARDS = tuple(f"PHOTM{r}{k}" for r in range(2) for k in range(3))
-
-
-def transform_cards(m: np.ndarray) -> dict:
-    """The header cards (:data:`TRANSFORM_CARDS`) of a transform (2, 3)."""
-    return {c: float(v) for c, v in zip(TRANSFORM_CARDS, np.asarray(m, float).ravel())}
-
-
-def transform_of(header) -> np.ndarray | None:
-    """The transform (2, 3) a tracked frame's catalogue header records, or None."""
-    try:
-        m = np.array([float(header[c]) for c in TRANSFORM_CARDS]).reshape(2, 3)
-    except (KeyError, TypeError, ValueError):
-        return None
-    return m if np.isfinite(m).all() else None
-
-
 def needs_candidates(cfg, given: np.ndarray) -> bool:
     """Whether the frames must carry the automatic pick's candidates: unless the stars are given
     (``starxy``) and no pick is asked for (``k``/``K`` not in ``steps``: step c then uses them)."""
@@ -525,9 +512,9 @@ def target_positions(bf: str | Path, cfg, obj: str) -> np.ndarray:
     header WCS when it passes the checks: measured on every frame however faint.  Empty without
     targets or such a WCS (a WCS that step w solves comes later: then only ``starxy`` and the pick's
     candidates are measured)."""
-    from . import targets as T
-    from .astrometry import WcsRejected, header_wcs, scale_hint_of
-    from .io import read_header
+    from .. import targets as T
+    from ..astrometry import WcsRejected, header_wcs, scale_hint_of
+    from ..io import read_header
 
     none = np.empty((0, 2))
     try:
@@ -541,33 +528,3 @@ def target_positions(bf: str | Path, cfg, obj: str) -> np.ndarray:
         log.debug("%s: targets not placed on the reference (%s)", Path(bf).name, e)
         return none
     return T.sky_to_pixel(wcs, on).reshape(-1, 2) if on else none
-
-
-def reference_of(bf: str | Path, cfg, obj: str = "", aper=None, write=None) -> StarSet | None:
-    """The :class:`StarSet` of a group from its reference frame ``bf`` (a corrected frame);
-    None, with a warning, when it cannot serve (then every frame is measured in full).
-
-    ``write``: ``(catalogue path, provenance key)``: also write the reference's catalogue (step p's
-    product for that frame, :func:`qlcp.core.photometry.photometry_file`), whose stats then go in
-    ``StarSet.made``: the frame is measured once."""
-    from .correct import corrected_detector
-    from .io import read_image
-
-    given = given_positions(cfg, obj)
-    cand = needs_candidates(cfg, given)
-    given = np.vstack([given, target_positions(bf, cfg, obj)])
-    try:
-        if write is not None:
-            box: dict = {}
-            made = P.photometry_file(bf, write[0], cfg, aper=aper, key=write[1], sources_out=box)
-            stars = choose(box["table"], box["stats"], box.get("sources"), str(bf), cfg.pick_star_n, given,
-                           cand)
-            stars.made = made
-            return stars
-        data, hdr = read_image(bf)
-        gain, rdnoise, saturation = corrected_detector(hdr, cfg)
-        return star_set(data, cfg, gain, rdnoise, saturation, str(bf), cfg.pick_star_n, given, aper=aper,
-                        candidates=cand)
-    except (InputError, OSError, ValueError) as e:
-        log.warning("%s: cannot be the photometry reference (%s): every frame measured in full", Path(bf).name, e)
-        return None
