@@ -35,7 +35,8 @@ DEFAULT_PATTERNS = [
     r"(?P<date>[0-9]{0,8})(?P<obj>flat)_(?P<band>[a-zA-Z])_(?P<sn>[0-9]{1,2})_[a-zA-Z]_([0-9]{3,6})\.f(it|its|ts)(\.fz)?$",
 ]
 
-ALL_STEPS = "lbfiopwkcdgt"
+#: the default ``steps``: every stage's letter, in the manual's order (the order is part of the config's hash)
+DEFAULT_STEPS = "lbfiopwkcdgt"
 MAX_APERTURES = 19
 
 _LOG_LEVELS = {"CRITICAL": 50, "ERROR": 40, "WARNING": 30, "WARN": 30, "INFO": 20, "DEBUG": 10, "NOTSET": 0}
@@ -66,7 +67,7 @@ class Config(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
     # ----------------------------------------------------------- run parameters
-    steps: str = Field(ALL_STEPS, description="steps to run (l b f i o p w k c d g t; K reuses the last pick)")
+    steps: str = Field(DEFAULT_STEPS, description="steps to run (l b f i o p w k c d g t; K reuses the last pick)")
     obj: list[str] | None = Field(None, description="objects to process (default: all)")
     band: list[str] | None = Field(None, description="bands to process (default: all); 'BVR' means B, V, R")
     use_bias: str | None = Field(None, description="master bias to use instead of tonight's")
@@ -301,9 +302,11 @@ class Config(BaseModel):
     @field_validator("steps")
     @classmethod
     def _v_steps(cls, v):
-        bad = sorted(set(v) - set(ALL_STEPS + "K"))
+        from .stages import STEP_LETTERS    # the graph's letters; the graph's runners import this module
+
+        bad = sorted(set(v) - set(STEP_LETTERS + "K"))
         if bad:
-            raise ValueError(f"unknown step(s) {''.join(bad)!r}; steps are {ALL_STEPS} (K: reuse pick)")
+            raise ValueError(f"unknown step(s) {''.join(bad)!r}; steps are {STEP_LETTERS} (K: reuse pick)")
         return v
 
     @field_validator("patterns")

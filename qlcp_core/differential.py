@@ -870,11 +870,10 @@ def _is_noisy(achieved: float, predicted: float) -> bool:
     return bool(np.isfinite(achieved) and np.isfinite(predicted) and achieved > NOISY_K * predicted)
 
 
-def corrected_gain_source(red_dir: str | Path, obj: str, band: str) -> str | None:
-    """``GAINSRC`` of the group's first corrected frame (None without frames or card)."""
+def corrected_gain_source(bf0: str | Path | None) -> str | None:
+    """``GAINSRC`` of the corrected frame ``bf0`` (None without a frame or card)."""
     from .io import read_header
 
-    bf0 = next(iter(sorted(product_path(red_dir, "group_dir", obj, band).glob("*.bf.fits"))), None)
     if bf0 is None:
         return None
     src = read_header(bf0).get("GAINSRC")
@@ -908,7 +907,7 @@ def _plain(v):
 
 
 def write_lightcurve(lc: Table, stars: Table, red_dir: str | Path, obj: str, band: str,
-                     provenance: dict | None = None) -> list[Path]:
+                     provenance: dict | None = None, gain_source: str | None = None) -> list[Path]:
     """Write the light curve, the star table and the original's text files, atomically.
 
     Files: ``{red}/lc_{obj}_{band}.ecsv`` (``provenance`` in its meta),
@@ -920,8 +919,9 @@ def write_lightcurve(lc: Table, stars: Table, red_dir: str | Path, obj: str, ban
     comparison indexes joined by '-'.
 
     A light curve whose error model is not settled yet (:func:`differential` did not
-    know the gain source) is settled first, in place, from the ``GAINSRC`` of the
-    group's corrected frames (:func:`apply_error_model`).
+    know the gain source) is settled first, in place, from ``gain_source`` (the
+    ``GAINSRC`` of the group's corrected frames, :func:`corrected_gain_source`;
+    None: unknown), by :func:`apply_error_model`.
 
     Returns
     -------
@@ -931,7 +931,7 @@ def write_lightcurve(lc: Table, stars: Table, red_dir: str | Path, obj: str, ban
     red = Path(red_dir)
     out = []
     if not lc.meta.get("error_model"):
-        apply_error_model(lc, corrected_gain_source(red, obj, band) or "unknown")
+        apply_error_model(lc, gain_source or "unknown")
     lc = Table(lc, copy=True)
     lc.meta = _plain(dict(lc.meta))
     lc.meta["provenance"] = _plain(dict(provenance or {}))

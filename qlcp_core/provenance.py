@@ -18,7 +18,6 @@ from pathlib import Path
 
 from ._version import __version__
 from .config import Config
-from .stages import keys_of
 
 
 def file_identity(path: str | Path | None) -> list:
@@ -35,6 +34,8 @@ def file_identity(path: str | Path | None) -> list:
 def step_key(cfg: Config, step: str, *inputs) -> str:
     """Hash of the settings of ``step`` (a stage name, or a step letter: all its stages), the
     code version and the identity of ``inputs``."""
+    from .stages import keys_of     # the graph imports the runners, which import this module
+
     payload = {
         "v": __version__,
         "step": step,

@@ -35,22 +35,40 @@ def test_plan_order_and_fusions():
     assert [b.name for b in S.plan("d")] == ["list", "differential"]
 
 
-def test_every_stage_has_one_runner_and_known_products():
-    from qlcp.core import steps
-
+def test_every_stage_holds_its_runner_and_known_products():
     for s in S.STAGES:
-        assert callable(getattr(steps, f"run_{s.name}")), s.name
+        assert callable(s.run) and s.run.__module__.startswith("qlcp.core.steps."), s.name
         assert set(s.writes) <= KINDS, s.name
         assert set(s.keys) <= set(Config.model_fields), (s.name, set(s.keys) - set(Config.model_fields))
-    for _, _, fused, _ in S.FUSIONS:
-        assert not fused or callable(getattr(steps, f"run_{fused}"))
+    assert len({s.name for s in S.STAGES}) == len(S.STAGES)
+    for f in S.FUSIONS:
+        assert f.run is None or callable(f.run)
+    fused = S.plan("lbfiopkcdg")
+    assert fused[4].run is S.FUSIONS[0].run and fused[-1].run is None      # ip in one pass; lc stage by stage
+
+
+def test_letters_and_group_products_come_from_the_stages():
+    """``steps`` accepts exactly the graph's letters (and K); the default runs every stage."""
+    from qlcp.core.walk import GROUP_PRODUCTS
+
+    assert set(Config().steps) == set(S.STEP_LETTERS)
+    with pytest.raises(Exception, match="unknown step"):
+        Config(steps="lz")
+    assert GROUP_PRODUCTS == {k for s in S.STAGES if s.unit == S.GROUP for k in s.writes} - {"corrected"}
+    assert {"offsets", "wcs", "selection", "lightcurve", "chart", "timing"} <= GROUP_PRODUCTS
+
+
+def test_no_runner_is_found_by_name():
+    """No ``globals()`` lookup and no runner named by a string: a stage's code is one step from its row."""
+    for f in (REPO / "qlcp_core").rglob("*.py"):
+        assert "globals()" not in f.read_text(), f
 
 
 def test_block_files_drop_what_an_earlier_stage_of_the_block_writes():
     lc = S.plan("kcdg")[-1]
     assert "night_catalogue" not in lc.files and "stars" not in lc.files and "selection" in lc.files
     assert "wcs" in lc.files                    # the catalogue reads step w's product (its stars' RA, Dec)
-    assert S.plan("d")[-1].files == ("night_catalogue", "masters")
+    assert S.plan("d")[-1].files == ("night_catalogue", "masters", "corrected")     # GAINSRC, the masters used
 
 
 def test_step_order_is_written_once():
