@@ -25,7 +25,7 @@ from .listing import scan_files
 from .logs import progress_factory, setup_screen, step_log
 from .provenance import file_identity
 from .runguard import guarded_run
-from .stages import CHUNK
+from .stages import CHUNK, plan
 from .summary import NightSummary
 from .walk import NightWalk
 from .runtime import configure_run
@@ -166,8 +166,8 @@ def _walk(raw: Path, red: Path, cfg: Config, progress) -> NightWalk:
     :class:`OutputError` (read-only, full or forbidden output) stops the run.
     """
     write_effective_config(red, cfg)
-    if any(s in cfg.steps for s in "ip"):
-        parallel.warm(cfg.workers)          # worker processes start while l, b, f run
+    if any(b.unit == CHUNK for b in plan(cfg.steps)):
+        parallel.warm(cfg.workers)          # worker processes for the frame stages start while l, b, f run
     walk = NightWalk(raw, red, cfg, raw_identities(raw), driver="plain")
     ctx = _steps.RunContext(str(red), cfg, progress or progress_factory(), log=lambda s: _logs(red, cfg, s))
     for block in walk.blocks:
