@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
 from .calibration import POLICY_KEYS
-from .configview import FREE_KEYS, ConfigView, UndeclaredConfigKey, view
+from .configview import FREE_KEYS   # the run-only settings every stage may read (fingerprint.py reads them here)
 from .errors import QLCPError
 from .products import group_kinds
 from .steps.astrometry import run_astrometry
@@ -39,8 +39,8 @@ from .steps.photometry import run_correct_photometry, run_photometry
 from .steps.select import run_select
 from .steps.timing import run_timing
 
-__all__ = ["BAND", "CHUNK", "FREE_KEYS", "GROUP", "NIGHT", "RAW_FIELDS", "STAGES", "Block", "ConfigView", "Stage",
-           "UndeclaredConfigKey", "plan", "stage", "view"]
+__all__ = ["BAND", "CHUNK", "FREE_KEYS", "FUSIONS", "GROUP", "GROUP_PRODUCTS", "NIGHT", "RAW_FIELDS", "STAGES",
+           "STEP_LETTERS", "Block", "Fusion", "Stage", "plan", "stage"]
 
 #: unit fields holding the night's raw files (the camera's; QLCP never writes them): cache keys know
 #: them by identity (name, size, mtime_ns), as the listing's key and the products' provenance keys

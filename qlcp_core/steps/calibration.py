@@ -76,4 +76,3 @@ def run_flat(ctx: RunContext, u: dict, prev: dict) -> dict:
         flat_mod.make_master_flat([Path(f) for f in u["flat_files"]], b, ctx.red, ctx.cfg, as_path(u["bias"]),
                                   as_path(u["dark"]), ctx.progress)
     return _master_result(ctx, "flat", b, u["flat_files"] if not ctx.cfg.flat_for("use_flat", b) else [])
-

@@ -56,7 +56,6 @@ def correct_step(red, cfg: Config, obj: str, band: str, files, bias=None, flat=N
     return merge_corrected(obj, band, parts)
 
 
-
 def _guided_chunks(items: list, workers: int, first: int = 40, last: int = 2) -> list[list]:
     """Chunks shrinking as the work runs out (guided scheduling): few jobs, and the
     workers finish together.  Depends only on ``len(items)`` and ``workers``."""
@@ -66,7 +65,6 @@ def _guided_chunks(items: list, workers: int, first: int = 40, last: int = 2) ->
         chunks.append(items[i:i + size])
         i += size
     return chunks
-
 
 
 def run_correct(ctx: RunContext, u: dict, prev: dict) -> dict:

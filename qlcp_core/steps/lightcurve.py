@@ -60,7 +60,6 @@ def _frame_radec(table: Table, off: Table, w) -> None:
     table["dec"].description = "Dec of the measured position (frame WCS: base WCS and the frame's transform)"
 
 
-
 def catalogue_step(red, cfg: Config, obj: str, band: str, cat_files, selection: dict, wcs) -> str:
     """Step c: the night catalogue of the selected stars -> ``cata_{obj}_{band}.fits`` (``wcs``: step w's
     product, for the stars' RA, Dec)."""

@@ -162,7 +162,6 @@ def correct_photometry_step(red, cfg: Config, obj: str, band: str, files, bias=N
     return res, phot, {k: sum(p["seconds"][k] for p in parts) for k in ("i", "p")}
 
 
-
 def run_photometry(ctx: RunContext, u: dict, prev: dict) -> dict:
     ref = bf_path(ctx.red, u["obj"], u["band"], u["coord_file"]) if u.get("coord_file") else None
     stats = photometry_step(ctx.red, ctx.cfg, u["corrected"], ctx.progress, ctx.fingerprints, ref, u["obj"])
@@ -175,4 +174,3 @@ def run_correct_photometry(ctx: RunContext, u: dict, prev: dict) -> dict:
                                                u["coord_file"])
     return {**res, "frames": stats, "busy": busy,
             "outputs": res["outputs"] + [s["file"] for s in stats if s.get("file")]}
-

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from qlcp.core import stages as S
+from qlcp.core.configview import UndeclaredConfigKey, view
 from qlcp.core.calibration import choose_master
 from qlcp.core.config import Config
 from qlcp.core.errors import InputError
@@ -88,11 +89,11 @@ def test_markdown_table_lists_every_stage():
 # ----------------------------------------------------------- config view
 def test_view_refuses_undeclared_keys_and_allows_declared_and_free():
     cfg = Config(aper=[4.0], gain=2.0)
-    v = S.view(cfg, S.stage("photometry"))
+    v = view(cfg, S.stage("photometry"))
     assert v.aper == [4.0] and v.gain == 2.0 and v.workers is None     # declared, declared, free
-    with pytest.raises(S.UndeclaredConfigKey, match="pick_ref_n"):
+    with pytest.raises(UndeclaredConfigKey, match="pick_ref_n"):
         v.pick_ref_n
-    with pytest.raises(S.UndeclaredConfigKey, match="ind_tgt"):
+    with pytest.raises(UndeclaredConfigKey, match="ind_tgt"):
         v.for_object("ind_tgt", "X")
     assert v.hash() == cfg.hash(sorted(S.stage("photometry").keys))
 
@@ -100,9 +101,9 @@ def test_view_refuses_undeclared_keys_and_allows_declared_and_free():
 def test_view_survives_pickling_for_worker_processes():
     import pickle
 
-    v = pickle.loads(pickle.dumps(S.view(Config(aper=[3.0]), S.stage("photometry"))))
+    v = pickle.loads(pickle.dumps(view(Config(aper=[3.0]), S.stage("photometry"))))
     assert v.aper == [3.0]
-    with pytest.raises(S.UndeclaredConfigKey):
+    with pytest.raises(UndeclaredConfigKey):
         v.site_lat
 
 
