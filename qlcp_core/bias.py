@@ -12,7 +12,6 @@ from pathlib import Path
 
 from . import detector
 from .combine import combine_files, master_header, meanwhile
-from .calibration import choose_master
 from .products import product_path
 from .config import Config
 from .io import image_sample, write_fits
@@ -124,9 +123,3 @@ def _median(a):
     import numpy as np
 
     return np.median(a[::4, ::4])
-
-
-def select_bias(red_dir: str | Path, cfg: Config) -> Path | None:
-    """The master bias to apply (:func:`qlcp.core.calibration.choose_master`)."""
-    p = choose_master(red_dir, cfg, "bias").path
-    return None if p is None else Path(p)

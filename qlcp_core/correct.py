@@ -319,7 +319,7 @@ def correct_frames(files: list[Path], obj: str, band: str, red_dir: str | Path, 
     red_dir : path
     cfg : Config
     bias, flat, dark : Path or None
-        Masters from :func:`select_bias`, :func:`select_flat`, :func:`select_dark`.
+        The masters the night uses (:func:`qlcp.core.calibration.choose_master`).
     progress : callable, optional
         Wraps an iterable to show progress.
     fingerprint : bool

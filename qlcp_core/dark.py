@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 
 from .combine import combine_files, master_header
-from .calibration import choose_master
 from .products import product_path
 from .config import Config
 from .errors import InputError
@@ -68,9 +67,3 @@ def make_master_dark(files: list[Path], red_dir: str | Path, cfg: Config, bias: 
     write_fits(out, data, hdr)
     log.debug("wrote %s (median %.3g ADU/s)", out, float(np.median(data[::4, ::4])))
     return out
-
-
-def select_dark(red_dir: str | Path, cfg: Config) -> Path | None:
-    """The master dark to apply (:func:`qlcp.core.calibration.choose_master`)."""
-    p = choose_master(red_dir, cfg, "dark").path
-    return None if p is None else Path(p)

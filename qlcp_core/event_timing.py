@@ -127,19 +127,21 @@ def choose_aperture(lc: Table, k: int, fixed=None) -> int:
     return best
 
 
-def target_names(lc: Table, red=None, obj=None, band=None) -> list[str]:
+def target_names(lc: Table, red=None, obj=None, band=None, selection=None) -> list[str]:
     """Names of the light curve's targets: the selection's (or its field reference's) target names, else
-    the object for target 0 and ``{object}_t{k}`` for the others."""
+    the object for target 0 and ``{object}_t{k}`` for the others.  ``selection``: step k's file (default:
+    the group's under ``red``)."""
     obj = obj or lc.meta.get("object") or lc.meta.get("obj") or "target"
     names = []
-    if red is not None and band is not None:
-        names = _selection_names(Path(red), obj, band)
+    if selection is None and red is not None and band is not None:
+        selection = product_path(red, "selection", obj, band)
+    if selection is not None:
+        names = _selection_names(Path(selection))
     n = n_targets(lc)
     return [names[k] if k < len(names) and names[k] else (obj if k == 0 else f"{obj}_t{k}") for k in range(n)]
 
 
-def _selection_names(red: Path, obj: str, band: str) -> list[str]:
-    p = product_path(red, "selection", obj, band)
+def _selection_names(p: Path) -> list[str]:
     try:
         sel = json.loads(p.read_text())
     except (OSError, ValueError):
@@ -479,7 +481,7 @@ def write_timing(table: Table, red, obj: str, band: str, plots: list[dict] | Non
     return out
 
 
-def run_timing(red, obj: str, band: str, cfg=None, targets=None) -> dict:
+def run_timing(red, obj: str, band: str, cfg=None, targets=None, lightcurve=None, selection=None) -> dict:
     """Step ``t`` of one group of a reduced night: read its light curve, time its events, write the products.
 
     Parameters
@@ -491,16 +493,18 @@ def run_timing(red, obj: str, band: str, cfg=None, targets=None) -> dict:
         Settings (:data:`DEFAULTS`) and, when ``targets`` is not given, the
         catalogue (``targets`` / ``target_catalog``).
     targets : list of Target or dict, optional
+    lightcurve, selection : path, optional
+        The group's light curve (step d's) and star selection (step k's); default: the group's under ``red``.
 
     Returns
     -------
     dict
         Paths by product kind (``timing``, ``timing_png``).
     """
-    lc = Table.read(product_path(red, "lightcurve", obj, band), format="ascii.ecsv")
+    lc = Table.read(lightcurve or product_path(red, "lightcurve", obj, band), format="ascii.ecsv")
     if targets is None and cfg is not None and hasattr(cfg, "targets"):
         from .targets import all_targets
         targets = all_targets(cfg)
-    names = target_names(lc, red, obj, band)
+    names = target_names(lc, red, obj, band, selection)
     table, plots = _time_all(lc, targets, cfg, names)
     return write_timing(table, red, obj, band, plots)

@@ -16,7 +16,6 @@ import numpy as np
 
 from . import detector
 from .combine import combine_files, frame_median, master_header, meanwhile
-from .calibration import choose_master
 from .products import product_path
 from .config import Config
 from .dark import exptime_of
@@ -128,12 +127,6 @@ def gain_cards(estimate: tuple[float, int], rn_adu: float) -> dict:
     log.info("gain %.3f e-/ADU from %d pair(s) of flats%s", gain, n,
              f", read noise {rn_adu * gain:.2f} e-" if np.isfinite(rn_adu) else "")
     return cards
-
-
-def select_flat(red_dir: str | Path, cfg: Config, band: str) -> Path | None:
-    """The master flat of ``band`` to apply (:func:`qlcp.core.calibration.choose_master`)."""
-    p = choose_master(red_dir, cfg, "flat", band).path
-    return None if p is None else Path(p)
 
 
 def load_flat(path: Path | None) -> np.ndarray | None:

@@ -23,7 +23,7 @@ from .io import write_text
 from .listing import raw_identities
 from .logs import progress_factory, setup_screen, step_log
 from .runguard import guarded_run
-from .stages import CHUNK
+from .stages import CHUNK, check_steps, plan
 from .summary import NightSummary
 from .walk import NightWalk
 from .runtime import configure_run
@@ -54,6 +54,7 @@ def make_config(ini_file=None, **params) -> Config:
     """Config from files (``ini_file``) and call arguments; ``None`` arguments are 'not given'
     (checked before any work: :func:`~qlcp.core.config.load_config`; no site is a warning)."""
     cfg = load_config(ini_file, {k: v for k, v in params.items() if v is not None})
+    check_steps(cfg.steps)
     check_site(cfg)
     return cfg
 
@@ -114,8 +115,8 @@ def _walk(raw: Path, red: Path, cfg: Config, progress) -> NightWalk:
     :class:`OutputError` (read-only, full or forbidden output) stops the run.
     """
     write_effective_config(red, cfg)
-    if any(s in cfg.steps for s in "ip"):
-        parallel.warm(cfg.workers)          # worker processes start while l, b, f run
+    if any(b.unit == CHUNK for b in plan(cfg.steps)):
+        parallel.warm(cfg.workers)          # worker processes for the frame stages start while l, b, f run
     walk = NightWalk(raw, red, cfg, raw_identities(raw), driver="plain")
     ctx = _steps.RunContext(str(red), cfg, progress or progress_factory(), log=lambda s: _logs(red, cfg, s))
     for block in walk.blocks:

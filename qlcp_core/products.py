@@ -78,6 +78,11 @@ KINDS = (frozenset(_GROUP) | frozenset(_NIGHT) | frozenset(_CAMPAIGN)
          | {"log", "flat", "group_dir", "corrected", "frame_catalogue", "campaign_dir"})
 
 
+def group_kinds() -> frozenset:
+    """The kinds of a group's products with one file each (``{obj}_{band}`` in their name)."""
+    return frozenset(_GROUP)
+
+
 def shared_dir(red, configured: str | None, env: str, name: str) -> Path:
     """A directory shared by the nights under one output root (the field references, the calibration
     library): ``configured`` (the config's), else ``$env``, else ``{red}/../{name}``."""
@@ -138,3 +143,20 @@ def product_path(red: str | Path | None, kind: str, obj: str | None = None, band
         if kind == "corrected" and frame is not None:
             return red / f"{obj}_{band}" / f"{raw_stem(frame)}{BF_SUFFIX}"
     raise QLCPError(f"product {kind!r}: unknown kind or missing obj/band/frame/step")
+
+
+def cat_path(bf: str | Path) -> Path:
+    """The photometry catalogue (``frame_catalogue``) of a corrected frame."""
+    return product_path(None, "frame_catalogue", frame=bf)
+
+
+def corrected_files(red, obj: str, band: str, raw_files=None) -> list[str]:
+    """The group's corrected frames: those of ``raw_files`` that exist, else all on disk, sorted."""
+    if raw_files is not None:
+        return [str(p) for p in (product_path(red, "corrected", obj, band, frame=f) for f in raw_files) if p.is_file()]
+    return sorted(str(p) for p in product_path(red, "group_dir", obj, band).glob(f"*{BF_SUFFIX}"))
+
+
+def catalogue_files(bf_files) -> list[str]:
+    """The photometry catalogues of ``bf_files`` that exist."""
+    return [str(cat_path(b)) for b in bf_files if cat_path(b).is_file()]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ._version import __version__
 from .config import Config
-from .stages import keys_of
+from .configview import FREE_KEYS, ConfigView
 
 
 def file_identity(path: str | Path | None) -> list:
@@ -32,13 +32,17 @@ def file_identity(path: str | Path | None) -> list:
     return [Path(path).name, st.st_size, st.st_mtime_ns]
 
 
-def step_key(cfg: Config, step: str, *inputs) -> str:
-    """Hash of the settings of ``step`` (a stage name, or a step letter: all its stages), the
-    code version and the identity of ``inputs``."""
+def step_key(cfg: ConfigView | Config, step: str, *inputs) -> str:
+    """Hash of the settings of stage ``step``, the code version and the identity of ``inputs``.
+
+    The settings are the keys ``step`` declares, as the stage's :class:`ConfigView` (which
+    the drivers build from the stage graph) carries them; a plain :class:`Config` (a call
+    outside the graph) hashes every setting but the run-only ones."""
+    keys = cfg.declared(step) if isinstance(cfg, ConfigView) else sorted(set(Config.model_fields) - FREE_KEYS)
     payload = {
         "v": __version__,
         "step": step,
-        "cfg": cfg.subset(keys_of(step)),
+        "cfg": cfg.subset(keys),
         "in": [file_identity(p) for p in inputs],
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]

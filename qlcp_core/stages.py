@@ -4,26 +4,43 @@ Each :class:`Stage` declares its step letter, its unit of work, the inputs it
 reads (fields of its unit that hold files, known to caches by identity for raw
 frames, :data:`RAW_FIELDS`, by content for the rest, and plain values), the
 products it writes (kinds of :func:`qlcp.core.products.product_path`) and the
-configuration keys it reads.  Both drivers walk :data:`STAGES` through
+configuration keys it reads, and holds its runner, the function that does it
+(:mod:`qlcp.core.steps`).  Both drivers walk :data:`STAGES` through
 :func:`plan`: the plain driver (:mod:`qlcp.core.pipeline`) runs each unit in
 turn, the Prefect flow (``qlcp.flows.night``) submits each as a task.  Cache
 keys (``qlcp.tasks``) and the provenance keys in product headers
 (:mod:`qlcp.core.provenance`) are derived from these declarations, and a stage
-runs with a :class:`ConfigView` that raises on any key it did not declare, so
-the declarations cannot silently fall behind the code.
+runs with a :class:`~qlcp.core.configview.ConfigView` that raises on any key it
+did not declare, so the declarations cannot silently fall behind the code.  What
+lists stages, products or step letters elsewhere is derived from here
+(:data:`STEP_LETTERS`, :data:`GROUP_PRODUCTS`).
 
-A new stage is one more entry in :data:`STAGES` (and its ``run_*`` function in
-:mod:`qlcp.core.steps`).  ``python -m qlcp.core.stages`` prints the graph as a
-Markdown table (``docs/design.md`` shows it; ``python -m qlcp.core.docgen`` writes it there).
+A new stage is one more entry in :data:`STAGES`, its runner, and the name of
+any product it writes in :mod:`qlcp.core.products` (``docs/adding-a-stage.md``).
+``python -m qlcp.core.stages`` prints the graph as a Markdown table (``docs/design.md``
+shows it; ``python -m qlcp.core.docgen`` writes it there).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
 
 from .calibration import POLICY_KEYS
-from .config import Config
-from .errors import QLCPError
+from .configview import FREE_KEYS   # the run-only settings every stage may read (fingerprint.py reads them here)
+from .errors import ConfigError, QLCPError
+from .products import group_kinds
+from .steps.astrometry import run_astrometry
+from .steps.calibration import run_bias, run_dark, run_flat, run_list
+from .steps.correct import run_correct
+from .steps.lightcurve import run_catalogue, run_chart, run_differential
+from .steps.offsets import run_offsets
+from .steps.photometry import run_correct_photometry, run_photometry
+from .steps.select import run_select
+from .steps.timing import run_timing
+
+__all__ = ["BAND", "CHUNK", "FREE_KEYS", "FUSIONS", "GROUP", "GROUP_PRODUCTS", "NIGHT", "RAW_FIELDS", "STAGES",
+           "STEP_LETTERS", "Block", "Fusion", "Stage", "plan", "stage"]
 
 #: unit fields holding the night's raw files (the camera's; QLCP never writes them): cache keys know
 #: them by identity (name, size, mtime_ns), as the listing's key and the products' provenance keys
@@ -34,10 +51,6 @@ RAW_FIELDS = frozenset({"files", "bias_files", "dark_files", "flat_files", "coor
 
 #: units of work: the whole night, one band (flats), a chunk of one group's frames, one (object, band) group
 NIGHT, BAND, CHUNK, GROUP = "night", "band", "chunk", "group"
-
-#: settings that change how a stage runs, never what it writes: readable by every stage, in no cache key
-#: unless a stage declares one (``select`` declares ``steps``: ``K`` reuses the last pick, ``k`` forces one)
-FREE_KEYS = frozenset({"steps", "workers", "file_log", "scr_log", "mode", "combine_mem_mb"})
 
 _DETECTOR = ("gain", "rdnoise", "saturation")
 _TIMES = ("site_lon", "site_lat", "site_ele", "date_key", "time_key", "time_ref", "exptime_key", "ra_key",
@@ -52,10 +65,6 @@ _PICK = ("pick_err_max", "pick_bad_max", "pick_var_std", "pick_var_rad", "pick_r
          "pick_ref_dif", "pick_star_n", "pick_var_n", "pick_chk_n")
 
 
-class UndeclaredConfigKey(QLCPError):
-    """A stage read a configuration key its declaration does not list (a programming error)."""
-
-
 @dataclass(frozen=True)
 class Stage:
     """One step of the reduction, as data.
@@ -65,8 +74,7 @@ class Stage:
     letter : str
         The step letter of the manual (``steps="lbfiopwkcdgt"``).
     name : str
-        Unique name; the Prefect task of a lone stage has this name, and
-        :mod:`qlcp.core.steps` has ``run_{name}``.
+        Unique name.
     unit : str
         Unit of work: :data:`NIGHT`, :data:`BAND`, :data:`CHUNK` or :data:`GROUP`.
     files : tuple of str
@@ -78,8 +86,14 @@ class Stage:
         Product kinds it writes.
     keys : tuple of str
         Configuration keys it reads (besides :data:`FREE_KEYS`).
+    run : callable
+        Its runner, ``run(ctx, unit, prev) -> dict`` (:mod:`qlcp.core.steps`).
     enabled_by : str
         Step letters that make it run (default: its own letter).
+    task : str
+        Name of the Prefect task of the stage run alone (default: its name).
+    label : str
+        Run label of its units (default: its name), followed by the band or group.
     doc : str
         One line for the design table.
     """
@@ -91,7 +105,10 @@ class Stage:
     values: tuple[str, ...]
     writes: tuple[str, ...]
     keys: tuple[str, ...]
+    run: Callable[..., dict] | None = None
     enabled_by: str = ""
+    task: str = ""
+    label: str = ""
     doc: str = ""
 
     def enabled(self, steps: str) -> bool:
@@ -103,14 +120,13 @@ class Stage:
 class Block:
     """Stages run together as one unit of work (one Prefect task per unit).
 
-    ``fused`` names a function of :mod:`qlcp.core.steps` (``run_{fused}``) that
-    does the stages in one pass; otherwise they run one after another, each
-    seeing the results of those before it.
+    ``run``: the fused runner that does the stages in one pass; None: they run
+    one after another, each seeing the results of those before it.
     """
 
     name: str
     stages: tuple[Stage, ...]
-    fused: str = ""
+    run: Callable[..., dict] | None = None
     task_name: str = ""
     label: str = ""
 
@@ -144,71 +160,85 @@ class Block:
 STAGES: tuple[Stage, ...] = (
     Stage("l", "list", NIGHT, (), ("raw_dir", "raw_files"), ("night_list",),
           ("patterns", "date_key", "time_key", "exptime_key", "filter_key", "object_key", "imagetyp_key", "obj",
-           "band", "site_tz", "time_ref"), enabled_by="*",
+           "band", "site_tz", "time_ref"), run=run_list, enabled_by="*", task="list-night", label="l",
           doc="classify the raw files (bias, dark, flat per band, science per object and band)"),
     Stage("b", "bias", NIGHT, ("bias_files",), (), ("bias",),
-          ("combine_sigma", "use_bias", "alt_bias", "exptime_key", *_LIBRARY),
+          ("combine_sigma", "use_bias", "alt_bias", "exptime_key", *_LIBRARY), run=run_bias, label="b",
           doc="master bias (clipped median) of the frames that pass their own checks"),
     Stage("b", "dark", NIGHT, ("dark_files", "bias"), (), ("dark",),
-          ("combine_sigma", "use_dark", "exptime_key", *_LIBRARY),
+          ("combine_sigma", "use_dark", "exptime_key", *_LIBRARY), run=run_dark,
           doc="master dark per second, when the night has darks"),
     Stage("f", "flat", BAND, ("flat_files", "bias", "dark"), ("band",), ("flat",),
           ("combine_sigma", "flat_limit_low", "flat_limit_high", "use_flat", "alt_flat", "use_dark",
-           "exptime_key", *_LIBRARY),
+           "exptime_key", *_LIBRARY), run=run_flat, label="f",
           doc="master flat of each band in use, normalised to 1"),
     Stage("i", "correct", CHUNK, ("files", "bias", "flat", "dark", "coord_file"), ("obj", "band"), ("corrected",),
-          (*_TIMES, *_DETECTOR, "border_cut", "use_dark"),
+          (*_TIMES, *_DETECTOR, "border_cut", "use_dark"), run=run_correct, label="i",
           doc="bias, dark, flat; JD/HJD/BJD_TDB and airmass in the header"),
     Stage("p", "photometry", CHUNK, ("corrected", "coord_file"), ("obj", "band"), ("frame_catalogue",),
           ("aper", *_DETECTOR, "detect_thresh", "detect_minarea", "sky_annulus", "draw_phot", "draw_phot_err",
            "phot_back_mesh", "phot_deblend_nthresh", "filter_key", "object_key", "frame_catalogues", "pick_star_n",
-           "offset_max_dis", "starxy", "targets", "target_catalog", "pixel_scale"),
+           "offset_max_dis", "starxy", "targets", "target_catalog", "pixel_scale"), run=run_photometry, label="p",
           doc="measure the group's reference frame in full; on the others its brightest stars, starxy and "
               "the targets on a header WCS, tracked from it (frame_catalogues: full, every source of every frame)"),
     Stage("o", "offsets", GROUP, ("corrected", "frame_catalogue"), ("obj", "band"), ("offsets", "offsets_txt"),
-          ("offset_max_dis", "base_img", "saturation", "detect_minarea", "gain"),
+          ("offset_max_dis", "base_img", "saturation", "detect_minarea", "gain"), run=run_offsets, label="o",
           doc="offset of each frame against the base frame"),
-    Stage("w", "astrometry", GROUP, ("offsets", "frame_catalogue", "target_catalog"), ("obj", "band"), ("wcs",),
+    Stage("w", "astrometry", GROUP, ("offsets", "frame_catalogue", "target_catalog"), ("obj", "band"),
+          ("wcs", "numbered_chart", "numbered_chart_txt"),
           ("astrometry_index", "pixel_scale", "solve_timeout", "solve_blind_timeout", "ra_key", "dec_key",
-           "targets", "target_catalog", "field_dir", "starxy"),
+           "targets", "target_catalog", "field_dir", "starxy"), run=run_astrometry, label="w",
           doc="sky coordinates (WCS) of the base frame: its header's, checked, else solved offline "
               "(astrometry.net), else none"),
     Stage("k", "select", GROUP, ("frame_catalogue", "offsets", "wcs", "field_reference", "target_catalog", "pick"),
           ("obj", "band"), ("pick", "selection"),
           (*_PICK, "match_max_dis", "base_img", "saturation", "starxy", "ind_tgt", "ind_ref", "ind_chk", "steps",
            "targets", "target_catalog", "field_dir", "refresh_field", "pick_cmp_dmag"),
-          enabled_by="kKc", doc="target, comparison and check stars: last pick (K), given, the field's "
-                                "reference, known targets by sky position, or the automatic pick (k); "
-                                "writes the field reference on a field's first night"),
+          run=run_select, enabled_by="kKc", task="select-stars", label="k",
+          doc="target, comparison and check stars: last pick (K), given, the field's reference, known targets "
+              "by sky position, or the automatic pick (k); writes the field reference on a field's first night"),
     Stage("c", "catalogue", GROUP, ("frame_catalogue", "offsets", "selection", "wcs"), ("obj", "band"),
           ("night_catalogue",),
-          ("match_max_dis", "starxy", "base_img", "aper"),
+          ("match_max_dis", "starxy", "base_img", "aper"), run=run_catalogue,
           doc="the chosen stars matched across the night's frames (with RA, Dec when step w found a WCS)"),
-    Stage("d", "differential", GROUP, ("night_catalogue", "masters"), ("obj", "band", "night"),
+    Stage("d", "differential", GROUP, ("night_catalogue", "masters", "corrected"), ("obj", "band", "night"),
           ("lightcurve", "stars", "lc_png", "lc_pdf"),
           ("ind_tgt", "ind_ref", "ind_chk", "tel_diameter", "scint_cy", "site_ele", "gain", "rdnoise", "aper",
-           "pick_bad_max", "sky_annulus", "ref_var_k"),
+           "pick_bad_max", "sky_annulus", "ref_var_k"), run=run_differential,
           doc="differential light curves, noise budget, tables and plots"),
     Stage("t", "timing", GROUP, ("lightcurve", "selection", "target_catalog"), ("obj", "band"),
-          ("timing", "timing_png"), (*_TIMING, "targets", "target_catalog"),
+          ("timing", "timing_png"), (*_TIMING, "targets", "target_catalog"), run=run_timing,
           doc="times of minima and transits (symmetric model, Kwee-van Woerden, Mandel-Agol), BJD_TDB with "
               "errors; full, partial or none"),
     Stage("g", "chart", GROUP, ("stars", "offsets", "selection", "wcs"), ("obj", "band"), ("chart",), (),
+          run=run_chart,
           doc="finding chart of the base frame with the chosen stars"),
 )
 
-#: stages run as one unit of work when more than one of them runs: (block name, stages, fused run, task name)
-FUSIONS: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
-    ("ip", ("correct", "photometry"), "correct_photometry", "correct-photometry"),
-    ("lc", ("catalogue", "differential", "chart"), "", "lightcurve"),
+
+
+class Fusion(NamedTuple):
+    """Stages run as one unit of work (block ``name``, Prefect task ``task``) when more than one of them
+    runs; with a fused runner ``run``, only when all of them run."""
+
+    name: str
+    stages: tuple[str, ...]
+    run: Callable[..., dict] | None
+    task: str
+
+
+FUSIONS: tuple[Fusion, ...] = (
+    Fusion("ip", ("correct", "photometry"), run_correct_photometry, "correct-photometry"),
+    Fusion("lc", ("catalogue", "differential", "chart"), None, "lightcurve"),
 )
 
-#: Prefect task names and run labels of lone stages
-_TASK_NAMES = {"list": "list-night", "correct": "correct", "photometry": "photometry", "select": "select-stars"}
-_LABELS = {"list": "l", "bias": "b", "dark": "dark", "flat": "f", "correct": "i", "photometry": "p",
-           "offsets": "o", "select": "k", "astrometry": "w"}
-
 BY_NAME = {s.name: s for s in STAGES}
+
+#: every step letter, in the order the stages run (``steps`` holds some of them, and ``K``)
+STEP_LETTERS = "".join(dict.fromkeys(s.letter for s in STAGES))
+
+#: products of a group (one file each) that a failed group unit must not leave half made
+GROUP_PRODUCTS = frozenset(k for s in STAGES if s.unit == GROUP for k in s.writes if k in group_kinds())
 
 
 def stage(name: str) -> Stage:
@@ -218,92 +248,33 @@ def stage(name: str) -> Stage:
         raise QLCPError(f"no stage named {name!r}") from None
 
 
+def check_steps(steps: str) -> str:
+    """``steps`` when every letter is a stage's (or ``K``); else :class:`ConfigError` naming the key."""
+    bad = sorted(set(steps) - set(STEP_LETTERS + "K"))
+    if bad:
+        raise ConfigError(f"key 'steps': unknown step(s) {''.join(bad)!r}; steps are {STEP_LETTERS} "
+                          f"(K: reuse pick) (got {steps!r})")
+    return steps
+
+
 def plan(steps: str) -> list[Block]:
     """The blocks to run for ``steps``, in order: enabled stages, fused where :data:`FUSIONS` says."""
+    check_steps(steps)
     on = [s for s in STAGES if s.enabled(steps)]
     names = {s.name for s in on}
     blocks, used = [], set()
     for s in on:
         if s.name in used:
             continue
-        fusion = next((f for f in FUSIONS if s.name in f[1]), None)
-        members = tuple(stage(n) for n in fusion[1] if n in names) if fusion else ()
-        if fusion and len(members) > 1 and (fusion[2] == "" or len(members) == len(fusion[1])):
-            blocks.append(Block(fusion[0], members, fusion[2], fusion[3], fusion[0]))
+        fusion = next((f for f in FUSIONS if s.name in f.stages), None)
+        members = tuple(stage(n) for n in fusion.stages if n in names) if fusion else ()
+        if fusion and len(members) > 1 and (fusion.run is None or len(members) == len(fusion.stages)):
+            blocks.append(Block(fusion.name, members, fusion.run, fusion.task, fusion.name))
             used |= {m.name for m in members}
         else:
-            blocks.append(Block(s.name, (s,), "", _TASK_NAMES.get(s.name, s.name), _LABELS.get(s.name, s.name)))
+            blocks.append(Block(s.name, (s,), None, s.task or s.name, s.label or s.name))
             used.add(s.name)
     return blocks
-
-
-def keys_of(name: str) -> tuple[str, ...]:
-    """The configuration keys of a stage (by name) or of every stage of a step letter."""
-    if name in BY_NAME:
-        return BY_NAME[name].keys
-    found = [s for s in STAGES if s.letter == name]
-    if not found:
-        raise QLCPError(f"no stage or step {name!r}")
-    return tuple(sorted({k for s in found for k in s.keys}))
-
-
-# --------------------------------------------------------------- config view
-@dataclass
-class ConfigView:
-    """A stage's read-only view of the :class:`~qlcp.core.config.Config`: reading a key the
-    stage did not declare raises :class:`UndeclaredConfigKey`, so cache keys and provenance,
-    which are built from the declarations, cannot miss a setting that changes the output."""
-
-    cfg: Config
-    keys: frozenset = field(default_factory=frozenset)
-    owner: str = ""
-
-    def _check(self, name: str) -> None:
-        if name in Config.model_fields and name not in self.keys and name not in FREE_KEYS:
-            raise UndeclaredConfigKey(f"stage {self.owner!r} reads config key {name!r}, which it does not "
-                                      f"declare (qlcp/core/stages.py)")
-
-    def __getattr__(self, name: str):
-        if name.startswith("__") or name in ("cfg", "keys", "owner"):
-            raise AttributeError(name)
-        self._check(name)
-        return getattr(self.cfg, name)
-
-    def for_object(self, name: str, obj: str):
-        self._check(name)
-        return self.cfg.for_object(name, obj)
-
-    def flat_for(self, which: str, band: str):
-        self._check(which)
-        return self.cfg.flat_for(which, band)
-
-    def subset(self, keys) -> dict:
-        for k in keys:
-            self._check(k)
-        return self.cfg.subset(keys)
-
-    def hash(self, keys=None) -> str:
-        """Hash of ``keys`` (default: the declared keys, i.e. what this stage's output depends on)."""
-        keys = sorted(self.keys) if keys is None else list(keys)
-        for k in keys:
-            self._check(k)
-        return self.cfg.hash(keys)
-
-    def plain(self, only_set: bool = False) -> dict:
-        return {k: v for k, v in self.cfg.plain(only_set).items() if k in self.keys or k in FREE_KEYS}
-
-    @property
-    def pick_forced(self) -> bool:
-        return self.cfg.pick_forced
-
-
-def view(cfg: Config | ConfigView, block_or_stage) -> ConfigView:
-    """The view of ``cfg`` for a :class:`Stage` or :class:`Block` (or a tuple of keys, named ``owner``)."""
-    base = cfg.cfg if isinstance(cfg, ConfigView) else cfg
-    if isinstance(block_or_stage, (Stage, Block)):
-        return ConfigView(base, frozenset(block_or_stage.keys), block_or_stage.name)
-    keys, owner = block_or_stage
-    return ConfigView(base, frozenset(keys), owner)
 
 
 #: what the drivers themselves read to walk the graph (groups to run, which masters apply)
@@ -318,7 +289,7 @@ def markdown_table() -> str:
     for i, s in enumerate(STAGES, 1):
         rows.append(f"| {i} | `{s.letter}` | **{s.name}**: {s.doc} | {s.unit} | {', '.join(s.files + s.values)} | "
                     f"{', '.join(s.writes)} | {', '.join(f'`{k}`' for k in s.keys) or '-'} |")
-    fused = "; ".join(f"{', '.join(m)} run as one `{t}` unit" for _, m, _, t in FUSIONS)
+    fused = "; ".join(f"{', '.join(f.stages)} run as one `{f.task}` unit" for f in FUSIONS)
     return "\n".join(rows) + f"\n\nFused when more than one of them runs: {fused} (i and p only together).\n"
 
 

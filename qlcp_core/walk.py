@@ -9,7 +9,7 @@ differ only in how they execute a unit, never in what runs, in which order,
 with which inputs.
 
 A unit is a plain dict holding exactly the fields its block declares (files and
-values), so a Prefect task can key its cache on it; a failed listing stops the
+values, :meth:`NightWalk.field`), so a Prefect task can key its cache on it; a failed listing stops the
 night; a failed bias, dark or flat unit, or one left without usable frames,
 takes the calibration policy's next choice (``use_*``, the library, ``alt_*``) or
 leaves the night without it, *degraded*: the summary's ``degraded`` says what was
@@ -29,9 +29,9 @@ from .errors import QLCPError
 from .field import reference_of_other_night
 from .io import read_header, write_json
 from .nightname import night_name
-from .products import product_path
-from .stages import BAND, CHUNK, GROUP, NIGHT, WALK_KEYS, Block, plan, view
-from .steps import catalogue_files, corrected_files
+from .configview import view
+from .products import catalogue_files, corrected_files, group_kinds, product_path
+from .stages import BAND, CHUNK, GROUP, GROUP_PRODUCTS, NIGHT, WALK_KEYS, Block, plan
 from .summary import GroupSummary, NightSummary, group_outcome, night_outcome
 from .timing import target_coord
 
@@ -79,48 +79,73 @@ class NightWalk:
         """``(label, unit)`` of every unit of ``block`` (``chunk``: frames per chunk unit; None: one
         chunk per group)."""
         if block.unit == NIGHT:
-            return [(block.label, self._select(block, self._night_fields()))]
+            return [(block.label, self._unit(block))]
         if block.unit == BAND:
-            return [(f"{block.label}-{b}", self._select(block, self._band_fields(b))) for b in self.bands()]
+            return [(f"{block.label}-{b}", self._unit(block, band=b)) for b in self.bands()]
         out = []
         for (o, b), g in self.groups.items():
             if g.summary.error:
                 continue
-            fields_ = self._group_fields(o, b, g)
             if block.unit == GROUP:
-                out.append((f"{block.label}-{o}-{b}", self._select(block, fields_)))
+                out.append((f"{block.label}-{o}-{b}", self._unit(block, o, b, g)))
                 continue
             self._write_masters()
             key = "files" if "files" in block.files else "corrected"
-            items = fields_[key]
+            items = self.field(key, o, b, g)
             n = chunk or max(1, len(items))
             for k, i in enumerate(range(0, len(items), n)):
-                out.append((f"{block.label}-{o}-{b}-{k}", self._select(block, {**fields_, key: items[i:i + n]})))
+                out.append((f"{block.label}-{o}-{b}-{k}", {**self._unit(block, o, b, g), key: items[i:i + n]}))
         return out
 
-    def _select(self, block: Block, fields_: dict) -> dict:
-        """The unit: exactly the fields ``block`` declares (callables are resolved only when needed)."""
-        return {k: (v() if callable(v) else v) for k, v in ((k, fields_.get(k)) for k in block.files + block.values)}
+    def _unit(self, block: Block, obj: str | None = None, band: str | None = None, g: _Group | None = None) -> dict:
+        """The unit: exactly the fields ``block`` declares, each resolved only when declared."""
+        return {k: self.field(k, obj, band, g) for k in block.files + block.values}
 
-    def _night_fields(self) -> dict:
+    def field(self, name: str, obj: str | None = None, band: str | None = None, g: _Group | None = None):
+        """The value of the unit field ``name`` of the night, of ``band`` or of the group ``(obj, band)``: a
+        field named after a group product kind (or ``masters``) holds its path; ``bias``, ``dark``, ``flat``
+        the master the night uses; the others, the night's raw files and state (:class:`~qlcp.core.stages.Stage`)."""
         L = self.listing or {}
-        return {"raw_dir": str(self.raw), "raw_files": self.raw_files, "bias_files": L.get("bias", []),
-                "dark_files": L.get("dark", []), "bias": lambda: self.master("bias")}
-
-    def _band_fields(self, band: str) -> dict:
-        return {"band": band, "flat_files": (self.listing or {}).get("flats", {}).get(band, []),
-                "bias": lambda: self.master("bias"), "dark": lambda: self.master("dark")}
-
-    def _group_fields(self, o: str, b: str, g: _Group) -> dict:
-        return {"obj": o, "band": b, "night": self.summary.night, "files": g.raw,
-                "coord_file": lambda: self._coord_file(g), "bias": lambda: self.master("bias"),
-                "dark": lambda: self.master("dark"), "flat": lambda: self.master("flat", b),
-                "corrected": g.corrected, "frame_catalogue": lambda: catalogue_files(g.corrected),
-                "field_reference": lambda: _s(reference_of_other_night(self.red, self.walk_cfg, o)),
-                "target_catalog": self.walk_cfg.target_catalog,
-                **{k: str(product_path(self.red, k, o, b)) for k in ("offsets", "wcs", "night_catalogue", "stars", "selection", "lightcurve")},
-                "masters": str(product_path(self.red, "masters")),
-                "pick": str(product_path(self.red, "pick", o, b)) if "K" in self.cfg.steps else None}
+        if name in ("bias", "dark"):
+            return self.master(name)
+        if name == "flat":
+            return self.master("flat", band)
+        if name == "pick":                      # the last pick, read only when K reuses it
+            return str(product_path(self.red, "pick", obj, band)) if "K" in self.cfg.steps else None
+        if name in group_kinds():
+            return str(product_path(self.red, name, obj, band))
+        if name == "masters":
+            return str(product_path(self.red, "masters"))
+        match name:
+            case "raw_dir":
+                return str(self.raw)
+            case "raw_files":
+                return self.raw_files
+            case "bias_files":
+                return L.get("bias", [])
+            case "dark_files":
+                return L.get("dark", [])
+            case "flat_files":
+                return L.get("flats", {}).get(band, [])
+            case "band":
+                return band
+            case "obj":
+                return obj
+            case "night":
+                return self.summary.night
+            case "files":
+                return g.raw
+            case "coord_file":
+                return self._coord_file(g)
+            case "corrected":
+                return g.corrected
+            case "frame_catalogue":
+                return catalogue_files(g.corrected)
+            case "field_reference":
+                return _s(reference_of_other_night(self.red, self.walk_cfg, obj))
+            case "target_catalog":
+                return self.walk_cfg.target_catalog
+        raise QLCPError(f"unit field {name!r}: no stage input of that name (qlcp_core/walk.py NightWalk.field)")
 
     def _write_masters(self) -> None:
         """``masters.json``: the master of each kind (and band) the night uses, with where it came from
@@ -222,9 +247,8 @@ class NightWalk:
         for what in res.get("degraded") or []:      # e.g. a group without a sky coordinate (step i)
             self._degrade(what)
         g.summary.rejected += [[Path(s["bf"]).name, s["error"]] for s in res.get("frames", []) if s.get("error")]
-        for kind in ("offsets", "wcs", "night_catalogue", "lightcurve", "stars", "lc_png", "lc_pdf", "chart",
-                     "timing", "timing_png"):
-            if res.get(kind):
+        for kind in block.writes:                   # the paths of the group's products, as the runners return them
+            if res.get(kind) and isinstance(res[kind], str):
                 g.summary.outputs[kind] = res[kind]
         if "noise" in res:
             g.summary.noise = res["noise"]
@@ -381,9 +405,6 @@ class NightWalk:
             raise QLCPError(f"{self.raw}: every group failed; first: {failed[0].error}")
 
 
-#: products of a group (one file each) that a failed group unit must not leave half made
-GROUP_PRODUCTS = frozenset({"offsets", "offsets_txt", "wcs", "pick", "selection", "night_catalogue", "lightcurve",
-                            "stars", "lc_png", "lc_pdf", "chart"})
 #: the calibration blocks: a failure loses that calibration, not the night
 _CALIBRATIONS = ("bias", "dark", "flat")
 

@@ -227,17 +227,6 @@ def _long_core_modules() -> dict[str, int]:
             if layer_of(m) == "qlcp.core" and (n := len(f.read_text().splitlines())) > MAX_CORE_LINES}
 
 
-#: modules over the limit whose split is under way elsewhere (path -> who); each one's own test is an
-#: expected failure that fails when the split lands, so the entry is then removed
-PENDING_SPLITS = {"qlcp_core/steps.py": "engineer 'stage' turns steps.py into a package (issue #26)"}
-
-
 def test_no_core_module_over_800_lines():
-    long = {f: n for f, n in _long_core_modules().items() if f not in PENDING_SPLITS}
+    long = _long_core_modules()
     assert not long, f"over {MAX_CORE_LINES} lines: {long}"
-
-
-@pytest.mark.parametrize("path", sorted(PENDING_SPLITS))
-def test_pending_splits(path, request):
-    request.applymarker(pytest.mark.xfail(strict=True, reason=PENDING_SPLITS[path]))
-    assert path not in _long_core_modules()

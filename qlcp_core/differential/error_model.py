@@ -16,7 +16,6 @@ import numpy as np
 from astropy.table import Table
 
 from .. import noise
-from ..products import product_path
 from .ensemble import NOISY_K, _Noise, robust_scatter
 
 log = logging.getLogger("qlcp.differential")
@@ -140,11 +139,10 @@ def _is_noisy(achieved: float, predicted: float) -> bool:
     return bool(np.isfinite(achieved) and np.isfinite(predicted) and achieved > NOISY_K * predicted)
 
 
-def corrected_gain_source(red_dir: str | Path, obj: str, band: str) -> str | None:
-    """``GAINSRC`` of the group's first corrected frame (None without frames or card)."""
+def corrected_gain_source(bf0: str | Path | None) -> str | None:
+    """``GAINSRC`` of the corrected frame ``bf0`` (None without a frame or card)."""
     from ..io import read_header
 
-    bf0 = next(iter(sorted(product_path(red_dir, "group_dir", obj, band).glob("*.bf.fits"))), None)
     if bf0 is None:
         return None
     src = read_header(bf0).get("GAINSRC")

@@ -13,7 +13,7 @@ from astropy.table import Table
 from ..columns import describe
 from ..io import write_table, write_text
 from ..products import product_path
-from .error_model import apply_error_model, corrected_gain_source
+from .error_model import apply_error_model
 
 log = logging.getLogger("qlcp.differential")
 
@@ -45,7 +45,7 @@ def _plain(v):
 
 
 def write_lightcurve(lc: Table, stars: Table, red_dir: str | Path, obj: str, band: str,
-                     provenance: dict | None = None) -> list[Path]:
+                     provenance: dict | None = None, gain_source: str | None = None) -> list[Path]:
     """Write the light curve, the star table and the original's text files, atomically.
 
     Files: ``{red}/lc_{obj}_{band}.ecsv`` (``provenance`` in its meta),
@@ -57,8 +57,9 @@ def write_lightcurve(lc: Table, stars: Table, red_dir: str | Path, obj: str, ban
     comparison indexes joined by '-'.
 
     A light curve whose error model is not settled yet (:func:`differential` did not
-    know the gain source) is settled first, in place, from the ``GAINSRC`` of the
-    group's corrected frames (:func:`apply_error_model`).
+    know the gain source) is settled first, in place, from ``gain_source`` (the
+    ``GAINSRC`` of the group's corrected frames, :func:`corrected_gain_source`;
+    None: unknown), by :func:`apply_error_model`.
 
     Returns
     -------
@@ -68,7 +69,7 @@ def write_lightcurve(lc: Table, stars: Table, red_dir: str | Path, obj: str, ban
     red = Path(red_dir)
     out = []
     if not lc.meta.get("error_model"):
-        apply_error_model(lc, corrected_gain_source(red, obj, band) or "unknown")
+        apply_error_model(lc, gain_source or "unknown")
     lc = Table(lc, copy=True)
     lc.meta = _plain(dict(lc.meta))
     lc.meta["provenance"] = _plain(dict(provenance or {}))

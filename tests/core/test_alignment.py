@@ -17,7 +17,7 @@ from qlcp.core.config import Config, load_config
 from qlcp.core.offset import (as_matrix, base_to_frame, compute_offsets, find_offset, find_similarity,
                               frame_to_base, read_offsets, rotation_deg, scale_of)
 from qlcp.core.simulate import simulate_night, truth_transforms
-from qlcp.core.steps import catalogue_stars
+from qlcp.core.steps.offsets import catalogue_stars
 
 SMALL = dict(n_bias=3, n_flats=5, n_constant=5)
 

@@ -14,7 +14,8 @@ from astropy.io import fits
 from astropy.table import Table
 
 from qlcp.core import run
-from qlcp.core.bias import make_master_bias, select_bias
+from qlcp.core.bias import make_master_bias
+from qlcp.core.calibration import choose_master
 from qlcp.core.config import Config, load_config
 from qlcp.core.correct import correct_frames
 from qlcp.core.errors import MissingInputError
@@ -109,11 +110,11 @@ def test_red_inside_raw_is_refused(tmp_path):
 def test_bias_precedence_and_missing(tmp_path, night):
     sim, red, _, _ = night
     cfg = Config(use_bias=str(red / "bias.fits"))
-    assert select_bias(tmp_path, cfg) == red / "bias.fits"
-    assert select_bias(tmp_path, Config(alt_bias=str(red / "bias.fits"))) == red / "bias.fits"
-    assert select_bias(tmp_path, Config()) is None                       # MISS_SKIP: zero bias
+    assert choose_master(tmp_path, cfg, "bias").path == str(red / "bias.fits")
+    assert choose_master(tmp_path, Config(alt_bias=str(red / "bias.fits")), "bias").path == str(red / "bias.fits")
+    assert choose_master(tmp_path, Config(), "bias").path is None          # MISS_SKIP: zero bias
     with pytest.raises(MissingInputError):
-        select_bias(tmp_path, Config(mode=["MISS_ERROR"]))
+        choose_master(tmp_path, Config(mode=["MISS_ERROR"]), "bias")
     assert make_master_bias([], tmp_path, Config()) is None
 
 
@@ -163,7 +164,7 @@ def test_real_night_corrected_times(xo1_dir, tmp_path):
 def test_times_do_not_depend_on_how_a_group_is_split(tmp_path):
     """HJD/BJD use one target coordinate per group (its first frame's header), so chunks of a
     group give the times of the whole group even when the pointing keywords drift."""
-    from qlcp.core.steps import correct_step
+    from qlcp.core.steps.correct import correct_step
 
     sim = simulate_small(tmp_path / "n", n_frames=6, size=96, seed=7, n_bias=3, n_flats=3)
     raw = tmp_path / "copy"

@@ -72,7 +72,7 @@ def test_i_and_p_in_one_pass_equal_the_steps_apart(tmp_path):
 
 
 def test_guided_chunks_cover_the_items_in_order():
-    from qlcp.core.steps import _guided_chunks
+    from qlcp.core.steps.correct import _guided_chunks
 
     for n in (0, 1, 5, 200, 1001):
         for w in (1, 2, 8):
@@ -194,7 +194,7 @@ def test_the_reference_frame_is_corrected_once_and_counted_once_in_chunks(tmp_pa
 
     from qlcp.core import run
     from qlcp.core.pipeline import make_config
-    from qlcp.core.steps import correct_photometry_step
+    from qlcp.core.steps.photometry import correct_photometry_step
 
     sim = simulate_small(tmp_path / "n", n_frames=8, size=160, seed=53, n_bias=3, n_flats=3, thick_cloud=False)
     red = tmp_path / "red"

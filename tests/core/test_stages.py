@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from qlcp.core import stages as S
+from qlcp.core.configview import UndeclaredConfigKey, view
 from qlcp.core.calibration import choose_master
 from qlcp.core.config import Config
 from qlcp.core.errors import InputError
@@ -35,22 +36,44 @@ def test_plan_order_and_fusions():
     assert [b.name for b in S.plan("d")] == ["list", "differential"]
 
 
-def test_every_stage_has_one_runner_and_known_products():
-    from qlcp.core import steps
-
+def test_every_stage_holds_its_runner_and_known_products():
     for s in S.STAGES:
-        assert callable(getattr(steps, f"run_{s.name}")), s.name
+        assert callable(s.run) and s.run.__module__.startswith("qlcp.core.steps."), s.name
         assert set(s.writes) <= KINDS, s.name
         assert set(s.keys) <= set(Config.model_fields), (s.name, set(s.keys) - set(Config.model_fields))
-    for _, _, fused, _ in S.FUSIONS:
-        assert not fused or callable(getattr(steps, f"run_{fused}"))
+    assert len({s.name for s in S.STAGES}) == len(S.STAGES)
+    for f in S.FUSIONS:
+        assert f.run is None or callable(f.run)
+    fused = S.plan("lbfiopkcdg")
+    assert fused[4].run is S.FUSIONS[0].run and fused[-1].run is None      # ip in one pass; lc stage by stage
+
+
+def test_letters_and_group_products_come_from_the_stages():
+    """``steps`` accepts exactly the graph's letters (and K); the default runs every stage."""
+    from qlcp.core.walk import GROUP_PRODUCTS
+
+    assert set(Config().steps) == set(S.STEP_LETTERS)
+    from qlcp.core.pipeline import make_config
+
+    with pytest.raises(Exception, match="key 'steps': unknown step"):
+        make_config(steps="lz")
+    with pytest.raises(Exception, match="unknown step"):
+        S.plan("lz")
+    assert {"offsets", "wcs", "selection", "lightcurve", "chart", "timing"} <= GROUP_PRODUCTS
+    assert not GROUP_PRODUCTS & {"corrected", "frame_catalogue", "bias", "flat", "masters"}
+
+
+def test_no_runner_is_found_by_name():
+    """No ``globals()`` lookup and no runner named by a string: a stage's code is one step from its row."""
+    for f in (REPO / "qlcp_core").rglob("*.py"):
+        assert "globals()" not in f.read_text(), f
 
 
 def test_block_files_drop_what_an_earlier_stage_of_the_block_writes():
     lc = S.plan("kcdg")[-1]
     assert "night_catalogue" not in lc.files and "stars" not in lc.files and "selection" in lc.files
     assert "wcs" in lc.files                    # the catalogue reads step w's product (its stars' RA, Dec)
-    assert S.plan("d")[-1].files == ("night_catalogue", "masters")
+    assert S.plan("d")[-1].files == ("night_catalogue", "masters", "corrected")     # GAINSRC, the masters used
 
 
 def test_step_order_is_written_once():
@@ -70,11 +93,11 @@ def test_markdown_table_lists_every_stage():
 # ----------------------------------------------------------- config view
 def test_view_refuses_undeclared_keys_and_allows_declared_and_free():
     cfg = Config(aper=[4.0], gain=2.0)
-    v = S.view(cfg, S.stage("photometry"))
+    v = view(cfg, S.stage("photometry"))
     assert v.aper == [4.0] and v.gain == 2.0 and v.workers is None     # declared, declared, free
-    with pytest.raises(S.UndeclaredConfigKey, match="pick_ref_n"):
+    with pytest.raises(UndeclaredConfigKey, match="pick_ref_n"):
         v.pick_ref_n
-    with pytest.raises(S.UndeclaredConfigKey, match="ind_tgt"):
+    with pytest.raises(UndeclaredConfigKey, match="ind_tgt"):
         v.for_object("ind_tgt", "X")
     assert v.hash() == cfg.hash(sorted(S.stage("photometry").keys))
 
@@ -82,9 +105,9 @@ def test_view_refuses_undeclared_keys_and_allows_declared_and_free():
 def test_view_survives_pickling_for_worker_processes():
     import pickle
 
-    v = pickle.loads(pickle.dumps(S.view(Config(aper=[3.0]), S.stage("photometry"))))
+    v = pickle.loads(pickle.dumps(view(Config(aper=[3.0]), S.stage("photometry"))))
     assert v.aper == [3.0]
-    with pytest.raises(S.UndeclaredConfigKey):
+    with pytest.raises(UndeclaredConfigKey):
         v.site_lat
 
 

@@ -133,7 +133,7 @@ def _flow_with(raw, red, v, **settings):
 
 def test_transient_error_is_retried(two_band_night, tmp_path, monkeypatch):
     raw, v = two_band_night
-    from qlcp.core import steps
+    from qlcp.core.steps import offsets as steps
 
     calls = {"n": 0}
     real = steps.offset_step
