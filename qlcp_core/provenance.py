@@ -2,8 +2,10 @@
 
 Each per-frame product (corrected frame, catalogue) carries ``QLCPKEY`` in its
 header: a hash of the step's settings (the keys its stage declares in
-:mod:`qlcp.core.stages`),
-the code version and the identity (name, size, mtime) of its inputs.  Under
+:mod:`qlcp.core.stages`), the fingerprint of the code the stage runs
+(:func:`qlcp.core.codehash.stage_code`: a fix in photometry changes the keys of
+photometry's products, not of the corrected frames) and the identity (name,
+size, mtime) of its inputs.  Under
 the default EXIST_APPEND mode an existing product is kept only when its key
 matches: changing ``aper`` or a master flat redoes what depends on it, where
 the original would silently keep stale files.
@@ -16,7 +18,7 @@ import json
 import os
 from pathlib import Path
 
-from ._version import __version__
+from .codehash import stage_code
 from .config import Config
 from .stages import keys_of
 
@@ -34,9 +36,9 @@ def file_identity(path: str | Path | None) -> list:
 
 def step_key(cfg: Config, step: str, *inputs) -> str:
     """Hash of the settings of ``step`` (a stage name, or a step letter: all its stages), the
-    code version and the identity of ``inputs``."""
+    fingerprint of its code and the identity of ``inputs``."""
     payload = {
-        "v": __version__,
+        "code": stage_code(step),
         "step": step,
         "cfg": cfg.subset(keys_of(step)),
         "in": [file_identity(p) for p in inputs],

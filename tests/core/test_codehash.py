@@ -1,0 +1,120 @@
+"""The code fingerprint of a stage (qlcp.core.codehash): closure, stability, what a change touches."""
+
+from __future__ import annotations
+
+import ast
+import textwrap
+import types
+from pathlib import Path
+
+import pytest
+
+from qlcp.core import codehash as C
+
+SOURCES = {
+    "__init__.py": "def run():\n    from .heavy import H\n    return H\n",
+    "leaf.py": "X = 1\n",
+    "leaf2.py": '"""A docstring line that reads like code:\nimport the frames\n"""\nY = 2\n',
+    "mid.py": "import os\n\nfrom .leaf import X\n\n\ndef f():\n    from . import other\n    return other\n",
+    "other.py": "import numpy as np\nimport synthpkg.leaf2 as l2\n",
+    "top_a.py": "from . import mid\n",
+    "top_b.py": "from .leaf2 import (\n    Y,\n)\n",
+    "heavy.py": "from . import leaf, leaf2, mid, other\nH = 3\n",
+    "sub/__init__.py": "",
+    "sub/deep.py": "from ..leaf import X  # a comment (\n",
+}
+
+
+@pytest.fixture
+def pkg(tmp_path, monkeypatch):
+    for name, text in SOURCES.items():
+        f = tmp_path / "synthpkg" / name
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(text)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    C.clear()
+    yield tmp_path / "synthpkg"
+    C.clear()
+
+
+def _fp(name: str) -> str:
+    return C.code_fingerprint(f"synthpkg.{name}", "synthpkg")
+
+
+def test_closure_follows_module_and_function_level_imports_inside_the_package_only(pkg):
+    assert C.closure("synthpkg.top_a", "synthpkg") == tuple(
+        f"synthpkg.{m}" for m in ("leaf", "leaf2", "mid", "other", "top_a"))
+    assert C.closure("synthpkg.top_b", "synthpkg") == ("synthpkg.leaf2", "synthpkg.top_b")
+    assert C.closure("synthpkg.sub.deep", "synthpkg") == ("synthpkg.leaf", "synthpkg.sub.deep")
+    # the package's __init__ only when a name is imported from it
+    assert "synthpkg" not in C.closure("synthpkg.heavy", "synthpkg")
+
+
+def test_fingerprint_is_stable_and_independent_of_order(pkg):
+    a = C.code_fingerprint(("synthpkg.top_a", "synthpkg.top_b"), "synthpkg")
+    C.clear()
+    assert C.code_fingerprint(("synthpkg.top_b", "synthpkg.top_a"), "synthpkg") == a
+    assert len(a) == 16 and a != _fp("top_a") != _fp("top_b")
+
+
+def test_a_change_in_a_leaf_changes_exactly_its_dependents(pkg):
+    names = ["leaf", "leaf2", "mid", "other", "top_a", "top_b", "heavy", "sub.deep"]
+    before = {n: _fp(n) for n in names}
+    with open(pkg / "leaf.py", "a") as f:
+        f.write("\n\ndef unused():\n    return None\n")
+    assert _fp("leaf") == before["leaf"]                    # memoised: once per process
+    C.clear()
+    after = {n: _fp(n) for n in names}
+    changed = {n for n in names if after[n] != before[n]}
+    assert changed == {"leaf", "mid", "top_a", "heavy", "sub.deep"}
+
+
+def test_a_module_is_known_by_its_name_as_well_as_its_source(pkg):
+    before = _fp("top_b")
+    (pkg / "leaf3.py").write_text((pkg / "leaf2.py").read_text())
+    (pkg / "top_b.py").write_text("from .leaf3 import (\n    Y,\n)\n")
+    C.clear()
+    assert _fp("top_b") != before
+
+
+def _full_ast_imports(module: str, path: Path, is_pkg: bool) -> set[str]:
+    """What a parse of the whole module finds (the reference for the per-statement scan)."""
+    base = module if is_pkg else module.rpartition(".")[0]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_bytes())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.startswith("qlcp.core")}
+        elif isinstance(node, ast.ImportFrom):
+            target = C.importlib.util.resolve_name("." * node.level + (node.module or ""), base) \
+                if node.level else node.module
+            if target and (target == "qlcp.core" or target.startswith("qlcp.core.")):
+                subs = {f"{target}.{a.name}" for a in node.names
+                        if C._source_file(f"{target}.{a.name}", "qlcp.core") is not None}
+                out |= subs | ({target} if len(subs) < len(node.names) else set())
+    return out
+
+
+def test_the_statement_scan_finds_what_a_full_parse_finds_in_every_core_module():
+    C.clear()
+    root = C._root("qlcp.core")
+    files = sorted(root.rglob("*.py"))
+    assert len(files) > 20
+    for f in files:
+        rel = f.relative_to(root).with_suffix("")
+        parts = [p for p in rel.parts if p != "__init__"]
+        name = ".".join(["qlcp.core", *parts])
+        is_pkg = f.name == "__init__.py"
+        assert C.imports_of(name, f.read_bytes(), is_pkg) == _full_ast_imports(name, f, is_pkg), name
+
+
+def test_stage_module_uses_the_stage_runner_when_it_has_one():
+    from qlcp.core.stages import BY_NAME, plan
+
+    fake = types.SimpleNamespace(name="photometry", run=textwrap.dedent)
+    assert C.stage_module(fake) == "textwrap"
+    runner = C.stage_module(BY_NAME["photometry"])             # before the graph carries runners: steps'
+    assert runner.startswith("qlcp.core.steps")
+    ip = next(b for b in plan("ip") if b.fused)
+    assert set(C.block_modules(ip)) >= {C.stage_module(s) for s in ip.stages}
+    assert "qlcp.core.photometry" in C.closure(C.block_modules(ip))
+    assert "qlcp.core.photometry" not in C.closure("qlcp.core.correct")
