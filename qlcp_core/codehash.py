@@ -193,3 +193,15 @@ def night_code() -> str:
     steps = "".join(dict.fromkeys(s.letter for s in STAGES))
     mods = {m for b in plan(steps) for m in block_modules(b)} | {stage_module(s) for s in STAGES}
     return code_fingerprint(tuple(sorted(mods)))
+
+
+def table() -> str:
+    """Each stage's runner module and code fingerprint, one line each (``python -m qlcp.core.codehash``)."""
+    from .stages import STAGES
+
+    return "\n".join(f"{s.letter} {s.name:<13} {stage_code(s.name)}  {stage_module(s)}" for s in STAGES) \
+        + f"\nnight           {night_code()}"
+
+
+if __name__ == "__main__":
+    print(table())

@@ -32,7 +32,7 @@ from . import offset as off_mod
 from . import photometry as phot_mod
 from . import selection as selection_mod
 from ._version import __version__
-from .codehash import night_code
+from .codehash import stage_code
 from .config import Config
 from .correct import bf_path, correct_frames, correction_key, group_dir, log_corrected
 from .errors import InputError, MissingInputError, one_line
@@ -551,9 +551,10 @@ def catalogue_step(red, cfg: Config, obj: str, band: str, cat_files, offsets: st
 
 # ---------------------------------------------------------------------- d
 def provenance(red, cfg: Config, bf_example: str | None) -> dict:
-    """Code version (information) and fingerprint (:func:`qlcp.core.codehash.night_code`, the ``code`` of
-    the night's ``fingerprint.json``), config hashes, masters used (with their sha256), photometry settings."""
-    prov = {"qlcp_version": __version__, "qlcp_code": night_code(), "config_hash": cfg.hash(),
+    """Code version (information) and the fingerprint of the code of the stage writing the light curve
+    (:func:`qlcp.core.codehash.stage_code`), config hashes, masters used (with their sha256), photometry
+    settings."""
+    prov = {"qlcp_version": __version__, "qlcp_code": stage_code("differential"), "config_hash": cfg.hash(),
             "apertures": list(cfg.aper),
             "sky_annulus": list(cfg.sky_annulus) if cfg.sky_annulus else "auto"}
     if bf_example and Path(bf_example).is_file():
