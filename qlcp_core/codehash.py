@@ -39,6 +39,8 @@ import re
 import textwrap
 from pathlib import Path
 
+from .errors import QLCPError
+
 #: the package whose modules count as a stage's code
 PACKAGE = __package__ or "qlcp.core"
 
@@ -150,9 +152,10 @@ def clear() -> None:
 
 # ------------------------------------------------------------- stage graph
 def _runner_module(owner, fallback: str) -> str:
-    """The module of ``owner.run`` when the graph carries runners, else of ``qlcp.core.steps.run_{fallback}``."""
+    """The module of ``owner.run`` when the graph carries runners (a callable it holds, not a method of
+    its own class), else of ``qlcp.core.steps.run_{fallback}``."""
     run = getattr(owner, "run", None)
-    if callable(run):
+    if callable(run) and getattr(run, "__self__", None) is not owner:
         return run.__module__
     steps = importlib.import_module(f"{PACKAGE}.steps")
     return getattr(steps, f"run_{fallback}").__module__
@@ -177,7 +180,7 @@ def stage_code(step: str) -> str:
 
     found = [BY_NAME[step]] if step in BY_NAME else [s for s in STAGES if s.letter == step]
     if not found:
-        raise KeyError(f"no stage or step {step!r}")
+        raise QLCPError(f"no stage or step {step!r}")
     return code_fingerprint(tuple(sorted({stage_module(s) for s in found})))
 
 

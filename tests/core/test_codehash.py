@@ -112,9 +112,44 @@ def test_stage_module_uses_the_stage_runner_when_it_has_one():
 
     fake = types.SimpleNamespace(name="photometry", run=textwrap.dedent)
     assert C.stage_module(fake) == "textwrap"
+
+    class WithMethod:                                          # a method ``run`` is not the stage's runner
+        name = "photometry"
+
+        def run(self):
+            return None
+
+    assert C.stage_module(WithMethod()) == C.stage_module(BY_NAME["photometry"])
     runner = C.stage_module(BY_NAME["photometry"])             # before the graph carries runners: steps'
     assert runner.startswith("qlcp.core.steps")
     ip = next(b for b in plan("ip") if b.fused)
     assert set(C.block_modules(ip)) >= {C.stage_module(s) for s in ip.stages}
     assert "qlcp.core.photometry" in C.closure(C.block_modules(ip))
     assert "qlcp.core.photometry" not in C.closure("qlcp.core.correct")
+
+
+def test_provenance_keys_carry_the_code_of_their_stage(monkeypatch):
+    """``QLCPKEY`` (qlcp.core.provenance.step_key) changes with the code of its stage and not with
+    that of another stage's modules."""
+    from qlcp.core.config import Config
+    from qlcp.core.provenance import step_key
+
+    cfg = Config()
+    C.clear()
+    before = {s: step_key(cfg, s) for s in ("bias", "correct", "photometry")}
+    real = C._module.__wrapped__
+    monkeypatch.setattr(C, "_module", C.functools.lru_cache(maxsize=None)(
+        lambda name, package: ("edited", real(name, package)[1]) if name == "qlcp.core.photometry"
+        else real(name, package)))
+    for f in (C.closure, C.code_fingerprint):
+        f.cache_clear()
+    try:
+        from qlcp.core.stages import BY_NAME
+
+        for s, k in before.items():
+            uses = "qlcp.core.photometry" in C.closure(C.stage_module(BY_NAME[s]))
+            assert (step_key(cfg, s) != k) == uses, s
+        assert step_key(cfg, "photometry") != before["photometry"]
+    finally:
+        monkeypatch.undo()
+        C.clear()
