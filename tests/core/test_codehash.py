@@ -153,3 +153,32 @@ def test_provenance_keys_carry_the_code_of_their_stage(monkeypatch):
     finally:
         monkeypatch.undo()
         C.clear()
+
+
+def test_an_installed_copy_is_fingerprinted_from_its_own_sources(tmp_path):
+    """The sources read are those the import system finds (here a copy laid out as installed), so an
+    edit in the copy changes the copy's fingerprints and not the checkout's."""
+    import json
+    import subprocess
+    import sys
+
+    from ..installed_copy import installed_copy, source_defining
+
+    env = installed_copy(tmp_path)
+    code = ("import json; from qlcp.core import codehash as C\n"
+            "print(json.dumps([str(C._root('qlcp.core')), C.stage_code('photometry')]))")
+
+    def probe():
+        r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
+    C.clear()
+    ours = C.stage_code("photometry")
+    root, before = probe()
+    assert Path(root) == tmp_path / "site" / "qlcp" / "core" and before == ours
+    src = source_defining(tmp_path / "site" / "qlcp" / "core", "photometry_file")
+    src.write_text(src.read_text() + "\n\ndef _unused():\n    return None\n")
+    assert probe()[1] != before
+    C.clear()
+    assert C.stage_code("photometry") == ours

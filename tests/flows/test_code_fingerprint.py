@@ -15,7 +15,7 @@ from qlcp.core import codehash
 from qlcp.core.simulate import simulate_small
 from qlcp.core.stages import BY_NAME
 
-from ..installed_copy import installed_copy
+from ..installed_copy import installed_copy, source_defining
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.usefixtures("prefect_db")]
 
@@ -62,13 +62,6 @@ def _task_states(flow_run_id: str) -> dict[str, set[str]]:
     return states
 
 
-def _photometry_source(core: Path) -> Path:
-    """The module that measures a frame (a file, or a module of the photometry package)."""
-    if (core / "photometry.py").is_file():
-        return core / "photometry.py"
-    return next(p for p in sorted((core / "photometry").glob("*.py")) if "def photometry_file" in p.read_text())
-
-
 @pytest.mark.xfail(_ONE_RUNNER_MODULE, strict=True, raises=AssertionError,
                    reason="every stage's runner is in qlcp.core.steps, which imports photometry: every stage's "
                           "code fingerprint changes with it (issue #26 item 1 splits the runners)")
@@ -91,7 +84,7 @@ def test_a_photometry_change_reruns_photometry_and_what_follows_only(tmp_path):
     corrected = {p: p.stat().st_mtime_ns for p in red.rglob("*.bf.fits")}
     masters = {p: p.stat().st_mtime_ns for p in red.glob("*.fits") if p.name.startswith(("bias", "dark", "flat"))}
     assert corrected and masters
-    src = _photometry_source(core)
+    src = source_defining(core, "photometry_file")          # photometry.py, or its package's module
     src.write_text(src.read_text() + "\n\ndef _unused_after_upgrade():\n    return None\n")
 
     after = _task_states(_run(*args)["flow_run"])
