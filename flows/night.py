@@ -651,9 +651,9 @@ def reprocess(nights: list[str] | None = None, raw_root: str | None = None, red_
     becomes its own flow run of that deployment, so the workers of its work pool
     share the campaign; when the deployment does not exist (a plain Python call)
     the nights run here, one after another.  Since every task is keyed on the
-    content of its inputs, its settings and the code version, an unchanged night
+    content of its inputs, its settings and its code (:mod:`qlcp.core.codehash`), an unchanged night
     costs one cache lookup per task.  Before that, a night whose fingerprint
-    (:mod:`qlcp.core.fingerprint`: its raw files, settings, code version, library, fields, targets)
+    (:mod:`qlcp.core.fingerprint`: its raw files, settings, stages' code, library, fields, targets)
     equals the one its last successful run recorded gets no run at all: its result is
     ``"Skipped"``.  ``force`` runs every night.
     """

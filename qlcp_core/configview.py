@@ -33,9 +33,9 @@ class ConfigView:
     cfg: Config
     keys: frozenset = field(default_factory=frozenset)
     owner: str = ""
-    #: the declared keys of each stage the view serves, by stage name (a fused block serves several):
-    #: what :func:`qlcp.core.provenance.step_key` hashes for a product of that stage
-    stage_keys: dict = field(default_factory=dict)
+    #: (declared keys, code fingerprint) of each stage the view serves, by stage name (a fused block
+    #: serves several): what :func:`qlcp.core.provenance.step_key` hashes for a product of that stage
+    stages: dict = field(default_factory=dict)
 
     def _check(self, name: str) -> None:
         if name in Config.model_fields and name not in self.keys and name not in FREE_KEYS:
@@ -43,7 +43,7 @@ class ConfigView:
                                       f"declare (qlcp_core/stages.py)")
 
     def __getattr__(self, name: str):
-        if name.startswith("__") or name in ("cfg", "keys", "owner", "stage_keys"):
+        if name.startswith("__") or name in ("cfg", "keys", "owner", "stages"):
             raise AttributeError(name)
         self._check(name)
         return getattr(self.cfg, name)
@@ -75,10 +75,12 @@ class ConfigView:
     def pick_forced(self) -> bool:
         return self.cfg.pick_forced
 
-    def declared(self, stage: str) -> tuple[str, ...]:
-        """The configuration keys stage ``stage`` (one this view serves) declares."""
+    def declared(self, stage: str) -> tuple[tuple[str, ...], str]:
+        """(the configuration keys stage ``stage`` declares, the fingerprint of its code), for a stage
+        this view serves."""
         try:
-            return tuple(sorted(self.stage_keys[stage]))
+            keys, code = self.stages[stage]
+            return tuple(sorted(keys)), code
         except KeyError:
             raise UndeclaredConfigKey(f"view {self.owner!r} serves no stage {stage!r}") from None
 
@@ -92,4 +94,4 @@ def view(cfg: Config | ConfigView, block_or_stage) -> ConfigView:
         return ConfigView(base, frozenset(keys), owner)
     stages = getattr(block_or_stage, "stages", (block_or_stage,))
     return ConfigView(base, frozenset(block_or_stage.keys), block_or_stage.name,
-                      {s.name: frozenset(s.keys) for s in stages})
+                      {s.name: (frozenset(s.keys), s.code) for s in stages})

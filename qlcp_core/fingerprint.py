@@ -7,7 +7,8 @@ CPU), this costs a directory listing, a few stats and one SQLite query.
 
 The parts: the identity (path, size, mtime_ns) of every raw file as the listing
 sees it (:func:`qlcp.core.listing.raw_identities`), the effective settings
-(all but those that only change how a run goes), the code version, and the
+(all but those that only change how a run goes), the fingerprint of the code
+every stage runs (:func:`qlcp.core.stages.night_code`), and the
 inputs shared with other nights: the calibration library's rows the night made
 or could select (the kinds it did not make itself, from its summary's masters),
 its fields' references (identity) and the target catalogue (content).  Any part
@@ -22,12 +23,11 @@ import json
 import sqlite3
 from pathlib import Path
 
-from ._version import __version__
 from .config import Config
 from .io import write_json
 from .products import product_path
 from .provenance import file_identity
-from .stages import FREE_KEYS
+from .stages import FREE_KEYS, night_code
 
 #: settings that change neither what a run writes nor whether it writes it: the stage graph's run-only
 #: keys, but ``steps`` (which products a night has) and ``mode``
@@ -80,7 +80,7 @@ def parts(raw_ids: list, red, cfg: Config, summary: dict) -> dict:
     except OSError:
         cat_sha = "unreadable"
     return {
-        "version": __version__,
+        "code": night_code(),
         "raw": _sha(sorted(map(list, raw_ids))),
         "config": cfg.hash(sorted(set(Config.model_fields) - _RUN_ONLY)),
         "library": _sha(_library_rows(red, cfg, night, summary.get("masters", {}))),

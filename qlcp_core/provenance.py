@@ -2,8 +2,9 @@
 
 Each per-frame product (corrected frame, catalogue) carries ``QLCPKEY`` in its
 header: a hash of the step's settings (the keys its stage declares in
-:mod:`qlcp.core.stages`),
-the code version and the identity (name, size, mtime) of its inputs.  Under
+:mod:`qlcp.core.stages`), the fingerprint of the code the stage runs
+(``Stage.code``: a fix in photometry changes the keys of photometry's products,
+not of the corrected frames) and the identity (name, size, mtime) of its inputs.  Under
 the default EXIST_APPEND mode an existing product is kept only when its key
 matches: changing ``aper`` or a master flat redoes what depends on it, where
 the original would silently keep stale files.
@@ -33,14 +34,19 @@ def file_identity(path: str | Path | None) -> list:
 
 
 def step_key(cfg: ConfigView | Config, step: str, *inputs) -> str:
-    """Hash of the settings of stage ``step``, the code version and the identity of ``inputs``.
+    """Hash of the settings of stage ``step``, the fingerprint of its code and the identity of ``inputs``.
 
-    The settings are the keys ``step`` declares, as the stage's :class:`ConfigView` (which
-    the drivers build from the stage graph) carries them; a plain :class:`Config` (a call
-    outside the graph) hashes every setting but the run-only ones."""
-    keys = cfg.declared(step) if isinstance(cfg, ConfigView) else sorted(set(Config.model_fields) - FREE_KEYS)
+    The settings are the keys ``step`` declares and the code is the stage's
+    (``Stage.code``: its runner's module and the ``qlcp.core`` modules that imports),
+    as the stage's :class:`ConfigView`, which the drivers build from the stage graph,
+    carries them.  A plain :class:`Config` (a call outside the graph) hashes every
+    setting but the run-only ones, and the version for the code."""
+    if isinstance(cfg, ConfigView):
+        keys, code = cfg.declared(step)
+    else:
+        keys, code = sorted(set(Config.model_fields) - FREE_KEYS), __version__
     payload = {
-        "v": __version__,
+        "code": code,
         "step": step,
         "cfg": cfg.subset(keys),
         "in": [file_identity(p) for p in inputs],

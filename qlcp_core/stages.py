@@ -28,6 +28,7 @@ from typing import Callable, NamedTuple
 
 from .calibration import POLICY_KEYS
 from .configview import FREE_KEYS   # the run-only settings every stage may read (fingerprint.py reads them here)
+from .codehash import code_fingerprint
 from .errors import ConfigError, QLCPError
 from .products import group_kinds
 from .steps.astrometry import run_astrometry
@@ -40,7 +41,7 @@ from .steps.select import run_select
 from .steps.timing import run_timing
 
 __all__ = ["BAND", "CHUNK", "FREE_KEYS", "FUSIONS", "GROUP", "GROUP_PRODUCTS", "NIGHT", "RAW_FIELDS", "STAGES",
-           "STEP_LETTERS", "Block", "Fusion", "Stage", "plan", "stage"]
+           "STEP_LETTERS", "Block", "Fusion", "Stage", "check_steps", "night_code", "plan", "stage"]
 
 #: unit fields holding the night's raw files (the camera's; QLCP never writes them): cache keys know
 #: them by identity (name, size, mtime_ns), as the listing's key and the products' provenance keys
@@ -115,6 +116,12 @@ class Stage:
         """Whether it runs for ``steps`` (``enabled_by="*"``: always, e.g. the listing every stage needs)."""
         return self.enabled_by == "*" or any(s in steps for s in (self.enabled_by or self.letter))
 
+    @property
+    def code(self) -> str:
+        """Fingerprint of the code this stage runs: its runner's module and every ``qlcp.core``
+        module that imports, transitively (:func:`qlcp.core.codehash.code_fingerprint`)."""
+        return code_fingerprint(self.run.__module__)
+
 
 @dataclass(frozen=True)
 class Block:
@@ -154,6 +161,16 @@ class Block:
     @property
     def writes(self) -> tuple[str, ...]:
         return tuple(w for s in self.stages for w in s.writes)
+
+    @property
+    def modules(self) -> tuple[str, ...]:
+        """The modules of its stages' runners and of its fused runner."""
+        return runner_modules(self.stages, (self.run,) if self.run else ())
+
+    @property
+    def code(self) -> str:
+        """Fingerprint of the code the block runs (:attr:`modules` and what they import)."""
+        return code_fingerprint(self.modules)
 
 
 #: the stages, in the order they run (p before o: alignment reads the catalogues' star lists)
@@ -246,6 +263,16 @@ def stage(name: str) -> Stage:
         return BY_NAME[name]
     except KeyError:
         raise QLCPError(f"no stage named {name!r}") from None
+
+
+def runner_modules(stages, fused=()) -> tuple[str, ...]:
+    """The modules of the runners of ``stages`` and of the ``fused`` runners, sorted."""
+    return tuple(sorted({s.run.__module__ for s in stages} | {f.__module__ for f in fused}))
+
+
+def night_code() -> str:
+    """Fingerprint of the code of every stage and fused runner: what a night's products depend on."""
+    return code_fingerprint(runner_modules(STAGES, tuple(f.run for f in FUSIONS if f.run)))
 
 
 def check_steps(steps: str) -> str:

@@ -9,8 +9,8 @@ from pathlib import Path
 from prefect import task
 from prefect.context import TaskRunContext
 
-from qlcp.core._version import __version__
 from qlcp.core.campaign import build_campaign, campaign_inputs
+from qlcp.core.codehash import code_fingerprint
 
 from .common import CACHE_EXPIRATION, IO_RETRIES, IO_RETRY_DELAYS, _fingerprints, config_of, retry_transient
 
@@ -22,11 +22,12 @@ CAMPAIGN_KEYS = ("targets", "target_catalog", "campaign_method", "campaign_min_p
 
 
 def campaign_key(context: TaskRunContext, parameters: dict) -> str:
-    """Target, settings, code version and the content of the target's nights' light curves and timings."""
+    """Target, settings, the fingerprint of the campaign's code (:mod:`qlcp.core.codehash`) and the content of the target's nights' light curves and timings."""
     cfg = config_of(parameters["cfg"])
     files = campaign_inputs(parameters["red_root"], parameters["target"])
     catalog = [cfg.target_catalog] if cfg.target_catalog else []
-    payload = {"task": context.task.name, "version": __version__, "target": parameters["target"],
+    payload = {"task": context.task.name, "code": code_fingerprint(build_campaign.__module__),
+               "target": parameters["target"],
                "red_root": str(Path(parameters["red_root"]).resolve()), "cfg": cfg.subset(CAMPAIGN_KEYS),
                "files": _fingerprints(files + catalog)}
     return "qlcp-campaign-" + hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:40]

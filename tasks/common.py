@@ -4,8 +4,10 @@ No science here: the tasks call ``qlcp.core`` stage functions.
 
 Caching
 -------
-A task's cache key is the sha256 of: the task name, the ``qlcp.core`` code
-version, the output root, the config keys its block declares
+A task's cache key is the sha256 of: the task name, the fingerprint of the
+code its block runs (``Block.code``: the sources of the
+``qlcp.core`` modules its runners import; ``__version__`` is not in it), the
+output root, the config keys its block declares
 (:mod:`qlcp.core.stages`) and a fingerprint of every file it declares as input.
 The night's raw files are fingerprinted by their identity (name, size, mtime_ns:
 :data:`qlcp.core.stages.RAW_FIELDS`), as the listing's key and the products'
@@ -37,7 +39,6 @@ from pathlib import Path
 
 from prefect.context import TaskRunContext
 
-from qlcp.core._version import __version__
 from qlcp.core.config import Config, load_config
 from qlcp.core.errors import QLCPError
 from qlcp.core.io import file_fingerprint
@@ -192,7 +193,7 @@ def _flatten_paths(v) -> list[str]:
 def cache_key(context: TaskRunContext, parameters: dict) -> str:
     """The cache key of a QLCP task, derived from its block's declarations (:mod:`qlcp.core.stages`).
 
-    It hashes the task name, the code version, the output root, the block's
+    It hashes the task name, the fingerprint of the block's code, the output root, the block's
     stages, the config keys they declare, the unit's declared input files (raw
     frames by identity, ``RAW_FIELDS``; everything else by *content*) and the
     unit's declared values.  Nothing else: a setting no
@@ -206,7 +207,7 @@ def cache_key(context: TaskRunContext, parameters: dict) -> str:
     unit = parameters["unit"]
     payload = {
         "task": context.task.name,
-        "version": __version__,
+        "code": block.code,
         "red_dir": str(Path(parameters.get("red_dir", "")).resolve()),
         "stages": [s.name for s in block.stages],
         "cfg": cfg.subset(block.keys),

@@ -3,8 +3,8 @@
 No science here, and no list of steps: the tasks are made from
 :mod:`qlcp.core.stages` (one task per lone stage and per fused block, named as
 the graph says).  Every task is cached on the content of the files its block
-declares, the values it declares, the config keys it declares and the code
-version (:mod:`qlcp.tasks.common`), retried on transient I/O errors only, and
+declares, the values it declares, the config keys it declares and the
+fingerprint of its code (:mod:`qlcp.tasks.common`), retried on transient I/O errors only, and
 logs through Prefect.  Parameters and results are plain JSON values.
 """
 

@@ -1,27 +1,44 @@
-"""An installed-looking copy of the source tree, for tests that edit the code and run it in a subprocess."""
+"""A temporary installed copy of QLCP: the ``qlcp`` package laid out as a wheel installs it.
+
+:func:`installed_copy` copies the repository's layers into ``dest/site/qlcp/...``
+following ``[tool.setuptools.package-dir]`` of ``pyproject.toml`` (``qlcp_core/``
+becomes ``qlcp/core/``, ...) and returns the environment of a subprocess in
+which ``import qlcp`` resolves to the copy (``PYTHONPATH`` first, the
+dependencies from this interpreter's site-packages; ``PYTHONSAFEPATH`` keeps
+the working directory off ``sys.path``, so the checkout's own ``qlcp/`` folder
+cannot shadow the copy).  No pip: tests edit the copy's sources and run them again.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
+import tomllib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-#: import name under ``qlcp`` -> folder of the repository (``package-dir`` in pyproject.toml)
-FOLDERS = {"core": "qlcp_core", "tasks": "tasks", "flows": "flows", "deployments": "deployments"}
+
+def package_dirs(repo: Path = REPO) -> dict[str, str]:
+    """Import name -> folder of the repository (``pyproject.toml``'s package-dir)."""
+    conf = tomllib.loads((repo / "pyproject.toml").read_text())
+    return dict(conf["tool"]["setuptools"]["package-dir"])
 
 
-def installed_copy(dest) -> dict:
-    """Copy ``qlcp/`` and the layer folders to ``dest/src`` and lay them out as the wheel does under
-    ``dest/site/qlcp`` (symlinks); returns the environment (``PYTHONPATH``) that imports ``qlcp`` from it."""
-    dest = Path(dest)
-    src, site = dest / "src", dest / "site" / "qlcp"
+def installed_copy(dest: Path, repo: Path = REPO) -> dict:
+    """Copy the ``qlcp`` packages of ``repo`` into ``dest/site`` (installed layout); the env of a
+    subprocess that imports them."""
+    site = Path(dest) / "site"
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for folder in ("qlcp", *FOLDERS.values()):
-        shutil.copytree(REPO / folder, src / folder, ignore=ignore)
-    site.mkdir(parents=True)
-    shutil.copy2(src / "qlcp" / "__init__.py", site / "__init__.py")
-    for name, folder in FOLDERS.items():
-        (site / name).symlink_to(src / folder, target_is_directory=True)
-    return {**os.environ, "PYTHONPATH": str(site.parent), "PYTHONDONTWRITEBYTECODE": "1"}
+    for name, folder in sorted(package_dirs(repo).items()):     # "qlcp" before "qlcp.core"
+        target = site.joinpath(*name.split("."))
+        shutil.copytree(repo / folder, target, ignore=ignore, dirs_exist_ok=True)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(site), *filter(None, [env.get("PYTHONPATH")])])
+    env["PYTHONSAFEPATH"] = "1"         # no working directory on sys.path: a checkout's qlcp/ cannot shadow it
+    return env
+
+
+def source_defining(folder: Path, function: str) -> Path:
+    """The source file under ``folder`` that defines ``function`` (e.g. where a module moved into a package)."""
+    return next(p for p in sorted(Path(folder).rglob("*.py")) if f"\ndef {function}(" in p.read_text())

@@ -81,9 +81,10 @@ def catalogue_step(red, cfg: Config, obj: str, band: str, cat_files, selection: 
 
 
 def provenance(red, cfg: Config, bf_example: str | None, masters=None) -> dict:
-    """Code version, config hashes, masters used (with their sha256; ``masters``: the night's
-    ``masters.json``), photometry settings."""
-    prov = {"qlcp_version": __version__, "config_hash": cfg.hash(),
+    """Code version (information) and the fingerprint of the code of the stage writing the light
+    curve (``cfg``: its view), config hashes, masters used (with their sha256; ``masters``: the
+    night's ``masters.json``), photometry settings."""
+    prov = {"qlcp_version": __version__, "qlcp_code": cfg.declared("differential")[1], "config_hash": cfg.hash(),
             "apertures": list(cfg.aper),
             "sky_annulus": list(cfg.sky_annulus) if cfg.sky_annulus else "auto"}
     if bf_example and Path(bf_example).is_file():

@@ -58,12 +58,12 @@ def test_an_unchanged_night_matches_and_a_touched_raw_file_does_not(nights):
     assert F.unchanged(a.raw_dir, red, cfg) is not None        # the same identity again: unchanged
 
 
-def test_a_setting_the_version_or_a_failed_run_change_it(nights, monkeypatch):
+def test_a_setting_the_code_or_a_failed_run_change_it(nights, monkeypatch):
     root, a, _, cfg = nights
     red = root / "red" / "A"
     assert F.unchanged(a.raw_dir, red, _cfg(a, root, combine_sigma=2.0)) is None
     assert F.unchanged(a.raw_dir, red, _cfg(a, root, workers=2)) is not None    # how it runs, not what
-    monkeypatch.setattr(F, "__version__", "0.0.0")
+    monkeypatch.setattr(F, "night_code", lambda: "0" * 16)      # the stages' code changed (qlcp.core.codehash)
     assert F.unchanged(a.raw_dir, red, cfg) is None
     monkeypatch.undo()
     F.forget(red)                                              # what a run does when it starts

@@ -62,10 +62,11 @@ print(json.dumps({"outputs": s.groups[0].outputs, "failed": [g.error for g in s.
 
 def test_a_toy_stage_is_three_edits(tmp_path):
     env = installed_copy(tmp_path / "inst")
-    core = tmp_path / "inst" / "src" / "qlcp_core"
-    before = {p.relative_to(tmp_path / "inst"): p.read_bytes() for p in (tmp_path / "inst" / "src").rglob("*.py")}
+    site = tmp_path / "inst" / "site"
+    core = site / "qlcp" / "core"
+    before = {p.relative_to(tmp_path / "inst"): p.read_bytes() for p in site.rglob("*.py")}
     edited = _add_toy_stage(core)
-    after = {p.relative_to(tmp_path / "inst"): p.read_bytes() for p in (tmp_path / "inst" / "src").rglob("*.py")}
+    after = {p.relative_to(tmp_path / "inst"): p.read_bytes() for p in site.rglob("*.py")}
     changed = {p for p in after if before.get(p) != after[p]}
     assert changed == {p.relative_to(tmp_path / "inst") for p in edited}          # nothing else touched
 

@@ -131,3 +131,35 @@ def test_a_frame_task_reports_its_worker_jobs_to_the_flow_progress(tmp_path):
     finally:
         set_progress_hook(str(tmp_path), None)
     assert task_progress(str(tmp_path), block, unit) is None
+
+
+def test_keys_change_with_the_code_of_the_block_and_only_its_code(tmp_path, monkeypatch):
+    """A changed source (here: photometry's, as the memo sees it) changes the cache key of a block
+    exactly when photometry is in the code its runners import (qlcp.core.codehash)."""
+    from qlcp.core import codehash
+
+    cfg = Config(steps="lbfiop")
+    files = _files(tmp_path)
+    units = {"bias": {"bias_files": files},
+             "ip": {"files": files, "bias": None, "flat": None, "dark": None, "coord_file": files[0], "obj": "X",
+                    "band": "V"}}
+    blocks = {b.name: b for b in plan(cfg.steps) if b.name in units}
+    codehash.clear()
+    before = {n: _key(b, cfg, units[n], tmp_path) for n, b in blocks.items()}
+    real = codehash._module.__wrapped__
+
+    def edited(name, package):
+        sha, deps = real(name, package)
+        return ("edited" if name == "qlcp.core.photometry" else sha), deps
+
+    monkeypatch.setattr(codehash, "_module", codehash.functools.lru_cache(maxsize=None)(edited))
+    for f in (codehash.closure, codehash.code_fingerprint):
+        f.cache_clear()
+    try:
+        for n, b in blocks.items():
+            uses = "qlcp.core.photometry" in codehash.closure(b.modules)
+            assert (_key(b, cfg, units[n], tmp_path) != before[n]) == uses, n
+        assert _key(blocks["ip"], cfg, units["ip"], tmp_path) != before["ip"]
+    finally:
+        monkeypatch.undo()
+        codehash.clear()
