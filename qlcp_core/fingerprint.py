@@ -6,7 +6,7 @@ cannot change: a cached run still pays a new process and its imports (~3-5 s
 CPU), this costs a directory listing, a few stats and one SQLite query.
 
 The parts: the identity (path, size, mtime_ns) of every raw file as the listing
-sees it (:func:`qlcp.core.pipeline.raw_identities`), the effective settings
+sees it (:func:`qlcp.core.runsetup.raw_identities`), the effective settings
 (all but those that only change how a run goes), the code version, and the
 inputs shared with other nights: the calibration library's rows the night made
 or could select (the kinds it did not make itself, from its summary's masters),
@@ -112,7 +112,7 @@ def forget(red) -> None:
 def unchanged(raw: str | Path, red, cfg: Config) -> str | None:
     """When the night's last run ended well and nothing it depends on changed since: that run's end
     time (ISO, UTC); else None.  Reads no frame."""
-    from .pipeline import raw_identities
+    from .runsetup import raw_identities
 
     try:
         rec = json.loads((Path(red) / FILE_NAME).read_text())

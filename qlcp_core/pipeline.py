@@ -18,13 +18,11 @@ from pathlib import Path
 from . import fingerprint as night_fp
 from . import parallel
 from . import steps as _steps
-from .config import Config, load_config
+from .config import Config
 from .errors import InputError, OutputError, QLCPError
-from .io import write_text
-from .listing import scan_files
 from .logs import progress_factory, setup_screen, step_log
-from .provenance import file_identity
 from .runguard import guarded_run
+from .runsetup import check_site, make_config, raw_identities, write_effective_config
 from .stages import CHUNK
 from .summary import NightSummary
 from .walk import NightWalk
@@ -83,32 +81,6 @@ def nights_inside(raw: Path) -> list[str]:
         return []
 
 
-_SITE_WARNED: set = set()
-
-
-def check_site(cfg: Config) -> None:
-    """Warn (once per process) when no site is configured: the default (Xinglong) is then used for
-    airmass, altitude and BJD."""
-    if {"site_lat", "site_lon"} & cfg.model_fields_set or "site" in _SITE_WARNED:
-        return
-    _SITE_WARNED.add("site")
-    log.warning("no site configured (site_lat, site_lon, site_ele, site_tz): the default, Xinglong "
-                "(%.4f N, %.4f E, %g m), is used for airmass and BJD; see examples/site.yaml",
-                cfg.site_lat, cfg.site_lon, cfg.site_ele)
-
-
-def make_config(ini_file=None, **params) -> Config:
-    """Config from files (``ini_file``) and call arguments; ``None`` arguments are 'not given'
-    (checked before any work: :func:`~qlcp.core.config.load_config`; no site is a warning)."""
-    cfg = load_config(ini_file, {k: v for k, v in params.items() if v is not None})
-    check_site(cfg)
-    return cfg
-
-
-def write_effective_config(red: Path, cfg: Config) -> Path:
-    return write_text(red / "config.yaml", "# effective configuration of the last run (QLCP)\n" + cfg.to_yaml())
-
-
 @contextlib.contextmanager
 def _logs(red: Path, cfg: Config, letters: str):
     """Log the block to ``{red}/log/{step}.log`` of each step letter (each file its own records)."""
@@ -116,11 +88,6 @@ def _logs(red: Path, cfg: Config, letters: str):
         for s in letters:
             stack.enter_context(step_log(red, s, cfg.file_log, tagged=len(letters) > 1))
         yield
-
-
-def raw_identities(raw: Path) -> list:
-    """``[path, size, mtime_ns]`` of every file of the night, dangling links too (keys the listing)."""
-    return [[str(p), *file_identity(p)[1:]] for p in scan_files(raw, dangling=True)]
 
 
 def run(raw_dir, red_dir, steps: str | None = None, obj=None, band=None, use_bias=None, use_flat=None,

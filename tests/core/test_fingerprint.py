@@ -9,7 +9,8 @@ import pytest
 
 from qlcp.core import fingerprint as F
 from qlcp.core.config import load_config
-from qlcp.core.pipeline import raw_identities, run
+from qlcp.core.pipeline import run
+from qlcp.core.runsetup import raw_identities
 from qlcp.core.simulate import simulate_small
 
 CAM = dict(size=128, detector_seed=7, thick_cloud=False, n_frames=3, n_bias=3, n_flats=3)

@@ -56,7 +56,6 @@ def test_wait_runs_reports_each_final_state_and_times_out_the_rest(monkeypatch):
 def test_reprocess_without_the_deployment_runs_the_nights_here(tmp_path, monkeypatch):
     """A deployment that does not exist: nothing submitted, the nights run in this process, without
     their campaigns; the campaigns are rebuilt once after the nights (not once per night: O(N^2))."""
-    from qlcp.flows import campaign as C
     from qlcp.flows import night as N
 
     ran, camps = [], []
@@ -76,7 +75,7 @@ def test_reprocess_without_the_deployment_runs_the_nights_here(tmp_path, monkeyp
         return _State()
 
     monkeypatch.setattr(N, "process_night", fake_night)
-    monkeypatch.setattr(C, "campaign", fake_campaign)
+    monkeypatch.setattr(N, "campaign", fake_campaign)
     for d in ("20250101", "20250102"):
         (tmp_path / "raw" / d).mkdir(parents=True)
     out = N.reprocess(raw_root=str(tmp_path / "raw"), red_root=str(tmp_path / "red"),
