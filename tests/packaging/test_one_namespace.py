@@ -90,3 +90,13 @@ def test_installed_flow_runs_beside_decoys(wheel, tmp_path):
     res = json.loads(out)
     assert res["file"].startswith(site), res["file"]
     assert res["lc"] and all(res["lc"]) and all(Path(work, p).is_file() or Path(p).is_file() for p in res["lc"])
+
+
+def test_the_layers_import_from_the_repository_root():
+    """From the checkout's root its own ``qlcp/`` folder comes first on ``sys.path`` (``python -m pytest``,
+    ``python -c``) and holds none of the layers; ``qlcp.core`` still imports, from the installation, and is
+    this checkout's file (a strict editable install: through its link tree)."""
+    r = subprocess.run([sys.executable, "-c", "import os, qlcp.core.stages as s; print(os.path.realpath(s.__file__))"],
+                       cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert Path(r.stdout.strip()) == (REPO / "qlcp_core" / "stages.py").resolve()
