@@ -100,3 +100,18 @@ def test_the_layers_import_from_the_repository_root():
                        cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert Path(r.stdout.strip()) == (REPO / "qlcp_core" / "stages.py").resolve()
+
+
+def test_wheel_holds_every_module_of_the_mapped_folders(wheel):
+    """Every ``.py`` file under the folders mapped in ``pyproject.toml`` is in the wheel: a new
+    sub-package (``qlcp_core/x/``) must be listed in ``[tool.setuptools] packages`` too, or the wheel, the
+    image and a strict editable install lack it (a lenient editable install found it by path)."""
+    import tomllib
+
+    mapping = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    names = set(zipfile.ZipFile(wheel).namelist())
+    missing = [f"{folder}/{p.relative_to(REPO / folder).as_posix()}"
+               for name, folder in mapping.items() for p in sorted((REPO / folder).rglob("*.py"))
+               if "__pycache__" not in p.parts
+               and f"{name.replace('.', '/')}/{p.relative_to(REPO / folder).as_posix()}" not in names]
+    assert not missing, f"not in the wheel (add the sub-package to [tool.setuptools] packages): {missing}"
