@@ -6,14 +6,13 @@ chunks of frames, stage by stage with every (object, band) group of the night
 in parallel.  A failing group is recorded and the others go on.  At the end it
 publishes artifacts (:mod:`qlcp.flows.artifacts`: per-frame quality table, markdown summary, light-curve
 image, and a progress bar that advanced during the night) under keys stable per
-night/object/band, so reruns add versions rather than clutter.
+night/object/band, so reruns add versions rather than clutter.  ``reprocess`` and ``dawn_sweep`` run it
+for many nights (finding them and following a batch of runs: :mod:`qlcp.flows.batch`).
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
-import re
 import time
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from qlcp.core.runsetup import make_config, raw_identities, write_effective_conf
 from qlcp.core.runtime import configure_run
 from qlcp.core.walk import NightWalk
 from qlcp.flows.artifacts import NightProgress, publish_artifacts
+from qlcp.flows.batch import find_nights, red_for, submit_runs, wait_runs
 from qlcp.flows.campaign import campaign
 from qlcp.flows.guard import guarded_night, in_run_thread, open_night, stop_on_environment
 from qlcp.flows.params import json_params_flow
@@ -347,21 +347,6 @@ def night_flow(runner: str = "thread", dask_address: str | None = None, workers:
     return process_night.with_options(task_runner=tr)
 
 
-def find_nights(raw_root: str, pattern: str = r".*", start: str | None = None, end: str | None = None) -> list[str]:
-    """Night directories directly under ``raw_root`` whose name matches ``pattern`` and whose
-    date (YYYYMMDD in the name, when there is one) lies in [``start``, ``end``]."""
-    out = []
-    for d in sorted(Path(raw_root).iterdir()):
-        if d.is_dir() and not d.name.startswith(".") and re.search(pattern, d.name) and _in_range(d.name, start, end):
-            out.append(str(d.resolve()))
-    return out
-
-
-def _red_for(night: str, red_root: str | None) -> str:
-    return str(Path(red_root) / Path(night).name) if red_root else str(Path(night).parent.parent / "red" /
-                                                                       Path(night).name)
-
-
 @json_params_flow(name="reprocess", log_prints=True)
 def reprocess(nights: list[str] | None = None, raw_root: str | None = None, red_root: str | None = None,
               start: str | None = None, end: str | None = None, config: dict | None = None,
@@ -387,17 +372,17 @@ def reprocess(nights: list[str] | None = None, raw_root: str | None = None, red_
     results: dict[str, str] = {}
     cfg = make_config(config_files, **(config or {}))
     run = todo if force else _changed(todo, red_root, cfg, results, plog)
-    batch = _submit_runs(deployment, run, red_root, params, plog) if deployment and run else None
+    batch = submit_runs(deployment, run, red_root, params, plog) if deployment and run else None
     if batch is not None:
-        results.update(_wait_runs(*batch, timeout_s))
+        results.update(wait_runs(*batch, timeout_s))
     else:
         for n in run:
-            state = process_night(raw_dir=n, red_dir=_red_for(n, red_root), **params, return_state=True)
+            state = process_night(raw_dir=n, red_dir=red_for(n, red_root), **params, return_state=True)
             results[n] = state.name
     for n, s in results.items():
         plog.info("night %s: %s", n, s)
     if todo and "t" in cfg.steps:
-        _rebuild_campaigns(sorted({str(Path(_red_for(n, red_root)).parent) for n in todo}), config, config_files)
+        _rebuild_campaigns(sorted({str(Path(red_for(n, red_root)).parent) for n in todo}), config, config_files)
     return results
 
 
@@ -406,7 +391,7 @@ def _changed(todo: list[str], red_root: str | None, cfg, results: dict, plog) ->
     are logged and marked ``"Skipped"`` in ``results``."""
     run = []
     for n in todo:
-        since = night_fp.unchanged(n, _red_for(n, red_root), cfg)
+        since = night_fp.unchanged(n, red_for(n, red_root), cfg)
         if since is None:
             run.append(n)
         else:
@@ -422,74 +407,6 @@ def _rebuild_campaigns(red_roots: list[str], config: dict | None, config_files: 
         st = campaign(red_root=root, config=config, config_files=config_files, return_state=True)
         if st.is_failed():
             get_run_logger().warning("campaigns under %s: %s", root, st.message)
-
-
-def _submit_runs(deployment: str, todo: list[str], red_root: str | None, params: dict,
-                 plog) -> tuple[str, dict] | None:
-    """One flow run of ``deployment`` per night (the deployment read once, one API call a night), all
-    tagged with the batch's tag (:func:`_wait_runs` follows them by it); the tag and ``{run id: night}``,
-    or None when the deployment does not exist."""
-    import uuid
-
-    from prefect import get_client
-    from prefect.exceptions import ObjectNotFound
-
-    ctx = FlowRunContext.get()
-    batch = f"reprocess:{ctx.flow_run.id if ctx and ctx.flow_run else uuid.uuid4()}"
-    runs: dict = {}
-    with get_client(sync_client=True) as c:
-        try:
-            dep = c.read_deployment_by_name(deployment)
-        except ObjectNotFound:
-            plog.warning("deployment %s not found: reprocessing here, one night after another", deployment)
-            return None
-        for n in todo:
-            fr = c.create_flow_run_from_deployment(dep.id, parameters={"raw_dir": n, "red_dir": _red_for(n, red_root),
-                                                                       **params},
-                                                   tags=["reprocess", batch, Path(n).name])
-            runs[fr.id] = n
-            plog.info("night %s: flow run %s submitted", n, fr.name)
-    return batch, runs
-
-
-#: a run that ended this long before a poll is still looked for (the server's clock, commit lag)
-_END_MARGIN_S = 120.0
-
-
-def _wait_runs(batch: str, runs: dict, timeout_s: float, every: float = 5.0, page: int = 200) -> dict:
-    """Wait until the flow runs ``runs`` (``{id: night}``, tagged ``batch``) are final (or the timeout);
-    ``{night: state name}``.
-
-    Each poll asks for the batch's runs that *ended* since the previous poll (less a margin), a page
-    of ``page`` at a time: its cost follows the runs that just ended, not the size of the batch (a
-    backlog of 1,000 nights polled run by run would cost 1,000 calls every poll)."""
-    from prefect import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterEndTime, FlowRunFilterTags
-    from prefect.client.schemas.sorting import FlowRunSort
-
-    runs = dict(runs)
-    t_end = time.monotonic() + timeout_s
-    out: dict[str, str] = {}
-    since = None
-    with get_client(sync_client=True) as c:
-        while runs and time.monotonic() < t_end:
-            now = dt.datetime.now(dt.timezone.utc)
-            flt = FlowRunFilter(tags=FlowRunFilterTags(all_=[batch]),
-                                end_time=FlowRunFilterEndTime(is_null_=False, **({"after_": since} if since else {})))
-            offset = 0
-            while True:
-                got = c.read_flow_runs(flow_run_filter=flt, sort=FlowRunSort.END_TIME_DESC, limit=page, offset=offset)
-                for fr in got:
-                    if fr.id in runs and fr.state is not None and fr.state.is_final():
-                        out[runs.pop(fr.id)] = fr.state.name
-                if len(got) < page:
-                    break
-                offset += page
-            since = now - dt.timedelta(seconds=_END_MARGIN_S)
-            if runs:
-                time.sleep(every)
-    out.update({n: "Timeout" for n in runs.values()})
-    return out
 
 
 @json_params_flow(name="dawn-sweep", log_prints=True)
@@ -511,21 +428,13 @@ def dawn_sweep(raw_root: str, red_root: str, config: dict | None = None, config_
         newest = max(p.stat().st_mtime for p in files)
         if now - newest > max_age_days * 86400:
             continue
-        done = product_path(_red_for(n, red_root), "summary")
+        done = product_path(red_for(n, red_root), "summary")
         if done.is_file() and done.stat().st_mtime >= newest:
             continue
         plog.info("night %s is pending: processing it", n)
-        state = process_night(raw_dir=n, red_dir=_red_for(n, red_root), config=config, config_files=config_files,
+        state = process_night(raw_dir=n, red_dir=red_for(n, red_root), config=config, config_files=config_files,
                               return_state=True)
         results[n] = state.name
     if not results:
         plog.info("no pending night under %s", raw_root)
     return results
-
-
-def _in_range(name: str, start: str | None, end: str | None) -> bool:
-    m = re.search(r"(\d{8})", name)
-    if not m:
-        return start is None and end is None
-    d = m.group(1)
-    return (start is None or d >= start.replace("-", "")) and (end is None or d <= end.replace("-", ""))

@@ -36,7 +36,7 @@ def test_wait_runs_reports_each_final_state_and_times_out_the_rest(monkeypatch):
     ends is a Timeout; runs of another batch are not mixed in; no per-run read."""
     from prefect.client.orchestration import SyncPrefectClient
 
-    from qlcp.flows.night import _wait_runs
+    from qlcp.flows.batch import wait_runs
 
     runs = _runs("reprocess:test-a", 6)
     other = _runs("reprocess:test-b", 2)
@@ -48,7 +48,7 @@ def test_wait_runs_reports_each_final_state_and_times_out_the_rest(monkeypatch):
         raise AssertionError("polled run by run")
 
     monkeypatch.setattr(SyncPrefectClient, "read_flow_run", per_run_read)
-    out = _wait_runs("reprocess:test-a", runs, timeout_s=1.0, every=0.2, page=2)
+    out = wait_runs("reprocess:test-a", runs, timeout_s=1.0, every=0.2, page=2)
     assert out == {"night0": "Completed", "night1": "Failed", "night2": "Crashed", "night3": "Cancelled",
                    "night4": "Completed", "night5": "Timeout"}
 
