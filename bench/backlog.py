@@ -141,7 +141,8 @@ def _env(work: Path, port: int, **extra) -> dict:
 # ------------------------------------------------------------------ plain
 def child_plain(nights: list[str], red_root: str, config: str) -> None:
     from bench.bench_pipeline import _run_cpu      # this process, its reaped and live children
-    from qlcp.core.pipeline import make_config, run
+    from qlcp.core.pipeline import run
+    from qlcp.core.runsetup import make_config
 
     cfg = make_config([config], scr_log="WARNING")
     per = []

@@ -95,7 +95,7 @@ def _run_cpu() -> float:
 
 def child_plain(raw: str, red: str, config: str, extra: str) -> dict:
     from qlcp.core import run
-    from qlcp.core.pipeline import make_config
+    from qlcp.core.runsetup import make_config
 
     cfg = make_config([config], mode=["EXIST_OVER", "MISS_SKIP"], scr_log="WARNING", file_log="INFO",
                       **json.loads(extra))
@@ -105,7 +105,7 @@ def child_plain(raw: str, red: str, config: str, extra: str) -> dict:
 
 
 def child_prefect(raw: str, red: str, config: str, extra: str, refresh: bool = False) -> dict:
-    from qlcp.core.pipeline import make_config
+    from qlcp.core.runsetup import make_config
     from qlcp.flows.night import interactive_settings, process_night, start_workers
 
     t0, c0 = time.perf_counter(), _run_cpu()

@@ -122,7 +122,7 @@ def _fail(msg: str) -> int:
 def cmd_campaign(a) -> int:
     """``qlcp campaign RED_ROOT [--target NAME]``: the campaign products, printed by target."""
     from qlcp.core.campaign import build_campaign, campaign_targets
-    from qlcp.core.pipeline import make_config
+    from qlcp.core.runsetup import make_config
 
     cfg = make_config(a.config)
     red_root = a.red_root or os.environ.get("RED_ROOT")
@@ -192,7 +192,7 @@ def _environment_error(e: BaseException) -> bool:
 
 def cmd_run(a) -> int:
     from qlcp.core.config import parse_set
-    from qlcp.core.pipeline import make_config
+    from qlcp.core.runsetup import make_config
 
     overrides = parse_set(a.sets)
     overrides.update({k: v for k, v in (("steps", a.steps), ("obj", a.obj), ("band", a.band)) if v})
@@ -396,7 +396,7 @@ def cmd_simulate(a) -> int:
 
 
 def cmd_demo(a) -> int:
-    from qlcp.core.pipeline import make_config
+    from qlcp.core.runsetup import make_config
     from qlcp.core.simulate import simulate_night
 
     work = Path(a.workdir)

@@ -3,7 +3,7 @@
 ``qlcp up`` serves ``RED_ROOT`` on its own port (default: the Prefect port + 1) next to the Prefect
 server and gives its flow runs ``results_url`` (``$QLCP_RESULTS_URL``) pointing here, so that a
 night's light curve shows in the UI without its PNG in Prefect's database
-(:func:`qlcp.flows.night.publish_image`).  Standard library only (``http.server``): GET and HEAD,
+(:func:`qlcp.flows.artifacts.publish_image`).  Standard library only (``http.server``): GET and HEAD,
 directory listings, nothing outside the root (paths resolved, symlinks too), no writes.  Run alone:
 ``python -m qlcp.deployments.results_server RED_ROOT --host H --port P``.
 """

@@ -1,4 +1,4 @@
-"""Scanning RAW_ROOT: which nights exist, which files each holds, and when a night is ready.
+"""Scanning RAW_ROOT: which nights exist and which files each holds (the file system side of the sensor).
 
 Layout
     A *night* is a directory directly under RAW_ROOT (``raw/20240606_85/``)
@@ -9,24 +9,10 @@ Layout
     ``.name.XXXXXX`` temporary files), nor does any other file: the
     completion marker (e.g. ``DONE``) is only looked for, never a data file.
 
-Files
-    A file's *signature* is its (size, mtime_ns).  :class:`NightFiles` keeps
-    what was seen of a night from one scan to the next: each file's
-    signature, when that signature was first seen, how many scans saw it and
-    when the night received the file (its *arrival*: when first seen, or its
-    mtime, never later than now, for files present when the sensor started).
-    A file is *stable* once two scans at least ``settle`` seconds apart saw
-    the same signature.
-
-Readiness (:func:`ready_reason`)
-    A night is ready when it holds at least one file, all of them stable, and
-    one of: its dawn has passed (``dawn``, or ``catch-up`` when that dawn
-    came before the sensor started), the marker exists (``marker``), or
-    ``quiet`` seconds passed without a change (``quiet``).
-
-Not here: computing the dawn (:mod:`qlcp.deployments.dawn`; the caller passes
-it in), remembering nights across restarts (:mod:`qlcp.deployments.night_state`),
-watching for events, the ``--max-age`` policy and triggering
+Not here: what the listings mean (file stability, when a night is ready, the
+``--max-age`` policy: :mod:`qlcp.deployments.readiness`), computing the dawn
+(:mod:`qlcp.deployments.dawn`), remembering nights across restarts
+(:mod:`qlcp.deployments.night_state`), watching for events and triggering
 (:mod:`qlcp.deployments.sensor`).  Nothing here writes to RAW_ROOT or logs.
 """
 
@@ -34,15 +20,10 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from qlcp.core.io import FITS_SUFFIXES
-
-READY_REASONS = ("catch-up", "dawn", "marker", "quiet")
-
-Signature = tuple[int, int]     # size, mtime_ns
+from qlcp.deployments.readiness import Signature
 
 
 def is_fits(name: str) -> bool:
@@ -113,86 +94,3 @@ def newest_file_time(night_dir: Path) -> float | None:
                 t = e.stat(follow_symlinks=False).st_mtime
                 newest = t if newest is None else max(newest, t)
     return newest
-
-
-@dataclass
-class SeenFile:
-    """One data file as seen by successive scans."""
-
-    sig: Signature          # size, mtime_ns
-    since: float            # clock time this signature was first seen
-    checks: int             # scans that saw this signature
-    arrival: float          # when the night received the file
-
-    def stable(self, now: float, settle: float) -> bool:
-        """Unchanged at two scans at least ``settle`` seconds apart."""
-        return self.checks >= 2 and now - self.since >= settle
-
-
-@dataclass(kw_only=True)
-class NightFiles:
-    """What successive scans saw of one night's data files."""
-
-    path: Path
-    at_startup: bool = False                # present when the sensor started (mtime = arrival)
-    files: dict[str, SeenFile] = field(default_factory=dict)
-    last_change: float | None = None        # clock time of the newest change to the files
-    marker: bool = False                    # the completion marker exists
-
-    def update(self, found: dict[str, Signature], now: float, *, use_mtime: bool) -> list[float]:
-        """Fold one listing (:func:`list_fits`) in; returns the arrival times of the new files.
-
-        ``use_mtime``: the night's first scan at start-up, where a file's
-        arrival is its mtime (at most ``now``) and the last change the newest
-        arrival (or the last change recorded before, if later).
-        """
-        changed = False
-        new_arrivals = []
-        for rel, sig in found.items():
-            f = self.files.get(rel)
-            if f is None:
-                arrival = min(sig[1] / 1e9, now) if use_mtime else now
-                self.files[rel] = SeenFile(sig=sig, since=now, checks=1, arrival=arrival)
-                new_arrivals.append(arrival)
-                changed = True
-            elif f.sig != sig:
-                f.sig, f.since, f.checks = sig, now, 1
-                changed = True
-            else:
-                f.checks += 1
-        for rel in set(self.files) - found.keys():
-            del self.files[rel]
-            changed = True
-        if changed:
-            if use_mtime:
-                newest = max((f.arrival for f in self.files.values()), default=now)
-                self.last_change = max(self.last_change or -float("inf"), newest)
-            else:
-                self.last_change = now
-        return new_arrivals
-
-    def all_stable(self, now: float, settle: float) -> bool:
-        return all(f.stable(now, settle) for f in self.files.values())
-
-    def newest_arrival(self) -> float | None:
-        return max((f.arrival for f in self.files.values()), default=None)
-
-
-def ready_reason(night: NightFiles, now: float, *, settle: float, quiet: float | None,
-                 dawn_due: Callable[[], float | None], started_at: float) -> str | None:
-    """Why the night is ready now (one of :data:`READY_REASONS`), or None.
-
-    ``dawn_due()`` gives the time the night is over by the dawn rule (None:
-    never); it is only asked once the night holds files, all stable.  A dawn
-    at or before ``started_at`` (the sensor's start) is a ``catch-up``.
-    """
-    if not night.files or not night.all_stable(now, settle):
-        return None
-    due = dawn_due()
-    if due is not None and now >= due:
-        return "catch-up" if due <= started_at else "dawn"
-    if night.marker:
-        return "marker"
-    if quiet and night.last_change is not None and now - night.last_change >= quiet:
-        return "quiet"
-    return None

@@ -86,12 +86,13 @@ Embedding (tests, an integration test with a real server)::
     sensor.stop()
 
 Code
-    :mod:`qlcp.deployments.dawn` (Sun altitude, when a night is over),
-    :mod:`qlcp.deployments.scanner` (nights and their files under RAW_ROOT,
-    stability, the readiness rules), :mod:`qlcp.deployments.night_state` (the
-    SQLite store); this module holds the :class:`Sensor` (watchdog loop,
-    start-up catch-up, ``--max-age``, triggering and retries) and the
-    arguments of ``qlcp watch``.
+    :mod:`qlcp.deployments.readiness` (the policy: file stability, the
+    readiness rules, retries and ``--max-age``; pure, tested without threads or
+    files), :mod:`qlcp.deployments.dawn` (Sun altitude, when a night is over),
+    :mod:`qlcp.deployments.scanner` (nights and their files under RAW_ROOT),
+    :mod:`qlcp.deployments.night_state` (the SQLite store); this module holds
+    the :class:`Sensor`, the watcher that feeds the policy (watchdog loop,
+    listings, start-up catch-up, triggering) and the arguments of ``qlcp watch``.
 """
 
 from __future__ import annotations
@@ -117,8 +118,8 @@ from qlcp.core.config import load_config
 from qlcp.core.errors import ConfigError, InputError
 from qlcp.deployments.dawn import DEFAULT_SUN_ALTITUDE, Dawn, TimeLike, to_unix
 from qlcp.deployments.night_state import DEFAULT_STATE_NAME, STATUSES, StateDB, from_iso, read_state, to_iso
-from qlcp.deployments.scanner import (READY_REASONS, NightFiles, has_marker, list_fits, newest_file_time,
-                                      night_names, night_of, ready_reason)
+from qlcp.deployments.readiness import READY_REASONS, NightFiles, Readiness
+from qlcp.deployments.scanner import has_marker, list_fits, newest_file_time, night_names, night_of
 
 __all__ = ["DEFAULT_DEPLOYMENT", "DEFAULT_STATE_NAME", "DEFAULT_SUN_ALTITUDE", "READY_REASONS", "STATUSES",
            "Dawn", "Sensor", "StateDB", "TimeLike", "add_watch_arguments", "main_watch", "prefect_trigger",
@@ -158,14 +159,12 @@ def _one_line(e: BaseException) -> str:
 
 @dataclass(kw_only=True)
 class _Night(NightFiles):
-    """A pending night: its files (:class:`~qlcp.deployments.scanner.NightFiles`) and the sensor's bookkeeping."""
+    """A pending night: its files (:class:`~qlcp.deployments.readiness.NightFiles`) and the sensor's bookkeeping."""
 
     name: str
     key: str                                # idempotency key of its trigger
-    first_dark: float | None = None         # earliest file arrival in the dark
     scanned_poll: int = -1                  # poll number of the last scan (-1: never)
     attempts: int = 0
-    next_attempt: float | None = None
     reason: str | None = None               # ready reason logged in this session
     saved: tuple = ()                       # (n_files, last_file, first_dark) last written
 
@@ -275,22 +274,19 @@ class Sensor:
             if p.resolve() == real_raw or p.resolve().is_relative_to(real_raw):
                 raise InputError(f"{p}: {what} must not be inside RAW_ROOT {self.raw_root} (never written)")
         self.pattern = _check_options(marker, pattern, sun_altitude, max_age)
-        if quiet is not None and quiet <= 0:
-            quiet = None
-        self.max_age = None if max_age is None else float(max_age) * 86400.0
         self.marker = marker
-        self.quiet = quiet
         self.deployment = deployment
         self.clock = clock or _utc_now
         self.trigger = trigger or prefect_trigger
         self.watch = watch
         self.polling = polling
         self.polling_timeout = float(polling_timeout)
-        self.settle = float(settle)
         self.rescan = float(rescan)
-        self.backoff = (float(backoff[0]), float(backoff[1]))
         self.site = (cfg.site_lon, cfg.site_lat, cfg.site_ele)
         self.dawn = Dawn(cfg.site_lon, cfg.site_lat, cfg.site_ele, altitude=sun_altitude)
+        self.policy = Readiness(self.dawn, settle=settle, quiet=quiet, backoff=backoff,
+                                max_age=None if max_age is None else float(max_age) * 86400.0,
+                                on_dawn_error=self._dawn_failed)
 
         self._events: queue.Queue[str] = queue.Queue()
         self._wake = threading.Event()
@@ -341,14 +337,14 @@ class Sensor:
         except BaseException:
             self.stop()
             raise
-        if self.max_age is None and len(self._nights) > 5:
+        if self.policy.max_age is None and len(self._nights) > 5:
             log.warning("%d nights pending at start-up: each will be reduced at its dawn; --max-age DAYS skips "
                         "old ones", len(self._nights))
         obs = "no observer" if self._observer is None else ("polling observer" if self.polling else "inotify observer")
         log.info("watching %s (%s): %d pending and %d triggered nights known; dawn = Sun above %.1f deg at "
                  "lon %.4f lat %.4f; marker %s; quiet %s; state %s", self.raw_root, obs, len(self._nights),
                  len(self._done), self.dawn.altitude, self.site[0], self.site[1], self.marker or "off",
-                 f"{self.quiet:g} s" if self.quiet else "off", self.state_path)
+                 f"{self.policy.quiet:g} s" if self.policy.quiet else "off", self.state_path)
         return self
 
     def stop(self) -> None:
@@ -409,7 +405,7 @@ class Sensor:
             except Exception as e:
                 log.error("poll failed: %s", _one_line(e))
                 log.debug("poll failure", exc_info=True)
-            wait = min(interval, max(self.settle, 0.1)) if self._awaiting else interval
+            wait = min(interval, max(self.policy.settle, 0.1)) if self._awaiting else interval
             deadline = t0 + wait
             while not stop_event.is_set():
                 left = deadline - time.monotonic()
@@ -444,10 +440,10 @@ class Sensor:
         self._discover(now)
         for night in list(self._nights.values()):
             due = full or night.name in dirty or night.scanned_poll < 0
-            if due or not night.all_stable(now, self.settle):
+            if due or not night.all_stable(now, self.policy.settle):
                 self._scan(night, now)
         triggered = [n.name for n in list(self._nights.values()) if self._consider(n, now)]
-        self._awaiting = any(not n.all_stable(now, self.settle) for n in self._nights.values())
+        self._awaiting = any(not n.all_stable(now, self.policy.settle) for n in self._nights.values())
         return triggered
 
     # ------------------------------------------------------------ helpers
@@ -543,8 +539,8 @@ class Sensor:
             self._register(name, path, row, now)
         if skipped:
             log.info("%d night(s) with no file newer than --max-age %g d: not reduced (%s%s); the reprocess "
-                     "deployment reduces old nights", len(skipped), self.max_age / 86400.0, ", ".join(skipped[:5]),
-                     ", ..." if len(skipped) > 5 else "")
+                     "deployment reduces old nights", len(skipped), self.policy.max_age / 86400.0,
+                     ", ".join(skipped[:5]), ", ..." if len(skipped) > 5 else "")
         for name in sorted(set(self._nights) - names):
             self._gone(name)
         if self._in_startup:    # pending in the state, absent now (moved while the sensor was down)
@@ -576,7 +572,7 @@ class Sensor:
         """A night never registered whose newest file (or, empty, the directory) is older than
         ``max_age``: skipped, so a sensor started on years of nights does not reduce them all.
         Judged again only when the directory changes (a file added or removed)."""
-        if self.max_age is None:
+        if self.policy.max_age is None:
             return False
         try:
             dm = path.stat().st_mtime_ns
@@ -590,7 +586,7 @@ class Sensor:
             return False
         if newest is None:
             newest = dm / 1e9
-        if now - newest > self.max_age:
+        if self.policy.too_old(newest, now):
             self._old[path.name] = dm
             return True
         self._old.pop(path.name, None)
@@ -615,13 +611,8 @@ class Sensor:
         except OSError as e:
             log.warning("night %s: cannot scan (%s)", night.name, _one_line(e))
             return
-        new_arrivals = night.update(found, now, use_mtime=use_mtime)
-        night.marker = has_marker(night.path, self.marker)
+        self.policy.observe(night, found, has_marker(night.path, self.marker), now, use_mtime=use_mtime)
         night.scanned_poll = self._poll
-        try:
-            night.first_dark = self.dawn.first_dark(new_arrivals, night.first_dark)
-        except Exception as e:  # noqa: BLE001 - the dawn rule must not stop the sensor (issue 24, R3)
-            self._dawn_failed(night, e)
         saved = (len(night.files), to_iso(night.last_change), to_iso(night.first_dark))
         if saved != night.saved:
             self._db.update(night.name, n_files=saved[0], last_file=saved[1], first_dark=saved[2])
@@ -630,16 +621,9 @@ class Sensor:
     def dawn_due(self, name: str) -> float | None:
         """Unix time at which the night ``name`` becomes ready by dawn (None: unknown or never)."""
         night = self._nights.get(name)
-        return None if night is None else self._dawn_due(night)
+        return None if night is None else self.policy.dawn_due(night)
 
-    def _dawn_due(self, night: _Night) -> float | None:
-        try:
-            return self.dawn.night_over(night.first_dark, night.newest_arrival())
-        except Exception as e:  # noqa: BLE001 - no dawn: the marker and quiet rules still apply
-            self._dawn_failed(night, e)
-            return None
-
-    def _dawn_failed(self, night: _Night, e: BaseException) -> None:
+    def _dawn_failed(self, night: NightFiles, e: BaseException) -> None:
         """Log (once per night) that the dawn rule failed for ``night``: it then waits for its
         marker or quiet time (or the next poll, when the failure passes) instead of stopping the
         sensor (``qlcp up`` exited with 'internal error: ValueError' on an aged IERS table)."""
@@ -649,24 +633,19 @@ class Sensor:
                       "(--marker, --quiet) meanwhile", night.name, _one_line(e))
             log.debug("dawn rule failure", exc_info=True)
 
-    def _ready_reason(self, night: _Night, now: float) -> str | None:
-        return ready_reason(night, now, settle=self.settle, quiet=self.quiet,
-                            dawn_due=lambda: self._dawn_due(night), started_at=self._started_at)
-
     def _consider(self, night: _Night, now: float) -> bool:
-        """Trigger the night if it is ready (and not backing off); True when triggered."""
-        if night.next_attempt is not None and now < night.next_attempt:
-            return False
-        reason = self._ready_reason(night, now)
-        if reason is None:
+        """Trigger the night if the policy says it is ready (and not backing off); True when triggered."""
+        decision = self.policy.decide(night, now, started_at=self._started_at)
+        if not decision.ready:
             return False
         if night.scanned_poll != self._poll:   # a fresh look before the one-time decision
             self._scan(night, now)
             if night.name not in self._nights:
                 return False
-            reason = self._ready_reason(night, now)
-            if reason is None:
+            decision = self.policy.decide(night, now, started_at=self._started_at)
+            if not decision.ready:
                 return False
+        reason = decision.reason
         if night.reason is None:
             night.reason = reason
             newest = max(f.arrival for f in night.files.values())
@@ -683,8 +662,8 @@ class Sensor:
             result = self.trigger(self.deployment, parameters=params, timeout=0, tags=["sensor", night.name],
                                   idempotency_key=night.key)
         except Exception as e:   # noqa: BLE001 - API down or refused: keep the night, retry later
-            delay = min(self.backoff[1], self.backoff[0] * 2.0 ** (attempt - 1))
-            night.next_attempt = now + delay
+            night.next_attempt = self.policy.retry_at(attempt, now)
+            delay = night.next_attempt - now
             err = _one_line(e)
             self._db.update(night.name, last_error=err, next_attempt=to_iso(night.next_attempt))
             log.warning("night %s: trigger of %s failed (attempt %d: %s); retry in %.0f s", night.name,

@@ -7,11 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import get_run_logger
-from prefect.artifacts import create_markdown_artifact
 
 from qlcp.core.campaign import campaign_targets
-from qlcp.core.pipeline import make_config
+from qlcp.core.runsetup import make_config
 from qlcp.core.runtime import offline_time
+from qlcp.flows.artifacts import publish_campaign
 from qlcp.flows.params import json_params_flow
 from qlcp.tasks.campaign import campaign_task
 from qlcp.tasks.common import bridge_logging, results_dir
@@ -51,24 +51,3 @@ def campaign(red_root: str, target: str | None = None, config: dict | None = Non
             plog.info("campaign %s: %s", name, note)
         publish_campaign(name, res, red_root, cfg.results_url)
     return out
-
-
-def publish_campaign(target: str, res: dict, red_root: str, results_url: str | None = None) -> None:
-    """Per target: the O-C diagram, the campaign light curve and the period search as images (linked,
-    :func:`qlcp.flows.night.publish_image`), the ephemeris as markdown; keys ``campaign-{target}-...``
-    (stable: reruns add versions)."""
-    from qlcp.flows.night import artifact_key, publish_image
-
-    for kind, what in (("oc_png", "O-C"), ("period_png", "period search")):
-        publish_image(res.get(kind), Path(red_root), results_url,
-                      artifact_key("campaign", target, kind.replace("_png", "")), f"{target}: {what}")
-    for kind, path in sorted(res.items()):
-        if kind.startswith("campaign_lc_png"):
-            publish_image(path, Path(red_root), results_url,
-                          artifact_key("campaign", target, "lc", kind[len("campaign_lc_png"):]),
-                          f"{target}: multi-night light curve")
-    eph = res.get("ephemeris")
-    if eph and Path(eph).is_file():
-        create_markdown_artifact(markdown=f"# Ephemeris of {target}\n\n```yaml\n{Path(eph).read_text()}```\n",
-                                 key=artifact_key("campaign", target, "ephemeris"),
-                                 description=f"refined linear ephemeris of {target}")

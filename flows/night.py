@@ -4,33 +4,20 @@
 (:mod:`qlcp.tasks.steps`): calibration per band, then the frame-level work in
 chunks of frames, stage by stage with every (object, band) group of the night
 in parallel.  A failing group is recorded and the others go on.  At the end it
-publishes artifacts (per-frame quality table, markdown summary, light-curve
+publishes artifacts (:mod:`qlcp.flows.artifacts`: per-frame quality table, markdown summary, light-curve
 image, and a progress bar that advanced during the night) under keys stable per
-night/object/band, so reruns add versions rather than clutter.
+night/object/band, so reruns add versions rather than clutter.  ``reprocess`` and ``dawn_sweep`` run it
+for many nights (finding them and following a batch of runs: :mod:`qlcp.flows.batch`).
 """
 
 from __future__ import annotations
 
-import base64
-import datetime as dt
 import logging
-import re
-import threading
 import time
-import urllib.parse
 from pathlib import Path
 
-import numpy as np
 from prefect import get_run_logger
 from prefect.context import FlowRunContext
-from prefect.artifacts import (
-    create_image_artifact,
-    create_link_artifact,
-    create_markdown_artifact,
-    create_progress_artifact,
-    create_table_artifact,
-    update_progress_artifact,
-)
 from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
@@ -39,13 +26,15 @@ from qlcp.core import fingerprint as night_fp
 from qlcp.core import parallel
 from qlcp.core import steps as core
 from qlcp.core.errors import QLCPError
-from qlcp.core.columns import artifact_columns
 from qlcp.core.nightname import night_name
 from qlcp.core.listing import raw_identities
-from qlcp.core.pipeline import make_config, write_effective_config
 from qlcp.core.products import product_path
+from qlcp.core.runsetup import make_config, write_effective_config
 from qlcp.core.runtime import configure_run
 from qlcp.core.walk import NightWalk
+from qlcp.flows.artifacts import NightProgress, publish_artifacts
+from qlcp.flows.batch import find_nights, red_for, submit_runs, wait_runs
+from qlcp.flows.campaign import campaign
 from qlcp.flows.guard import guarded_night, in_run_thread, open_night, stop_on_environment
 from qlcp.flows.params import json_params_flow
 from qlcp.tasks import steps as T
@@ -61,12 +50,6 @@ log = logging.getLogger("qlcp.flows")
 #: and one task measures the group's reference frame once and follows every frame from
 #: the one before (:mod:`qlcp.core.photometry.forced`)
 DEFAULT_CHUNK = 100
-
-
-def artifact_key(*parts: str) -> str:
-    """Prefect artifact keys: lowercase letters, digits and dashes only."""
-    s = "-".join(str(p) for p in parts if p)
-    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", s.lower())).strip("-")[:120]
 
 
 class _Runner:
@@ -119,10 +102,6 @@ def _quoted(kw: dict) -> dict:
     as futures.  For the thread task runner only: under prefect-dask a quoted value reached the
     task and its cache key as a tuple."""
     return {k: quote(v) if isinstance(v, (dict, list)) else v for k, v in kw.items()}
-
-
-def _chunks(seq, n):
-    return [seq[i:i + n] for i in range(0, len(seq), n)] if seq else []
 
 
 def _error(state) -> str:
@@ -240,7 +219,7 @@ def process_night(raw_dir: str, red_dir: str, config: dict | None = None, config
     walk = NightWalk(raw, red, cfg, raw_ids, driver="prefect")
     threads = isinstance(FlowRunContext.get().task_runner, ThreadPoolTaskRunner)
     runner = _Runner(refresh, quoted=threads)
-    progress = _Progress(walk.summary.night)
+    progress = NightProgress(walk.summary.night)
     if chunk is None and not threads:
         chunk = DEFAULT_CHUNK           # tasks spread over processes or machines: several per group
     set_progress_hook(str(red), progress.partial)
@@ -279,8 +258,6 @@ def process_night(raw_dir: str, red_dir: str, config: dict | None = None, config
 def update_campaigns(summary, red: Path, config: dict | None, config_files: list[str] | None) -> None:
     """Rebuild the campaign of every target of this night (its subflow, cached on the nights' files);
     a campaign that fails is logged and costs the night nothing."""
-    from qlcp.flows.campaign import campaign
-
     names = {}
     for g in summary.groups:
         if not g.error and g.outputs.get("lightcurve") and g.outcome != "no target":   # nothing to follow
@@ -332,88 +309,6 @@ def _run_block(walk: NightWalk, runner: "_Runner", block, cfgd: dict, red: str, 
     walk.finish_block(block)
 
 
-class _Progress:
-    """The night's progress artifact: a unit per frame and frame step (``ip``: two).
-
-    Advanced when a chunk task ends and, while a task runs in this process, by its
-    worker jobs (:meth:`partial`, at most every :data:`EVERY` seconds); the value
-    sent never goes back (the groups' tasks run at once, from several threads).
-    The API calls are made by a thread of their own, with the flow run's context:
-    a call (10-50 ms against a busy server) never holds up the flow or a task, and
-    values that arrive while one is under way are sent as one, the latest."""
-
-    EVERY = 2.0
-
-    def __init__(self, night: str):
-        self.night, self.units, self.done_ = night, 1, 0
-        self.parts: dict[str, float] = {}
-        self.shown, self.sent = 0.0, 0.0
-        self._lock = threading.Lock()
-        self._wake = threading.Condition(self._lock)
-        self._pending: float | None = None          # the latest value not yet sent
-        self._closing = False
-        self._thread: threading.Thread | None = None
-
-    def start(self, walk: NightWalk) -> None:
-        n = sum(len(g.raw) for g in walk.groups.values())
-        self.units = max(1, n * sum(len(b.stages) for b in walk.blocks if b.unit == "chunk"))
-        self._thread = in_run_thread("qlcp-progress", self._sender)
-
-    def partial(self, label: str, units: float) -> None:
-        """``units`` more of task ``label`` done (from the task's thread)."""
-        with self._lock:
-            self.parts[label] = self.parts.get(label, 0.0) + units
-            if time.monotonic() - self.shown >= self.EVERY:
-                self.shown = time.monotonic()
-                self._send(self._value())
-
-    def advance(self, n: int, label: str = "") -> None:
-        """Task ``label`` ended with ``n`` units."""
-        with self._lock:
-            self.parts.pop(label, None)
-            self.done_ += n
-            self._send(self._value())
-
-    def done(self) -> None:
-        """100 %, sent before this returns (at most 30 s)."""
-        with self._lock:
-            self._send(100.0)
-            self._closing = True
-            self._wake.notify()
-        if self._thread is not None:
-            self._thread.join(30)
-
-    def _value(self) -> float:
-        return min(100.0, 100.0 * (self.done_ + sum(self.parts.values())) / self.units)
-
-    def _send(self, value: float) -> None:
-        """Queue ``value`` for the sender (the caller holds the lock)."""
-        if value > self.sent:
-            self.sent = self._pending = value
-            self._wake.notify()
-
-    def _sender(self) -> None:
-        try:
-            aid = create_progress_artifact(progress=0.0, key=artifact_key("night", self.night, "progress"),
-                                           description=f"frames of {self.night} processed (steps i and p)")
-        except Exception as e:  # a progress bar is for the UI: never fail a night for it
-            log.warning("could not create the progress artifact: %s", e)
-            aid = None
-        while True:
-            with self._wake:
-                while self._pending is None and not self._closing:
-                    self._wake.wait()
-                value, self._pending = self._pending, None
-                last = self._closing
-            if value is not None and aid is not None:
-                try:
-                    update_progress_artifact(artifact_id=aid, progress=value)
-                except Exception as e:
-                    log.warning("could not update the progress artifact: %s", e)
-            if last:
-                return
-
-
 def interactive_settings():
     """Prefect settings for a flow run from the command line: no flow heartbeat.
 
@@ -453,191 +348,6 @@ def night_flow(runner: str = "thread", dask_address: str | None = None, workers:
     return process_night.with_options(task_runner=tr)
 
 
-# ------------------------------------------------------------------ artifacts
-def _frame_table(red: Path, g: dict) -> list[dict]:
-    """Per-frame quality rows of one group: time, airmass, FWHM, sky, stars, offset, ok."""
-    from astropy.table import Table
-
-    rows = []
-    lc_path = g["outputs"].get("lightcurve")
-    off_path = Path(g["outputs"].get("offsets", ""))
-    off = Table.read(off_path, format="ascii.ecsv") if off_path.is_file() else None
-    lc = Table.read(lc_path, format="ascii.ecsv") if lc_path and Path(lc_path).is_file() else None
-    offs = {r["file"]: r for r in off} if off is not None else {}
-    if lc is not None:
-        for r in lc:
-            o = offs.get(r["file"])
-            rows.append({"file": str(r["file"]), "bjd_tdb": round(float(r["bjd_tdb"]), 6),
-                         "airmass": round(float(r["airmass"]), 4), "fwhm": round(float(r["fwhm"]), 2),
-                         "sky": round(float(r["sky"]), 1),
-                         "stars": int(o["n_matched"]) if o is not None else None,
-                         "rot_deg": round(float(o["rot_deg"]), 2) if o is not None and "rot_deg" in o.colnames
-                         else None,
-                         "dx": round(float(o["dx"]), 2) if o is not None and np.isfinite(o["dx"]) else None,
-                         "dy": round(float(o["dy"]), 2) if o is not None and np.isfinite(o["dy"]) else None,
-                         "ok": bool(r["ok"])})
-    elif off is not None:
-        for o in off:
-            rows.append({"file": str(o["file"]), "jd": float(o["jd"]), "stars": int(o["n_matched"]),
-                         "dx": float(o["dx"]) if np.isfinite(o["dx"]) else None,
-                         "dy": float(o["dy"]) if np.isfinite(o["dy"]) else None, "ok": bool(o["ok"])})
-    return rows
-
-
-def summary_markdown(summary: dict, cfg) -> str:
-    """The night report shown in the Prefect UI."""
-    out = [f"# Night {summary['night']}", "",
-           f"* raw: `{summary['raw_dir']}`  \n* outputs: `{summary['red_dir']}`",
-           f"* files: {summary['listing']}",
-           f"* config hash `{summary['config_hash']}`, steps `{cfg.steps}`, apertures {cfg.aper} px",
-           f"* finished {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC in {summary['run']['seconds']} s",
-           "* masters: " + (", ".join(f"{k} `{Path(m['path']).name if m['path'] else 'none'}` ({m['source']})"
-                                      for k, m in sorted(summary["masters"].items())) or "none"),
-           f"* outcome: **{summary.get('outcome') or 'ok'}**"]
-    out += [f"* {g['obj']} {g['band']}: **no target**: {g.get('note', '')}" for g in summary["groups"]
-            if g.get("outcome") == "no target"]
-    out += [""]
-    states = ", ".join(f"{name}: " + "/".join(f"{n} {s}" for s, n in sorted(c.items()))
-                       for name, c in sorted(summary["run"]["task_states"].items()))
-    out += [f"**Tasks** — {states}", ""]
-    out += ["## Targets", "", "| object | band | frames | corrected | light curve | star | aperture | "
-            "achieved (mmag) | predicted (mmag) | note |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for g in summary["groups"]:
-        note = g["error"] or ("no target" if g.get("outcome") == "no target" else "")
-        names = (g.get("stars") or {}).get("targets") or []
-        noise = g.get("noise") or [{}]
-        for n in noise:
-            star = n.get("label") or f"{n.get('role', '')} {n.get('k', '')}".strip()
-            if n.get("role") == "target" and isinstance(n.get("k"), int) and n["k"] < len(names):
-                star += f" {names[n['k']]}"         # the configured name (XO-1), not only T0
-            ach = f"{1e3 * n['achieved']:.2f}" if n.get("achieved") is not None else ""
-            pre = f"{1e3 * n['predicted']:.2f}" if n.get("predicted") is not None else ""
-            flag = "NOISY (clouds or systematics?)" if n.get("noisy") else ""
-            if n.get("error_model") == "scaled":
-                flag = (flag + "; " if flag else "") + f"errors scaled x{n.get('error_scale', float('nan')):.2f} " \
-                                                       f"(gain {n.get('gain_source', 'assumed')})"
-            out.append(f"| {g['obj']} | {g['band']} | {g['frames']} | {g.get('corrected', '')} | "
-                       f"`{Path(g['outputs']['lightcurve']).name if g['outputs'].get('lightcurve') else '-'}` | {star} | {n.get('aperture', '')} | "
-                       f"{ach} | {pre} | {note or flag} |")
-    out += ["", "## Rejected files", ""]
-    if summary["rejected"]:
-        out += ["| file | reason |", "|---|---|"] + [f"| {f} | {why} |" for f, why in summary["rejected"]]
-    else:
-        out.append("none")
-    return "\n".join(out) + "\n"
-
-
-def publish_calibration_library(red: Path, cfg, summary: dict) -> None:
-    """The library masters this night registered or used, with their QC, as the table artifact
-    ``night-<night>-calib``.  Not the whole library: it grows by a few masters every night, and a
-    nightly report of all of it would cost more each night (``qlcp calib list`` shows it all)."""
-    import sqlite3
-
-    from qlcp.core import calib_library as L
-
-    lib = L.library_dir(red, cfg)
-    used = [m["path"] for m in summary["masters"].values() if m.get("path")]
-    try:
-        found, total = L.entries_of_night(lib, Path(red).name, used)
-    except (L.LibraryError, sqlite3.Error, OSError) as e:   # the summary's degraded says it: no second failure
-        get_run_logger().warning("calibration library not reported: %s", e)
-        return
-    changes = [m["epoch_change"] for m in summary["masters"].values() if m.get("epoch_change")]
-    rows = [{"id": e.id, "kind": e.kind, "band": e.band or "", "night": e.night, "date": e.date_start[:10],
-             "shape": f"{e.nx}x{e.ny}", "binning": e.binning, "camera": e.camera, "epoch": e.epoch,
-             "frames": e.n_frames, "status": e.status, "qc": e.qc or ""} for e in found]
-    if rows:
-        create_table_artifact(table=rows, key=artifact_key("night", summary["night"], "calib"),
-                              description=f"library masters night {summary['night']} registered or used "
-                                          f"({total} in {lib}: qlcp calib list)"
-                                          + "".join(f". NEW EPOCH: {c}" for c in changes))
-
-
-def publish_artifacts(summary: dict, red: Path, cfg) -> None:
-    night = summary["night"]
-    if cfg.calib_library:
-        publish_calibration_library(red, cfg, summary)
-    create_markdown_artifact(markdown=summary_markdown(summary, cfg), key=artifact_key("night", night, "summary"),
-                             description=f"QLCP summary of night {night}")
-    for g in summary["groups"]:
-        rows = _frame_table(red, g)
-        if rows:
-            create_table_artifact(table=rows, key=artifact_key("night", night, g["obj"], g["band"], "frames"),
-                                  description=f"per-frame quality, {g['obj']} {g['band']}. Columns: "
-                                              + artifact_columns())
-        publish_image(g["outputs"].get("lc_png"), Path(red).parent, cfg.results_url,
-                      artifact_key("night", night, g["obj"], g["band"], "lc"), f"light curve {g['obj']} {g['band']}")
-        events = _event_rows(g["outputs"].get("timing"))
-        if events:
-            create_table_artifact(table=events, key=artifact_key("night", night, g["obj"], g["band"], "events"),
-                                  description=f"events timed, {g['obj']} {g['band']}: BJD_TDB, error (s), "
-                                              "status; O-C is in the target's campaign artifacts")
-
-
-def publish_image(path, root: Path, results_url: str | None, key: str, description: str) -> None:
-    """An image product in the UI, without the image in Prefect's database: an image artifact at
-    ``results_url`` + its path under ``root`` (the output root a web server serves); without
-    ``results_url`` a link artifact to its file:// path (the UI shows the path; browsers do not load
-    file:// images into an http page); ``results_url: embed``: the PNG as a data URI, as before
-    (~0.2 MB a night in the artifact and again in its key's latest version, for years)."""
-    if not path or not Path(path).is_file():
-        return
-    path = Path(path).resolve()
-    description = f"{description} ({path})"
-    if results_url == "embed":
-        uri = "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
-        create_image_artifact(image_url=uri, key=key, description=description)
-    elif results_url:
-        try:
-            rel = path.relative_to(Path(root).resolve()).as_posix()
-        except ValueError:                    # not under the served root: the file's path is all there is
-            create_link_artifact(link=path.as_uri(), link_text=path.name, key=key, description=description)
-            return
-        create_image_artifact(image_url=results_url.rstrip("/") + "/" + urllib.parse.quote(rel), key=key,
-                              description=description)
-    else:
-        create_link_artifact(link=path.as_uri(), link_text=path.name, key=key, description=description)
-
-
-def _event_rows(path) -> list[dict]:
-    """The night's timing table as artifact rows: target, method, status, time ± error, depth."""
-    from astropy.table import Table
-
-    if not path or not Path(path).is_file():
-        return []
-    t = Table.read(path, format="ascii.ecsv")
-    rows = []
-    for r in t:
-        time = float(r["time_bjd_tdb"])
-        rows.append({"target": str(r["target"]), "kind": str(r["kind"]), "method": str(r["method"]),
-                     "status": str(r["status"]), "reason": str(r["reason"]) if "reason" in t.colnames else "",
-                     "time_bjd_tdb": round(time, 6) if np.isfinite(time) else None,
-                     "error_s": round(float(r["time_err_d"]) * 86400, 1) if np.isfinite(r["time_err_d"]) else None,
-                     "depth": round(float(r["depth"]), 4)
-                     if np.isfinite(r["depth"]) else None})
-    for st in t.meta.get("targets") or []:
-        name = str(st.get("target", ""))
-        if st.get("status") != "full" and not any(x["target"] == name for x in rows):
-            rows.append({"target": name, "kind": "", "method": "", "status": st.get("status", "none"),
-                         "reason": st.get("reason", ""), "time_bjd_tdb": None, "error_s": None, "depth": None})
-    return rows
-
-
-def find_nights(raw_root: str, pattern: str = r".*", start: str | None = None, end: str | None = None) -> list[str]:
-    """Night directories directly under ``raw_root`` whose name matches ``pattern`` and whose
-    date (YYYYMMDD in the name, when there is one) lies in [``start``, ``end``]."""
-    out = []
-    for d in sorted(Path(raw_root).iterdir()):
-        if d.is_dir() and not d.name.startswith(".") and re.search(pattern, d.name) and _in_range(d.name, start, end):
-            out.append(str(d.resolve()))
-    return out
-
-
-def _red_for(night: str, red_root: str | None) -> str:
-    return str(Path(red_root) / Path(night).name) if red_root else str(Path(night).parent.parent / "red" /
-                                                                       Path(night).name)
-
-
 @json_params_flow(name="reprocess", log_prints=True)
 def reprocess(nights: list[str] | None = None, raw_root: str | None = None, red_root: str | None = None,
               start: str | None = None, end: str | None = None, config: dict | None = None,
@@ -663,17 +373,17 @@ def reprocess(nights: list[str] | None = None, raw_root: str | None = None, red_
     results: dict[str, str] = {}
     cfg = make_config(config_files, **(config or {}))
     run = todo if force else _changed(todo, red_root, cfg, results, plog)
-    batch = _submit_runs(deployment, run, red_root, params, plog) if deployment and run else None
+    batch = submit_runs(deployment, run, red_root, params, plog) if deployment and run else None
     if batch is not None:
-        results.update(_wait_runs(*batch, timeout_s))
+        results.update(wait_runs(*batch, timeout_s))
     else:
         for n in run:
-            state = process_night(raw_dir=n, red_dir=_red_for(n, red_root), **params, return_state=True)
+            state = process_night(raw_dir=n, red_dir=red_for(n, red_root), **params, return_state=True)
             results[n] = state.name
     for n, s in results.items():
         plog.info("night %s: %s", n, s)
     if todo and "t" in cfg.steps:
-        _rebuild_campaigns(sorted({str(Path(_red_for(n, red_root)).parent) for n in todo}), config, config_files)
+        _rebuild_campaigns(sorted({str(Path(red_for(n, red_root)).parent) for n in todo}), config, config_files)
     return results
 
 
@@ -682,7 +392,7 @@ def _changed(todo: list[str], red_root: str | None, cfg, results: dict, plog) ->
     are logged and marked ``"Skipped"`` in ``results``."""
     run = []
     for n in todo:
-        since = night_fp.unchanged(n, _red_for(n, red_root), cfg)
+        since = night_fp.unchanged(n, red_for(n, red_root), cfg)
         if since is None:
             run.append(n)
         else:
@@ -694,80 +404,10 @@ def _changed(todo: list[str], red_root: str | None, cfg, results: dict, plog) ->
 def _rebuild_campaigns(red_roots: list[str], config: dict | None, config_files: list[str] | None) -> None:
     """Every campaign under each red root, once after a batch of nights (its subflow; a target whose
     nights did not change costs a cache lookup); a failure is logged and costs the nights nothing."""
-    from qlcp.flows.campaign import campaign
-
     for root in red_roots:
         st = campaign(red_root=root, config=config, config_files=config_files, return_state=True)
         if st.is_failed():
             get_run_logger().warning("campaigns under %s: %s", root, st.message)
-
-
-def _submit_runs(deployment: str, todo: list[str], red_root: str | None, params: dict,
-                 plog) -> tuple[str, dict] | None:
-    """One flow run of ``deployment`` per night (the deployment read once, one API call a night), all
-    tagged with the batch's tag (:func:`_wait_runs` follows them by it); the tag and ``{run id: night}``,
-    or None when the deployment does not exist."""
-    import uuid
-
-    from prefect import get_client
-    from prefect.exceptions import ObjectNotFound
-
-    ctx = FlowRunContext.get()
-    batch = f"reprocess:{ctx.flow_run.id if ctx and ctx.flow_run else uuid.uuid4()}"
-    runs: dict = {}
-    with get_client(sync_client=True) as c:
-        try:
-            dep = c.read_deployment_by_name(deployment)
-        except ObjectNotFound:
-            plog.warning("deployment %s not found: reprocessing here, one night after another", deployment)
-            return None
-        for n in todo:
-            fr = c.create_flow_run_from_deployment(dep.id, parameters={"raw_dir": n, "red_dir": _red_for(n, red_root),
-                                                                       **params},
-                                                   tags=["reprocess", batch, Path(n).name])
-            runs[fr.id] = n
-            plog.info("night %s: flow run %s submitted", n, fr.name)
-    return batch, runs
-
-
-#: a run that ended this long before a poll is still looked for (the server's clock, commit lag)
-_END_MARGIN_S = 120.0
-
-
-def _wait_runs(batch: str, runs: dict, timeout_s: float, every: float = 5.0, page: int = 200) -> dict:
-    """Wait until the flow runs ``runs`` (``{id: night}``, tagged ``batch``) are final (or the timeout);
-    ``{night: state name}``.
-
-    Each poll asks for the batch's runs that *ended* since the previous poll (less a margin), a page
-    of ``page`` at a time: its cost follows the runs that just ended, not the size of the batch (a
-    backlog of 1,000 nights polled run by run would cost 1,000 calls every poll)."""
-    from prefect import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterEndTime, FlowRunFilterTags
-    from prefect.client.schemas.sorting import FlowRunSort
-
-    runs = dict(runs)
-    t_end = time.monotonic() + timeout_s
-    out: dict[str, str] = {}
-    since = None
-    with get_client(sync_client=True) as c:
-        while runs and time.monotonic() < t_end:
-            now = dt.datetime.now(dt.timezone.utc)
-            flt = FlowRunFilter(tags=FlowRunFilterTags(all_=[batch]),
-                                end_time=FlowRunFilterEndTime(is_null_=False, **({"after_": since} if since else {})))
-            offset = 0
-            while True:
-                got = c.read_flow_runs(flow_run_filter=flt, sort=FlowRunSort.END_TIME_DESC, limit=page, offset=offset)
-                for fr in got:
-                    if fr.id in runs and fr.state is not None and fr.state.is_final():
-                        out[runs.pop(fr.id)] = fr.state.name
-                if len(got) < page:
-                    break
-                offset += page
-            since = now - dt.timedelta(seconds=_END_MARGIN_S)
-            if runs:
-                time.sleep(every)
-    out.update({n: "Timeout" for n in runs.values()})
-    return out
 
 
 @json_params_flow(name="dawn-sweep", log_prints=True)
@@ -789,21 +429,13 @@ def dawn_sweep(raw_root: str, red_root: str, config: dict | None = None, config_
         newest = max(p.stat().st_mtime for p in files)
         if now - newest > max_age_days * 86400:
             continue
-        done = product_path(_red_for(n, red_root), "summary")
+        done = product_path(red_for(n, red_root), "summary")
         if done.is_file() and done.stat().st_mtime >= newest:
             continue
         plog.info("night %s is pending: processing it", n)
-        state = process_night(raw_dir=n, red_dir=_red_for(n, red_root), config=config, config_files=config_files,
+        state = process_night(raw_dir=n, red_dir=red_for(n, red_root), config=config, config_files=config_files,
                               return_state=True)
         results[n] = state.name
     if not results:
         plog.info("no pending night under %s", raw_root)
     return results
-
-
-def _in_range(name: str, start: str | None, end: str | None) -> bool:
-    m = re.search(r"(\d{8})", name)
-    if not m:
-        return start is None and end is None
-    d = m.group(1)
-    return (start is None or d >= start.replace("-", "")) and (end is None or d <= end.replace("-", ""))

@@ -13,3 +13,24 @@ import name            folder           what
 ``qlcp.deployments``   ``deployments/`` sensor, serving and the ``qlcp`` command
 =====================  ===============  ============================================
 """
+
+
+def _installed_layers(path: list) -> None:
+    """From a checkout's root (``python -m pytest``, ``python -c`` there: the current directory comes
+    first on ``sys.path``) this folder is imported instead of the installed ``qlcp`` and holds none of
+    the mapped layers: take them from the installation, e.g. the link tree of the strict editable
+    install (``pip install -e . --config-settings editable_mode=strict``), whose files link to the
+    repository's folders.  An installed ``qlcp`` (its ``core`` beside this file) is left as it is."""
+    import os
+    import sys
+
+    if os.path.isdir(os.path.join(path[0], "core")):
+        return
+    for entry in sys.path:
+        d = os.path.join(os.path.abspath(entry or "."), "qlcp")
+        if os.path.isdir(os.path.join(d, "core")):
+            path.append(d)
+            return
+
+
+_installed_layers(__path__)

@@ -7,7 +7,7 @@ imports found statically in the source, at module level or inside functions
 asks for it (``Stage.code``, ``Block.code``, :func:`qlcp.core.stages.night_code`);
 this module knows no stage.  A package's
 ``__init__`` counts where a module imports a name from it, not merely because it
-holds an imported module (``qlcp/core/__init__.py`` imports the plain driver, hence
+holds an imported module (``qlcp_core/__init__.py``, i.e. ``qlcp.core``, imports the plain driver, hence
 every stage, inside a function: as the parent of every module it would make
 every stage's code the same).
 Its fingerprint (:func:`code_fingerprint`) is the sha256 of each of those

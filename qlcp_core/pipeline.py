@@ -17,13 +17,13 @@ from pathlib import Path
 from . import fingerprint as night_fp
 from . import parallel
 from . import steps as _steps
-from .config import Config, load_config
+from .config import Config
 from .errors import OutputError, QLCPError
-from .io import write_text
 from .listing import raw_identities
 from .logs import progress_factory, setup_screen, step_log
 from .runguard import guarded_run
-from .stages import CHUNK, check_steps, plan
+from .runsetup import check_site, make_config, write_effective_config
+from .stages import CHUNK, plan
 from .summary import NightSummary
 from .walk import NightWalk
 from .runtime import configure_run
@@ -36,31 +36,6 @@ log = logging.getLogger("qlcp.pipeline")
 RunSummary = NightSummary
 
 
-_SITE_WARNED: set = set()
-
-
-def check_site(cfg: Config) -> None:
-    """Warn (once per process) when no site is configured: the default (Xinglong) is then used for
-    airmass, altitude and BJD."""
-    if {"site_lat", "site_lon"} & cfg.model_fields_set or "site" in _SITE_WARNED:
-        return
-    _SITE_WARNED.add("site")
-    log.warning("no site configured (site_lat, site_lon, site_ele, site_tz): the default, Xinglong "
-                "(%.4f N, %.4f E, %g m), is used for airmass and BJD; see examples/site.yaml",
-                cfg.site_lat, cfg.site_lon, cfg.site_ele)
-
-
-def make_config(ini_file=None, **params) -> Config:
-    """Config from files (``ini_file``) and call arguments; ``None`` arguments are 'not given'
-    (checked before any work: :func:`~qlcp.core.config.load_config`; no site is a warning)."""
-    cfg = load_config(ini_file, {k: v for k, v in params.items() if v is not None})
-    check_steps(cfg.steps)
-    check_site(cfg)
-    return cfg
-
-
-def write_effective_config(red: Path, cfg: Config) -> Path:
-    return write_text(red / "config.yaml", "# effective configuration of the last run (QLCP)\n" + cfg.to_yaml())
 
 
 @contextlib.contextmanager

@@ -215,8 +215,6 @@ def test_no_import_circle_in_the_core_and_tasks():
     assert not found, f"import circle(s): {_describe(found)}"
 
 
-@pytest.mark.xfail(strict=True, reason="qlcp.flows.campaign <-> qlcp.flows.night: engineer 'flows' breaks it "
-                                       "(issue #26); remove this mark when that lands")
 def test_no_import_circle_through_flows_or_deployments():
     found = [c for c in cycles(graph()) if any(layer_of(m) in ("qlcp.flows", "qlcp.deployments") for m in c)]
     assert not found, f"import circle(s): {_describe(found)}"

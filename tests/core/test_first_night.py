@@ -76,13 +76,13 @@ def test_sexagesimal_in_set_is_refused_too():
 
 
 def test_no_site_configured_is_a_warning_once(caplog, monkeypatch):
-    from qlcp.core import pipeline
+    from qlcp.core import runsetup
 
-    monkeypatch.setattr(pipeline, "_SITE_WARNED", set())
-    with caplog.at_level(logging.WARNING, logger="qlcp.pipeline"):
-        pipeline.make_config(None)
-        pipeline.make_config(None)
-        pipeline.make_config(None, site_lat=32.78, site_lon=-105.82)
+    monkeypatch.setattr(runsetup, "_SITE_WARNED", set())
+    with caplog.at_level(logging.WARNING, logger="qlcp.runsetup"):
+        runsetup.make_config(None)
+        runsetup.make_config(None)
+        runsetup.make_config(None, site_lat=32.78, site_lon=-105.82)
     lines = [r.getMessage() for r in caplog.records if "no site configured" in r.getMessage()]
     assert len(lines) == 1 and "Xinglong" in lines[0] and "examples/site.yaml" in lines[0]
 

@@ -10,7 +10,7 @@ from astropy.time import Time
 
 from qlcp.core import run
 from qlcp.core.nightname import evening_date, is_generic, night_name
-from qlcp.core.pipeline import make_config
+from qlcp.core.runsetup import make_config
 from qlcp.core.simulate import simulate_small
 from tests.conftest import write_frame
 

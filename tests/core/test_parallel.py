@@ -193,7 +193,7 @@ def test_the_reference_frame_is_corrected_once_and_counted_once_in_chunks(tmp_pa
     import logging
 
     from qlcp.core import run
-    from qlcp.core.pipeline import make_config
+    from qlcp.core.runsetup import make_config
     from qlcp.core.steps.photometry import correct_photometry_step
 
     sim = simulate_small(tmp_path / "n", n_frames=8, size=160, seed=53, n_bias=3, n_flats=3, thick_cloud=False)

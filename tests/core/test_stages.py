@@ -53,7 +53,7 @@ def test_letters_and_group_products_come_from_the_stages():
     from qlcp.core.walk import GROUP_PRODUCTS
 
     assert set(Config().steps) == set(S.STEP_LETTERS)
-    from qlcp.core.pipeline import make_config
+    from qlcp.core.runsetup import make_config
 
     with pytest.raises(Exception, match="key 'steps': unknown step"):
         make_config(steps="lz")

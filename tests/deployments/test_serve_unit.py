@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from qlcp.deployments.serve import build_deployments, site_timezone, timezone_label
-from qlcp.flows.night import _in_range, find_nights
+from qlcp.flows.batch import find_nights, in_range
 from qlcp.core.errors import ConfigError
 
 
@@ -70,4 +70,4 @@ def test_find_nights_by_pattern_and_date(tmp_path):
     names = [p.split("/")[-1] for p in find_nights(str(tmp_path), r"_85$", "2024-06-06", "20240630")]
     assert names == ["20240606_85"]
     assert len(find_nights(str(tmp_path))) == 4
-    assert _in_range("notes", None, None) and not _in_range("notes", "20240101", None)
+    assert in_range("notes", None, None) and not in_range("notes", "20240101", None)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from prefect import flow
 
-from qlcp.flows.night import publish_image
+from qlcp.flows.artifacts import publish_image
 
 pytestmark = pytest.mark.usefixtures("prefect_db")
 

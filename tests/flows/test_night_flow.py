@@ -198,18 +198,18 @@ def test_steps_in_config_and_as_parameter(two_band_night, tmp_path):
 def test_the_progress_artifact_advances_while_the_frames_task_runs(two_band_night, tmp_path, monkeypatch):
     """One correct-photometry task per group: the progress bar advances from its worker jobs (the
     hook), not only when the task ends."""
-    import qlcp.flows.night as N
+    import qlcp.flows.artifacts as A
 
     raw, v = two_band_night
     seen = []
-    real = N.update_progress_artifact
+    real = A.update_progress_artifact
 
     def record(artifact_id, progress):
         seen.append(float(progress))
         return real(artifact_id=artifact_id, progress=progress)
 
-    monkeypatch.setattr(N, "update_progress_artifact", record)
-    monkeypatch.setattr(N._Progress, "EVERY", 0.0)
+    monkeypatch.setattr(A, "update_progress_artifact", record)
+    monkeypatch.setattr(A.NightProgress, "EVERY", 0.0)
     from qlcp.flows.night import process_night
 
     state = process_night(raw_dir=str(raw), red_dir=str(tmp_path / "red"), config_files=[str(v.config_path)],

@@ -20,7 +20,7 @@ from astropy.table import Table
 
 from qlcp.core import run
 from qlcp.core.columns import SPECS
-from qlcp.core.pipeline import make_config
+from qlcp.core.runsetup import make_config
 from qlcp.core.simulate import simulate_small
 
 
@@ -68,7 +68,7 @@ def test_every_column_has_a_unit_and_a_description(reduced):
 
 
 def test_frame_table_artifact_columns_are_documented(reduced):
-    from qlcp.flows.night import _frame_table
+    from qlcp.flows.artifacts import _frame_table
 
     red, summary = reduced
     rows = _frame_table(red, summary["groups"][0])
@@ -106,7 +106,7 @@ def test_events_artifact_gives_the_reason_its_own_column(tmp_path):
     """The events artifact's rows: a target with no event says why under ``reason`` (it was put under
     ``method``), with the same keys as a timed event's rows."""
     from qlcp.core.event_timing import timing_table, timing_settings
-    from qlcp.flows.night import _event_rows
+    from qlcp.flows.artifacts import _event_rows
 
     row = {"target": "SIMV", "star": 0, "event": 0, "epoch": -999999, "kind": "eclipse", "method": "model",
            "status": "full", "time_bjd_tdb": 2460000.5, "time_err_d": 1e-4, "depth": 0.1, "depth_err": 0.01,

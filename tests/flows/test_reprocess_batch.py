@@ -36,7 +36,7 @@ def test_wait_runs_reports_each_final_state_and_times_out_the_rest(monkeypatch):
     ends is a Timeout; runs of another batch are not mixed in; no per-run read."""
     from prefect.client.orchestration import SyncPrefectClient
 
-    from qlcp.flows.night import _wait_runs
+    from qlcp.flows.batch import wait_runs
 
     runs = _runs("reprocess:test-a", 6)
     other = _runs("reprocess:test-b", 2)
@@ -48,7 +48,7 @@ def test_wait_runs_reports_each_final_state_and_times_out_the_rest(monkeypatch):
         raise AssertionError("polled run by run")
 
     monkeypatch.setattr(SyncPrefectClient, "read_flow_run", per_run_read)
-    out = _wait_runs("reprocess:test-a", runs, timeout_s=1.0, every=0.2, page=2)
+    out = wait_runs("reprocess:test-a", runs, timeout_s=1.0, every=0.2, page=2)
     assert out == {"night0": "Completed", "night1": "Failed", "night2": "Crashed", "night3": "Cancelled",
                    "night4": "Completed", "night5": "Timeout"}
 
@@ -56,7 +56,6 @@ def test_wait_runs_reports_each_final_state_and_times_out_the_rest(monkeypatch):
 def test_reprocess_without_the_deployment_runs_the_nights_here(tmp_path, monkeypatch):
     """A deployment that does not exist: nothing submitted, the nights run in this process, without
     their campaigns; the campaigns are rebuilt once after the nights (not once per night: O(N^2))."""
-    from qlcp.flows import campaign as C
     from qlcp.flows import night as N
 
     ran, camps = [], []
@@ -76,7 +75,7 @@ def test_reprocess_without_the_deployment_runs_the_nights_here(tmp_path, monkeyp
         return _State()
 
     monkeypatch.setattr(N, "process_night", fake_night)
-    monkeypatch.setattr(C, "campaign", fake_campaign)
+    monkeypatch.setattr(N, "campaign", fake_campaign)
     for d in ("20250101", "20250102"):
         (tmp_path / "raw" / d).mkdir(parents=True)
     out = N.reprocess(raw_root=str(tmp_path / "raw"), red_root=str(tmp_path / "red"),

@@ -90,3 +90,28 @@ def test_installed_flow_runs_beside_decoys(wheel, tmp_path):
     res = json.loads(out)
     assert res["file"].startswith(site), res["file"]
     assert res["lc"] and all(res["lc"]) and all(Path(work, p).is_file() or Path(p).is_file() for p in res["lc"])
+
+
+def test_the_layers_import_from_the_repository_root():
+    """From the checkout's root its own ``qlcp/`` folder comes first on ``sys.path`` (``python -m pytest``,
+    ``python -c``) and holds none of the layers; ``qlcp.core`` still imports, from the installation, and is
+    this checkout's file (a strict editable install: through its link tree)."""
+    r = subprocess.run([sys.executable, "-c", "import os, qlcp.core.stages as s; print(os.path.realpath(s.__file__))"],
+                       cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert Path(r.stdout.strip()) == (REPO / "qlcp_core" / "stages.py").resolve()
+
+
+def test_wheel_holds_every_module_of_the_mapped_folders(wheel):
+    """Every ``.py`` file under the folders mapped in ``pyproject.toml`` is in the wheel: a new
+    sub-package (``qlcp_core/x/``) must be listed in ``[tool.setuptools] packages`` too, or the wheel, the
+    image and a strict editable install lack it (a lenient editable install found it by path)."""
+    import tomllib
+
+    mapping = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    names = set(zipfile.ZipFile(wheel).namelist())
+    missing = [f"{folder}/{p.relative_to(REPO / folder).as_posix()}"
+               for name, folder in mapping.items() for p in sorted((REPO / folder).rglob("*.py"))
+               if "__pycache__" not in p.parts
+               and f"{name.replace('.', '/')}/{p.relative_to(REPO / folder).as_posix()}" not in names]
+    assert not missing, f"not in the wheel (add the sub-package to [tool.setuptools] packages): {missing}"
