@@ -310,15 +310,32 @@ WALK_KEYS = ("obj", "band", "field_dir", "target_catalog", "date_key", "ra_key",
 
 
 # ------------------------------------------------------------ documentation
+def _where(run) -> str:
+    """``run``'s file in the repository and name, e.g. ``qlcp_core/steps/photometry.py`` ``run_photometry``."""
+    return f"`{run.__name__}` in `qlcp_core/{run.__module__.removeprefix('qlcp.core.').replace('.', '/')}.py`"
+
+
 def markdown_table() -> str:
     """The graph as a Markdown table (``docs/design.md``, written by :mod:`qlcp.core.docgen`)."""
-    rows = ["| # | step | stage | unit of work | reads | writes | config keys |", "|---|---|---|---|---|---|---|"]
+    rows = ["| # | step | stage | runner | unit of work | reads | writes | config keys |",
+            "|---|---|---|---|---|---|---|---|"]
     for i, s in enumerate(STAGES, 1):
-        rows.append(f"| {i} | `{s.letter}` | **{s.name}**: {s.doc} | {s.unit} | {', '.join(s.files + s.values)} | "
-                    f"{', '.join(s.writes)} | {', '.join(f'`{k}`' for k in s.keys) or '-'} |")
-    fused = "; ".join(f"{', '.join(f.stages)} run as one `{f.task}` unit" for f in FUSIONS)
+        rows.append(f"| {i} | `{s.letter}` | **{s.name}**: {s.doc} | {_where(s.run)} | {s.unit} | "
+                    f"{', '.join(s.files + s.values)} | {', '.join(s.writes)} | "
+                    f"{', '.join(f'`{k}`' for k in s.keys) or '-'} |")
+    fused = "; ".join(f"{', '.join(f.stages)} run as one `{f.task}` unit"
+                      + (f" ({_where(f.run)})" if f.run else "") for f in FUSIONS)
     return "\n".join(rows) + f"\n\nFused when more than one of them runs: {fused} (i and p only together).\n"
 
 
+def code_table() -> str:
+    """Each stage's code fingerprint and runner, one line each, then the night's
+    (``python -m qlcp.core.stages --code``: run it before and after an upgrade)."""
+    return "\n".join(f"{s.letter} {s.name:<13} {s.code}  {s.run.__module__}.{s.run.__name__}" for s in STAGES) \
+        + f"\nnight           {night_code()}"
+
+
 if __name__ == "__main__":
-    print(markdown_table())
+    import sys
+
+    print(code_table() if "--code" in sys.argv[1:] else markdown_table())
