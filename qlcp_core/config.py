@@ -367,8 +367,8 @@ class Config(BaseModel):
     @field_validator("steps")
     @classmethod
     def _v_steps(cls, v):
-        # which letters exist is the stage graph's to say (qlcp.core.stages.check_steps, run by
-        # make_config and plan): the graph imports the runners, which import this module
+        # which letters exist is the stage graph's to say (qlcp.core.stages.config_problem, a check of
+        # make_config's load_config; and plan): the graph imports the runners, which import this module
         if not v.isalpha():
             raise ValueError("steps are step letters, e.g. lbfiopwkcdgt (K: reuse pick)")
         return v
@@ -658,7 +658,7 @@ def parse_set(items: list[str] | None) -> dict:
     return out
 
 
-def load_config(files=None, overrides: dict | None = None) -> Config:
+def load_config(files=None, overrides: dict | None = None, checks=()) -> Config:
     """Build the effective :class:`Config`.
 
     Parameters
@@ -668,6 +668,10 @@ def load_config(files=None, overrides: dict | None = None) -> Config:
     overrides : dict, optional
         Call arguments; they override every file.  ``None`` values are ignored
         (an argument not given), as in the original.
+    checks : iterable of callables, optional
+        Checks a layer above the model makes (``check(cfg) -> (key, message)`` or None; e.g. the
+        step letters against the stage graph, :func:`qlcp.core.stages.config_problem`): a problem
+        is a :class:`ConfigError` naming the file (or argument) that set the key.
     """
     if files is None:
         files = []
@@ -704,6 +708,11 @@ def load_config(files=None, overrides: dict | None = None) -> Config:
         named = [k for k in re.findall(r"[a-z_]+", msg) if k in fields]
         where = source.get(named[0], "default") if named else (", ".join(sorted(set(source.values()))) or "config")
         return _raise(f"{where}: {msg}")
+    for check in checks:
+        problem = check(cfg)
+        if problem:
+            key, msg = problem
+            return _raise(f"{source.get(key, 'default')}: key {key!r}: {msg} (got {getattr(cfg, key)!r})")
     if cfg.target_catalog:                      # readable, every row a usable target: before any work
         from .targets import read_catalog
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .config import Config, load_config
 from .io import write_text
-from .stages import check_steps
+from .stages import config_problem
 
 log = logging.getLogger("qlcp.runsetup")
 
@@ -33,8 +33,7 @@ def make_config(ini_file=None, **params) -> Config:
     """Config from files (``ini_file``) and call arguments; ``None`` arguments are 'not given'
     (checked before any work: :func:`~qlcp.core.config.load_config`, the step letters against the
     stage graph; no site is a warning)."""
-    cfg = load_config(ini_file, {k: v for k, v in params.items() if v is not None})
-    check_steps(cfg.steps)
+    cfg = load_config(ini_file, {k: v for k, v in params.items() if v is not None}, checks=(config_problem,))
     check_site(cfg)
     return cfg
 

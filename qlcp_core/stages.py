@@ -41,7 +41,7 @@ from .steps.select import run_select
 from .steps.timing import run_timing
 
 __all__ = ["BAND", "CHUNK", "FREE_KEYS", "FUSIONS", "GROUP", "GROUP_PRODUCTS", "NIGHT", "RAW_FIELDS", "STAGES",
-           "STEP_LETTERS", "Block", "Fusion", "Stage", "check_steps", "night_code", "plan", "stage"]
+           "STEP_LETTERS", "Block", "Fusion", "Stage", "config_problem", "night_code", "plan", "stage"]
 
 #: unit fields holding the night's raw files (the camera's; QLCP never writes them): cache keys know
 #: them by identity (name, size, mtime_ns), as the listing's key and the products' provenance keys
@@ -275,18 +275,23 @@ def night_code() -> str:
     return code_fingerprint(runner_modules(STAGES, tuple(f.run for f in FUSIONS if f.run)))
 
 
-def check_steps(steps: str) -> str:
-    """``steps`` when every letter is a stage's (or ``K``); else :class:`ConfigError` naming the key."""
-    bad = sorted(set(steps) - set(STEP_LETTERS + "K"))
-    if bad:
-        raise ConfigError(f"key 'steps': unknown step(s) {''.join(bad)!r}; steps are {STEP_LETTERS} "
-                          f"(K: reuse pick) (got {steps!r})")
-    return steps
+def unknown_steps(steps: str) -> str:
+    """The letters of ``steps`` that are no stage's (nor ``K``), sorted; empty when all are known."""
+    return "".join(sorted(set(steps) - set(STEP_LETTERS + "K")))
+
+
+def config_problem(cfg) -> tuple[str, str] | None:
+    """``("steps", why)`` when the config's steps name a letter no stage has: a check of
+    :func:`qlcp.core.config.load_config` (which names the file that set it)."""
+    bad = unknown_steps(cfg.steps)
+    return ("steps", f"unknown step(s) {bad!r}; steps are {STEP_LETTERS} (K: reuse pick)") if bad else None
 
 
 def plan(steps: str) -> list[Block]:
     """The blocks to run for ``steps``, in order: enabled stages, fused where :data:`FUSIONS` says."""
-    check_steps(steps)
+    if unknown_steps(steps):
+        raise ConfigError(f"key 'steps': unknown step(s) {unknown_steps(steps)!r}; steps are {STEP_LETTERS} "
+                          f"(K: reuse pick) (got {steps!r})")
     on = [s for s in STAGES if s.enabled(steps)]
     names = {s.name for s in on}
     blocks, used = [], set()

@@ -9,6 +9,7 @@ import yaml
 
 from qlcp.core.config import Config, load_config, parse_set
 from qlcp.core.errors import ConfigError
+from qlcp.core.runsetup import make_config
 from qlcp.core.workmode import workmode
 
 
@@ -67,7 +68,7 @@ def test_bad_config_names_key_and_file(tmp_path, content, key):
     f = tmp_path / "bad.yaml"
     f.write_text(yaml.safe_dump(content))
     with pytest.raises(ConfigError) as e:
-        load_config([f])
+        make_config([f])                        # as a run makes it: the step letters are the stage graph's
     msg = str(e.value)
     assert key in msg and str(f) in msg and "\n" not in msg
 
