@@ -101,7 +101,8 @@ def test_service_under_a_clock_1000_days_ahead_reduces_a_night_exactly_once(tmp_
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"
     up = Proc("up", [sys.executable, "-m", "qlcp.deployments.cli", "up", str(raw), str(red), "--config",
-                     str(sim.config_path), "--quiet", "5", "--port", str(port)], _env(tmp_path),
+                     str(sim.config_path), "--quiet", "5", "--port", str(port), "--results-port", str(_free_port())],
+              _env(tmp_path),
               tmp_path / "up.log")
     try:
         up.start()

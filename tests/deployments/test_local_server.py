@@ -128,7 +128,8 @@ def test_qlcp_run_uses_the_server_of_qlcp_up(tmp_path):
                PREFECT_SERVER_ANALYTICS_ENABLED="false")
     record = tmp_path / "qlcp" / "server.json"
     up = subprocess.Popen([sys.executable, "-m", "qlcp.deployments.cli", "up", str(tmp_path / "root" / "raw"),
-                           str(tmp_path / "root" / "red"), "--port", str(port), "--max-age", "1"],
+                           str(tmp_path / "root" / "red"), "--port", str(port), "--max-age", "1",
+                           "--results-port", str(_free_port())],       # not port+1: another process may hold it
                           env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "up.log", "w"),
                           start_new_session=True)
     try:
