@@ -331,7 +331,7 @@ def _assumed_text(name: str, value) -> str:
     """What an ``assumed`` ``name`` means, in one line."""
     if name == "gain":
         return f"gain: assumed {value:g} e-/ADU (no {'/'.join(GAIN_KEYS)} header, no gain in the config, " \
-               "no flats or sky frames to measure it)"
+               "no master bias to measure it from flats or sky)"
     if name == "rdnoise":
         return f"read noise: assumed {value:g} e- (no {'/'.join(RDNOISE_KEYS)} header, no rdnoise in the " \
                "config, no bias pairs to measure it)"

@@ -81,15 +81,15 @@ def test_record_reads_the_products_and_assumed_lines_name_groups_only_when_some_
     assert old["gain"]["source"] == "unknown" and old["pixel_scale"] == {"value": None, "source": "none"}
     known = detector.record({**bf, "GAINSRC": "header", "RDNSRC": "bias", "SATRAW": 65535.0}, None)
     lines = detector.assumed_lines({"A V": rec, "B V": known, "C V": {}})
-    assert lines == ["gain: assumed 1 e-/ADU (no GAIN/EGAIN/CCDGAIN header, no gain in the config, no flats or "
-                     "sky frames to measure it) - in A V",
+    assert lines == ["gain: assumed 1 e-/ADU (no GAIN/EGAIN/CCDGAIN header, no gain in the config, no master "
+                     "bias to measure it from flats or sky) - in A V",
                      "read noise: assumed 0 e- (no RDNOISE/READNOIS/RON header, no rdnoise in the config, no bias "
                      "pairs to measure it) - in A V",
                      "saturation: assumed none (floating-point frames, no SATURATE/DATAMAX/SATLEVEL header, no "
                      "saturation in the config): saturated stars are not flagged - in A V",
                      "saturation: assumed 65535 ADU, the 16-bit limit (no SATURATE/DATAMAX/SATLEVEL header, no "
                      "saturation in the config) - in B V"]
-    assert detector.assumed_lines({"A V": rec, "C V": {}})[0].endswith("to measure it)")   # every group: no names
+    assert detector.assumed_lines({"A V": rec, "C V": {}})[0].endswith("from flats or sky)")   # every group: no names
 
 
 # ------------------------------------------------------------ simulated nights
