@@ -353,11 +353,13 @@ def _api_settings(api: str | None):
 
 def _print_summary(summary: dict, seconds: float) -> None:
     """The night's summary (:class:`~qlcp.core.summary.NightSummary` as a dict) on the terminal."""
+    from qlcp.core.summary import notices
+
     print(f"night {summary['raw_dir']}: {summary['listing']}")
     for f, why in summary["rejected"]:
         print(f"  rejected {f}: {why}")
-    for what in summary.get("degraded") or []:
-        print(f"  DEGRADED: {what}")
+    for line in notices(summary):
+        print(f"  {line}")
     for kind, m in sorted(summary.get("masters", {}).items()):
         if m.get("source") not in ("tonight", None) and not (kind == "dark" and m.get("source") == "none"):
             why = f": {m['why']}" if m.get("why") else ""

@@ -28,6 +28,7 @@ from prefect.artifacts import (
 )
 
 from qlcp.core.columns import artifact_columns
+from qlcp.core.summary import notices
 from qlcp.core.walk import NightWalk
 from qlcp.flows.guard import in_run_thread
 
@@ -162,6 +163,7 @@ def summary_markdown(summary: dict, cfg) -> str:
            "* masters: " + (", ".join(f"{k} `{Path(m['path']).name if m['path'] else 'none'}` ({m['source']})"
                                       for k, m in sorted(summary["masters"].items())) or "none"),
            f"* outcome: **{summary.get('outcome') or 'ok'}**"]
+    out += [f"* {line}" for line in notices(summary)]
     out += [f"* {g['obj']} {g['band']}: **no target**: {g.get('note', '')}" for g in summary["groups"]
             if g.get("outcome") == "no target"]
     out += [""]

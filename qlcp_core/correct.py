@@ -6,7 +6,8 @@ JD, MJD (UTC, mid-exposure), HJD, BJD (TDB, mid-exposure, barycentric for the
 target), AZ, ALT, AIRMASS (site from the config), the detector parameters
 (GAIN, RDNOISE with where they came from, GAINSRC and RDNSRC — config, raw
 header, the masters' photon-transfer estimates, the sky, or assumed: see
-:mod:`qlcp.core.detector` —, SATURATE in corrected ADU) and provenance
+:mod:`qlcp.core.detector` —, SATURATE in corrected ADU, the raw level SATRAW and
+where it came from, SATSRC — config, raw header, or assumed) and provenance
 (RAWFILE, BIASFILE, FLATFILE, DARKFILE).
 
 Headers of the whole (object, band) group are read first (cheap) so the times
@@ -32,7 +33,7 @@ from .config import Config
 from .errors import InputError, QLCPError
 from .flat import load_flat
 from .io import fingerprint_record, header_text, read_header, read_image, write_behind, write_fits
-from .detector import Detector, header_number, resolve, sky_gain
+from .detector import Detector, header_number, resolve, saturation, sky_gain
 from .provenance import file_identity, fits_key, step_key
 from .products import product_path
 
@@ -75,10 +76,7 @@ def detector(header, cfg: Config) -> tuple[float, float, float]:
     config, header, the masters' estimates, the sky, or assumed).
     """
     det = resolve(cfg.gain, cfg.rdnoise, header)
-    sat = cfg.saturation or _header_number(header, "SATURATE", "DATAMAX", "SATLEVEL")
-    if sat is None:
-        sat = 65535.0 if header.get("BITPIX") in (16, 8) else 1e30
-    return det.gain, det.rdnoise, float(sat)
+    return det.gain, det.rdnoise, saturation(cfg.saturation, header)[0]
 
 
 def frame_detector(header, cfg: Config, cals: tuple, sky_frames: tuple) -> Detector:
@@ -535,7 +533,7 @@ def _corrected_header(hdr, f: Path, times: dict, exptime: float, cfg: Config, ke
     bias, dark, flat = cals
     bias_level, dark_rate, flat_hi = masters[3:]
     cut = cfg.border_cut
-    sat = detector(hdr, cfg)[2]
+    sat, sat_source = saturation(cfg.saturation, hdr)
     det = frame_detector(hdr, cfg, cals, sky_frames)
     dark_level = dark_rate * exptime
     out_hdr = hdr.copy()
@@ -549,6 +547,8 @@ def _corrected_header(hdr, f: Path, times: dict, exptime: float, cfg: Config, ke
     out_hdr["GAINSRC"] = (det.gain_source, "GAIN from: config|header|flats|sky|assumed")
     out_hdr["RDNSRC"] = (det.rdnoise_source, "RDNOISE from: config|header|bias|assumed")
     out_hdr["SATURATE"] = ((sat - bias_level - dark_level) / flat_hi, "saturation in corrected ADU")
+    out_hdr["SATRAW"] = (sat, "raw saturation, ADU (1e30: none)")
+    out_hdr["SATSRC"] = (sat_source, "SATRAW from: config|header|assumed")
     out_hdr["RAWFILE"] = (header_text(f.name), "raw frame (%-escaped)")
     out_hdr["BIASFILE"] = (Path(bias).name if bias else "none", "master bias")
     out_hdr["FLATFILE"] = (Path(flat).name if flat else "none", "master flat")

@@ -7,7 +7,11 @@ values used by the correction come, in this order, from (:func:`resolve`):
 ``config`` -> ``header`` (raw GAIN/RDNOISE) -> ``flats`` (photon transfer on
 tonight's calibration frames) -> ``sky`` (photon transfer on two science frames,
 when there is no flat estimate) -> ``assumed`` (1 e-/ADU, 0 e-), and the source is
-written to each corrected frame (``GAINSRC``, ``RDNSRC``).
+written to each corrected frame (``GAINSRC``, ``RDNSRC``).  The raw saturation
+level comes from ``config`` -> ``header`` (SATURATE, DATAMAX, SATLEVEL) ->
+``assumed`` (65535 ADU for 8- and 16-bit frames, else none) (:func:`saturation`;
+``SATRAW``, ``SATSRC``).  :func:`assumed_lines` says, for the night's summary,
+which of them fell back to a built-in default.
 
 Photon transfer (Janesick, *Photon Transfer*, 2007), on differences of frame
 pairs so that fixed patterns (bias structure, pixel response) cancel:
@@ -46,6 +50,10 @@ SOURCES = ("config", "header", "flats", "sky", "assumed")
 MAX_PAIRS = 4
 #: header keywords of gain and read noise in raw frames
 GAIN_KEYS, RDNOISE_KEYS = ("GAIN", "EGAIN", "CCDGAIN"), ("RDNOISE", "READNOIS", "RON")
+#: header keywords of the raw saturation level
+SATURATION_KEYS = ("SATURATE", "DATAMAX", "SATLEVEL")
+#: saturation assumed for integer frames of 8 or 16 bits (the ADC's limit), and for the others (none)
+ASSUMED_SATURATION, NO_SATURATION = 65535.0, 1e30
 
 
 # ------------------------------------------------------------ statistics
@@ -265,3 +273,88 @@ def resolve(cfg_gain: float | None, cfg_rdnoise: float | None, raw_header, flat_
     if rdn is None:
         rdn, rsrc = ASSUMED_RDNOISE, "assumed"
     return Detector(float(gain), float(rdn), gsrc, rsrc)
+
+
+def saturation(cfg_saturation: float | None, raw_header) -> tuple[float, str]:
+    """The raw saturation level, ADU, and its source: ``config`` (the setting ``saturation``), else
+    ``header`` (:data:`SATURATION_KEYS`), else ``assumed``: :data:`ASSUMED_SATURATION` for 8- and
+    16-bit frames, :data:`NO_SATURATION` (none) for the others."""
+    if cfg_saturation:
+        return float(cfg_saturation), "config"
+    sat = header_number(raw_header, SATURATION_KEYS)
+    if sat is not None:
+        return float(sat), "header"
+    return (ASSUMED_SATURATION if raw_header.get("BITPIX") in (16, 8) else NO_SATURATION), "assumed"
+
+
+# ------------------------------------------------------------- the summary
+#: a group's detector record: quantity -> (value card, source card) of the corrected frame (step i)
+RECORD_CARDS = {"gain": ("GAIN", "GAINSRC"), "rdnoise": ("RDNOISE", "RDNSRC"), "saturation": ("SATRAW", "SATSRC")}
+
+
+def record(corrected_header, wcs_header=None) -> dict:
+    """A group's detector record for the summary: ``{quantity: {"value": v, "source": s}}`` for
+    ``gain`` (e-/ADU), ``rdnoise`` (e-), ``saturation`` (raw ADU; None: none) and ``pixel_scale``
+    (arcsec/px), read from what the products say was used.
+
+    Parameters
+    ----------
+    corrected_header : Header or dict
+        A corrected frame's header (step i: GAIN/GAINSRC, RDNOISE/RDNSRC, SATRAW/SATSRC; a card
+        missing, from a frame made before the card existed: value None, source ``unknown``).
+    wcs_header : Header or dict, optional
+        The group's WCS product (step w: PIXSCALE/SCALESRC); without it, or without PIXSCALE, the
+        pixel scale is None with source ``none``.
+    """
+    out = {}
+    for name, (vcard, scard) in RECORD_CARDS.items():
+        v = _card_number(corrected_header, vcard)
+        if name == "saturation" and v is not None and v >= NO_SATURATION:
+            v = None
+        out[name] = {"value": v, "source": str(corrected_header.get(scard, "unknown"))}
+    w = wcs_header if wcs_header is not None else {}
+    scale = _card_number(w, "PIXSCALE")
+    out["pixel_scale"] = {"value": scale, "source": str(w.get("SCALESRC", "unknown")) if scale else "none"}
+    return out
+
+
+def _card_number(header, card: str) -> float | None:
+    """``header[card]`` as a finite number, else None."""
+    try:
+        v = float(header[card])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return v if np.isfinite(v) else None
+
+
+def _assumed_text(name: str, value) -> str:
+    """What an ``assumed`` ``name`` means, in one line."""
+    if name == "gain":
+        return f"gain: assumed {value:g} e-/ADU (no {'/'.join(GAIN_KEYS)} header, no gain in the config, " \
+               "no master bias to measure it from flats or sky)"
+    if name == "rdnoise":
+        return f"read noise: assumed {value:g} e- (no {'/'.join(RDNOISE_KEYS)} header, no rdnoise in the " \
+               "config, no bias pairs to measure it)"
+    keys = "/".join(SATURATION_KEYS)
+    if value is None:
+        return f"saturation: assumed none (floating-point frames, no {keys} header, no saturation in the config): " \
+               "saturated stars are not flagged"
+    return f"saturation: assumed {value:g} ADU, the 16-bit limit (no {keys} header, no saturation in the config)"
+
+
+def assumed_lines(records: dict) -> list[str]:
+    """The night's ``assumed`` lines: every quantity of the groups' detector records (:func:`record`)
+    that fell back to a built-in default, once each, naming the groups when not all of them did.
+
+    Parameters
+    ----------
+    records : dict
+        Group label (``"obj band"``) -> detector record, in the summary's order.
+    """
+    groups: dict[str, list[str]] = {}
+    for label, rec in records.items():
+        for name, q in (rec or {}).items():
+            if q.get("source") == "assumed":
+                groups.setdefault(_assumed_text(name, q.get("value")), []).append(label)
+    n = len([r for r in records.values() if r])
+    return [text if len(labels) == n else f"{text} - in {', '.join(labels)}" for text, labels in groups.items()]

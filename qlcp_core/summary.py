@@ -35,6 +35,14 @@ def night_outcome(s: "NightSummary") -> str:
     return next((o for o in OUTCOMES if o in found), "ok")
 
 
+def notices(summary: dict) -> list[str]:
+    """The lines every end-of-night report shows (the terminal's and the Prefect summary
+    artifact's): what the night went without (``DEGRADED: ...``) and which detector quantities
+    fell back to a built-in default (``ASSUMED: ...``)."""
+    return [f"DEGRADED: {w}" for w in summary.get("degraded") or []] + \
+           [f"ASSUMED: {w}" for w in summary.get("assumed") or []]
+
+
 @dataclass
 class GroupSummary:
     """One (object, band) group.
@@ -46,7 +54,8 @@ class GroupSummary:
     and the stars lost tonight; ``targets``: the configured targets measured; ``no_target``: why
     there is none); ``rejected`` holds ``[file, reason]`` of frames dropped; ``error`` is empty
     unless the group failed; ``outcome`` is ``ok``, ``no target`` (reduced, with the comparisons'
-    light curves and the chart, but no target measured: ``note`` says why) or ``failed``.
+    light curves and the chart, but no target measured: ``note`` says why) or ``failed``;
+    ``detector`` holds the gain, read noise, saturation and pixel scale used, each with its source.
     """
 
     obj: str
@@ -60,6 +69,8 @@ class GroupSummary:
     error: str = ""
     outcome: str = ""                                   #: ok, no target, failed (set when the walk ends)
     note: str = ""                                      #: why the outcome is not ok
+    #: gain, rdnoise, saturation, pixel_scale -> {"value", "source"} (:func:`qlcp.core.detector.record`)
+    detector: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -79,6 +90,9 @@ class NightSummary:
     #: calibrations the night went without, each with why, e.g. "no flat for V: 3 of 3 flats rejected";
     #: the night still reduced, but not as it should be (the CLI's exit status 3)
     degraded: list = field(default_factory=list)
+    #: detector quantities that fell back to a built-in default, each with why, e.g. "gain: assumed 1
+    #: e-/ADU (...)" (:func:`qlcp.core.detector.assumed_lines`); said, but not degraded
+    assumed: list = field(default_factory=list)
     run: dict = field(default_factory=dict)             #: driver, seconds, timings, task states
     #: the night's outcome (:data:`OUTCOMES`): the worst of its groups' and ``degraded``
     outcome: str = ""

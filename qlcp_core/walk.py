@@ -385,6 +385,7 @@ class NightWalk:
         """The summary after the walk, with the groups and the masters used (and, with
         ``keep_corrected: false``, the corrected frames of every group whose light curve this run
         wrote removed, its base frame kept)."""
+        self._detectors()                       # before keep_corrected: false removes the frames
         if not self.walk_cfg.keep_corrected:
             removed = {f"{o} {b}": n for (o, b), g in self.groups.items() if (n := self._drop_corrected(g))}
             if removed:
@@ -398,6 +399,18 @@ class NightWalk:
         self.summary.outcome = night_outcome(self.summary)
         return self.summary
 
+    def _detectors(self) -> None:
+        """Each group's detector record (what its corrected frames and WCS product say was used) and
+        the night's ``assumed`` lines, each logged as a warning."""
+        from . import detector
+
+        for (o, b), g in self.groups.items():
+            g.summary.detector = _detector_record(g.corrected, product_path(self.red, "wcs", o, b))
+        self.summary.assumed = detector.assumed_lines({f"{o} {b}": g.summary.detector
+                                                       for (o, b), g in self.groups.items()})
+        for line in self.summary.assumed:
+            log.warning("%s", line)
+
     def check(self) -> None:
         """Raise when every group failed (both drivers call it after writing ``summary.json``)."""
         failed = self.summary.failed
@@ -407,6 +420,26 @@ class NightWalk:
 
 #: the calibration blocks: a failure loses that calibration, not the night
 _CALIBRATIONS = ("bias", "dark", "flat")
+
+
+def _detector_record(corrected: list, wcs: Path) -> dict:
+    """:func:`qlcp.core.detector.record` of the first readable of a group's ``corrected`` frames and
+    its WCS product ``wcs`` (when written); {} without a corrected frame."""
+    from .detector import record
+
+    for f in corrected:
+        try:
+            h = read_header(f)
+        except QLCPError:
+            continue
+        w = None
+        if wcs.is_file():
+            from astropy.io import fits
+
+            with contextlib.suppress(OSError, ValueError):     # unreadable: no pixel scale from it
+                w = fits.getheader(wcs)
+        return record(h, w)
+    return {}
 
 
 def _s(p) -> str | None:

@@ -36,6 +36,15 @@ def write_frame(path: Path, data=None, shape=(32, 32), bzero=True, **cards) -> P
     return path
 
 
+def strip_cards(raw_dir: Path, *keys: str) -> None:
+    """Remove the header cards ``keys`` from every raw frame (``*.fit``) of ``raw_dir``, as real
+    nights lack them (e.g. a simulated night without GAIN, RDNOISE, SATURATE)."""
+    for f in Path(raw_dir).glob("*.fit"):
+        with fits.open(f, mode="update") as h:
+            for k in keys:
+                h[0].header.remove(k, ignore_missing=True)
+
+
 @pytest.fixture(autouse=True)
 def _qlcp_logger_restored():
     """Each test starts with the ``qlcp`` logger as the one before it found it: a flow run

@@ -131,6 +131,9 @@ def base_wcs(header: fits.Header, stars: tuple, shape: tuple[int, int], work_roo
     sw, why, info = _solve_with_hints(stars, shape, work_root, index_dirs, scale, positions, diag_deg, timeout,
                                       min(blind_timeout, BLIND_CAP), memory, field_name, refresh)
     info["scale"] = round(pixel_scale(hw or sw), 5) if (hw or sw) else scale
+    if info["scale"] is not None:       # where PIXSCALE comes from (a configured hint is not a measurement)
+        info["scale_source"] = "header" if hw is not None else "solved" if sw is not None else \
+            "config" if scale_hint else "header"
     if hw is not None and sw is not None:
         d = compare_wcs(hw, sw, stars[0], stars[1])
         info["agree_arcsec"] = round(d, 4)

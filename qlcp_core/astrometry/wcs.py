@@ -181,7 +181,8 @@ def angular_sep(ra1, dec1, ra2, dec2) -> np.ndarray:
 def write_wcs_product(res: WcsResult, path, base_file: str = "", key: str = "") -> Path:
     """Write ``wcs_{obj}_{band}.fits``: a header-only FITS file with the base frame's WCS (when there
     is one) and ``WCSSRC`` (header/solved/none), ``WCSWHY`` (reason), ``BASEFILE``, the numbers of
-    :attr:`WcsResult.info` and ``QLCPKEY``.  Read back with :func:`read_wcs_product`."""
+    :attr:`WcsResult.info`, ``SCALESRC`` (where ``PIXSCALE`` comes from: config, header, solved) and
+    ``QLCPKEY``.  Read back with :func:`read_wcs_product`."""
     from ..io import atomic_path
 
     h = res.wcs.to_header(relax=True) if res.wcs is not None else fits.Header()
@@ -194,6 +195,8 @@ def write_wcs_product(res: WcsResult, path, base_file: str = "", key: str = "") 
                     ("n_match", "WCSNMAT"), ("n_stars", "WCSNSTAR"), ("solve_seconds", "SOLVESEC")):
         if res.info.get(k) is not None:
             h[card] = res.info[k]
+    if res.info.get("scale_source"):
+        h["SCALESRC"] = (res.info["scale_source"], "PIXSCALE from: config|header|solved")
     if key:
         h["QLCPKEY"] = (key, "settings+inputs key of this product")
     with atomic_path(path) as tmp:
@@ -213,4 +216,6 @@ def read_wcs_product(path) -> WcsResult:
     info = {k: h[c] for k, c in (("scale", "PIXSCALE"), ("agree_arcsec", "WCSAGREE"), ("match_rms_arcsec", "WCSRMS"),
                                  ("n_match", "WCSNMAT"), ("n_stars", "WCSNSTAR"), ("solve_seconds", "SOLVESEC"))
             if c in h}
+    if "SCALESRC" in h:
+        info["scale_source"] = str(h["SCALESRC"])
     return WcsResult(wcs, source, str(h.get("WCSWHY", "")), info, str(h.get("WCSHELP", "")))

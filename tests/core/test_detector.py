@@ -61,6 +61,37 @@ def test_resolve_order_config_header_flats_sky_assumed():
     assert (d.gain, d.rdnoise, d.gain_source, d.rdnoise_source) == (1.0, 0.0, "assumed", "assumed")
 
 
+def test_saturation_from_config_then_header_then_assumed_by_bit_depth():
+    s = detector.saturation
+    assert s(40000.0, {"SATURATE": 50000, "BITPIX": 16}) == (40000.0, "config")
+    assert s(None, {"DATAMAX": 50000, "BITPIX": 16}) == (50000.0, "header")
+    assert s(None, {"SATURATE": "n/a", "BITPIX": 16}) == (65535.0, "assumed")
+    assert s(None, {"BITPIX": -32}) == (detector.NO_SATURATION, "assumed")
+
+
+def test_record_reads_the_products_and_assumed_lines_name_groups_only_when_some_differ():
+    bf = {"GAIN": 1.0, "GAINSRC": "assumed", "RDNOISE": 0.0, "RDNSRC": "assumed", "SATRAW": 1e30,
+          "SATSRC": "assumed"}
+    rec = detector.record(bf, {"PIXSCALE": 0.62, "SCALESRC": "solved"})
+    assert rec == {"gain": {"value": 1.0, "source": "assumed"}, "rdnoise": {"value": 0.0, "source": "assumed"},
+                   "saturation": {"value": None, "source": "assumed"},
+                   "pixel_scale": {"value": 0.62, "source": "solved"}}
+    old = detector.record({"GAIN": 2.0}, None)          # a frame made before SATSRC, no WCS product
+    assert old["saturation"] == {"value": None, "source": "unknown"}
+    assert old["gain"]["source"] == "unknown" and old["pixel_scale"] == {"value": None, "source": "none"}
+    known = detector.record({**bf, "GAINSRC": "header", "RDNSRC": "bias", "SATRAW": 65535.0}, None)
+    lines = detector.assumed_lines({"A V": rec, "B V": known, "C V": {}})
+    assert lines == ["gain: assumed 1 e-/ADU (no GAIN/EGAIN/CCDGAIN header, no gain in the config, no master "
+                     "bias to measure it from flats or sky) - in A V",
+                     "read noise: assumed 0 e- (no RDNOISE/READNOIS/RON header, no rdnoise in the config, no bias "
+                     "pairs to measure it) - in A V",
+                     "saturation: assumed none (floating-point frames, no SATURATE/DATAMAX/SATLEVEL header, no "
+                     "saturation in the config): saturated stars are not flagged - in A V",
+                     "saturation: assumed 65535 ADU, the 16-bit limit (no SATURATE/DATAMAX/SATLEVEL header, no "
+                     "saturation in the config) - in B V"]
+    assert detector.assumed_lines({"A V": rec, "C V": {}})[0].endswith("from flats or sky)")   # every group: no names
+
+
 # ------------------------------------------------------------ simulated nights
 def _strip_detector_cards(sim) -> None:
     """Real nights often lack GAIN/RDNOISE: remove them from every raw frame of ``sim``."""

@@ -46,6 +46,7 @@ def test_plain_and_prefect_give_identical_outputs_and_summary(night, tmp_path):
     assert sp["run"]["driver"] == "plain" and sf["run"]["driver"] == "prefect"
     assert _comparable(sp, plain) == _comparable(sf, flow)
     assert sp["groups"][0]["outputs"]["lightcurve"] and not sp["groups"][0]["error"]
+    assert sp["groups"][0]["detector"]["gain"] == {"value": night.info["gain"], "source": "config"}   # compared too
     assert sp["groups"][0]["outputs"]["wcs"].endswith("wcs_SIMV_V.fits")       # step w ran in both drivers
     assert fits.getheader(plain / "wcs_SIMV_V.fits")["WCSSRC"] == fits.getheader(flow / "wcs_SIMV_V.fits")["WCSSRC"]
     a = Table.read(plain / "lc_SIMV_V.ecsv", format="ascii.ecsv")
