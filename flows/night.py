@@ -29,7 +29,7 @@ from qlcp.core.errors import QLCPError
 from qlcp.core.nightname import night_name
 from qlcp.core.listing import raw_identities
 from qlcp.core.products import product_path
-from qlcp.core.runsetup import make_config, write_effective_config
+from qlcp.core.runsetup import for_night, make_config, write_effective_config
 from qlcp.core.runtime import configure_run
 from qlcp.core.walk import NightWalk
 from qlcp.flows.artifacts import NightProgress, publish_artifacts
@@ -211,6 +211,7 @@ def process_night(raw_dir: str, red_dir: str, config: dict | None = None, config
     cfg = make_config(config_files, **{**(config or {}), **given})
     bridge_logging(cfg.scr_log)         # the console as the config says (the run's logs in the UI keep INFO)
     raw, red = open_night(raw_dir, red_dir)    # checked, locked for the run, a killed run cleared
+    cfg = for_night(cfg, raw)           # the night's instrument and its settings (a registry configured)
     night_fp.forget(red)                # until this run ends well, reprocess runs the night again
     write_effective_config(red, cfg)
     frame_work = any(s in cfg.steps for s in "ip")

@@ -30,7 +30,7 @@ log = logging.getLogger("qlcp.calibration")
 _KEYS = {"bias": ("use_bias", "alt_bias"), "dark": ("use_dark", None), "flat": ("use_flat", "alt_flat")}
 #: every config key the policy reads
 POLICY_KEYS = ("use_bias", "alt_bias", "use_dark", "use_flat", "alt_flat", "calib_library", "calib_dir",
-               "calib_max_age_days", "calib_prefer_earlier")
+               "calib_max_age_days", "calib_prefer_earlier", "instrument")
 
 
 @dataclass(frozen=True)

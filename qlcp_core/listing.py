@@ -29,6 +29,7 @@ from astropy.table import Table
 from . import timing
 from .config import Config
 from .errors import InputError
+from .instruments import frame_problem as instrument_problem
 from .io import FITS_SUFFIXES, GZIP_SUFFIXES, raw_stem, simple_image_header, write_table, write_text
 from .provenance import file_identity
 
@@ -103,8 +104,40 @@ def _is_fits_name(name: str) -> bool:
     return any(low.endswith(s) for s in FITS_SUFFIXES)
 
 
+#: headers read by :func:`_probe`, by file identity: choosing a night's instrument and listing it read
+#: each file once (:func:`night_headers`)
+_HEADERS: dict = {}
+_HEADERS_MAX = 20000
+
+
 def _probe(path: Path) -> tuple[fits.Header | None, str]:
-    """Header of the first 2-D image HDU and '' or None and the reason it is unusable."""
+    """Header of the first 2-D image HDU and '' or None and the reason it is unusable (remembered
+    by the file's identity: path, size, mtime)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return _read_probe(path)
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _HEADERS:
+        if len(_HEADERS) >= _HEADERS_MAX:
+            _HEADERS.clear()
+        _HEADERS[key] = _read_probe(path)
+    hdr, why = _HEADERS[key]
+    return (hdr.copy() if hdr is not None else None), why
+
+
+def night_headers(raw_dir: Path) -> list[tuple[str, fits.Header]]:
+    """``(file, header)`` of every readable FITS frame of a night (the listing reads them again from memory)."""
+    out = []
+    for p in scan_files(Path(raw_dir)):
+        if _is_fits_name(p.name):
+            hdr, _ = _probe(p)
+            if hdr is not None:
+                out.append((str(p.relative_to(raw_dir)), hdr))
+    return out
+
+
+def _read_probe(path: Path) -> tuple[fits.Header | None, str]:
     try:
         size = path.stat().st_size
         gz = path.name.lower().endswith(GZIP_SUFFIXES)
@@ -188,7 +221,11 @@ def classify(path: Path, rel: str, cfg: Config) -> dict:
         row["reason"] = why
         return row
     try:
-        return _classify(hdr, name, row, cfg)
+        row = _classify(hdr, name, row, cfg)
+        why = instrument_problem(hdr, cfg)
+        if why and row["kind"] != "not FITS":
+            row.update(kind="rejected", reason=why)
+        return row
     except fits.VerifyError as e:      # one unparsable card (EXPTIME = NAN): this file, not the night
         key = re.search(r"\(([^)]+)\)", str(e))
         row.update(kind="rejected", obj="", band="",
