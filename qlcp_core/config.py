@@ -128,6 +128,11 @@ class Config(BaseModel):
                                         "the site config is the one camera")
     instrument: str | None = Field(None, description="the night's instrument (a name of the registry): set by "
                                    "the run from the headers; given, it is used for the night instead")
+    calibrations: list[Literal["bias", "dark", "flat"]] | None = Field(
+        None, description="the calibrations the camera needs (an instrument file's calibrations): a kind not "
+                          "listed that the night has no frames of is not taken from the library or alt_*, and its "
+                          "absence leaves the night ok; 'none' or []: a camera that delivers calibrated frames. "
+                          "None: bias and flat (a dark when the night has darks)")
 
     # -------------------------------------------------------------------- site
     site_lon: float = Field(117.57722, ge=-180, le=360, description="site longitude, degrees east (default: "
@@ -328,6 +333,11 @@ class Config(BaseModel):
     @classmethod
     def _v_level(cls, v):
         return _level(v)
+
+    @field_validator("calibrations", mode="before")
+    @classmethod
+    def _v_calibrations(cls, v):
+        return [] if isinstance(v, str) and v.strip().lower() == "none" else _as_list(v)
 
     @field_validator("astrometry_index", mode="before")
     @classmethod

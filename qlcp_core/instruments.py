@@ -102,6 +102,9 @@ class Instrument(BaseModel):
     match: Match = Field(description="how its frames are recognised")
     valid_from: dt.date | None = Field(None, description="first night (UTC date of the frames) it was in use")
     valid_to: dt.date | None = Field(None, description="the date it was replaced (not included)")
+    calibrations: list[str] | str | None = Field(
+        None, description="the calibrations it needs (bias, dark, flat; 'none': its frames come calibrated); "
+                          "None: the config's calibrations")
     settings: dict[str, Any] = Field(default_factory=dict, description="config keys of this camera")
     file: str = Field("", exclude=True, description="the file it was read from (set when loaded)")
 
@@ -116,6 +119,10 @@ class Instrument(BaseModel):
         if self.valid_from is None and self.valid_to is None:
             return "always"
         return f"{self.valid_from or '...'} to {self.valid_to or '...'}"
+
+    def layer(self) -> dict:
+        """The config keys it brings: its settings and ``calibrations``."""
+        return {**self.settings, **({} if self.calibrations is None else {"calibrations": self.calibrations})}
 
     def names(self) -> set[str]:
         return {self.name.lower(), *(a.lower() for a in self.aliases)}
@@ -150,16 +157,19 @@ def load_instrument(path: Path) -> Instrument:
         raise ConfigError(f"{path}: key {key!r}: {err['msg']}{hint}") from None
     fields = set(Config.model_fields)
     for k in inst.settings:
+        if k == "calibrations":
+            raise ConfigError(f"{path}: settings: key 'calibrations' belongs at the top level of the file")
         if k not in fields:
             raise ConfigError(f"{path}: settings: unknown key {k!r}{_suggest(k, fields)}")
         if k in NOT_SETTINGS:
             raise ConfigError(f"{path}: settings: key {k!r} is not an instrument's setting")
     try:
-        Config(**inst.settings)
+        Config(**inst.layer())
     except ValidationError as e:
         err = e.errors()[0]
         key = str(err["loc"][0]) if err["loc"] else "settings"
-        raise ConfigError(f"{path}: settings: key {key!r}: {err['msg'].removeprefix('Value error, ')} "
+        where = "" if key == "calibrations" else "settings: "
+        raise ConfigError(f"{path}: {where}key {key!r}: {err['msg'].removeprefix('Value error, ')} "
                           f"(got {err.get('input')!r})") from None
     return inst
 

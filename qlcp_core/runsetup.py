@@ -71,7 +71,7 @@ def for_night(cfg: Config, raw: Path) -> Config:
     else:
         log.info("%s: instrument %s (%s; %s)", raw, inst.name, inst.file, why)
         at = 1 if layers and layers[0][0] not in ("argument", "config") else 0
-        out = load_layers([*layers[:at], (f"instrument {inst.name} ({inst.file})", dict(inst.settings)),
+        out = load_layers([*layers[:at], (f"instrument {inst.name} ({inst.file})", inst.layer()),
                            (_CHOSEN, {"instrument": inst.name}), *layers[at:]])
     check_steps(out.steps)
     check_site(out)

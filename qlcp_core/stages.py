@@ -58,7 +58,7 @@ _TIMES = ("site_lon", "site_lat", "site_ele", "date_key", "time_key", "time_ref"
           "dec_key", "alt_coord", "targets", "target_catalog", "object_key")
 #: what a calibration stage reads to register its master in the library (with QC)
 _LIBRARY = ("calib_library", "calib_dir", "date_key", "calib_qc_bias_level", "calib_qc_bias_structure",
-            "calib_qc_flat_gradient", "calib_qc_flat_structure", "instrument")
+            "calib_qc_flat_gradient", "calib_qc_flat_structure", "instrument", "calibrations")
 _TIMING = ("timing_aperture", "timing_baseline", "timing_min_points", "timing_snr_min", "timing_clip",
            "timing_n_boot", "timing_seed", "timing_prayer_bead", "timing_ld", "timing_period", "timing_duration",
            "timing_window")

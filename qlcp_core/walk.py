@@ -304,7 +304,7 @@ class NightWalk:
             return
         self.master(kind, band)
         c = self.masters[f"flat_{band}" if kind == "flat" else kind]
-        if c.get("path") or c.get("source") == "failed":
+        if c.get("path") or c.get("source") in ("failed", "not needed"):
             return
         what = f"{kind} for {band}" if band else kind
         plural = "flats" if kind == "flat" else f"{kind} frames"

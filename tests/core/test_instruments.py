@@ -248,3 +248,35 @@ def test_frames_of_another_camera_in_the_night_are_rejected_not_reduced(tmp_path
                                     "not reduced yet"
     assert s.instrument == "arcsat" and s.outcome == "degraded"
     assert any("2 frame(s) not reduced, not of the night's instrument (arcsat)" in d for d in s.degraded)
+
+
+# ------------------------------------------------------------------ calibrations
+@pytest.mark.parametrize("calibrations, outcome", [("none", "ok"), (["dark"], "ok"), (None, "degraded")])
+def test_a_camera_that_needs_no_calibration_gives_ok_nights_without_any(tiny, tmp_path, calibrations, outcome):
+    """Issue 27: a camera delivering calibrated frames (``calibrations: none``) and a night with no
+    bias and no flat: ok, not degraded, and no library or alt master stands in; the same camera without
+    the key: degraded as before."""
+    from qlcp.core import run
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for f in sorted(tiny.raw_dir.glob("SIMV-*")):
+        shutil.copy(f, raw / f.name)
+    extra = {} if calibrations is None else {"calibrations": calibrations}
+    _write(tmp_path / "reg", "sim", match={"header": {"TELESCOP": "XL85-SIM"}}, **extra)
+    cfg = load_config([tiny.config_path], {"instruments_dir": str(tmp_path / "reg"), "steps": "lbfi",
+                                           "workers": 1, "calib_library": False, "alt_bias": str(raw / "SIMV-0001V.fit")})
+    s = run(raw, tmp_path / "red", config=cfg)
+    assert s.outcome == outcome, s.degraded
+    if outcome == "ok":
+        assert s.masters["bias"]["source"] == s.masters["flat_V"]["source"] == "not needed"
+        assert s.settings["calibrations"].startswith("instrument sim (") and s.degraded == []
+    else:
+        assert s.masters["bias"]["source"] == "alt" and any("no flat for V" in d for d in s.degraded)
+    assert s.groups[0].corrected == 3
+
+
+def test_calibrations_in_an_instrument_file_are_checked(tmp_path):
+    p = _write(tmp_path / "reg", "cam", match={}, calibrations=["bias", "flats"])
+    with pytest.raises(ConfigError, match=f"{p}: key 'calibrations'"):
+        I.registry(str(tmp_path / "reg"))
