@@ -390,10 +390,11 @@ def reprocess(nights: list[str] | None = None, raw_root: str | None = None, red_
 
 def _changed(todo: list[str], red_root: str | None, cfg, results: dict, plog) -> list[str]:
     """The nights of ``todo`` whose fingerprint changed since their last successful run; the others
-    are logged and marked ``"Skipped"`` in ``results``."""
+    are logged and marked ``"Skipped"`` in ``results``.  With an instrument registry each night's
+    fingerprint is that of its instrument's settings (its headers read to choose it)."""
     run = []
     for n in todo:
-        since = night_fp.unchanged(n, red_for(n, red_root), cfg)
+        since = night_fp.unchanged(n, red_for(n, red_root), for_night(cfg, Path(n)))   # its instrument's settings
         if since is None:
             run.append(n)
         else:

@@ -280,3 +280,16 @@ def test_calibrations_in_an_instrument_file_are_checked(tmp_path):
     p = _write(tmp_path / "reg", "cam", match={}, calibrations=["bias", "flats"])
     with pytest.raises(ConfigError, match=f"{p}: key 'calibrations'"):
         I.registry(str(tmp_path / "reg"))
+
+
+def test_the_complete_file_in_the_docs_is_a_valid_instrument_file(tmp_path):
+    import re
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "instruments.md").read_text()
+    block = re.search(r"```yaml\n(# /etc/qlcp/instruments/roof-cam2.yaml.*?)```", doc, re.S).group(1)
+    (tmp_path / "reg").mkdir()
+    (tmp_path / "reg" / "roof-cam2.yaml").write_text(block)
+    (inst,) = I.registry(str(tmp_path / "reg")).instruments
+    assert inst.valid_from == dt.date(2024, 6, 15) and inst.layer()["calibrations"] == ["bias", "flat"]
+    h = _hdr(TELESCOP="Roof 0.4m", INSTRUME="QHY600M", NAXIS1=4788, NAXIS2=3194, XBINNING=1, YBINNING=1)
+    assert I.registry(str(tmp_path / "reg")).match(h, dt.date(2024, 7, 1)).name == "roof-cam2"
