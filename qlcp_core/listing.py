@@ -104,36 +104,38 @@ def _is_fits_name(name: str) -> bool:
     return any(low.endswith(s) for s in FITS_SUFFIXES)
 
 
-#: headers read by :func:`_probe`, by file identity: choosing a night's instrument and listing it read
-#: each file once (:func:`night_headers`)
+#: the probes of the last night :func:`night_headers` read (choosing its instrument), by file identity
+#: (path, size, mtime): its listing takes each from here instead of reading the file again
 _HEADERS: dict = {}
-_HEADERS_MAX = 20000
 
 
-def _probe(path: Path) -> tuple[fits.Header | None, str]:
-    """Header of the first 2-D image HDU and '' or None and the reason it is unusable (remembered
-    by the file's identity: path, size, mtime)."""
+def _identity(path: Path) -> tuple | None:
     try:
         st = os.stat(path)
     except OSError:
-        return _read_probe(path)
-    key = (str(path), st.st_size, st.st_mtime_ns)
-    if key not in _HEADERS:
-        if len(_HEADERS) >= _HEADERS_MAX:
-            _HEADERS.clear()
-        _HEADERS[key] = _read_probe(path)
-    hdr, why = _HEADERS[key]
-    return (hdr.copy() if hdr is not None else None), why
+        return None
+    return str(path), st.st_size, st.st_mtime_ns
+
+
+def _probe(path: Path) -> tuple[fits.Header | None, str]:
+    """Header of the first 2-D image HDU and '' or None and the reason it is unusable (the one
+    :func:`night_headers` read, when it read this file as it is)."""
+    kept = _HEADERS.pop(_identity(path), None) if _HEADERS else None
+    return kept if kept is not None else _read_probe(path)
 
 
 def night_headers(raw_dir: Path) -> list[tuple[str, fits.Header]]:
-    """``(file, header)`` of every readable FITS frame of a night (the listing reads them again from memory)."""
+    """``(file, header)`` of every readable FITS frame of a night; the night's listing then takes
+    them from memory (only the last night's are kept)."""
+    _HEADERS.clear()
     out = []
     for p in scan_files(Path(raw_dir)):
         if _is_fits_name(p.name):
-            hdr, _ = _probe(p)
-            if hdr is not None:
-                out.append((str(p.relative_to(raw_dir)), hdr))
+            key, probe = _identity(p), _read_probe(p)
+            if key is not None:
+                _HEADERS[key] = probe
+            if probe[0] is not None:
+                out.append((str(p.relative_to(raw_dir)), probe[0].copy()))
     return out
 
 

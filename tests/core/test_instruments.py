@@ -293,3 +293,17 @@ def test_the_complete_file_in_the_docs_is_a_valid_instrument_file(tmp_path):
     assert inst.valid_from == dt.date(2024, 6, 15) and inst.layer()["calibrations"] == ["bias", "flat"]
     h = _hdr(TELESCOP="Roof 0.4m", INSTRUME="QHY600M", NAXIS1=4788, NAXIS2=3194, XBINNING=1, YBINNING=1)
     assert I.registry(str(tmp_path / "reg")).match(h, dt.date(2024, 7, 1)).name == "roof-cam2"
+
+
+def test_choosing_the_instrument_and_listing_read_each_file_once(tiny, tmp_path, monkeypatch):
+    from qlcp.core import listing
+
+    _write(tmp_path / "reg", "sim", match={"header": {"TELESCOP": "XL85-SIM"}})
+    reads = []
+    real = listing._read_probe
+    monkeypatch.setattr(listing, "_read_probe", lambda p: reads.append(p.name) or real(p))
+    cfg = for_night(load_config([tiny.config_path], {"instruments_dir": str(tmp_path / "reg")}), tiny.raw_dir)
+    night = listing.list_night(tiny.raw_dir, None, cfg, write=False)
+    assert cfg.instrument == "sim" and len(night.science_groups()) == 1 and len(night.rejected) == 0
+    assert sorted(reads) == sorted(set(reads)) and len(reads) == len(night.table) - int(sum(night.table["kind"] == "not FITS"))
+    assert listing._HEADERS == {}                                   # taken by the listing: nothing kept
