@@ -23,8 +23,8 @@ def _registry(a):
     from qlcp.core.config import load_config
     from qlcp.core.instruments import BUILTIN, registry
 
-    where = a.dir or (load_config(a.config).instruments_dir if a.config else None) or BUILTIN
-    return registry(where), load_config(a.config) if a.config else None
+    cfg = load_config(a.config) if a.config else None
+    return registry(a.dir or (cfg.instruments_dir if cfg else None) or BUILTIN), cfg
 
 
 def cmd_instruments(a) -> int:

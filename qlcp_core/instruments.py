@@ -57,6 +57,12 @@ def _same(value: Any, rule: Any) -> bool:
         return fnmatch.fnmatchcase(a, b)
 
 
+def image_size(hdr) -> tuple[int, int]:
+    """(NAXIS1, NAXIS2) of the image a header describes (a compressed image's own)."""
+    z = "Z" if hdr.get("ZIMAGE") else ""
+    return int(hdr.get(f"{z}NAXIS1", 0) or 0), int(hdr.get(f"{z}NAXIS2", 0) or 0)
+
+
 class Match(BaseModel):
     """How a frame of the instrument is recognised: every rule given must hold."""
 
@@ -79,7 +85,7 @@ class Match(BaseModel):
             if not _same(hdr.get(key, ""), rule):
                 return f"{key}={str(hdr.get(key, '')).strip()!r} is not {rule!r}"
         if self.size is not None:
-            size = (int(hdr.get("ZNAXIS1", hdr.get("NAXIS1", 0)) or 0), int(hdr.get("ZNAXIS2", hdr.get("NAXIS2", 0)) or 0))
+            size = image_size(hdr)
             if size not in [tuple(s) for s in self.size]:
                 return f"size {size[0]}x{size[1]} is not one of {[f'{a}x{b}' for a, b in self.size]}"
         if self.binning is not None:
@@ -206,8 +212,8 @@ class Registry:
         from .calib_library import binning_of
 
         parts = [f"{k}={str(hdr.get(k, '')).strip()!r}" for k in self.keys() if k in hdr or k in DESCRIBE_KEYS[:2]]
-        return " ".join(parts + [f"NAXIS1={hdr.get('NAXIS1', '?')} NAXIS2={hdr.get('NAXIS2', '?')} "
-                                 f"binning {binning_of(hdr)}"])
+        nx, ny = image_size(hdr)
+        return " ".join(parts + [f"NAXIS1={nx} NAXIS2={ny} binning {binning_of(hdr)}"])
 
     def match(self, hdr, when: dt.date | None) -> Verdict:
         """The one instrument whose rules and dates ``hdr`` meets, else why not."""

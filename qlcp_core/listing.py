@@ -29,7 +29,7 @@ from astropy.table import Table
 from . import timing
 from .config import Config
 from .errors import InputError
-from .instruments import frame_problem as instrument_problem
+from .instruments import frame_problem as instrument_problem, image_size
 from .io import FITS_SUFFIXES, GZIP_SUFFIXES, raw_stem, simple_image_header, write_table, write_text
 from .provenance import file_identity
 
@@ -192,8 +192,7 @@ def _hval(hdr, *keys):
 
 def _shape(hdr) -> tuple:
     """(rows, columns) of the image a header describes (a compressed image's own size)."""
-    z = "Z" if hdr.get("ZIMAGE") else ""
-    return (int(hdr.get(f"{z}NAXIS2", 0) or 0), int(hdr.get(f"{z}NAXIS1", 0) or 0))
+    return image_size(hdr)[::-1]
 
 
 def _exptime_problem(exptime: float, kind: str, key: str) -> str:
