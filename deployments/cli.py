@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     from qlcp.deployments.calib_cli import add_calib_arguments
 
     add_calib_arguments(sub.add_parser("calib", help="the calibration library: list, reject, accept, rebuild"))
+    from qlcp.deployments.instruments_cli import add_instruments_arguments
+
+    add_instruments_arguments(sub.add_parser("instruments", help="the instrument registry: list, check RAW_DIR"))
 
     p = sub.add_parser("demo", help="simulate a night and reduce it")
     p.add_argument("--workdir", default="qlcp-demo", help="where to put the night and its reduction")
@@ -171,6 +174,12 @@ def _offline_time() -> None:
         offline_time()
     finally:
         lg.removeHandler(h)
+
+
+def _cmd_instruments(a) -> int:
+    from qlcp.deployments.instruments_cli import cmd_instruments
+
+    return cmd_instruments(a)
 
 
 def _cmd_calib(a) -> int:
@@ -281,10 +290,13 @@ def _reduce(raw, red, cfg, no_prefect: bool, refresh: bool = False, runner: str 
             from qlcp.deployments.local_server import start_embedded_server
 
             api = start_embedded_server()   # Prefect's temporary server, ended with this run even on kill -9
+        given = dict(config=cfg.plain(only_set=True))
+        if cfg.instruments_dir:     # the flow layers the instrument between the files as the plain driver does
+            given = dict(config_files=[w for w, _ in cfg._layers if w not in ("argument", "config")],
+                         config={k: v for w, d in cfg._layers if w in ("argument", "config") for k, v in d.items()})
         with interactive_settings(), _api_settings(api):
             summary = night_flow(runner, dask_address)(raw_dir=str(Path(raw).resolve()),
-                                                       red_dir=str(Path(red).resolve()),
-                                                       config=cfg.plain(only_set=True), refresh=refresh)
+                                                       red_dir=str(Path(red).resolve()), refresh=refresh, **given)
     _print_summary(summary, time.perf_counter() - t0)
     return exit_status(summary)
 
@@ -472,6 +484,7 @@ def main(argv=None) -> int:
         _offline_time()
         return {"run": cmd_run, "simulate": cmd_simulate, "demo": cmd_demo, "watch": cmd_watch,
                 "serve": cmd_serve, "up": cmd_up, "deploy": cmd_deploy, "calib": _cmd_calib,
+                "instruments": _cmd_instruments,
                 "campaign": cmd_campaign, "update-tables": cmd_update_tables}[a.cmd](a)
     except QLCPError as e:
         if a.debug:

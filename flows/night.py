@@ -29,7 +29,7 @@ from qlcp.core.errors import QLCPError
 from qlcp.core.nightname import night_name
 from qlcp.core.listing import raw_identities
 from qlcp.core.products import product_path
-from qlcp.core.runsetup import make_config, write_effective_config
+from qlcp.core.runsetup import for_night, make_config, write_effective_config
 from qlcp.core.runtime import configure_run
 from qlcp.core.walk import NightWalk
 from qlcp.flows.artifacts import NightProgress, publish_artifacts
@@ -211,6 +211,7 @@ def process_night(raw_dir: str, red_dir: str, config: dict | None = None, config
     cfg = make_config(config_files, **{**(config or {}), **given})
     bridge_logging(cfg.scr_log)         # the console as the config says (the run's logs in the UI keep INFO)
     raw, red = open_night(raw_dir, red_dir)    # checked, locked for the run, a killed run cleared
+    cfg = for_night(cfg, raw)           # the night's instrument and its settings (a registry configured)
     night_fp.forget(red)                # until this run ends well, reprocess runs the night again
     write_effective_config(red, cfg)
     frame_work = any(s in cfg.steps for s in "ip")
@@ -389,10 +390,11 @@ def reprocess(nights: list[str] | None = None, raw_root: str | None = None, red_
 
 def _changed(todo: list[str], red_root: str | None, cfg, results: dict, plog) -> list[str]:
     """The nights of ``todo`` whose fingerprint changed since their last successful run; the others
-    are logged and marked ``"Skipped"`` in ``results``."""
+    are logged and marked ``"Skipped"`` in ``results``.  With an instrument registry each night's
+    fingerprint is that of its instrument's settings (its headers read to choose it)."""
     run = []
     for n in todo:
-        since = night_fp.unchanged(n, red_for(n, red_root), cfg)
+        since = night_fp.unchanged(n, red_for(n, red_root), for_night(cfg, Path(n)))   # its instrument's settings
         if since is None:
             run.append(n)
         else:

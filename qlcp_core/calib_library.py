@@ -48,7 +48,7 @@ DB_NAME = "calib.sqlite"
 _CARDS = {"kind": "CALKIND", "band": "CALBAND", "instrument": "CALINST", "telescope": "CALTEL",
           "binning": "CALBIN", "exptime": "CALEXPT", "date_start": "CALDATE0", "date_end": "CALDATE1",
           "jd_mid": "CALJDMID", "n_frames": "CALNFRM", "night": "CALNIGHT", "level": "CALLEVEL",
-          "noise": "CALNOISE", "camera": "CALCAM", "epoch": "CALEPOCH"}
+          "noise": "CALNOISE", "camera": "CALCAM", "epoch": "CALEPOCH", "instrument_name": "CALINSNM"}
 #: fewest frames for tonight's master of a kind to be trusted by itself (its own checks)
 MIN_FRAMES = {"bias": 3, "dark": 1, "flat": 3}
 #: a master bias noisier than this (ADU, robust rms about its 32 px structure) holds light, not bias
@@ -63,10 +63,11 @@ CREATE TABLE IF NOT EXISTS masters (
     ny INTEGER, nx INTEGER, binning TEXT, instrument TEXT, telescope TEXT, exptime REAL,
     date_start TEXT, date_end TEXT, jd_mid REAL, n_frames INTEGER, level REAL, noise REAL,
     night TEXT, status TEXT NOT NULL DEFAULT 'ok', qc TEXT, registered TEXT,
-    camera TEXT, epoch INTEGER NOT NULL DEFAULT 1, size INTEGER, mtime_ns INTEGER)
+    camera TEXT, epoch INTEGER NOT NULL DEFAULT 1, size INTEGER, mtime_ns INTEGER, instrument_name TEXT)
 """
 #: columns added since the first schema: (name, SQL type); an older library gets them on opening
-_ADDED = (("camera", "TEXT"), ("epoch", "INTEGER NOT NULL DEFAULT 1"), ("size", "INTEGER"), ("mtime_ns", "INTEGER"))
+_ADDED = (("camera", "TEXT"), ("epoch", "INTEGER NOT NULL DEFAULT 1"), ("size", "INTEGER"), ("mtime_ns", "INTEGER"),
+          ("instrument_name", "TEXT"))
 #: the camera key in SQL, for rows registered before the column existed (as :func:`camera_key`)
 _CAMERA_SQL = "ny || 'x' || nx || '|' || COALESCE(binning, '1,1') || '|' || COALESCE(instrument, '') || '|' " \
               "|| COALESCE(telescope, '')"
@@ -101,6 +102,7 @@ class Entry:
     epoch: int = 1              #: the camera's epoch: a new one starts when a master changes a lot (QC)
     size: int | None = None     #: the file's size and mtime when its hash was last checked (memo)
     mtime_ns: int | None = None
+    instrument_name: str | None = None  #: the registry's instrument (``instrument``), None before or without one
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -180,11 +182,14 @@ def _migrate(db) -> None:
 
 def camera_key(d: dict) -> str:
     """A camera as the library knows it: ``"NYxNX|bx,by|INSTRUME|TELESCOP"`` (blank header values
-    count as their own value, they match only blank).  Masters are never offered across cameras;
+    count as their own value, they match only blank), then ``|NAME`` when the instrument registry
+    named the camera (``instrument_name``; a library made before it keeps its keys: those masters are
+    not offered to a night of a named instrument).  Masters are never offered across cameras;
     two cameras the headers do not tell apart are kept apart by their epochs (a bias of the other
     level fails QC: a new epoch) and by the science frames' floor (:func:`select`)."""
+    name = f"|{d['instrument_name']}" if d.get("instrument_name") else ""
     return f"{int(d['ny'])}x{int(d['nx'])}|{d.get('binning') or '1,1'}|{d.get('instrument') or ''}|" \
-           f"{d.get('telescope') or ''}"
+           f"{d.get('telescope') or ''}{name}"
 
 
 def entries(lib: Path, kind: str | None = None, band: str | None = None, status: str | None = None) -> list[Entry]:
@@ -215,8 +220,10 @@ def entries_of_night(lib: Path, night: str, paths: list) -> tuple[list[Entry], i
 
 
 # ------------------------------------------------------------------ describe
-def describe(master: Path, kind: str, band: str | None, inputs: list, night: str, date_key: str) -> dict:
-    """What the library records of a master: detector, instrument, dates of its inputs, level, noise."""
+def describe(master: Path, kind: str, band: str | None, inputs: list, night: str, date_key: str,
+             instrument_name: str | None = None) -> dict:
+    """What the library records of a master: detector, instrument (and the registry's name of it),
+    dates of its inputs, level, noise."""
     with fits.open(master, memmap=False) as h:
         data = np.asarray(h[0].data, dtype=np.float32)
     sub = data[::4, ::4]
@@ -232,16 +239,16 @@ def describe(master: Path, kind: str, band: str | None, inputs: list, night: str
             "exptime": float(h0.get("EXPTIME", np.nan)) if kind == "dark" else None,
             "date_start": dates[0].isot if dates else "", "date_end": dates[-1].isot if dates else "",
             "jd_mid": jd, "n_frames": len(inputs), "level": level, "noise": noise, "night": night,
-            **_camera(data.shape, h0)}
+            "instrument_name": instrument_name, **_camera(data.shape, h0, instrument_name)}
 
 
-def _camera(shape, h) -> dict:
-    d = {"ny": int(shape[0]), "nx": int(shape[1]), "binning": binning_of(h),
+def _camera(shape, h, instrument_name: str | None) -> dict:
+    d = {"ny": int(shape[0]), "nx": int(shape[1]), "binning": binning_of(h), "instrument_name": instrument_name,
          "instrument": str(h.get("INSTRUME", "")).strip(), "telescope": str(h.get("TELESCOP", "")).strip()}
     return {"camera": camera_key(d)}
 
 
-def frame_info(path, date_key: str) -> dict:
+def frame_info(path, date_key: str, instrument_name: str | None = None) -> dict:
     """What a library master must match of a night's frame: its camera (shape, binning, instrument,
     telescope), its date (JD) and its floor (ADU: the 0.5th percentile of its pixels; no bias brighter
     than that is the camera's)."""
@@ -249,7 +256,8 @@ def frame_info(path, date_key: str) -> dict:
     d = _date(h, date_key)
     out = {"ny": int(h.get("NAXIS2", 0)), "nx": int(h.get("NAXIS1", 0)), "binning": binning_of(h),
            "instrument": str(h.get("INSTRUME", "")).strip(), "telescope": str(h.get("TELESCOP", "")).strip(),
-           "jd_mid": float(d.jd) if d is not None else float("nan"), "floor": _floor(path)}
+           "jd_mid": float(d.jd) if d is not None else float("nan"), "floor": _floor(path),
+           "instrument_name": instrument_name}
     out["camera"] = camera_key(out)
     return out
 
@@ -367,7 +375,7 @@ def register(lib: Path, master: Path, kind: str, band: str | None, inputs: list,
         row = db.execute("SELECT * FROM masters WHERE sha256 = ?", (sha,)).fetchone()
     if row is not None:
         return Entry(**dict(row))
-    info = describe(master, kind, band, [str(p) for p in inputs], night, cfg.date_key)
+    info = describe(master, kind, band, [str(p) for p in inputs], night, cfg.date_key, cfg.instrument)
     own = own_checks(master, kind, info["n_frames"])
     prev = _previous(lib, info)
     qc = _qc(master, prev, kind, cfg) if prev is not None else {"ok": True, "note": "first of its kind"}

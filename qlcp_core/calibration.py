@@ -30,7 +30,7 @@ log = logging.getLogger("qlcp.calibration")
 _KEYS = {"bias": ("use_bias", "alt_bias"), "dark": ("use_dark", None), "flat": ("use_flat", "alt_flat")}
 #: every config key the policy reads
 POLICY_KEYS = ("use_bias", "alt_bias", "use_dark", "use_flat", "alt_flat", "calib_library", "calib_dir",
-               "calib_max_age_days", "calib_prefer_earlier")
+               "calib_max_age_days", "calib_prefer_earlier", "instrument", "calibrations")
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class MasterChoice:
     kind: str
     band: str | None
     path: str | None
-    source: str                 #: "use", "tonight", "library", "alt" or "none"
+    source: str                 #: "use", "tonight", "library", "alt", "none" or "not needed" (``calibrations``)
     why: str = ""               #: for the library: its id, night and age; for none: what was looked for
     epoch: int | None = None    #: the library's epoch of the camera the master belongs to (when registered)
     camera: str = ""            #: the library's camera key (:func:`qlcp.core.calib_library.camera_key`)
@@ -101,6 +101,8 @@ def choose_master(red, cfg, kind: str, band: str | None = None, frame: dict | No
     tonight = product_path(red, kind, band=band)
     if tonight.is_file() and not tonight_rejected:
         return MasterChoice(kind, band, str(tonight), "tonight")
+    if cfg.calibrations is not None and kind not in cfg.calibrations:     # the camera's frames come calibrated
+        return MasterChoice(kind, band, None, "not needed", f"calibrations: {', '.join(cfg.calibrations) or 'none'}")
     lib, notes, error = _from_library(red, cfg, kind, band, frame)
     if lib is not None:
         return lib

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 from .workmode import workmode
@@ -65,6 +65,10 @@ class Config(BaseModel):
     """Every setting of a reduction.  Field docs are the configuration reference."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    #: where each value given came from (key -> file, ``instrument NAME (file)``, ``argument``)
+    _sources: dict = PrivateAttr(default_factory=dict)
+    #: the layers it was made from, lowest first: ``[(source, {key: value})]`` (:func:`load_layers`)
+    _layers: list = PrivateAttr(default_factory=list)
 
     # ----------------------------------------------------------- run parameters
     steps: str = Field(DEFAULT_STEPS, description="steps to run, the manual's letters: l list, b bias and dark, f flat, "
@@ -114,6 +118,21 @@ class Config(BaseModel):
                                                      "number), on both drivers")
     scr_log: int = Field(logging.INFO, description="level of screen logging, on both drivers (a flow run's logs in "
                                                    "the UI keep every INFO record)")
+
+    # ------------------------------------------------------------- instruments
+    instruments_dir: str | None = Field(None, description="the instrument registry: a directory of instrument "
+                                        "files (one YAML file per camera, docs/instruments.md), or 'builtin' for "
+                                        "the examples shipped with QLCP; each night's instrument is chosen from "
+                                        "its frames' headers and its settings apply under the night's own (frames "
+                                        "of no instrument, two or another one are rejected). None: no registry, "
+                                        "the site config is the one camera")
+    instrument: str | None = Field(None, description="the night's instrument (a name of the registry): set by "
+                                   "the run from the headers; given, it is used for the night instead")
+    calibrations: list[Literal["bias", "dark", "flat"]] | None = Field(
+        None, description="the calibrations the camera needs (an instrument file's calibrations): a kind not "
+                          "listed that the night has no frames of is not taken from the library or alt_*, and its "
+                          "absence leaves the night ok; 'none' or []: a camera that delivers calibrated frames. "
+                          "None: bias and flat (a dark when the night has darks)")
 
     # -------------------------------------------------------------------- site
     site_lon: float = Field(117.57722, ge=-180, le=360, description="site longitude, degrees east (default: "
@@ -314,6 +333,11 @@ class Config(BaseModel):
     @classmethod
     def _v_level(cls, v):
         return _level(v)
+
+    @field_validator("calibrations", mode="before")
+    @classmethod
+    def _v_calibrations(cls, v):
+        return [] if isinstance(v, str) and v.strip().lower() == "none" else _as_list(v)
 
     @field_validator("astrometry_index", mode="before")
     @classmethod
@@ -677,25 +701,25 @@ def load_config(files=None, overrides: dict | None = None, checks=()) -> Config:
         files = []
     elif isinstance(files, (str, Path)):
         files = [files]
+    layers = [(str(f), read_config_file(f)) for f in files]
+    return load_layers(layers + [("argument", {k: v for k, v in (overrides or {}).items() if v is not None})],
+                       checks)
+
+
+def load_layers(layers: list[tuple[str, dict]], checks=()) -> Config:
+    """:func:`load_config` of ``[(source, {key: value})]``, later layers winning (``checks`` as
+    there); the result knows the source of every value given (``_sources``) and its layers
+    (``_layers``)."""
     merged: dict = {}
     source: dict[str, str] = {}
     fields = set(Config.model_fields)
-    for f in files:
-        data = read_config_file(f)
-        _refuse_base60(data, str(f))
+    for where, data in layers:
+        _refuse_base60(data, where)
         for k, v in data.items():
             if k not in fields:
-                raise ConfigError(f"{f}: unknown key {k!r}{_suggest(k, fields)}")
+                raise ConfigError(f"{where}: unknown key {k!r}{_suggest(k, fields)}")
             merged[k] = v
-            source[k] = str(f)
-    _refuse_base60({k: v for k, v in (overrides or {}).items() if v is not None}, "argument")
-    for k, v in (overrides or {}).items():
-        if v is None:
-            continue
-        if k not in fields:
-            raise ConfigError(f"argument: unknown key {k!r}{_suggest(k, fields)}")
-        merged[k] = v
-        source[k] = "argument"
+            source[k] = where
     try:
         cfg = Config(**merged)
     except ValidationError as e:
@@ -717,6 +741,7 @@ def load_config(files=None, overrides: dict | None = None, checks=()) -> Config:
         from .targets import read_catalog
 
         read_catalog(cfg.target_catalog)
+    cfg._sources, cfg._layers = source, [(w, dict(d)) for w, d in layers if d]
     return cfg
 
 

@@ -29,6 +29,7 @@ CONFIG_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Run parameters", ("steps", "obj", "band", "use_bias", "alt_bias", "use_flat", "alt_flat", "use_dark",
                         "alt_coord", "base_img", "aper", "starxy", "ind_tgt", "ind_ref", "ind_chk", "mode")),
     ("Running", ("workers", "file_log", "scr_log", "keep_corrected", "results_url")),
+    ("Instruments", ("instruments_dir", "instrument", "calibrations")),
     ("Site and telescope", ("site_lon", "site_lat", "site_ele", "site_tz", "site_timezone", "tel_diameter",
                             "scint_cy")),
     ("File names and header keywords", ("patterns", "date_key", "time_key", "time_ref", "exptime_key",

@@ -29,6 +29,7 @@ from astropy.table import Table
 from . import timing
 from .config import Config
 from .errors import InputError
+from .instruments import frame_problem as instrument_problem, image_size
 from .io import FITS_SUFFIXES, GZIP_SUFFIXES, raw_stem, simple_image_header, write_table, write_text
 from .provenance import file_identity
 
@@ -103,8 +104,42 @@ def _is_fits_name(name: str) -> bool:
     return any(low.endswith(s) for s in FITS_SUFFIXES)
 
 
+#: the probes of the last night :func:`night_headers` read (choosing its instrument), by file identity
+#: (path, size, mtime): its listing takes each from here instead of reading the file again
+_HEADERS: dict = {}
+
+
+def _identity(path: Path) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return str(path), st.st_size, st.st_mtime_ns
+
+
 def _probe(path: Path) -> tuple[fits.Header | None, str]:
-    """Header of the first 2-D image HDU and '' or None and the reason it is unusable."""
+    """Header of the first 2-D image HDU and '' or None and the reason it is unusable (the one
+    :func:`night_headers` read, when it read this file as it is)."""
+    kept = _HEADERS.pop(_identity(path), None) if _HEADERS else None
+    return kept if kept is not None else _read_probe(path)
+
+
+def night_headers(raw_dir: Path) -> list[tuple[str, fits.Header]]:
+    """``(file, header)`` of every readable FITS frame of a night; the night's listing then takes
+    them from memory (only the last night's are kept)."""
+    _HEADERS.clear()
+    out = []
+    for p in scan_files(Path(raw_dir)):
+        if _is_fits_name(p.name):
+            key, probe = _identity(p), _read_probe(p)
+            if key is not None:
+                _HEADERS[key] = probe
+            if probe[0] is not None:
+                out.append((str(p.relative_to(raw_dir)), probe[0].copy()))
+    return out
+
+
+def _read_probe(path: Path) -> tuple[fits.Header | None, str]:
     try:
         size = path.stat().st_size
         gz = path.name.lower().endswith(GZIP_SUFFIXES)
@@ -157,8 +192,7 @@ def _hval(hdr, *keys):
 
 def _shape(hdr) -> tuple:
     """(rows, columns) of the image a header describes (a compressed image's own size)."""
-    z = "Z" if hdr.get("ZIMAGE") else ""
-    return (int(hdr.get(f"{z}NAXIS2", 0) or 0), int(hdr.get(f"{z}NAXIS1", 0) or 0))
+    return image_size(hdr)[::-1]
 
 
 def _exptime_problem(exptime: float, kind: str, key: str) -> str:
@@ -188,7 +222,11 @@ def classify(path: Path, rel: str, cfg: Config) -> dict:
         row["reason"] = why
         return row
     try:
-        return _classify(hdr, name, row, cfg)
+        row = _classify(hdr, name, row, cfg)
+        why = instrument_problem(hdr, cfg)
+        if why and row["kind"] != "not FITS":
+            row.update(kind="rejected", reason=why)
+        return row
     except fits.VerifyError as e:      # one unparsable card (EXPTIME = NAN): this file, not the night
         key = re.search(r"\(([^)]+)\)", str(e))
         row.update(kind="rejected", obj="", band="",

@@ -22,7 +22,7 @@ from .errors import OutputError, QLCPError
 from .listing import raw_identities
 from .logs import progress_factory, setup_screen, step_log
 from .runguard import guarded_run
-from .runsetup import check_site, make_config, write_effective_config
+from .runsetup import check_site, for_night, make_config, write_effective_config
 from .stages import CHUNK, plan
 from .summary import NightSummary
 from .walk import NightWalk
@@ -71,8 +71,10 @@ def run(raw_dir, red_dir, steps: str | None = None, obj=None, band=None, use_bia
         alt_flat=alt_flat, alt_coord=alt_coord, base_img=base_img, aper=aper, starxy=starxy, ind_tgt=ind_tgt,
         ind_ref=ind_ref, ind_chk=ind_chk, mode=mode, **kwargs)
     setup_screen(cfg.scr_log)
-    check_site(cfg)
+    if not cfg.instruments_dir:
+        check_site(cfg)
     with guarded_run(raw_dir, red_dir) as (raw, red):      # one run per red: its lock, a clean start
+        cfg = for_night(cfg, raw)           # the night's instrument and its settings (a registry configured)
         night_fp.forget(red)                # until this run ends well, reprocess runs the night again
         walk = _walk(raw, red, cfg, progress)
         summary = walk.finish()

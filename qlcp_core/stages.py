@@ -58,7 +58,7 @@ _TIMES = ("site_lon", "site_lat", "site_ele", "date_key", "time_key", "time_ref"
           "dec_key", "alt_coord", "targets", "target_catalog", "object_key")
 #: what a calibration stage reads to register its master in the library (with QC)
 _LIBRARY = ("calib_library", "calib_dir", "date_key", "calib_qc_bias_level", "calib_qc_bias_structure",
-            "calib_qc_flat_gradient", "calib_qc_flat_structure")
+            "calib_qc_flat_gradient", "calib_qc_flat_structure", "instrument", "calibrations")
 _TIMING = ("timing_aperture", "timing_baseline", "timing_min_points", "timing_snr_min", "timing_clip",
            "timing_n_boot", "timing_seed", "timing_prayer_bead", "timing_ld", "timing_period", "timing_duration",
            "timing_window")
@@ -177,7 +177,7 @@ class Block:
 STAGES: tuple[Stage, ...] = (
     Stage("l", "list", NIGHT, (), ("raw_dir", "raw_files"), ("night_list",),
           ("patterns", "date_key", "time_key", "exptime_key", "filter_key", "object_key", "imagetyp_key", "obj",
-           "band", "site_tz", "time_ref"), run=run_list, enabled_by="*", task="list-night", label="l",
+           "band", "site_tz", "time_ref", "instruments_dir", "instrument"), run=run_list, enabled_by="*", task="list-night", label="l",
           doc="classify the raw files (bias, dark, flat per band, science per object and band)"),
     Stage("b", "bias", NIGHT, ("bias_files",), (), ("bias",),
           ("combine_sigma", "use_bias", "alt_bias", "exptime_key", *_LIBRARY), run=run_bias, label="b",

@@ -94,6 +94,10 @@ class NightSummary:
     #: e-/ADU (...)" (:func:`qlcp.core.detector.assumed_lines`); said, but not degraded
     assumed: list = field(default_factory=list)
     run: dict = field(default_factory=dict)             #: driver, seconds, timings, task states
+    #: the night's instrument (``instruments_dir``: a registry; '' without one)
+    instrument: str = ""
+    #: where each setting given came from, key -> source (a file, ``instrument NAME (file)``, ``argument``)
+    settings: dict = field(default_factory=dict)
     #: the night's outcome (:data:`OUTCOMES`): the worst of its groups' and ``degraded``
     outcome: str = ""
 

@@ -72,7 +72,8 @@ class NightWalk:
         self._masters_written = False
         self.groups: dict[tuple[str, str], _Group] = {}
         self.summary = NightSummary(night=night_name(self.raw, cfg), raw_dir=str(self.raw), red_dir=str(self.red),
-                                    steps=cfg.steps, config_hash=cfg.hash(), run={"driver": driver, "timings": {}})
+                                    steps=cfg.steps, config_hash=cfg.hash(), run={"driver": driver, "timings": {}},
+                                    instrument=cfg.instrument or "", settings=dict(sorted(cfg._sources.items())))
 
     # ------------------------------------------------------------ units
     def units(self, block: Block, chunk: int | None = None) -> list[tuple[str, dict]]:
@@ -218,7 +219,7 @@ class NightWalk:
         files = [g.raw[0] for (_, b), g in sorted(self.groups.items()) if g.raw and (band is None or b == band)]
         if not files:
             return None
-        info = frame_info(files[0], self.walk_cfg.date_key)
+        info = frame_info(files[0], self.walk_cfg.date_key, self.walk_cfg.instrument)
         epochs = [lib["epoch"] for r in self.tonight.values() if (lib := r.get("library"))
                   and lib.get("status") == "ok" and lib.get("camera") == info["camera"]]
         if epochs:
@@ -303,7 +304,7 @@ class NightWalk:
             return
         self.master(kind, band)
         c = self.masters[f"flat_{band}" if kind == "flat" else kind]
-        if c.get("path") or c.get("source") == "failed":
+        if c.get("path") or c.get("source") in ("failed", "not needed"):
             return
         what = f"{kind} for {band}" if band else kind
         plural = "flats" if kind == "flat" else f"{kind} frames"
@@ -372,6 +373,7 @@ class NightWalk:
         self.listing = res
         self.summary.listing = res["summary"]
         self.summary.rejected = [list(r) for r in res["rejected"]]
+        self._instrument_rejections()
         for o, b, files in res["groups"]:
             self.groups[(str(o), str(b))] = _Group(GroupSummary(str(o), str(b), frames=len(files)), list(files))
         if not res["groups"] and not res["bias"] and not res["flats"]:
@@ -380,6 +382,16 @@ class NightWalk:
             log.warning("%s: no science frames%s", self.raw, " for the requested obj/band"
                         if self.walk_cfg.obj or self.walk_cfg.band else "")
         self._refresh_corrected()               # frames corrected by an earlier run (steps without i)
+
+    def _instrument_rejections(self) -> None:
+        """Frames of no instrument, two, or another than the night's (a registry configured): not
+        reduced, and the night says so in ``degraded``."""
+        from .instruments import instrument_problem
+
+        bad = [r for r in self.summary.rejected if instrument_problem(str(r[1]))]
+        if bad:
+            self._degrade(f"{len(bad)} frame(s) not reduced, not of the night's instrument "
+                          f"({self.cfg.instrument or 'none chosen'}); the first, {bad[0][0]}: {bad[0][1]}")
 
     def finish(self) -> NightSummary:
         """The summary after the walk, with the groups and the masters used (and, with

@@ -227,6 +227,57 @@ FAULTS = [
     Fault("science_frame_as_bias", science_as_bias, rejected=(("bias-0098.fit", "not a bias"),)),
 ]
 
+# ------------------------------------------------------------------ instruments (issue 27)
+#: the simulated camera (TELESCOP XL85-SIM) as an instrument file, another telescope's, and one that
+#: also claims frames whose INSTRUME starts with AMBI
+SIM_INSTRUMENT = {"name": "sim", "match": {"header": {"TELESCOP": "XL85-SIM"}}, "settings": {"aper": [5.0]}}
+OTHER_INSTRUMENT = {"name": "other", "match": {"header": {"TELESCOP": "OTHER-SCOPE"}}}
+GREEDY_INSTRUMENT = {"name": "greedy", "match": {"header": {"INSTRUME": "AMBI*"}}}
+
+
+def unknown_camera_frame(raw):
+    _rewrite(_frame(raw, 6), TELESCOP="UNKNOWN-SCOPE")
+
+
+def ambiguous_camera_frame(raw):
+    _rewrite(_frame(raw, 6), INSTRUME="AMBI-1")
+
+
+def other_camera_frames(raw):
+    for k in (9, 10):
+        _rewrite(_frame(raw, k), TELESCOP="OTHER-SCOPE")
+
+
+_NOT_REDUCED = "frame(s) not reduced, not of the night's instrument (sim)"
+#: faults of a night reduced with an instrument registry (``notes["instruments"]``: its files)
+INSTRUMENT_FAULTS = [
+    Fault("unknown_instrument_frame", unknown_camera_frame,
+          rejected=(("SIMV-0006V.fit", "unknown instrument: TELESCOP='UNKNOWN-SCOPE' INSTRUME='QLCP-SIM-3'"),),
+          degraded=(f"1 {_NOT_REDUCED}",), lc_files=_all_but("SIMV-0006V.fit"),
+          notes={"instruments": [SIM_INSTRUMENT, OTHER_INSTRUMENT]}),
+    Fault("ambiguous_instrument_frame", ambiguous_camera_frame,
+          rejected=(("SIMV-0006V.fit", "ambiguous instrument: matches greedy and sim"),),
+          degraded=(f"1 {_NOT_REDUCED}",), lc_files=_all_but("SIMV-0006V.fit"),
+          notes={"instruments": [SIM_INSTRUMENT, GREEDY_INSTRUMENT]}),
+    Fault("mixed_instrument_night", other_camera_frames,
+          rejected=tuple((f"SIMV-00{k:02d}V.fit", "another instrument (other) in this night: mixed-instrument "
+                                                   "nights are not reduced yet") for k in (9, 10)),
+          degraded=(f"2 {_NOT_REDUCED}",), lc_files=_all_but("SIMV-0009V.fit", "SIMV-0010V.fit"),
+          notes={"instruments": [SIM_INSTRUMENT, OTHER_INSTRUMENT]}),
+]
+
+
+def write_registry(fault: Fault, tmp: Path) -> str:
+    """The instrument files of ``fault`` in ``tmp/instruments``; that directory."""
+    import yaml
+
+    d = tmp / "instruments"
+    d.mkdir(parents=True, exist_ok=True)
+    for inst in fault.notes["instruments"]:
+        (d / f"{inst['name']}.yaml").write_text(yaml.safe_dump(inst))
+    return str(d)
+
+
 #: the faults put together into one night (one of each bad file); it loses no calibration
 TOGETHER = [f for f in FAULTS if f.name not in ("all_flats_unusable", "shifted_base_frame", "clouded_base_frame",
                                                 "no_sky_coordinate", "duplicate_date_obs", "zero_exptime")]
@@ -479,6 +530,8 @@ BAD_INPUTS = [
              _directory_of_nights),
     BadInput("every_frame_dated_with_slashes", "", ("every science frame was rejected",
                                                     "DATE-OBS = '2024/06/06': not a date/time"), _dated_with_slashes),
+    BadInput("unknown_camera", "instruments_dir: builtin\n",
+             ("every science frame was rejected", "unknown instrument: TELESCOP='XL85-SIM' INSTRUME='QLCP-SIM-3'")),
 ]
 
 

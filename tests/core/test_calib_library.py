@@ -317,6 +317,35 @@ def test_a_library_db_of_the_old_schema_is_migrated(tmp_path):
     assert (e.camera, e.epoch) == ("64x32|1,1|CAM|", 1)
 
 
+def test_a_library_of_the_last_schema_gains_the_instrument_name_and_keeps_its_masters(tmp_path):
+    """Issue 27: a calib.sqlite made before the instrument registry (cameras and epochs, no
+    instrument_name) opens and keeps its keys; a master registered for a named instrument is keyed by
+    that name too, and offered only to a night of that instrument, never to the same camera unnamed."""
+    lib, src = tmp_path / "lib", tmp_path / "src"
+    lib.mkdir()
+    with sqlite3.connect(lib / L.DB_NAME) as db:
+        db.execute("""CREATE TABLE masters (id INTEGER PRIMARY KEY AUTOINCREMENT, sha256 TEXT UNIQUE NOT NULL,
+            path TEXT NOT NULL, kind TEXT NOT NULL, band TEXT, ny INTEGER, nx INTEGER, binning TEXT, instrument TEXT,
+            telescope TEXT, exptime REAL, date_start TEXT, date_end TEXT, jd_mid REAL, n_frames INTEGER, level REAL,
+            noise REAL, night TEXT, status TEXT NOT NULL DEFAULT 'ok', qc TEXT, registered TEXT,
+            camera TEXT, epoch INTEGER NOT NULL DEFAULT 1, size INTEGER, mtime_ns INTEGER)""")
+        db.execute("INSERT INTO masters (sha256, path, kind, ny, nx, binning, instrument, telescope, jd_mid, "
+                   "n_frames, level, noise, night, camera) VALUES ('x', '/nowhere.fits', 'bias', 64, 64, '1,1', "
+                   "'CAM', 'T', 2460000.5, 5, 1000, 3, 'old', '64x64|1,1|CAM|T')")
+    (old,) = L.entries(lib)
+    assert (old.camera, old.instrument_name) == ("64x64|1,1|CAM|T", None)
+    m, frames = _bias_master(src, "a", 1000, "2024-06-01")
+    named = L.register(lib, m, "bias", None, frames, "A", Config(instrument="cam-a"))
+    assert (named.camera, named.instrument_name) == ("64x64|1,1|CAM|T|cam-a", "cam-a")
+    frame = L.frame_info(_bias_master(src, "b", 1000, "2024-06-02")[1][0], "DATE-OBS", "cam-a")
+    frame["floor"] = float("nan")
+    assert L.select(lib, "bias", None, frame, 30).id == named.id
+    unnamed = {**frame, "instrument_name": None, "camera": None}
+    assert L.select(lib, "bias", None, unnamed, 30) is None          # the same camera, unnamed: not offered
+    L.rebuild(lib)
+    assert {e.instrument_name for e in L.entries(lib)} == {"cam-a"}  # the copy's CALINSNM card read back
+
+
 # ------------------------------------------- a library damaged on disk (R4, R5, R12)
 def _bias_master(src, name, level, date, n=3):
     """A 64x64 master bias of ``level`` and its ``n`` input frames dated ``date`` (one camera)."""

@@ -17,9 +17,9 @@ import pytest
 
 from qlcp.core.config import load_config
 from qlcp.core.simulate import simulate_small
-from tests.faults import (BAD_INPUTS, FAULTS, NON_ASCII, PLANTED_LINKS, TARGET_FAULTS, bad_input_setup,
+from tests.faults import (BAD_INPUTS, FAULTS, INSTRUMENT_FAULTS, NON_ASCII, PLANTED_LINKS, TARGET_FAULTS, bad_input_setup,
                           check_link_untouched, check_outcome, check_target_outcome, make_night, plant_link,
-                          together_fault)
+                          together_fault, write_registry)
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +53,18 @@ def test_fault_gives_the_light_curve_and_names_the_bad_file(sim, tmp_path, fault
     assert rc == fault.exit_status, (fault.name, rc, summary.get("degraded"), summary.get("rejected"))
     check_outcome(fault, summary, tmp_path / "red", raw)
     assert _snapshot(raw) == before                      # nothing written inside the raw directory
+
+
+@pytest.mark.parametrize("fault", INSTRUMENT_FAULTS, ids=lambda f: f.name)
+def test_a_frame_of_no_or_another_instrument_is_rejected_and_named(sim, tmp_path, fault):
+    """Issue 27: with an instrument registry, a frame no instrument matches, two match, or another
+    instrument than the night's matches is not reduced with guessed settings: rejected with its reason,
+    the night degraded (exit 3), the light curve made of the night's instrument's frames."""
+    raw = make_night(sim.raw_dir, tmp_path / "raw", [fault])
+    rc, summary = reduce_cli(sim, raw, tmp_path / "red", "--set", f"instruments_dir={write_registry(fault, tmp_path)}")
+    assert rc == fault.exit_status == 3, (fault.name, rc, summary.get("degraded"), summary.get("rejected"))
+    assert summary["instrument"] == "sim" and summary["settings"]["aper"].startswith("instrument sim (")
+    check_outcome(fault, summary, tmp_path / "red", raw)
 
 
 @pytest.mark.parametrize("fault", TARGET_FAULTS, ids=lambda f: f.name)

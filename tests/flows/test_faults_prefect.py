@@ -11,8 +11,9 @@ from qlcp.core import run
 from qlcp.core.config import load_config
 from qlcp.core.simulate import simulate_small
 from qlcp.deployments.cli import exit_status
-from tests.faults import (BAD_INPUTS, FAULTS, PLANTED_LINKS, TARGET_FAULTS, bad_input_setup, check_link_untouched,
-                          check_outcome, check_target_outcome, comparable, make_night, plant_link, together_fault)
+from tests.faults import (BAD_INPUTS, FAULTS, INSTRUMENT_FAULTS, PLANTED_LINKS, TARGET_FAULTS, bad_input_setup, check_link_untouched,
+                          check_outcome, check_target_outcome, comparable, make_night, plant_link, together_fault,
+                          write_registry)
 
 pytestmark = pytest.mark.usefixtures("prefect_db")
 
@@ -39,6 +40,22 @@ def test_fault_through_prefect_as_through_the_plain_driver(sim, tmp_path, fault)
                                                                  "calib_library": False}))
     sf = _flow(sim, raw, flow)                   # chunks of 3 frames: 4 correct-photometry tasks
     assert exit_status(sf) == exit_status(sp.to_dict()) == fault.exit_status
+    check_outcome(fault, json.loads((flow / "summary.json").read_text()), flow, raw)
+    assert comparable(sf, flow) == comparable(sp.to_dict(), plain)
+
+
+@pytest.mark.parametrize("fault", INSTRUMENT_FAULTS, ids=lambda f: f.name)
+def test_instrument_fault_through_prefect_as_through_the_plain_driver(sim, tmp_path, fault):
+    """Unknown, ambiguous and other-instrument frames: the flow rejects and names them as the plain
+    driver does, with the same instrument, sources of its settings and summary."""
+    raw = make_night(sim.raw_dir, tmp_path / "raw", [fault])
+    reg = write_registry(fault, tmp_path)
+    plain, flow = tmp_path / "plain", tmp_path / "flow"
+    sp = run(raw, plain, config=load_config([sim.config_path], {"workers": 1, "field_dir": str(plain / "fields"),
+                                                                 "calib_library": False, "instruments_dir": reg}))
+    sf = _flow(sim, raw, flow, instruments_dir=reg)
+    assert exit_status(sf) == exit_status(sp.to_dict()) == fault.exit_status
+    assert sf["instrument"] == "sim"
     check_outcome(fault, json.loads((flow / "summary.json").read_text()), flow, raw)
     assert comparable(sf, flow) == comparable(sp.to_dict(), plain)
 

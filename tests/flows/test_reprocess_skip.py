@@ -52,3 +52,26 @@ def test_reprocess_skips_unchanged_nights_and_runs_changed_or_failed_ones(tmp_pa
     monkeypatch.undo()
     assert reprocess(**kw) == {a: "Completed", b: "Completed"}           # the last run failed: run again
     assert reprocess(**kw) == {a: "Skipped", b: "Skipped"}
+
+
+def test_reprocess_skips_an_unchanged_night_of_a_registry_instrument(tmp_path):
+    """Issue 27: a night reduced with its instrument's settings is compared with them (not with the
+    site config alone, which would run it again every time); a changed instrument file runs it again."""
+    import yaml
+
+    from qlcp.flows.night import reprocess
+
+    raw, red, reg = tmp_path / "raw", tmp_path / "red", tmp_path / "instruments"
+    sim = simulate_small(tmp_path / "n", seed=71, night="2024-06-06", **CAM)
+    shutil.copytree(sim.raw_dir, raw / "20240606")
+    reg.mkdir()
+    inst = {"name": "sim", "match": {"header": {"TELESCOP": "XL85-SIM"}}, "settings": {"combine_sigma": 2.5}}
+    (reg / "sim.yaml").write_text(yaml.safe_dump(inst))
+    conf = {"workers": 1, "steps": "lb", "calib_dir": str(tmp_path / "calib"), "instruments_dir": str(reg)}
+    a = str((raw / "20240606").resolve())
+    kw = dict(raw_root=str(raw), red_root=str(red), config=conf, deployment=None)
+    assert reprocess(**kw) == {a: "Completed"}
+    assert json.loads((red / "20240606" / "summary.json").read_text())["instrument"] == "sim"
+    assert reprocess(**kw) == {a: "Skipped"}
+    (reg / "sim.yaml").write_text(yaml.safe_dump({**inst, "settings": {"combine_sigma": 2.0}}))
+    assert reprocess(**kw) == {a: "Completed"}

@@ -115,3 +115,10 @@ def test_wheel_holds_every_module_of_the_mapped_folders(wheel):
                if "__pycache__" not in p.parts
                and f"{name.replace('.', '/')}/{p.relative_to(REPO / folder).as_posix()}" not in names]
     assert not missing, f"not in the wheel (add the sub-package to [tool.setuptools] packages): {missing}"
+
+
+def test_wheel_holds_the_builtin_instrument_files(wheel):
+    """The built-in instrument files (``instruments_dir: builtin``) are package data: in the wheel."""
+    names = set(zipfile.ZipFile(wheel).namelist())
+    files = sorted((REPO / "qlcp_core" / "instrument_files").glob("*.yaml"))
+    assert files and all(f"qlcp/core/instrument_files/{p.name}" in names for p in files), sorted(names)[:5]
