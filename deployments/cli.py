@@ -290,10 +290,11 @@ def _reduce(raw, red, cfg, no_prefect: bool, refresh: bool = False, runner: str 
             from qlcp.deployments.local_server import start_embedded_server
 
             api = start_embedded_server()   # Prefect's temporary server, ended with this run even on kill -9
-        given = dict(config=cfg.plain(only_set=True))
-        if cfg.instruments_dir:     # the flow layers the instrument between the files as the plain driver does
-            given = dict(config_files=[w for w, _ in cfg._layers if w not in ("argument", "config")],
-                         config={k: v for w, d in cfg._layers if w in ("argument", "config") for k, v in d.items()})
+        # the flow makes its config from the same files and arguments, so it knows where each value came
+        # from (config.yaml, summary.json's settings) and layers an instrument between them, as the plain
+        # driver does
+        given = dict(config_files=[w for w, _ in cfg._layers if w not in ("argument", "config")],
+                     config={k: v for w, d in cfg._layers if w in ("argument", "config") for k, v in d.items()})
         with interactive_settings(), _api_settings(api):
             summary = night_flow(runner, dask_address)(raw_dir=str(Path(raw).resolve()),
                                                        red_dir=str(Path(red).resolve()), refresh=refresh, **given)

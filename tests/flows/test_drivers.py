@@ -64,6 +64,23 @@ def test_plain_and_prefect_give_identical_outputs_and_summary(night, tmp_path):
             assert np.array_equal(x[c], y[c], equal_nan=x[c].dtype.kind == "f"), (f.name, c)
 
 
+def test_qlcp_run_records_where_each_setting_came_from_on_both_drivers(night, tmp_path):
+    """``qlcp run --config F --set ...`` through Prefect and with ``--no-prefect``: summary.json names the
+    same source of every setting given (the file, or the argument): the CLI hands the flow the files
+    and arguments themselves, not their merged values."""
+    from qlcp.core.runsetup import make_config
+    from qlcp.deployments.cli import _reduce
+
+    cfg = make_config([str(night.config_path)], steps="l", workers=1)
+    got = {}
+    for no_prefect in (True, False):
+        red = tmp_path / ("plain" if no_prefect else "flow")
+        _reduce(night.raw_dir, red, cfg, no_prefect)
+        got[no_prefect] = json.loads((red / "summary.json").read_text())["settings"]
+    assert got[True] == got[False]
+    assert got[True]["workers"] == "argument" and str(night.config_path) in got[True].values()
+
+
 @pytest.mark.parametrize("change", [{"saturation": 30000.0}, {"gain": 1.7}, {"rdnoise": 11.0}])
 def test_detector_settings_rerun_the_correction(night, tmp_path, change):
     red = tmp_path / "red"
