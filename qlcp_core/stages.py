@@ -275,23 +275,23 @@ def night_code() -> str:
     return code_fingerprint(runner_modules(STAGES, tuple(f.run for f in FUSIONS if f.run)))
 
 
-def unknown_steps(steps: str) -> str:
-    """The letters of ``steps`` that are no stage's (nor ``K``), sorted; empty when all are known."""
-    return "".join(sorted(set(steps) - set(STEP_LETTERS + "K")))
+def steps_problem(steps: str) -> str | None:
+    """Why ``steps`` cannot run (a letter that is no stage's, nor ``K``), or None."""
+    bad = "".join(sorted(set(steps) - set(STEP_LETTERS + "K")))
+    return f"unknown step(s) {bad!r}; steps are {STEP_LETTERS} (K: reuse pick)" if bad else None
 
 
 def config_problem(cfg) -> tuple[str, str] | None:
     """``("steps", why)`` when the config's steps name a letter no stage has: a check of
     :func:`qlcp.core.config.load_config` (which names the file that set it)."""
-    bad = unknown_steps(cfg.steps)
-    return ("steps", f"unknown step(s) {bad!r}; steps are {STEP_LETTERS} (K: reuse pick)") if bad else None
+    why = steps_problem(cfg.steps)
+    return ("steps", why) if why else None
 
 
 def plan(steps: str) -> list[Block]:
     """The blocks to run for ``steps``, in order: enabled stages, fused where :data:`FUSIONS` says."""
-    if unknown_steps(steps):
-        raise ConfigError(f"key 'steps': unknown step(s) {unknown_steps(steps)!r}; steps are {STEP_LETTERS} "
-                          f"(K: reuse pick) (got {steps!r})")
+    if why := steps_problem(steps):
+        raise ConfigError(f"key 'steps': {why} (got {steps!r})")
     on = [s for s in STAGES if s.enabled(steps)]
     names = {s.name for s in on}
     blocks, used = [], set()
