@@ -31,6 +31,7 @@ from .io import read_header, write_json
 from .nightname import night_name
 from .configview import view
 from .products import catalogue_files, corrected_files, group_kinds, product_path
+from .runsetup import sources
 from .stages import BAND, CHUNK, GROUP, GROUP_PRODUCTS, NIGHT, WALK_KEYS, Block, plan
 from .summary import GroupSummary, NightSummary, group_outcome, night_outcome
 from .timing import target_coord
@@ -73,7 +74,7 @@ class NightWalk:
         self.groups: dict[tuple[str, str], _Group] = {}
         self.summary = NightSummary(night=night_name(self.raw, cfg), raw_dir=str(self.raw), red_dir=str(self.red),
                                     steps=cfg.steps, config_hash=cfg.hash(), run={"driver": driver, "timings": {}},
-                                    instrument=cfg.instrument or "", settings=dict(sorted(cfg._sources.items())))
+                                    instrument=cfg.instrument or "", settings=sources(cfg))
 
     # ------------------------------------------------------------ units
     def units(self, block: Block, chunk: int | None = None) -> list[tuple[str, dict]]:
